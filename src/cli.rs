@@ -1,0 +1,276 @@
+//! Command-line definitions (the contract in CLI.md). One args struct per command; no logic here.
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "llamactl",
+    version,
+    about = "Download, verify, inspect, reshard, convert, tokenize and run Llama 3 weights.",
+    after_help = "Exit codes: 0 ok, 1 a check failed, 2 bad usage or input, 3 refused by the remote side, 4 network failure.\nBuilt with Meta Llama 3."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Fetch Llama 3 model sets from Meta's emailed signed URL (replaces download.sh).
+    Download(DownloadArgs),
+    /// Fetch a repository from the Hugging Face Hub into the shared HF cache.
+    Pull(PullArgs),
+    /// Validate a checkpoint for CI: checksums, structure, numbers.
+    Verify(VerifyArgs),
+    /// Show what is in a checkpoint directory or file.
+    Inspect(InspectArgs),
+    /// Change a Meta checkpoint's model-parallel size, streamed and bit-exact.
+    Reshard(ReshardArgs),
+    /// Convert between Meta checkpoints and Hugging Face safetensors.
+    Convert(ConvertArgs),
+    /// Encode or decode text, or format a chat dialog, with the model's tokenizer.
+    Tokenize(TokenizeArgs),
+    /// Run the model: completion, chat, or a CI inference check.
+    Run(RunArgs),
+    /// The catalog of known models and what is present locally.
+    List(ListArgs),
+    /// The whole pipeline on the tiny checkpoint shipped in testdata/.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Example:\n  llamactl download --url \"$URL\" --models 8B-instruct --dir ~/llama"
+)]
+pub struct DownloadArgs {
+    /// The signed URL from Meta's email (or env LLAMA_DOWNLOAD_URL); prompted for when absent.
+    #[arg(long, env = "LLAMA_DOWNLOAD_URL", hide_env_values = true)]
+    pub url: Option<String>,
+    /// Comma-separated model names (8B,8B-instruct,70B,70B-instruct); asked for when absent.
+    #[arg(long)]
+    pub models: Option<String>,
+    /// Target directory.
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// Files fetched in parallel.
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
+    /// A JSON manifest of models and file URLs instead of one signed URL.
+    #[arg(long)]
+    pub manifest: Option<PathBuf>,
+    /// Skip the md5 check against checklist.chk.
+    #[arg(long)]
+    pub no_verify: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Example:\n  llamactl pull meta-llama/Meta-Llama-3-8B-Instruct --include 'original/*'"
+)]
+pub struct PullArgs {
+    /// Repository id, e.g. meta-llama/Meta-Llama-3-8B.
+    pub repo_id: String,
+    /// Branch, tag or commit.
+    #[arg(long, default_value = "main")]
+    pub revision: String,
+    /// Only files matching these globs.
+    #[arg(long)]
+    pub include: Vec<String>,
+    /// Skip files matching these globs.
+    #[arg(long)]
+    pub exclude: Vec<String>,
+    /// Put the files here instead of the HF cache.
+    #[arg(long)]
+    pub local_dir: Option<PathBuf>,
+    /// Hugging Face token (else HF_TOKEN, else the token file under HF_HOME). Never printed.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Files fetched in parallel.
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(after_help = "Example:\n  llamactl verify Meta-Llama-3-8B --json --deep")]
+pub struct VerifyArgs {
+    /// A Meta checkpoint dir or an HF dir.
+    pub dir: PathBuf,
+    /// Print the JSON report on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Also scan every value for NaN/Inf and report per-tensor stats.
+    #[arg(long)]
+    pub deep: bool,
+    /// Skip the checklist.chk md5 pass.
+    #[arg(long)]
+    pub no_md5: bool,
+    /// Files hashed in parallel (default: number of cores).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(after_help = "Example:\n  llamactl inspect Meta-Llama-3-8B/consolidated.00.pth --json")]
+pub struct InspectArgs {
+    /// A Meta checkpoint dir, an HF dir, or one .pth / .safetensors file.
+    pub path: PathBuf,
+    /// Print a JSON document instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(after_help = "Example:\n  llamactl reshard --mp 2 Meta-Llama-3-70B Meta-Llama-3-70B-mp2")]
+pub struct ReshardArgs {
+    /// Target model-parallel size (number of output shards).
+    #[arg(long)]
+    pub mp: usize,
+    /// Source Meta checkpoint dir.
+    pub src_dir: PathBuf,
+    /// Destination dir (must not exist or be empty unless --force).
+    pub dst_dir: PathBuf,
+    /// Replace a non-empty destination.
+    #[arg(long)]
+    pub force: bool,
+    /// Shards written in parallel (default: number of cores).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvertTo {
+    Hf,
+    Meta,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CastDtype {
+    Bf16,
+    F16,
+    F32,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(after_help = "Example:\n  llamactl convert --to hf Meta-Llama-3-8B Meta-Llama-3-8B-hf")]
+pub struct ConvertArgs {
+    /// Target layout.
+    #[arg(long, value_enum)]
+    pub to: ConvertTo,
+    /// Source dir (Meta for --to hf, HF for --to meta).
+    pub src_dir: PathBuf,
+    /// Destination dir (must not exist or be empty unless --force).
+    pub dst_dir: PathBuf,
+    /// Cast while streaming (default: keep the source dtype).
+    #[arg(long, value_enum)]
+    pub dtype: Option<CastDtype>,
+    /// Replace a non-empty destination.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  llamactl tokenize --model Meta-Llama-3-8B \"This is a test sentence.\"\n  echo '[{\"role\":\"user\",\"content\":\"hi\"}]' | llamactl tokenize --tokenizer tokenizer.model --chat\n  llamactl tokenize --tokenizer tokenizer.model --decode 2028 374 264 1296"
+)]
+pub struct TokenizeArgs {
+    /// A tokenizer.model (tiktoken) or tokenizer.json file.
+    #[arg(long, conflicts_with = "model")]
+    pub tokenizer: Option<PathBuf>,
+    /// A model dir; its tokenizer is used.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Input is a JSON dialog; output is the prompt `run --chat` would feed the model.
+    #[arg(long)]
+    pub chat: bool,
+    /// Input is ids; output is text.
+    #[arg(long)]
+    pub decode: bool,
+    /// Print {"ids": [...], "count": N}.
+    #[arg(long)]
+    pub json: bool,
+    /// Text (or ids with --decode); stdin when absent.
+    pub text: Vec<String>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunDtype {
+    Auto,
+    F32,
+    F16,
+    Bf16,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  llamactl run --ckpt-dir Meta-Llama-3-8B --prompt \"The capital of France is\" --temperature 0\n  llamactl run --ckpt-dir Meta-Llama-3-8B-Instruct --chat\n  llamactl run --ckpt-dir Meta-Llama-3-8B --check"
+)]
+pub struct RunArgs {
+    /// A Meta dir (any number of shards) or an HF dir.
+    #[arg(long)]
+    pub ckpt_dir: Option<PathBuf>,
+    /// Tokenizer file (default: the one inside the checkpoint dir).
+    #[arg(long)]
+    pub tokenizer_path: Option<PathBuf>,
+    /// Prompts to complete, as one batch (repeatable).
+    #[arg(long)]
+    pub prompt: Vec<String>,
+    /// Chat: a REPL on a terminal, or batch chat with --dialogs.
+    #[arg(long)]
+    pub chat: bool,
+    /// A JSON list of dialogs for batch chat completion.
+    #[arg(long)]
+    pub dialogs: Option<PathBuf>,
+    #[arg(long, default_value_t = 512)]
+    pub max_seq_len: usize,
+    #[arg(long, default_value_t = 4)]
+    pub max_batch_size: usize,
+    /// Tokens to generate at most (default: max_seq_len - 1).
+    #[arg(long)]
+    pub max_gen_len: Option<usize>,
+    #[arg(long, default_value_t = 0.6)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub top_p: f64,
+    /// Sampling seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+    #[arg(long, value_enum, default_value_t = RunDtype::Auto)]
+    pub dtype: RunDtype,
+    /// Report the log-probability of each generated token.
+    #[arg(long)]
+    pub logprobs: bool,
+    /// Print a JSON document.
+    #[arg(long)]
+    pub json: bool,
+    /// CI inference check: fixed prompts, greedy twice, identical and finite.
+    #[arg(long)]
+    pub check: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(after_help = "Example:\n  llamactl list --dir ~/llama --json")]
+pub struct ListArgs {
+    /// Where to look for local copies.
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// Print a JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(after_help = "Example:\n  llamactl demo")]
+pub struct DemoArgs {
+    /// Keep the temp dir and print where it is.
+    #[arg(long)]
+    pub keep: bool,
+}

@@ -1,0 +1,2 @@
+//! Bytes <-> tensors: the restricted unpickler, torch zip checkpoints, safetensors.
+//! No CLI, no network, no model knowledge.

@@ -1,0 +1,17 @@
+//! llamactl: one toolkit for people who hold Llama 3 weights.
+//!
+//! The layers, bottom up (data flows one way):
+//! - [`formats`]: bytes <-> tensors (pickle, torch zip `.pth`, safetensors). No model knowledge.
+//! - [`checkpoint`]: a model directory as a thing (params.json, checklist.chk, shards, split rules,
+//!   Meta <-> HF names).
+//! - [`net`]: HTTP with resume, retries, in-stream hashing, signed-URL handling.
+//! - [`runner`]: tokenizer, chat format, the transformer, generation.
+//! - [`commands`]: one module per subcommand; a command never imports another.
+pub mod checkpoint;
+pub mod cli;
+pub mod commands;
+pub mod error;
+pub mod formats;
+pub mod net;
+pub mod runner;
+pub mod util;

@@ -1,0 +1,1 @@
+//! HTTP with resume, retries, in-stream hashing, signed-URL parsing and progress.

@@ -1,0 +1,1 @@
+//! Tokenizer, chat format, the transformer (candle), KV cache, sampling, generation.
