@@ -182,6 +182,7 @@ fn online(args: &PullArgs, env: &HubEnv, filter: &Filter) -> Result<PathBuf> {
     let folder = match &local_dir {
         Some(d) => d.clone(),
         None => {
+            cache.tag_cache_dir();
             cache.write_ref(&args.revision, &commit)?;
             cache.snapshot_dir(&commit)
         }

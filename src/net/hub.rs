@@ -304,6 +304,20 @@ impl RepoCache {
         p
     }
 
+    /// Mark the cache folder for backup tools (the Cache Directory Tagging Standard), as
+    /// `huggingface_hub` does; best effort.
+    pub fn tag_cache_dir(&self) {
+        let tag = self.cache_dir.join("CACHEDIR.TAG");
+        if !tag.exists() && std::fs::create_dir_all(&self.cache_dir).is_ok() {
+            let _ = std::fs::write(
+                &tag,
+                "Signature: 8a477f597d28d172789f06886806bc55\n\
+                 # This file is a cache directory tag created by llamactl (Hugging Face Hub cache).\n\
+                 # For information about cache directory tags, see https://bford.info/cachedir/\n",
+            );
+        }
+    }
+
     /// The commit a branch or tag pointed at when it was last fetched.
     pub fn read_ref(&self, revision: &str) -> Result<Option<String>> {
         let p = self.ref_path(revision);
