@@ -459,6 +459,11 @@ fn gated_repo_needs_a_token_and_the_token_is_never_printed() {
     let no_token = env.pull(&[GATED]).expect(3);
     let err = no_token.stderr();
     assert!(err.contains("accept the license"), "{err}");
+    assert_eq!(
+        err.matches("accept the license").count(),
+        1,
+        "said once: {err}"
+    );
     assert!(
         err.contains(&format!("{}/{GATED}", env.hub.endpoint)),
         "{err}"
@@ -634,4 +639,24 @@ fn local_dir_gets_plain_files() {
     env.pull(&[TINY, "--local-dir", dir.to_str().unwrap()])
         .expect(0);
     assert_eq!(env.hub.log().len(), 1, "{:?}", env.hub.log());
+}
+
+#[test]
+fn hf_hub_cache_overrides_hf_home() {
+    let env = Env::new();
+    let cache = env.home.path().join("elsewhere");
+    let run = env
+        .pull_with(&[TINY, "--include", "*.json"], |c| {
+            c.env("HF_HUB_CACHE", &cache);
+        })
+        .expect(0);
+    let snap = cache
+        .join("models--meta-llama--Tiny-Llama/snapshots")
+        .join(sha(0xb2));
+    assert_eq!(PathBuf::from(run.last_line()), snap);
+    assert_eq!(
+        snapshot_files(&snap),
+        ["config.json", "original/params.json"]
+    );
+    assert!(!env.hf_home().join("hub").exists());
 }

@@ -236,6 +236,8 @@ fn online(args: &PullArgs, env: &HubEnv, filter: &Filter) -> Result<PathBuf> {
     let results = results.into_inner().unwrap_or_default();
 
     let mut first_err = None;
+    // A refusal or an outage hits every file alike: say it once.
+    let mut reported = std::collections::HashSet::new();
     let (mut downloaded, mut bytes, mut linked, mut present) = (0, 0u64, 0, 0);
     for (path, r) in results {
         match r {
@@ -246,6 +248,9 @@ fn online(args: &PullArgs, env: &HubEnv, filter: &Filter) -> Result<PathBuf> {
             Ok(Fetched::Linked) => linked += 1,
             Ok(Fetched::Present) => present += 1,
             Err(e) => {
+                if !reported.insert(crate::error::one_line(&e)) {
+                    continue;
+                }
                 let e = e.context(path);
                 if first_err.is_none() {
                     first_err = Some(e);

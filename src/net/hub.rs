@@ -765,12 +765,17 @@ impl HubClient {
             self.endpoint,
             quote(revision, false)
         );
+        let shown = format!(
+            "{}/api/models/{repo_id}/revision/{}",
+            self.endpoint,
+            quote(revision, false)
+        );
         let what = format!("{repo_id}@{revision}: listing");
         let info: ApiRepoInfo = self.with_retries(&what, progress, || {
             let resp = self
                 .get(&url, true)
                 .send()
-                .map_err(|e| TryError::Transient(anyhow!(e.without_url())))?;
+                .map_err(|e| TryError::Transient(anyhow!("{shown}: {}", e.without_url())))?;
             let status = resp.status();
             if status.is_success() {
                 return resp.json().map_err(|e| {
