@@ -666,6 +666,8 @@ impl HubClient {
         let http = Client::builder()
             // Redirects are followed by hand: a CDN redirect must drop the token.
             .redirect(reqwest::redirect::Policy::none())
+            // The blocking client applies this per operation (connect, headers, each body
+            // read), so it bounds a stall, not the length of a multi-GB download.
             .timeout(net.stall_timeout)
             .connect_timeout(net.stall_timeout)
             .user_agent(concat!("llamactl/", env!("CARGO_PKG_VERSION")))
