@@ -65,7 +65,9 @@ pub struct DownloadArgs {
 
 #[derive(Args, Debug, Clone)]
 #[command(
-    after_help = "Example:\n  llamactl pull meta-llama/Meta-Llama-3-8B-Instruct --include 'original/*'"
+    after_help = "Example:\n  llamactl pull meta-llama/Meta-Llama-3-8B-Instruct --include 'original/*'\n\n\
+Environment (read as huggingface_hub reads them):\n  HF_TOKEN, HF_HOME, HF_HUB_CACHE, HF_ENDPOINT, HF_HUB_OFFLINE=1\n\
+Network knobs:\n  LLAMACTL_NET_RETRIES=5  LLAMACTL_NET_TIMEOUT_S=30 (per stalled read)  LLAMACTL_NET_BACKOFF_MS=1000"
 )]
 pub struct PullArgs {
     /// Repository id, e.g. meta-llama/Meta-Llama-3-8B.
