@@ -1,1 +1,4 @@
 //! HTTP with resume, retries, in-stream hashing, signed-URL parsing and progress.
+pub mod http;
+pub mod progress;
+pub mod signed_url;
