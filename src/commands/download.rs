@@ -197,7 +197,7 @@ pub fn run(args: &DownloadArgs) -> Result<i32> {
                 state.fail(Failure {
                     code: error::REFUSED,
                     message: format!("{}: not a checklist ({e}); removed", job.label),
-                    link_refused: false,
+                    stops_all: false,
                 });
             }
         }
@@ -527,16 +527,18 @@ fn space_estimate(models: &[&'static Model], dir: &Path) {
 struct Failure {
     code: i32,
     message: String,
-    /// The link itself was refused (401/403): every other file would be refused too.
-    link_refused: bool,
+    /// The link was refused (401/403) or the network is gone after retries: every other file
+    /// would fail the same way, so no new transfer starts (running ones finish or fail alone).
+    stops_all: bool,
 }
 
 struct RunState<'a> {
     http: Http,
     progress: &'a Progress,
     verify: bool,
-    /// Set on a refusal: the link is spent, so no new transfer starts.
+    /// Set by a failure that dooms the rest (see `Failure::stops_all`).
     stop: AtomicBool,
+    /// The engine's cancel flag; nothing cancels a running transfer, which keeps its progress.
     never: AtomicBool,
     failures: Mutex<Vec<Failure>>,
 }
@@ -580,8 +582,11 @@ impl RunState<'_> {
                 true
             }
             Err(f) => {
-                if f.link_refused && !self.stop.swap(true, Ordering::SeqCst) {
-                    self.progress.println(&format!("stopping: {}", f.message));
+                if f.stops_all && !self.stop.swap(true, Ordering::SeqCst) {
+                    self.progress.println(&format!(
+                        "{}: failed; no new transfers will start (running ones go on)",
+                        job.label
+                    ));
                 }
                 self.fail(f);
                 false
@@ -599,7 +604,7 @@ impl RunState<'_> {
                     return Err(Failure {
                         code: error::USAGE,
                         message: format!("{}: {e}", job.dest.display()),
-                        link_refused: false,
+                        stops_all: false,
                     })
                 }
             }
@@ -655,7 +660,7 @@ impl RunState<'_> {
     /// One line saying what went wrong with a file, and the exit code it implies.
     fn explain(&self, job: &Job, e: HttpError) -> Failure {
         let code = e.exit_code();
-        let link_refused = matches!(e, HttpError::Refused { .. });
+        let stops_all = matches!(e, HttpError::Refused { .. } | HttpError::Network { .. });
         let message = match &e {
             HttpError::Refused { status, detail, .. } => format!(
                 "{}: HTTP {status}{detail}: the download link has expired or its download count is used up; partial files are kept, and re-running with a new link from Meta resumes where this stopped",
@@ -683,7 +688,7 @@ impl RunState<'_> {
         Failure {
             code,
             message,
-            link_refused,
+            stops_all,
         }
     }
 }

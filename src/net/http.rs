@@ -283,6 +283,81 @@ impl Hasher {
     }
 }
 
+/// A hasher on its own thread, so hashing overlaps the network and the disk. Chunks are hashed in
+/// the order they are sent; `reset` starts over (the file was restarted from byte 0).
+struct HashPipe {
+    /// Network reads are small; batching them keeps the per-message cost negligible.
+    pending: Vec<u8>,
+    tx: Option<std::sync::mpsc::SyncSender<HashMsg>>,
+    thread: Option<std::thread::JoinHandle<Option<String>>>,
+}
+
+enum HashMsg {
+    Data(Vec<u8>),
+    Reset,
+}
+
+impl HashPipe {
+    fn new(kind: HashKind) -> Self {
+        if kind == HashKind::None {
+            return Self {
+                pending: Vec::new(),
+                tx: None,
+                thread: None,
+            };
+        }
+        // Bounded, so a slow hasher slows the download instead of buffering the file in memory.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<HashMsg>(8);
+        let thread = std::thread::spawn(move || {
+            let mut h = Hasher::new(kind);
+            for msg in rx {
+                match msg {
+                    HashMsg::Data(d) => h.update(&d),
+                    HashMsg::Reset => h = Hasher::new(kind),
+                }
+            }
+            h.finish()
+        });
+        Self {
+            pending: Vec::with_capacity(PIPE_BATCH),
+            tx: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        if self.tx.is_none() {
+            return;
+        }
+        self.pending.extend_from_slice(data);
+        if self.pending.len() >= PIPE_BATCH {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Some(tx) = &self.tx {
+            if !self.pending.is_empty() {
+                let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(PIPE_BATCH));
+                let _ = tx.send(HashMsg::Data(batch));
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        self.pending.clear();
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(HashMsg::Reset);
+        }
+    }
+
+    fn finish(mut self) -> Option<String> {
+        self.flush();
+        self.tx.take();
+        self.thread.take().and_then(|t| t.join().ok()).flatten()
+    }
+}
+
 fn hash_name(kind: HashKind) -> &'static str {
     match kind {
         HashKind::None => "digest",
@@ -300,6 +375,7 @@ enum Attempt {
 }
 
 const BUF: usize = 1 << 20;
+const PIPE_BATCH: usize = 1 << 20;
 
 /// Bytes that running downloads in this process have announced but not yet written.
 static RESERVED: AtomicU64 = AtomicU64::new(0);
@@ -504,7 +580,7 @@ impl Http {
             offset = 0;
         }
         file.set_len(offset).map_err(|e| io_err(&part, e))?;
-        let mut hasher = Hasher::new(req.hash);
+        let mut hasher = HashPipe::new(req.hash);
         if offset > 0 {
             progress.note("hashing kept part");
             hash_prefix(&mut file, offset, &mut hasher).map_err(|e| io_err(&part, e))?;
@@ -582,7 +658,7 @@ impl Http {
         file: &mut File,
         part: &Path,
         offset: &mut u64,
-        hasher: &mut Hasher,
+        hasher: &mut HashPipe,
         meta: &mut PartMeta,
         fetched: &mut u64,
         progress: &FileProgress,
@@ -599,9 +675,9 @@ impl Http {
             }
         };
         let status = resp.status();
-        let restart = |file: &mut File, offset: &mut u64, hasher: &mut Hasher| {
+        let restart = |file: &mut File, offset: &mut u64, hasher: &mut HashPipe| {
             *offset = 0;
-            *hasher = Hasher::new(req.hash);
+            hasher.reset();
             progress.set_position(0);
             file.set_len(0)
                 .and_then(|_| file.seek(SeekFrom::Start(0)).map(|_| ()))
@@ -850,7 +926,7 @@ fn io_reason(e: &std::io::Error) -> String {
     }
 }
 
-fn hash_prefix(file: &mut File, len: u64, hasher: &mut Hasher) -> std::io::Result<()> {
+fn hash_prefix(file: &mut File, len: u64, hasher: &mut impl Update) -> std::io::Result<()> {
     file.seek(SeekFrom::Start(0))?;
     let mut buf = vec![0u8; BUF];
     let mut left = len;
@@ -861,6 +937,22 @@ fn hash_prefix(file: &mut File, len: u64, hasher: &mut Hasher) -> std::io::Resul
         left -= want as u64;
     }
     Ok(())
+}
+
+trait Update {
+    fn update(&mut self, data: &[u8]);
+}
+
+impl Update for Hasher {
+    fn update(&mut self, data: &[u8]) {
+        Hasher::update(self, data)
+    }
+}
+
+impl Update for HashPipe {
+    fn update(&mut self, data: &[u8]) {
+        HashPipe::update(self, data)
+    }
 }
 
 /// Make a rename durable.

@@ -18,6 +18,8 @@ struct Counters {
     fetched: AtomicU64,
     files_done: AtomicUsize,
     files: AtomicUsize,
+    /// Files whose size is known or that finished: when it reaches `files`, the total is final.
+    sized: AtomicUsize,
 }
 
 enum Mode {
@@ -218,7 +220,8 @@ fn status_line(c: &Counters, started: Instant) -> String {
         ));
     }
     line.push_str(&format!(", {}/s", human_bytes(rate as u64)));
-    if total > done && rate > 1.0 {
+    let total_final = c.sized.load(Ordering::Relaxed) >= c.files.load(Ordering::Relaxed);
+    if total_final && total > done && rate > 1.0 {
         let eta = Duration::from_secs_f64((total - done) as f64 / rate);
         line.push_str(&format!(", ETA {}", human_duration(eta)));
     }
@@ -245,6 +248,8 @@ impl FileProgress {
         let old = self.len.swap(len, Ordering::Relaxed);
         if self.len_known.swap(true, Ordering::Relaxed) {
             self.counters.total.fetch_sub(old, Ordering::Relaxed);
+        } else {
+            self.counters.sized.fetch_add(1, Ordering::Relaxed);
         }
         self.counters.total.fetch_add(len, Ordering::Relaxed);
         if let Some((bar, total)) = &self.bar {
@@ -288,6 +293,9 @@ impl FileProgress {
     /// The file is finished (verified, skipped or failed): count it and remove its bar.
     pub fn finish(&self) {
         self.counters.files_done.fetch_add(1, Ordering::Relaxed);
+        if !self.len_known.swap(true, Ordering::Relaxed) {
+            self.counters.sized.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some((bar, _)) = &self.bar {
             bar.finish_and_clear();
         }
