@@ -520,3 +520,68 @@ fn complete_part_is_finished_with_416_and_manifest_works() {
         .unwrap();
     assert_eq!(r.status, 416);
 }
+
+#[test]
+fn changed_object_restarts_and_locked_part_is_refused() {
+    let cdn = Cdn::start();
+    put_top(&cdn);
+    let size = 300_000;
+    let files = put_model(&cdn, "8b_pre_trained", 1, size);
+    cdn.fault(PTH, Fault::DropAfter(size as u64 / 2));
+    let link = cdn.link(3600, Some(4));
+    let dir = tempfile::tempdir().unwrap();
+    let o = download(&link, "8B", dir.path(), &["--jobs", "1"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let part = dir.path().join("Meta-Llama-3-8B/consolidated.00.pth.part");
+    assert!(part.is_file());
+
+    // While another process holds the part, a second download of it is refused.
+    let held = std::fs::OpenOptions::new().write(true).open(&part).unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor this test owns.
+    assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let link2 = cdn.link(3600, None);
+    let o = download(&link2, "8B", dir.path(), &["--jobs", "1"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        last_line(&o).contains("another process is downloading this file"),
+        "{}",
+        text(&o)
+    );
+    drop(held);
+
+    // The object was re-uploaded (new ETag): If-Range no longer matches, the server sends all of
+    // it with 200, and the kept prefix is dropped instead of being spliced onto the new bytes.
+    cdn.set_etag(PTH, "\"v2\"");
+    let o = download(&link2, "8B", dir.path(), &["--jobs", "1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_model(dir.path(), "Meta-Llama-3-8B", &files);
+    let last = cdn.requests().into_iter().rfind(|r| r.path == PTH).unwrap();
+    assert!(last.range.is_some() && last.status == 200, "{last:?}");
+
+    // A manifest size far above what the server sends marks the body as an error page.
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = serde_json::json!({
+        "url": link2,
+        "models": ["8B"],
+        "sizes": {"Meta-Llama-3-8B/consolidated.00.pth": 10 * size},
+    });
+    let mpath = dir.path().join("m.json");
+    std::fs::write(&mpath, manifest.to_string()).unwrap();
+    let d = dir.path().to_str().unwrap();
+    let o = llamactl(&[
+        "download",
+        "--manifest",
+        mpath.to_str().unwrap(),
+        "--dir",
+        d,
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(last_line(&o).contains("were expected"), "{}", text(&o));
+    assert!(!dir
+        .path()
+        .join("Meta-Llama-3-8B/consolidated.00.pth")
+        .exists());
+}

@@ -29,6 +29,7 @@ enum Links {
         files: BTreeMap<String, String>,
         fallback: Option<SignedUrl>,
         expires_on: Option<SystemTime>,
+        sizes: BTreeMap<String, u64>,
     },
 }
 
@@ -48,7 +49,17 @@ impl Links {
         }
     }
 
-    /// The earliest expiry among the links, and how it is shown.
+    /// The size a file must have, when the manifest says.
+    fn size(&self, local: &str, remote: &str) -> Option<u64> {
+        match self {
+            Links::Signed(_) => None,
+            Links::Manifest { sizes, .. } => {
+                sizes.get(local).or_else(|| sizes.get(remote)).copied()
+            }
+        }
+    }
+
+    /// The earliest expiry among the links.
     fn expiry(&self) -> Result<Option<SystemTime>> {
         match self {
             Links::Signed(u) => u.expiry(),
@@ -56,6 +67,7 @@ impl Links {
                 files,
                 fallback,
                 expires_on,
+                ..
             } => {
                 if expires_on.is_some() {
                     return Ok(*expires_on);
@@ -96,6 +108,9 @@ struct ManifestDoc {
     /// Epoch seconds or an RFC 3339 UTC time (`2026-05-01T12:00:00Z`).
     #[serde(default)]
     expires_on: Option<serde_json::Value>,
+    /// Optional exact sizes per file (same keys as `files`): a body far smaller is an error page.
+    #[serde(default)]
+    sizes: BTreeMap<String, u64>,
 }
 
 pub fn run(args: &DownloadArgs) -> Result<i32> {
@@ -316,6 +331,8 @@ struct Job {
     url: String,
     dest: PathBuf,
     md5: Option<String>,
+    /// Exact size, when the manifest gives it.
+    size: Option<u64>,
     /// Index into the chosen models (None for top-level files).
     model: Option<usize>,
     /// Files that can never legitimately be an HTML/XML page.
@@ -346,6 +363,7 @@ fn plan(links: &Links, models: &[&'static Model], dir: &Path) -> Result<Plan> {
             url: links.url(name, name)?,
             dest: dir.join(name),
             md5: None,
+            size: links.size(name, name),
             model: None,
             reject_markup: false,
         });
@@ -358,8 +376,10 @@ fn plan(links: &Links, models: &[&'static Model], dir: &Path) -> Result<Plan> {
         let mut files = Vec::new();
         for f in m.files() {
             let local = format!("{}/{f}", m.local_folder);
+            let remote_path = format!("{remote}/{f}");
             let job = Job {
-                url: links.url(&local, &format!("{remote}/{f}"))?,
+                url: links.url(&local, &remote_path)?,
+                size: links.size(&local, &remote_path),
                 dest: dir.join(m.local_folder).join(&f),
                 label: local,
                 md5: None,
@@ -435,6 +455,7 @@ fn read_manifest(path: &Path) -> Result<(Links, Vec<String>)> {
             files: doc.files,
             fallback,
             expires_on,
+            sizes: doc.sizes,
         },
         doc.models,
     ))
@@ -616,6 +637,7 @@ impl RunState<'_> {
             HashKind::None
         };
         req.expected_digest = md5.cloned();
+        req.expected_size = job.size;
         req.reject_markup = job.reject_markup;
         match self.http.download_to_file(&req, fp, &self.never) {
             Ok(d) => {

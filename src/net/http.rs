@@ -569,6 +569,7 @@ impl Http {
             .truncate(false)
             .open(&part)
             .map_err(|e| io_err(&part, e))?;
+        lock_exclusive(&file, &part)?;
         let mut meta = PartMeta::load(&req.dest).unwrap_or_default();
         let mut offset = file.metadata().map_err(|e| io_err(&part, e))?.len();
         let known_size = req.expected_size.or(meta.size);
@@ -953,6 +954,24 @@ impl Update for HashPipe {
     fn update(&mut self, data: &[u8]) {
         HashPipe::update(self, data)
     }
+}
+
+/// Two processes appending to one part would interleave garbage; the second one is refused.
+/// The lock goes with the file handle (also when the process is killed).
+fn lock_exclusive(file: &File, path: &Path) -> Result<(), HttpError> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.kind() == std::io::ErrorKind::WouldBlock {
+            return Err(io_err(
+                path,
+                std::io::Error::other("another process is downloading this file"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Make a rename durable.

@@ -167,6 +167,13 @@ impl Cdn {
         Ok(())
     }
 
+    /// Give a file a new validator, as a re-upload of the object would.
+    pub fn set_etag(&self, path: &str, etag: &str) {
+        if let Some(f) = lock(&self.state).files.get_mut(path) {
+            f.1 = etag.to_string();
+        }
+    }
+
     pub fn remove(&self, path: &str) {
         lock(&self.state).files.remove(path);
     }
