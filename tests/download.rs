@@ -585,3 +585,62 @@ fn changed_object_restarts_and_locked_part_is_refused() {
         .join("Meta-Llama-3-8B/consolidated.00.pth")
         .exists());
 }
+
+/// The engine as a library (what `pull` builds on): sha256 verification, resume from a part,
+/// extra headers, small GETs.
+#[test]
+fn engine_api_for_other_commands() {
+    use llamactl::net::http::{FileRequest, HashKind, Http, HttpConfig, HttpError};
+    use llamactl::net::progress::FileProgress;
+    use sha2::Digest;
+    use std::sync::atomic::AtomicBool;
+
+    let cdn = Cdn::start();
+    let data = bytes(99, 500_000);
+    cdn.put("repo/model.safetensors", data.clone());
+    cdn.fault("repo/model.safetensors", Fault::ShortBody(123_456));
+    let link = cdn.link(3600, None);
+    let url = link.replace('*', "repo/model.safetensors");
+    let http = Http::new(HttpConfig {
+        retry_base: Duration::from_millis(5),
+        ..HttpConfig::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("sub/model.safetensors");
+    let mut req = FileRequest::new(url.clone(), dest.clone());
+    req.hash = HashKind::Sha256;
+    req.expected_digest = Some(hex::encode(sha2::Sha256::digest(&data)));
+    req.expected_size = Some(data.len() as u64);
+    req.headers = vec![("Authorization".into(), "Bearer hf_secret".into())];
+    let got = http
+        .download_to_file(&req, &FileProgress::hidden(), &AtomicBool::new(false))
+        .unwrap();
+    assert_eq!(got.size, data.len() as u64);
+    assert_eq!(got.digest, req.expected_digest);
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    assert!(!llamactl::net::http::part_path(&dest).exists());
+
+    // A wrong expected digest: fetched twice, then a typed error; nothing under the final name.
+    let dest2 = dir.path().join("other.bin");
+    let mut bad = FileRequest::new(url.clone(), dest2.clone());
+    bad.hash = HashKind::Sha256;
+    bad.expected_digest = Some("00".repeat(32));
+    match http.download_to_file(&bad, &FileProgress::hidden(), &AtomicBool::new(false)) {
+        Err(e @ HttpError::Mismatch { .. }) => assert_eq!(e.exit_code(), 1),
+        other => panic!("{other:?}"),
+    }
+    assert!(!dest2.exists());
+
+    let (_, body) = http
+        .get_small(&link.replace('*', "repo/model.safetensors"), &[], 1 << 20)
+        .unwrap();
+    assert_eq!(body, data);
+    match http.get_small(&link.replace('*', "missing.json"), &[], 1024) {
+        Err(e @ HttpError::NotFound { .. }) => {
+            assert!(!e.to_string().contains("SIGxyz"), "{e}");
+            assert_eq!(e.exit_code(), 3);
+        }
+        other => panic!("{other:?}"),
+    }
+}
