@@ -182,11 +182,15 @@ pub fn run(args: &DownloadArgs) -> Result<i32> {
         args.jobs
     );
 
-    let http = Http::new(HttpConfig::from_env())?;
+    // One client per worker: each has its own I/O thread, so parallel streams do not share one.
+    let cfg = HttpConfig::from_env();
+    let clients = (0..args.jobs)
+        .map(|_| Http::new(cfg.clone()))
+        .collect::<Result<Vec<_>>>()?;
     let n_files = plan.first.len() + plan.rest.iter().map(|v| v.len()).sum::<usize>();
     let mut progress = Progress::new(n_files);
     let state = RunState {
-        http,
+        clients,
         progress: &progress,
         verify: !args.no_verify,
         stop: AtomicBool::new(false),
@@ -554,7 +558,7 @@ struct Failure {
 }
 
 struct RunState<'a> {
-    http: Http,
+    clients: Vec<Http>,
     progress: &'a Progress,
     verify: bool,
     /// Set by a failure that dooms the rest (see `Failure::stops_all`).
@@ -578,14 +582,15 @@ impl RunState<'_> {
         let queue = Mutex::new(list.into_iter().enumerate().collect::<VecDeque<_>>());
         let results = Mutex::new(vec![false; n]);
         std::thread::scope(|s| {
-            for _ in 0..jobs.min(n.max(1)) {
-                s.spawn(|| loop {
+            for http in self.clients.iter().take(jobs.min(n.max(1))) {
+                let (queue, results) = (&queue, &results);
+                s.spawn(move || loop {
                     let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
                     let Some((i, job)) = next else { break };
                     if self.stop.load(Ordering::SeqCst) {
                         continue;
                     }
-                    let ok = self.one(&job);
+                    let ok = self.one(&job, http);
                     results.lock().unwrap_or_else(|e| e.into_inner())[i] = ok;
                 });
             }
@@ -593,9 +598,9 @@ impl RunState<'_> {
         results.into_inner().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn one(&self, job: &Job) -> bool {
+    fn one(&self, job: &Job, http: &Http) -> bool {
         let fp = self.progress.file(&job.label);
-        let result = self.fetch(job, &fp);
+        let result = self.fetch(job, &fp, http);
         fp.finish();
         match result {
             Ok(line) => {
@@ -615,7 +620,12 @@ impl RunState<'_> {
         }
     }
 
-    fn fetch(&self, job: &Job, fp: &crate::net::progress::FileProgress) -> Result<String, Failure> {
+    fn fetch(
+        &self,
+        job: &Job,
+        fp: &crate::net::progress::FileProgress,
+        http: &Http,
+    ) -> Result<String, Failure> {
         let md5 = job.md5.as_ref().filter(|_| self.verify);
         if job.dest.exists() {
             match self.existing(job, md5) {
@@ -639,7 +649,7 @@ impl RunState<'_> {
         req.expected_digest = md5.cloned();
         req.expected_size = job.size;
         req.reject_markup = job.reject_markup;
-        match self.http.download_to_file(&req, fp, &self.never) {
+        match http.download_to_file(&req, fp, &self.never) {
             Ok(d) => {
                 let mut line = format!("ok    {} ({})", job.label, human_bytes(d.size));
                 if md5.is_some() {

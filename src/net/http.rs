@@ -283,17 +283,20 @@ impl Hasher {
     }
 }
 
-/// A hasher on its own thread, so hashing overlaps the network and the disk. Chunks are hashed in
-/// the order they are sent; `reset` starts over (the file was restarted from byte 0).
+/// A hasher on its own thread, so hashing overlaps the network and the disk. Buffers are hashed in
+/// the order they are submitted, then handed back for reuse, so bytes are never copied on their way
+/// to the hasher; `reset` starts over (the file was restarted from byte 0).
 struct HashPipe {
-    /// Network reads are small; batching them keeps the per-message cost negligible.
-    pending: Vec<u8>,
     tx: Option<std::sync::mpsc::SyncSender<HashMsg>>,
+    recycled: Option<std::sync::mpsc::Receiver<Vec<u8>>>,
     thread: Option<std::thread::JoinHandle<Option<String>>>,
+    /// Without a hasher, the one buffer the reader keeps reusing.
+    spare: Option<Vec<u8>>,
 }
 
 enum HashMsg {
-    Data(Vec<u8>),
+    /// A buffer and how many of its bytes to hash.
+    Data(Vec<u8>, usize),
     Reset,
 }
 
@@ -301,58 +304,61 @@ impl HashPipe {
     fn new(kind: HashKind) -> Self {
         if kind == HashKind::None {
             return Self {
-                pending: Vec::new(),
                 tx: None,
+                recycled: None,
                 thread: None,
+                spare: None,
             };
         }
         // Bounded, so a slow hasher slows the download instead of buffering the file in memory.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<HashMsg>(8);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<HashMsg>(4);
+        let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
         let thread = std::thread::spawn(move || {
             let mut h = Hasher::new(kind);
             for msg in rx {
                 match msg {
-                    HashMsg::Data(d) => h.update(&d),
+                    HashMsg::Data(buf, n) => {
+                        h.update(&buf[..n]);
+                        let _ = back_tx.send(buf);
+                    }
                     HashMsg::Reset => h = Hasher::new(kind),
                 }
             }
             h.finish()
         });
         Self {
-            pending: Vec::with_capacity(PIPE_BATCH),
             tx: Some(tx),
+            recycled: Some(back_rx),
             thread: Some(thread),
+            spare: None,
         }
     }
 
-    fn update(&mut self, data: &[u8]) {
-        if self.tx.is_none() {
-            return;
-        }
-        self.pending.extend_from_slice(data);
-        if self.pending.len() >= PIPE_BATCH {
-            self.flush();
-        }
+    /// A buffer of `BUF` bytes to read into (recycled when one is free).
+    fn buffer(&mut self) -> Vec<u8> {
+        self.spare
+            .take()
+            .or_else(|| self.recycled.as_ref().and_then(|r| r.try_recv().ok()))
+            .unwrap_or_else(|| vec![0u8; BUF])
     }
 
-    fn flush(&mut self) {
-        if let Some(tx) = &self.tx {
-            if !self.pending.is_empty() {
-                let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(PIPE_BATCH));
-                let _ = tx.send(HashMsg::Data(batch));
+    /// Hash the first `n` bytes of `buf` (after everything submitted before).
+    fn submit(&mut self, buf: Vec<u8>, n: usize) {
+        match &self.tx {
+            Some(tx) if n > 0 => {
+                let _ = tx.send(HashMsg::Data(buf, n));
             }
+            _ => self.spare = Some(buf),
         }
     }
 
     fn reset(&mut self) {
-        self.pending.clear();
         if let Some(tx) = &self.tx {
             let _ = tx.send(HashMsg::Reset);
         }
     }
 
     fn finish(mut self) -> Option<String> {
-        self.flush();
         self.tx.take();
         self.thread.take().and_then(|t| t.join().ok()).flatten()
     }
@@ -375,7 +381,6 @@ enum Attempt {
 }
 
 const BUF: usize = 1 << 20;
-const PIPE_BATCH: usize = 1 << 20;
 
 /// Bytes that running downloads in this process have announced but not yet written.
 static RESERVED: AtomicU64 = AtomicU64::new(0);
@@ -778,23 +783,26 @@ impl Http {
             _ => None,
         };
         let mut resp = resp;
-        let mut buf = vec![0u8; BUF];
         let start = *offset;
-        loop {
+        // Reads land directly in a hasher buffer; each piece is written to the part at once (so
+        // a killed run keeps it) and the full buffer then moves to the hasher without a copy.
+        let mut buf = hasher.buffer();
+        let mut filled = 0;
+        let stopped = loop {
             if cancel.load(Ordering::Relaxed) {
                 return Err(HttpError::Cancelled);
             }
-            let n = match resp.read(&mut buf) {
-                Ok(0) => break,
+            if filled == buf.len() {
+                hasher.submit(buf, filled);
+                buf = hasher.buffer();
+                filled = 0;
+            }
+            let n = match resp.read(&mut buf[filled..]) {
+                Ok(0) => break None,
                 Ok(n) => n,
-                Err(e) => {
-                    return Ok(Attempt::Retry {
-                        reason: io_reason(&e),
-                        progressed: *offset > start,
-                    })
-                }
+                Err(e) => break Some(io_reason(&e)),
             };
-            let chunk = &buf[..n];
+            let chunk = &buf[filled..filled + n];
             if *offset == 0 && req.reject_markup && looks_like_markup(chunk) {
                 restart(file, offset, hasher)?;
                 return Err(HttpError::ErrorBody {
@@ -806,17 +814,20 @@ impl Http {
             if let Some(r) = reservation.as_mut() {
                 r.wrote(n as u64);
             }
-            hasher.update(chunk);
+            filled += n;
             *offset += n as u64;
             *fetched += n as u64;
             progress.inc(n as u64);
-        }
-        match total {
-            Some(t) if *offset < t => Ok(Attempt::Retry {
+        };
+        hasher.submit(buf, filled);
+        let progressed = *offset > start;
+        match (stopped, total) {
+            (Some(reason), _) => Ok(Attempt::Retry { reason, progressed }),
+            (None, Some(t)) if *offset < t => Ok(Attempt::Retry {
                 reason: format!("connection closed at byte {} of {t}", *offset),
-                progressed: *offset > start,
+                progressed,
             }),
-            _ => Ok(Attempt::Complete(*offset)),
+            (None, _) => Ok(Attempt::Complete(*offset)),
         }
     }
 }
@@ -952,7 +963,11 @@ impl Update for Hasher {
 
 impl Update for HashPipe {
     fn update(&mut self, data: &[u8]) {
-        HashPipe::update(self, data)
+        for piece in data.chunks(BUF) {
+            let mut buf = self.buffer();
+            buf[..piece.len()].copy_from_slice(piece);
+            self.submit(buf, piece.len());
+        }
     }
 }
 
