@@ -644,3 +644,26 @@ fn engine_api_for_other_commands() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn file_missing_from_checklist_is_kept_with_a_warning() {
+    let cdn = Cdn::start();
+    put_top(&cdn);
+    let files = put_model(&cdn, "8b_pre_trained", 1, 10_000);
+    let checklist: String = files
+        .iter()
+        .filter(|(n, _)| n != "tokenizer.model" && n != "checklist.chk")
+        .map(|(n, d)| format!("{}  {n}\n", md5_hex(d)))
+        .collect();
+    cdn.put("8b_pre_trained/checklist.chk", checklist.into_bytes());
+    let url = cdn.link(3600, None);
+    let dir = tempfile::tempdir().unwrap();
+    let o = download(&url, "8B", dir.path(), &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("tokenizer.model: not listed in checklist.chk"),
+        "{}",
+        text(&o)
+    );
+    assert!(dir.path().join("Meta-Llama-3-8B/tokenizer.model").is_file());
+}

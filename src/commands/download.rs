@@ -256,13 +256,12 @@ pub fn run(args: &DownloadArgs) -> Result<i32> {
             if job.model != Some(mi) {
                 continue;
             }
-            match (&job.md5, *ok, state.verify) {
-                (Some(md5), true, true) => {
-                    if let Ok(v) = catalog::VerifiedFile::of(&job.dest, md5) {
-                        marker.insert(job.file_name(), v);
-                    }
+            if !*ok {
+                all_ok = false;
+            } else if let (Some(md5), true) = (&job.md5, state.verify) {
+                if let Ok(v) = catalog::VerifiedFile::of(&job.dest, md5) {
+                    marker.insert(job.file_name(), v);
                 }
-                _ => all_ok = false,
             }
         }
         if state.verify {
