@@ -430,8 +430,14 @@ fn resolve_models(names: &str) -> Result<Vec<&'static Model>> {
 fn read_manifest(path: &Path) -> Result<(Links, Vec<String>)> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read", path.display()))?;
-    let doc: ManifestDoc = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not a download manifest", path.display()))?;
+    // serde quotes offending values, which may be signed URLs: redact its message.
+    let doc: ManifestDoc = serde_json::from_str(&text).map_err(|e| {
+        anyhow!(
+            "{}: not a download manifest: {}",
+            path.display(),
+            redact(&e.to_string())
+        )
+    })?;
     let expires_on = match &doc.expires_on {
         None | Some(serde_json::Value::Null) => None,
         Some(v) => Some(parse_time(v).ok_or_else(|| {

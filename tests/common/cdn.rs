@@ -396,6 +396,10 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
         }
         _ => remaining,
     };
+    if throttle.is_some() {
+        // A small send buffer keeps "served" close to what the client has actually taken in.
+        set_sndbuf(&conn, 32 << 10);
+    }
     let chunk = if throttle.is_some() {
         16 << 10
     } else {
@@ -444,6 +448,20 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     let mut sink = [0u8; 1024];
     let _ = reader.get_mut().read(&mut sink);
     Ok(())
+}
+
+fn set_sndbuf(conn: &TcpStream, bytes: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt on a socket we own, with a correctly sized int.
+    unsafe {
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            &bytes as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 /// Close with RST instead of FIN, as a dropped connection looks to the client.
