@@ -681,3 +681,109 @@ fn file_missing_from_checklist_is_kept_with_a_warning() {
     );
     assert!(dir.path().join("Meta-Llama-3-8B/tokenizer.model").is_file());
 }
+
+/// Segment progress recorded in the part's meta file: bytes on disk by its account.
+fn segment_bytes(meta: &Path) -> u64 {
+    std::fs::read_to_string(meta)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| {
+            v["segments"].as_array().map(|segs| {
+                segs.iter()
+                    .map(|s| s["done"].as_u64().unwrap_or(0) - s["start"].as_u64().unwrap_or(0))
+                    .sum()
+            })
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn several_connections_per_file_with_faults_and_kill() {
+    let cdn = Cdn::start();
+    put_top(&cdn);
+    let size = 2 << 20;
+    let files = put_model(&cdn, "8b_pre_trained", 1, size);
+    let url = cdn.link(3600, None);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    // The first ranged request (segment 0) drops mid-way: only that segment retries.
+    cdn.fault(PTH, Fault::DropAfter(100_000));
+    let o = llamactl(&[
+        "download",
+        "--url",
+        &url,
+        "--models",
+        "8B",
+        "--dir",
+        d,
+        "--connections",
+        "4",
+    ])
+    .env("LLAMACTL_SEGMENT_MIN_BYTES", "200000")
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_model(dir.path(), "Meta-Llama-3-8B", &files);
+    let ranges: Vec<String> = cdn
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == PTH)
+        .filter_map(|r| r.range)
+        .collect();
+    assert!(ranges.len() >= 5, "{ranges:?}");
+    let starts_at_zero = ranges.iter().filter(|r| r.starts_with("bytes=0-")).count();
+    assert_eq!(starts_at_zero, 1, "segment 0 restarted: {ranges:?}");
+    assert!(ranges
+        .iter()
+        .any(|r| r == &format!("bytes={}-{}", size / 2, 3 * size / 4 - 1)));
+
+    // Kill mid-way, then resume: each segment continues from its recorded progress.
+    let cdn = Cdn::start();
+    put_top(&cdn);
+    let size = 4 << 20;
+    let files = put_model(&cdn, "8b_pre_trained", 1, size);
+    let url = cdn.link(3600, None);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    cdn.throttle(Some(128 << 10));
+    let mut child = llamactl(&[
+        "download",
+        "--url",
+        &url,
+        "--models",
+        "8B",
+        "--dir",
+        d,
+        "--connections",
+        "4",
+    ])
+    .env("LLAMACTL_SEGMENT_MIN_BYTES", "500000")
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let meta = dir
+        .path()
+        .join("Meta-Llama-3-8B/consolidated.00.pth.part.meta");
+    let t0 = Instant::now();
+    while segment_bytes(&meta) < size as u64 / 4 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!dir
+        .path()
+        .join("Meta-Llama-3-8B/consolidated.00.pth")
+        .exists());
+    cdn.throttle(None);
+    // Resuming needs no --connections: the recorded segments decide.
+    let o = download(&url, "8B", dir.path(), &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_model(dir.path(), "Meta-Llama-3-8B", &files);
+    let served = cdn.served(PTH);
+    assert!(
+        served as f64 <= 1.05 * size as f64,
+        "served {served} for {size}"
+    );
+}

@@ -114,8 +114,8 @@ struct ManifestDoc {
 }
 
 pub fn run(args: &DownloadArgs) -> Result<i32> {
-    if args.jobs == 0 {
-        bail!("--jobs must be at least 1");
+    if args.jobs == 0 || args.connections == 0 {
+        bail!("--jobs and --connections must be at least 1");
     }
     let tty = std::io::stdin().is_terminal();
     let (links, manifest_models) = match &args.manifest {
@@ -193,6 +193,7 @@ pub fn run(args: &DownloadArgs) -> Result<i32> {
         clients,
         progress: &progress,
         verify: !args.no_verify,
+        connections: args.connections,
         stop: AtomicBool::new(false),
         never: AtomicBool::new(false),
         failures: Mutex::new(Vec::new()),
@@ -566,6 +567,7 @@ struct RunState<'a> {
     clients: Vec<Http>,
     progress: &'a Progress,
     verify: bool,
+    connections: usize,
     /// Set by a failure that dooms the rest (see `Failure::stops_all`).
     stop: AtomicBool,
     /// The engine's cancel flag; nothing cancels a running transfer, which keeps its progress.
@@ -653,6 +655,7 @@ impl RunState<'_> {
         };
         req.expected_digest = md5.cloned();
         req.expected_size = job.size;
+        req.connections = self.connections;
         req.reject_markup = job.reject_markup;
         match http.download_to_file(&req, fp, &self.never) {
             Ok(d) => {

@@ -10,6 +10,7 @@
 //! Every URL that appears in an error or log line goes through [`redact`] first; reqwest errors are
 //! stripped of their URL.
 use crate::net::progress::FileProgress;
+use crate::net::segmented::{self, SegError};
 use crate::net::signed_url::redact;
 use md5::Digest as _;
 use reqwest::header::{self, HeaderMap};
@@ -31,6 +32,8 @@ pub struct HttpConfig {
     /// First backoff; doubled per consecutive failure, with ±50 % jitter.
     pub retry_base: Duration,
     pub retry_max: Duration,
+    /// Smallest segment when a file is fetched over several connections.
+    pub segment_min: u64,
 }
 
 impl Default for HttpConfig {
@@ -41,13 +44,15 @@ impl Default for HttpConfig {
             retries: 8,
             retry_base: Duration::from_millis(1000),
             retry_max: Duration::from_secs(60),
+            segment_min: 64 << 20,
         }
     }
 }
 
 impl HttpConfig {
     /// Defaults, overridden by `LLAMACTL_READ_TIMEOUT_MS`, `LLAMACTL_CONNECT_TIMEOUT_MS`,
-    /// `LLAMACTL_RETRIES`, `LLAMACTL_RETRY_BASE_MS`, `LLAMACTL_RETRY_MAX_MS`.
+    /// `LLAMACTL_RETRIES`, `LLAMACTL_RETRY_BASE_MS`, `LLAMACTL_RETRY_MAX_MS`,
+    /// `LLAMACTL_SEGMENT_MIN_BYTES`.
     pub fn from_env() -> Self {
         fn ms(name: &str, default: Duration) -> Duration {
             std::env::var(name)
@@ -66,6 +71,11 @@ impl HttpConfig {
                 .unwrap_or(d.retries),
             retry_base: ms("LLAMACTL_RETRY_BASE_MS", d.retry_base),
             retry_max: ms("LLAMACTL_RETRY_MAX_MS", d.retry_max),
+            segment_min: std::env::var("LLAMACTL_SEGMENT_MIN_BYTES")
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .filter(|&n: &u64| n > 0)
+                .unwrap_or(d.segment_min),
         }
     }
 
@@ -107,6 +117,9 @@ pub struct FileRequest {
     /// Before the first byte of a body, check that the disk holds the rest of this file plus what
     /// other downloads in this process still have to write.
     pub check_space: bool,
+    /// Ranged connections for one large file (1: a single stream). A file is split only when
+    /// each segment gets at least [`HttpConfig::segment_min`] bytes and the server answers ranges.
+    pub connections: usize,
 }
 
 impl FileRequest {
@@ -120,6 +133,7 @@ impl FileRequest {
             headers: Vec::new(),
             reject_markup: false,
             check_space: true,
+            connections: 1,
         }
     }
 }
@@ -193,7 +207,7 @@ impl HttpError {
     }
 }
 
-fn io_err(path: &Path, source: std::io::Error) -> HttpError {
+pub(crate) fn io_err(path: &Path, source: std::io::Error) -> HttpError {
     HttpError::Io {
         path: path.display().to_string(),
         source,
@@ -215,10 +229,13 @@ fn meta_path(dest: &Path) -> PathBuf {
 
 /// What we learned about the remote object from the response that started the part.
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
-struct PartMeta {
+pub(crate) struct PartMeta {
     etag: Option<String>,
     last_modified: Option<String>,
     size: Option<u64>,
+    /// Present when the part is being filled over several connections (it then has holes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) segments: Option<Vec<crate::net::segmented::Segment>>,
 }
 
 impl PartMeta {
@@ -227,10 +244,16 @@ impl PartMeta {
         serde_json::from_str(&text).ok()
     }
 
-    fn save(&self, dest: &Path) -> Result<(), HttpError> {
+    /// Written beside and renamed over, so a kill never leaves a torn record.
+    pub(crate) fn save(&self, dest: &Path) -> Result<(), HttpError> {
         let p = meta_path(dest);
+        let mut tmp = p.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
         let text = serde_json::to_string(self).unwrap_or_default();
-        std::fs::write(&p, text).map_err(|e| io_err(&p, e))
+        std::fs::write(&tmp, text)
+            .and_then(|_| std::fs::rename(&tmp, &p))
+            .map_err(|e| io_err(&p, e))
     }
 
     fn from_headers(h: &HeaderMap, size: Option<u64>) -> Self {
@@ -245,36 +268,37 @@ impl PartMeta {
             etag,
             last_modified: get(header::LAST_MODIFIED),
             size,
+            segments: None,
         }
     }
 
-    fn if_range(&self) -> Option<&str> {
+    pub(crate) fn if_range(&self) -> Option<&str> {
         self.etag.as_deref().or(self.last_modified.as_deref())
     }
 }
 
-enum Hasher {
+pub(crate) enum Hasher {
     None,
     Md5(md5::Md5),
     Sha256(sha2::Sha256),
 }
 
 impl Hasher {
-    fn new(kind: HashKind) -> Self {
+    pub(crate) fn new(kind: HashKind) -> Self {
         match kind {
             HashKind::None => Hasher::None,
             HashKind::Md5 => Hasher::Md5(md5::Md5::new()),
             HashKind::Sha256 => Hasher::Sha256(<sha2::Sha256 as sha2::Digest>::new()),
         }
     }
-    fn update(&mut self, data: &[u8]) {
+    pub(crate) fn update(&mut self, data: &[u8]) {
         match self {
             Hasher::None => {}
             Hasher::Md5(h) => h.update(data),
             Hasher::Sha256(h) => sha2::Digest::update(h, data),
         }
     }
-    fn finish(self) -> Option<String> {
+    pub(crate) fn finish(self) -> Option<String> {
         match self {
             Hasher::None => None,
             Hasher::Md5(h) => Some(hex::encode(h.finalize())),
@@ -380,16 +404,16 @@ enum Attempt {
     Retry { reason: String, progressed: bool },
 }
 
-const BUF: usize = 1 << 20;
+pub(crate) const BUF: usize = 1 << 20;
 
 /// Bytes that running downloads in this process have announced but not yet written.
 static RESERVED: AtomicU64 = AtomicU64::new(0);
 
 /// A claim on [`RESERVED`], released as bytes land and when dropped.
-struct Reservation(u64);
+pub(crate) struct Reservation(u64);
 
 impl Reservation {
-    fn claim(dir: &Path, need: u64) -> Result<Self, HttpError> {
+    pub(crate) fn claim(dir: &Path, need: u64) -> Result<Self, HttpError> {
         let others = RESERVED.fetch_add(need, Ordering::SeqCst);
         match crate::util::free_disk_bytes(dir) {
             Ok(free) if free < need.saturating_add(others) => {
@@ -490,7 +514,7 @@ impl Http {
         }
     }
 
-    fn send(
+    pub(crate) fn send(
         &self,
         url: &str,
         headers: &[(String, String)],
@@ -576,6 +600,19 @@ impl Http {
             .map_err(|e| io_err(&part, e))?;
         lock_exclusive(&file, &part)?;
         let mut meta = PartMeta::load(&req.dest).unwrap_or_default();
+        if meta.segments.is_some() {
+            match segmented::run(self, req, &file, &part, &mut meta, None, progress, cancel) {
+                Ok((size, digest, fetched)) => return Ok((size, digest, fetched, 0)),
+                Err(SegError::Http(e)) => return Err(e),
+                Err(SegError::Fallback(why)) => {
+                    progress.note(&format!("one connection: {why}"));
+                    // The part has holes: only a fresh single stream can fill it soundly.
+                    meta = PartMeta::default();
+                    file.set_len(0).map_err(|e| io_err(&part, e))?;
+                    let _ = std::fs::remove_file(meta_path(&req.dest));
+                }
+            }
+        }
         let mut offset = file.metadata().map_err(|e| io_err(&part, e))?.len();
         let known_size = req.expected_size.or(meta.size);
         if offset > 0 && known_size.is_some_and(|s| offset > s) {
@@ -603,11 +640,60 @@ impl Http {
         let shown = redact(&req.url);
         let mut fetched = 0u64;
         let mut failures = 0u32;
+        let mut first = None;
+        if offset == 0 && req.connections > 1 {
+            // Ask for a range from the start: a 206 proves ranges work and tells the size.
+            match self.send(&req.url, &req.headers, Some((0, None))) {
+                Ok(resp) => {
+                    let total = (resp.status() == StatusCode::PARTIAL_CONTENT)
+                        .then(|| parse_content_range(resp.headers()))
+                        .flatten()
+                        .and_then(|(start, total)| (start == 0).then_some(total).flatten());
+                    let n = total
+                        .map(|t| (t / self.cfg.segment_min.max(1)).min(req.connections as u64))
+                        .unwrap_or(0);
+                    match total {
+                        Some(t) if n >= 2 && req.expected_size.is_none_or(|e| e == t) => {
+                            meta = PartMeta::from_headers(resp.headers(), Some(t));
+                            meta.segments = Some(segmented::plan(t, n as usize));
+                            meta.save(&req.dest)?;
+                            match segmented::run(
+                                self,
+                                req,
+                                &file,
+                                &part,
+                                &mut meta,
+                                Some(resp),
+                                progress,
+                                cancel,
+                            ) {
+                                Ok((size, digest, f)) => return Ok((size, digest, f, 0)),
+                                Err(SegError::Http(e)) => return Err(e),
+                                Err(SegError::Fallback(why)) => {
+                                    progress.note(&format!("one connection: {why}"));
+                                    meta = PartMeta::default();
+                                    file.set_len(0).map_err(|e| io_err(&part, e))?;
+                                    let _ = std::fs::remove_file(meta_path(&req.dest));
+                                    file.seek(SeekFrom::Start(0))
+                                        .map_err(|e| io_err(&part, e))?;
+                                }
+                            }
+                        }
+                        _ => first = Some(resp),
+                    }
+                }
+                Err(reason) => {
+                    failures += 1;
+                    backoff_sleep(&self.cfg, failures, progress, &reason);
+                }
+            }
+        }
         loop {
             if cancel.load(Ordering::Relaxed) {
                 return Err(HttpError::Cancelled);
             }
             let attempt = self.attempt(
+                first.take(),
                 req,
                 &shown,
                 &mut file,
@@ -647,10 +733,7 @@ impl Http {
                             last: reason,
                         });
                     }
-                    let wait = self.cfg.backoff(failures);
-                    progress.note(&format!("retry in {:.1}s: {reason}", wait.as_secs_f64()));
-                    std::thread::sleep(wait);
-                    progress.note("");
+                    backoff_sleep(&self.cfg, failures, progress, &reason);
                 }
             }
         }
@@ -659,6 +742,7 @@ impl Http {
     #[allow(clippy::too_many_arguments)]
     fn attempt(
         &self,
+        pre: Option<reqwest::blocking::Response>,
         req: &FileRequest,
         shown: &str,
         file: &mut File,
@@ -671,7 +755,11 @@ impl Http {
         cancel: &AtomicBool,
     ) -> Result<Attempt, HttpError> {
         let range = (*offset > 0).then(|| (*offset, meta.if_range()));
-        let resp = match self.send(&req.url, &req.headers, range) {
+        let sent = match pre {
+            Some(r) => Ok(r),
+            None => self.send(&req.url, &req.headers, range),
+        };
+        let resp = match sent {
             Ok(r) => r,
             Err(reason) => {
                 return Ok(Attempt::Retry {
@@ -832,8 +920,16 @@ impl Http {
     }
 }
 
+/// Wait before retry number `n`, saying why on the file's progress bar.
+pub(crate) fn backoff_sleep(cfg: &HttpConfig, n: u32, progress: &FileProgress, reason: &str) {
+    let wait = cfg.backoff(n);
+    progress.note(&format!("retry in {:.1}s: {reason}", wait.as_secs_f64()));
+    std::thread::sleep(wait);
+    progress.note("");
+}
+
 /// Turn a non-2xx status into an error, or a retry reason for transient ones.
-fn classify_status(
+pub(crate) fn classify_status(
     status: StatusCode,
     resp: reqwest::blocking::Response,
     shown: &str,
@@ -896,7 +992,7 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
 }
 
 /// `Content-Range: bytes START-END/TOTAL` → (START, TOTAL if not `*`).
-fn parse_content_range(h: &HeaderMap) -> Option<(u64, Option<u64>)> {
+pub(crate) fn parse_content_range(h: &HeaderMap) -> Option<(u64, Option<u64>)> {
     let v = h.get(header::CONTENT_RANGE)?.to_str().ok()?;
     let rest = v.trim().strip_prefix("bytes ")?;
     let (range, total) = rest.split_once('/')?;
@@ -904,7 +1000,7 @@ fn parse_content_range(h: &HeaderMap) -> Option<(u64, Option<u64>)> {
     Some((start, total.trim().parse().ok()))
 }
 
-fn describe(e: &reqwest::Error) -> String {
+pub(crate) fn describe(e: &reqwest::Error) -> String {
     // reqwest puts the full URL (with its signature) into Display; drop it and redact the rest.
     let mut msg = String::new();
     let mut cur: Option<&dyn std::error::Error> = Some(e);
@@ -925,7 +1021,7 @@ fn describe(e: &reqwest::Error) -> String {
     redact(&stripped)
 }
 
-fn io_reason(e: &std::io::Error) -> String {
+pub(crate) fn io_reason(e: &std::io::Error) -> String {
     let inner = e
         .get_ref()
         .and_then(|r| r.downcast_ref::<reqwest::Error>())

@@ -1,4 +1,5 @@
 //! HTTP with resume, retries, in-stream hashing, signed-URL parsing and progress.
 pub mod http;
 pub mod progress;
+pub mod segmented;
 pub mod signed_url;

@@ -319,15 +319,13 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     let throttle = st.throttle;
     let len = body.len();
     let mut start = 0u64;
+    let mut end = len; // exclusive
     let mut partial = false;
     if let Some(r) = &range {
         let valid = if_range.as_ref().is_none_or(|v| v == &etag);
-        if valid {
-            if let Some(n) = r
-                .strip_prefix("bytes=")
-                .and_then(|s| s.split('-').next())
-                .and_then(|s| s.parse::<u64>().ok())
-            {
+        let spec = r.strip_prefix("bytes=").and_then(|s| s.split_once('-'));
+        if let (true, Some((a, b))) = (valid, spec) {
+            if let Ok(n) = a.parse::<u64>() {
                 if n >= len {
                     log(&mut st, 416);
                     drop(st);
@@ -340,6 +338,10 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
                     );
                 }
                 start = n;
+                end = b
+                    .parse::<u64>()
+                    .map_or(len, |e| (e + 1).min(len))
+                    .max(start);
                 partial = true;
             }
         }
@@ -372,7 +374,7 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     log(&mut st, if partial { 206 } else { 200 });
     drop(st);
 
-    let remaining = len - start;
+    let remaining = end - start;
     let announced = match &fault {
         Some(Fault::LongerLength(extra)) => remaining + extra,
         _ => remaining,
@@ -380,7 +382,7 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     let mut head = if partial {
         format!(
             "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {start}-{}/{len}\r\n",
-            len - 1
+            end - 1
         )
     } else {
         "HTTP/1.1 200 OK\r\n".to_string()
