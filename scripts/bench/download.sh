@@ -6,7 +6,7 @@
 # signed-style link with a `*`. Two models: 8B-like (1 shard) and 70B-like (8 shards), random data
 # with a matching checklist.chk each, BENCH_MB in total (default 1024).
 #
-# Usage: scripts/bench/download.sh            (env: BENCH_MB, BENCH_DIR, LLAMACTL)
+# Usage: scripts/bench/download.sh            (env: BENCH_MB, BENCH_DIR, BENCH_REPEAT, LLAMACTL)
 # Note: on a shared machine other processes skew wall times; run it when the box is quiet, and read
 # the ratios (measured back to back in this run), not the absolute seconds.
 set -euo pipefail
@@ -85,14 +85,25 @@ timeit() {
     awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }'
 }
 
-echo "cores: $(nproc), load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-t_seed=$(timeit seed "$WORK/out-seed")
-t_ours=$(timeit ours "$WORK/out-ours")
-t_ours1=$(timeit ours "$WORK/out-ours1" --jobs 1)
-cmp "$WORK/out-seed/Meta-Llama-3-8B/consolidated.00.pth" "$WORK/out-ours/Meta-Llama-3-8B/consolidated.00.pth"
-cmp "$WORK/out-seed/Meta-Llama-3-70B/consolidated.07.pth" "$WORK/out-ours1/Meta-Llama-3-70B/consolidated.07.pth"
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
-printf 'files: %s MiB in 2 models (1 + 8 shards)\n' "$MB"
+# Interleaved repetitions (BENCH_REPEAT, default 1): on a busy machine the median of each is steadier.
+REPEAT=${BENCH_REPEAT:-1}
+seeds=() ours4=() ours1=()
+for r in $(seq "$REPEAT"); do
+    echo "run $r/$REPEAT: cores $(nproc), load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+    seeds+=("$(timeit seed "$WORK/out-seed")")
+    ours4+=("$(timeit ours "$WORK/out-ours")")
+    ours1+=("$(timeit ours "$WORK/out-ours1" --jobs 1)")
+    cmp "$WORK/out-seed/Meta-Llama-3-8B/consolidated.00.pth" "$WORK/out-ours/Meta-Llama-3-8B/consolidated.00.pth"
+    cmp "$WORK/out-seed/Meta-Llama-3-70B/consolidated.07.pth" "$WORK/out-ours1/Meta-Llama-3-70B/consolidated.07.pth"
+    echo "  seed ${seeds[-1]} s, llamactl ${ours4[-1]} s, --jobs 1 ${ours1[-1]} s" >&2
+done
+t_seed=$(median "${seeds[@]}")
+t_ours=$(median "${ours4[@]}")
+t_ours1=$(median "${ours1[@]}")
+
+printf 'files: %s MiB in 2 models (1 + 8 shards); median of %s run(s)\n' "$MB" "$REPEAT"
 printf 'download.sh procedure (wget --continue + md5sum -c): %.2f s\n' "$t_seed"
 printf 'llamactl download --jobs 4 (default):               %.2f s  ratio %.2f\n' "$t_ours" "$(awk -v a="$t_ours" -v b="$t_seed" 'BEGIN { print a / b }')"
 printf 'llamactl download --jobs 1:                         %.2f s  ratio %.2f\n' "$t_ours1" "$(awk -v a="$t_ours1" -v b="$t_seed" 'BEGIN { print a / b }')"
