@@ -602,14 +602,11 @@ impl Http {
         let mut meta = PartMeta::load(&req.dest).unwrap_or_default();
         if meta.segments.is_some() {
             match segmented::run(self, req, &file, &part, &mut meta, None, progress, cancel) {
-                Ok((size, digest, fetched)) => return Ok((size, digest, fetched, 0)),
+                Ok(done) => return Ok(done),
                 Err(SegError::Http(e)) => return Err(e),
                 Err(SegError::Fallback(why)) => {
                     progress.note(&format!("one connection: {why}"));
-                    // The part has holes: only a fresh single stream can fill it soundly.
-                    meta = PartMeta::default();
-                    file.set_len(0).map_err(|e| io_err(&part, e))?;
-                    let _ = std::fs::remove_file(meta_path(&req.dest));
+                    meta = abandon_segments(&mut file, &part, &req.dest)?;
                 }
             }
         }
@@ -652,8 +649,9 @@ impl Http {
                     let n = total
                         .map(|t| (t / self.cfg.segment_min.max(1)).min(req.connections as u64))
                         .unwrap_or(0);
+                    let page = req.reject_markup && is_markup_type(resp.headers());
                     match total {
-                        Some(t) if n >= 2 && req.expected_size.is_none_or(|e| e == t) => {
+                        Some(t) if n >= 2 && !page && req.expected_size.is_none_or(|e| e == t) => {
                             meta = PartMeta::from_headers(resp.headers(), Some(t));
                             meta.segments = Some(segmented::plan(t, n as usize));
                             meta.save(&req.dest)?;
@@ -667,15 +665,11 @@ impl Http {
                                 progress,
                                 cancel,
                             ) {
-                                Ok((size, digest, f)) => return Ok((size, digest, f, 0)),
+                                Ok(done) => return Ok(done),
                                 Err(SegError::Http(e)) => return Err(e),
                                 Err(SegError::Fallback(why)) => {
                                     progress.note(&format!("one connection: {why}"));
-                                    meta = PartMeta::default();
-                                    file.set_len(0).map_err(|e| io_err(&part, e))?;
-                                    let _ = std::fs::remove_file(meta_path(&req.dest));
-                                    file.seek(SeekFrom::Start(0))
-                                        .map_err(|e| io_err(&part, e))?;
+                                    meta = abandon_segments(&mut file, &part, &req.dest)?;
                                 }
                             }
                         }
@@ -837,20 +831,16 @@ impl Http {
         if let Some(t) = total {
             progress.set_len(t);
         }
-        if req.reject_markup {
-            if let Some(ct) = resp
+        if req.reject_markup && is_markup_type(resp.headers()) {
+            let ct = resp
                 .headers()
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
-            {
-                let ct = ct.to_ascii_lowercase();
-                if ct.contains("html") || ct.contains("xml") {
-                    return Err(HttpError::ErrorBody {
-                        url: shown.to_string(),
-                        what: format!("the server sent a {ct} page instead of the file"),
-                    });
-                }
-            }
+                .unwrap_or_default();
+            return Err(HttpError::ErrorBody {
+                url: shown.to_string(),
+                what: format!("the server sent a {ct} page instead of the file"),
+            });
         }
         if *offset == 0 {
             if let (Some(want), Some(got)) = (req.expected_size, body_len) {
@@ -971,6 +961,26 @@ fn error_detail(body: &[u8]) -> String {
         (Some(c), None) => format!(" ({})", redact(&c)),
         _ => String::new(),
     }
+}
+
+/// An HTML or XML content type: an error page, never a weight file.
+fn is_markup_type(h: &HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|ct| {
+            let ct = ct.to_ascii_lowercase();
+            ct.contains("html") || ct.contains("xml")
+        })
+        .unwrap_or(false)
+}
+
+/// Drop a segmented part (it has holes) so a single stream can start it afresh.
+fn abandon_segments(file: &mut File, part: &Path, dest: &Path) -> Result<PartMeta, HttpError> {
+    file.set_len(0)
+        .and_then(|_| file.seek(SeekFrom::Start(0)).map(|_| ()))
+        .map_err(|e| io_err(part, e))?;
+    let _ = std::fs::remove_file(meta_path(dest));
+    Ok(PartMeta::default())
 }
 
 fn looks_like_markup(chunk: &[u8]) -> bool {

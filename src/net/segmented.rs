@@ -56,7 +56,7 @@ impl From<HttpError> for SegError {
 }
 
 /// Bring a segmented part to completion. `first` is an already-open response for segment 0
-/// starting at its `done`. Returns (size, digest, bytes fetched).
+/// starting at its `done`. Returns (size, digest, bytes fetched, bytes kept from before).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run(
     http: &Http,
@@ -67,7 +67,7 @@ pub(crate) fn run(
     first: Option<reqwest::blocking::Response>,
     progress: &FileProgress,
     cancel: &AtomicBool,
-) -> Result<(u64, Option<String>, u64), SegError> {
+) -> Result<(u64, Option<String>, u64, u64), SegError> {
     let segs = meta.segments.clone().unwrap_or_default();
     let total = segs.last().map(|s| s.end).unwrap_or(0);
     progress.set_len(total);
@@ -78,7 +78,8 @@ pub(crate) fn run(
             .map(|(s, d)| d.load(Ordering::SeqCst) - s.start)
             .sum()
     };
-    progress.set_position(on_disk(&done));
+    let kept = on_disk(&done);
+    progress.set_position(kept);
     let _space = if req.check_space {
         let dir = part.parent().unwrap_or(Path::new("."));
         Some(Reservation::claim(dir, total - on_disk(&done))?)
@@ -187,7 +188,7 @@ pub(crate) fn run(
     });
     outcome?;
     file.sync_all().map_err(|e| io_err(part, e))?;
-    Ok((total, digest, fetched.load(Ordering::SeqCst)))
+    Ok((total, digest, fetched.load(Ordering::SeqCst), kept))
 }
 
 fn save_progress(meta: &mut PartMeta, segs: &[Segment], done: &[AtomicU64], req: &FileRequest) {
