@@ -786,4 +786,5 @@ fn several_connections_per_file_with_faults_and_kill() {
         served as f64 <= 1.05 * size as f64,
         "served {served} for {size}"
     );
+    assert!(text(&o).contains("resumed"), "{}", text(&o));
 }
