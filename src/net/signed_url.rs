@@ -9,8 +9,16 @@ use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Query parameters whose values are credentials and must never be printed.
-pub const SECRET_PARAMS: [&str; 3] = ["Policy", "Signature", "Key-Pair-Id"];
+/// Query parameters whose values are credentials and must never be printed: CloudFront's, and
+/// S3 presigned URLs' (where Hub downloads are redirected).
+pub const SECRET_PARAMS: [&str; 6] = [
+    "Policy",
+    "Signature",
+    "Key-Pair-Id",
+    "X-Amz-Signature",
+    "X-Amz-Credential",
+    "X-Amz-Security-Token",
+];
 
 /// A signed link with a `*` placeholder for the object path.
 #[derive(Clone)]
@@ -218,6 +226,9 @@ mod tests {
         }
         assert!(r.ends_with("): reset"), "{r}");
         assert_eq!(redact("XPolicy=keep"), "XPolicy=keep");
+        let s3 =
+            redact("https://b.s3/x?X-Amz-Credential=AKIA1&X-Amz-Signature=f00d&x-id=GetObject");
+        assert!(!s3.contains("AKIA1") && !s3.contains("f00d") && s3.contains("x-id=GetObject"));
         assert_eq!(redact("héllo"), "héllo");
     }
 
