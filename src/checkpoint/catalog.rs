@@ -202,29 +202,18 @@ impl Model {
     }
 }
 
-/// `checklist.chk` as (file name → lower-case md5), in file order. Accepts GNU md5sum lines
-/// (`HASH  NAME`, `HASH *NAME`).
+/// `checklist.chk` as (file name → lower-case md5). Any unusable line (not md5sum syntax, or an
+/// absolute / `..` name) makes the whole checklist untrusted: an error page saved under that name
+/// must never pass as a checklist.
 pub fn parse_checklist(text: &str) -> Result<BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim_end_matches('\r');
-        if line.trim().is_empty() {
-            continue;
-        }
-        let (hash, name) = line
-            .split_once(char::is_whitespace)
-            .with_context(|| format!("line {}: not `MD5  NAME`", i + 1))?;
-        let name = name.trim_start().trim_start_matches('*');
-        let name = name.strip_prefix("./").unwrap_or(name);
-        if hash.len() != 32 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) || name.is_empty() {
-            anyhow::bail!("line {}: not `MD5  NAME`", i + 1);
-        }
-        out.insert(name.to_string(), hash.to_ascii_lowercase());
+    let (entries, bad) = super::checklist::parse(text);
+    if let Some(b) = bad.first() {
+        anyhow::bail!("line {}: {}", b.line, b.reason);
     }
-    if out.is_empty() {
+    if entries.is_empty() {
         anyhow::bail!("no entries");
     }
-    Ok(out)
+    Ok(entries.into_iter().map(|e| (e.name, e.md5)).collect())
 }
 
 /// One file as recorded in the verified marker.
