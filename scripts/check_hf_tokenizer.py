@@ -39,8 +39,8 @@ def tool(*args):
 CONVERT = r"""
 import sys
 from transformers.models.llama.convert_llama_weights_to_hf import Llama3Converter, DEFAULT_LLAMA_SPECIAL_TOKENS
-Llama3Converter(sys.argv[1], DEFAULT_LLAMA_SPECIAL_TOKENS["3"], sys.argv[3] == "instruct",
-                model_max_length=8192).tokenizer.save_pretrained(sys.argv[2])
+Llama3Converter(sys.argv[1], DEFAULT_LLAMA_SPECIAL_TOKENS[sys.argv[4]], sys.argv[3] == "instruct",
+                model_max_length=int(sys.argv[5])).tokenizer.save_pretrained(sys.argv[2])
 """
 
 ENCODE = r"""
@@ -51,7 +51,7 @@ inp = json.load(open(sys.argv[2]))
 out = {"version": __version__,
        "texts": [tok(t)["input_ids"] for t in inp["texts"]],
        "chat": [tok.apply_chat_template(d, add_generation_prompt=True, tokenize=True) for d in inp["dialogs"]]}
-out["chat"] = [c["input_ids"] if isinstance(c, dict) else list(c) for c in out["chat"]]
+out["chat"] = [list(c["input_ids"]) if hasattr(c, "keys") else list(c) for c in out["chat"]]
 json.dump(out, open(sys.argv[3], "w"))
 """
 
@@ -74,10 +74,18 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for kind in ["base", "instruct"]:
-            ours, ref = tmp / f"ours-{kind}", tmp / f"ref-{kind}"
-            tool("write-hf", MODEL, ours, *(["--instruct"] if kind == "instruct" else []), 8192)
-            subprocess.run([CONV_PY, "-c", CONVERT, MODEL, ref, kind], check=True, capture_output=True)
+        # A Meta dir's params.json says which release it is: 3.1 sets use_scaled_rope.
+        for version, kind, max_len in [("3", "base", 8192), ("3", "instruct", 8192), ("3.1", "instruct", 131072)]:
+            src = tmp / f"meta-{version}"
+            src.mkdir(exist_ok=True)
+            (src / "tokenizer.model").write_bytes(MODEL.read_bytes())
+            (src / "params.json").write_text(json.dumps({"dim": 4096, "use_scaled_rope": version == "3.1"}))
+            kind_dir = f"{version}-{kind}"
+            ours, ref = tmp / f"ours-{kind_dir}", tmp / f"ref-{kind_dir}"
+            tool("write-hf", src / "tokenizer.model", ours, *(["--instruct"] if kind == "instruct" else []), max_len)
+            subprocess.run([CONV_PY, "-c", CONVERT, src / "tokenizer.model", ref, kind, version, str(max_len)],
+                           check=True, capture_output=True)
+            kind = f"Llama {version} {kind}"
             a = json.loads((ours / "tokenizer.json").read_text())
             b = json.loads((ref / "tokenizer.json").read_text())
             check(f"{kind}: vocab equal to transformers 4.44.2 converter's ({len(a['model']['vocab'])} entries)",
@@ -91,14 +99,14 @@ def main():
             ca = json.loads((ours / "tokenizer_config.json").read_text())
             cb = json.loads((ref / "tokenizer_config.json").read_text())
             same_keys = ["added_tokens_decoder", "bos_token", "eos_token", "model_max_length", "tokenizer_class"]
-            check(f"{kind}: tokenizer_config {', '.join(same_keys)} equal",
-                  all(ca.get(k) == cb.get(k) for k in same_keys))
+            diff = [k for k in same_keys if ca.get(k) != cb.get(k)]
+            check(f"{kind}: tokenizer_config {', '.join(same_keys)} equal", not diff, f"differ: {diff}")
             sa = json.loads((ours / "special_tokens_map.json").read_text())
             sb = json.loads((ref / "special_tokens_map.json").read_text())
             check(f"{kind}: special_tokens_map equal", sa == sb, f"{sa} vs {sb}")
 
             inp = tmp / "inp.json"
-            inp.write_text(json.dumps({"texts": texts, "dialogs": dialogs if kind == "instruct" else []}))
+            inp.write_text(json.dumps({"texts": texts, "dialogs": dialogs if "instruct" in kind else []}))
             want = [meta.encode(t, bos=True, eos=False) for t in texts]
             want_chat = [fmt.encode_dialog_prompt([RawMessage(role=m["role"], content=m["content"].strip())
                                                    for m in d]).tokens for d in dialogs]
@@ -110,16 +118,16 @@ def main():
                 bad = [t for t, g, w in zip(texts, got["texts"], want) if g != w]
                 check(f"{kind}: AutoTokenizer (transformers {v}) on llamactl's files = Meta's ids, "
                       f"{len(texts)} strings", not bad, f"{len(bad)} differ, e.g. {bad[:3]!r}")
-                if kind == "instruct":
+                if "instruct" in kind:
                     check(f"{kind}: apply_chat_template (transformers {v}) = Meta's ChatFormat, "
                           f"{len(dialogs)} dialogs", got["chat"] == want_chat)
 
         back = tmp / "back.model"
-        tool("to-tiktoken", tmp / "ours-instruct" / "tokenizer.json", back)
+        tool("to-tiktoken", tmp / "ours-3.1-instruct" / "tokenizer.json", back)
         check("tokenizer.json -> tokenizer.model is byte-identical to the original",
               back.read_bytes() == MODEL.read_bytes())
         back_ref = tmp / "back-ref.model"
-        tool("to-tiktoken", tmp / "ref-base" / "tokenizer.json", back_ref)
+        tool("to-tiktoken", tmp / "ref-3-base" / "tokenizer.json", back_ref)
         check("transformers' tokenizer.json -> tokenizer.model is byte-identical too",
               back_ref.read_bytes() == MODEL.read_bytes())
 

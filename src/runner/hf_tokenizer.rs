@@ -69,6 +69,20 @@ pub fn merges_from_ranks(tokens: &[Vec<u8>]) -> Vec<(Vec<u8>, Vec<u8>)> {
     merges
 }
 
+/// The special-token names Hugging Face's Llama repos use. For Llama 3 they are Meta's; for 3.1
+/// Hugging Face kept 128005 and 128011.. as reserved tokens (reserved 2, then 3-247) where
+/// llama-models later named `<|step_id|>` and `<|image|>`.
+pub fn hf_special_names(names: SpecialNames) -> Vec<String> {
+    let mut list = special_names(names);
+    if names == SpecialNames::Llama31 {
+        list[5] = "<|reserved_special_token_2|>".to_string();
+        for (i, slot) in list.iter_mut().enumerate().skip(11) {
+            *slot = format!("<|reserved_special_token_{}|>", i - 8);
+        }
+    }
+    list
+}
+
 fn added_token(id: usize, content: &str) -> Value {
     json!({
         "id": id,
@@ -90,7 +104,7 @@ pub fn tokenizer_json(tok: &Tokenizer) -> Result<Value> {
             tok.source().display()
         );
     };
-    let specials = special_names(names);
+    let specials = hf_special_names(names);
     let base = tokens.len();
     let mut vocab = Map::with_capacity(base);
     for (i, t) in tokens.iter().enumerate() {
@@ -162,7 +176,7 @@ pub fn tokenizer_config_json(
     };
     let base = tokens.len();
     let mut decoder = Map::new();
-    for (i, s) in special_names(names).iter().enumerate() {
+    for (i, s) in hf_special_names(names).iter().enumerate() {
         let mut t = added_token(base + i, s);
         if let Some(o) = t.as_object_mut() {
             o.remove("id");
@@ -367,6 +381,20 @@ pub fn tiktoken_model_from_tokenizer_json(path: &Path) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hf_names_for_llama31() {
+        let n = hf_special_names(SpecialNames::Llama31);
+        assert_eq!(n[4], "<|finetune_right_pad_id|>");
+        assert_eq!(n[5], "<|reserved_special_token_2|>");
+        assert_eq!(n[10], "<|python_tag|>");
+        assert_eq!(n[11], "<|reserved_special_token_3|>");
+        assert_eq!(n[255], "<|reserved_special_token_247|>");
+        assert_eq!(
+            hf_special_names(SpecialNames::Llama3),
+            special_names(SpecialNames::Llama3)
+        );
+    }
 
     #[test]
     fn byte_alphabet_is_gpt2s() {
