@@ -1,6 +1,6 @@
 //! The tokenizer against golden ids from Meta's own code (scripts/make_tokenizer_golden.py), and
 //! `llamactl tokenize` end to end.
-use llamactl::runner::chat::{encode_dialog_prompt, ChatFormat, Message};
+use llamactl::runner::chat::{encode_dialog_prompt, render_chat_template, ChatFormat, Message};
 use llamactl::runner::hf_tokenizer::{
     tiktoken_model_from_tokenizer_json, write_hf_tokenizer_files,
 };
@@ -187,6 +187,75 @@ fn golden_decodes_are_identical_to_metas() {
 }
 
 #[test]
+fn chat_templates_render_like_transformers() {
+    let cases = golden()["templates"].as_array().unwrap();
+    assert!(cases.len() >= 20);
+    for c in cases {
+        let msgs: Vec<Message> = serde_json::from_value(c["messages"].clone()).unwrap();
+        let got = render_chat_template(
+            c["template"].as_str().unwrap(),
+            &msgs,
+            c["bos_token"].as_str().unwrap(),
+            c["eos_token"].as_str().unwrap(),
+            c["add_generation_prompt"].as_bool().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(got, c["text"].as_str().unwrap(), "{}", c["template"]);
+    }
+}
+
+#[test]
+fn a_non_byte_level_tokenizer_json_works_behind_the_same_interface() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("tokenizer.json");
+    std::fs::write(
+        &p,
+        r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,
+            "pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,
+            "model":{"type":"WordLevel","vocab":{"hello":0,"world":1,"[UNK]":2},"unk_token":"[UNK]"}}"#,
+    )
+    .unwrap();
+    let t = Tokenizer::from_model_dir(dir.path()).unwrap();
+    assert_eq!(t.n_vocab(), 3);
+    assert_eq!(
+        t.encode("hello world", false, false, AllowedSpecial::None)
+            .unwrap(),
+        vec![0, 1]
+    );
+    assert_eq!(t.decode(&[0, 1, 0]).unwrap(), "hello world hello");
+    assert_eq!(t.token_id("world"), Some(1));
+    assert_eq!(t.bos_id(), None);
+    let err = t
+        .encode("hello", true, false, AllowedSpecial::None)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("no beginning-of-text token"),
+        "{err}"
+    );
+    let mut s = t.stream_decoder();
+    let streamed: Vec<String> = [0, 1, 0].iter().map(|&i| s.push(i).unwrap()).collect();
+    assert_eq!(
+        streamed.concat() + &s.finish().unwrap(),
+        "hello world hello"
+    );
+    assert!(t
+        .decode(&[7])
+        .unwrap_err()
+        .to_string()
+        .contains("token id 7 is outside"));
+    // No chat template and no Llama 3 header tokens: a clear error, not a wrong prompt.
+    let fmt = ChatFormat::for_model_dir(dir.path()).unwrap();
+    let err = fmt
+        .encode(&t, &[Message::new("user", "hello")])
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("cannot use the Llama 3 chat format"),
+        "{err}"
+    );
+}
+
+#[test]
 fn special_tokens_and_whitespace_match_metas_tables() {
     let table = golden()["special_tokens"].as_object().unwrap();
     assert_eq!(table.len(), 256);
@@ -355,11 +424,21 @@ fn hf_files_encode_like_meta_and_round_trip() {
     assert_eq!(hf.eos_id(), Some(128009));
     assert!(hf.stop_ids().contains(&128009));
     let cases = golden()["cases"].as_array().unwrap();
+    // Hugging Face's 3.1 files keep 128005 and 128011.. as reserved tokens where llama-models (the
+    // oracle) names <|step_id|> and <|image|>, so those names are special in only one of them.
+    let hf_names_differ = |t: &str| {
+        ["<|step_id|>", "<|image|>", "reserved_special"]
+            .iter()
+            .any(|n| t.contains(n))
+    };
     for c in cases
         .iter()
         .filter(|c| c["text"].as_str().unwrap().len() < 2000)
     {
         let text = c["text"].as_str().unwrap();
+        if c["allowed"] == "all" && hf_names_differ(text) {
+            continue;
+        }
         let want = ids_of(&c["ids"]);
         let got = hf
             .encode(
