@@ -182,7 +182,7 @@ pub struct TokenizeArgs {
     /// Input is a JSON dialog; output is the prompt `run --chat` would feed the model.
     #[arg(long)]
     pub chat: bool,
-    /// Input is ids; output is text.
+    /// Input is ids (spaces/commas, or a JSON list); output is the text exactly, no newline added.
     #[arg(long)]
     pub decode: bool,
     /// Print {"ids": [...], "count": N} (with --decode: {"text", "ids", "count"}).
