@@ -480,6 +480,67 @@ fn hf_files_encode_like_meta_and_round_trip() {
 }
 
 #[test]
+fn tokenizer_json_round_trip_and_refusals_on_a_small_vocabulary() {
+    use base64::Engine;
+    use llamactl::runner::hf_tokenizer::tokenizer_json;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut model = String::new();
+    for b in 0..=255u8 {
+        model += &format!("{} {b}\n", b64.encode([b]));
+    }
+    for (i, t) in ["ab", "abc", "  "].iter().enumerate() {
+        model += &format!("{} {}\n", b64.encode(t), 256 + i);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("tokenizer.model");
+    let tok = Tokenizer::from_tiktoken_bytes(model.as_bytes(), &src, SpecialNames::Llama3).unwrap();
+    let json = tokenizer_json(&tok).unwrap();
+    let p = dir.path().join("tokenizer.json");
+    let write = |v: &Value| std::fs::write(&p, serde_json::to_vec(v).unwrap()).unwrap();
+    write(&json);
+    assert_eq!(
+        tiktoken_model_from_tokenizer_json(&p).unwrap(),
+        model.as_bytes()
+    );
+    // The HF file encodes like the tiktoken model.
+    let hf = Tokenizer::from_file(&p).unwrap();
+    for text in ["abcab  c", "xabc\n\n  ab"] {
+        assert_eq!(
+            hf.encode(text, false, false, AllowedSpecial::None).unwrap(),
+            tok.encode(text, false, false, AllowedSpecial::None)
+                .unwrap()
+        );
+    }
+    let refused = |v: &Value| {
+        write(v);
+        tiktoken_model_from_tokenizer_json(&p)
+            .unwrap_err()
+            .to_string()
+    };
+    let mut other = json.clone();
+    other["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = Value::from(r"\w+|\s+");
+    assert!(refused(&other).contains("pre-split pattern is not Llama 3's"));
+    let mut other = json.clone();
+    other["model"]["merges"].as_array_mut().unwrap().reverse();
+    assert!(refused(&other).contains("out of rank order"));
+    let mut other = json.clone();
+    other["model"]["merges"]
+        .as_array_mut()
+        .unwrap()
+        .push(Value::from("a c"));
+    assert!(refused(&other).contains("does not follow from the ranks"));
+    let mut other = json.clone();
+    other["added_tokens"][0]["id"] = Value::from(5);
+    assert!(refused(&other).contains("outside the 256 special-token slots"));
+    let mut other = json.clone();
+    other["normalizer"] = serde_json::json!({"type": "NFC"});
+    assert!(refused(&other).contains("normalizer"));
+    let mut other = json.clone();
+    other["model"]["vocab"]["ab"] = Value::from(0);
+    assert!(refused(&other).contains("used twice"));
+}
+
+#[test]
 fn non_tiktoken_tokenizer_json_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("tokenizer.json");
