@@ -5,6 +5,7 @@ pub mod hf;
 pub mod layout;
 pub mod meta;
 pub mod params;
+pub mod reshard;
 pub mod stream;
 
 pub use params::Params;
