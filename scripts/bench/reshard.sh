@@ -7,7 +7,8 @@
 # 8 kv heads, hidden 8192, vocab 128256; 2.9 GB with an untied output.weight), MP 1 -> 2 and 2 -> 1.
 #
 # Usage: scripts/bench/reshard.sh [WORK_DIR]    (needs ~15 GB free there; removed at the end)
-# Env:   PY=/root/venvs/ref/bin/python  CACHE=cold|warm (cold drops the page cache before every
+# Env:   KEEP=1 keeps WORK_DIR (and reuses a checkpoint generated there before);
+#        PY=/root/venvs/ref/bin/python  CACHE=cold|warm (cold drops the page cache before every
 #        run when /proc/sys/vm/drop_caches is writable, else falls back to warm: every run starts
 #        after a full read of its input, so all are cached equally)
 #
@@ -22,7 +23,7 @@ PY="${PY:-/root/venvs/ref/bin/python}"
 BIN="$ROOT/target/release/llamactl"
 W="${1:-$(mktemp -d /tmp/llamactl-bench-reshard.XXXXXX)}"
 mkdir -p "$W"
-trap 'rm -rf "$W"' EXIT
+[ -n "${KEEP:-}" ] || trap 'rm -rf "$W"' EXIT
 [ -x /usr/bin/time ] || { echo "needs GNU time: apt-get install -y time" >&2; exit 2; }
 [ -x "$BIN" ] || (cd "$ROOT" && cargo build --release)
 
@@ -32,6 +33,7 @@ if [ "$CACHE" = cold ] && ! (sync && echo 3 > /proc/sys/vm/drop_caches) 2>/dev/n
   CACHE=warm
 fi
 
+if [ ! -s "$W/mp1/params.json" ]; then
 echo "== generating the checkpoint in $W (torch, bf16 random) =="
 "$PY" - "$W/mp1" <<'EOF'
 import json, os, sys, torch
@@ -61,6 +63,7 @@ json.dump(p, open(os.path.join(out, "params.json"), "w"))
 EOF
 # The MP 2 input, made once by our tool (not timed; checked against torch below).
 "$BIN" reshard --mp 2 "$W/mp1" "$W/mp2" 2>/dev/null
+fi
 
 cat > "$W/torch_reshard.py" <<'EOF'
 # What a user does today: llama-models' load-time resharding for every new rank, then torch.save.
