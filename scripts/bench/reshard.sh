@@ -135,6 +135,8 @@ for case in "1 2" "2 1"; do
   run "cp $a->$b" "$W/mp$a" "$W/cp" sh -c "mkdir '$W/cp' && cp '$W/mp$a'/*.pth '$W/cp/'"
   run "cp+sync $a->$b" "$W/mp$a" "$W/cp" sh -c "mkdir '$W/cp' && cp '$W/mp$a'/*.pth '$W/cp/' && sync '$W'/cp/*"
   run "dd $a->$b" "$W/mp$a" "$W/cp" sh -c "mkdir '$W/cp' && for f in '$W/mp$a'/*.pth; do dd if=\$f of='$W'/cp/\$(basename \$f) bs=256K status=none; done"
+  # The same bytes through userspace with the md5 a checklist needs: what any hashing copier pays.
+  run "dd+md5sum $a->$b" "$W/mp$a" "$W/cp" sh -c "mkdir '$W/cp' && for f in '$W/mp$a'/*.pth; do dd if=\$f bs=256K status=none | tee '$W'/cp/\$(basename \$f) | md5sum > /dev/null; done"
   rm -rf "$W/cp" "$W/ours"
 done
 
@@ -145,9 +147,9 @@ awk '
     for (c in wall) if (c ~ /^ours /) {
       split(c, p, " "); d=p[2]
       tp = bytes[c]/wall[c]
-      printf "%s: peak RSS ours %d MiB, torch %d MiB | wall ours/torch %.2f (vs torch+sync %.2f) | throughput ours/cp %.0f%% (vs cp+sync %.0f%%, vs dd %.0f%%)\n",
+      printf "%s: peak RSS ours %d MiB, torch %d MiB | wall ours/torch %.2f (vs torch+sync %.2f) | throughput ours/cp %.0f%% (vs cp+sync %.0f%%, vs dd %.0f%%, vs dd+md5sum %.0f%%)\n",
         d, rss[c], rss["torch "d], wall[c]/wall["torch "d], wall[c]/wall["torch+sync "d],
         100*tp/(bytes["cp "d]/wall["cp "d]), 100*tp/(bytes["cp+sync "d]/wall["cp+sync "d]),
-        100*tp/(bytes["dd "d]/wall["dd "d])
+        100*tp/(bytes["dd "d]/wall["dd "d]), 100*tp/(bytes["dd+md5sum "d]/wall["dd+md5sum "d])
     }
   }' "$W/rows"
