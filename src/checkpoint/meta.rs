@@ -3,6 +3,7 @@
 use super::layout::{self, Role, Split, Weight};
 use super::params::Params;
 use super::stream::{FullTensor, Piece};
+use crate::formats::copy::CHUNK;
 use crate::formats::pth::PthFile;
 use crate::formats::TensorInfo;
 use anyhow::{anyhow, bail, Context, Result};
@@ -91,9 +92,16 @@ impl MetaDir {
 
     /// Which dim `tok_embeddings` is split on: rows for Llama 3 (VocabParallelEmbedding), columns
     /// for Llama 2 (ParallelEmbedding). Read from the shard shapes, since params.json doesn't say.
+    ///
+    /// One shard shows no split; then the convention goes with the params.json generation: Llama 2
+    /// files say `vocab_size: -1`, and splitting such a model later must use its dim-1 rule.
     pub fn embed_split(&self) -> Result<Split> {
         if self.mp() == 1 {
-            return Ok(Split::Rows);
+            return Ok(if self.params.vocab().is_none() {
+                Split::Cols
+            } else {
+                Split::Rows
+            });
         }
         let t = self.info(0, "tok_embeddings.weight")?;
         Ok(match t.shape.as_slice() {
@@ -242,13 +250,16 @@ impl MetaDir {
     }
 
     /// Compare the copies of a replicated tensor across ranks; Err names the first differing rank.
+    ///
+    /// Compared with pread in CHUNK blocks rather than through the maps: kv copies of a large
+    /// model at MP > n_kv add up to gigabytes, and touched map pages would all count as RSS.
     pub fn check_replicas(&self, name: &str) -> Result<()> {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
         for set in self.replica_sets(name)? {
             let base = self.info(set[0], name)?;
-            let a = self.shards[set[0]].bytes(base)?;
             for &r in &set[1..] {
                 let t = self.info(r, name)?;
-                if self.shards[r].bytes(t)? != a {
+                if !self.same_bytes(set[0], base, r, t, &mut a, &mut b)? {
                     bail!(
                         "{name} differs between {} and {} (it must be identical in every shard that holds it)",
                         self.shards[set[0]].path().display(),
@@ -258,5 +269,38 @@ impl MetaDir {
             }
         }
         Ok(())
+    }
+
+    fn same_bytes(
+        &self,
+        ra: usize,
+        ta: &TensorInfo,
+        rb: usize,
+        tb: &TensorInfo,
+        a: &mut Vec<u8>,
+        b: &mut Vec<u8>,
+    ) -> Result<bool> {
+        if ta.nbytes() != tb.nbytes() {
+            return Ok(false);
+        }
+        let (sa, sb) = (&self.shards[ra], &self.shards[rb]);
+        if !(ta.is_contiguous() && tb.is_contiguous()) {
+            return Ok(sa.bytes(ta)? == sb.bytes(tb)?);
+        }
+        let (oa, ob) = (sa.data_offset(ta)?, sb.data_offset(tb)?);
+        let total = ta.nbytes() as u64;
+        let mut done = 0u64;
+        while done < total {
+            let n = (total - done).min(CHUNK as u64) as usize;
+            a.resize(n, 0);
+            b.resize(n, 0);
+            sa.source().read_exact_at(a, oa + done)?;
+            sb.source().read_exact_at(b, ob + done)?;
+            if a != b {
+                return Ok(false);
+            }
+            done += n as u64;
+        }
+        Ok(true)
     }
 }

@@ -6,6 +6,7 @@ pub mod hf;
 pub mod layout;
 pub mod meta;
 pub mod params;
+pub mod reshard;
 pub mod stream;
 
 pub use params::Params;

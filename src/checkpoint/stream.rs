@@ -207,27 +207,26 @@ fn assemble(
             (pc.start - cols.start) * es,
             pc.len() * es,
         );
-        if 2 * len < pw {
-            // Only a narrow slice of each stored row is wanted (e.g. MP 1 -> 8 of a column-split
-            // weight): read just those bytes per row instead of whole rows, so neither the read
-            // volume nor the buffer grows with the source width.
-            for r in pr.clone() {
-                let off = p.offset + ((r - p.rows.start) * pw + src_c) as u64;
-                let d = (r - rows.start) * ncols * es + dst_c;
-                p.src.read_exact_at(&mut bufs.asm[d..d + len], off)?;
-            }
-        } else {
-            let n = pr.len() * pw;
+        // A piece may be much wider than the wanted columns (MP 1 -> 8 of a dim-1 split reads
+        // 1/8 of each row): read it in sub-blocks so the read buffer stays at CHUNK, not
+        // CHUNK times the width ratio.
+        let step = (CHUNK / pw.max(1)).max(1);
+        let mut r0 = pr.start;
+        while r0 < pr.end {
+            let r1 = (r0 + step).min(pr.end);
+            // Only the span from the first wanted byte to the last one is read.
+            let n = (r1 - r0 - 1) * pw + len;
             if bufs.read.len() < n {
                 bufs.read.resize(n, 0);
             }
-            let off = p.offset + ((pr.start - p.rows.start) * pw) as u64;
+            let off = p.offset + ((r0 - p.rows.start) * pw + src_c) as u64;
             p.src.read_exact_at(&mut bufs.read[..n], off)?;
-            for (i, r) in pr.clone().enumerate() {
-                let s = i * pw + src_c;
+            for (i, r) in (r0..r1).enumerate() {
+                let s = i * pw;
                 let d = (r - rows.start) * ncols * es + dst_c;
                 bufs.asm[d..d + len].copy_from_slice(&bufs.read[s..s + len]);
             }
+            r0 = r1;
         }
         filled += pr.len() * pc.len();
     }
@@ -338,34 +337,52 @@ mod tests {
     }
 
     #[test]
-    fn narrow_column_slices_read_per_row() {
-        let bytes: Vec<u8> = (0..12).collect(); // 2 x 6
-        let (_d, s) = source(&bytes);
+    fn narrow_columns_of_a_wide_piece_keep_the_read_buffer_bounded() {
+        // 64 rows of 2*CHUNK/64 bytes: the left half of every row is wanted. Reading whole rows
+        // for a CHUNK-sized output block would need 2*CHUNK of read buffer.
+        let (rows, cols) = (64, 2 * CHUNK / 64);
+        let val = |r: usize, c: usize| ((r * 7 + c) % 251) as u8;
+        let data: Vec<u8> = (0..rows)
+            .flat_map(|r| (0..cols).map(move |c| val(r, c)))
+            .collect();
+        let (_d, s) = source(&data);
         let t = FullTensor::new(
             "w",
             DType::U8,
-            vec![2, 6],
+            vec![rows, cols],
             vec![Piece {
                 src: s,
                 offset: 0,
-                rows: 0..2,
-                cols: 0..6,
+                rows: 0..rows,
+                cols: 0..cols,
             }],
         )
         .unwrap();
         let region = Region {
-            rows: 0..2,
-            cols: 4..5,
+            rows: 0..rows,
+            cols: 0..cols / 2,
             permute: None,
         };
         let mut out = Vec::new();
-        let (mut b, mut st) = (Buffers::default(), CastStats::default());
-        write_region(&t, &region, None, &mut b, &mut out, &mut st).unwrap();
-        assert_eq!(out, vec![4, 10]);
-        // A cast forces the assembling path for contiguous regions too.
-        out.clear();
-        let f = FullTensor::new("f", DType::F16, vec![3], t.pieces.clone()).unwrap_err();
-        assert!(format!("{f:#}").contains("do not tile"));
+        let mut b = Buffers::default();
+        write_region(
+            &t,
+            &region,
+            None,
+            &mut b,
+            &mut out,
+            &mut CastStats::default(),
+        )
+        .unwrap();
+        assert!(
+            b.read.len() <= CHUNK,
+            "read buffer grew to {}",
+            b.read.len()
+        );
+        assert_eq!(out.len(), rows * cols / 2);
+        assert!((0..rows).all(|r| (0..cols / 2)
+            .step_by(997)
+            .all(|c| out[r * cols / 2 + c] == val(r, c))));
     }
 
     #[test]

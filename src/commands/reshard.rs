@@ -1,7 +1,216 @@
-//! `llamactl reshard` (see CLI.md).
+//! `llamactl reshard` (see CLI.md): argument checks, the output directory, progress; the work is
+//! `checkpoint::reshard`.
+use crate::checkpoint::checklist::{self, Entry};
+use crate::checkpoint::meta::shard_name;
+use crate::checkpoint::reshard::{copy_hashed, Plan};
 use crate::cli::ReshardArgs;
-use anyhow::{bail, Result};
+use crate::util::{free_disk_bytes, human_bytes, AtomicDir};
+use anyhow::{bail, Context, Result};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-pub fn run(_args: &ReshardArgs) -> Result<i32> {
-    bail!("`llamactl reshard` is not available in this build yet")
+pub fn run(args: &ReshardArgs) -> Result<i32> {
+    if args.mp == 0 {
+        bail!("--mp must be at least 1");
+    }
+    if args.jobs == Some(0) {
+        bail!("--jobs must be at least 1");
+    }
+    check_dirs(&args.src_dir, &args.dst_dir)?;
+    let started = Instant::now();
+    let plan = Plan::new(&args.src_dir, args.mp)?;
+    let src = plan.src();
+    let tokenizer = args.src_dir.join("tokenizer.model");
+    let tokenizer = tokenizer.exists().then_some(tokenizer);
+
+    let mut need: u64 = (0..plan.mp()).map(|r| plan.file_bytes_bound(r)).sum();
+    for p in [Some(args.src_dir.join("params.json")), tokenizer.clone()]
+        .into_iter()
+        .flatten()
+    {
+        need += std::fs::metadata(&p)
+            .with_context(|| format!("{}: cannot stat", p.display()))?
+            .len();
+    }
+    let free = free_disk_bytes(&args.dst_dir)?;
+    if free < need {
+        bail!(
+            "{}: not enough free disk space: the output needs {}, {} is free",
+            args.dst_dir.display(),
+            human_bytes(need),
+            human_bytes(free)
+        );
+    }
+
+    let out = AtomicDir::new(&args.dst_dir, args.force)?;
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    eprintln!(
+        "resharding {} (MP {}) to MP {} in {}: {} shards of about {} each, {} at a time",
+        args.src_dir.display(),
+        src.mp(),
+        plan.mp(),
+        args.dst_dir.display(),
+        plan.mp(),
+        human_bytes(plan.data_bytes(0)),
+        jobs.min(plan.mp())
+    );
+
+    let progress: Vec<AtomicU64> = (0..plan.mp()).map(|_| AtomicU64::new(0)).collect();
+    let totals: Vec<u64> = (0..plan.mp()).map(|r| plan.data_bytes(r)).collect();
+    let finished = AtomicBool::new(false);
+    let mut entries = std::thread::scope(|s| {
+        s.spawn(|| report(&progress, &totals, &finished));
+        let r = plan.write_shards(out.path(), jobs, &progress);
+        finished.store(true, Ordering::Relaxed);
+        r
+    })?;
+
+    entries.push(copy_hashed(
+        &args.src_dir.join("params.json"),
+        out.path(),
+        "params.json",
+    )?);
+    match &tokenizer {
+        Some(t) => entries.push(copy_hashed(t, out.path(), "tokenizer.model")?),
+        None => eprintln!(
+            "note: {} has no tokenizer.model; the output has none either",
+            args.src_dir.display()
+        ),
+    }
+    let text = checklist::render(&entries)?;
+    let chk = out.path().join("checklist.chk");
+    std::fs::write(&chk, text).with_context(|| format!("{}: cannot write", chk.display()))?;
+    let dst = out.commit()?;
+    let written: u64 = entries
+        .iter()
+        .filter_map(|e: &Entry| std::fs::metadata(dst.join(&e.name)).ok())
+        .map(|m| m.len())
+        .sum();
+    eprintln!(
+        "wrote {} ({} shards, {}) in {:.1}s",
+        dst.display(),
+        plan.mp(),
+        human_bytes(written),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(0)
+}
+
+/// Refuse a destination inside the source (or equal to it) and a source inside the destination
+/// (which `--force` would delete).
+fn check_dirs(src: &Path, dst: &Path) -> Result<()> {
+    let s = std::fs::canonicalize(src)
+        .with_context(|| format!("{}: cannot open source directory", src.display()))?;
+    if !s.is_dir() {
+        bail!("{}: not a directory", src.display());
+    }
+    let d = resolve(dst)?;
+    if d.starts_with(&s) {
+        bail!(
+            "{}: destination is inside the source directory {}",
+            dst.display(),
+            src.display()
+        );
+    }
+    if s.starts_with(&d) {
+        bail!(
+            "{}: destination contains the source directory {}",
+            dst.display(),
+            src.display()
+        );
+    }
+    Ok(())
+}
+
+/// `path` made absolute with symlinks resolved, for a path that may not exist yet: each existing
+/// prefix is canonicalized, and `..` after a missing component is taken lexically (a missing
+/// directory holds no symlink to follow).
+fn resolve(path: &Path) -> Result<PathBuf> {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .context("cannot read the current directory")?
+            .join(path)
+    };
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            c => {
+                out.push(c);
+                if out.exists() {
+                    out = std::fs::canonicalize(&out)
+                        .with_context(|| format!("{}: cannot resolve", out.display()))?;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Progress until `finished`: a bar per shard on a terminal, a line every few seconds otherwise.
+fn report(done: &[AtomicU64], totals: &[u64], finished: &AtomicBool) {
+    let tty = std::io::stderr().is_terminal();
+    let mp = MultiProgress::new();
+    let bars: Vec<ProgressBar> = if tty {
+        let style = ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        totals
+            .iter()
+            .enumerate()
+            .map(|(r, &t)| {
+                let b = mp.add(ProgressBar::new(t));
+                b.set_style(style.clone());
+                b.set_prefix(shard_name(r));
+                b
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut reported = vec![false; totals.len()];
+    let mut last_line = Instant::now();
+    loop {
+        let end = finished.load(Ordering::Relaxed);
+        for (r, d) in done.iter().enumerate() {
+            let n = d.load(Ordering::Relaxed);
+            if tty {
+                bars[r].set_position(n.min(totals[r]));
+            } else if n >= totals[r] && !reported[r] {
+                // Tensor bytes are all out; the zip directory and fsync follow in moments.
+                reported[r] = true;
+                eprintln!("{}: {} written", shard_name(r), human_bytes(totals[r]));
+            }
+        }
+        if !tty && !end && last_line.elapsed() >= Duration::from_secs(5) {
+            last_line = Instant::now();
+            let all: u64 = done.iter().map(|d| d.load(Ordering::Relaxed)).sum();
+            let total: u64 = totals.iter().sum();
+            eprintln!(
+                "progress: {} of {} ({:.0}%)",
+                human_bytes(all.min(total)),
+                human_bytes(total),
+                100.0 * all.min(total) as f64 / total.max(1) as f64
+            );
+        }
+        if end {
+            for b in &bars {
+                b.finish();
+            }
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -1,0 +1,284 @@
+//! Changing a Meta checkpoint's model-parallel size as a file-to-file operation.
+//!
+//! Output rank r of MP b holds, for every tensor, the slice `layout::shard_range(w, params, b, r)`
+//! of the full tensor along its split dim. The full tensor is never built: [`MetaDir::full`] maps
+//! it onto the input shards (de-duplicating kv heads that an input with MP > n_kv_heads repeats),
+//! and [`write_region`] copies the output slice straight from those files — contiguous ranges for
+//! dim-0 splits, strided row pieces for dim-1 splits — so memory stays at a few buffers per
+//! writing thread whatever the model size, and any valid a -> b works, not only multiples.
+use super::checklist::Entry;
+use super::layout::{self, Split, Weight};
+use super::meta::{shard_name, MetaDir};
+use super::stream::{write_region, Buffers, CastStats, FullTensor, Region};
+use crate::formats::copy::HashingFile;
+use crate::formats::pth::{PthWriter, TensorSpec};
+use anyhow::{anyhow, bail, Context, Result};
+use std::collections::HashSet;
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// A checked source and a target MP: everything needed to write the output shards.
+pub struct Plan {
+    src: MetaDir,
+    mp: usize,
+    tensors: Vec<Planned>,
+}
+
+struct Planned {
+    weight: Weight,
+    full: FullTensor,
+}
+
+impl Plan {
+    /// Open `src_dir` and check, before anything is written, that `mp` is valid for its params,
+    /// that every shard has the same tensor names, dtypes and the shapes its MP implies, and that
+    /// replicated tensors (and repeated kv heads) are byte-identical wherever they occur.
+    pub fn new(src_dir: &Path, mp: usize) -> Result<Self> {
+        let src = MetaDir::open(src_dir)?;
+        let vocab = src.vocab()?;
+        let p = &src.params;
+        if !p.is_valid_mp(mp, vocab) {
+            let valid: Vec<String> = p.valid_mps(vocab).iter().map(|m| m.to_string()).collect();
+            bail!(
+                "{}: MP {mp} does not fit this model (n_heads {}, n_kv_heads {}, dim {}, ffn hidden {}, vocab {vocab}); valid MP sizes: {}",
+                src_dir.join("params.json").display(),
+                p.n_heads,
+                p.kv_heads(),
+                p.dim,
+                p.ffn_hidden(),
+                valid.join(", ")
+            );
+        }
+        check_names(&src)?;
+        let mut tensors = Vec::new();
+        for name in src.names() {
+            let weight = src.weight(&name)?;
+            let full = src.full(&name)?;
+            src.check_replicas(&name)?;
+            tensors.push(Planned { weight, full });
+        }
+        Ok(Self { src, mp, tensors })
+    }
+
+    pub fn src(&self) -> &MetaDir {
+        &self.src
+    }
+
+    /// Output MP.
+    pub fn mp(&self) -> usize {
+        self.mp
+    }
+
+    /// The tensors of output rank `rank`, in the source's order.
+    pub fn specs(&self, rank: usize) -> Vec<TensorSpec> {
+        self.tensors
+            .iter()
+            .map(|t| TensorSpec {
+                name: t.full.name.clone(),
+                dtype: t.full.dtype,
+                shape: self.shard_shape(t, rank),
+            })
+            .collect()
+    }
+
+    fn shard_shape(&self, t: &Planned, rank: usize) -> Vec<usize> {
+        let r = self.region(t, rank);
+        let mut s = t.full.shape.clone();
+        match t.weight.split {
+            Split::Rows => s[0] = r.rows.len(),
+            Split::Cols => s[1] = r.cols.len(),
+            Split::Replicated => {}
+        }
+        s
+    }
+
+    /// Which rectangle of the full tensor output rank `rank` holds.
+    fn region(&self, t: &Planned, rank: usize) -> Region<'static> {
+        let range = layout::shard_range(&t.weight, &self.src.params, self.mp, rank);
+        let mut r = t.full.all();
+        match t.weight.split {
+            Split::Rows => r.rows = range,
+            Split::Cols => r.cols = range,
+            Split::Replicated => {}
+        }
+        r
+    }
+
+    /// Tensor bytes in output shard `rank`.
+    pub fn data_bytes(&self, rank: usize) -> u64 {
+        self.specs(rank).iter().map(|s| s.nbytes()).sum()
+    }
+
+    /// An upper bound on the size of output shard `rank`: the tensor bytes plus the zip records,
+    /// pickle and directory around them.
+    pub fn file_bytes_bound(&self, rank: usize) -> u64 {
+        self.data_bytes(rank) + 1024 * self.tensors.len() as u64 + (64 << 10)
+    }
+
+    /// Write output shard `rank` into `dir`; `done` counts bytes written, and a set `cancel`
+    /// (another shard failed) stops it at the next write.
+    pub fn write_shard(
+        &self,
+        rank: usize,
+        dir: &Path,
+        bufs: &mut Buffers,
+        done: &AtomicU64,
+        cancel: &AtomicBool,
+    ) -> Result<Entry> {
+        let name = shard_name(rank);
+        let path = dir.join(&name);
+        let file = Tracked {
+            inner: HashingFile::create(&path)?,
+            done,
+            cancel,
+        };
+        let stem = format!("consolidated.{rank:02}");
+        let mut w = PthWriter::new(file, &stem, self.specs(rank))?;
+        let mut stats = CastStats::default();
+        for t in &self.tensors {
+            let region = self.region(t, rank);
+            w.write_tensor(&mut |out| write_region(&t.full, &region, None, bufs, out, &mut stats))
+                .with_context(|| format!("{}: writing", path.display()))?;
+        }
+        let file = w
+            .finish()
+            .with_context(|| format!("{}: writing", path.display()))?;
+        let md5 = file.inner.finish()?;
+        Ok(Entry { md5, name })
+    }
+
+    /// Write every output shard into `dir`, `jobs` shards at a time, each thread with its own
+    /// buffers. `progress[r]` counts the bytes written to shard r. On the first failure the other
+    /// shards stop and that failure is returned.
+    pub fn write_shards(
+        &self,
+        dir: &Path,
+        jobs: usize,
+        progress: &[AtomicU64],
+    ) -> Result<Vec<Entry>> {
+        if progress.len() != self.mp {
+            bail!(
+                "progress counters for {} shards, not {}",
+                progress.len(),
+                self.mp
+            );
+        }
+        let next = AtomicUsize::new(0);
+        let cancel = AtomicBool::new(false);
+        let first_err: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+        let results: Mutex<Vec<Option<Entry>>> = Mutex::new(vec![None; self.mp]);
+        std::thread::scope(|s| {
+            for _ in 0..jobs.clamp(1, self.mp) {
+                s.spawn(|| {
+                    let mut bufs = Buffers::default();
+                    loop {
+                        let rank = next.fetch_add(1, Ordering::Relaxed);
+                        if rank >= self.mp || cancel.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        match self.write_shard(rank, dir, &mut bufs, &progress[rank], &cancel) {
+                            Ok(e) => lock(&results)[rank] = Some(e),
+                            Err(e) => {
+                                let mut first = lock(&first_err);
+                                if first.is_none() {
+                                    *first = Some(e);
+                                }
+                                cancel.store(true, Ordering::Relaxed);
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(e) = lock(&first_err).take() {
+            return Err(e);
+        }
+        let results = std::mem::take(&mut *lock(&results));
+        results
+            .into_iter()
+            .enumerate()
+            .map(|(r, e)| e.ok_or_else(|| anyhow!("shard {} was not written", shard_name(r))))
+            .collect()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panicking writer thread already fails the run; the data behind the lock is still usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Every shard must hold the same tensor names as shard 0 and nothing but tensors.
+fn check_names(src: &MetaDir) -> Result<()> {
+    let first: HashSet<&str> = src.shards[0]
+        .tensors()
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect();
+    for s in &src.shards {
+        if let Some(k) = s.skipped_keys().first() {
+            bail!(
+                "{}: entry {k:?} is not a tensor; reshard only carries tensors",
+                s.path().display()
+            );
+        }
+        let names: HashSet<&str> = s.tensors().iter().map(|t| t.name.as_str()).collect();
+        if let Some(extra) = s
+            .tensors()
+            .iter()
+            .find(|t| !first.contains(t.name.as_str()))
+        {
+            bail!(
+                "{}: has tensor {} which {} lacks",
+                s.path().display(),
+                extra.name,
+                src.shards[0].path().display()
+            );
+        }
+        if let Some(missing) = src.shards[0]
+            .tensors()
+            .iter()
+            .find(|t| !names.contains(t.name.as_str()))
+        {
+            bail!("{}: tensor {} is missing", s.path().display(), missing.name);
+        }
+    }
+    Ok(())
+}
+
+/// Copy `src` (following symlinks) to `dir/name`, hashing while copying.
+pub fn copy_hashed(src: &Path, dir: &Path, name: &str) -> Result<Entry> {
+    let mut from =
+        std::fs::File::open(src).with_context(|| format!("{}: cannot open", src.display()))?;
+    let to = dir.join(name);
+    let mut out = HashingFile::create(&to)?;
+    io::copy(&mut from, &mut out)
+        .with_context(|| format!("{} -> {}: cannot copy", src.display(), to.display()))?;
+    Ok(Entry {
+        md5: out.finish()?,
+        name: name.to_owned(),
+    })
+}
+
+/// Counts bytes for progress and turns a cancellation into a write error.
+struct Tracked<'a, W: Write> {
+    inner: W,
+    done: &'a AtomicU64,
+    cancel: &'a AtomicBool,
+}
+
+impl<W: Write> Write for Tracked<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(io::Error::other("stopped: another shard failed"));
+        }
+        let n = self.inner.write(buf)?;
+        self.done.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
