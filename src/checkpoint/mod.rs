@@ -1,11 +1,14 @@
 //! A model directory as a thing: params.json, checklist.chk, shard discovery, the per-weight split
 //! rules, the Meta <-> HF name map and permutation, and streaming of logical tensors.
 pub mod checklist;
+pub mod hashing;
 pub mod hf;
 pub mod layout;
 pub mod meta;
 pub mod params;
+pub mod stats;
 pub mod stream;
+pub mod verify;
 
 pub use params::Params;
 
