@@ -446,7 +446,7 @@ fn meta_structure(dir: &Path, r: &mut Report) -> Vec<Stored> {
             format!("{}: no consolidated.NN.pth shards", dir.display()),
         );
     }
-    let mp = paths.len();
+    let mut mp = paths.len();
     let mut shards: Vec<Option<PthFile>> = Vec::with_capacity(mp);
     for (rank, p) in paths.iter().enumerate() {
         let name = super::meta::shard_name(rank);
@@ -468,6 +468,30 @@ fn meta_structure(dir: &Path, r: &mut Report) -> Vec<Stored> {
                 }
             },
         }
+    }
+    // Losing the last shards leaves no gap in the numbering, but the per-shard shapes still tell
+    // the model-parallel size the checkpoint was written with.
+    let implied = params.as_ref().and_then(|p| {
+        let s = shards.iter().flatten().next()?;
+        let rows = *s.get("layers.0.attention.wq.weight")?.shape.first()?;
+        let full = p.n_heads * p.head_dim();
+        (rows > 0 && full.is_multiple_of(rows)).then(|| (full / rows, s.path().to_path_buf()))
+    });
+    if let Some((m, from)) = implied.filter(|(m, _)| *m > mp && mp > 0) {
+        let from = from
+            .file_name()
+            .map_or(String::new(), |f| f.to_string_lossy().into_owned());
+        for rank in mp..m {
+            let name = super::meta::shard_name(rank);
+            r.problem(
+                Kind::MissingShard,
+                Some(&name),
+                None,
+                format!("{name} is missing: the shapes in {from} are those of MP {m}"),
+            );
+            shards.push(None);
+        }
+        mp = m;
     }
     let good: Vec<(usize, &PthFile)> = shards
         .iter()
@@ -1053,27 +1077,12 @@ fn hf_structure(dir: &Path, r: &mut Report) -> Vec<Stored> {
             }
         }
     };
+    let attempted = files.len();
     let mut opened: Vec<(String, SafetensorsFile)> = Vec::new();
     for f in files {
         match SafetensorsFile::open(&dir.join(&f)) {
-            Ok(s) => {
-                let len = s.source().len();
-                let short = s.tensors().find_map(|t| {
-                    let end = s.data_offset(&t.name).ok()? + t.nbytes() as u64;
-                    (end > len).then(|| (t.name.clone(), end))
-                });
-                match short {
-                    Some((t, end)) => r.problem(
-                        Kind::CorruptShard,
-                        Some(&f),
-                        None,
-                        format!(
-                            "{f}: truncated: tensor {t} ends at byte {end}, the file has {len}"
-                        ),
-                    ),
-                    None => opened.push((f, s)),
-                }
-            }
+            // The header parser also refuses a file shorter than its tensors (truncation).
+            Ok(s) => opened.push((f, s)),
             Err(e) => r.problem(Kind::CorruptShard, Some(&f), None, one_line(&e)),
         }
     }
@@ -1187,9 +1196,17 @@ fn hf_structure(dir: &Path, r: &mut Report) -> Vec<Stored> {
                     true,
                 );
             }
+            // A weight whose file is missing or corrupt was reported with that file.
+            let readable: BTreeSet<&str> = opened.iter().map(|(f, _)| f.as_str()).collect();
+            let lost = |name: &str| match &index {
+                Some(pairs) => pairs
+                    .iter()
+                    .any(|(t, f)| t == name && !readable.contains(f.as_str())),
+                None => opened.len() < attempted,
+            };
             for w in &weights {
                 let optional = tied && w.name == "lm_head.weight";
-                if !optional && !holder.contains_key(&w.name) {
+                if !optional && !holder.contains_key(&w.name) && !lost(&w.name) {
                     r.problem(
                         Kind::MissingTensor,
                         None,
