@@ -745,8 +745,8 @@ fn compare_replicas(
         return 0;
     };
     let mut compared = 0;
-    let mut a = vec![0u8; crate::formats::copy::CHUNK];
-    let mut b = vec![0u8; crate::formats::copy::CHUNK];
+    let size = bt.nbytes().min(crate::formats::copy::CHUNK);
+    let (mut a, mut b) = (vec![0u8; size], vec![0u8; size]);
     for &(rank, off, s, t) in &copies[1..] {
         if t.shape != bt.shape || t.dtype != bt.dtype {
             continue;

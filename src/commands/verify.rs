@@ -87,9 +87,9 @@ fn annotations(r: &Report) -> Vec<String> {
                 .map(|f| r.dir.join(f))
                 .unwrap_or_else(|| r.dir.clone());
             format!(
-                "::error file={},title=llamactl verify: {}::{}",
+                "::error file={},title={}::{}",
                 escape_property(&file.display().to_string()),
-                escape_property(&p.kind.as_str()),
+                escape_property(&format!("llamactl verify: {}", p.kind.as_str())),
                 escape_data(&p.detail)
             )
         })
