@@ -2,12 +2,15 @@
 //! rules, the Meta <-> HF name map and permutation, and streaming of logical tensors.
 pub mod catalog;
 pub mod checklist;
+pub mod hashing;
 pub mod hf;
 pub mod layout;
 pub mod meta;
 pub mod params;
 pub mod reshard;
+pub mod stats;
 pub mod stream;
+pub mod verify;
 
 pub use params::Params;
 

@@ -1,7 +1,218 @@
-//! `llamactl verify` (see CLI.md).
+//! `llamactl verify DIR [--json] [--deep] [--no-md5] [--jobs N]`: the checks live in
+//! `checkpoint::verify`; this renders them as a table, JSON, and GitHub Actions annotations.
+use crate::checkpoint::verify::{self, CheckState, Options, Progress, Report};
 use crate::cli::VerifyArgs;
-use anyhow::{bail, Result};
+use crate::util::human_bytes;
+use anyhow::Result;
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-pub fn run(_args: &VerifyArgs) -> Result<i32> {
-    bail!("`llamactl verify` is not available in this build yet")
+pub fn run(args: &VerifyArgs) -> Result<i32> {
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let opts = Options {
+        md5: !args.no_md5,
+        deep: args.deep,
+        jobs,
+    };
+    let progress: Box<dyn Progress> = if std::io::stderr().is_terminal() {
+        Box::new(Bar::default())
+    } else {
+        Box::new(LogLines::default())
+    };
+    let report = verify::verify(&args.dir, &opts, progress.as_ref())?;
+    let github = std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true");
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    if github {
+        // Annotations belong on stdout, but not inside a JSON document someone pipes to jq; the
+        // runner reads workflow commands from stderr too.
+        for line in annotations(&report) {
+            if args.json {
+                eprintln!("{line}");
+            } else {
+                println!("{line}");
+            }
+        }
+    }
+    Ok(if report.ok { 0 } else { 1 })
+}
+
+fn print_table(r: &Report) {
+    println!("verify {} ({})", r.dir.display(), r.format);
+    let width = r.checks.iter().map(|c| c.name.len()).max().unwrap_or(5);
+    for c in &r.checks {
+        let status = match c.status {
+            CheckState::Ok => "ok",
+            CheckState::Failed => "FAILED",
+            CheckState::Skipped => "skipped",
+        };
+        println!("  {:width$}  {status:7}  {}", c.name, c.detail);
+    }
+    if r.problems.is_empty() {
+        println!("result: OK, no problems");
+        return;
+    }
+    println!(
+        "result: FAILED, {} problem{}",
+        r.problems.len(),
+        if r.problems.len() == 1 { "" } else { "s" }
+    );
+    let kw = r
+        .problems
+        .iter()
+        .map(|p| p.kind.as_str().len())
+        .max()
+        .unwrap_or(4);
+    for p in &r.problems {
+        println!("  {:kw$}  {}", p.kind.as_str(), p.detail);
+    }
+}
+
+/// GitHub Actions workflow commands: `::error file=PATH,title=...::MESSAGE`.
+fn annotations(r: &Report) -> Vec<String> {
+    r.problems
+        .iter()
+        .map(|p| {
+            let file = p
+                .file
+                .as_ref()
+                .map(|f| r.dir.join(f))
+                .unwrap_or_else(|| r.dir.clone());
+            format!(
+                "::error file={},title={}::{}",
+                escape_property(&file.display().to_string()),
+                escape_property(&format!("llamactl verify: {}", p.kind.as_str())),
+                escape_data(&p.detail)
+            )
+        })
+        .collect()
+}
+
+fn escape_data(s: &str) -> String {
+    s.replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
+}
+
+fn escape_property(s: &str) -> String {
+    escape_data(s).replace(':', "%3A").replace(',', "%2C")
+}
+
+/// An indicatif bar on a terminal.
+#[derive(Default)]
+struct Bar(Mutex<Option<indicatif::ProgressBar>>);
+
+impl Progress for Bar {
+    fn begin(&self, what: &str, total: u64) {
+        let pb = indicatif::ProgressBar::new(total);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg:>5} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        pb.set_message(what.to_owned());
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(pb);
+        }
+    }
+    fn advance(&self, bytes: u64) {
+        if let Ok(slot) = self.0.lock() {
+            if let Some(pb) = slot.as_ref() {
+                pb.inc(bytes);
+            }
+        }
+    }
+    fn end(&self) {
+        if let Ok(mut slot) = self.0.lock() {
+            if let Some(pb) = slot.take() {
+                pb.finish_and_clear();
+            }
+        }
+    }
+}
+
+/// Plain log lines on stderr, at most one every few seconds, for CI logs.
+#[derive(Default)]
+struct LogLines {
+    done: AtomicU64,
+    state: Mutex<Option<LogState>>,
+}
+
+struct LogState {
+    what: String,
+    total: u64,
+    started: Instant,
+    last: Instant,
+}
+
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl Progress for LogLines {
+    fn begin(&self, what: &str, total: u64) {
+        self.done.store(0, Ordering::Relaxed);
+        if let Ok(mut s) = self.state.lock() {
+            let now = Instant::now();
+            *s = Some(LogState {
+                what: what.to_owned(),
+                total,
+                started: now,
+                last: now,
+            });
+        }
+    }
+    fn advance(&self, bytes: u64) {
+        let done = self.done.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        // try_lock: a busy lock means someone else is logging right now.
+        if let Ok(mut s) = self.state.try_lock() {
+            if let Some(s) = s.as_mut() {
+                if s.last.elapsed() >= LOG_EVERY {
+                    s.last = Instant::now();
+                    let secs = s.started.elapsed().as_secs_f64().max(1e-9);
+                    eprintln!(
+                        "verify: {} {} of {} ({:.0}%, {}/s)",
+                        s.what,
+                        human_bytes(done),
+                        human_bytes(s.total),
+                        100.0 * done as f64 / s.total.max(1) as f64,
+                        human_bytes((done as f64 / secs) as u64)
+                    );
+                }
+            }
+        }
+    }
+    fn end(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            if let Some(s) = s.take() {
+                if s.started.elapsed() >= LOG_EVERY {
+                    eprintln!(
+                        "verify: {} done, {} in {:.1} s",
+                        s.what,
+                        human_bytes(s.total),
+                        s.started.elapsed().as_secs_f64()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn annotation_escaping() {
+        assert_eq!(escape_data("50%\nnext"), "50%25%0Anext");
+        assert_eq!(escape_property("a:b,c"), "a%3Ab%2Cc");
+    }
 }
