@@ -1,7 +1,9 @@
 //! A model directory as a thing: params.json, checklist.chk, shard discovery, the per-weight split
 //! rules, the Meta <-> HF name map and permutation, and streaming of logical tensors.
 pub mod checklist;
+pub mod convert;
 pub mod hf;
+pub mod hf_config;
 pub mod layout;
 pub mod meta;
 pub mod params;
