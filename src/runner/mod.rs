@@ -1,1 +1,5 @@
 //! Tokenizer, chat format, the transformer (candle), KV cache, sampling, generation.
+
+pub mod chat;
+pub mod hf_tokenizer;
+pub mod tokenizer;
