@@ -211,11 +211,16 @@ fn hf_meta_hf_reproduces_files_and_shards_like_transformers() {
     assert!(!single.join("model.safetensors.index.json").exists());
 }
 
+/// An HF tensor: name, dtype, shape, bytes.
+type RawHf = (String, DType, Vec<usize>, Vec<u8>);
+type EditTensors = Box<dyn Fn(&mut Vec<RawHf>)>;
+type EditConfig = Box<dyn Fn(&mut Value)>;
+
 /// Rewrite an HF dir's weights as one model.safetensors, editing the tensor set and config.
 fn rewrite_hf(
     src: &Path,
     dst: &Path,
-    edit: &mut dyn FnMut(&mut Vec<(String, DType, Vec<usize>, Vec<u8>)>),
+    edit: &mut dyn FnMut(&mut Vec<RawHf>),
     config: &mut dyn FnMut(&mut Value),
 ) {
     std::fs::create_dir_all(dst).unwrap();
@@ -331,7 +336,7 @@ fn casts_count_f16_overflow_and_round_trip_through_f32() {
     let src = tmp.path().join("big");
     // Every 7th value of w2 in layer 1 is beyond f16's range (65504).
     let big = |name: &str, i: usize| {
-        if name == "layers.1.feed_forward.w2.weight" && i % 7 == 0 {
+        if name == "layers.1.feed_forward.w2.weight" && i.is_multiple_of(7) {
             -1.0e6
         } else {
             ((i % 97) as f32 - 48.0) / 16.0
@@ -379,6 +384,7 @@ fn refusals_and_unsupported_inputs_are_one_line_errors() {
     let (code, err) = llamactl(&[&"convert", &"--to", &"hf", &small, &busy]);
     assert_eq!(code, 2);
     assert!(err.contains("--force") && err.lines().count() == 1, "{err}");
+    assert!(err.starts_with("error:"), "{err}");
     assert!(busy.join("keep").exists());
     convert_ok("hf", &small, &busy, &["--force"]);
     assert!(!busy.join("keep").exists() && busy.join("config.json").exists());
@@ -394,12 +400,7 @@ fn refusals_and_unsupported_inputs_are_one_line_errors() {
     assert!(err.contains("inside the source"), "{err}");
     assert!(!src_copy.join("out").exists());
 
-    let cases: Vec<(
-        &str,
-        Box<dyn Fn(&mut Vec<(String, DType, Vec<usize>, Vec<u8>)>)>,
-        Box<dyn Fn(&mut Value)>,
-        &str,
-    )> = vec![
+    let cases: Vec<(&str, EditTensors, EditConfig, &str)> = vec![
         (
             "mistral",
             Box::new(|_| {}),
@@ -458,8 +459,9 @@ fn refusals_and_unsupported_inputs_are_one_line_errors() {
         let out = tmp.path().join(format!("{label}-out"));
         let (code, err) = llamactl(&[&"convert", &"--to", &"meta", &bad, &out]);
         assert_eq!(code, 2, "{label}: {err}");
+        let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
         assert!(
-            err.contains(want) && err.trim_end().lines().count() == 1,
+            errors.len() == 1 && errors[0].contains(want),
             "{label}: {err}"
         );
         assert!(!out.exists(), "{label}: output left behind");

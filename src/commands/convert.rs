@@ -1,13 +1,21 @@
 //! `llamactl convert --to hf|meta SRC_DIR DST_DIR` (see CLI.md): the weights stream through
 //! `checkpoint::convert`; this adds the tokenizer files, checklist, atomic output and the report.
 use crate::checkpoint::convert::{self, Options, Summary};
+use crate::checkpoint::{hf_config, Params};
 use crate::cli::{CastDtype, ConvertArgs, ConvertTo};
 use crate::formats::DType;
+use crate::runner::hf_tokenizer::{tiktoken_model_from_tokenizer_json, write_hf_tokenizer_files};
 use crate::util::{human_bytes, AtomicDir};
 use anyhow::{bail, Result};
 use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Instant;
+
+const HF_TOKENIZER_FILES: [&str; 3] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
 
 pub fn run(args: &ConvertArgs) -> Result<i32> {
     let src = &args.src_dir;
@@ -46,7 +54,24 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
                 args.dst_dir.display(),
                 if instruct { "instruct" } else { "base" }
             );
-            convert::meta_to_hf(src, out.path(), &opts, &mut |d, t| progress.update(d, t))?
+            let mut s =
+                convert::meta_to_hf(src, out.path(), &opts, &mut |d, t| progress.update(d, t))?;
+            let tok = src.join("tokenizer.model");
+            if tok.exists() {
+                let p = Params::read(&src.join("params.json"))?;
+                let max_len = hf_config::max_position_embeddings(&p);
+                write_hf_tokenizer_files(&tok, out.path(), instruct, max_len)?;
+                for f in HF_TOKENIZER_FILES {
+                    let size = std::fs::metadata(out.path().join(f))?.len();
+                    s.files.push((f.to_string(), size));
+                }
+            } else {
+                eprintln!(
+                    "warning: {}: not found; the output has no tokenizer files",
+                    tok.display()
+                );
+            }
+            s
         }
         ConvertTo::Meta => {
             if !src.join("config.json").exists() {
@@ -60,7 +85,18 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
                 src.display(),
                 args.dst_dir.display()
             );
-            let s = convert::hf_to_meta(src, out.path(), &opts, &mut |d, t| progress.update(d, t))?;
+            let mut s =
+                convert::hf_to_meta(src, out.path(), &opts, &mut |d, t| progress.update(d, t))?;
+            let tok = src.join("tokenizer.json");
+            if tok.exists() {
+                let model = tiktoken_model_from_tokenizer_json(&tok)?;
+                convert::write_small(out.path(), "tokenizer.model", &model, &mut s)?;
+            } else {
+                eprintln!(
+                    "warning: {}: not found; the output has no tokenizer.model",
+                    tok.display()
+                );
+            }
             convert::write_checklist(out.path(), &s.md5)?;
             s
         }
