@@ -12,13 +12,14 @@ use super::hf_config::{self, ModelKind};
 use super::layout::{self, Permute, Role, Split};
 use super::meta::{self, MetaDir};
 use super::stream::{self, Buffers, CastStats, FullTensor, Region, RowPermute};
-use crate::formats::copy::{HashingFile, CHUNK};
+use crate::formats::copy::{self, HashingFile, CHUNK};
 use crate::formats::pth::{PthWriter, TensorSpec};
 use crate::formats::safetensors::{self as st, Index, IndexMetadata};
 use crate::formats::DType;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -368,6 +369,7 @@ pub fn meta_to_hf(
     let mut weight_map = BTreeMap::new();
     let hd = p.head_dim();
     let mut bufs = Buffers::default();
+    let mut copy_buf = Vec::new();
     for (members, file) in shards.iter().zip(&names) {
         let specs: Vec<(String, DType, Vec<usize>)> = members
             .iter()
@@ -384,32 +386,35 @@ pub fn meta_to_hf(
             .map(|&i| (plan[i].hf_name.as_str(), &plan[i]))
             .collect();
         let path = out.join(file);
-        let mut w = HashingFile::create(&path)?;
-        st::write(&mut w, &specs, &metadata, &mut |name, w| {
+        let size = write_shard(&path, &specs, &metadata, &mut |name, w, file| {
             let o = by_name[name];
-            let n = write_tensor(
-                &o.src,
-                o.role,
-                hd,
-                Permute::MetaToHf,
-                Some(o.dtype),
-                &mut bufs,
-                w,
-            )?;
-            if n > 0 {
-                summary.overflow.push((o.hf_name.clone(), n));
-            }
             let bytes = o.src.rows() as u64 * o.src.cols() as u64 * o.dtype.size() as u64;
+            match whole_copy(o) {
+                Some((src, offset)) => {
+                    w.flush()?;
+                    copy::copy_file_range_all(src, offset, bytes, file, &mut copy_buf)?;
+                }
+                None => {
+                    let n = write_tensor(
+                        &o.src,
+                        o.role,
+                        hd,
+                        Permute::MetaToHf,
+                        Some(o.dtype),
+                        &mut bufs,
+                        w,
+                    )?;
+                    if n > 0 {
+                        summary.overflow.push((o.hf_name.clone(), n));
+                    }
+                }
+            }
             summary.bytes += bytes;
             summary.tensors += 1;
             progress(summary.bytes, total);
             Ok(())
-        })
-        .with_context(|| format!("{}", path.display()))?;
-        let size = w.position();
-        let md5 = w.finish()?;
+        })?;
         summary.files.push((file.clone(), size));
-        summary.md5.insert(file.clone(), md5);
         for &i in members {
             weight_map.insert(plan[i].hf_name.clone(), file.clone());
         }
@@ -446,6 +451,48 @@ pub fn meta_to_hf(
         &mut summary,
     )?;
     Ok(summary)
+}
+
+/// Where a tensor that goes out unchanged (no cast, no row permutation) lies whole in one file.
+fn whole_copy(o: &HfOut) -> Option<(&copy::Source, u64)> {
+    let p = match o.src.pieces.as_slice() {
+        [p] => p,
+        _ => return None,
+    };
+    let whole = p.rows == (0..o.src.rows()) && p.cols == (0..o.src.cols());
+    let plain = o.dtype == o.src.dtype && !matches!(o.role, Role::Query | Role::Key);
+    (whole && plain).then_some((&*p.src, p.offset))
+}
+
+/// One safetensors file: the header, then `fill(name, buffered writer, file)` per tensor in file
+/// order. `fill` may bypass the buffer (flush it first) and append to the file directly. Checks
+/// the size against the header, fsyncs, and returns the size.
+fn write_shard(
+    path: &Path,
+    specs: &[(String, DType, Vec<usize>)],
+    metadata: &BTreeMap<String, String>,
+    fill: &mut dyn FnMut(&str, &mut dyn Write, &File) -> Result<()>,
+) -> Result<u64> {
+    let ctx = || format!("{}", path.display());
+    let mut sorted = specs.to_vec();
+    st::order_for_writing(&mut sorted);
+    let file = File::create(path).with_context(|| format!("{}: cannot create", path.display()))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, &file);
+    w.write_all(&st::header(&sorted, metadata)?)
+        .with_context(ctx)?;
+    for (name, _, _) in &sorted {
+        fill(name, &mut w, &file).with_context(|| format!("{}: tensor {name}", path.display()))?;
+    }
+    w.flush().with_context(ctx)?;
+    drop(w);
+    let size = file.metadata().with_context(ctx)?.len();
+    let want = st::file_size(specs, metadata)?;
+    if size != want {
+        bail!("{}: wrote {size} bytes, expected {want}", path.display());
+    }
+    file.sync_all()
+        .with_context(|| format!("{}: cannot fsync", path.display()))?;
+    Ok(size)
 }
 
 /// Write a small file and record it.

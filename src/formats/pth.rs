@@ -59,8 +59,14 @@ impl PthFile {
         if bytes.len() < 4 || &bytes[..4] != b"PK\x03\x04" {
             bail!("not a torch zip checkpoint (no zip header)");
         }
-        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes))
-            .map_err(|e| anyhow!("corrupt or truncated zip: {e}"))?;
+        // The zip crate scans for directory signatures; reading through the map would count every
+        // page it looks at in our RSS (~110 MB on a 3 GB shard), so it reads with pread instead.
+        let reader = std::io::BufReader::new(PreadReader {
+            src: &source,
+            pos: 0,
+        });
+        let mut zip =
+            zip::ZipArchive::new(reader).map_err(|e| anyhow!("corrupt or truncated zip: {e}"))?;
         let mut prefix: Option<String> = None;
         let mut records = HashMap::new();
         let mut pickle_rec = None;
@@ -224,6 +230,35 @@ impl PthFile {
             }
         }
         Ok(Cow::Owned(out))
+    }
+}
+
+/// `Read + Seek` over a [`Source`] with positional reads (no shared file cursor, no mapping).
+struct PreadReader<'a> {
+    src: &'a Source,
+    pos: u64,
+}
+
+impl std::io::Read for PreadReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.src.file().read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl std::io::Seek for PreadReader<'_> {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        let base = match to {
+            std::io::SeekFrom::Start(n) => Some(n),
+            std::io::SeekFrom::End(d) => self.src.len().checked_add_signed(d),
+            std::io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = base.ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the start")
+        })?;
+        Ok(self.pos)
     }
 }
 
