@@ -6,7 +6,7 @@ use crate::cli::{CastDtype, ConvertArgs, ConvertTo};
 use crate::formats::DType;
 use crate::runner::hf_tokenizer::{tiktoken_model_from_tokenizer_json, write_hf_tokenizer_files};
 use crate::util::{human_bytes, AtomicDir};
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Instant;
@@ -54,22 +54,36 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
                 args.dst_dir.display(),
                 if instruct { "instruct" } else { "base" }
             );
-            let mut s =
-                convert::meta_to_hf(src, out.path(), &opts, &mut |d, t| progress.update(d, t))?;
             let tok = src.join("tokenizer.model");
-            if tok.exists() {
-                let p = Params::read(&src.join("params.json"))?;
-                let max_len = hf_config::max_position_embeddings(&p);
-                write_hf_tokenizer_files(&tok, out.path(), instruct, max_len)?;
-                for f in HF_TOKENIZER_FILES {
-                    let size = std::fs::metadata(out.path().join(f))?.len();
-                    s.files.push((f.to_string(), size));
+            let max_len =
+                hf_config::max_position_embeddings(&Params::read(&src.join("params.json"))?);
+            // The tokenizer files are CPU work and the weights mostly I/O: do them side by side.
+            let (weights, tokenizer) = std::thread::scope(|scope| {
+                let tok_job = tok.exists().then(|| {
+                    let (tok, dir) = (tok.clone(), out.path().to_path_buf());
+                    scope.spawn(move || write_hf_tokenizer_files(&tok, &dir, instruct, max_len))
+                });
+                let weights =
+                    convert::meta_to_hf(src, out.path(), &opts, &mut |d, t| progress.update(d, t));
+                let tokenizer = tok_job.map(|j| {
+                    j.join()
+                        .unwrap_or_else(|_| Err(anyhow!("writing the tokenizer files panicked")))
+                });
+                (weights, tokenizer)
+            });
+            let mut s = weights?;
+            match tokenizer {
+                Some(result) => {
+                    result?;
+                    for f in HF_TOKENIZER_FILES {
+                        let size = std::fs::metadata(out.path().join(f))?.len();
+                        s.files.push((f.to_string(), size));
+                    }
                 }
-            } else {
-                eprintln!(
+                None => eprintln!(
                     "warning: {}: not found; the output has no tokenizer files",
                     tok.display()
-                );
+                ),
             }
             s
         }
