@@ -565,6 +565,25 @@ pub fn write_small(path: &Path, tensors: &[(TensorSpec, Vec<u8>)]) -> Result<()>
 mod tests {
     use super::*;
 
+    #[test]
+    fn pread_reader_reads_and_seeks_like_a_file() {
+        use std::io::{Read, Seek, SeekFrom};
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"0123456789").unwrap();
+        let src = Source::open(&p).unwrap();
+        let mut r = PreadReader { src: &src, pos: 0 };
+        assert_eq!(r.seek(SeekFrom::End(-3)).unwrap(), 7);
+        let mut buf = [0u8; 8];
+        assert_eq!(r.read(&mut buf).unwrap(), 3);
+        assert_eq!(&buf[..3], b"789");
+        assert_eq!(r.seek(SeekFrom::Current(-6)).unwrap(), 4);
+        r.read_exact(&mut buf[..2]).unwrap();
+        assert_eq!(&buf[..2], b"45");
+        assert!(r.seek(SeekFrom::Current(-100)).is_err());
+        assert_eq!(r.read(&mut buf).unwrap(), 4);
+    }
+
     fn spec(name: &str, dtype: DType, shape: &[usize]) -> TensorSpec {
         TensorSpec {
             name: name.into(),
