@@ -180,6 +180,16 @@ pub struct ConvertArgs {
     /// Replace a non-empty destination.
     #[arg(long)]
     pub force: bool,
+    /// --to hf: write an instruct (chat) model's stop tokens and chat template. Default: on when
+    /// the source directory's name contains "instruct" (as Meta names them).
+    #[arg(long, conflicts_with = "base")]
+    pub instruct: bool,
+    /// --to hf: write a base model's stop tokens, whatever the directory is called.
+    #[arg(long)]
+    pub base: bool,
+    /// --to hf: largest safetensors shard, transformers' rule ("5GB" = 5*10^9 bytes).
+    #[arg(long, default_value = "5GB")]
+    pub max_shard_size: String,
 }
 
 #[derive(Args, Debug, Clone)]

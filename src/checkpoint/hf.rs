@@ -96,7 +96,14 @@ pub fn rope_from_config(c: &Value) -> (f64, Option<&Value>) {
 pub fn params_from_config(c: &Value) -> Result<Params> {
     if let Some(archs) = c.get("architectures").and_then(Value::as_array) {
         if !archs.iter().any(|a| a.as_str() == Some("LlamaForCausalLM")) {
-            bail!("config.json: architecture {archs:?} is not supported (only LlamaForCausalLM)");
+            let names: Vec<String> = archs
+                .iter()
+                .map(|a| a.as_str().map_or_else(|| a.to_string(), str::to_owned))
+                .collect();
+            bail!(
+                "config.json: architecture {} is not supported (only LlamaForCausalLM)",
+                names.join(", ")
+            );
         }
     }
     if c.get("attention_bias").and_then(Value::as_bool) == Some(true)
@@ -162,8 +169,7 @@ impl HfDir {
             .with_context(|| format!("{}: cannot read", cfg_path.display()))?;
         let config: Value = serde_json::from_str(&text)
             .with_context(|| format!("{}: invalid JSON", cfg_path.display()))?;
-        let params =
-            params_from_config(&config).with_context(|| format!("{}", cfg_path.display()))?;
+        let params = params_from_config(&config).with_context(|| format!("{}", dir.display()))?;
         let index_path = dir.join("model.safetensors.index.json");
         let (names, index) = if index_path.exists() {
             let index = Index::read(&index_path)?;

@@ -2,8 +2,10 @@
 //! rules, the Meta <-> HF name map and permutation, and streaming of logical tensors.
 pub mod catalog;
 pub mod checklist;
+pub mod convert;
 pub mod hashing;
 pub mod hf;
+pub mod hf_config;
 pub mod layout;
 pub mod meta;
 pub mod params;

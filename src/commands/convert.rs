@@ -1,7 +1,215 @@
-//! `llamactl convert` (see CLI.md).
-use crate::cli::ConvertArgs;
-use anyhow::{bail, Result};
+//! `llamactl convert --to hf|meta SRC_DIR DST_DIR` (see CLI.md): the weights stream through
+//! `checkpoint::convert`; this adds the tokenizer files, checklist, atomic output and the report.
+use crate::checkpoint::convert::{self, Options, Summary};
+use crate::checkpoint::{hf_config, Params};
+use crate::cli::{CastDtype, ConvertArgs, ConvertTo};
+use crate::formats::DType;
+use crate::runner::hf_tokenizer::{tiktoken_model_from_tokenizer_json, write_hf_tokenizer_files};
+use crate::util::{human_bytes, AtomicDir};
+use anyhow::{anyhow, bail, Result};
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::Instant;
 
-pub fn run(_args: &ConvertArgs) -> Result<i32> {
-    bail!("`llamactl convert` is not available in this build yet")
+const HF_TOKENIZER_FILES: [&str; 3] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
+
+pub fn run(args: &ConvertArgs) -> Result<i32> {
+    let src = &args.src_dir;
+    if !src.is_dir() {
+        bail!("{}: not a directory", src.display());
+    }
+    convert::check_dst_outside_src(src, &args.dst_dir)?;
+    let instruct = match (args.instruct, args.base) {
+        (true, _) => true,
+        (_, true) => false,
+        _ => looks_instruct(src),
+    };
+    let opts = Options {
+        dtype: args.dtype.map(|d| match d {
+            CastDtype::Bf16 => DType::BF16,
+            CastDtype::F16 => DType::F16,
+            CastDtype::F32 => DType::F32,
+        }),
+        instruct,
+        max_shard_size: convert::parse_size(&args.max_shard_size)?,
+    };
+    let out = AtomicDir::new(&args.dst_dir, args.force)?;
+    let start = Instant::now();
+    let mut progress = Progress::new();
+    let summary = match args.to {
+        ConvertTo::Hf => {
+            if !src.join("params.json").exists() {
+                bail!(
+                    "{}: no params.json; --to hf needs a Meta checkpoint directory",
+                    src.display()
+                );
+            }
+            eprintln!(
+                "converting {} (Meta) -> {} (Hugging Face), {} model",
+                src.display(),
+                args.dst_dir.display(),
+                if instruct { "instruct" } else { "base" }
+            );
+            let tok = src.join("tokenizer.model");
+            let max_len =
+                hf_config::max_position_embeddings(&Params::read(&src.join("params.json"))?);
+            // The tokenizer files are CPU work and the weights mostly I/O: do them side by side.
+            let (weights, tokenizer) = std::thread::scope(|scope| {
+                let tok_job = tok.exists().then(|| {
+                    let (tok, dir) = (tok.clone(), out.path().to_path_buf());
+                    scope.spawn(move || write_hf_tokenizer_files(&tok, &dir, instruct, max_len))
+                });
+                let weights =
+                    convert::meta_to_hf(src, out.path(), &opts, &mut |d, t| progress.update(d, t));
+                let tokenizer = tok_job.map(|j| {
+                    j.join()
+                        .unwrap_or_else(|_| Err(anyhow!("writing the tokenizer files panicked")))
+                });
+                (weights, tokenizer)
+            });
+            let mut s = weights?;
+            match tokenizer {
+                Some(result) => {
+                    result?;
+                    for f in HF_TOKENIZER_FILES {
+                        let size = std::fs::metadata(out.path().join(f))?.len();
+                        s.files.push((f.to_string(), size));
+                    }
+                }
+                None => eprintln!(
+                    "warning: {}: not found; the output has no tokenizer files",
+                    tok.display()
+                ),
+            }
+            s
+        }
+        ConvertTo::Meta => {
+            if !src.join("config.json").exists() {
+                bail!(
+                    "{}: no config.json; --to meta needs a Hugging Face model directory",
+                    src.display()
+                );
+            }
+            eprintln!(
+                "converting {} (Hugging Face) -> {} (Meta, MP 1)",
+                src.display(),
+                args.dst_dir.display()
+            );
+            let mut s =
+                convert::hf_to_meta(src, out.path(), &opts, &mut |d, t| progress.update(d, t))?;
+            let tok = src.join("tokenizer.json");
+            if tok.exists() {
+                let model = tiktoken_model_from_tokenizer_json(&tok)?;
+                convert::write_small(out.path(), "tokenizer.model", &model, &mut s)?;
+            } else {
+                eprintln!(
+                    "warning: {}: not found; the output has no tokenizer.model",
+                    tok.display()
+                );
+            }
+            convert::write_checklist(out.path(), &s.md5)?;
+            s
+        }
+    };
+    progress.done();
+    let dst = out.commit()?;
+    report(&summary, &dst, args.to, start.elapsed().as_secs_f64());
+    Ok(0)
+}
+
+/// Meta names its chat models `Meta-Llama-3-8B-Instruct`, `Llama3.1-8B-Instruct`.
+fn looks_instruct(src: &Path) -> bool {
+    let name = src
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    name.to_ascii_lowercase().contains("instruct")
+}
+
+fn report(s: &Summary, dst: &Path, to: ConvertTo, secs: f64) {
+    if s.tied {
+        match to {
+            ConvertTo::Hf => eprintln!(
+                "output.weight equals tok_embeddings.weight: wrote tie_word_embeddings=true and no lm_head"
+            ),
+            ConvertTo::Meta => {
+                eprintln!("tied embeddings: wrote output.weight as a copy of embed_tokens")
+            }
+        }
+    }
+    if s.overflowed() > 0 {
+        eprintln!(
+            "warning: {} values were outside the float16 range and were clamped to +/-65504:",
+            s.overflowed()
+        );
+        for (name, n) in s.overflow.iter().take(10) {
+            eprintln!("  {name}: {n}");
+        }
+        if s.overflow.len() > 10 {
+            eprintln!("  ... and {} more tensors", s.overflow.len() - 10);
+        }
+    }
+    eprintln!(
+        "wrote {} tensors ({}) in {:.1}s ({}/s)",
+        s.tensors,
+        human_bytes(s.bytes),
+        secs,
+        human_bytes((s.bytes as f64 / secs.max(1e-3)) as u64)
+    );
+    for (name, size) in &s.files {
+        eprintln!("  {name}  {}", human_bytes(*size));
+    }
+    println!("{}", dst.display());
+}
+
+/// A byte progress bar on a terminal, a log line every 10% otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    logged_tenths: Option<u64>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            bar: None,
+            logged_tenths: None,
+        }
+    }
+
+    fn update(&mut self, done: u64, total: u64) {
+        if std::io::stderr().is_terminal() {
+            let bar = self.bar.get_or_insert_with(|| {
+                let b = indicatif::ProgressBar::new(total);
+                if let Ok(style) = indicatif::ProgressStyle::with_template(
+                    "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                ) {
+                    b.set_style(style);
+                }
+                b
+            });
+            bar.set_position(done);
+            return;
+        }
+        let tenths = done * 10 / total.max(1);
+        if self.logged_tenths.is_none_or(|t| tenths > t) {
+            self.logged_tenths = Some(tenths);
+            eprintln!(
+                "  {} / {} ({}%)",
+                human_bytes(done),
+                human_bytes(total),
+                tenths * 10
+            );
+        }
+    }
+
+    fn done(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
 }

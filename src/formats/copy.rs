@@ -97,6 +97,66 @@ impl Source {
     }
 }
 
+/// Append `len` bytes of `src` at `offset` to `dst` at its current position, inside the kernel
+/// (`copy_file_range`: no trip through user memory, which is what makes `cp` fast). Falls back to
+/// pread + write through `buf` where the kernel or file system can't do it.
+pub fn copy_file_range_all(
+    src: &Source,
+    offset: u64,
+    len: u64,
+    dst: &File,
+    buf: &mut Vec<u8>,
+) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    if offset.checked_add(len).is_none_or(|end| end > src.len) {
+        bail!(
+            "{}: range {offset}+{len} runs past the end of the file ({} bytes)",
+            src.path.display(),
+            src.len
+        );
+    }
+    let mut off_in = offset as libc::loff_t;
+    let mut left = len;
+    while left > 0 {
+        let want = left.min(1 << 30) as usize;
+        // SAFETY: both descriptors are open for the duration of the call; off_in is a valid
+        // pointer; a null out-offset means "use and advance dst's file position".
+        let n = unsafe {
+            libc::copy_file_range(
+                src.file.as_raw_fd(),
+                &mut off_in,
+                dst.as_raw_fd(),
+                std::ptr::null_mut(),
+                want,
+                0,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            let unsupported = matches!(
+                e.raw_os_error(),
+                Some(libc::EXDEV | libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP | libc::EPERM)
+            );
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            if unsupported {
+                let mut w = dst;
+                return src.copy_range(off_in as u64, left, buf, &mut w);
+            }
+            return Err(e).with_context(|| format!("{}: cannot copy", src.path.display()));
+        }
+        if n == 0 {
+            bail!(
+                "{}: ended at offset {off_in} while copying (truncated?)",
+                src.path.display()
+            );
+        }
+        left -= n as u64;
+    }
+    Ok(())
+}
+
 /// A writer that counts bytes and keeps a CRC-32 of what passes through it.
 pub struct CrcWriter<'a> {
     inner: &'a mut dyn Write,

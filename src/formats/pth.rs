@@ -59,8 +59,14 @@ impl PthFile {
         if bytes.len() < 4 || &bytes[..4] != b"PK\x03\x04" {
             bail!("not a torch zip checkpoint (no zip header)");
         }
-        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes))
-            .map_err(|e| anyhow!("corrupt or truncated zip: {e}"))?;
+        // The zip crate scans for directory signatures; reading through the map would count every
+        // page it looks at in our RSS (~110 MB on a 3 GB shard), so it reads with pread instead.
+        let reader = std::io::BufReader::new(PreadReader {
+            src: &source,
+            pos: 0,
+        });
+        let mut zip =
+            zip::ZipArchive::new(reader).map_err(|e| anyhow!("corrupt or truncated zip: {e}"))?;
         let mut prefix: Option<String> = None;
         let mut records = HashMap::new();
         let mut pickle_rec = None;
@@ -224,6 +230,35 @@ impl PthFile {
             }
         }
         Ok(Cow::Owned(out))
+    }
+}
+
+/// `Read + Seek` over a [`Source`] with positional reads (no shared file cursor, no mapping).
+struct PreadReader<'a> {
+    src: &'a Source,
+    pos: u64,
+}
+
+impl std::io::Read for PreadReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.src.file().read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl std::io::Seek for PreadReader<'_> {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        let base = match to {
+            std::io::SeekFrom::Start(n) => Some(n),
+            std::io::SeekFrom::End(d) => self.src.len().checked_add_signed(d),
+            std::io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = base.ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the start")
+        })?;
+        Ok(self.pos)
     }
 }
 
@@ -529,6 +564,25 @@ pub fn write_small(path: &Path, tensors: &[(TensorSpec, Vec<u8>)]) -> Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pread_reader_reads_and_seeks_like_a_file() {
+        use std::io::{Read, Seek, SeekFrom};
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"0123456789").unwrap();
+        let src = Source::open(&p).unwrap();
+        let mut r = PreadReader { src: &src, pos: 0 };
+        assert_eq!(r.seek(SeekFrom::End(-3)).unwrap(), 7);
+        let mut buf = [0u8; 8];
+        assert_eq!(r.read(&mut buf).unwrap(), 3);
+        assert_eq!(&buf[..3], b"789");
+        assert_eq!(r.seek(SeekFrom::Current(-6)).unwrap(), 4);
+        r.read_exact(&mut buf[..2]).unwrap();
+        assert_eq!(&buf[..2], b"45");
+        assert!(r.seek(SeekFrom::Current(-100)).is_err());
+        assert_eq!(r.read(&mut buf).unwrap(), 4);
+    }
 
     fn spec(name: &str, dtype: DType, shape: &[usize]) -> TensorSpec {
         TensorSpec {

@@ -166,8 +166,8 @@ impl SafetensorsFile {
     }
 }
 
-/// Header bytes (length prefix included) for tensors in the order `order_for_writing` returns.
-fn header(
+/// Header bytes (length prefix included) for tensors already in the order `order_for_writing` gives.
+pub fn header(
     specs: &[(String, DType, Vec<usize>)],
     metadata: &BTreeMap<String, String>,
 ) -> Result<Vec<u8>> {

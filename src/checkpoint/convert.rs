@@ -1,0 +1,734 @@
+//! Meta checkpoint <-> Hugging Face safetensors, streamed.
+//!
+//! Both directions are the same loop: for every output tensor, find the logical source tensor
+//! (shards merged by [`MetaDir::full`] or one safetensors slice), and hand it to
+//! [`stream::write_region`] with the q/k row permutation (groups of one head) and the optional
+//! cast. Nothing is ever held whole, so memory stays at a few 8 MB blocks whatever the model.
+//!
+//! The tokenizer files are not written here (they belong to the runner layer); the command adds them.
+use super::checklist;
+use super::hf::HfDir;
+use super::hf_config::{self, ModelKind};
+use super::layout::{self, Permute, Role, Split};
+use super::meta::{self, MetaDir};
+use super::stream::{self, Buffers, CastStats, FullTensor, Region, RowPermute};
+use crate::formats::copy::{self, HashingFile, CHUNK};
+use crate::formats::pth::{PthWriter, TensorSpec};
+use crate::formats::safetensors::{self as st, Index, IndexMetadata};
+use crate::formats::DType;
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// transformers' default `max_shard_size` ("5GB", decimal).
+pub const DEFAULT_MAX_SHARD: u64 = 5_000_000_000;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Cast every floating tensor to this type while streaming.
+    pub dtype: Option<DType>,
+    /// Meta -> HF: write instruct-model stop tokens.
+    pub instruct: bool,
+    /// Meta -> HF: shard size limit, transformers' rule.
+    pub max_shard_size: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            dtype: None,
+            instruct: false,
+            max_shard_size: DEFAULT_MAX_SHARD,
+        }
+    }
+}
+
+/// What a conversion wrote.
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Files written, with their sizes.
+    pub files: Vec<(String, u64)>,
+    /// md5 of every file written (for checklist.chk).
+    pub md5: BTreeMap<String, String>,
+    pub tensors: usize,
+    /// Tensor bytes written.
+    pub bytes: u64,
+    /// Meta -> HF: `lm_head` omitted because it equals the embedding. HF -> Meta: `output.weight`
+    /// written as a copy of the tied embedding.
+    pub tied: bool,
+    /// Values that a cast clamped, per tensor (only tensors with any).
+    pub overflow: Vec<(String, u64)>,
+}
+
+impl Summary {
+    pub fn overflowed(&self) -> u64 {
+        self.overflow.iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// Parse a shard size the way transformers does ("5GB" = 5*10^9, "500MB", "10KB"), or plain bytes.
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    if let Ok(n) = t.parse::<u64>() {
+        return Ok(n);
+    }
+    let units = [
+        ("TB", 1e12),
+        ("GB", 1e9),
+        ("MB", 1e6),
+        ("KB", 1e3),
+        ("TIB", 1099511627776.0),
+        ("GIB", 1073741824.0),
+        ("MIB", 1048576.0),
+        ("KIB", 1024.0),
+    ];
+    let upper = t.to_ascii_uppercase();
+    for (u, mult) in units {
+        if let Some(num) = upper.strip_suffix(u) {
+            let v: f64 = num
+                .trim()
+                .parse()
+                .map_err(|_| anyhow!("size {s:?}: {num:?} is not a number"))?;
+            if !(v.is_finite() && v > 0.0) {
+                bail!("size {s:?} must be positive");
+            }
+            return Ok((v * mult) as u64);
+        }
+    }
+    bail!("size {s:?}: expected a number of bytes or a number with KB, MB, GB or TB")
+}
+
+/// Split tensors (sizes in state-dict order) into shards exactly as huggingface_hub's
+/// `split_torch_state_dict_into_shards` does for `save_pretrained`: walk in order, start a new
+/// shard when the next tensor would push the current one past `max`; a tensor larger than `max`
+/// gets a shard of its own, placed before the shard still being filled.
+pub fn plan_shards(sizes: &[u64], max: u64) -> Vec<Vec<usize>> {
+    let mut shards: Vec<Vec<usize>> = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    let mut current_size = 0u64;
+    for (i, &size) in sizes.iter().enumerate() {
+        if size > max {
+            shards.push(vec![i]);
+            continue;
+        }
+        if current_size + size > max {
+            shards.push(std::mem::take(&mut current));
+            current_size = 0;
+        }
+        current.push(i);
+        current_size += size;
+    }
+    if !current.is_empty() {
+        shards.push(current);
+    }
+    shards
+}
+
+/// File names transformers gives `n` safetensors shards.
+pub fn shard_file_names(n: usize) -> Vec<String> {
+    if n == 1 {
+        return vec!["model.safetensors".into()];
+    }
+    (1..=n)
+        .map(|k| format!("model-{k:05}-of-{n:05}.safetensors"))
+        .collect()
+}
+
+/// Refuse a destination that is the source or lies inside it (the output would be read back as
+/// part of the input, or replace it).
+pub fn check_dst_outside_src(src: &Path, dst: &Path) -> Result<()> {
+    let src_c = src
+        .canonicalize()
+        .with_context(|| format!("{}: cannot open", src.display()))?;
+    // The destination may not exist yet: resolve its nearest existing ancestor.
+    let mut existing = dst.to_path_buf();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match existing.file_name() {
+            Some(n) => rest.push(n.to_owned()),
+            None => break,
+        }
+        if !existing.pop() {
+            break;
+        }
+    }
+    if existing.as_os_str().is_empty() {
+        existing = PathBuf::from(".");
+    }
+    let mut dst_c = existing
+        .canonicalize()
+        .with_context(|| format!("{}: cannot resolve", dst.display()))?;
+    for n in rest.into_iter().rev() {
+        dst_c.push(n);
+    }
+    if dst_c == src_c {
+        bail!(
+            "{}: destination is the source directory; write to a new directory",
+            dst.display()
+        );
+    }
+    if dst_c.starts_with(&src_c) {
+        bail!(
+            "{}: destination is inside the source directory {}; write it elsewhere",
+            dst.display(),
+            src.display()
+        );
+    }
+    if src_c.starts_with(&dst_c) {
+        bail!(
+            "{}: destination contains the source directory {}; replacing it would destroy the input",
+            dst.display(),
+            src.display()
+        );
+    }
+    Ok(())
+}
+
+/// Element type a tensor is written in.
+fn out_dtype(src: DType, to: Option<DType>) -> Result<DType> {
+    match to {
+        None => Ok(src),
+        Some(t) if t == src => Ok(t),
+        Some(t) if matches!(src, DType::BF16 | DType::F16 | DType::F32) => Ok(t),
+        Some(t) => bail!("cannot cast {src} to {t}: only BF16, F16 and F32 tensors are cast"),
+    }
+}
+
+/// Stream a whole tensor, q/k rows reordered for the other rotary convention, optionally cast.
+fn write_tensor(
+    t: &FullTensor,
+    role: Role,
+    head_dim: usize,
+    permute: Permute,
+    to: Option<DType>,
+    bufs: &mut Buffers,
+    w: &mut dyn Write,
+) -> Result<u64> {
+    let map = move |j: usize| permute.source_row(j, head_dim);
+    let mut region: Region = t.all();
+    if matches!(role, Role::Query | Role::Key) {
+        region.permute = Some(RowPermute {
+            group: head_dim,
+            map: &map,
+        });
+    }
+    let mut stats = CastStats::default();
+    stream::write_region(t, &region, to, bufs, w, &mut stats)?;
+    Ok(stats.overflowed)
+}
+
+/// Byte equality of two tensors, read block by block (the tied-embedding test).
+pub fn same_bytes(a: &FullTensor, b: &FullTensor) -> Result<bool> {
+    if a.dtype != b.dtype || a.shape != b.shape {
+        return Ok(false);
+    }
+    let row_bytes = (a.cols() * a.dtype.size()).max(1);
+    let step = (CHUNK / row_bytes).max(1);
+    let (mut ba, mut bb) = (Buffers::default(), Buffers::default());
+    let (mut va, mut vb) = (Vec::new(), Vec::new());
+    let mut stats = CastStats::default();
+    let mut r = 0;
+    while r < a.rows() {
+        let region = Region {
+            rows: r..(r + step).min(a.rows()),
+            cols: 0..a.cols(),
+            permute: None,
+        };
+        va.clear();
+        vb.clear();
+        stream::write_region(a, &region, None, &mut ba, &mut va, &mut stats)?;
+        stream::write_region(b, &region, None, &mut bb, &mut vb, &mut stats)?;
+        if va != vb {
+            return Ok(false);
+        }
+        r = region.rows.end;
+    }
+    Ok(true)
+}
+
+/// HF tensor names of a Llama model in `LlamaForCausalLM.state_dict()` order (module registration
+/// order: q, k, v, o, gate, up, down, the two norms), which is the order transformers shards in.
+fn hf_order(n_layers: usize) -> Vec<String> {
+    let mut out = vec!["model.embed_tokens.weight".to_string()];
+    for l in 0..n_layers {
+        for t in [
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+            "input_layernorm",
+            "post_attention_layernorm",
+        ] {
+            out.push(format!("model.layers.{l}.{t}.weight"));
+        }
+    }
+    out.push("model.norm.weight".into());
+    out.push("lm_head.weight".into());
+    out
+}
+
+struct HfOut {
+    hf_name: String,
+    src: FullTensor,
+    role: Role,
+    dtype: DType,
+}
+
+/// Write the HF weights and configs of the Meta checkpoint `src` into `out` (an empty directory).
+pub fn meta_to_hf(
+    src: &Path,
+    out: &Path,
+    opts: &Options,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Summary> {
+    let m = MetaDir::open(src)?;
+    let p = &m.params;
+    let Some(vocab) = p.vocab() else {
+        bail!(
+            "{}: vocab_size -1 marks a Llama 2 checkpoint (sentencepiece tokenizer); convert handles Llama 3 models only",
+            src.join("params.json").display()
+        );
+    };
+    if m.embed_split()? != Split::Rows {
+        bail!(
+            "{}: tok_embeddings.weight is split by columns (Llama 2 layout); convert handles Llama 3 models only",
+            m.shards[0].path().display()
+        );
+    }
+    let expected = m.expected()?;
+    let roles: HashMap<&str, Role> = expected.iter().map(|w| (w.name.as_str(), w.role)).collect();
+    for shard in &m.shards {
+        for t in shard.tensors() {
+            if !roles.contains_key(t.name.as_str()) {
+                let what = if t.name.ends_with(".bias") {
+                    "bias tensors are not supported"
+                } else {
+                    "not a weight of this Llama 3 model (unsupported)"
+                };
+                bail!("{}: tensor {}: {what}", shard.path().display(), t.name);
+            }
+        }
+    }
+    // Open every logical tensor first: a missing or misshapen tensor fails before any byte is written.
+    let mut full: HashMap<String, (FullTensor, Role)> = HashMap::new();
+    for w in &expected {
+        full.insert(w.name.clone(), (m.full(&w.name)?, w.role));
+    }
+    let (embed, _) = &full["tok_embeddings.weight"];
+    let (output, _) = &full["output.weight"];
+    let tied = same_bytes(output, embed)?;
+
+    let mut plan = Vec::new();
+    for hf_name in hf_order(p.n_layers) {
+        if tied && hf_name == "lm_head.weight" {
+            continue;
+        }
+        let meta_name = layout::hf_to_meta(&hf_name).expect("hf_order names map back");
+        let (t, role) = full
+            .remove(&meta_name)
+            .ok_or_else(|| anyhow!("{}: tensor {meta_name} is missing", src.display()))?;
+        let dtype =
+            out_dtype(t.dtype, opts.dtype).with_context(|| format!("tensor {meta_name}"))?;
+        plan.push(HfOut {
+            hf_name,
+            src: t,
+            role,
+            dtype,
+        });
+    }
+    let sizes: Vec<u64> = plan
+        .iter()
+        .map(|o| o.src.rows() as u64 * o.src.cols() as u64 * o.dtype.size() as u64)
+        .collect();
+    let shards = plan_shards(&sizes, opts.max_shard_size.max(1));
+    let names = shard_file_names(shards.len());
+    let total: u64 = sizes.iter().sum();
+    crate::util::free_disk_bytes(out).and_then(|free| {
+        if free < total {
+            bail!(
+                "{}: needs {} for the weights but only {} is free",
+                out.display(),
+                crate::util::human_bytes(total),
+                crate::util::human_bytes(free)
+            );
+        }
+        Ok(())
+    })?;
+
+    let metadata: BTreeMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    let mut summary = Summary {
+        tied,
+        ..Default::default()
+    };
+    let mut weight_map = BTreeMap::new();
+    let hd = p.head_dim();
+    let mut bufs = Buffers::default();
+    let mut copy_buf = Vec::new();
+    for (members, file) in shards.iter().zip(&names) {
+        let specs: Vec<(String, DType, Vec<usize>)> = members
+            .iter()
+            .map(|&i| {
+                (
+                    plan[i].hf_name.clone(),
+                    plan[i].dtype,
+                    plan[i].src.shape.clone(),
+                )
+            })
+            .collect();
+        let by_name: HashMap<&str, &HfOut> = members
+            .iter()
+            .map(|&i| (plan[i].hf_name.as_str(), &plan[i]))
+            .collect();
+        let path = out.join(file);
+        let size = write_shard(&path, &specs, &metadata, &mut |name, w, file| {
+            let o = by_name[name];
+            let bytes = o.src.rows() as u64 * o.src.cols() as u64 * o.dtype.size() as u64;
+            match whole_copy(o) {
+                Some((src, offset)) => {
+                    w.flush()?;
+                    copy::copy_file_range_all(src, offset, bytes, file, &mut copy_buf)?;
+                }
+                None => {
+                    let n = write_tensor(
+                        &o.src,
+                        o.role,
+                        hd,
+                        Permute::MetaToHf,
+                        Some(o.dtype),
+                        &mut bufs,
+                        w,
+                    )?;
+                    if n > 0 {
+                        summary.overflow.push((o.hf_name.clone(), n));
+                    }
+                }
+            }
+            summary.bytes += bytes;
+            summary.tensors += 1;
+            progress(summary.bytes, total);
+            Ok(())
+        })?;
+        summary.files.push((file.clone(), size));
+        for &i in members {
+            weight_map.insert(plan[i].hf_name.clone(), file.clone());
+        }
+    }
+    if names.len() > 1 {
+        let index = Index {
+            metadata: IndexMetadata { total_size: total },
+            weight_map,
+        };
+        write_small(
+            out,
+            "model.safetensors.index.json",
+            index.to_json().as_bytes(),
+            &mut summary,
+        )?;
+    }
+    let kind = ModelKind {
+        instruct: opts.instruct,
+        tied,
+        dtype: plan[0].dtype,
+    };
+    let config = hf_config::config_json(p, vocab, &kind);
+    write_small(
+        out,
+        "config.json",
+        hf_config::to_pretty(&config).as_bytes(),
+        &mut summary,
+    )?;
+    let gen = hf_config::generation_config_json(p, opts.instruct);
+    write_small(
+        out,
+        "generation_config.json",
+        hf_config::to_pretty(&gen).as_bytes(),
+        &mut summary,
+    )?;
+    Ok(summary)
+}
+
+/// Where a tensor that goes out unchanged (no cast, no row permutation) lies whole in one file.
+fn whole_copy(o: &HfOut) -> Option<(&copy::Source, u64)> {
+    let p = match o.src.pieces.as_slice() {
+        [p] => p,
+        _ => return None,
+    };
+    let whole = p.rows == (0..o.src.rows()) && p.cols == (0..o.src.cols());
+    let plain = o.dtype == o.src.dtype && !matches!(o.role, Role::Query | Role::Key);
+    (whole && plain).then_some((&*p.src, p.offset))
+}
+
+/// One safetensors file: the header, then `fill(name, buffered writer, file)` per tensor in file
+/// order. `fill` may bypass the buffer (flush it first) and append to the file directly. Checks
+/// the size against the header, fsyncs, and returns the size.
+fn write_shard(
+    path: &Path,
+    specs: &[(String, DType, Vec<usize>)],
+    metadata: &BTreeMap<String, String>,
+    fill: &mut dyn FnMut(&str, &mut dyn Write, &File) -> Result<()>,
+) -> Result<u64> {
+    let ctx = || format!("{}", path.display());
+    let mut sorted = specs.to_vec();
+    st::order_for_writing(&mut sorted);
+    let file = File::create(path).with_context(|| format!("{}: cannot create", path.display()))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, &file);
+    w.write_all(&st::header(&sorted, metadata)?)
+        .with_context(ctx)?;
+    for (name, _, _) in &sorted {
+        fill(name, &mut w, &file).with_context(|| format!("{}: tensor {name}", path.display()))?;
+    }
+    w.flush().with_context(ctx)?;
+    drop(w);
+    let size = file.metadata().with_context(ctx)?.len();
+    let want = st::file_size(specs, metadata)?;
+    if size != want {
+        bail!("{}: wrote {size} bytes, expected {want}", path.display());
+    }
+    file.sync_all()
+        .with_context(|| format!("{}: cannot fsync", path.display()))?;
+    Ok(size)
+}
+
+/// Write a small file and record it.
+pub fn write_small(dir: &Path, name: &str, bytes: &[u8], summary: &mut Summary) -> Result<()> {
+    let path = dir.join(name);
+    let mut w = HashingFile::create(&path)?;
+    w.write_all(bytes)
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    let md5 = w.finish()?;
+    summary.files.push((name.to_string(), bytes.len() as u64));
+    summary.md5.insert(name.to_string(), md5);
+    Ok(())
+}
+
+/// Write a Meta checkpoint (MP 1: `consolidated.00.pth`, `params.json`) from the HF directory `src`
+/// into `out`. `checklist.chk` is left to the caller, who may add `tokenizer.model` first.
+pub fn hf_to_meta(
+    src: &Path,
+    out: &Path,
+    opts: &Options,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Summary> {
+    let h = HfDir::open(src)?;
+    let p = h.params.clone();
+    let vocab = p.vocab().ok_or_else(|| {
+        anyhow!(
+            "{}: vocab_size is invalid",
+            src.join("config.json").display()
+        )
+    })?;
+    let present = h.meta_names()?;
+    let expected = layout::meta_weights(&p, vocab, Split::Rows, false);
+    let want: HashMap<&str, &layout::Weight> =
+        expected.iter().map(|w| (w.name.as_str(), w)).collect();
+    for n in &present {
+        if !want.contains_key(n.as_str()) {
+            let hf = layout::meta_to_hf(n).unwrap_or_else(|| n.clone());
+            bail!(
+                "{}: tensor {hf} does not fit config.json ({} layers); unsupported",
+                src.display(),
+                p.n_layers
+            );
+        }
+    }
+    let tied = h.tied();
+    let mut sources = Vec::with_capacity(expected.len());
+    for w in &expected {
+        let hf_name = if tied && w.name == "output.weight" {
+            "model.embed_tokens.weight".to_string()
+        } else {
+            layout::meta_to_hf(&w.name).expect("Llama names map")
+        };
+        let t = h.full(&hf_name)?;
+        if t.shape != w.full_shape {
+            bail!(
+                "{}: tensor {hf_name} has shape {:?}, but config.json implies {:?}",
+                h.files[h.map[&hf_name]].path().display(),
+                t.shape,
+                w.full_shape
+            );
+        }
+        let dtype = out_dtype(t.dtype, opts.dtype).with_context(|| format!("tensor {hf_name}"))?;
+        sources.push((t, w.role, dtype));
+    }
+    let total: u64 = sources
+        .iter()
+        .map(|(t, _, d)| t.rows() as u64 * t.cols() as u64 * d.size() as u64)
+        .sum();
+    crate::util::free_disk_bytes(out).and_then(|free| {
+        if free < total {
+            bail!(
+                "{}: needs {} for the weights but only {} is free",
+                out.display(),
+                crate::util::human_bytes(total),
+                crate::util::human_bytes(free)
+            );
+        }
+        Ok(())
+    })?;
+
+    let specs: Vec<TensorSpec> = expected
+        .iter()
+        .zip(&sources)
+        .map(|(w, (_, _, d))| TensorSpec {
+            name: w.name.clone(),
+            dtype: *d,
+            shape: w.full_shape.clone(),
+        })
+        .collect();
+    let file = meta::shard_name(0);
+    let path = out.join(&file);
+    let mut summary = Summary {
+        tied,
+        ..Default::default()
+    };
+    let hd = p.head_dim();
+    let mut bufs = Buffers::default();
+    let stem = file.trim_end_matches(".pth");
+    let mut pw = PthWriter::new(HashingFile::create(&path)?, stem, specs)
+        .with_context(|| format!("{}", path.display()))?;
+    for (w, (t, role, dtype)) in expected.iter().zip(&sources) {
+        pw.write_tensor(&mut |out| {
+            let n = write_tensor(
+                t,
+                *role,
+                hd,
+                Permute::HfToMeta,
+                Some(*dtype),
+                &mut bufs,
+                out,
+            )?;
+            if n > 0 {
+                summary.overflow.push((w.name.clone(), n));
+            }
+            Ok(())
+        })
+        .with_context(|| format!("{}", path.display()))?;
+        let bytes = t.rows() as u64 * t.cols() as u64 * dtype.size() as u64;
+        summary.bytes += bytes;
+        summary.tensors += 1;
+        progress(summary.bytes, total);
+    }
+    let hf = pw.finish().with_context(|| format!("{}", path.display()))?;
+    let size = hf.position();
+    let md5 = hf.finish()?;
+    summary.files.push((file.clone(), size));
+    summary.md5.insert(file, md5);
+    write_small(
+        out,
+        "params.json",
+        params_json(&p)?.as_bytes(),
+        &mut summary,
+    )?;
+    Ok(summary)
+}
+
+/// params.json spelled the way Meta's files are (Python's `json.dumps`: `{"dim": 4096, ...}`).
+pub fn params_json(p: &super::Params) -> Result<String> {
+    let v = serde_json::to_value(p)?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| anyhow!("params do not serialise to an object"))?;
+    let fields: Vec<String> = obj
+        .iter()
+        .map(|(k, v)| {
+            let value = match v.as_f64() {
+                // Python writes small floats in exponent form (1e-05) and keeps a ".0" on whole ones.
+                Some(f) if v.is_f64() && f != 0.0 && f.abs() < 1e-4 => python_exp(f),
+                _ => v.to_string(),
+            };
+            format!("{}: {value}", Value::String(k.clone()))
+        })
+        .collect();
+    Ok(format!("{{{}}}", fields.join(", ")))
+}
+
+fn python_exp(f: f64) -> String {
+    // Rust's `{:e}` gives "1e-5"; Python's repr gives "1e-05" (at least two exponent digits).
+    let s = format!("{f:e}");
+    match s.split_once('e') {
+        Some((m, e)) => {
+            let (sign, digits) = e.strip_prefix('-').map_or(("+", e), |d| ("-", d));
+            format!("{m}e{sign}{digits:0>2}")
+        }
+        None => s,
+    }
+}
+
+/// `checklist.chk` over every file in `md5` (sorted by name, like Meta's).
+pub fn write_checklist(dir: &Path, md5: &BTreeMap<String, String>) -> Result<()> {
+    let entries: Vec<checklist::Entry> = md5
+        .iter()
+        .map(|(name, md5)| checklist::Entry {
+            md5: md5.clone(),
+            name: name.clone(),
+        })
+        .collect();
+    let path = dir.join("checklist.chk");
+    let mut w = HashingFile::create(&path)?;
+    w.write_all(checklist::render(&entries)?.as_bytes())
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    w.finish()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_like_transformers() {
+        assert_eq!(parse_size("5GB").unwrap(), 5_000_000_000);
+        assert_eq!(parse_size("1.5MB").unwrap(), 1_500_000);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("2KiB").unwrap(), 2048);
+        assert!(parse_size("5 parsecs").is_err());
+        assert!(parse_size("-1GB").is_err());
+    }
+
+    #[test]
+    fn params_json_is_spelled_like_meta() {
+        let p: super::super::Params = serde_json::from_str(r#"{"dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256, "multiple_of": 1024, "ffn_dim_multiplier": 1.3, "norm_eps": 1e-05, "rope_theta": 500000.0}"#).unwrap();
+        assert_eq!(
+            params_json(&p).unwrap(),
+            r#"{"dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256, "multiple_of": 1024, "ffn_dim_multiplier": 1.3, "norm_eps": 1e-05, "rope_theta": 500000.0}"#
+        );
+    }
+
+    #[test]
+    fn shards_split_greedily_like_huggingface_hub() {
+        // The example from huggingface_hub's docstring: limit 10, sizes [6, 6, 2, 6, 2, 2].
+        assert_eq!(
+            plan_shards(&[6, 6, 2, 6, 2, 2], 10),
+            vec![vec![0], vec![1, 2], vec![3, 4, 5]]
+        );
+        // An oversized tensor gets its own shard ahead of the one being filled.
+        assert_eq!(
+            plan_shards(&[3, 12, 3, 5], 10),
+            vec![vec![1], vec![0, 2], vec![3]]
+        );
+        assert_eq!(plan_shards(&[1, 2, 3], 100), vec![vec![0, 1, 2]]);
+        assert_eq!(shard_file_names(1), vec!["model.safetensors"]);
+        assert_eq!(
+            shard_file_names(2)[1],
+            "model-00002-of-00002.safetensors".to_string()
+        );
+    }
+
+    #[test]
+    fn destination_inside_source_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        assert!(check_dst_outside_src(&src, &src.join("out/deeper")).is_err());
+        assert!(check_dst_outside_src(&src, &src).is_err());
+        assert!(check_dst_outside_src(&src, d.path()).is_err());
+        check_dst_outside_src(&src, &d.path().join("out")).unwrap();
+    }
+}
