@@ -24,7 +24,7 @@ pub struct Fail {
 }
 
 impl Fail {
-    pub fn new(code: i32, message: impl Into<String>) -> anyhow::Error {
+    pub fn error(code: i32, message: impl Into<String>) -> anyhow::Error {
         anyhow::Error::new(Fail {
             code,
             message: message.into(),
@@ -34,17 +34,17 @@ impl Fail {
 
 /// A check failed (exit 1), e.g. a checksum mismatch found while downloading.
 pub fn check_failed(message: impl Into<String>) -> anyhow::Error {
-    Fail::new(CHECK_FAILED, message)
+    Fail::error(CHECK_FAILED, message)
 }
 
 /// The remote side refused us (exit 3).
 pub fn refused(message: impl Into<String>) -> anyhow::Error {
-    Fail::new(REFUSED, message)
+    Fail::error(REFUSED, message)
 }
 
 /// The network failed after retries (exit 4).
 pub fn network(message: impl Into<String>) -> anyhow::Error {
-    Fail::new(NETWORK, message)
+    Fail::error(NETWORK, message)
 }
 
 /// The exit code for an error: the first [`Fail`] in its chain decides, otherwise bad input (2).
@@ -74,7 +74,6 @@ pub fn one_line(err: &anyhow::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use anyhow::Context;
 
     #[test]
     fn code_found_through_context() {

@@ -1,1 +1,125 @@
-//! A model directory as a thing: params.json, checklist.chk, shard discovery, split rules, Meta <-> HF.
+//! A model directory as a thing: params.json, checklist.chk, shard discovery, the per-weight split
+//! rules, the Meta <-> HF name map and permutation, and streaming of logical tensors.
+pub mod checklist;
+pub mod hf;
+pub mod layout;
+pub mod meta;
+pub mod params;
+pub mod stream;
+
+pub use params::Params;
+
+use crate::formats::DType;
+use anyhow::{anyhow, bail, Result};
+use std::path::Path;
+
+/// How q/k rows are ordered in a directory's files (which rotary convention they expect).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Meta: rotary on adjacent pairs.
+    Meta,
+    /// Hugging Face: rotary on halves.
+    Hf,
+}
+
+/// A tensor read whole into memory (model loading; small tensors).
+#[derive(Debug, Clone)]
+pub struct RawTensor {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+/// A Meta or Hugging Face model directory.
+pub enum ModelDir {
+    Meta(meta::MetaDir),
+    Hf(hf::HfDir),
+}
+
+/// What kind of directory `dir` looks like, without opening any weights.
+pub fn detect(dir: &Path) -> Result<Layout> {
+    if !dir.is_dir() {
+        bail!("{}: not a directory", dir.display());
+    }
+    if dir.join("params.json").exists() {
+        Ok(Layout::Meta)
+    } else if dir.join("config.json").exists() {
+        Ok(Layout::Hf)
+    } else {
+        bail!(
+            "{}: neither a Meta checkpoint (params.json) nor a Hugging Face model (config.json)",
+            dir.display()
+        )
+    }
+}
+
+impl ModelDir {
+    pub fn open(dir: &Path) -> Result<Self> {
+        Ok(match detect(dir)? {
+            Layout::Meta => ModelDir::Meta(meta::MetaDir::open(dir)?),
+            Layout::Hf => ModelDir::Hf(hf::HfDir::open(dir)?),
+        })
+    }
+
+    pub fn layout(&self) -> Layout {
+        match self {
+            ModelDir::Meta(_) => Layout::Meta,
+            ModelDir::Hf(_) => Layout::Hf,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        match self {
+            ModelDir::Meta(m) => &m.dir,
+            ModelDir::Hf(h) => &h.dir,
+        }
+    }
+
+    pub fn params(&self) -> &Params {
+        match self {
+            ModelDir::Meta(m) => &m.params,
+            ModelDir::Hf(h) => &h.params,
+        }
+    }
+
+    pub fn hf_config(&self) -> Option<&serde_json::Value> {
+        match self {
+            ModelDir::Meta(_) => None,
+            ModelDir::Hf(h) => Some(&h.config),
+        }
+    }
+
+    /// Meta names of the tensors present (a tied HF model has no `output.weight`).
+    pub fn tensor_names(&self) -> Result<Vec<String>> {
+        match self {
+            ModelDir::Meta(m) => Ok(m.names()),
+            ModelDir::Hf(h) => h.meta_names(),
+        }
+    }
+
+    /// The full tensor for a Meta name, shards merged, in the directory's own q/k layout.
+    pub fn full(&self, meta_name: &str) -> Result<stream::FullTensor> {
+        match self {
+            ModelDir::Meta(m) => m.full(meta_name),
+            ModelDir::Hf(h) => {
+                let hf = layout::meta_to_hf(meta_name)
+                    .ok_or_else(|| anyhow!("{meta_name} is not a Llama weight name"))?;
+                h.full(&hf)
+            }
+        }
+    }
+
+    /// Read a full tensor into memory.
+    pub fn read_tensor(&self, meta_name: &str) -> Result<RawTensor> {
+        let t = self.full(meta_name)?;
+        let mut data = Vec::with_capacity(t.nbytes() as usize);
+        let mut bufs = stream::Buffers::default();
+        let mut stats = stream::CastStats::default();
+        stream::write_region(&t, &t.all(), None, &mut bufs, &mut data, &mut stats)?;
+        Ok(RawTensor {
+            dtype: t.dtype,
+            shape: t.shape,
+            data,
+        })
+    }
+}

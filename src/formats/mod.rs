@@ -1,2 +1,170 @@
 //! Bytes <-> tensors: the restricted unpickler, torch zip checkpoints, safetensors.
 //! No CLI, no network, no model knowledge.
+pub mod copy;
+pub mod pickle;
+pub mod pth;
+pub mod safetensors;
+
+use anyhow::{bail, Result};
+
+/// Element types, named as safetensors spells them (the names `inspect --json` prints).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum DType {
+    BF16,
+    F16,
+    F32,
+    F64,
+    I64,
+    I32,
+    I16,
+    I8,
+    U8,
+    BOOL,
+}
+
+impl DType {
+    pub const ALL: [DType; 10] = [
+        DType::BF16,
+        DType::F16,
+        DType::F32,
+        DType::F64,
+        DType::I64,
+        DType::I32,
+        DType::I16,
+        DType::I8,
+        DType::U8,
+        DType::BOOL,
+    ];
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F64 | DType::I64 => 8,
+            DType::F32 | DType::I32 => 4,
+            DType::BF16 | DType::F16 | DType::I16 => 2,
+            DType::I8 | DType::U8 | DType::BOOL => 1,
+        }
+    }
+
+    /// The safetensors / `inspect` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::BF16 => "BF16",
+            DType::F16 => "F16",
+            DType::F32 => "F32",
+            DType::F64 => "F64",
+            DType::I64 => "I64",
+            DType::I32 => "I32",
+            DType::I16 => "I16",
+            DType::I8 => "I8",
+            DType::U8 => "U8",
+            DType::BOOL => "BOOL",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Result<DType> {
+        match DType::ALL.iter().find(|d| d.name() == name) {
+            Some(d) => Ok(*d),
+            None => bail!("unsupported dtype {name:?}"),
+        }
+    }
+
+    /// The legacy typed-storage class torch.save names in `data.pkl` (`torch.BFloat16Storage`).
+    pub fn torch_storage(self) -> &'static str {
+        match self {
+            DType::BF16 => "BFloat16Storage",
+            DType::F16 => "HalfStorage",
+            DType::F32 => "FloatStorage",
+            DType::F64 => "DoubleStorage",
+            DType::I64 => "LongStorage",
+            DType::I32 => "IntStorage",
+            DType::I16 => "ShortStorage",
+            DType::I8 => "CharStorage",
+            DType::U8 => "ByteStorage",
+            DType::BOOL => "BoolStorage",
+        }
+    }
+
+    pub fn from_torch_storage(class: &str) -> Option<DType> {
+        DType::ALL
+            .iter()
+            .copied()
+            .find(|d| d.torch_storage() == class)
+    }
+
+    /// torch dtype objects (`torch.bfloat16`) as they appear in pickles.
+    pub fn from_torch_dtype(name: &str) -> Option<DType> {
+        Some(match name {
+            "bfloat16" => DType::BF16,
+            "float16" | "half" => DType::F16,
+            "float32" | "float" => DType::F32,
+            "float64" | "double" => DType::F64,
+            "int64" | "long" => DType::I64,
+            "int32" | "int" => DType::I32,
+            "int16" | "short" => DType::I16,
+            "int8" => DType::I8,
+            "uint8" => DType::U8,
+            "bool" => DType::BOOL,
+            _ => return None,
+        })
+    }
+
+    pub fn is_float(self) -> bool {
+        matches!(self, DType::BF16 | DType::F16 | DType::F32 | DType::F64)
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Number of elements of a shape (1 for a scalar), or None on overflow.
+pub fn numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+}
+
+/// Row-major (C-contiguous) strides for a shape, in elements.
+pub fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
+    let mut strides = vec![0; shape.len()];
+    let mut acc = 1usize;
+    for (s, &d) in strides.iter_mut().zip(shape).rev() {
+        *s = acc;
+        acc = acc.saturating_mul(d);
+    }
+    strides
+}
+
+/// Shape and dtype of a tensor, and where its bytes live inside a storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    /// Strides in elements.
+    pub stride: Vec<usize>,
+    /// The storage record (`data/<key>` in a .pth; the tensor's own name in safetensors).
+    pub storage_key: String,
+    /// Offset into the storage, in elements.
+    pub storage_offset: usize,
+}
+
+impl TensorInfo {
+    pub fn numel(&self) -> usize {
+        numel(&self.shape).unwrap_or(usize::MAX)
+    }
+
+    pub fn nbytes(&self) -> usize {
+        self.numel().saturating_mul(self.dtype.size())
+    }
+
+    /// True when the elements are laid out row-major without gaps (size-1 dims may have any stride).
+    pub fn is_contiguous(&self) -> bool {
+        let want = contiguous_strides(&self.shape);
+        self.shape
+            .iter()
+            .zip(self.stride.iter().zip(&want))
+            .all(|(&d, (&s, &w))| d <= 1 || s == w)
+    }
+}

@@ -1,0 +1,233 @@
+//! The checkpoint layer against torch-written fixtures (testdata/, made by scripts/make_fixtures.py)
+//! and against bad input.
+use llamactl::checkpoint::{self, meta::MetaDir, ModelDir};
+use llamactl::formats::pth::{self, PthFile, TensorSpec};
+use llamactl::formats::DType;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn testdata() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata")
+}
+
+fn llamactl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_llamactl"))
+}
+
+#[test]
+fn every_fixture_reads_exactly_as_torch_wrote_it() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir(testdata().join("golden")).unwrap() {
+        let golden: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap()).unwrap();
+        let file = testdata().join(golden["file"].as_str().unwrap());
+        let p = PthFile::open(&file).unwrap();
+        let want = golden["tensors"].as_array().unwrap();
+        assert_eq!(p.tensors().len(), want.len(), "{}", file.display());
+        for (t, g) in p.tensors().iter().zip(want) {
+            assert_eq!(t.name, g["name"].as_str().unwrap());
+            assert_eq!(t.dtype.name(), g["dtype"].as_str().unwrap());
+            let shape: Vec<usize> = serde_json::from_value(g["shape"].clone()).unwrap();
+            assert_eq!(t.shape, shape, "{} {}", file.display(), t.name);
+            let bytes = p.bytes(t).unwrap();
+            assert_eq!(
+                hex::encode(Sha256::digest(&bytes)),
+                g["sha256"].as_str().unwrap(),
+                "{} {}",
+                file.display(),
+                t.name
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 9, "only {checked} golden files");
+}
+
+#[test]
+fn shared_storage_views_keep_their_offsets() {
+    let p = PthFile::open(&testdata().join("small-mp1/consolidated.00.pth")).unwrap();
+    let a = p.get("layers.0.attention_norm.weight").unwrap();
+    let n = p.get("norm.weight").unwrap();
+    assert_eq!(a.storage_key, n.storage_key);
+    assert_eq!(n.storage_offset, 64);
+    let v = PthFile::open(&testdata().join("misc/views.pth")).unwrap();
+    let t = v.get("transposed").unwrap();
+    assert!(!t.is_contiguous());
+    assert!(v.data_offset(t).is_err());
+}
+
+#[test]
+fn meta_dirs_merge_shards_to_the_same_tensors() {
+    let one = ModelDir::open(&testdata().join("small-mp1")).unwrap();
+    let two = ModelDir::open(&testdata().join("small-mp2")).unwrap();
+    for name in one.tensor_names().unwrap() {
+        let a = one.read_tensor(&name).unwrap();
+        let b = two.read_tensor(&name).unwrap();
+        assert_eq!(a.shape, b.shape, "{name}");
+        assert_eq!(a.data, b.data, "{name}");
+    }
+    let m = MetaDir::open(&testdata().join("small-mp2")).unwrap();
+    for name in m.names() {
+        m.check_replicas(&name).unwrap();
+    }
+    // Llama 2 splits the embedding on dim 1; detected from shapes.
+    let l2 = MetaDir::open(&testdata().join("misc/llama2-mp2")).unwrap();
+    assert_eq!(l2.embed_split().unwrap(), checkpoint::layout::Split::Cols);
+    assert_eq!(l2.vocab().unwrap(), 128);
+}
+
+#[test]
+fn written_checkpoints_round_trip_large_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("consolidated.00.pth");
+    let tensors: Vec<(TensorSpec, Vec<u8>)> = (0..1200)
+        .map(|i| {
+            (
+                TensorSpec {
+                    name: format!("t.{i}"),
+                    dtype: DType::F16,
+                    shape: vec![i % 5 + 1, 3],
+                },
+                (0..(i % 5 + 1) * 6).map(|b| (b + i) as u8).collect(),
+            )
+        })
+        .collect();
+    pth::write_small(&path, &tensors).unwrap();
+    let p = PthFile::open(&path).unwrap();
+    for ((spec, data), t) in tensors.iter().zip(p.tensors()) {
+        assert_eq!(spec.name, t.name);
+        assert_eq!(p.bytes(t).unwrap().as_ref(), &data[..]);
+        assert_eq!(p.data_offset(t).unwrap() % 64, 0);
+    }
+}
+
+fn stderr_of(args: &[&str]) -> (i32, String) {
+    let out = llamactl().args(args).output().unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn inspect_reports_dirs_and_files() {
+    let out = llamactl()
+        .args(["inspect", "--json"])
+        .arg(testdata().join("small-mp2"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["format"], "meta");
+    assert_eq!(doc["shards"], 2);
+    assert_eq!(doc["params"]["n_kv_heads"], 2);
+    let t = &doc["tensors"][0];
+    assert_eq!(t["name"], "tok_embeddings.weight");
+    assert_eq!(t["shape"], serde_json::json!([128, 32]));
+    assert_eq!(t["dtype"], "BF16");
+    let out = llamactl()
+        .args(["inspect", "--json"])
+        .arg(testdata().join("misc/f32.pth"))
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["format"], "pth");
+    assert_eq!(doc["total_bytes"], 4 * 24 + 4);
+    assert_eq!(doc["params"], serde_json::Value::Null);
+}
+
+/// A minimal stored zip with one entry, for hostile-archive tests.
+fn zip_with(name: &str, data: &[u8], method: u16) -> Vec<u8> {
+    let crc = crc32fast::hash(data);
+    let mut z = Vec::new();
+    z.extend_from_slice(b"PK\x03\x04\x14\x00\x00\x00");
+    z.extend_from_slice(&method.to_le_bytes());
+    z.extend_from_slice(&[0; 4]);
+    z.extend_from_slice(&crc.to_le_bytes());
+    z.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    z.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    z.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    z.extend_from_slice(&0u16.to_le_bytes());
+    z.extend_from_slice(name.as_bytes());
+    z.extend_from_slice(data);
+    let cd = z.len();
+    z.extend_from_slice(b"PK\x01\x02\x14\x00\x14\x00\x00\x00");
+    z.extend_from_slice(&method.to_le_bytes());
+    z.extend_from_slice(&[0; 4]);
+    z.extend_from_slice(&crc.to_le_bytes());
+    z.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    z.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    z.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    z.extend_from_slice(&[0; 12]);
+    z.extend_from_slice(&0u32.to_le_bytes());
+    z.extend_from_slice(name.as_bytes());
+    let cd_len = z.len() - cd;
+    z.extend_from_slice(b"PK\x05\x06\x00\x00\x00\x00\x01\x00\x01\x00");
+    z.extend_from_slice(&(cd_len as u32).to_le_bytes());
+    z.extend_from_slice(&(cd as u32).to_le_bytes());
+    z.extend_from_slice(&0u16.to_le_bytes());
+    z
+}
+
+#[test]
+fn hostile_and_broken_files_give_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let mut cases: Vec<(PathBuf, &str)> = Vec::new();
+    cases.push((
+        write("traversal.pth", &zip_with("../x", b"hi", 0)),
+        "unsafe path",
+    ));
+    cases.push((
+        write("deflated.pth", &zip_with("a/data/0", b"hi", 8)),
+        "deflated",
+    ));
+    let mut evil = vec![0x80, 2, b'c'];
+    evil.extend_from_slice(b"os\nsystem\nX\x02\x00\x00\x00ls\x85R.");
+    cases.push((
+        write("evil.pth", &zip_with("evil/data.pkl", &evil, 0)),
+        "os.system",
+    ));
+    let good = std::fs::read(testdata().join("misc/f16.pth")).unwrap();
+    cases.push((write("truncated.pth", &good[..good.len() - 40]), "zip"));
+    cases.push((
+        write(
+            "legacy.pth",
+            b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19",
+        ),
+        "re-save",
+    ));
+    let st = b"\xff\xff\x00\x00\x00\x00\x00\x00{}";
+    cases.push((write("long.safetensors", st), "header claims"));
+    for (path, needle) in cases {
+        let (code, err) = stderr_of(&["inspect", path.to_str().unwrap()]);
+        assert_eq!(code, 2, "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(
+            err.contains(path.file_name().unwrap().to_str().unwrap()),
+            "{err}"
+        );
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    let bad = dir.path().join("badparams");
+    std::fs::create_dir(&bad).unwrap();
+    std::fs::write(bad.join("params.json"), r#"{"dim": "4096"}"#).unwrap();
+    std::fs::copy(
+        testdata().join("small-mp1/consolidated.00.pth"),
+        bad.join("consolidated.00.pth"),
+    )
+    .unwrap();
+    let err = match ModelDir::open(&bad) {
+        Ok(_) => panic!("wrong params type accepted"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("params.json") && err.contains("invalid"),
+        "{err}"
+    );
+}
