@@ -42,54 +42,101 @@ META_STEPS = 32
 META_MAX_SEQ = 128
 
 
-def meta_golden(fixture: Path):
+def load_meta_model(fixture: Path, max_seq_len: int, max_batch_size: int):
+    """Meta's model.py Transformer (fairscale model parallel, world size 1) with the fixture's weights, f32."""
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29533")
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
     import torch.distributed as dist
     from fairscale.nn.model_parallel.initialize import initialize_model_parallel, model_parallel_is_initialized
-    from llama_models.llama3.chat_format import LLMInput
-    from llama_models.llama3.generation import Llama3
+    from llama_models.llama3.args import ModelArgs
+    from llama_models.llama3.model import Transformer
 
     if not dist.is_initialized():
         dist.init_process_group("gloo", rank=0, world_size=1)
     if not model_parallel_is_initialized():
         initialize_model_parallel(1)
     torch.set_default_dtype(torch.float32)
-    gen = Llama3.build(str(fixture), max_seq_len=META_MAX_SEQ, max_batch_size=len(META_PROMPTS), world_size=1, device="cpu")
-    torch.set_default_device("cpu")
-    tok = gen.tokenizer
+    params = json.loads((fixture / "params.json").read_text())
+    args = ModelArgs(max_seq_len=max_seq_len, max_batch_size=max_batch_size, **params)
+    shards = sorted(fixture.glob("consolidated.*.pth"))
+    assert len(shards) == 1, "the golden fixture is MP 1"
+    sd = torch.load(shards[0], map_location="cpu", weights_only=True)
+    model = Transformer(args)
+    model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
+    return model.eval()
+
+
+@torch.inference_mode()
+def meta_generate(model, prompt_tokens, max_gen_len, stop_tokens, pad_id=-1):
+    """Greedy generation with logprobs, step for step as llama-models' Llama3.generate (which itself
+    cannot be imported without torchvision): right-padded batch, start at the shortest prompt,
+    prompt tokens forced, logprobs as -cross_entropy of the logits."""
+    import torch.nn.functional as F
+
+    params = model.params
+    bsz = len(prompt_tokens)
+    min_len = min(len(t) for t in prompt_tokens)
+    max_len = max(len(t) for t in prompt_tokens)
+    total_len = min(max_gen_len + max_len, params.max_seq_len)
+    tokens = torch.full((bsz, total_len), pad_id, dtype=torch.long)
+    for k, t in enumerate(prompt_tokens):
+        tokens[k, : len(t)] = torch.tensor(t, dtype=torch.long)
+    token_logprobs = torch.zeros_like(tokens, dtype=torch.float)
+    eos_reached = torch.tensor([False] * bsz)
+    input_text_mask = tokens != pad_id
+    stop = torch.tensor(sorted(stop_tokens))
+    prev_pos = 0
+    for cur_pos in range(min_len, total_len):
+        logits = model.forward(tokens[:, prev_pos:cur_pos], prev_pos)
+        next_token = torch.argmax(logits[:, -1], dim=-1).reshape(-1)
+        next_token = torch.where(input_text_mask[:, cur_pos], tokens[:, cur_pos], next_token)
+        tokens[:, cur_pos] = next_token
+        token_logprobs[:, prev_pos + 1 : cur_pos + 1] = -F.cross_entropy(
+            input=logits.transpose(1, 2), target=tokens[:, prev_pos + 1 : cur_pos + 1], reduction="none",
+            ignore_index=pad_id,
+        )
+        eos_reached |= (~input_text_mask[:, cur_pos]) & torch.isin(next_token, stop)
+        prev_pos = cur_pos
+        if all(eos_reached):
+            break
+    outs, lps = [], []
+    for i, t in enumerate(prompt_tokens):
+        toks = tokens[i, len(t) : len(t) + max_gen_len].tolist()
+        lp = token_logprobs[i, len(t) : len(t) + max_gen_len].tolist()
+        for s in stop_tokens:
+            if s in toks:
+                cut = toks.index(s)
+                toks, lp = toks[:cut], lp[:cut]
+        # Positions never reached keep the pad id.
+        if pad_id in toks:
+            cut = toks.index(pad_id)
+            toks, lp = toks[:cut], lp[:cut]
+        outs.append(toks)
+        lps.append(lp)
+    return outs, lps
+
+
+def meta_golden(fixture: Path):
+    from llama_models.llama3.tokenizer import Tokenizer
+
+    model = load_meta_model(fixture, META_MAX_SEQ, len(META_PROMPTS))
+    tok = Tokenizer(fixture / "tokenizer.model")
     prompt_tokens = [tok.encode(p, bos=True, eos=False) for p in META_PROMPTS]
     assert len({len(p) for p in prompt_tokens}) == len(prompt_tokens), "prompt lengths must differ"
-    out = [[] for _ in META_PROMPTS]
-    lps = [[] for _ in META_PROMPTS]
-    done = [False] * len(META_PROMPTS)
-    for step in gen.generate(
-        [LLMInput(tokens=t) for t in prompt_tokens], temperature=0.0, max_gen_len=META_STEPS, logprobs=True
-    ):
-        for r in step:
-            i = r.batch_idx
-            if r.ignore_token or done[i] or len(out[i]) >= META_STEPS:
-                continue
-            if r.token in tok.stop_tokens:
-                done[i] = True
-                continue
-            out[i].append(r.token)
-            lps[i].append(r.logprobs[0])
+    out, lps = meta_generate(model, prompt_tokens, META_STEPS, set(tok.stop_tokens))
     # Greedy margins: how far the winner is ahead of the runner-up at each step. A tiny margin would
     # make the exact-token comparison depend on summation order.
-    margins = greedy_margins_meta(gen.model, prompt_tokens, out)
+    margins = greedy_margins_meta(model, prompt_tokens, out)
     print(f"meta: smallest greedy margin {min(margins):.3e}", file=sys.stderr)
 
-    hf_tokens = hf_from_meta(fixture, gen.model, prompt_tokens)
+    hf_tokens = hf_from_meta(fixture, model, prompt_tokens)
     for i, (a, b) in enumerate(zip(out, hf_tokens)):
         if a != b:
             raise SystemExit(f"HF layout disagrees with Meta on prompt {i}: {a} vs {b}")
     print("meta: HF-layout transformers run gives the same tokens", file=sys.stderr)
 
     doc = {
-        "source": "llama-models 0.3.0 Llama3.generate (model.py), torch CPU f32, world size 1",
+        "source": "llama-models 0.3.0 model.py Transformer + generation.py loop, torch CPU f32, world size 1",
         "fixture": "testdata/tiny-mp1",
         "max_seq_len": META_MAX_SEQ,
         "max_batch_size": len(META_PROMPTS),

@@ -196,3 +196,174 @@ pub fn generate(
         .collect();
     Ok((out, stats))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::ModelDir;
+    use crate::runner::model::{Config, DirWeights};
+    use candle_core::{DType, Device};
+    use std::path::Path;
+
+    fn golden() -> serde_json::Value {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/run/meta_golden.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn ids(v: &serde_json::Value) -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    }
+
+    /// Token ids in, token ids out: the batch from Meta's model.py golden, without the tokenizer.
+    #[test]
+    fn batch_matches_meta_golden() {
+        let g = golden();
+        let dir = ModelDir::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/tiny-mp1"))
+            .unwrap();
+        let cfg = Config::from_model_dir(&dir).unwrap();
+        let max_seq = g["max_seq_len"].as_u64().unwrap() as usize;
+        let model = Llama::load(
+            cfg,
+            &DirWeights::new(&dir).unwrap(),
+            &Device::Cpu,
+            DType::F32,
+            max_seq,
+        )
+        .unwrap();
+        let results = g["results"].as_array().unwrap();
+        let prompts: Vec<Vec<u32>> = results.iter().map(|r| ids(&r["prompt_tokens"])).collect();
+        let mut cache = model.new_cache(prompts.len(), max_seq).unwrap();
+        let params = GenParams {
+            max_gen_len: Some(g["max_gen_len"].as_u64().unwrap() as usize),
+            temperature: 0.0,
+            top_p: 0.9,
+            seed: 1,
+            logprobs: true,
+            stop_ids: vec![128001, 128009],
+        };
+        let mut streamed = vec![Vec::new(); prompts.len()];
+        let (gens, stats) = generate(&model, &mut cache, &prompts, &params, &mut |i, t| {
+            streamed[i].push(t)
+        })
+        .unwrap();
+        assert!(!stats.non_finite);
+        for (i, (r, gen)) in results.iter().zip(&gens).enumerate() {
+            assert_eq!(gen.tokens, ids(&r["tokens"]), "prompt {i}");
+            assert_eq!(streamed[i], gen.tokens, "prompt {i} streaming");
+            for (k, (a, b)) in gen
+                .logprobs
+                .iter()
+                .zip(r["logprobs"].as_array().unwrap())
+                .enumerate()
+            {
+                let b = b.as_f64().unwrap() as f32;
+                assert!((a - b).abs() < 1e-4, "prompt {i} token {k}: {a} vs {b}");
+            }
+        }
+    }
+
+    /// transformers' LlamaForCausalLM goldens on HF dirs: tied embeddings + GQA + `rope_parameters`,
+    /// untied MHA + `rope_scaling`; both with llama3 scaling active within the prompt lengths.
+    #[test]
+    fn hf_dirs_match_transformers() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let path = root.join("testdata/run/hf_golden.json");
+        let g: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        for m in g["models"].as_array().unwrap() {
+            let dir = ModelDir::open(&root.join(m["dir"].as_str().unwrap())).unwrap();
+            let cfg = Config::from_model_dir(&dir).unwrap();
+            assert!(cfg.rope_scaling.is_some());
+            let model = Llama::load(
+                cfg,
+                &DirWeights::new(&dir).unwrap(),
+                &Device::Cpu,
+                DType::F32,
+                128,
+            )
+            .unwrap();
+            let mut cache = model.new_cache(1, 128).unwrap();
+            let params = GenParams {
+                max_gen_len: Some(g["max_gen_len"].as_u64().unwrap() as usize),
+                temperature: 0.0,
+                top_p: 0.9,
+                seed: 1,
+                logprobs: false,
+                stop_ids: ids(&m["stop_ids"]),
+            };
+            let cases = m["prompts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .chain(m["dialogs"].as_array().unwrap());
+            for case in cases {
+                let prompt = ids(&case["prompt_tokens"]);
+                let (gens, _) =
+                    generate(&model, &mut cache, &[prompt], &params, &mut |_, _| {}).unwrap();
+                assert_eq!(gens[0].tokens, ids(&case["tokens"]), "{}: {case}", m["dir"]);
+            }
+        }
+    }
+
+    #[test]
+    fn prompt_limits_are_clear_errors() {
+        let dir = ModelDir::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/tiny-mp1"))
+            .unwrap();
+        let cfg = Config::from_model_dir(&dir).unwrap();
+        let model = Llama::load(
+            cfg,
+            &DirWeights::new(&dir).unwrap(),
+            &Device::Cpu,
+            DType::F32,
+            8,
+        )
+        .unwrap();
+        let mut cache = model.new_cache(2, 8).unwrap();
+        let params = GenParams {
+            max_gen_len: None,
+            temperature: 0.6,
+            top_p: 0.9,
+            seed: 3,
+            logprobs: false,
+            stop_ids: vec![],
+        };
+        let mut none = |_: usize, _: u32| {};
+        let err = generate(&model, &mut cache, &[vec![1; 8]], &params, &mut none).unwrap_err();
+        assert!(err.to_string().contains("--max-seq-len 8"), "{err}");
+        let err = generate(
+            &model,
+            &mut cache,
+            &[vec![1], vec![2], vec![3]],
+            &params,
+            &mut none,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("--max-batch-size 2"), "{err}");
+        let err = generate(&model, &mut cache, &[vec![]], &params, &mut none).unwrap_err();
+        assert!(err.to_string().contains("empty"), "{err}");
+        // Default max_gen_len fills the sequence: 3 prompt tokens + 5 generated = 8.
+        let (g, _) = generate(
+            &model,
+            &mut cache,
+            &[vec![128000, 5, 6]],
+            &params,
+            &mut none,
+        )
+        .unwrap();
+        assert_eq!(g[0].tokens.len(), 5);
+        // Sampling is reproducible from the seed.
+        let (again, _) = generate(
+            &model,
+            &mut cache,
+            &[vec![128000, 5, 6]],
+            &params,
+            &mut none,
+        )
+        .unwrap();
+        assert_eq!(g, again);
+    }
+}

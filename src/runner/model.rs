@@ -5,8 +5,12 @@
 //! halves for Hugging Face). Attention reads grouped K/V heads straight from the preallocated cache
 //! without repeating them: the query heads of one group are folded into the row dimension instead.
 use super::kv_cache::KvCache;
+use crate::checkpoint::hf::rope_from_config;
+use crate::checkpoint::{Layout, ModelDir};
+use crate::formats::DType as FDType;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
+use std::collections::HashSet;
 
 /// Llama 3.1-style frequency scaling (`use_scaled_rope`, HF `rope_scaling.rope_type = "llama3"`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -113,6 +117,116 @@ fn scale_freq(freq: f32, s: &RopeScaling) -> f32 {
 pub trait WeightSource {
     fn contains(&self, name: &str) -> bool;
     fn tensor(&self, name: &str) -> Result<Tensor>;
+}
+
+/// A Meta or HF checkpoint directory as a weight source.
+pub struct DirWeights<'a> {
+    dir: &'a ModelDir,
+    names: HashSet<String>,
+}
+
+impl<'a> DirWeights<'a> {
+    pub fn new(dir: &'a ModelDir) -> Result<Self> {
+        Ok(DirWeights {
+            dir,
+            names: dir.tensor_names()?.into_iter().collect(),
+        })
+    }
+}
+
+impl WeightSource for DirWeights<'_> {
+    fn contains(&self, name: &str) -> bool {
+        self.names.contains(name)
+    }
+
+    fn tensor(&self, name: &str) -> Result<Tensor> {
+        let raw = self.dir.read_tensor(name)?;
+        let dtype = match raw.dtype {
+            FDType::BF16 => DType::BF16,
+            FDType::F16 => DType::F16,
+            FDType::F32 => DType::F32,
+            FDType::F64 => DType::F64,
+            other => bail!("{name}: stored as {}, not a float type", other.name()),
+        };
+        Ok(Tensor::from_raw_buffer(
+            &raw.data,
+            dtype,
+            &raw.shape,
+            &Device::Cpu,
+        )?)
+    }
+}
+
+impl Config {
+    /// The model config of a checkpoint directory: params.json for Meta dirs, config.json (either
+    /// rope style) for HF dirs.
+    pub fn from_model_dir(dir: &ModelDir) -> Result<Config> {
+        let p = dir.params();
+        let vocab_size = match p.vocab() {
+            Some(v) => v,
+            None => bail!(
+                "{}: vocab_size is {} in params.json; llamactl runs Llama 3 checkpoints, which state it",
+                dir.dir().display(),
+                p.vocab_size
+            ),
+        };
+        let rope_scaling = match dir.hf_config() {
+            Some(c) => hf_rope_scaling(c)?,
+            None => match p.scaled_rope() {
+                // Llama 3.2 params.json may carry its own factor; 3.1 relies on Meta's constants.
+                true => Some(RopeScaling {
+                    factor: p
+                        .extra
+                        .get("rope_scaling_factor")
+                        .and_then(|v| v.as_f64())
+                        .unwrap_or(8.0),
+                    ..RopeScaling::default()
+                }),
+                false => None,
+            },
+        };
+        Ok(Config {
+            dim: p.dim,
+            n_layers: p.n_layers,
+            n_heads: p.n_heads,
+            n_kv_heads: p.kv_heads(),
+            head_dim: p.head_dim(),
+            hidden_dim: p.ffn_hidden(),
+            vocab_size,
+            norm_eps: p.norm_eps,
+            rope_theta: p.rope_theta(),
+            rope_scaling,
+            rope_layout: match dir.layout() {
+                Layout::Meta => RopeLayout::AdjacentPairs,
+                Layout::Hf => RopeLayout::Halves,
+            },
+        })
+    }
+}
+
+/// The llama3 scaling block of an HF config, in either style; defaults as transformers applies them.
+fn hf_rope_scaling(c: &serde_json::Value) -> Result<Option<RopeScaling>> {
+    let (_, scaling) = rope_from_config(c);
+    let Some(s) = scaling else { return Ok(None) };
+    let num = |k: &str, default: f64| s.get(k).and_then(|v| v.as_f64()).unwrap_or(default);
+    let d = RopeScaling::default();
+    let factor = match s.get("factor").and_then(|v| v.as_f64()) {
+        Some(f) if f > 0.0 => f,
+        _ => bail!("config.json: llama3 rope scaling without a positive `factor`"),
+    };
+    let r = RopeScaling {
+        factor,
+        low_freq_factor: num("low_freq_factor", d.low_freq_factor),
+        high_freq_factor: num("high_freq_factor", d.high_freq_factor),
+        original_max_position_embeddings: num(
+            "original_max_position_embeddings",
+            d.original_max_position_embeddings,
+        ),
+    };
+    if r.high_freq_factor <= r.low_freq_factor {
+        bail!("config.json: rope scaling high_freq_factor must exceed low_freq_factor");
+    }
+    Ok(Some(r))
 }
 
 struct Block {
