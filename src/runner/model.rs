@@ -62,14 +62,14 @@ impl Config {
         if self.dim == 0 || self.n_heads == 0 || self.n_kv_heads == 0 || self.vocab_size == 0 {
             bail!("model config has a zero dimension: {self:?}");
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             bail!(
                 "n_heads {} is not a multiple of n_kv_heads {}",
                 self.n_heads,
                 self.n_kv_heads
             );
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             bail!("head_dim {} is odd; rotary needs pairs", self.head_dim);
         }
         Ok(())
