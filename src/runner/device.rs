@@ -85,14 +85,14 @@ pub fn peak_rss_bytes() -> u64 {
 /// Tracks the peak memory of a run: resident memory on the CPU; on CUDA, device memory in use,
 /// sampled whenever `sample` is called (after each forward pass).
 pub struct PeakMemory {
-    cuda: bool,
+    device: Device,
     peak: u64,
 }
 
 impl PeakMemory {
     pub fn new(device: &Device) -> PeakMemory {
         let mut p = PeakMemory {
-            cuda: device.is_cuda(),
+            device: device.clone(),
             peak: 0,
         };
         p.sample();
@@ -100,8 +100,8 @@ impl PeakMemory {
     }
 
     pub fn sample(&mut self) {
-        let now = if self.cuda {
-            cuda_used_bytes()
+        let now = if self.device.is_cuda() {
+            cuda_used_bytes(&self.device)
         } else {
             peak_rss_bytes()
         };
@@ -114,16 +114,20 @@ impl PeakMemory {
     }
 }
 
+/// Device memory in use on the GPU (all processes; on a dedicated GPU, ours).
 #[cfg(feature = "cuda")]
-fn cuda_used_bytes() -> u64 {
-    match candle_core::cuda::cudarc::driver::result::mem_get_info() {
+fn cuda_used_bytes(device: &Device) -> u64 {
+    let Ok(dev) = device.as_cuda_device() else {
+        return 0;
+    };
+    match dev.cuda_stream().context().mem_get_info() {
         Ok((free, total)) => total.saturating_sub(free) as u64,
         Err(_) => 0,
     }
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda_used_bytes() -> u64 {
+fn cuda_used_bytes(_device: &Device) -> u64 {
     0
 }
 
