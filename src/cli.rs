@@ -185,10 +185,20 @@ pub struct TokenizeArgs {
     /// Input is ids; output is text.
     #[arg(long)]
     pub decode: bool,
-    /// Print {"ids": [...], "count": N}.
+    /// Print {"ids": [...], "count": N} (with --decode: {"text", "ids", "count"}).
     #[arg(long)]
     pub json: bool,
-    /// Text (or ids with --decode); stdin when absent.
+    /// Prepend <|begin_of_text|> (as Meta's encode(bos=True) and a completion prompt do).
+    #[arg(long, conflicts_with_all = ["chat", "decode"])]
+    pub bos: bool,
+    /// Append the end-of-text token.
+    #[arg(long, conflicts_with_all = ["chat", "decode"])]
+    pub eos: bool,
+    /// Treat special-token text such as <|eot_id|> in the input as the special token
+    /// (default: plain text, as Meta's tokenizer does for user content).
+    #[arg(long, conflicts_with_all = ["chat", "decode"])]
+    pub special: bool,
+    /// Text (or ids with --decode); stdin when absent. Stdin must be UTF-8.
     pub text: Vec<String>,
 }
 

@@ -1,7 +1,129 @@
-//! `llamactl tokenize` (see CLI.md).
+//! `llamactl tokenize` (see CLI.md): encode text, decode ids, or show a chat prompt.
+//!
+//! Input is the TEXT arguments (joined by spaces) or, without them, all of stdin. Stdin must be
+//! UTF-8: Meta's tokenizer encodes text, not bytes, and replacing bad bytes would silently change
+//! the ids, so invalid UTF-8 is refused with the offset of the first bad byte.
 use crate::cli::TokenizeArgs;
-use anyhow::{bail, Result};
+use crate::runner::chat::{parse_dialog, ChatFormat};
+use crate::runner::tokenizer::{AllowedSpecial, Tokenizer};
+use anyhow::{anyhow, bail, Context, Result};
+use std::io::{Read, Write};
 
-pub fn run(_args: &TokenizeArgs) -> Result<i32> {
-    bail!("`llamactl tokenize` is not available in this build yet")
+pub fn run(args: &TokenizeArgs) -> Result<i32> {
+    if args.chat && args.decode {
+        bail!(
+            "--chat and --decode cannot be combined (decode the ids a --chat run printed instead)"
+        );
+    }
+    let (tok, chat_format) = load(args)?;
+    let input = read_input(args)?;
+    let mut out = std::io::stdout().lock();
+    if args.decode {
+        let ids = parse_ids(&input)?;
+        let text = tok.decode(&ids)?;
+        if args.json {
+            let doc = serde_json::json!({"text": text, "ids": ids, "count": ids.len()});
+            writeln!(out, "{doc}")?;
+        } else {
+            out.write_all(text.as_bytes())?;
+        }
+        out.flush()?;
+        return Ok(0);
+    }
+    let ids = if args.chat {
+        let what = if args.text.is_empty() {
+            "stdin"
+        } else {
+            "TEXT"
+        };
+        let dialog = parse_dialog(&input, what)?;
+        chat_format.encode(&tok, &dialog)?
+    } else {
+        let allowed = if args.special {
+            AllowedSpecial::All
+        } else {
+            AllowedSpecial::None
+        };
+        tok.encode(&input, args.bos, args.eos, allowed)?
+    };
+    if args.json {
+        let mut doc = serde_json::json!({"ids": ids, "count": ids.len()});
+        if args.chat {
+            doc["text"] = serde_json::Value::String(tok.decode(&ids)?);
+        }
+        writeln!(out, "{doc}")?;
+    } else {
+        let line: Vec<String> = ids.iter().map(u32::to_string).collect();
+        writeln!(out, "{}", line.join(" "))?;
+    }
+    out.flush()?;
+    Ok(0)
+}
+
+fn load(args: &TokenizeArgs) -> Result<(Tokenizer, ChatFormat)> {
+    match (&args.tokenizer, &args.model) {
+        (Some(path), _) if path.is_dir() => {
+            Ok((Tokenizer::from_model_dir(path)?, ChatFormat::for_model_dir(path)?))
+        }
+        (Some(path), _) => {
+            let tok = Tokenizer::from_file(path)?;
+            let fmt = ChatFormat::for_tokenizer(&tok)?;
+            Ok((tok, fmt))
+        }
+        (None, Some(dir)) => Ok((Tokenizer::from_model_dir(dir)?, ChatFormat::for_model_dir(dir)?)),
+        (None, None) => bail!(
+            "no tokenizer given: pass --model DIR (a Meta or Hugging Face model directory) or --tokenizer PATH (a tokenizer.model or tokenizer.json)"
+        ),
+    }
+}
+
+fn read_input(args: &TokenizeArgs) -> Result<String> {
+    if !args.text.is_empty() {
+        return Ok(args.text.join(" "));
+    }
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .lock()
+        .read_to_end(&mut buf)
+        .context("stdin: cannot read")?;
+    String::from_utf8(buf).map_err(|e| {
+        anyhow!(
+            "stdin: not valid UTF-8 (first bad byte at offset {}); tokenize encodes text, so convert the input to UTF-8 first",
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+/// Ids separated by whitespace and/or commas, optionally inside a JSON-style `[...]`.
+fn parse_ids(input: &str) -> Result<Vec<u32>> {
+    let body = input.trim();
+    let body = body
+        .strip_prefix('[')
+        .and_then(|b| b.strip_suffix(']'))
+        .unwrap_or(body);
+    body.split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<u32>().map_err(|_| {
+                anyhow!("--decode: {s:?} is not a token id (expected non-negative integers)")
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_lists() {
+        assert_eq!(parse_ids("1 2\n3").unwrap(), vec![1, 2, 3]);
+        assert_eq!(parse_ids("[1, 2,3]").unwrap(), vec![1, 2, 3]);
+        assert!(parse_ids("").unwrap().is_empty());
+        assert!(parse_ids("1 x")
+            .unwrap_err()
+            .to_string()
+            .contains("\"x\" is not a token id"));
+        assert!(parse_ids("-1").is_err());
+    }
 }
