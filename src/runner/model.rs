@@ -655,6 +655,31 @@ mod tests {
         }
     }
 
+    /// f16 and bf16 run the same graph (CPU bf16 widens per matmul) and stay near the f32 logits.
+    #[test]
+    fn half_precision_tracks_f32() {
+        let cfg = tiny_cfg(RopeLayout::AdjacentPairs);
+        let src = random_weights(&cfg, false);
+        let seq = [1u32, 5, 9, 2];
+        let logits = |dt: DType| -> Vec<f32> {
+            let m = Llama::load(cfg.clone(), &src, &Device::Cpu, dt, 8).unwrap();
+            let mut c = m.new_cache(1, 8).unwrap();
+            let l = m.forward(&ids(&seq), 0, &mut c, false).unwrap();
+            assert_eq!(l.dtype(), DType::F32);
+            l.squeeze(0).unwrap().to_vec1().unwrap()
+        };
+        let full = logits(DType::F32);
+        for dt in [DType::F16, DType::BF16] {
+            let half = logits(dt);
+            let worst = full
+                .iter()
+                .zip(&half)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 0.1, "{dt:?}: max logit difference {worst}");
+        }
+    }
+
     #[test]
     fn tied_embeddings_and_shape_errors() {
         let cfg = tiny_cfg(RopeLayout::AdjacentPairs);
