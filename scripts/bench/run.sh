@@ -5,13 +5,17 @@
 # prompt ids (~128 tokens), greedy, the same number of decode steps. Meta's side runs the model.py
 # Transformer with the generation.py loop (prefill = one forward over the prompt, then one position per
 # step, KV cache). Reports prefill and decode tokens/s for both and the ratios (target >= 1.5).
-#   PYTHON=/root/venvs/ref/bin/python scripts/bench/run.sh [STEPS] [REPEATS]
-# The machine may be shared: both sides run alternately REPEATS times and the best of each is kept.
+#   PYTHON=/root/venvs/ref/bin/python THREADS=1 scripts/bench/run.sh [STEPS] [REPEATS]
+# Both sides get the same THREADS (default: all cores): RAYON_NUM_THREADS for candle, OMP_NUM_THREADS and
+# torch.set_num_threads for torch. On a shared, oversubscribed machine torch's OpenMP threads spin-wait
+# badly, so compare THREADS=1 there too. Both sides run alternately REPEATS times; the best of each is kept.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-/root/venvs/ref/bin/python}
 STEPS=${1:-64}
 REPEATS=${2:-3}
+THREADS=${THREADS:-$(nproc)}
+export RAYON_NUM_THREADS=$THREADS
 W=$(mktemp -d /tmp/llamactl-run-bench.XXXX)
 trap 'rm -rf "$W"' EXIT
 cargo build --release --quiet
@@ -64,7 +68,7 @@ ours > "$W/ours.json"
   "$W/ours.json" > "$W/prompt_ids.txt"
 
 meta() {
-  OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} "$PY" - "$CKPT" "$W/prompt_ids.txt" "$STEPS" <<'PY' 2>/dev/null
+  OMP_NUM_THREADS=$THREADS "$PY" - "$CKPT" "$W/prompt_ids.txt" "$STEPS" "$THREADS" <<'PY' 2>/dev/null
 import json, os, sys, time
 os.environ.setdefault("MASTER_ADDR", "127.0.0.1"); os.environ.setdefault("MASTER_PORT", "29544")
 import torch, torch.distributed as dist
@@ -72,6 +76,7 @@ from fairscale.nn.model_parallel.initialize import initialize_model_parallel
 from llama_models.llama3.args import ModelArgs
 from llama_models.llama3.model import Transformer
 ckpt, ids_file, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+torch.set_num_threads(int(sys.argv[4]))
 dist.init_process_group("gloo", rank=0, world_size=1); initialize_model_parallel(1)
 torch.set_default_dtype(torch.float32)
 params = json.load(open(f"{ckpt}/params.json"))
@@ -102,7 +107,7 @@ PY
 best_ours_p=0; best_ours_d=0; best_meta_p=0; best_meta_d=0
 for i in $(seq "$REPEATS"); do
   ours > "$W/ours.json"
-  meta > "$W/meta.json"
+  meta | tail -n 1 > "$W/meta.json"   # fairscale prints its set-up lines on stdout
   read -r op od < <("$PY" -c 'import json,sys; s=json.load(open(sys.argv[1]))["stats"]; print(s["prefill_tokens_per_s"], s["decode_tokens_per_s"])' "$W/ours.json")
   read -r mp md < <("$PY" -c 'import json,sys; s=json.load(open(sys.argv[1])); print(s["prefill_tokens_per_s"], s["decode_tokens_per_s"])' "$W/meta.json")
   echo "round $i: llamactl prefill $op decode $od | model.py prefill $mp decode $md (tokens/s)"
@@ -115,7 +120,7 @@ import json, sys
 a = json.load(open(sys.argv[1]))["results"][0]["tokens"]; b = json.load(open(sys.argv[2]))["tokens"]
 n = min(len(a), len(b)); same = sum(x == y for x, y in zip(a[:n], b[:n]))
 print(f"greedy tokens equal at {same}/{n} positions")' "$W/ours.json" "$W/meta.json"
-echo "prompt tokens: $(wc -w < "$W/prompt_ids.txt"), decode steps: $STEPS, threads: $(nproc), load: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "prompt tokens: $(wc -w < "$W/prompt_ids.txt"), decode steps: $STEPS, threads: $THREADS of $(nproc), load: $(cut -d' ' -f1-3 /proc/loadavg)"
 "$PY" -c "
 op, od, mp, md = $best_ours_p, $best_ours_d, $best_meta_p, $best_meta_d
 print(f'best llamactl: prefill {op:.1f} tok/s, decode {od:.1f} tok/s')
