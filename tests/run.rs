@@ -396,24 +396,43 @@ fn hf_layout_of_the_tiny_model_gives_the_same_tokens() {
     assert!(conv.status.success(), "{stderr}");
     let g = read_json("testdata/run/meta_golden.json");
     let results = g["results"].as_array().unwrap();
+    // Same tokenizer file for both, so only the weight layout differs.
     for dir in ["testdata/tiny-mp1", hf.to_str().unwrap()] {
         let mut args = vec![
             "run",
             "--ckpt-dir",
             dir,
+            "--tokenizer-path",
+            "testdata/tokenizer.model",
             "--temperature",
             "0",
             "--max-gen-len",
             "32",
+            "--max-batch-size",
+            "5",
+            "--max-seq-len",
+            "128",
+            "--logprobs",
             "--json",
         ];
-        for r in results.iter().take(4) {
+        for r in results {
             args.push("--prompt");
             args.push(r["prompt"].as_str().unwrap());
         }
         let doc = ok_json(&llamactl(&args));
         for (want, got) in results.iter().zip(doc["results"].as_array().unwrap()) {
             assert_eq!(ids(&got["tokens"]), ids(&want["tokens"]), "{dir}");
+            for (x, y) in got["logprobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(want["logprobs"].as_array().unwrap())
+            {
+                assert!(
+                    (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-4,
+                    "{dir}: {x} vs {y}"
+                );
+            }
         }
     }
 }
