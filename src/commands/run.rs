@@ -6,7 +6,7 @@ use crate::runner::chat::{parse_dialog, ChatFormat, Message};
 use crate::runner::device::{self, DeviceRequest, DtypeRequest, PeakMemory};
 use crate::runner::generate::{generate, GenParams, Generation, Stats};
 use crate::runner::kv_cache::KvCache;
-use crate::runner::model::{Config, DirWeights, Llama};
+use crate::runner::model::{Config, DirWeights, Llama, RopeLayout};
 use crate::runner::tokenizer::{AllowedSpecial, Tokenizer};
 use crate::util::human_bytes;
 use anyhow::{anyhow, bail, Context, Result};
@@ -112,8 +112,8 @@ fn load(dir: &Path, args: &RunArgs) -> Result<Session> {
         "loading {} ({} layout, {} layers, dim {}, {} heads / {} kv heads) on {} as {}",
         dir.display(),
         match cfg.rope_layout {
-            crate::runner::model::RopeLayout::AdjacentPairs => "Meta",
-            crate::runner::model::RopeLayout::Halves => "HF",
+            RopeLayout::AdjacentPairs => "Meta",
+            RopeLayout::Halves => "HF",
         },
         cfg.n_layers,
         cfg.dim,
@@ -154,7 +154,7 @@ fn gen_params(args: &RunArgs, s: &Session) -> GenParams {
     }
 }
 
-/// Run one batch (at most --max-batch-size prompts at a time, in order).
+/// Generate for all prompts, --max-batch-size at a time, in order.
 fn run_batches(
     s: &mut Session,
     prompts: &[Vec<u32>],
