@@ -40,7 +40,15 @@ pub enum Command {
 
 #[derive(Args, Debug, Clone)]
 #[command(
-    after_help = "Example:\n  llamactl download --url \"$URL\" --models 8B-instruct --dir ~/llama"
+    after_help = "Example:\n  llamactl download --url \"$URL\" --models 8B-instruct --dir ~/llama\n\n\
+Re-running with the same or a new link resumes: partial files are kept as NAME.part and each file\n\
+gets its final name only after its md5 matches checklist.chk.\n\n\
+Manifest (--manifest FILE): {\"models\": [\"8B\"], \"url\": \"https://.../*?Policy=...\",\n\
+  \"files\": {\"Meta-Llama-3-8B/params.json\": \"https://...\"}, \"sizes\": {...}, \"expires_on\": \"2026-05-01T00:00:00Z\"}\n\n\
+Environment: LLAMACTL_READ_TIMEOUT_MS (stall timeout, 60000), LLAMACTL_CONNECT_TIMEOUT_MS (30000),\n\
+LLAMACTL_RETRIES (8), LLAMACTL_RETRY_BASE_MS (1000), LLAMACTL_RETRY_MAX_MS (60000),\n\
+LLAMACTL_SEGMENT_MIN_BYTES (smallest --connections segment, 67108864),\n\
+LLAMACTL_PROGRESS_INTERVAL_MS (plain progress lines when stderr is not a terminal, 10000)."
 )]
 pub struct DownloadArgs {
     /// The signed URL from Meta's email (or env LLAMA_DOWNLOAD_URL); prompted for when absent.
@@ -55,6 +63,10 @@ pub struct DownloadArgs {
     /// Files fetched in parallel.
     #[arg(long, default_value_t = 4)]
     pub jobs: usize,
+    /// Ranged connections per large file (segments of at least 64 MiB). Each connection is a
+    /// separate request on the link, which may count against its download limit.
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
     /// A JSON manifest of models and file URLs instead of one signed URL.
     #[arg(long)]
     pub manifest: Option<PathBuf>,
@@ -65,7 +77,9 @@ pub struct DownloadArgs {
 
 #[derive(Args, Debug, Clone)]
 #[command(
-    after_help = "Example:\n  llamactl pull meta-llama/Meta-Llama-3-8B-Instruct --include 'original/*'"
+    after_help = "Example:\n  llamactl pull meta-llama/Meta-Llama-3-8B-Instruct --include 'original/*'\n\n\
+Environment (read as huggingface_hub reads them):\n  HF_TOKEN, HF_HOME, HF_HUB_CACHE, HF_ENDPOINT, HF_HUB_OFFLINE=1\n\
+Network knobs:\n  LLAMACTL_NET_RETRIES=5  LLAMACTL_NET_TIMEOUT_S=30 (per stalled read)  LLAMACTL_NET_BACKOFF_MS=1000"
 )]
 pub struct PullArgs {
     /// Repository id, e.g. meta-llama/Meta-Llama-3-8B.
@@ -182,7 +196,7 @@ pub struct TokenizeArgs {
     /// Input is a JSON dialog; output is the prompt `run --chat` would feed the model.
     #[arg(long)]
     pub chat: bool,
-    /// Input is ids; output is text.
+    /// Input is ids (spaces/commas, or a JSON list); output is the text exactly, no newline added.
     #[arg(long)]
     pub decode: bool,
     /// Print {"ids": [...], "count": N} (with --decode: {"text", "ids", "count"}).

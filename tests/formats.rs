@@ -231,3 +231,62 @@ fn hostile_and_broken_files_give_one_line_errors() {
         "{err}"
     );
 }
+
+/// A file writer that turns runs of zeros into holes, so a > 4 GiB checkpoint costs no disk.
+struct SparseFile(std::fs::File);
+
+impl std::io::Write for SparseFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use std::io::Seek;
+        if buf.iter().all(|&b| b == 0) {
+            self.0.seek(std::io::SeekFrom::Current(buf.len() as i64))?;
+            Ok(buf.len())
+        } else {
+            self.0.write(buf)
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+#[test]
+fn zip64_records_and_offsets_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("consolidated.00.pth");
+    let big = (1usize << 32) + 100; // a record past 4 GiB, and every later offset past it too
+    let specs = vec![
+        TensorSpec {
+            name: "big".into(),
+            dtype: DType::U8,
+            shape: vec![big],
+        },
+        TensorSpec {
+            name: "after".into(),
+            dtype: DType::F32,
+            shape: vec![2],
+        },
+    ];
+    let f = SparseFile(std::fs::File::create(&path).unwrap());
+    let mut w = pth::PthWriter::new(f, "consolidated.00", specs).unwrap();
+    let zeros = vec![0u8; 8 << 20];
+    w.write_tensor(&mut |o| {
+        let mut left = big;
+        while left > 0 {
+            let n = left.min(zeros.len());
+            o.write_all(&zeros[..n])?;
+            left -= n;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let after: Vec<u8> = [7.0f32, 8.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    w.write_tensor(&mut |o| Ok(o.write_all(&after)?)).unwrap();
+    w.finish().unwrap();
+    let p = PthFile::open(&path).unwrap();
+    let t = p.get("big").unwrap();
+    assert_eq!(t.shape, vec![big]);
+    let a = p.get("after").unwrap();
+    assert!(p.data_offset(a).unwrap() > u32::MAX as u64);
+    assert_eq!(p.bytes(a).unwrap().as_ref(), &after[..]);
+}

@@ -1,5 +1,6 @@
 //! A model directory as a thing: params.json, checklist.chk, shard discovery, the per-weight split
 //! rules, the Meta <-> HF name map and permutation, and streaming of logical tensors.
+pub mod catalog;
 pub mod checklist;
 pub mod hf;
 pub mod layout;

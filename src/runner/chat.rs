@@ -219,8 +219,11 @@ pub fn render_chat_template(
     let tmpl = env
         .template_from_str(template)
         .map_err(|e| anyhow!("chat template: {e}"))?;
+    // transformers passes tools and documents as None when absent; templates test `is not none`.
     tmpl.render(context! {
         messages => messages,
+        tools => (),
+        documents => (),
         bos_token => bos_token,
         eos_token => eos_token,
         add_generation_prompt => add_generation_prompt,
@@ -392,7 +395,7 @@ mod jinja {
         out.push('"');
     }
 
-    /// `strftime_now(fmt)` in UTC, for the common directives.
+    /// `strftime_now(fmt)` in UTC (transformers uses local time), for the common directives.
     pub fn strftime_now(fmt: &str) -> Result<String, Error> {
         let secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -294,6 +294,22 @@ pub fn tiktoken_model_from_tokenizer_json(path: &Path) -> Result<Vec<u8>> {
             "not a byte-level BPE (no ByteLevel pre-tokenizer and decoder)".into(),
         ));
     }
+    // A tokenizer.model carries no pattern: Meta's code always splits with Llama 3's.
+    let pretok = &v["pre_tokenizer"];
+    let splits: Vec<&Value> = match pretok["pretokenizers"].as_array() {
+        Some(list) => list.iter().collect(),
+        None => vec![pretok],
+    };
+    let pattern = splits
+        .iter()
+        .find(|p| p["type"].as_str() == Some("Split"))
+        .and_then(|p| p["pattern"]["Regex"].as_str());
+    if pattern != Some(LLAMA3_PATTERN) {
+        return Err(refuse(
+            "its pre-split pattern is not Llama 3's, and a tokenizer.model always gets Llama 3's"
+                .into(),
+        ));
+    }
     let vocab = model["vocab"]
         .as_object()
         .ok_or_else(|| refuse("model.vocab is not an object".into()))?;
@@ -323,6 +339,20 @@ pub fn tiktoken_model_from_tokenizer_json(path: &Path) -> Result<Vec<u8>> {
         .enumerate()
         .map(|(i, t)| t.ok_or_else(|| refuse(format!("no token has id {i}"))))
         .collect::<Result<_>>()?;
+    // Meta's code puts exactly 256 special tokens right after the ordinary ones.
+    if let Some(added) = v["added_tokens"].as_array() {
+        let n = tokens.len() as u64;
+        for t in added {
+            let id = t["id"].as_u64().unwrap_or(u64::MAX);
+            if id < n || id >= n + 256 {
+                return Err(refuse(format!(
+                    "added token {} has id {id}, outside the 256 special-token slots {n}..{}",
+                    t["content"],
+                    n + 256
+                )));
+            }
+        }
+    }
     // tiktoken merges by rank; that equals the BPE's merge order only if the merge list is the
     // one the ranks imply.
     let implied: FxHashMap<(String, String), usize> = merges_from_ranks(&tokens)

@@ -519,6 +519,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn shareable_across_threads() {
+        fn check<T: Send + Sync>() {}
+        check::<Tokenizer>();
+    }
+
+    #[test]
     fn take_complete_holds_partial_chars() {
         let mut p = "é".as_bytes()[..1].to_vec();
         assert_eq!(take_complete(&mut p, false), "");

@@ -14,8 +14,21 @@ use std::path::Path;
 /// Pieces longer than this many bytes are merged with the heap.
 const HEAP_THRESHOLD: usize = 128;
 
+/// Tokens of up to 15 bytes (nearly all of them) are looked up by a packed integer key, which
+/// hashes in two multiplications and compares without touching the heap.
+const SHORT: usize = 15;
+
+#[inline]
+fn pack(b: &[u8]) -> u128 {
+    let mut a = [0u8; 16];
+    a[..b.len()].copy_from_slice(b);
+    a[15] = b.len() as u8;
+    u128::from_le_bytes(a)
+}
+
 pub struct Bpe {
-    ranks: FxHashMap<Vec<u8>, u32>,
+    short: FxHashMap<u128, u32>,
+    long: FxHashMap<Vec<u8>, u32>,
     /// Token bytes by rank.
     tokens: Vec<Vec<u8>>,
     byte_rank: [u32; 256],
@@ -30,8 +43,9 @@ impl Bpe {
             .map_err(|e| anyhow::anyhow!("{}: not UTF-8 text ({e})", path.display()))?;
         let b64 = base64::engine::general_purpose::STANDARD;
         let mut by_rank: Vec<Option<Vec<u8>>> = Vec::new();
-        let mut ranks: FxHashMap<Vec<u8>, u32> = FxHashMap::default();
-        ranks.reserve(130_000);
+        let mut short: FxHashMap<u128, u32> = FxHashMap::default();
+        let mut long: FxHashMap<Vec<u8>, u32> = FxHashMap::default();
+        short.reserve(130_000);
         for (index, line) in text.lines().enumerate() {
             let lineno = index + 1;
             let line = line.trim_end_matches('\r');
@@ -60,7 +74,12 @@ impl Bpe {
             if rank as usize >= 10_000_000 {
                 bail!("{}: rank {rank} is implausibly large", where_());
             }
-            if let Some(prev) = ranks.insert(bytes.clone(), rank) {
+            let prev = if bytes.len() <= SHORT {
+                short.insert(pack(&bytes), rank)
+            } else {
+                long.insert(bytes.clone(), rank)
+            };
+            if let Some(prev) = prev {
                 bail!(
                     "{}: token {tok} appears twice (ranks {prev} and {rank})",
                     where_()
@@ -91,7 +110,7 @@ impl Bpe {
         }
         let mut byte_rank = [0u32; 256];
         for (b, slot) in byte_rank.iter_mut().enumerate() {
-            *slot = *ranks.get(&[b as u8][..]).ok_or_else(|| {
+            *slot = *short.get(&pack(&[b as u8])).ok_or_else(|| {
                 anyhow::anyhow!(
                     "{}: byte 0x{b:02x} has no token, so some text could not be encoded",
                     path.display()
@@ -99,7 +118,8 @@ impl Bpe {
             })?;
         }
         Ok(Bpe {
-            ranks,
+            short,
+            long,
             tokens,
             byte_rank,
         })
@@ -113,8 +133,13 @@ impl Bpe {
         self.tokens.get(rank as usize).map(|t| t.as_slice())
     }
 
+    #[inline]
     pub fn rank(&self, bytes: &[u8]) -> Option<u32> {
-        self.ranks.get(bytes).copied()
+        if bytes.len() <= SHORT {
+            self.short.get(&pack(bytes)).copied()
+        } else {
+            self.long.get(bytes).copied()
+        }
     }
 
     /// All tokens in rank order.
@@ -127,7 +152,7 @@ impl Bpe {
     pub fn encode_piece(&self, piece: &[u8], out: &mut Vec<u32>) {
         if piece.len() == 1 {
             out.push(self.byte_rank[piece[0] as usize]);
-        } else if let Some(&r) = self.ranks.get(piece) {
+        } else if let Some(r) = self.rank(piece) {
             out.push(r);
         } else if piece.len() <= HEAP_THRESHOLD {
             self.merge_linear(piece, out);
@@ -138,10 +163,7 @@ impl Bpe {
 
     #[inline]
     fn pair_rank(&self, piece: &[u8], start: usize, end: usize) -> u32 {
-        self.ranks
-            .get(&piece[start..end])
-            .copied()
-            .unwrap_or(u32::MAX)
+        self.rank(&piece[start..end]).unwrap_or(u32::MAX)
     }
 
     fn merge_linear(&self, piece: &[u8], out: &mut Vec<u32>) {

@@ -4,6 +4,7 @@ use crate::runner::hf_tokenizer::unicode_to_byte;
 use anyhow::{anyhow, bail, Result};
 use rustc_hash::FxHashMap;
 use std::path::Path;
+use tokenizers::DecoderWrapper;
 
 pub struct Hf {
     /// Splits special-token text out of the input (allowed special).
@@ -17,8 +18,6 @@ pub struct Hf {
 
 impl Hf {
     pub fn parse(data: &[u8], path: &Path) -> Result<Hf> {
-        let json: serde_json::Value = serde_json::from_slice(data)
-            .map_err(|e| anyhow!("{}: not valid JSON ({e})", path.display()))?;
         let special = tokenizers::Tokenizer::from_bytes(data).map_err(|e| {
             anyhow!(
                 "{}: not a tokenizer.json the tokenizers library accepts ({e})",
@@ -27,7 +26,7 @@ impl Hf {
         })?;
         let mut plain = special.clone();
         plain.set_encode_special_tokens(true);
-        let byte_level = is_byte_level(&json["decoder"]);
+        let byte_level = special.get_decoder().is_some_and(is_byte_level);
         let added = special
             .get_added_tokens_decoder()
             .into_iter()
@@ -112,12 +111,10 @@ impl Hf {
     }
 }
 
-fn is_byte_level(decoder: &serde_json::Value) -> bool {
-    match decoder["type"].as_str() {
-        Some("ByteLevel") => true,
-        Some("Sequence") => decoder["decoders"]
-            .as_array()
-            .is_some_and(|d| d.iter().any(is_byte_level)),
+fn is_byte_level(d: &DecoderWrapper) -> bool {
+    match d {
+        DecoderWrapper::ByteLevel(_) => true,
+        DecoderWrapper::Sequence(seq) => seq.get_decoders().iter().any(is_byte_level),
         _ => false,
     }
 }

@@ -1,0 +1,382 @@
+//! The models llamactl knows: where each comes from, the folder it lands in, how many shards it has,
+//! and what is present locally.
+//!
+//! Local state is judged from files only. A model folder is *verified* when its
+//! `.llamactl-verified.json` marker (written by `download` after every file passed its md5 check)
+//! lists each file of `checklist.chk` with the md5 that checklist names, and each such file still has
+//! the size and modification time recorded in the marker. Anything else that is complete is
+//! *present* (unverified); `llamactl verify` can then check it the slow way.
+use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::UNIX_EPOCH;
+
+/// Where a model's files come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Meta's emailed signed URL, `*` replaced by `{folder}/{file}` (download.sh's scheme).
+    MetaSignedUrl { remote_folder: &'static str },
+    /// Only from the Hugging Face Hub; the Meta files live under `original/` in the repo.
+    HuggingFace,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Model {
+    /// The name users type (case-insensitive), e.g. `8B-instruct`.
+    pub name: &'static str,
+    pub family: &'static str,
+    pub source: Source,
+    /// The Hugging Face repository holding the same weights.
+    pub hf_repo: &'static str,
+    /// Folder under the download directory.
+    pub local_folder: &'static str,
+    /// Model-parallel size: number of `consolidated.NN.pth` files.
+    pub shards: usize,
+    /// Approximate total bytes of the shards (bf16), for disk-space estimates and the listing.
+    pub approx_bytes: u64,
+}
+
+const GB: u64 = 1_000_000_000;
+
+/// Every known model. The first four are what download.sh offers for Llama 3.
+pub const MODELS: &[Model] = &[
+    Model {
+        name: "8B",
+        family: "Llama 3",
+        source: Source::MetaSignedUrl {
+            remote_folder: "8b_pre_trained",
+        },
+        hf_repo: "meta-llama/Meta-Llama-3-8B",
+        local_folder: "Meta-Llama-3-8B",
+        shards: 1,
+        approx_bytes: 16_060 * GB / 1000,
+    },
+    Model {
+        name: "8B-instruct",
+        family: "Llama 3",
+        source: Source::MetaSignedUrl {
+            remote_folder: "8b_instruction_tuned",
+        },
+        hf_repo: "meta-llama/Meta-Llama-3-8B-Instruct",
+        local_folder: "Meta-Llama-3-8B-Instruct",
+        shards: 1,
+        approx_bytes: 16_060 * GB / 1000,
+    },
+    Model {
+        name: "70B",
+        family: "Llama 3",
+        source: Source::MetaSignedUrl {
+            remote_folder: "70b_pre_trained",
+        },
+        hf_repo: "meta-llama/Meta-Llama-3-70B",
+        local_folder: "Meta-Llama-3-70B",
+        shards: 8,
+        approx_bytes: 141_100 * GB / 1000,
+    },
+    Model {
+        name: "70B-instruct",
+        family: "Llama 3",
+        source: Source::MetaSignedUrl {
+            remote_folder: "70b_instruction_tuned",
+        },
+        hf_repo: "meta-llama/Meta-Llama-3-70B-Instruct",
+        local_folder: "Meta-Llama-3-70B-Instruct",
+        shards: 8,
+        approx_bytes: 141_100 * GB / 1000,
+    },
+    Model {
+        name: "Llama3.1-8B",
+        family: "Llama 3.1",
+        source: Source::HuggingFace,
+        hf_repo: "meta-llama/Llama-3.1-8B",
+        local_folder: "Llama3.1-8B",
+        shards: 1,
+        approx_bytes: 16_060 * GB / 1000,
+    },
+    Model {
+        name: "Llama3.1-8B-Instruct",
+        family: "Llama 3.1",
+        source: Source::HuggingFace,
+        hf_repo: "meta-llama/Llama-3.1-8B-Instruct",
+        local_folder: "Llama3.1-8B-Instruct",
+        shards: 1,
+        approx_bytes: 16_060 * GB / 1000,
+    },
+    Model {
+        name: "Llama3.1-70B",
+        family: "Llama 3.1",
+        source: Source::HuggingFace,
+        hf_repo: "meta-llama/Llama-3.1-70B",
+        local_folder: "Llama3.1-70B",
+        shards: 8,
+        approx_bytes: 141_100 * GB / 1000,
+    },
+    Model {
+        name: "Llama3.1-70B-Instruct",
+        family: "Llama 3.1",
+        source: Source::HuggingFace,
+        hf_repo: "meta-llama/Llama-3.1-70B-Instruct",
+        local_folder: "Llama3.1-70B-Instruct",
+        shards: 8,
+        approx_bytes: 141_100 * GB / 1000,
+    },
+    Model {
+        name: "Llama3.2-1B",
+        family: "Llama 3.2",
+        source: Source::HuggingFace,
+        hf_repo: "meta-llama/Llama-3.2-1B",
+        local_folder: "Llama3.2-1B",
+        shards: 1,
+        approx_bytes: 2_470 * GB / 1000,
+    },
+    Model {
+        name: "Llama3.2-3B",
+        family: "Llama 3.2",
+        source: Source::HuggingFace,
+        hf_repo: "meta-llama/Llama-3.2-3B",
+        local_folder: "Llama3.2-3B",
+        shards: 1,
+        approx_bytes: 6_430 * GB / 1000,
+    },
+    Model {
+        name: "Llama3.3-70B-Instruct",
+        family: "Llama 3.3",
+        source: Source::HuggingFace,
+        hf_repo: "meta-llama/Llama-3.3-70B-Instruct",
+        local_folder: "Llama3.3-70B-Instruct",
+        shards: 8,
+        approx_bytes: 141_100 * GB / 1000,
+    },
+];
+
+/// Look a model up by name, ignoring case.
+pub fn find(name: &str) -> Option<&'static Model> {
+    let name = name.trim();
+    MODELS.iter().find(|m| m.name.eq_ignore_ascii_case(name))
+}
+
+/// The models a Meta signed URL can fetch (download.sh's list, in its order).
+pub fn signed_url_models() -> impl Iterator<Item = &'static Model> {
+    MODELS
+        .iter()
+        .filter(|m| matches!(m.source, Source::MetaSignedUrl { .. }))
+}
+
+/// Files at the top of a download directory.
+pub const TOP_LEVEL_FILES: [&str; 2] = ["LICENSE", "USE_POLICY"];
+
+/// Name of the marker a verified download leaves in a model folder.
+pub const VERIFIED_MARKER: &str = ".llamactl-verified.json";
+
+impl Model {
+    /// Shard file names: `consolidated.00.pth` ….
+    pub fn shard_files(&self) -> Vec<String> {
+        (0..self.shards)
+            .map(|i| format!("consolidated.{i:02}.pth"))
+            .collect()
+    }
+
+    /// Every file of the model folder, checklist last (download fetches it first on its own).
+    pub fn files(&self) -> Vec<String> {
+        let mut v = self.shard_files();
+        v.extend(["params.json", "tokenizer.model", "checklist.chk"].map(String::from));
+        v
+    }
+
+    /// The remote folder for signed-URL downloads, if this model has one.
+    pub fn remote_folder(&self) -> Option<&'static str> {
+        match self.source {
+            Source::MetaSignedUrl { remote_folder } => Some(remote_folder),
+            Source::HuggingFace => None,
+        }
+    }
+
+    /// Where the files come from, in words.
+    pub fn source_text(&self) -> String {
+        match self.source {
+            Source::MetaSignedUrl { remote_folder } => {
+                format!("meta-url:{remote_folder} | hf:{}", self.hf_repo)
+            }
+            Source::HuggingFace => format!("hf:{} (original/)", self.hf_repo),
+        }
+    }
+}
+
+/// `checklist.chk` as (file name → lower-case md5). Any unusable line (not md5sum syntax, or an
+/// absolute / `..` name) makes the whole checklist untrusted: an error page saved under that name
+/// must never pass as a checklist.
+pub fn parse_checklist(text: &str) -> Result<BTreeMap<String, String>> {
+    let (entries, bad) = super::checklist::parse(text);
+    if let Some(b) = bad.first() {
+        anyhow::bail!("line {}: {}", b.line, b.reason);
+    }
+    if entries.is_empty() {
+        anyhow::bail!("no entries");
+    }
+    Ok(entries.into_iter().map(|e| (e.name, e.md5)).collect())
+}
+
+/// One file as recorded in the verified marker.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VerifiedFile {
+    pub md5: String,
+    pub size: u64,
+    pub mtime_ns: u128,
+}
+
+impl VerifiedFile {
+    /// Record `path` as having `md5` (checked by the caller).
+    pub fn of(path: &Path, md5: &str) -> std::io::Result<Self> {
+        let meta = std::fs::metadata(path)?;
+        Ok(Self {
+            md5: md5.to_ascii_lowercase(),
+            size: meta.len(),
+            mtime_ns: mtime_ns(&meta),
+        })
+    }
+
+    /// Whether `path` still looks like the file that was verified.
+    pub fn matches(&self, path: &Path) -> bool {
+        std::fs::metadata(path)
+            .map(|m| m.len() == self.size && mtime_ns(&m) == self.mtime_ns)
+            .unwrap_or(false)
+    }
+}
+
+fn mtime_ns(meta: &std::fs::Metadata) -> u128 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// Read a model folder's verified marker (empty when absent or unreadable).
+pub fn read_marker(folder: &Path) -> BTreeMap<String, VerifiedFile> {
+    std::fs::read_to_string(folder.join(VERIFIED_MARKER))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+/// Write a model folder's verified marker atomically.
+pub fn write_marker(folder: &Path, files: &BTreeMap<String, VerifiedFile>) -> Result<()> {
+    let path = folder.join(VERIFIED_MARKER);
+    let tmp = folder.join(format!("{VERIFIED_MARKER}.part"));
+    let text = serde_json::to_string_pretty(files)?;
+    std::fs::write(&tmp, text).with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(())
+}
+
+/// What is on disk for one model.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LocalStatus {
+    /// "absent", "partial", "present" or "verified".
+    pub state: &'static str,
+    pub files_present: usize,
+    pub files_expected: usize,
+    /// Bytes of the model's files on disk (complete files and `.part` files).
+    pub bytes_on_disk: u64,
+}
+
+/// Look at `dir/<local_folder>` and say what is there.
+pub fn local_status(model: &Model, dir: &Path) -> LocalStatus {
+    let folder = dir.join(model.local_folder);
+    let files = model.files();
+    let mut present = 0;
+    let mut bytes = 0;
+    for f in &files {
+        let p = folder.join(f);
+        if let Ok(m) = std::fs::metadata(&p) {
+            present += 1;
+            bytes += m.len();
+        } else if let Ok(m) = std::fs::metadata(folder.join(format!("{f}.part"))) {
+            bytes += m.len();
+        }
+    }
+    let state = if present == 0 && bytes == 0 {
+        "absent"
+    } else if present < files.len() {
+        "partial"
+    } else if is_verified(&folder) {
+        "verified"
+    } else {
+        "present"
+    };
+    LocalStatus {
+        state,
+        files_present: present,
+        files_expected: files.len(),
+        bytes_on_disk: bytes,
+    }
+}
+
+/// The marker covers every checklist entry with the checklist's md5 and unchanged files.
+pub fn is_verified(folder: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(folder.join("checklist.chk")) else {
+        return false;
+    };
+    let Ok(list) = parse_checklist(&text) else {
+        return false;
+    };
+    let marker = read_marker(folder);
+    list.iter().all(|(name, md5)| {
+        marker
+            .get(name)
+            .is_some_and(|v| &v.md5 == md5 && v.matches(&folder.join(name)))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_files() {
+        assert_eq!(
+            find("70b-INSTRUCT").unwrap().local_folder,
+            "Meta-Llama-3-70B-Instruct"
+        );
+        assert!(find("13B").is_none());
+        let names: Vec<_> = signed_url_models().map(|m| m.name).collect();
+        assert_eq!(names, ["8B", "8B-instruct", "70B", "70B-instruct"]);
+        let f = find("70B").unwrap().files();
+        assert_eq!(f.len(), 11);
+        assert_eq!(f[7], "consolidated.07.pth");
+        assert!(find("Llama3.2-1B").unwrap().remote_folder().is_none());
+    }
+
+    #[test]
+    fn checklist_parsing() {
+        let t = "0123456789abcdef0123456789ABCDEF  consolidated.00.pth\r\nfedcba9876543210fedcba9876543210 *params.json\n\n";
+        let m = parse_checklist(t).unwrap();
+        assert_eq!(m["consolidated.00.pth"], "0123456789abcdef0123456789abcdef");
+        assert!(m.contains_key("params.json"));
+        assert!(parse_checklist("<html>").is_err());
+        assert!(parse_checklist("").is_err());
+    }
+
+    #[test]
+    fn verified_marker_tracks_changes() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("params.json");
+        std::fs::write(&f, b"{}").unwrap();
+        let md5 = "99914b932bd37a50b983c5e7c90ae93b";
+        std::fs::write(
+            d.path().join("checklist.chk"),
+            format!("{md5}  params.json\n"),
+        )
+        .unwrap();
+        assert!(!is_verified(d.path()));
+        let mut m = BTreeMap::new();
+        m.insert(
+            "params.json".to_string(),
+            VerifiedFile::of(&f, md5).unwrap(),
+        );
+        write_marker(d.path(), &m).unwrap();
+        assert!(is_verified(d.path()));
+        std::fs::write(&f, b"{\"a\":1}").unwrap();
+        assert!(!is_verified(d.path()));
+    }
+}

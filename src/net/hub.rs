@@ -1,0 +1,1509 @@
+//! The Hugging Face Hub: the few API calls `pull` needs, the cache layout shared with Python
+//! `huggingface_hub`, and a resumable, hash-checking blob download.
+//!
+//! Cache layout (identical to `huggingface_hub`, so transformers finds what we fetched and we find
+//! what it fetched):
+//!
+//! ```text
+//! $HF_HUB_CACHE/models--{org}--{name}/
+//!   blobs/{etag}                 file contents; etag = sha256 for LFS files, git blob id otherwise
+//!   blobs/{etag}.incomplete      a partial download, resumed with a Range request
+//!   refs/{branch-or-tag}         the commit hash it pointed at (no trailing newline)
+//!   snapshots/{commit}/{path}    relative symlinks to ../../blobs/{etag}
+//! $HF_HUB_CACHE/.locks/models--{org}--{name}/{etag}.lock   flock'ed while a blob is written
+//! ```
+use crate::error::{check_failed, network, refused};
+use anyhow::{anyhow, bail, Context, Result};
+use reqwest::blocking::{Client, Response};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, LOCATION, RANGE};
+use reqwest::{StatusCode, Url};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+
+/// Where the Hub and its cache are, from the same environment variables `huggingface_hub` reads.
+#[derive(Debug, Clone)]
+pub struct HubEnv {
+    pub endpoint: String,
+    /// `HF_HOME` (default `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`).
+    pub hf_home: PathBuf,
+    /// `HF_HUB_CACHE` (default `$HF_HOME/hub`).
+    pub cache_dir: PathBuf,
+    /// `HF_TOKEN_PATH` (default `$HF_HOME/token`).
+    pub token_path: PathBuf,
+    /// `HF_HUB_OFFLINE=1`: no request at all, serve from the cache.
+    pub offline: bool,
+}
+
+impl HubEnv {
+    pub fn from_env() -> Result<Self> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let home = || -> Result<PathBuf> {
+            var("HOME").map(PathBuf::from).ok_or_else(|| {
+                anyhow!("HOME is not set; set HF_HOME to say where the Hugging Face cache is")
+            })
+        };
+        let hf_home = match var("HF_HOME") {
+            Some(h) => expand_home(&h)?,
+            None => match var("XDG_CACHE_HOME") {
+                Some(x) => expand_home(&x)?.join("huggingface"),
+                None => home()?.join(".cache").join("huggingface"),
+            },
+        };
+        let cache_dir = match var("HF_HUB_CACHE").or_else(|| var("HUGGINGFACE_HUB_CACHE")) {
+            Some(c) => expand_home(&c)?,
+            None => hf_home.join("hub"),
+        };
+        let token_path = match var("HF_TOKEN_PATH") {
+            Some(t) => expand_home(&t)?,
+            None => hf_home.join("token"),
+        };
+        let endpoint = var("HF_ENDPOINT")
+            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string())
+            .trim_end_matches('/')
+            .to_string();
+        Url::parse(&endpoint).with_context(|| format!("HF_ENDPOINT={endpoint}: not a URL"))?;
+        let offline = ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"]
+            .iter()
+            .any(|k| var(k).is_some_and(|v| is_true(&v)));
+        Ok(Self {
+            endpoint,
+            hf_home,
+            cache_dir,
+            token_path,
+            offline,
+        })
+    }
+}
+
+/// `huggingface_hub`'s reading of boolean environment variables.
+fn is_true(v: &str) -> bool {
+    matches!(
+        v.trim().to_ascii_uppercase().as_str(),
+        "1" | "ON" | "YES" | "TRUE"
+    )
+}
+
+fn expand_home(p: &str) -> Result<PathBuf> {
+    match p.strip_prefix("~/") {
+        Some(rest) => {
+            let home = std::env::var("HOME")
+                .map_err(|_| anyhow!("{p}: cannot expand ~ because HOME is not set"))?;
+            Ok(PathBuf::from(home).join(rest))
+        }
+        None => Ok(PathBuf::from(p)),
+    }
+}
+
+/// A Hugging Face token. It has no `Display`, and `Debug` hides it, so it cannot end up in a message.
+#[derive(Clone)]
+pub struct Token(String);
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+impl Token {
+    fn header(&self) -> Result<HeaderValue> {
+        let mut v = HeaderValue::from_str(&format!("Bearer {}", self.0)).map_err(|_| {
+            anyhow!("the Hugging Face token contains characters that cannot go in an HTTP header")
+        })?;
+        v.set_sensitive(true);
+        Ok(v)
+    }
+}
+
+/// Where the token came from, for a message that names the source but never the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    Flag,
+    Env,
+    File,
+}
+
+/// `--token`, then `HF_TOKEN` (or the legacy `HUGGING_FACE_HUB_TOKEN`), then the token file.
+pub fn resolve_token(flag: Option<&str>, env: &HubEnv) -> Result<Option<(Token, TokenSource)>> {
+    let clean = |s: &str| Some(s.trim().to_string()).filter(|t| !t.is_empty());
+    if let Some(t) = flag.and_then(clean) {
+        return Ok(Some((Token(t), TokenSource::Flag)));
+    }
+    for k in ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"] {
+        if let Some(t) = std::env::var(k).ok().as_deref().and_then(clean) {
+            return Ok(Some((Token(t), TokenSource::Env)));
+        }
+    }
+    match std::fs::read_to_string(&env.token_path) {
+        Ok(s) => Ok(clean(&s).map(|t| (Token(t), TokenSource::File))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e)
+            .with_context(|| format!("{}: cannot read the token file", env.token_path.display())),
+    }
+}
+
+/// `org/name` (or a bare `name`), as the Hub accepts them.
+pub fn validate_repo_id(id: &str) -> Result<()> {
+    let ok_part = |p: &str| {
+        !p.is_empty()
+            && p != "."
+            && p != ".."
+            && p.len() <= 96
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    let parts: Vec<&str> = id.split('/').collect();
+    if parts.len() > 2 || !parts.iter().all(|p| ok_part(p)) {
+        bail!("{id:?}: not a Hub repo id (expected ORG/NAME, e.g. meta-llama/Meta-Llama-3-8B)");
+    }
+    Ok(())
+}
+
+/// A full commit id, as `huggingface_hub` recognises one.
+pub fn is_commit_hash(rev: &str) -> bool {
+    rev.len() == 40
+        && rev
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A revision is also a path under `refs/`, so it must stay inside it.
+pub fn validate_revision(rev: &str) -> Result<()> {
+    if rev.is_empty()
+        || rev.starts_with('/')
+        || rev.contains('\\')
+        || rev.contains('\0')
+        || rev
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == "..")
+    {
+        bail!("{rev:?}: not a valid revision (a branch, tag or commit)");
+    }
+    Ok(())
+}
+
+/// A file path from the Hub becomes a path on disk: refuse anything that could leave the folder.
+fn validate_repo_path(path: &str) -> Result<()> {
+    if path.is_empty()
+        || path.starts_with('/')
+        || path.contains('\\')
+        || path.contains('\0')
+        || path
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == "..")
+    {
+        bail!("{path:?}: the Hub listed a file name that is not a safe relative path");
+    }
+    Ok(())
+}
+
+/// An etag names a blob file: keep it a single plain path component.
+fn validate_etag(etag: &str) -> Result<()> {
+    if etag.is_empty()
+        || etag.len() > 200
+        || etag.starts_with('.')
+        || !etag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        bail!("{etag:?}: the Hub sent an etag that cannot name a cache blob");
+    }
+    Ok(())
+}
+
+/// `ETag: W/"abc"` or `"abc"` -> `abc`.
+fn normalize_etag(v: &str) -> String {
+    v.trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .to_string()
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Percent-encode like Python's `urllib.parse.quote` (`keep_slash` = its default `safe='/'`).
+fn quote(s: &str, keep_slash: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || (keep_slash && b == b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A URL for messages: the query (where signed CDN URLs keep their credentials) is cut off.
+pub fn redact_url(url: &str) -> String {
+    match url.find(['?', '#']) {
+        Some(i) => format!("{}?…", &url[..i]),
+        None => url.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cache layout
+
+/// One repo's folder in the Hub cache.
+#[derive(Debug, Clone)]
+pub struct RepoCache {
+    cache_dir: PathBuf,
+    folder: String,
+}
+
+impl RepoCache {
+    pub fn new(cache_dir: &Path, repo_id: &str) -> Self {
+        let folder = hf_hub::Repo::model(repo_id.to_string()).folder_name();
+        Self {
+            cache_dir: cache_dir.to_path_buf(),
+            folder,
+        }
+    }
+
+    /// `models--{org}--{name}`.
+    pub fn root(&self) -> PathBuf {
+        self.cache_dir.join(&self.folder)
+    }
+
+    pub fn blob_path(&self, etag: &str) -> PathBuf {
+        self.root().join("blobs").join(etag)
+    }
+
+    pub fn incomplete_path(&self, etag: &str) -> PathBuf {
+        self.root().join("blobs").join(format!("{etag}.incomplete"))
+    }
+
+    /// The lock file `huggingface_hub` takes for the same blob, so the two never write it at once.
+    pub fn lock_path(&self, etag: &str) -> PathBuf {
+        self.cache_dir
+            .join(".locks")
+            .join(&self.folder)
+            .join(format!("{etag}.lock"))
+    }
+
+    pub fn ref_path(&self, revision: &str) -> PathBuf {
+        self.root().join("refs").join(revision)
+    }
+
+    pub fn snapshot_dir(&self, commit: &str) -> PathBuf {
+        self.root().join("snapshots").join(commit)
+    }
+
+    pub fn pointer_path(&self, commit: &str, file: &str) -> PathBuf {
+        let mut p = self.snapshot_dir(commit);
+        p.extend(file.split('/'));
+        p
+    }
+
+    /// Mark the cache folder for backup tools (the Cache Directory Tagging Standard), as
+    /// `huggingface_hub` does; best effort.
+    pub fn tag_cache_dir(&self) {
+        let tag = self.cache_dir.join("CACHEDIR.TAG");
+        if !tag.exists() && std::fs::create_dir_all(&self.cache_dir).is_ok() {
+            let _ = std::fs::write(
+                &tag,
+                "Signature: 8a477f597d28d172789f06886806bc55\n\
+                 # This file is a cache directory tag created by llamactl (Hugging Face Hub cache).\n\
+                 # For information about cache directory tags, see https://bford.info/cachedir/\n",
+            );
+        }
+    }
+
+    /// The commit a branch or tag pointed at when it was last fetched.
+    pub fn read_ref(&self, revision: &str) -> Result<Option<String>> {
+        let p = self.ref_path(revision);
+        match std::fs::read_to_string(&p) {
+            Ok(s) => {
+                let c = s.trim();
+                if !is_commit_hash(c) {
+                    bail!("{}: does not hold a commit hash", p.display());
+                }
+                Ok(Some(c.to_string()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("{}: cannot read", p.display())),
+        }
+    }
+
+    /// Point `refs/{revision}` at `commit` (atomically; `huggingface_hub` reads it without trimming,
+    /// so no newline).
+    pub fn write_ref(&self, revision: &str, commit: &str) -> Result<()> {
+        if revision == commit || self.read_ref(revision).ok().flatten().as_deref() == Some(commit) {
+            return Ok(());
+        }
+        let p = self.ref_path(revision);
+        write_atomic(&p, commit.as_bytes())
+    }
+
+    /// The commit a revision names, from the cache alone.
+    pub fn resolve_offline(&self, revision: &str) -> Result<String> {
+        if is_commit_hash(revision) {
+            return Ok(revision.to_string());
+        }
+        self.read_ref(revision)?.ok_or_else(|| {
+            anyhow!(
+                "{}: revision {revision:?} is not in the cache (HF_HUB_OFFLINE is set, so nothing can be fetched)",
+                self.root().display()
+            )
+        })
+    }
+
+    /// `snapshots/{commit}/{file}` -> `../../blobs/{etag}` (relative, so the cache can move).
+    pub fn link(&self, commit: &str, file: &str, etag: &str) -> Result<PathBuf> {
+        let pointer = self.pointer_path(commit, file);
+        let parent = pointer
+            .parent()
+            .ok_or_else(|| anyhow!("{}: no parent folder", pointer.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("{}: cannot create", parent.display()))?;
+        let target: PathBuf = std::iter::repeat_n("..", file.split('/').count() + 1)
+            .chain(["blobs", etag])
+            .collect();
+        let tmp = parent.join(format!(
+            ".{}.{}.tmp",
+            file.rsplit('/').next().unwrap_or(file),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&target, &tmp)
+            .with_context(|| format!("{}: cannot create a symlink", tmp.display()))?;
+        std::fs::rename(&tmp, &pointer)
+            .with_context(|| format!("{}: cannot create", pointer.display()))?;
+        Ok(pointer)
+    }
+}
+
+/// Every file under `dir` as repo paths (`a/b.txt`), skipping the `.cache` bookkeeping folder that
+/// local-dir downloads keep. Dangling snapshot links are an error naming the file.
+pub fn list_local_files(dir: &Path) -> Result<Vec<String>> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
+        let entries =
+            std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))?;
+        for entry in entries {
+            let entry = entry.with_context(|| format!("{}: cannot list", dir.display()))?;
+            let path = entry.path();
+            let name = entry.file_name();
+            if dir == root && name == ".cache" {
+                continue;
+            }
+            let meta = std::fs::metadata(&path).with_context(|| {
+                format!(
+                    "{}: broken link (its blob is missing from the cache)",
+                    path.display()
+                )
+            })?;
+            if meta.is_dir() {
+                walk(root, &path, out)?;
+            } else {
+                let rel = path
+                    .strip_prefix(root)
+                    .map_err(|_| anyhow!("{}: outside {}", path.display(), root.display()))?;
+                let parts: Vec<String> = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect();
+                out.push(parts.join("/"));
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let parent = path
+        .parent()
+        .ok_or_else(|| anyhow!("{}: no parent folder", path.display()))?;
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("{}: cannot create", parent.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(parent)
+        .with_context(|| format!("{}: cannot create a temp file", parent.display()))?;
+    tmp.write_all(data)
+        .and_then(|_| tmp.as_file().sync_all())
+        .with_context(|| format!("{}: cannot write", tmp.path().display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// An exclusive `flock` on `path`, held until the file is dropped (the kernel drops it if we die).
+fn lock_exclusive(path: &Path, what: &str, progress: &dyn Progress) -> Result<File> {
+    use std::os::fd::AsRawFd;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("{}: cannot create", parent.display()))?;
+    }
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("{}: cannot open the lock file", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(f);
+    }
+    progress.note(&format!(
+        "{what}: another process is downloading it; waiting"
+    ));
+    loop {
+        // SAFETY: as above.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(f);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err).with_context(|| format!("{}: cannot lock", path.display()));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Network settings, progress hooks
+
+/// Retry and timeout knobs. Env overrides exist so tests can fail fast:
+/// `LLAMACTL_NET_RETRIES`, `LLAMACTL_NET_TIMEOUT_S` (stall timeout per read), `LLAMACTL_NET_BACKOFF_MS`.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Tries after the first one, counted since the last byte received.
+    pub retries: u32,
+    /// A request or read that makes no progress for this long is dropped and retried.
+    pub stall_timeout: Duration,
+    /// First backoff delay; doubles each try (capped at a minute), with ±50% jitter.
+    pub backoff: Duration,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            retries: 5,
+            stall_timeout: Duration::from_secs(30),
+            backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+impl NetConfig {
+    pub fn from_env() -> Result<Self> {
+        let mut c = Self::default();
+        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        if let Some(v) = get("LLAMACTL_NET_RETRIES") {
+            c.retries = v
+                .trim()
+                .parse()
+                .with_context(|| format!("LLAMACTL_NET_RETRIES={v}: not a whole number"))?;
+        }
+        if let Some(v) = get("LLAMACTL_NET_TIMEOUT_S") {
+            let s: f64 = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite() && *s > 0.0)
+                .ok_or_else(|| {
+                    anyhow!("LLAMACTL_NET_TIMEOUT_S={v}: not a positive number of seconds")
+                })?;
+            c.stall_timeout = Duration::from_secs_f64(s);
+        }
+        if let Some(v) = get("LLAMACTL_NET_BACKOFF_MS") {
+            c.backoff = Duration::from_millis(
+                v.trim()
+                    .parse()
+                    .with_context(|| format!("LLAMACTL_NET_BACKOFF_MS={v}: not a whole number"))?,
+            );
+        }
+        Ok(c)
+    }
+
+    fn delay(&self, attempt: u32) -> Duration {
+        let base = self
+            .backoff
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+            .min(Duration::from_secs(60));
+        base.mul_f64(rand::random_range(0.5..1.5))
+    }
+}
+
+/// What a download reports while it runs. Files are named by their repo path.
+pub trait Progress: Sync {
+    /// A transfer of `file` starts (or restarts) with `done` of `total` bytes already on disk.
+    fn start(&self, file: &str, total: Option<u64>, done: u64);
+    fn advance(&self, file: &str, bytes: u64);
+    /// Bytes counted earlier were thrown away (the server ignored a Range request).
+    fn rewind(&self, file: &str, bytes: u64);
+    fn retry(&self, file: &str, why: &str, wait: Duration, attempt: u32, of: u32);
+    /// A one-off message.
+    fn note(&self, msg: &str);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hub API
+
+#[derive(Debug, Clone)]
+pub struct RepoFile {
+    pub path: String,
+    pub size: Option<u64>,
+    pub blob_id: Option<String>,
+    pub lfs_sha256: Option<String>,
+}
+
+impl RepoFile {
+    /// The blob name the resolve endpoint will report, when the listing already tells it.
+    pub fn expected_etag(&self) -> Option<&str> {
+        self.lfs_sha256.as_deref().or(self.blob_id.as_deref())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RepoListing {
+    pub commit: String,
+    pub files: Vec<RepoFile>,
+}
+
+#[derive(Deserialize)]
+struct ApiRepoInfo {
+    sha: Option<String>,
+    #[serde(default)]
+    siblings: Vec<ApiSibling>,
+}
+
+#[derive(Deserialize)]
+struct ApiSibling {
+    rfilename: String,
+    size: Option<u64>,
+    #[serde(rename = "blobId")]
+    blob_id: Option<String>,
+    lfs: Option<ApiLfs>,
+}
+
+#[derive(Deserialize)]
+struct ApiLfs {
+    sha256: Option<String>,
+    size: Option<u64>,
+}
+
+/// What `HEAD .../resolve/{commit}/{path}` says about one file.
+#[derive(Debug, Clone)]
+pub struct FileMeta {
+    pub etag: String,
+    pub commit: Option<String>,
+    pub size: Option<u64>,
+    /// For LFS files (`X-Linked-Etag`), checked while streaming.
+    pub sha256: Option<String>,
+    /// Where the bytes are: the resolve URL itself or the CDN URL it redirects to.
+    pub url: String,
+    /// False once the URL left the Hub's origin: the token must not travel to a CDN.
+    pub send_auth: bool,
+}
+
+/// What happened to one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetched {
+    /// Already in place; no request made.
+    Present,
+    /// The blob was in the cache (another revision had it); only linked.
+    Linked,
+    /// Bytes were transferred (`resumed_from` bytes were already on disk).
+    Downloaded { bytes: u64, resumed_from: u64 },
+}
+
+/// One try's outcome that the retry loop acts on.
+enum TryError {
+    /// Worth another try after a pause (5xx, 429, reset, stall, short body).
+    Transient(anyhow::Error),
+    /// A CDN refused a signed URL (likely expired): resolve again for a fresh one.
+    Expired(anyhow::Error),
+    Fatal(anyhow::Error),
+}
+
+fn transient_status(s: StatusCode) -> bool {
+    s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS || s == StatusCode::REQUEST_TIMEOUT
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn header_u64(h: &HeaderMap, name: &str) -> Option<u64> {
+    header_str(h, name).and_then(|v| v.trim().parse().ok())
+}
+
+/// The origin (scheme, host, port) of a URL: the token is only sent within the Hub's own.
+fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
+/// A client for one Hub endpoint.
+pub struct HubClient {
+    http: Client,
+    endpoint: String,
+    auth: Option<HeaderValue>,
+    net: NetConfig,
+}
+
+impl HubClient {
+    pub fn new(endpoint: &str, token: Option<&Token>, net: NetConfig) -> Result<Self> {
+        let http = Client::builder()
+            // Redirects are followed by hand: a CDN redirect must drop the token.
+            .redirect(reqwest::redirect::Policy::none())
+            // The blocking client applies this per operation (connect, headers, each body
+            // read), so it bounds a stall, not the length of a multi-GB download.
+            .timeout(net.stall_timeout)
+            .connect_timeout(net.stall_timeout)
+            .user_agent(concat!("llamactl/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("cannot set up the HTTP client")?;
+        Ok(Self {
+            http,
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            auth: token.map(Token::header).transpose()?,
+            net,
+        })
+    }
+
+    pub fn model_page(&self, repo_id: &str) -> String {
+        format!("{}/{repo_id}", self.endpoint)
+    }
+
+    pub fn resolve_url(&self, repo_id: &str, revision: &str, path: &str) -> String {
+        format!(
+            "{}/{repo_id}/resolve/{}/{}",
+            self.endpoint,
+            quote(revision, false),
+            quote(path, true)
+        )
+    }
+
+    /// Retry `f` on transient failures with backoff; `what` names the thing in messages.
+    fn with_retries<T>(
+        &self,
+        what: &str,
+        progress: &dyn Progress,
+        mut f: impl FnMut() -> Result<T, TryError>,
+    ) -> Result<T> {
+        let mut attempt = 0;
+        loop {
+            match f() {
+                Ok(v) => return Ok(v),
+                Err(TryError::Fatal(e)) => return Err(e),
+                Err(TryError::Transient(e)) | Err(TryError::Expired(e)) => {
+                    attempt += 1;
+                    if attempt > self.net.retries {
+                        return Err(network(format!(
+                            "{what}: giving up after {attempt} tries: {}",
+                            crate::error::one_line(&e)
+                        )));
+                    }
+                    let wait = self.net.delay(attempt);
+                    progress.retry(
+                        what,
+                        &crate::error::one_line(&e),
+                        wait,
+                        attempt,
+                        self.net.retries,
+                    );
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+    }
+
+    fn refused_message(&self, repo_id: &str, status: StatusCode, h: &HeaderMap) -> anyhow::Error {
+        let gated = header_str(h, "X-Error-Code") == Some("GatedRepo");
+        let has_token = self.auth.is_some();
+        let why = match (gated, has_token) {
+            (true, false) => "is gated and no token was given",
+            (true, true) => "is gated and this token has no access to it",
+            (false, false) => "is private or gated and no token was given",
+            (false, true) => "is private or gated and this token has no access to it",
+        };
+        refused(format!(
+            "{repo_id}: HTTP {}: the repo {why}; accept the license on {} while logged in, then set a token \
+             (--token, HF_TOKEN, or `huggingface-cli login`)",
+            status.as_u16(),
+            self.model_page(repo_id)
+        ))
+    }
+
+    fn get(&self, url: &str, auth: bool) -> reqwest::blocking::RequestBuilder {
+        let mut rb = self.http.get(url).header("Accept-Encoding", "identity");
+        if auth {
+            if let Some(a) = &self.auth {
+                rb = rb.header(AUTHORIZATION, a.clone());
+            }
+        }
+        rb
+    }
+
+    /// The commit a revision points at and the files it holds.
+    pub fn listing(
+        &self,
+        repo_id: &str,
+        revision: &str,
+        progress: &dyn Progress,
+    ) -> Result<RepoListing> {
+        let url = format!(
+            "{}/api/models/{repo_id}/revision/{}?blobs=true",
+            self.endpoint,
+            quote(revision, false)
+        );
+        let shown = format!(
+            "{}/api/models/{repo_id}/revision/{}",
+            self.endpoint,
+            quote(revision, false)
+        );
+        let what = format!("{repo_id}@{revision}: listing");
+        let info: ApiRepoInfo = self.with_retries(&what, progress, || {
+            let resp = self
+                .get(&url, true)
+                .send()
+                .map_err(|e| TryError::Transient(anyhow!("{shown}: {}", e.without_url())))?;
+            let status = resp.status();
+            if status.is_success() {
+                return resp.json().map_err(|e| {
+                    TryError::Fatal(anyhow!(
+                        "{}: not a Hub repo listing: {}",
+                        redact_url(&url),
+                        e.without_url()
+                    ))
+                });
+            }
+            Err(self.classify_api_error(repo_id, revision, &url, status, resp.headers()))
+        })?;
+        let commit = info.sha.filter(|s| is_commit_hash(s)).ok_or_else(|| {
+            anyhow!(
+                "{}: the listing has no commit hash (`sha`)",
+                redact_url(&url)
+            )
+        })?;
+        let mut files = Vec::with_capacity(info.siblings.len());
+        for s in info.siblings {
+            validate_repo_path(&s.rfilename)?;
+            let lfs_sha256 = s
+                .lfs
+                .as_ref()
+                .and_then(|l| l.sha256.clone())
+                .filter(|h| is_sha256_hex(h))
+                .map(|h| h.to_ascii_lowercase());
+            files.push(RepoFile {
+                path: s.rfilename,
+                size: s.lfs.as_ref().and_then(|l| l.size).or(s.size),
+                blob_id: s.blob_id.filter(|b| validate_etag(b).is_ok()),
+                lfs_sha256,
+            });
+        }
+        Ok(RepoListing { commit, files })
+    }
+
+    fn classify_api_error(
+        &self,
+        repo_id: &str,
+        revision: &str,
+        url: &str,
+        status: StatusCode,
+        h: &HeaderMap,
+    ) -> TryError {
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return TryError::Fatal(self.refused_message(repo_id, status, h));
+        }
+        if transient_status(status) {
+            return TryError::Transient(anyhow!("{}: HTTP {status}", redact_url(url)));
+        }
+        let code = header_str(h, "X-Error-Code").unwrap_or("");
+        TryError::Fatal(match (status, code) {
+            (_, "RevisionNotFound") => {
+                anyhow!("{repo_id}: revision {revision:?} not found (a branch, tag or commit of the repo)")
+            }
+            (_, "EntryNotFound") => anyhow!("{}: no such file in {repo_id}", redact_url(url)),
+            (StatusCode::NOT_FOUND, _) | (_, "RepoNotFound") => anyhow!(
+                "{repo_id}: repository not found on {} (check the name)",
+                self.endpoint
+            ),
+            _ => anyhow!("{}: HTTP {status}", redact_url(url)),
+        })
+    }
+
+    /// `HEAD` the resolve URL; redirects within the Hub are followed, one to another origin (the
+    /// CDN) is not: its `Location` is where the bytes are, fetched without the token.
+    pub fn file_meta(
+        &self,
+        repo_id: &str,
+        commit: &str,
+        path: &str,
+        progress: &dyn Progress,
+    ) -> Result<FileMeta> {
+        let start = self.resolve_url(repo_id, commit, path);
+        self.with_retries(path, progress, || {
+            self.file_meta_once(repo_id, commit, &start)
+        })
+    }
+
+    fn file_meta_once(
+        &self,
+        repo_id: &str,
+        commit: &str,
+        start: &str,
+    ) -> Result<FileMeta, TryError> {
+        let fatal = |e: anyhow::Error| TryError::Fatal(e);
+        let mut url = Url::parse(start).map_err(|e| fatal(anyhow!("{start}: {e}")))?;
+        let origin = url.clone();
+        for _ in 0..10 {
+            let mut rb = self
+                .http
+                .head(url.clone())
+                .header("Accept-Encoding", "identity");
+            if let Some(a) = &self.auth {
+                rb = rb.header(AUTHORIZATION, a.clone());
+            }
+            let resp = rb.send().map_err(|e| {
+                TryError::Transient(anyhow!("{}: {}", redact_url(url.as_str()), e.without_url()))
+            })?;
+            let status = resp.status();
+            let h = resp.headers();
+            if status.is_redirection() {
+                let loc = header_str(h, LOCATION.as_str()).ok_or_else(|| {
+                    fatal(anyhow!(
+                        "{}: HTTP {status} without a Location",
+                        redact_url(url.as_str())
+                    ))
+                })?;
+                let target = url.join(loc).map_err(|e| {
+                    fatal(anyhow!("{}: bad redirect: {e}", redact_url(url.as_str())))
+                })?;
+                if same_origin(&origin, &target) {
+                    url = target;
+                    continue;
+                }
+                return self.meta_from(h, target.to_string(), false, true, url.as_str());
+            }
+            if status.is_success() {
+                return self.meta_from(h, url.to_string(), true, false, url.as_str());
+            }
+            return Err(self.classify_api_error(repo_id, commit, url.as_str(), status, h));
+        }
+        Err(fatal(anyhow!("{}: too many redirects", redact_url(start))))
+    }
+
+    fn meta_from(
+        &self,
+        h: &HeaderMap,
+        url: String,
+        send_auth: bool,
+        redirected: bool,
+        asked: &str,
+    ) -> Result<FileMeta, TryError> {
+        let linked = header_str(h, "X-Linked-Etag").map(normalize_etag);
+        let etag = linked
+            .clone()
+            .or_else(|| header_str(h, "ETag").map(normalize_etag))
+            .ok_or_else(|| {
+                TryError::Fatal(anyhow!(
+                    "{}: no ETag in the answer; is HF_ENDPOINT a Hugging Face Hub?",
+                    redact_url(asked)
+                ))
+            })?;
+        validate_etag(&etag).map_err(TryError::Fatal)?;
+        let size = header_u64(h, "X-Linked-Size").or_else(|| {
+            if redirected {
+                None
+            } else {
+                header_u64(h, CONTENT_LENGTH.as_str())
+            }
+        });
+        Ok(FileMeta {
+            sha256: linked
+                .filter(|e| is_sha256_hex(e))
+                .map(|e| e.to_ascii_lowercase()),
+            etag,
+            commit: header_str(h, "X-Repo-Commit").map(str::to_string),
+            size,
+            url,
+            send_auth,
+        })
+    }
+
+    /// Put one file of `commit` into the cache: link it if its blob is there, else download the blob.
+    pub fn fetch_to_cache(
+        &self,
+        cache: &RepoCache,
+        repo_id: &str,
+        commit: &str,
+        file: &RepoFile,
+        progress: &dyn Progress,
+    ) -> Result<Fetched> {
+        let pointer = cache.pointer_path(commit, &file.path);
+        if pointer.exists() {
+            return Ok(Fetched::Present);
+        }
+        if let Some(etag) = file.expected_etag() {
+            if cache.blob_path(etag).is_file() {
+                cache.link(commit, &file.path, etag)?;
+                return Ok(Fetched::Linked);
+            }
+        }
+        let mut meta = self.file_meta(repo_id, commit, &file.path, progress)?;
+        if meta.size.is_none() {
+            meta.size = file.size;
+        }
+        let blob = cache.blob_path(&meta.etag);
+        let mut outcome = Fetched::Linked;
+        if !blob.is_file() {
+            let _lock = lock_exclusive(&cache.lock_path(&meta.etag), &file.path, progress)?;
+            if !blob.is_file() {
+                let part = cache.incomplete_path(&meta.etag);
+                outcome = self.download_with_refresh(
+                    repo_id, commit, &file.path, &mut meta, &part, progress,
+                )?;
+                std::fs::rename(&part, &blob).with_context(|| {
+                    format!("{} -> {}: cannot rename", part.display(), blob.display())
+                })?;
+                if let Some(dir) = blob.parent() {
+                    sync_dir(dir);
+                }
+            }
+        }
+        cache.link(commit, &file.path, &meta.etag)?;
+        Ok(outcome)
+    }
+
+    /// Put one file straight into `dir/{path}`, with the bookkeeping `huggingface_hub` keeps for
+    /// local dirs (`.cache/huggingface/download/{path}.metadata`: commit, etag, timestamp).
+    pub fn fetch_to_dir(
+        &self,
+        dir: &Path,
+        repo_id: &str,
+        commit: &str,
+        file: &RepoFile,
+        progress: &dyn Progress,
+    ) -> Result<Fetched> {
+        let mut dest = dir.to_path_buf();
+        dest.extend(file.path.split('/'));
+        let mut book = dir.join(".cache").join("huggingface").join("download");
+        book.extend(file.path.split('/'));
+        let book_dir = book
+            .parent()
+            .ok_or_else(|| anyhow!("{}: no parent folder", book.display()))?
+            .to_path_buf();
+        let base = book
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let metadata_path = book_dir.join(format!("{base}.metadata"));
+        let recorded = read_local_metadata(&metadata_path, &dest);
+        if let Some((c, e)) = &recorded {
+            if c == commit || file.expected_etag() == Some(e.as_str()) {
+                if c != commit {
+                    write_local_metadata(dir, &metadata_path, commit, e)?;
+                }
+                return Ok(Fetched::Present);
+            }
+        }
+        let mut meta = self.file_meta(repo_id, commit, &file.path, progress)?;
+        if meta.size.is_none() {
+            meta.size = file.size;
+        }
+        if recorded.as_ref().map(|(_, e)| e) == Some(&meta.etag) {
+            write_local_metadata(dir, &metadata_path, commit, &meta.etag)?;
+            return Ok(Fetched::Present);
+        }
+        let _lock = lock_exclusive(&book_dir.join(format!("{base}.lock")), &file.path, progress)?;
+        let part = book_dir.join(format!("{base}.{}.incomplete", meta.etag));
+        let outcome =
+            self.download_with_refresh(repo_id, commit, &file.path, &mut meta, &part, progress)?;
+        if let Some(p) = dest.parent() {
+            std::fs::create_dir_all(p)
+                .with_context(|| format!("{}: cannot create", p.display()))?;
+        }
+        std::fs::rename(&part, &dest)
+            .with_context(|| format!("{} -> {}: cannot rename", part.display(), dest.display()))?;
+        if let Some(p) = dest.parent() {
+            sync_dir(p);
+        }
+        write_local_metadata(dir, &metadata_path, commit, &meta.etag)?;
+        Ok(outcome)
+    }
+
+    /// Download `meta.url` into `part`; when a CDN refuses its signed URL (expired while we
+    /// waited), resolve the file again for a fresh one, a bounded number of times.
+    fn download_with_refresh(
+        &self,
+        repo_id: &str,
+        commit: &str,
+        path: &str,
+        meta: &mut FileMeta,
+        part: &Path,
+        progress: &dyn Progress,
+    ) -> Result<Fetched> {
+        let mut refreshes = 0;
+        loop {
+            let src = BlobSource {
+                name: path,
+                url: &meta.url,
+                auth: if meta.send_auth {
+                    self.auth.as_ref()
+                } else {
+                    None
+                },
+                size: meta.size,
+                sha256: meta.sha256.as_deref(),
+            };
+            match download_blob(&self.http, &src, part, &self.net, progress) {
+                Err(DownloadError::Expired(e)) => {
+                    refreshes += 1;
+                    if refreshes > 3 {
+                        return Err(refused(format!(
+                            "{path}: the download URL keeps being refused: {}",
+                            crate::error::one_line(&e)
+                        )));
+                    }
+                    progress.note(&format!(
+                        "{path}: download link refused; asking the Hub for a new one"
+                    ));
+                    let fresh = self.file_meta(repo_id, commit, path, progress)?;
+                    if fresh.etag != meta.etag {
+                        bail!("{path}: the Hub now reports a different file (etag changed) for commit {commit}");
+                    }
+                    meta.url = fresh.url;
+                    meta.send_auth = fresh.send_auth;
+                }
+                Err(DownloadError::Other(e)) => return Err(e),
+                Ok((bytes, resumed_from)) => {
+                    return Ok(Fetched::Downloaded {
+                        bytes,
+                        resumed_from,
+                    })
+                }
+            }
+        }
+    }
+}
+
+fn read_local_metadata(metadata_path: &Path, dest: &Path) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(metadata_path).ok()?;
+    let mut lines = text.lines();
+    let commit = lines.next()?.trim().to_string();
+    let etag = lines.next()?.trim().to_string();
+    let ts: f64 = lines.next()?.trim().parse().ok()?;
+    // Same rule as huggingface_hub: a file touched after its metadata was written is not trusted.
+    let mtime = std::fs::metadata(dest).ok()?.modified().ok()?;
+    let mtime = mtime.duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
+    (mtime - 1.0 <= ts).then_some((commit, etag))
+}
+
+fn write_local_metadata(dir: &Path, metadata_path: &Path, commit: &str, etag: &str) -> Result<()> {
+    let hf = dir.join(".cache").join("huggingface");
+    let ignore = hf.join(".gitignore");
+    if !ignore.exists() {
+        std::fs::create_dir_all(&hf).with_context(|| format!("{}: cannot create", hf.display()))?;
+        std::fs::write(&ignore, "*\n")
+            .with_context(|| format!("{}: cannot write", ignore.display()))?;
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    write_atomic(
+        metadata_path,
+        format!("{commit}\n{etag}\n{now}\n").as_bytes(),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The download loop
+
+/// One blob to stream.
+pub struct BlobSource<'a> {
+    /// For messages and progress.
+    pub name: &'a str,
+    pub url: &'a str,
+    pub auth: Option<&'a HeaderValue>,
+    pub size: Option<u64>,
+    pub sha256: Option<&'a str>,
+}
+
+pub enum DownloadError {
+    /// 401/403 from a URL that carries no token (a signed CDN URL): ask for a fresh URL.
+    Expired(anyhow::Error),
+    Other(anyhow::Error),
+}
+
+/// Stream `src` into `part`, resuming from what `part` already holds (Range), hashing every byte
+/// (including those already on disk) and retrying transient failures with backoff. On success
+/// `part` is complete, checked against the expected size and sha256, and fsynced; the caller
+/// renames it. A hash mismatch removes `part` (exit 1); running out of tries keeps it (exit 4), so
+/// the next run resumes. Returns (bytes transferred now, bytes that were already on disk).
+pub fn download_blob(
+    http: &Client,
+    src: &BlobSource,
+    part: &Path,
+    net: &NetConfig,
+    progress: &dyn Progress,
+) -> Result<(u64, u64), DownloadError> {
+    let other = DownloadError::Other;
+    if let Some(p) = part.parent() {
+        std::fs::create_dir_all(p)
+            .with_context(|| format!("{}: cannot create", p.display()))
+            .map_err(other)?;
+    }
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(part)
+        .with_context(|| format!("{}: cannot open", part.display()))
+        .map_err(other)?;
+    let mut size = src.size;
+    let mut have = file
+        .metadata()
+        .with_context(|| format!("{}: cannot stat", part.display()))
+        .map_err(other)?
+        .len();
+    if size.is_some_and(|s| have > s) {
+        have = 0;
+    }
+    let mut hasher = Sha256::new();
+    if have > 0 && src.sha256.is_some() {
+        hash_prefix(&mut file, have, &mut hasher)
+            .with_context(|| format!("{}: cannot read the partial download", part.display()))
+            .map_err(other)?;
+    }
+    file.set_len(have)
+        .and_then(|_| file.seek(SeekFrom::Start(have)))
+        .with_context(|| format!("{}: cannot write", part.display()))
+        .map_err(other)?;
+    let resumed_from = have;
+    let mut attempt = 0u32;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        if size.is_some_and(|s| have == s) {
+            break;
+        }
+        let before = have;
+        let res = one_pass(
+            http,
+            src,
+            &mut file,
+            part,
+            &mut have,
+            &mut size,
+            &mut hasher,
+            &mut buf,
+            progress,
+        );
+        match res {
+            Ok(()) => break,
+            Err(TryError::Fatal(e)) => return Err(other(e)),
+            Err(TryError::Expired(e)) => return Err(DownloadError::Expired(e)),
+            Err(TryError::Transient(e)) => {
+                if have > before {
+                    // Progress was made: a flaky link is not a dead one.
+                    attempt = 0;
+                }
+                attempt += 1;
+                if attempt > net.retries {
+                    return Err(other(network(format!(
+                        "{}: giving up after {attempt} tries ({} of {} on disk in {}, resumable): {}",
+                        src.name,
+                        have,
+                        size.map_or("?".to_string(), |s| s.to_string()),
+                        part.display(),
+                        crate::error::one_line(&e)
+                    ))));
+                }
+                let wait = net.delay(attempt);
+                progress.retry(
+                    src.name,
+                    &crate::error::one_line(&e),
+                    wait,
+                    attempt,
+                    net.retries,
+                );
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    if let Some(s) = size {
+        if have != s {
+            return Err(other(anyhow!(
+                "{}: got {have} bytes, expected {s}",
+                src.name
+            )));
+        }
+    }
+    if let Some(want) = src.sha256 {
+        let got = hex::encode(hasher.finalize());
+        if !got.eq_ignore_ascii_case(want) {
+            let _ = std::fs::remove_file(part);
+            return Err(other(check_failed(format!(
+                "{}: sha256 mismatch: expected {want}, got {got} ({} removed; nothing was stored)",
+                src.name,
+                part.display()
+            ))));
+        }
+    }
+    file.sync_all()
+        .with_context(|| format!("{}: cannot fsync", part.display()))
+        .map_err(other)?;
+    Ok((have - resumed_from, resumed_from))
+}
+
+fn hash_prefix(file: &mut File, len: u64, hasher: &mut Sha256) -> std::io::Result<()> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        let n = file.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "file shrank",
+            ));
+        }
+        hasher.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// One request: from `have` to the end (or until the connection fails).
+#[allow(clippy::too_many_arguments)]
+fn one_pass(
+    http: &Client,
+    src: &BlobSource,
+    file: &mut File,
+    part: &Path,
+    have: &mut u64,
+    size: &mut Option<u64>,
+    hasher: &mut Sha256,
+    buf: &mut [u8],
+    progress: &dyn Progress,
+) -> Result<(), TryError> {
+    let shown = redact_url(src.url);
+    let mut rb = http.get(src.url).header("Accept-Encoding", "identity");
+    if let Some(a) = src.auth {
+        rb = rb.header(AUTHORIZATION, a.clone());
+    }
+    if *have > 0 {
+        rb = rb.header(RANGE, format!("bytes={}-", *have));
+    }
+    let mut resp: Response = rb
+        .send()
+        .map_err(|e| TryError::Transient(anyhow!("{shown}: {}", e.without_url())))?;
+    let status = resp.status();
+    let restart = |file: &mut File, have: &mut u64, hasher: &mut Sha256| -> Result<(), TryError> {
+        progress.rewind(src.name, *have);
+        *have = 0;
+        *hasher = Sha256::new();
+        file.set_len(0)
+            .and_then(|_| file.seek(SeekFrom::Start(0)).map(|_| ()))
+            .map_err(|e| TryError::Fatal(anyhow!("{}: cannot write: {e}", part.display())))
+    };
+    match status {
+        StatusCode::PARTIAL_CONTENT => {
+            let start = header_str(resp.headers(), "Content-Range")
+                .and_then(|v| v.strip_prefix("bytes "))
+                .and_then(|v| v.split('-').next())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if start != Some(*have) {
+                restart(file, have, hasher)?;
+                return Err(TryError::Transient(anyhow!(
+                    "{shown}: the server answered a different range than asked; starting over"
+                )));
+            }
+        }
+        StatusCode::OK => {
+            if *have > 0 {
+                // The server ignored the Range header: what we hold is discarded, not duplicated.
+                restart(file, have, hasher)?;
+            }
+        }
+        StatusCode::RANGE_NOT_SATISFIABLE => {
+            restart(file, have, hasher)?;
+            return Err(TryError::Transient(anyhow!(
+                "{shown}: the server refused to resume; starting over"
+            )));
+        }
+        s if s == StatusCode::UNAUTHORIZED || s == StatusCode::FORBIDDEN => {
+            let e = anyhow!("{shown}: HTTP {s}");
+            return Err(if src.auth.is_none() {
+                TryError::Expired(e)
+            } else {
+                TryError::Fatal(refused(format!("{}: {}", src.name, e)))
+            });
+        }
+        s if transient_status(s) => return Err(TryError::Transient(anyhow!("{shown}: HTTP {s}"))),
+        s => return Err(TryError::Fatal(anyhow!("{shown}: HTTP {s}"))),
+    }
+    let body_len = header_u64(resp.headers(), CONTENT_LENGTH.as_str());
+    if size.is_none() {
+        *size = body_len.map(|n| n + *have);
+    }
+    progress.start(src.name, *size, *have);
+    // Straight to the file, no user-space buffer: what was received is on disk if we are killed.
+    let mut read_err = None;
+    loop {
+        match resp.read(buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if size.is_some_and(|s| *have + n as u64 > s) {
+                    return Err(TryError::Fatal(check_failed(format!(
+                        "{}: the server sent more than the expected {} bytes",
+                        src.name,
+                        size.unwrap_or(0)
+                    ))));
+                }
+                file.write_all(&buf[..n]).map_err(|e| {
+                    TryError::Fatal(anyhow!("{}: cannot write: {e}", part.display()))
+                })?;
+                hasher.update(&buf[..n]);
+                *have += n as u64;
+                progress.advance(src.name, n as u64);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                read_err = Some(e);
+                break;
+            }
+        }
+    }
+    if let Some(e) = read_err {
+        return Err(TryError::Transient(anyhow!(
+            "{shown}: connection lost after {} bytes: {e}",
+            *have
+        )));
+    }
+    if let Some(s) = *size {
+        if *have < s {
+            return Err(TryError::Transient(anyhow!(
+                "{shown}: connection closed early at {} of {s} bytes",
+                *have
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etag_forms() {
+        assert_eq!(normalize_etag("W/\"abc\""), "abc");
+        assert_eq!(normalize_etag("\"abc\""), "abc");
+        assert!(validate_etag("abc123").is_ok());
+        assert!(validate_etag("../x").is_err());
+        assert!(validate_etag("a/b").is_err());
+    }
+
+    #[test]
+    fn quoting_matches_python() {
+        assert_eq!(quote("refs/pr/1", false), "refs%2Fpr%2F1");
+        assert_eq!(quote("original/params.json", true), "original/params.json");
+        assert_eq!(quote("a b+c", true), "a%20b%2Bc");
+    }
+
+    #[test]
+    fn repo_ids_and_paths() {
+        assert!(validate_repo_id("meta-llama/Meta-Llama-3-8B").is_ok());
+        assert!(validate_repo_id("gpt2").is_ok());
+        assert!(validate_repo_id("a/b/c").is_err());
+        assert!(validate_repo_id("../x").is_err());
+        assert!(validate_repo_path("original/params.json").is_ok());
+        assert!(validate_repo_path("../etc/passwd").is_err());
+        assert!(validate_repo_path("/abs").is_err());
+        assert!(validate_revision("refs/pr/1").is_ok());
+        assert!(validate_revision("../main").is_err());
+    }
+
+    #[test]
+    fn cache_paths_match_huggingface_hub() {
+        let c = RepoCache::new(Path::new("/c"), "meta-llama/Meta-Llama-3-8B");
+        assert_eq!(
+            c.root(),
+            Path::new("/c/models--meta-llama--Meta-Llama-3-8B")
+        );
+        assert_eq!(
+            c.pointer_path("abc", "original/params.json"),
+            Path::new("/c/models--meta-llama--Meta-Llama-3-8B/snapshots/abc/original/params.json")
+        );
+        assert_eq!(
+            c.lock_path("e"),
+            Path::new("/c/.locks/models--meta-llama--Meta-Llama-3-8B/e.lock")
+        );
+    }
+
+    #[test]
+    fn links_are_relative_and_refs_have_no_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = RepoCache::new(dir.path(), "o/n");
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        std::fs::create_dir_all(c.root().join("blobs")).unwrap();
+        std::fs::write(c.blob_path("e1"), b"hi").unwrap();
+        let p = c.link(commit, "original/params.json", "e1").unwrap();
+        assert_eq!(
+            std::fs::read_link(&p).unwrap(),
+            Path::new("../../../blobs/e1")
+        );
+        assert_eq!(std::fs::read(&p).unwrap(), b"hi");
+        c.write_ref("main", commit).unwrap();
+        assert_eq!(std::fs::read_to_string(c.ref_path("main")).unwrap(), commit);
+        assert_eq!(c.resolve_offline("main").unwrap(), commit);
+        assert!(c.resolve_offline("v2").is_err());
+        assert_eq!(
+            list_local_files(&c.snapshot_dir(commit)).unwrap(),
+            ["original/params.json"]
+        );
+    }
+
+    #[test]
+    fn redaction() {
+        assert_eq!(
+            redact_url("https://cdn/x?X-Amz-Signature=s&Key-Pair-Id=k"),
+            "https://cdn/x?…"
+        );
+        assert_eq!(
+            format!("{:?}", Token("hf_secret".into())),
+            "Token(<redacted>)"
+        );
+    }
+
+    #[test]
+    fn same_origin_includes_port() {
+        let a = Url::parse("http://127.0.0.1:8000/x").unwrap();
+        assert!(same_origin(
+            &a,
+            &Url::parse("http://127.0.0.1:8000/y").unwrap()
+        ));
+        assert!(!same_origin(
+            &a,
+            &Url::parse("http://127.0.0.1:8001/y").unwrap()
+        ));
+        assert!(!same_origin(
+            &a,
+            &Url::parse("https://127.0.0.1:8000/y").unwrap()
+        ));
+    }
+}
