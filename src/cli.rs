@@ -272,9 +272,9 @@ pub struct RunArgs {
     pub temperature: f64,
     #[arg(long, default_value_t = 0.9)]
     pub top_p: f64,
-    /// Sampling seed.
-    #[arg(long)]
-    pub seed: Option<u64>,
+    /// Sampling seed (Meta's generator seeds 1 too, so runs repeat unless you change it).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
     #[arg(long, value_enum, default_value_t = RunDtype::Auto)]

@@ -1,5 +1,9 @@
 //! Tokenizer, chat format, the transformer (candle), KV cache, sampling, generation.
-
 pub mod chat;
+pub mod device;
+pub mod generate;
 pub mod hf_tokenizer;
+pub mod kv_cache;
+pub mod model;
+pub mod sampling;
 pub mod tokenizer;

@@ -1,0 +1,369 @@
+//! Batched generation with the semantics of Meta's generation.py: prompts of different lengths are
+//! right-padded into one batch, decoding starts at the shortest prompt, and while a sequence still
+//! has prompt tokens at the current position they are forced instead of sampled. Every sequence shares
+//! the position counter, so the model never sees a pad token.
+use super::kv_cache::KvCache;
+use super::model::Llama;
+use super::sampling::{log_prob, Sampler};
+use anyhow::{bail, Result};
+use candle_core::Tensor;
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct GenParams {
+    /// Tokens to generate per sequence at most; None = max_seq_len - 1 (Meta's default).
+    pub max_gen_len: Option<usize>,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub seed: u64,
+    pub logprobs: bool,
+    pub stop_ids: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// Generated ids, without the stop token.
+    pub tokens: Vec<u32>,
+    /// log p of each generated token (only with `logprobs`).
+    pub logprobs: Vec<f32>,
+    /// Whether a stop token ended the sequence (rather than a length limit).
+    pub stopped: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    /// Positions run in the first forward pass (batch × shortest prompt) and its time.
+    pub prefill_tokens: usize,
+    pub prefill_secs: f64,
+    /// Positions run in the single-position steps after it (batch per step) and their time.
+    pub decode_tokens: usize,
+    pub decode_secs: f64,
+    /// Whether any logits row held a NaN or infinity.
+    pub non_finite: bool,
+}
+
+impl Stats {
+    pub fn prefill_tokens_per_s(&self) -> f64 {
+        rate(self.prefill_tokens, self.prefill_secs)
+    }
+    pub fn decode_tokens_per_s(&self) -> f64 {
+        rate(self.decode_tokens, self.decode_secs)
+    }
+}
+
+fn rate(n: usize, secs: f64) -> f64 {
+    if secs > 0.0 {
+        n as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+/// Generate a continuation for each prompt. `on_token(i, id)` sees each generated (non-stop) token of
+/// sequence `i` as soon as it exists, for streaming.
+pub fn generate(
+    model: &Llama,
+    cache: &mut KvCache,
+    prompts: &[Vec<u32>],
+    params: &GenParams,
+    on_token: &mut dyn FnMut(usize, u32),
+) -> Result<(Vec<Generation>, Stats)> {
+    let bsz = prompts.len();
+    let max_seq_len = cache.max_seq();
+    if bsz == 0 {
+        bail!("nothing to generate: no prompts");
+    }
+    if bsz > cache.max_batch() {
+        bail!(
+            "{bsz} prompts exceed --max-batch-size {}",
+            cache.max_batch()
+        );
+    }
+    if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
+        bail!("prompt {} is empty (no tokens)", i + 1);
+    }
+    let min_prompt = prompts.iter().map(|p| p.len()).min().unwrap_or(0);
+    let (longest, max_prompt) = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i, p.len()))
+        .max_by_key(|&(i, n)| (n, std::cmp::Reverse(i)))
+        .unwrap_or((0, 0));
+    if max_prompt >= max_seq_len {
+        bail!(
+            "prompt {} has {max_prompt} tokens, which leaves no room to generate within --max-seq-len {max_seq_len}",
+            longest + 1
+        );
+    }
+    let vocab = model.config().vocab_size as u32;
+    if let Some((i, t)) = prompts
+        .iter()
+        .enumerate()
+        .find_map(|(i, p)| p.iter().find(|&&t| t >= vocab).map(|&t| (i, t)))
+    {
+        bail!(
+            "prompt {} holds token id {t}, outside the model's vocabulary of {vocab}",
+            i + 1
+        );
+    }
+    let max_gen_len = match params.max_gen_len {
+        Some(n) if n > 0 && n < max_seq_len => n,
+        _ => max_seq_len - 1,
+    };
+    let total_len = (max_gen_len + max_prompt).min(max_seq_len);
+
+    let mut tokens: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| {
+            let mut row = p.clone();
+            row.resize(total_len, 0);
+            row
+        })
+        .collect();
+    let mut logprobs = vec![vec![0f32; total_len]; bsz];
+    let mut eos = vec![false; bsz];
+    let mut sampler = Sampler::new(params.temperature, params.top_p, params.seed);
+    let mut stats = Stats::default();
+    let device = model.device().clone();
+
+    let mut prev_pos = 0;
+    let mut filled = min_prompt;
+    for cur_pos in min_prompt..total_len {
+        let started = Instant::now();
+        let step: Vec<u32> = tokens
+            .iter()
+            .flat_map(|row| row[prev_pos..cur_pos].iter().copied())
+            .collect();
+        let input = Tensor::from_vec(step, (bsz, cur_pos - prev_pos), &device)?;
+        let logits = model.forward(&input, prev_pos, cache, false)?;
+        let rows: Vec<Vec<f32>> = logits.to_vec2()?;
+        if prev_pos == 0 {
+            stats.prefill_tokens += bsz * cur_pos;
+            stats.prefill_secs += started.elapsed().as_secs_f64();
+        } else {
+            stats.decode_tokens += bsz;
+            stats.decode_secs += started.elapsed().as_secs_f64();
+        }
+        for (i, row) in rows.iter().enumerate() {
+            if row.iter().any(|v| !v.is_finite()) {
+                stats.non_finite = true;
+            }
+            let forced = cur_pos < prompts[i].len();
+            let next = if forced {
+                tokens[i][cur_pos]
+            } else {
+                sampler.sample(row)
+            };
+            tokens[i][cur_pos] = next;
+            if forced || eos[i] {
+                continue;
+            }
+            if params.logprobs {
+                logprobs[i][cur_pos] = log_prob(row, next);
+            }
+            if params.stop_ids.contains(&next) {
+                eos[i] = true;
+            } else if cur_pos - prompts[i].len() < max_gen_len {
+                on_token(i, next);
+            }
+        }
+        filled = cur_pos + 1;
+        prev_pos = cur_pos;
+        if eos.iter().all(|&e| e) {
+            break;
+        }
+    }
+
+    let out = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let start = p.len();
+            let end = filled.min(start + max_gen_len).max(start);
+            let gen = &tokens[i][start..end];
+            let cut = gen.iter().position(|t| params.stop_ids.contains(t));
+            let n = cut.unwrap_or(gen.len());
+            Generation {
+                tokens: gen[..n].to_vec(),
+                logprobs: if params.logprobs {
+                    logprobs[i][start..start + n].to_vec()
+                } else {
+                    Vec::new()
+                },
+                stopped: cut.is_some(),
+            }
+        })
+        .collect();
+    Ok((out, stats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::ModelDir;
+    use crate::runner::model::{Config, DirWeights};
+    use candle_core::{DType, Device};
+    use std::path::Path;
+
+    fn golden() -> serde_json::Value {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/run/meta_golden.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn ids(v: &serde_json::Value) -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    }
+
+    /// Token ids in, token ids out: the batch from Meta's model.py golden, without the tokenizer.
+    #[test]
+    fn batch_matches_meta_golden() {
+        let g = golden();
+        let dir = ModelDir::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/tiny-mp1"))
+            .unwrap();
+        let cfg = Config::from_model_dir(&dir).unwrap();
+        let max_seq = g["max_seq_len"].as_u64().unwrap() as usize;
+        let model = Llama::load(
+            cfg,
+            &DirWeights::new(&dir).unwrap(),
+            &Device::Cpu,
+            DType::F32,
+            max_seq,
+        )
+        .unwrap();
+        let results = g["results"].as_array().unwrap();
+        let prompts: Vec<Vec<u32>> = results.iter().map(|r| ids(&r["prompt_tokens"])).collect();
+        let mut cache = model.new_cache(prompts.len(), max_seq).unwrap();
+        let params = GenParams {
+            max_gen_len: Some(g["max_gen_len"].as_u64().unwrap() as usize),
+            temperature: 0.0,
+            top_p: 0.9,
+            seed: 1,
+            logprobs: true,
+            stop_ids: vec![128001, 128009],
+        };
+        let mut streamed = vec![Vec::new(); prompts.len()];
+        let (gens, stats) = generate(&model, &mut cache, &prompts, &params, &mut |i, t| {
+            streamed[i].push(t)
+        })
+        .unwrap();
+        assert!(!stats.non_finite);
+        for (i, (r, gen)) in results.iter().zip(&gens).enumerate() {
+            assert_eq!(gen.tokens, ids(&r["tokens"]), "prompt {i}");
+            assert_eq!(streamed[i], gen.tokens, "prompt {i} streaming");
+            for (k, (a, b)) in gen
+                .logprobs
+                .iter()
+                .zip(r["logprobs"].as_array().unwrap())
+                .enumerate()
+            {
+                let b = b.as_f64().unwrap() as f32;
+                assert!((a - b).abs() < 1e-4, "prompt {i} token {k}: {a} vs {b}");
+            }
+        }
+    }
+
+    /// transformers' LlamaForCausalLM goldens on HF dirs: tied embeddings + GQA + `rope_parameters`,
+    /// untied MHA + `rope_scaling`; both with llama3 scaling active within the prompt lengths.
+    #[test]
+    fn hf_dirs_match_transformers() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let path = root.join("testdata/run/hf_golden.json");
+        let g: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        for m in g["models"].as_array().unwrap() {
+            let dir = ModelDir::open(&root.join(m["dir"].as_str().unwrap())).unwrap();
+            let cfg = Config::from_model_dir(&dir).unwrap();
+            assert!(cfg.rope_scaling.is_some());
+            let model = Llama::load(
+                cfg,
+                &DirWeights::new(&dir).unwrap(),
+                &Device::Cpu,
+                DType::F32,
+                128,
+            )
+            .unwrap();
+            let mut cache = model.new_cache(1, 128).unwrap();
+            let params = GenParams {
+                max_gen_len: Some(g["max_gen_len"].as_u64().unwrap() as usize),
+                temperature: 0.0,
+                top_p: 0.9,
+                seed: 1,
+                logprobs: false,
+                stop_ids: ids(&m["stop_ids"]),
+            };
+            let cases = m["prompts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .chain(m["dialogs"].as_array().unwrap());
+            for case in cases {
+                let prompt = ids(&case["prompt_tokens"]);
+                let (gens, _) =
+                    generate(&model, &mut cache, &[prompt], &params, &mut |_, _| {}).unwrap();
+                assert_eq!(gens[0].tokens, ids(&case["tokens"]), "{}: {case}", m["dir"]);
+            }
+        }
+    }
+
+    #[test]
+    fn prompt_limits_are_clear_errors() {
+        let dir = ModelDir::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/tiny-mp1"))
+            .unwrap();
+        let cfg = Config::from_model_dir(&dir).unwrap();
+        let model = Llama::load(
+            cfg,
+            &DirWeights::new(&dir).unwrap(),
+            &Device::Cpu,
+            DType::F32,
+            8,
+        )
+        .unwrap();
+        let mut cache = model.new_cache(2, 8).unwrap();
+        let params = GenParams {
+            max_gen_len: None,
+            temperature: 0.6,
+            top_p: 0.9,
+            seed: 3,
+            logprobs: false,
+            stop_ids: vec![],
+        };
+        let mut none = |_: usize, _: u32| {};
+        let err = generate(&model, &mut cache, &[vec![1; 8]], &params, &mut none).unwrap_err();
+        assert!(err.to_string().contains("--max-seq-len 8"), "{err}");
+        let err = generate(
+            &model,
+            &mut cache,
+            &[vec![1], vec![2], vec![3]],
+            &params,
+            &mut none,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("--max-batch-size 2"), "{err}");
+        let err = generate(&model, &mut cache, &[vec![]], &params, &mut none).unwrap_err();
+        assert!(err.to_string().contains("empty"), "{err}");
+        // Default max_gen_len fills the sequence: 3 prompt tokens + 5 generated = 8.
+        let (g, _) = generate(
+            &model,
+            &mut cache,
+            &[vec![128000, 5, 6]],
+            &params,
+            &mut none,
+        )
+        .unwrap();
+        assert_eq!(g[0].tokens.len(), 5);
+        // Sampling is reproducible from the seed.
+        let (again, _) = generate(
+            &model,
+            &mut cache,
+            &[vec![128000, 5, 6]],
+            &params,
+            &mut none,
+        )
+        .unwrap();
+        assert_eq!(g, again);
+    }
+}

@@ -1,0 +1,730 @@
+//! The Llama 3 transformer on candle: the same computation as Meta's `model.py`, one readable file.
+//!
+//! Weights are addressed by their Meta names whatever the directory layout; the only layout fact the
+//! model needs is how q/k rows are ordered, which decides the rotary flavour (adjacent pairs for Meta,
+//! halves for Hugging Face). Attention reads grouped K/V heads straight from the preallocated cache
+//! without repeating them: the query heads of one group are folded into the row dimension instead.
+use super::kv_cache::KvCache;
+use crate::checkpoint::hf::rope_from_config;
+use crate::checkpoint::{Layout, ModelDir};
+use crate::formats::DType as FDType;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor, D};
+use std::collections::HashSet;
+
+/// Llama 3.1-style frequency scaling (`use_scaled_rope`, HF `rope_scaling.rope_type = "llama3"`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RopeScaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: f64,
+}
+
+impl Default for RopeScaling {
+    /// The values Meta's `apply_scaling` hard-codes for Llama 3.1.
+    fn default() -> Self {
+        RopeScaling {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192.0,
+        }
+    }
+}
+
+/// How the rows of wq/wk pair up the rotary components.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeLayout {
+    /// Meta checkpoints: components (2i, 2i+1) rotate together.
+    AdjacentPairs,
+    /// Hugging Face checkpoints (q/k rows permuted by the converter): components (i, i + hd/2).
+    Halves,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub dim: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub hidden_dim: usize,
+    pub vocab_size: usize,
+    pub norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: Option<RopeScaling>,
+    pub rope_layout: RopeLayout,
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<()> {
+        if self.dim == 0 || self.n_heads == 0 || self.n_kv_heads == 0 || self.vocab_size == 0 {
+            bail!("model config has a zero dimension: {self:?}");
+        }
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
+            bail!(
+                "n_heads {} is not a multiple of n_kv_heads {}",
+                self.n_heads,
+                self.n_kv_heads
+            );
+        }
+        if !self.head_dim.is_multiple_of(2) {
+            bail!("head_dim {} is odd; rotary needs pairs", self.head_dim);
+        }
+        Ok(())
+    }
+
+    /// Rotary inverse frequencies, in f32 arithmetic as Meta and transformers compute them.
+    pub fn inv_freqs(&self) -> Vec<f32> {
+        let hd = self.head_dim;
+        let theta = self.rope_theta as f32;
+        let freqs = (0..hd / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / hd as f32));
+        match self.rope_scaling {
+            None => freqs.collect(),
+            Some(s) => freqs.map(|f| scale_freq(f, &s)).collect(),
+        }
+    }
+
+    pub fn param_count(&self, tied: bool) -> usize {
+        let (d, hd) = (self.dim, self.head_dim);
+        let attn = d * self.n_heads * hd * 2 + d * self.n_kv_heads * hd * 2;
+        let ffn = 3 * d * self.hidden_dim;
+        let per_layer = attn + ffn + 2 * d;
+        let embed = self.vocab_size * d;
+        embed * if tied { 1 } else { 2 } + self.n_layers * per_layer + d
+    }
+}
+
+fn scale_freq(freq: f32, s: &RopeScaling) -> f32 {
+    let old = s.original_max_position_embeddings as f32;
+    let low_wavelen = old / s.low_freq_factor as f32;
+    let high_wavelen = old / s.high_freq_factor as f32;
+    let wavelen = 2.0 * std::f32::consts::PI / freq;
+    if wavelen < high_wavelen {
+        freq
+    } else if wavelen > low_wavelen {
+        freq / s.factor as f32
+    } else {
+        let smooth = (old / wavelen - s.low_freq_factor as f32)
+            / (s.high_freq_factor - s.low_freq_factor) as f32;
+        (1.0 - smooth) * freq / s.factor as f32 + smooth * freq
+    }
+}
+
+/// Where weights come from: the full (unsharded) tensor under its Meta name, on the CPU, in the
+/// dtype it is stored in.
+pub trait WeightSource {
+    fn contains(&self, name: &str) -> bool;
+    fn tensor(&self, name: &str) -> Result<Tensor>;
+}
+
+/// A Meta or HF checkpoint directory as a weight source.
+pub struct DirWeights<'a> {
+    dir: &'a ModelDir,
+    names: HashSet<String>,
+}
+
+impl<'a> DirWeights<'a> {
+    pub fn new(dir: &'a ModelDir) -> Result<Self> {
+        Ok(DirWeights {
+            dir,
+            names: dir.tensor_names()?.into_iter().collect(),
+        })
+    }
+}
+
+impl WeightSource for DirWeights<'_> {
+    fn contains(&self, name: &str) -> bool {
+        self.names.contains(name)
+    }
+
+    fn tensor(&self, name: &str) -> Result<Tensor> {
+        let raw = self.dir.read_tensor(name)?;
+        let dtype = match raw.dtype {
+            FDType::BF16 => DType::BF16,
+            FDType::F16 => DType::F16,
+            FDType::F32 => DType::F32,
+            FDType::F64 => DType::F64,
+            other => bail!("{name}: stored as {}, not a float type", other.name()),
+        };
+        Ok(Tensor::from_raw_buffer(
+            &raw.data,
+            dtype,
+            &raw.shape,
+            &Device::Cpu,
+        )?)
+    }
+}
+
+impl Config {
+    /// The model config of a checkpoint directory: params.json for Meta dirs, config.json (either
+    /// rope style) for HF dirs.
+    pub fn from_model_dir(dir: &ModelDir) -> Result<Config> {
+        let p = dir.params();
+        let vocab_size = match p.vocab() {
+            Some(v) => v,
+            None => bail!(
+                "{}: vocab_size is {} in params.json; llamactl runs Llama 3 checkpoints, which state it",
+                dir.dir().display(),
+                p.vocab_size
+            ),
+        };
+        let rope_scaling = match dir.hf_config() {
+            Some(c) => hf_rope_scaling(c)?,
+            None => match p.scaled_rope() {
+                // Llama 3.2 params.json may carry its own factor; 3.1 relies on Meta's constants.
+                true => Some(RopeScaling {
+                    factor: p
+                        .extra
+                        .get("rope_scaling_factor")
+                        .and_then(|v| v.as_f64())
+                        .unwrap_or(8.0),
+                    ..RopeScaling::default()
+                }),
+                false => None,
+            },
+        };
+        Ok(Config {
+            dim: p.dim,
+            n_layers: p.n_layers,
+            n_heads: p.n_heads,
+            n_kv_heads: p.kv_heads(),
+            head_dim: p.head_dim(),
+            hidden_dim: p.ffn_hidden(),
+            vocab_size,
+            norm_eps: p.norm_eps,
+            rope_theta: p.rope_theta(),
+            rope_scaling,
+            rope_layout: match dir.layout() {
+                Layout::Meta => RopeLayout::AdjacentPairs,
+                Layout::Hf => RopeLayout::Halves,
+            },
+        })
+    }
+}
+
+/// The llama3 scaling block of an HF config, in either style; defaults as transformers applies them.
+fn hf_rope_scaling(c: &serde_json::Value) -> Result<Option<RopeScaling>> {
+    let (_, scaling) = rope_from_config(c);
+    let Some(s) = scaling else { return Ok(None) };
+    let num = |k: &str, default: f64| s.get(k).and_then(|v| v.as_f64()).unwrap_or(default);
+    let d = RopeScaling::default();
+    let factor = match s.get("factor").and_then(|v| v.as_f64()) {
+        Some(f) if f > 0.0 => f,
+        _ => bail!("config.json: llama3 rope scaling without a positive `factor`"),
+    };
+    let r = RopeScaling {
+        factor,
+        low_freq_factor: num("low_freq_factor", d.low_freq_factor),
+        high_freq_factor: num("high_freq_factor", d.high_freq_factor),
+        original_max_position_embeddings: num(
+            "original_max_position_embeddings",
+            d.original_max_position_embeddings,
+        ),
+    };
+    if r.high_freq_factor <= r.low_freq_factor {
+        bail!("config.json: rope scaling high_freq_factor must exceed low_freq_factor");
+    }
+    Ok(Some(r))
+}
+
+struct Block {
+    attention_norm: Tensor,
+    /// wq, wk, wv stacked along the output rows: one matmul per layer instead of three.
+    wqkv: Tensor,
+    wo: Tensor,
+    ffn_norm: Tensor,
+    /// w1 (gate) and w3 (up) stacked.
+    w13: Tensor,
+    w2: Tensor,
+}
+
+pub struct Llama {
+    cfg: Config,
+    dtype: DType,
+    device: Device,
+    tok_embeddings: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    /// `output.weight`, or the embedding matrix again when the checkpoint ties them.
+    output: Tensor,
+    tied: bool,
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// `x @ w.T` for a weight stored as [out, in], over any leading dims.
+fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let dims = x.dims();
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let inner = dims[dims.len() - 1];
+    let out = x.reshape((rows, inner))?.matmul(&w.t()?)?;
+    let mut shape = dims[..dims.len() - 1].to_vec();
+    shape.push(w.dim(0)?);
+    Ok(out.reshape(shape)?)
+}
+
+/// RMSNorm computed in f32 whatever the model dtype, as Meta does.
+fn rms_norm(x: &Tensor, weight_f32: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let y = candle_nn::ops::rms_norm(
+        &x.to_dtype(DType::F32)?.contiguous()?,
+        weight_f32,
+        eps as f32,
+    )?;
+    Ok(y.to_dtype(dtype)?)
+}
+
+impl Llama {
+    /// Load every weight from `src`, checking names and shapes, converting to `dtype` on `device`.
+    /// `max_positions` bounds the rotary tables (the KV cache length).
+    pub fn load(
+        cfg: Config,
+        src: &dyn WeightSource,
+        device: &Device,
+        dtype: DType,
+        max_positions: usize,
+    ) -> Result<Llama> {
+        cfg.validate()?;
+        let (d, hd) = (cfg.dim, cfg.head_dim);
+        let mut names = vec![
+            "tok_embeddings.weight".to_string(),
+            "norm.weight".to_string(),
+        ];
+        for l in 0..cfg.n_layers {
+            for n in [
+                "attention.wq",
+                "attention.wk",
+                "attention.wv",
+                "attention.wo",
+                "feed_forward.w1",
+                "feed_forward.w2",
+                "feed_forward.w3",
+                "attention_norm",
+                "ffn_norm",
+            ] {
+                names.push(format!("layers.{l}.{n}.weight"));
+            }
+        }
+        let tied = !src.contains("output.weight");
+        if !tied {
+            names.push("output.weight".to_string());
+        }
+        let missing: Vec<&String> = names.iter().filter(|n| !src.contains(n)).collect();
+        if !missing.is_empty() {
+            let shown: Vec<&str> = missing.iter().take(5).map(|s| s.as_str()).collect();
+            bail!(
+                "{} weight(s) missing from the checkpoint: {}{}",
+                missing.len(),
+                shown.join(", "),
+                if missing.len() > 5 { ", ..." } else { "" }
+            );
+        }
+
+        let get = |name: &str, shape: &[usize], dt: DType| -> Result<Tensor> {
+            let t = src
+                .tensor(name)
+                .with_context(|| format!("reading {name}"))?;
+            if t.dims() != shape {
+                bail!(
+                    "weight {name} has shape {:?}, the config implies {:?}",
+                    t.dims(),
+                    shape
+                );
+            }
+            // Convert on the host first when narrowing, so a bf16 checkpoint never lands on the
+            // device twice.
+            Ok(t.to_dtype(dt)?.to_device(device)?)
+        };
+        let norm_w = |name: &str| get(name, &[d], DType::F32);
+
+        let tok_embeddings = get("tok_embeddings.weight", &[cfg.vocab_size, d], dtype)?;
+        let mut blocks = Vec::with_capacity(cfg.n_layers);
+        for l in 0..cfg.n_layers {
+            let p = |n: &str| format!("layers.{l}.{n}.weight");
+            let wq = get(&p("attention.wq"), &[cfg.n_heads * hd, d], dtype)?;
+            let wk = get(&p("attention.wk"), &[cfg.n_kv_heads * hd, d], dtype)?;
+            let wv = get(&p("attention.wv"), &[cfg.n_kv_heads * hd, d], dtype)?;
+            let w1 = get(&p("feed_forward.w1"), &[cfg.hidden_dim, d], dtype)?;
+            let w3 = get(&p("feed_forward.w3"), &[cfg.hidden_dim, d], dtype)?;
+            blocks.push(Block {
+                attention_norm: norm_w(&p("attention_norm"))?,
+                wqkv: Tensor::cat(&[&wq, &wk, &wv], 0)?,
+                wo: get(&p("attention.wo"), &[d, cfg.n_heads * hd], dtype)?,
+                ffn_norm: norm_w(&p("ffn_norm"))?,
+                w13: Tensor::cat(&[&w1, &w3], 0)?,
+                w2: get(&p("feed_forward.w2"), &[d, cfg.hidden_dim], dtype)?,
+            });
+        }
+        let norm = norm_w("norm.weight")?;
+        let output = if tied {
+            tok_embeddings.clone()
+        } else {
+            get("output.weight", &[cfg.vocab_size, d], dtype)?
+        };
+
+        let inv = cfg.inv_freqs();
+        let half = inv.len();
+        let mut angles = Vec::with_capacity(max_positions * half);
+        for pos in 0..max_positions {
+            // f32 products, like torch.outer on f32 tensors.
+            angles.extend(inv.iter().map(|f| pos as f32 * f));
+        }
+        let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
+        let sin: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
+        let cos = Tensor::from_vec(cos, (max_positions, half), device)?;
+        let sin = Tensor::from_vec(sin, (max_positions, half), device)?;
+
+        Ok(Llama {
+            cfg,
+            dtype,
+            device: device.clone(),
+            tok_embeddings,
+            blocks,
+            norm,
+            output,
+            tied,
+            cos,
+            sin,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    pub fn tied_embeddings(&self) -> bool {
+        self.tied
+    }
+    pub fn max_positions(&self) -> usize {
+        self.cos.dims()[0]
+    }
+
+    /// A cache sized for this model.
+    pub fn new_cache(&self, max_batch: usize, max_seq: usize) -> Result<KvCache> {
+        KvCache::new(
+            self.cfg.n_layers,
+            max_batch,
+            self.cfg.n_kv_heads,
+            max_seq.min(self.max_positions()),
+            self.cfg.head_dim,
+            self.dtype,
+            &self.device,
+        )
+    }
+
+    /// Run `tokens` ([batch, seq], u32) at positions `start_pos..start_pos + seq`, extending `cache`.
+    /// Returns f32 logits: [batch, seq, vocab] when `all_positions`, else [batch, vocab] for the last
+    /// position only (all that generation needs, and far cheaper for a 128k vocabulary).
+    pub fn forward(
+        &self,
+        tokens: &Tensor,
+        start_pos: usize,
+        cache: &mut KvCache,
+        all_positions: bool,
+    ) -> Result<Tensor> {
+        let (b, t) = tokens.dims2()?;
+        if t == 0 {
+            bail!("forward called with no tokens");
+        }
+        if start_pos + t > self.max_positions() {
+            bail!(
+                "positions {}..{} exceed the rotary table ({} positions)",
+                start_pos,
+                start_pos + t,
+                self.max_positions()
+            );
+        }
+        let mut h = self
+            .tok_embeddings
+            .index_select(&tokens.flatten_all()?, 0)?
+            .reshape((b, t, self.cfg.dim))?;
+        let cos = self.cos.narrow(0, start_pos, t)?;
+        let sin = self.sin.narrow(0, start_pos, t)?;
+        let mask = if t > 1 {
+            Some(causal_mask(t, start_pos, &self.device)?)
+        } else {
+            None
+        };
+        for (l, block) in self.blocks.iter().enumerate() {
+            let x = rms_norm(&h, &block.attention_norm, self.cfg.norm_eps)?;
+            let a = self.attention(block, &x, start_pos, &cos, &sin, mask.as_ref(), cache, l)?;
+            h = (h + a)?;
+            let x = rms_norm(&h, &block.ffn_norm, self.cfg.norm_eps)?;
+            let gu = linear(&x, &block.w13)?;
+            let hidden = self.cfg.hidden_dim;
+            let gate = gu.narrow(D::Minus1, 0, hidden)?;
+            let up = gu.narrow(D::Minus1, hidden, hidden)?;
+            let f = linear(&(candle_nn::ops::silu(&gate)? * up)?, &block.w2)?;
+            h = (h + f)?;
+        }
+        let h = if all_positions {
+            h
+        } else {
+            h.narrow(1, t - 1, 1)?
+        };
+        let h = rms_norm(&h, &self.norm, self.cfg.norm_eps)?;
+        let logits = linear(&h, &self.output)?.to_dtype(DType::F32)?;
+        if all_positions {
+            Ok(logits)
+        } else {
+            Ok(logits.squeeze(1)?)
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        block: &Block,
+        x: &Tensor,
+        start_pos: usize,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (nh, nkv, hd) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim);
+        let qkv = linear(x, &block.wqkv)?;
+        let heads = |start: usize, n: usize| -> Result<Tensor> {
+            Ok(qkv
+                .narrow(D::Minus1, start * hd, n * hd)?
+                .reshape((b, t, n, hd))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = self.rotate(&heads(0, nh)?, cos, sin)?;
+        let k = self.rotate(&heads(nh, nkv)?, cos, sin)?;
+        let v = heads(nh + nkv, nkv)?;
+        // Views of [b, nkv, start_pos + t, hd] inside the preallocated cache.
+        let (keys, values) = cache.append(layer, &k, &v, start_pos)?;
+        let total = start_pos + t;
+        let rep = nh / nkv;
+        // Query heads g*rep .. g*rep+rep share kv head g; stacking them as rows lets one batched
+        // matmul per kv head serve the whole group.
+        let q = q.reshape((b, nkv, rep * t, hd))?;
+        let scores = (q.matmul(&keys.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+        let scores = scores.to_dtype(DType::F32)?;
+        let scores = match mask {
+            Some(m) => scores
+                .reshape((b, nkv, rep, t, total))?
+                .broadcast_add(m)?
+                .reshape((b, nkv, rep * t, total))?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(self.dtype)?;
+        let out = probs.matmul(&values)?; // [b, nkv, rep*t, hd]
+        let out = out
+            .reshape((b, nh, t, hd))?
+            .transpose(1, 2)?
+            .reshape((b, t, nh * hd))?;
+        linear(&out, &block.wo)
+    }
+
+    /// Rotary embedding in f32 (Meta rotates in float and casts back).
+    fn rotate(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let x32 = x.to_dtype(DType::F32)?;
+        let y = match self.cfg.rope_layout {
+            RopeLayout::AdjacentPairs => candle_nn::rotary_emb::rope_i(&x32, cos, sin)?,
+            RopeLayout::Halves => candle_nn::rotary_emb::rope(&x32, cos, sin)?,
+        };
+        Ok(y.to_dtype(self.dtype)?)
+    }
+}
+
+/// [t, start_pos + t] additive mask: row i (position start_pos + i) sees columns 0..=start_pos + i.
+fn causal_mask(t: usize, start_pos: usize, device: &Device) -> Result<Tensor> {
+    let total = start_pos + t;
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j > start_pos + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Ok(Tensor::from_vec(mask, (t, total), device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct MapSource(HashMap<String, Tensor>);
+    impl WeightSource for MapSource {
+        fn contains(&self, name: &str) -> bool {
+            self.0.contains_key(name)
+        }
+        fn tensor(&self, name: &str) -> Result<Tensor> {
+            self.0.get(name).cloned().context("absent")
+        }
+    }
+
+    fn tiny_cfg(layout: RopeLayout) -> Config {
+        Config {
+            dim: 16,
+            n_layers: 2,
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 4,
+            hidden_dim: 24,
+            vocab_size: 11,
+            norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            rope_scaling: None,
+            rope_layout: layout,
+        }
+    }
+
+    /// Deterministic pseudo-random weights (an LCG), so the test needs no files.
+    fn random_weights(cfg: &Config, tied: bool) -> MapSource {
+        let mut state = 12345u64;
+        let mut rnd = |shape: &[usize]| {
+            let n: usize = shape.iter().product();
+            let v: Vec<f32> = (0..n)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.8
+                })
+                .collect();
+            Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+        };
+        let (d, hd) = (cfg.dim, cfg.head_dim);
+        let mut m = HashMap::new();
+        m.insert("tok_embeddings.weight".into(), rnd(&[cfg.vocab_size, d]));
+        m.insert("norm.weight".into(), rnd(&[d]));
+        if !tied {
+            m.insert("output.weight".into(), rnd(&[cfg.vocab_size, d]));
+        }
+        for l in 0..cfg.n_layers {
+            let p = |n: &str| format!("layers.{l}.{n}.weight");
+            m.insert(p("attention.wq"), rnd(&[cfg.n_heads * hd, d]));
+            m.insert(p("attention.wk"), rnd(&[cfg.n_kv_heads * hd, d]));
+            m.insert(p("attention.wv"), rnd(&[cfg.n_kv_heads * hd, d]));
+            m.insert(p("attention.wo"), rnd(&[d, cfg.n_heads * hd]));
+            m.insert(p("feed_forward.w1"), rnd(&[cfg.hidden_dim, d]));
+            m.insert(p("feed_forward.w3"), rnd(&[cfg.hidden_dim, d]));
+            m.insert(p("feed_forward.w2"), rnd(&[d, cfg.hidden_dim]));
+            m.insert(p("attention_norm"), rnd(&[d]));
+            m.insert(p("ffn_norm"), rnd(&[d]));
+        }
+        MapSource(m)
+    }
+
+    fn ids(v: &[u32]) -> Tensor {
+        Tensor::from_vec(v.to_vec(), (1, v.len()), &Device::Cpu).unwrap()
+    }
+
+    /// Prefill in one call and token-by-token decoding through the cache must agree: this checks
+    /// the mask offset, the cache writes and the per-position rotary angles together.
+    #[test]
+    fn cached_decoding_matches_full_prefill() {
+        for layout in [RopeLayout::AdjacentPairs, RopeLayout::Halves] {
+            let cfg = tiny_cfg(layout);
+            let src = random_weights(&cfg, false);
+            let m = Llama::load(cfg, &src, &Device::Cpu, DType::F32, 32).unwrap();
+            let seq = [1u32, 5, 9, 2, 7, 3];
+            let mut c1 = m.new_cache(1, 32).unwrap();
+            let full = m.forward(&ids(&seq), 0, &mut c1, true).unwrap();
+            let full: Vec<Vec<f32>> = full.squeeze(0).unwrap().to_vec2().unwrap();
+            let mut c2 = m.new_cache(1, 32).unwrap();
+            let first = m.forward(&ids(&seq[..2]), 0, &mut c2, false).unwrap();
+            let mut steps = vec![first.squeeze(0).unwrap().to_vec1::<f32>().unwrap()];
+            for (i, tok) in seq.iter().enumerate().skip(2) {
+                let l = m.forward(&ids(&[*tok]), i, &mut c2, false).unwrap();
+                steps.push(l.squeeze(0).unwrap().to_vec1::<f32>().unwrap());
+            }
+            for (k, step) in steps.iter().enumerate() {
+                for (a, b) in step.iter().zip(&full[k + 1]) {
+                    assert!((a - b).abs() < 1e-4, "{layout:?} pos {}: {a} vs {b}", k + 1);
+                }
+            }
+        }
+    }
+
+    /// f16 and bf16 run the same graph (CPU bf16 widens per matmul) and stay near the f32 logits.
+    #[test]
+    fn half_precision_tracks_f32() {
+        let cfg = tiny_cfg(RopeLayout::AdjacentPairs);
+        let src = random_weights(&cfg, false);
+        let seq = [1u32, 5, 9, 2];
+        let logits = |dt: DType| -> Vec<f32> {
+            let m = Llama::load(cfg.clone(), &src, &Device::Cpu, dt, 8).unwrap();
+            let mut c = m.new_cache(1, 8).unwrap();
+            let l = m.forward(&ids(&seq), 0, &mut c, false).unwrap();
+            assert_eq!(l.dtype(), DType::F32);
+            l.squeeze(0).unwrap().to_vec1().unwrap()
+        };
+        let full = logits(DType::F32);
+        for dt in [DType::F16, DType::BF16] {
+            let half = logits(dt);
+            let worst = full
+                .iter()
+                .zip(&half)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 0.1, "{dt:?}: max logit difference {worst}");
+        }
+    }
+
+    #[test]
+    fn tied_embeddings_and_shape_errors() {
+        let cfg = tiny_cfg(RopeLayout::AdjacentPairs);
+        let src = random_weights(&cfg, true);
+        let m = Llama::load(cfg.clone(), &src, &Device::Cpu, DType::F32, 8).unwrap();
+        assert!(m.tied_embeddings());
+
+        let mut bad = random_weights(&cfg, false);
+        bad.0.insert(
+            "layers.1.attention.wk.weight".into(),
+            Tensor::zeros((3, 16), DType::F32, &Device::Cpu).unwrap(),
+        );
+        let err = Llama::load(cfg.clone(), &bad, &Device::Cpu, DType::F32, 8)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("layers.1.attention.wk.weight"), "{err}");
+        assert!(err.contains("[3, 16]"), "{err}");
+
+        bad.0.remove("layers.0.feed_forward.w2.weight");
+        let err = Llama::load(cfg, &bad, &Device::Cpu, DType::F32, 8)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("layers.0.feed_forward.w2.weight"), "{err}");
+    }
+
+    /// Llama 3.1 scaling leaves high frequencies alone, divides low ones by the factor and blends
+    /// the band between.
+    #[test]
+    fn scaled_rope_frequencies() {
+        let mut cfg = tiny_cfg(RopeLayout::AdjacentPairs);
+        cfg.head_dim = 128;
+        cfg.rope_theta = 500000.0;
+        let plain = cfg.inv_freqs();
+        cfg.rope_scaling = Some(RopeScaling::default());
+        let scaled = cfg.inv_freqs();
+        assert_eq!(plain[0], scaled[0]);
+        assert!((scaled[63] - plain[63] / 8.0).abs() < 1e-12);
+        let mid = (0..64)
+            .find(|&i| {
+                let w = 2.0 * std::f32::consts::PI / plain[i];
+                (2048.0..=8192.0).contains(&w)
+            })
+            .unwrap();
+        assert!(scaled[mid] < plain[mid] && scaled[mid] > plain[mid] / 8.0);
+    }
+}

@@ -1,0 +1,450 @@
+//! `llamactl run` end to end: the binary against golden outputs of Meta's model.py and transformers
+//! (made by scripts/make_run_golden.py), the CI check, chat, and input errors.
+use serde_json::Value;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn llamactl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_llamactl"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("run llamactl")
+}
+
+fn llamactl_stdin(args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_llamactl"))
+        .args(args)
+        .current_dir(root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn llamactl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn ok_json(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stdout is one JSON document")
+}
+
+fn read_json(rel: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(root().join(rel)).unwrap()).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect()
+}
+
+/// Five prompts of different lengths as one batch on the tiny Meta checkpoint: the tokens must be
+/// exactly those of Meta's model.py + generation loop, and the logprobs within 1e-4.
+#[test]
+fn meta_batch_matches_model_py_golden() {
+    let g = read_json("testdata/run/meta_golden.json");
+    let results = g["results"].as_array().unwrap();
+    let max_seq = g["max_seq_len"].to_string();
+    let max_gen = g["max_gen_len"].to_string();
+    let batch = results.len().to_string();
+    let mut args = vec![
+        "run",
+        "--ckpt-dir",
+        "testdata/tiny-mp1",
+        "--temperature",
+        "0",
+        "--max-seq-len",
+        &max_seq,
+        "--max-gen-len",
+        &max_gen,
+        "--max-batch-size",
+        &batch,
+        "--logprobs",
+        "--json",
+    ];
+    for r in results {
+        args.push("--prompt");
+        args.push(r["prompt"].as_str().unwrap());
+    }
+    let doc = ok_json(&llamactl(&args));
+    let got = doc["results"].as_array().unwrap();
+    assert_eq!(got.len(), results.len());
+    for (i, (want, got)) in results.iter().zip(got).enumerate() {
+        assert_eq!(got["prompt"], want["prompt"]);
+        assert_eq!(
+            ids(&got["prompt_tokens"]),
+            ids(&want["prompt_tokens"]),
+            "prompt {i}"
+        );
+        assert_eq!(ids(&got["tokens"]), ids(&want["tokens"]), "prompt {i}");
+        let (a, b) = (
+            got["logprobs"].as_array().unwrap(),
+            want["logprobs"].as_array().unwrap(),
+        );
+        assert_eq!(a.len(), b.len());
+        for (k, (x, y)) in a.iter().zip(b).enumerate() {
+            let d = (x.as_f64().unwrap() - y.as_f64().unwrap()).abs();
+            assert!(d < 1e-4, "prompt {i} token {k}: {x} vs {y}");
+        }
+        assert!(got["text"].is_string());
+    }
+    let stats = &doc["stats"];
+    assert_eq!(stats["device"], "cpu");
+    assert_eq!(stats["dtype"], "f32");
+    assert!(stats["prefill_tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(stats["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(stats["peak_memory_bytes"].as_u64().unwrap() > 0);
+}
+
+/// Small HF dirs written by transformers (tied embeddings + GQA + `rope_parameters`; untied MHA +
+/// `rope_scaling`; a ChatML template, not Llama 3's): greedy tokens equal LlamaForCausalLM's, for
+/// text prompts as one batch and for dialogs rendered with the model's own template.
+#[test]
+fn hf_dirs_match_transformers_golden() {
+    let g = read_json("testdata/run/hf_golden.json");
+    let max_gen = g["max_gen_len"].to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    for m in g["models"].as_array().unwrap() {
+        let dir = m["dir"].as_str().unwrap();
+        let prompts = m["prompts"].as_array().unwrap();
+        let mut args = vec![
+            "run",
+            "--ckpt-dir",
+            dir,
+            "--temperature",
+            "0",
+            "--max-gen-len",
+            &max_gen,
+            "--json",
+        ];
+        for p in prompts {
+            args.push("--prompt");
+            args.push(p["prompt"].as_str().unwrap());
+        }
+        let doc = ok_json(&llamactl(&args));
+        for (want, got) in prompts.iter().zip(doc["results"].as_array().unwrap()) {
+            assert_eq!(
+                ids(&got["prompt_tokens"]),
+                ids(&want["prompt_tokens"]),
+                "{dir}"
+            );
+            assert_eq!(
+                ids(&got["tokens"]),
+                ids(&want["tokens"]),
+                "{dir}: {}",
+                want["prompt"]
+            );
+        }
+
+        let dialogs = m["dialogs"].as_array().unwrap();
+        let list: Vec<&Value> = dialogs.iter().map(|d| &d["dialog"]).collect();
+        let file = tmp.path().join("dialogs.json");
+        std::fs::write(&file, serde_json::to_string(&list).unwrap()).unwrap();
+        let file = file.to_str().unwrap();
+        let doc = ok_json(&llamactl(&[
+            "run",
+            "--ckpt-dir",
+            dir,
+            "--chat",
+            "--dialogs",
+            file,
+            "--temperature",
+            "0",
+            "--max-gen-len",
+            &max_gen,
+            "--json",
+        ]));
+        for (want, got) in dialogs.iter().zip(doc["results"].as_array().unwrap()) {
+            assert_eq!(
+                ids(&got["prompt_tokens"]),
+                ids(&want["prompt_tokens"]),
+                "{dir} chat prompt"
+            );
+            assert_eq!(ids(&got["tokens"]), ids(&want["tokens"]), "{dir} chat");
+        }
+    }
+}
+
+#[test]
+fn check_passes_on_the_tiny_model() {
+    let out = llamactl(&["run", "--ckpt-dir", "testdata/tiny-mp1", "--check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("check passed"), "{stdout}");
+    assert!(stdout.contains("tokens/s"), "{stdout}");
+
+    let doc = ok_json(&llamactl(&[
+        "run",
+        "--ckpt-dir",
+        "testdata/run/hf-tied-gqa",
+        "--check",
+        "--json",
+    ]));
+    assert_eq!(doc["ok"], true);
+    assert!(doc["problems"].as_array().unwrap().is_empty());
+    assert!(doc["stats"]["peak_memory_bytes"].as_u64().unwrap() > 0);
+}
+
+/// A weight whose values are not finite must fail the check with exit 1.
+#[test]
+fn check_fails_on_non_finite_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("nan");
+    std::fs::create_dir(&dir).unwrap();
+    let src = root().join("testdata/run/hf-mha");
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+    }
+    // Overwrite the first f32 of model.norm.weight with NaN, in place in the safetensors data.
+    let path = dir.join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let start = header["model.norm.weight"]["data_offsets"][0]
+        .as_u64()
+        .unwrap() as usize;
+    bytes[8 + n + start..8 + n + start + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    let out = llamactl(&["run", "--ckpt-dir", dir.to_str().unwrap(), "--check"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAILED"));
+}
+
+/// The REPL over piped stdin: commands work, and a greedy reply equals batch chat on the same dialog.
+#[test]
+fn chat_repl_streams_and_keeps_the_dialog() {
+    let dir = "testdata/run/hf-mha";
+    let common = [
+        "run",
+        "--ckpt-dir",
+        dir,
+        "--chat",
+        "--temperature",
+        "0",
+        "--max-gen-len",
+        "8",
+    ];
+    let out = llamactl_stdin(
+        &common,
+        "Hello there\n/system You are a robot who paints.\nWhat is the capital of France?\n/bogus\n/quit\nnever read\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("system prompt set"), "{stderr}");
+    assert!(stderr.contains("unknown command /bogus"), "{stderr}");
+
+    // The second turn was asked after /system, which starts a new dialog.
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("d.json");
+    std::fs::write(
+        &file,
+        r#"[[{"role": "user", "content": "Hello there"}],
+            [{"role": "system", "content": "You are a robot who paints."},
+             {"role": "user", "content": "What is the capital of France?"}]]"#,
+    )
+    .unwrap();
+    let mut args = common.to_vec();
+    args.extend(["--dialogs", file.to_str().unwrap(), "--json"]);
+    let doc = ok_json(&llamactl(&args));
+    let texts: Vec<&str> = doc["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(stdout, format!("{}\n{}\n", texts[0], texts[1]));
+}
+
+#[test]
+fn sampling_is_seeded() {
+    let run = |seed: &str| {
+        let doc = ok_json(&llamactl(&[
+            "run",
+            "--ckpt-dir",
+            "testdata/tiny-mp1",
+            "--prompt",
+            "Once upon a time",
+            "--temperature",
+            "1.0",
+            "--top-p",
+            "0.95",
+            "--seed",
+            seed,
+            "--max-gen-len",
+            "12",
+            "--json",
+        ]));
+        ids(&doc["results"][0]["tokens"])
+    };
+    let a = run("7");
+    assert_eq!(a.len(), 12);
+    assert_eq!(a, run("7"));
+    assert_ne!(a, run("8"));
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let long = "word ".repeat(40);
+    let out = llamactl(&[
+        "run",
+        "--ckpt-dir",
+        "testdata/tiny-mp1",
+        "--max-seq-len",
+        "16",
+        "--prompt",
+        &long,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--max-seq-len 16"), "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error")).count(),
+        1,
+        "{err}"
+    );
+
+    let out = llamactl(&["run", "--ckpt-dir", "testdata/no-such-dir", "--prompt", "x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("testdata/no-such-dir"));
+
+    // A config that disagrees with the weights names the tensor.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("bad");
+    std::fs::create_dir(&dir).unwrap();
+    for e in std::fs::read_dir(root().join("testdata/run/hf-mha")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+    }
+    let cfg_path = dir.join("config.json");
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["num_hidden_layers"] = 3.into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let out = llamactl(&["run", "--ckpt-dir", dir.to_str().unwrap(), "--prompt", "x"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("layers.2."), "{err}");
+
+    if !cfg!(feature = "cuda") {
+        let out = llamactl(&[
+            "run",
+            "--ckpt-dir",
+            "testdata/tiny-mp1",
+            "--device",
+            "cuda",
+            "--prompt",
+            "x",
+        ]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("cuda"));
+    }
+}
+
+/// The same tiny model converted to HF layout (if this build has `convert`) gives the same tokens:
+/// rotary on halves with permuted q/k rows must equal rotary on adjacent pairs.
+#[test]
+fn hf_layout_of_the_tiny_model_gives_the_same_tokens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hf = tmp.path().join("hf");
+    let conv = llamactl(&[
+        "convert",
+        "--to",
+        "hf",
+        "testdata/tiny-mp1",
+        hf.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&conv.stderr);
+    if stderr.contains("not available in this build yet") {
+        eprintln!("convert is not in this build yet; the HF layout is covered by hf_dirs_match_transformers_golden");
+        return;
+    }
+    assert!(conv.status.success(), "{stderr}");
+    let g = read_json("testdata/run/meta_golden.json");
+    let results = g["results"].as_array().unwrap();
+    // Same tokenizer file for both, so only the weight layout differs.
+    for dir in ["testdata/tiny-mp1", hf.to_str().unwrap()] {
+        let mut args = vec![
+            "run",
+            "--ckpt-dir",
+            dir,
+            "--tokenizer-path",
+            "testdata/tokenizer.model",
+            "--temperature",
+            "0",
+            "--max-gen-len",
+            "32",
+            "--max-batch-size",
+            "5",
+            "--max-seq-len",
+            "128",
+            "--logprobs",
+            "--json",
+        ];
+        for r in results {
+            args.push("--prompt");
+            args.push(r["prompt"].as_str().unwrap());
+        }
+        let doc = ok_json(&llamactl(&args));
+        for (want, got) in results.iter().zip(doc["results"].as_array().unwrap()) {
+            assert_eq!(ids(&got["tokens"]), ids(&want["tokens"]), "{dir}");
+            for (x, y) in got["logprobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(want["logprobs"].as_array().unwrap())
+            {
+                assert!(
+                    (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-4,
+                    "{dir}: {x} vs {y}"
+                );
+            }
+        }
+    }
+}
+
+/// `demo` runs the pipeline on a copy of the tiny checkpoint; every step either works or is a
+/// command this build does not have yet, and the run step is always there.
+#[test]
+fn demo_runs_the_pipeline() {
+    let out = llamactl(&["demo"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains(" 0 failed"), "{stdout}");
+    assert!(stdout.contains("check passed"), "{stdout}");
+    assert!(!stdout.contains("kept the files"), "{stdout}");
+}
