@@ -86,11 +86,10 @@ pub fn render(entries: &[Entry]) -> Result<String> {
 
 /// md5 of a whole file, streamed.
 pub fn md5_file(path: &Path) -> Result<String> {
-    use md5::Digest;
     use std::io::Read;
     let mut f =
         std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let mut h = md5::Md5::new();
+    let mut h = crate::formats::md5::Md5::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = f
@@ -101,7 +100,7 @@ pub fn md5_file(path: &Path) -> Result<String> {
         }
         h.update(&buf[..n]);
     }
-    Ok(hex::encode(h.finalize()))
+    Ok(h.hex())
 }
 
 #[cfg(test)]

@@ -195,7 +195,7 @@ impl Write for CrcWriter<'_> {
 pub struct HashingFile {
     tx: Option<mpsc::SyncSender<Vec<u8>>>,
     free: mpsc::Receiver<Vec<u8>>,
-    worker: Option<thread::JoinHandle<io::Result<(File, md5::Md5)>>>,
+    worker: Option<thread::JoinHandle<io::Result<(File, super::md5::Md5)>>>,
     pending: Vec<u8>,
     pos: u64,
     path: PathBuf,
@@ -211,9 +211,9 @@ impl HashingFile {
         let worker = thread::Builder::new()
             .name("md5-writer".into())
             .spawn(move || {
-                let mut md5 = <md5::Md5 as md5::Digest>::new();
+                let mut md5 = super::md5::Md5::new();
                 for mut block in rx {
-                    md5::Digest::update(&mut md5, &block);
+                    md5.update(&block);
                     file.write_all(&block)?;
                     block.clear();
                     let _ = back.send(block);
@@ -255,7 +255,7 @@ impl HashingFile {
         }
     }
 
-    fn join(&mut self) -> io::Result<(File, md5::Md5)> {
+    fn join(&mut self) -> io::Result<(File, super::md5::Md5)> {
         self.tx = None;
         match self.worker.take().map(|w| w.join()) {
             Some(Ok(r)) => r,
@@ -270,7 +270,7 @@ impl HashingFile {
         let (f, md5) = done.with_context(|| format!("{}: cannot write", self.path.display()))?;
         f.sync_all()
             .with_context(|| format!("{}: cannot fsync", self.path.display()))?;
-        Ok(hex::encode(md5::Digest::finalize(md5)))
+        Ok(md5.hex())
     }
 }
 

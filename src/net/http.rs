@@ -12,7 +12,6 @@
 use crate::net::progress::FileProgress;
 use crate::net::segmented::{self, SegError};
 use crate::net::signed_url::redact;
-use md5::Digest as _;
 use reqwest::header::{self, HeaderMap};
 use reqwest::StatusCode;
 use std::fs::{File, OpenOptions};
@@ -279,7 +278,7 @@ impl PartMeta {
 
 pub(crate) enum Hasher {
     None,
-    Md5(md5::Md5),
+    Md5(crate::formats::md5::Md5),
     Sha256(sha2::Sha256),
 }
 
@@ -287,7 +286,7 @@ impl Hasher {
     pub(crate) fn new(kind: HashKind) -> Self {
         match kind {
             HashKind::None => Hasher::None,
-            HashKind::Md5 => Hasher::Md5(md5::Md5::new()),
+            HashKind::Md5 => Hasher::Md5(crate::formats::md5::Md5::new()),
             HashKind::Sha256 => Hasher::Sha256(<sha2::Sha256 as sha2::Digest>::new()),
         }
     }
