@@ -178,6 +178,16 @@ impl PthFile {
         &self.source
     }
 
+    fn record(&self, t: &TensorInfo) -> Result<Record> {
+        self.records.get(&t.storage_key).copied().ok_or_else(|| {
+            anyhow!(
+                "{}: tensor {} has no storage record",
+                self.path.display(),
+                t.name
+            )
+        })
+    }
+
     /// Absolute file offset of a contiguous tensor's first byte.
     pub fn data_offset(&self, t: &TensorInfo) -> Result<u64> {
         if !t.is_contiguous() {
@@ -188,26 +198,14 @@ impl PthFile {
                 t.stride
             );
         }
-        let rec = self.records.get(&t.storage_key).ok_or_else(|| {
-            anyhow!(
-                "{}: tensor {} has no storage record",
-                self.path.display(),
-                t.name
-            )
-        })?;
+        let rec = self.record(t)?;
         Ok(rec.start + (t.storage_offset as u64) * t.dtype.size() as u64)
     }
 
     /// The tensor's bytes in row-major order: a zero-copy slice of the map when contiguous,
     /// otherwise gathered element by element (strided views are rare in checkpoints).
     pub fn bytes(&self, t: &TensorInfo) -> Result<Cow<'_, [u8]>> {
-        let rec = self.records.get(&t.storage_key).ok_or_else(|| {
-            anyhow!(
-                "{}: tensor {} has no storage record",
-                self.path.display(),
-                t.name
-            )
-        })?;
+        let rec = self.record(t)?;
         let storage = &self.mmap[rec.start as usize..(rec.start + rec.len) as usize];
         let es = t.dtype.size();
         if t.is_contiguous() {
