@@ -186,6 +186,26 @@ impl Write for CrcWriter<'_> {
     }
 }
 
+/// Dirty bytes after which the writer asks the kernel to start writing them out, so the
+/// final fsync (required before the rename) finds little left to do and disk writes overlap
+/// hashing instead of following it.
+const WRITE_BEHIND: u64 = 64 << 20;
+
+/// Start asynchronous writeback of a written range (Linux `sync_file_range`); a hint only, so
+/// failure is ignored — the fsync in [`HashingFile::finish`] is what guarantees durability.
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscall on a file descriptor we own; no memory is passed.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
 /// A file writer that keeps the md5 of everything written (for checklist.chk without a second read)
 /// and its position.
 ///
@@ -212,9 +232,15 @@ impl HashingFile {
             .name("md5-writer".into())
             .spawn(move || {
                 let mut md5 = super::md5::Md5::new();
+                let (mut written, mut flushed) = (0u64, 0u64);
                 for mut block in rx {
                     md5.update(&block);
                     file.write_all(&block)?;
+                    written += block.len() as u64;
+                    if written - flushed >= WRITE_BEHIND {
+                        start_writeback(&file, flushed, written - flushed);
+                        flushed = written;
+                    }
                     block.clear();
                     let _ = back.send(block);
                 }
