@@ -227,26 +227,41 @@ fn complete(s: &mut Session, args: &RunArgs) -> Result<i32> {
         .iter()
         .map(|t| s.tok.encode(t, true, false, AllowedSpecial::None))
         .collect::<Result<Vec<_>>>()?;
+    let inputs: Vec<Value> = texts.iter().map(|t| json!(t)).collect();
+    generate_and_report(s, args, inputs, &prompts, &|out, i, d| {
+        writeln!(out, "{}", texts[i])?;
+        writeln!(out, "> {d}")
+    })
+}
+
+/// Generate for every prompt and report: the CLI.md JSON document, or for each input the lines
+/// `show` prints (which end with the completion), logprobs when asked, and a separator.
+fn generate_and_report(
+    s: &mut Session,
+    args: &RunArgs,
+    inputs: Vec<Value>,
+    prompts: &[Vec<u32>],
+    show: &dyn Fn(&mut dyn Write, usize, &str) -> std::io::Result<()>,
+) -> Result<i32> {
     let params = gen_params(args, s);
-    let (gens, st) = run_batches(s, &prompts, &params)?;
+    let (gens, st) = run_batches(s, prompts, &params)?;
     let decoded = gens
         .iter()
         .map(|g| s.tok.decode(&g.tokens))
         .collect::<Result<Vec<_>>>()?;
     if args.json {
-        let results: Vec<Value> = texts
-            .iter()
-            .zip(&prompts)
+        let results: Vec<Value> = inputs
+            .into_iter()
+            .zip(prompts)
             .zip(gens.iter().zip(&decoded))
-            .map(|((t, p), (g, d))| result_json(json!(t), p, g, d, args.logprobs))
+            .map(|((i, p), (g, d))| result_json(i, p, g, d, args.logprobs))
             .collect();
         let doc = json!({"results": results, "stats": stats_json(s, &st)});
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         let mut out = std::io::stdout().lock();
-        for ((t, g), d) in texts.iter().zip(&gens).zip(&decoded) {
-            writeln!(out, "{t}")?;
-            writeln!(out, "> {d}")?;
+        for (i, (g, d)) in gens.iter().zip(&decoded).enumerate() {
+            show(&mut out, i, d)?;
             if args.logprobs {
                 writeln!(out, "  logprobs: {:?}", g.logprobs)?;
             }
@@ -292,36 +307,13 @@ fn chat_batch(s: &mut Session, args: &RunArgs, file: &Path) -> Result<i32> {
                 .with_context(|| format!("{} dialog {}", file.display(), i + 1))
         })
         .collect::<Result<Vec<_>>>()?;
-    let params = gen_params(args, s);
-    let (gens, st) = run_batches(s, &prompts, &params)?;
-    let decoded = gens
-        .iter()
-        .map(|g| s.tok.decode(&g.tokens))
-        .collect::<Result<Vec<_>>>()?;
-    if args.json {
-        let results: Vec<Value> = dialogs
-            .iter()
-            .zip(&prompts)
-            .zip(gens.iter().zip(&decoded))
-            .map(|((d, p), (g, t))| result_json(json!(d), p, g, t, args.logprobs))
-            .collect();
-        let doc = json!({"results": results, "stats": stats_json(s, &st)});
-        println!("{}", serde_json::to_string_pretty(&doc)?);
-    } else {
-        let mut out = std::io::stdout().lock();
-        for ((d, g), t) in dialogs.iter().zip(&gens).zip(&decoded) {
-            for m in d {
-                writeln!(out, "{}: {}\n", capitalize(&m.role), m.content)?;
-            }
-            writeln!(out, "> Assistant: {t}")?;
-            if args.logprobs {
-                writeln!(out, "  logprobs: {:?}", g.logprobs)?;
-            }
-            writeln!(out, "\n==================================\n")?;
+    let inputs: Vec<Value> = dialogs.iter().map(|d| json!(d)).collect();
+    generate_and_report(s, args, inputs, &prompts, &|out, i, t| {
+        for m in &dialogs[i] {
+            writeln!(out, "{}: {}\n", capitalize(&m.role), m.content)?;
         }
-        print_stats_line(s, &st);
-    }
-    Ok(0)
+        writeln!(out, "> Assistant: {t}")
+    })
 }
 
 fn capitalize(s: &str) -> String {
