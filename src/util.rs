@@ -41,6 +41,20 @@ pub fn free_disk_bytes(path: &Path) -> Result<u64> {
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
+/// Refuse to start writing `need` bytes under `path` when the file system has less free.
+pub fn ensure_free_disk(path: &Path, need: u64) -> Result<()> {
+    let free = free_disk_bytes(path)?;
+    if free < need {
+        bail!(
+            "{}: not enough free disk space: the output needs {}, {} is free",
+            path.display(),
+            human_bytes(need),
+            human_bytes(free)
+        );
+    }
+    Ok(())
+}
+
 /// An output directory that appears under its final name only when complete.
 ///
 /// Everything is written into a hidden temp dir beside the destination; [`AtomicDir::commit`] fsyncs

@@ -349,17 +349,7 @@ pub fn meta_to_hf(
     let shards = plan_shards(&sizes, opts.max_shard_size.max(1));
     let names = shard_file_names(shards.len());
     let total: u64 = sizes.iter().sum();
-    crate::util::free_disk_bytes(out).and_then(|free| {
-        if free < total {
-            bail!(
-                "{}: needs {} for the weights but only {} is free",
-                out.display(),
-                crate::util::human_bytes(total),
-                crate::util::human_bytes(free)
-            );
-        }
-        Ok(())
-    })?;
+    crate::util::ensure_free_disk(out, total)?;
 
     let metadata: BTreeMap<String, String> = [("format".to_string(), "pt".to_string())].into();
     let mut summary = Summary {
@@ -561,17 +551,7 @@ pub fn hf_to_meta(
         .iter()
         .map(|(t, _, d)| t.rows() as u64 * t.cols() as u64 * d.size() as u64)
         .sum();
-    crate::util::free_disk_bytes(out).and_then(|free| {
-        if free < total {
-            bail!(
-                "{}: needs {} for the weights but only {} is free",
-                out.display(),
-                crate::util::human_bytes(total),
-                crate::util::human_bytes(free)
-            );
-        }
-        Ok(())
-    })?;
+    crate::util::ensure_free_disk(out, total)?;
 
     let specs: Vec<TensorSpec> = expected
         .iter()

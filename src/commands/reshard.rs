@@ -4,7 +4,7 @@ use crate::checkpoint::checklist::{self, Entry};
 use crate::checkpoint::meta::shard_name;
 use crate::checkpoint::reshard::{copy_hashed, Plan};
 use crate::cli::ReshardArgs;
-use crate::util::{free_disk_bytes, human_bytes, AtomicDir};
+use crate::util::{ensure_free_disk, human_bytes, AtomicDir};
 use anyhow::{bail, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
@@ -35,15 +35,7 @@ pub fn run(args: &ReshardArgs) -> Result<i32> {
             .with_context(|| format!("{}: cannot stat", p.display()))?
             .len();
     }
-    let free = free_disk_bytes(&args.dst_dir)?;
-    if free < need {
-        bail!(
-            "{}: not enough free disk space: the output needs {}, {} is free",
-            args.dst_dir.display(),
-            human_bytes(need),
-            human_bytes(free)
-        );
-    }
+    ensure_free_disk(&args.dst_dir, need)?;
 
     let out = AtomicDir::new(&args.dst_dir, args.force)?;
     let jobs = args
