@@ -3,24 +3,12 @@
 mod common;
 
 use common::cdn::{Cdn, Fault};
+use common::noise::noise;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const PTH: &str = "8b_pre_trained/consolidated.00.pth";
-
-fn bytes(seed: u64, n: usize) -> Vec<u8> {
-    // xorshift: reproducible, incompressible enough, no dependency on an RNG API.
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 fn md5_hex(data: &[u8]) -> String {
     use md5::Digest;
@@ -31,7 +19,7 @@ fn md5_hex(data: &[u8]) -> String {
 fn put_model(cdn: &Cdn, remote: &str, shards: usize, shard_size: usize) -> Vec<(String, Vec<u8>)> {
     let mut files: Vec<(String, Vec<u8>)> = (0..shards)
         .map(|i| {
-            let mut data = bytes(remote.len() as u64 * 31 + i as u64, shard_size);
+            let mut data = noise(shard_size, remote.len() as u64 * 31 + i as u64);
             data[..4].copy_from_slice(b"PK\x03\x04");
             (format!("consolidated.{i:02}.pth"), data)
         })
@@ -41,7 +29,7 @@ fn put_model(cdn: &Cdn, remote: &str, shards: usize, shard_size: usize) -> Vec<(
         br#"{"dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256}"#
             .to_vec(),
     ));
-    files.push(("tokenizer.model".into(), bytes(7, 20_000)));
+    files.push(("tokenizer.model".into(), noise(20_000, 7)));
     let checklist: String = files
         .iter()
         .map(|(n, d)| format!("{}  {n}\n", md5_hex(d)))
@@ -610,7 +598,7 @@ fn engine_api_for_other_commands() {
     use std::sync::atomic::AtomicBool;
 
     let cdn = Cdn::start();
-    let data = bytes(99, 500_000);
+    let data = noise(500_000, 99);
     cdn.put("repo/model.safetensors", data.clone());
     cdn.fault("repo/model.safetensors", Fault::ShortBody(123_456));
     let link = cdn.link(3600, None);

@@ -1,8 +1,11 @@
 //! `llamactl pull` against a real HTTP Hub on 127.0.0.1 (tests/common/hub.rs), through HF_ENDPOINT.
 #[path = "common/hub.rs"]
 mod hub;
+#[path = "common/noise.rs"]
+mod noise;
 
 use hub::{CommitSpec, Fault, FileSpec, Hub, RepoSpec};
+use noise::noise;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -15,19 +18,6 @@ const SECRET: &str = "hf_TESTSECRETtoken0123456789";
 
 fn sha(n: u8) -> String {
     format!("{:02x}", n).repeat(20)
-}
-
-/// Deterministic bytes that do not compress or repeat.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 fn repos() -> Vec<RepoSpec> {

@@ -1,1 +1,2 @@
 pub mod cdn;
+pub mod noise;
