@@ -12,6 +12,9 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// Default `--jobs` is the number of cores, at most this.
+const MAX_DEFAULT_JOBS: usize = 8;
+
 pub fn run(args: &ReshardArgs) -> Result<i32> {
     if args.mp == 0 {
         bail!("--mp must be at least 1");
@@ -38,9 +41,12 @@ pub fn run(args: &ReshardArgs) -> Result<i32> {
     ensure_free_disk(&args.dst_dir, need)?;
 
     let out = AtomicDir::new(&args.dst_dir, args.force)?;
-    let jobs = args
-        .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // Each shard being written holds about 14 MiB (its md5/disk pipeline blocks and read
+    // buffers); 8 at a time keeps the default under the 256 MiB budget on any machine, and
+    // more parallel streams than that only queue on the disk.
+    let jobs = args.jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_DEFAULT_JOBS))
+    });
     eprintln!(
         "resharding {} (MP {}) to MP {} in {}: {} shards of about {} each, {} at a time",
         args.src_dir.display(),
