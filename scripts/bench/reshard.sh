@@ -10,6 +10,7 @@
 #
 # Usage: scripts/bench/reshard.sh [WORK_DIR]    (needs ~15 GB free there; removed at the end)
 # Env:   KEEP=1 keeps WORK_DIR (and reuses a checkpoint generated there before);
+#        ROUNDS=N repeats every run N times (interleaved) and reports medians (default 1);
 #        PY=/root/venvs/ref/bin/python  CACHE=cold|warm (cold drops the page cache before every
 #        run when /proc/sys/vm/drop_caches is writable, else falls back to warm: every run starts
 #        after a full read of its input, so all are cached equally)
@@ -123,6 +124,8 @@ EOF
 echo "== machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), cache: $CACHE =="
 echo "input: $(du -sh "$W/mp1" | cut -f1) MP 1, torch $("$PY" -c 'import torch; print(torch.__version__)' 2>/dev/null)"
 : > "$W/rows"
+for round in $(seq "${ROUNDS:-1}"); do
+[ "${ROUNDS:-1}" = 1 ] || echo "== round $round =="
 for case in "1 2" "2 1"; do
   set -- $case
   a=$1 b=$2
@@ -130,7 +133,7 @@ for case in "1 2" "2 1"; do
   run "ours $a->$b" "$W/mp$a" "$W/ours" "$BIN" reshard --mp "$b" "$W/mp$a" "$W/ours"
   run "torch $a->$b" "$W/mp$a" "$W/torch" "$PY" "$W/torch_reshard.py" "$W/mp$a" "$W/torch" "$b"
   run "torch+sync $a->$b" "$W/mp$a" "$W/torch" sh -c "'$PY' '$W/torch_reshard.py' '$W/mp$a' '$W/torch' $b && sync '$W'/torch/*"
-  verify "$W/ours" "$W/torch"
+  [ "$round" != 1 ] || verify "$W/ours" "$W/torch"
   rm -rf "$W/torch"
   run "cp $a->$b" "$W/mp$a" "$W/cp" sh -c "mkdir '$W/cp' && cp '$W/mp$a'/*.pth '$W/cp/'"
   run "cp+sync $a->$b" "$W/mp$a" "$W/cp" sh -c "mkdir '$W/cp' && cp '$W/mp$a'/*.pth '$W/cp/' && sync '$W'/cp/*"
@@ -139,17 +142,25 @@ for case in "1 2" "2 1"; do
   run "dd+md5sum $a->$b" "$W/mp$a" "$W/cp" sh -c "mkdir '$W/cp' && for f in '$W/mp$a'/*.pth; do dd if=\$f bs=256K status=none | tee '$W'/cp/\$(basename \$f) | md5sum > /dev/null; done"
   rm -rf "$W/cp" "$W/ours"
 done
+done
 
 echo "== ratios (targets: ours peak RSS <= 256 MiB, wall <= 0.8x torch, throughput >= 70% of cp) =="
 awk '
-  { wall[$1" "$2]=$3; rss[$1" "$2]=$4; bytes[$1" "$2]=$5 }
+  # Median over rounds of each run; the ratios are of medians.
+  function median(list,   v, n, i, j, t) {
+    n = split(list, v, " ")
+    for (i = 2; i <= n; i++) for (j = i; j > 1 && v[j] < v[j-1]; j--) { t = v[j]; v[j] = v[j-1]; v[j-1] = t }
+    return n % 2 ? v[(n+1)/2] : (v[n/2] + v[n/2+1]) / 2
+  }
+  { k=$1" "$2; walls[k]=walls[k]" "$3; rsss[k]=rsss[k]" "$4; bytes[k]=$5; n[k]++ }
   END {
+    for (k in walls) { wall[k]=median(walls[k]); rss[k]=median(rsss[k]) }
     for (c in wall) if (c ~ /^ours /) {
       split(c, p, " "); d=p[2]
       tp = bytes[c]/wall[c]
-      printf "%s: peak RSS ours %d MiB, torch %d MiB | wall ours/torch %.2f (vs torch+sync %.2f) | throughput ours/cp %.0f%% (vs cp+sync %.0f%%, vs dd %.0f%%, vs dd+md5sum %.0f%%)\n",
-        d, rss[c], rss["torch "d], wall[c]/wall["torch "d], wall[c]/wall["torch+sync "d],
-        100*tp/(bytes["cp "d]/wall["cp "d]), 100*tp/(bytes["cp+sync "d]/wall["cp+sync "d]),
+      printf "%s (%d rounds, medians): peak RSS ours %d MiB, torch %d MiB | wall ours %.2f s, torch %.2f s, ours/torch %.2f (vs torch+sync %.2f) | throughput ours/cp %.0f%% (cp %.2f s; vs cp+sync %.0f%%, vs dd %.0f%%, vs dd+md5sum %.0f%%)\n",
+        d, n[c], rss[c], rss["torch "d], wall[c], wall["torch "d], wall[c]/wall["torch "d], wall[c]/wall["torch+sync "d],
+        100*tp/(bytes["cp "d]/wall["cp "d]), wall["cp "d], 100*tp/(bytes["cp+sync "d]/wall["cp+sync "d]),
         100*tp/(bytes["dd "d]/wall["dd "d]), 100*tp/(bytes["dd+md5sum "d]/wall["dd+md5sum "d])
     }
   }' "$W/rows"
