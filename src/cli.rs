@@ -146,7 +146,7 @@ pub struct ReshardArgs {
     /// Replace a non-empty destination.
     #[arg(long)]
     pub force: bool,
-    /// Shards written in parallel (default: number of cores, at most 8; each takes about 14 MiB).
+    /// Shards written in parallel (default: number of cores, at most 6; each takes about 25 MiB).
     #[arg(long)]
     pub jobs: Option<usize>,
 }

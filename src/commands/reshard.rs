@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Default `--jobs` is the number of cores, at most this.
-const MAX_DEFAULT_JOBS: usize = 8;
+const MAX_DEFAULT_JOBS: usize = 6;
 
 pub fn run(args: &ReshardArgs) -> Result<i32> {
     if args.mp == 0 {
@@ -41,9 +41,9 @@ pub fn run(args: &ReshardArgs) -> Result<i32> {
     ensure_free_disk(&args.dst_dir, need)?;
 
     let out = AtomicDir::new(&args.dst_dir, args.force)?;
-    // Each shard being written holds about 14 MiB (its md5/disk pipeline blocks and read
-    // buffers); 8 at a time keeps the default under the 256 MiB budget on any machine, and
-    // more parallel streams than that only queue on the disk.
+    // Each shard being written holds about 25 MiB (its md5/disk pipeline blocks and read
+    // buffers); 6 at a time keeps the default far under the 256 MiB budget on any machine,
+    // and more parallel streams than that only queue on the disk.
     let jobs = args.jobs.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_DEFAULT_JOBS))
     });

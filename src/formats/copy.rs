@@ -191,8 +191,10 @@ impl Write for CrcWriter<'_> {
 /// far inside the memory budget even with many shards written at once.
 pub const BLOCK: usize = 4 << 20;
 
-/// Blocks per file: one being filled, one being hashed, one being written.
-const BLOCKS_IN_FLIGHT: usize = 3;
+/// Blocks per file: one being filled, one being hashed, one being written, and three queued so
+/// a stall on either side (a read waiting for the disk, a write waiting for the device) does not
+/// leave the md5 thread idle.
+const BLOCKS_IN_FLIGHT: usize = 6;
 
 /// Direct I/O alignment (buffer address, file offset and length): the largest logical block
 /// size in common use, so it is valid for 512-byte and 4 KiB devices alike.
@@ -313,8 +315,8 @@ impl HashingFile {
             direct: open_direct(path),
             flushed: 0,
         };
-        let (tx, to_md5) = mpsc::sync_channel::<(Block, usize, u64)>(1);
-        let (hashed, to_disk) = mpsc::sync_channel::<(Block, usize, u64)>(1);
+        let (tx, to_md5) = mpsc::sync_channel::<(Block, usize, u64)>(BLOCKS_IN_FLIGHT);
+        let (hashed, to_disk) = mpsc::sync_channel::<(Block, usize, u64)>(BLOCKS_IN_FLIGHT);
         let (back, free) = mpsc::channel::<Block>();
         let spawn = |name: &str, f: Box<dyn FnOnce() -> _ + Send>| {
             thread::Builder::new()
