@@ -478,6 +478,28 @@ mod tests {
     }
 
     #[test]
+    fn sink_without_direct_io_writes_through_the_page_cache() {
+        // The path taken where the file system refuses O_DIRECT: whole blocks and the tail go
+        // through the ordinary descriptor, at their offsets, in any order.
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        let mut sink = Sink {
+            file: File::create(&p).unwrap(),
+            direct: None,
+            flushed: 0,
+        };
+        let a: Vec<u8> = (0..BLOCK).map(|i| (i % 251) as u8).collect();
+        let tail = [7u8; 10];
+        sink.write_block(&tail, 2 * BLOCK as u64).unwrap();
+        sink.write_block(&a, BLOCK as u64).unwrap();
+        sink.write_block(&a, 0).unwrap();
+        let got = std::fs::read(&p).unwrap();
+        assert_eq!(got.len(), 2 * BLOCK + 10);
+        assert!(got[..BLOCK] == a[..] && got[BLOCK..2 * BLOCK] == a[..]);
+        assert_eq!(got[2 * BLOCK..], tail);
+    }
+
+    #[test]
     fn hashing_file_reports_write_errors() {
         if !Path::new("/dev/full").exists() {
             return;
