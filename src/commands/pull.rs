@@ -340,6 +340,15 @@ impl Reporter {
     }
 
     /// Move the overall count of `file` to `to` bytes.
+    /// Bytes shown so far for `file` (0 before its first report).
+    fn shown(&self, file: &str) -> u64 {
+        self.state
+            .lock()
+            .ok()
+            .and_then(|st| st.per_file.get(file).copied())
+            .unwrap_or(0)
+    }
+
     fn set_file(&self, file: &str, to: u64) {
         let Ok(mut st) = self.state.lock() else {
             return;
@@ -446,23 +455,11 @@ impl Progress for Reporter {
     }
 
     fn advance(&self, file: &str, bytes: u64) {
-        let now = self
-            .state
-            .lock()
-            .ok()
-            .and_then(|st| st.per_file.get(file).copied())
-            .unwrap_or(0);
-        self.set_file(file, now + bytes);
+        self.set_file(file, self.shown(file) + bytes);
     }
 
     fn rewind(&self, file: &str, bytes: u64) {
-        let now = self
-            .state
-            .lock()
-            .ok()
-            .and_then(|st| st.per_file.get(file).copied())
-            .unwrap_or(0);
-        self.set_file(file, now.saturating_sub(bytes));
+        self.set_file(file, self.shown(file).saturating_sub(bytes));
     }
 
     fn retry(&self, file: &str, why: &str, wait: Duration, attempt: u32, of: u32) {

@@ -68,6 +68,18 @@ impl Source {
         })
     }
 
+    /// A range that runs past the end of the file is an error naming the file.
+    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+        if offset.checked_add(len).is_none_or(|end| end > self.len) {
+            bail!(
+                "{}: range {offset}+{len} runs past the end of the file ({} bytes)",
+                self.path.display(),
+                self.len
+            );
+        }
+        Ok(())
+    }
+
     /// Copy `len` bytes at `offset` into `w`, `CHUNK` at a time through `buf`.
     pub fn copy_range(
         &self,
@@ -76,13 +88,7 @@ impl Source {
         buf: &mut Vec<u8>,
         w: &mut dyn Write,
     ) -> Result<()> {
-        if offset.checked_add(len).is_none_or(|end| end > self.len) {
-            bail!(
-                "{}: range {offset}+{len} runs past the end of the file ({} bytes)",
-                self.path.display(),
-                self.len
-            );
-        }
+        self.check_range(offset, len)?;
         if buf.len() < CHUNK {
             buf.resize(CHUNK, 0);
         }
@@ -108,13 +114,7 @@ pub fn copy_file_range_all(
     buf: &mut Vec<u8>,
 ) -> Result<()> {
     use std::os::fd::AsRawFd;
-    if offset.checked_add(len).is_none_or(|end| end > src.len) {
-        bail!(
-            "{}: range {offset}+{len} runs past the end of the file ({} bytes)",
-            src.path.display(),
-            src.len
-        );
-    }
+    src.check_range(offset, len)?;
     let mut off_in = offset as libc::loff_t;
     let mut left = len;
     while left > 0 {
