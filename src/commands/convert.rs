@@ -4,7 +4,7 @@ use crate::checkpoint::convert::{self, Options, Summary};
 use crate::checkpoint::{hf_config, Params};
 use crate::cli::{CastDtype, ConvertArgs, ConvertTo};
 use crate::formats::DType;
-use crate::runner::hf_tokenizer::{tiktoken_model_from_tokenizer_json, write_hf_tokenizer_files};
+use crate::tokenizer::hf_files::{tiktoken_model_from_tokenizer_json, write_hf_tokenizer_files};
 use crate::util::{human_bytes, AtomicDir};
 use anyhow::{anyhow, bail, Result};
 use std::io::IsTerminal;
