@@ -6,6 +6,7 @@
 //! into two tokens whose parts and whole are all in the vocabulary, ordered by the parts' ranks.
 use super::byte_alphabet::{to_unicode, unicode_to_byte};
 use super::{special_names, SpecialNames, Tokenizer};
+use crate::util::write_atomic;
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
 use rustc_hash::FxHashMap;
@@ -191,7 +192,7 @@ pub fn special_tokens_map_json(instruct: bool) -> Value {
 
 /// Writes `tokenizer.json`, `tokenizer_config.json` and `special_tokens_map.json` for the
 /// tiktoken model at `tokenizer_model` into `dst_dir` (which must exist; e.g. the temp dir of an
-/// `crate::util::AtomicDir`). Each file is written as `NAME.part`, synced, then renamed.
+/// `crate::util::AtomicDir`). Each file appears whole or not at all ([`write_atomic`]).
 pub fn write_hf_tokenizer_files(
     tokenizer_model: &Path,
     dst_dir: &Path,
@@ -216,24 +217,6 @@ pub fn write_hf_tokenizer_files(
 fn write_json(path: &Path, v: &Value) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(v).context("serializing JSON")?;
     write_atomic(path, &bytes)
-}
-
-/// Writes `path.part`, fsyncs, renames over `path`.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut part = path.as_os_str().to_owned();
-    part.push(".part");
-    let part = std::path::PathBuf::from(part);
-    let res = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&part)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&part, path)
-    })();
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&part);
-        return Err(anyhow!("{}: cannot write ({e})", path.display()));
-    }
-    Ok(())
 }
 
 /// The tiktoken `tokenizer.model` text equivalent to a Hugging Face `tokenizer.json`: the BPE
