@@ -54,6 +54,11 @@ pub fn scale_files(dir: &Path) -> Vec<String> {
     v
 }
 
+fn name_of(p: &Path) -> String {
+    p.file_name()
+        .map_or(String::new(), |n| n.to_string_lossy().into_owned())
+}
+
 /// The fp8 tensors (any fp8 dtype) of one checkpoint file, by name.
 fn fp8_names<'a>(tensors: impl Iterator<Item = &'a TensorInfo>) -> Vec<String> {
     tensors
@@ -79,25 +84,21 @@ impl Fp8Content {
             scale_files: scale_files(dir),
             ..Default::default()
         };
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-            .unwrap_or_default();
-        files.sort();
-        let name = |p: &PathBuf| p.file_name().map(|n| n.to_string_lossy().into_owned());
-        if let Some(first) = files.iter().find(|p| {
-            name(p).is_some_and(|n| n.starts_with("consolidated.") && n.ends_with(".pth"))
-        }) {
+        let shards = super::meta::shards_by_rank(dir).unwrap_or_default();
+        if let Some(first) = shards.iter().flatten().next() {
             if let Ok(f) = PthFile::open(first) {
                 out.tensors = fp8_names(f.tensors().iter());
-                out.found_in = name(first).unwrap_or_default();
+                out.found_in = name_of(first);
             }
             return out;
         }
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.retain(|p| name_of(p).ends_with(".safetensors"));
+        files.sort();
         out.found_in = "the safetensors files".into();
-        for p in files
-            .iter()
-            .filter(|p| name(p).is_some_and(|n| n.ends_with(".safetensors")))
-        {
+        for p in &files {
             if let Ok(f) = SafetensorsFile::open(p) {
                 out.tensors.extend(fp8_names(f.tensors()));
             }

@@ -8,26 +8,12 @@ use crate::checkpoint::Params;
 use crate::error::one_line;
 use crate::formats::pth::PthFile;
 use crate::formats::{DType, TensorInfo};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// `consolidated.NN.pth` files by rank (gaps are None).
+/// `consolidated.NN.pth` files by rank (gaps are None); an unreadable dir has none.
 fn meta_shards(dir: &Path) -> Vec<Option<PathBuf>> {
-    let mut found: BTreeMap<usize, PathBuf> = BTreeMap::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.filter_map(|e| e.ok()) {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let rank = name
-                .strip_prefix("consolidated.")
-                .and_then(|r| r.strip_suffix(".pth"))
-                .and_then(|n| n.parse::<usize>().ok());
-            if let Some(rank) = rank {
-                found.insert(rank, e.path());
-            }
-        }
-    }
-    let n = found.keys().next_back().map_or(0, |&m| m + 1);
-    (0..n).map(|i| found.remove(&i)).collect()
+    crate::checkpoint::meta::shards_by_rank(dir).unwrap_or_default()
 }
 
 /// The shards of a Meta directory, one slot per rank (None where missing or unreadable).
