@@ -1,7 +1,7 @@
 //! `llamactl reshard` end to end: golden outputs from Meta's llama-models oracle
 //! (scripts/make_reshard_golden.py), round trips, non-multiple MP changes against slices computed
 //! here, the output directory, and refusals that must leave no destination behind.
-use llamactl::checkpoint::checklist;
+use llamactl::checkpoint::{checklist, hashing};
 use llamactl::formats::pth::{self, PthFile, TensorSpec};
 use llamactl::formats::DType;
 use sha2::{Digest, Sha256};
@@ -184,7 +184,7 @@ fn output_dir_has_every_file_and_a_checklist_hashed_while_writing() {
     for e in &entries {
         assert_eq!(
             e.md5,
-            checklist::md5_file(&dst.join(&e.name)).unwrap(),
+            hashing::md5_file(&dst.join(&e.name), &|_| {}).unwrap(),
             "{}",
             e.name
         );
@@ -432,7 +432,10 @@ fn refuses_bad_requests_before_writing() {
         reshard(1, &copy, &copy.join("mp1"), &[]),
         "inside the source",
     );
-    refused(reshard(1, &copy, &copy, &["--force"]), "inside the source");
+    refused(
+        reshard(1, &copy, &copy, &["--force"]),
+        "is the source directory",
+    );
     refused(
         reshard(1, &copy, &tmp.path().join("outer"), &["--force"]),
         "contains the source",
@@ -642,4 +645,23 @@ fn killed_run_leaves_no_destination() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(!dst.exists());
+}
+
+#[test]
+fn fp8_checkpoints_are_refused_and_nothing_is_created() {
+    // testdata/fp8-mp2: torch-written like Meta's 405B fp8 release (scripts/make_fixtures.py).
+    let tmp = tempfile::tempdir().unwrap();
+    let dst = tmp.path().join("out");
+    for mp in [1, 2, 4] {
+        let out = reshard(mp, &testdata().join("fp8-mp2"), &dst, &[]);
+        refused(out, "fp8");
+    }
+    let err = String::from_utf8_lossy(&reshard(1, &testdata().join("fp8-mp2"), &dst, &[]).stderr)
+        .into_owned();
+    assert!(
+        err.contains("layers.1.feed_forward.w1.weight") && err.contains("w2"),
+        "{err}"
+    );
+    assert!(!dst.exists());
+    no_temp_dirs(tmp.path());
 }
