@@ -635,3 +635,38 @@ fn sharded_meta_dir_is_merged_and_agrees() {
     assert!(one["stats"]["mapped_weight_bytes"].as_u64().unwrap() > 0);
     assert_eq!(one["results"][0]["tokens"], two["results"][0]["tokens"]);
 }
+
+/// The `cuda` build on a machine without the NVIDIA driver: it starts, `--device auto` says why it
+/// falls back, and the check passes on the CPU; `--device cuda` is a clear error (exit 2).
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_build_runs_on_the_cpu_without_a_driver() {
+    let driver = [
+        "/usr/lib/x86_64-linux-gnu/libcuda.so.1",
+        "/usr/lib64/libcuda.so.1",
+    ]
+    .iter()
+    .any(|p| std::path::Path::new(p).exists());
+    if driver {
+        eprintln!("skipped: this machine has an NVIDIA driver");
+        return;
+    }
+    let out = llamactl(&["run", "--ckpt-dir", "testdata/tiny-mp1", "--check"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("libcuda") && stderr.contains("running on the CPU"),
+        "{stderr}"
+    );
+    let out = llamactl(&[
+        "run",
+        "--ckpt-dir",
+        "testdata/tiny-mp1",
+        "--device",
+        "cuda",
+        "--check",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot load libcuda"), "{stderr}");
+}

@@ -28,21 +28,61 @@ pub fn select(req: DeviceRequest, note: &mut dyn FnMut(String)) -> Result<Device
             if !cfg!(feature = "cuda") {
                 bail!("--device cuda: this llamactl was built without the `cuda` feature (cargo build --release --features cuda)");
             }
-            Device::new_cuda(0).map_err(|e| anyhow::anyhow!("--device cuda: no usable GPU: {e}"))
+            open_cuda().map_err(|e| anyhow::anyhow!("--device cuda: {e}"))
         }
         DeviceRequest::Auto => {
             if !cfg!(feature = "cuda") {
                 return Ok(Device::Cpu);
             }
-            match Device::new_cuda(0) {
+            match open_cuda() {
                 Ok(d) => Ok(d),
                 Err(e) => {
-                    note(format!("no usable GPU ({e}); running on the CPU"));
+                    note(format!("{e}; running on the CPU"));
                     Ok(Device::Cpu)
                 }
             }
         }
     }
+}
+
+/// GPU 0, once the CUDA libraries are known to load: cudarc opens them on first use and panics when
+/// one is missing, so ask first and turn a missing library into an error that names it.
+fn open_cuda() -> Result<Device> {
+    let missing = missing_cuda_libraries();
+    if !missing.is_empty() {
+        bail!(
+            "no usable GPU: cannot load {} (install the NVIDIA driver and CUDA 13 libraries, or add their folder to LD_LIBRARY_PATH)",
+            missing.join(", ")
+        );
+    }
+    Device::new_cuda(0).map_err(|e| anyhow::anyhow!("no usable GPU ({e})"))
+}
+
+#[cfg(feature = "cuda")]
+fn missing_cuda_libraries() -> Vec<&'static str> {
+    // SAFETY: each probe only tries to dlopen the library under its usual names.
+    let present = unsafe {
+        [
+            (
+                "libcuda (the NVIDIA driver)",
+                cudarc::driver::sys::is_culib_present(),
+            ),
+            ("cuBLAS", cudarc::cublas::sys::is_culib_present()),
+            ("cuBLASLt", cudarc::cublaslt::sys::is_culib_present()),
+            ("cuRAND", cudarc::curand::sys::is_culib_present()),
+            ("NVRTC", cudarc::nvrtc::sys::is_culib_present()),
+        ]
+    };
+    present
+        .into_iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(name, _)| name)
+        .collect()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn missing_cuda_libraries() -> Vec<&'static str> {
+    Vec::new()
 }
 
 /// How the model holds its weights for a dtype request.
