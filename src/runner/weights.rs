@@ -51,10 +51,10 @@ impl<'a> DirWeights<'a> {
         }
         // SAFETY: the map is read-only; a checkpoint rewritten while we run is outside what any
         // reader of it can guard against (torch.load(mmap=True) makes the same assumption).
-        let map = unsafe { Mmap::map(src.file()) }
+        // Populated up front, as llama.cpp maps its files: the first forward pass would otherwise take
+        // a page fault per 4 KiB of weights.
+        let map = unsafe { memmap2::MmapOptions::new().populate().map(src.file()) }
             .with_context(|| format!("{}: cannot map", src.path().display()))?;
-        // Start reading ahead now: the first forward pass touches every page.
-        let _ = map.advise(memmap2::Advice::WillNeed);
         let map = Arc::new(map);
         maps.insert(src.path().to_path_buf(), map.clone());
         Ok(map)

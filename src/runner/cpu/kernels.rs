@@ -125,6 +125,50 @@ fn dispatch_dot<const R: usize>(wt: WeightType, w: &[u8], xs: &[&[f32]], out: &m
     out.copy_from_slice(&res);
 }
 
+/// Token rows per prefill tile and weight rows per prefill tile (AVX-512: 4 x 6 accumulators of 16
+/// lanes plus 6 weight vectors fill 30 of the 32 vector registers).
+pub const TILE_T: usize = 4;
+pub const TILE_R: usize = 6;
+
+/// Whether [`tile`] has a kernel on this CPU (else prefill widens blocks for `gemm`).
+pub fn has_tiles() -> bool {
+    isa() == Isa::Avx512
+}
+
+/// A prefill tile without packing: `out[tt * out_stride + r] = Σ_i w_r[i] * x_tt[i]` for `tn <=
+/// TILE_T` activation rows (`x`, row stride `k`) and `rn <= TILE_R` weight rows (`w`, `k` elements
+/// each, row after row). Each weight vector is widened once and used for every activation row.
+///
+/// # Safety
+/// `has_tiles()` must be true; `w` holds `rn * k` elements, `x` `tn` rows of `k`, `out` `tn` rows.
+pub unsafe fn tile(
+    wt: WeightType,
+    w: &[u8],
+    rn: usize,
+    x: &[f32],
+    tn: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    let k = x.len() / tn;
+    debug_assert!(w.len() == rn * k * wt.size() && tn <= TILE_T && rn <= TILE_R);
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (w, x) = (w.as_ptr(), x.as_ptr());
+        macro_rules! go {
+            ($($t:literal, $r:literal);*) => {
+                match (tn, rn) {
+                    $(($t, $r) => x86::tile_avx512::<$t, $r>(wt, w, x, k, out, out_stride),)*
+                    _ => {}
+                }
+            };
+        }
+        go!(1,1;1,2;1,3;1,4;1,5;1,6;2,1;2,2;2,3;2,4;2,5;2,6;3,1;3,2;3,3;3,4;3,5;3,6;4,1;4,2;4,3;4,4;4,5;4,6);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (wt, w, rn, x, out, out_stride);
+}
+
 /// Widen `w` (elements of type `wt`) into `out` as f32.
 pub fn widen(wt: WeightType, w: &[u8], out: &mut [f32]) {
     assert_eq!(w.len(), out.len() * wt.size(), "widen: mismatched lengths");
@@ -278,6 +322,42 @@ mod x86 {
         })
     }
 
+    /// T activation rows x R weight rows, one 16-lane accumulator each; see `super::tile`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tile_avx512<const T: usize, const R: usize>(
+        wt: WeightType,
+        w: *const u8,
+        x: *const f32,
+        k: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        let es = wt.size();
+        let mut acc = [[_mm512_setzero_ps(); R]; T];
+        let full = k / 16 * 16;
+        let mut i = 0;
+        while i < full {
+            let wv: [__m512; R] = std::array::from_fn(|r| load16(wt, w.add((r * k + i) * es)));
+            for (t, a) in acc.iter_mut().enumerate() {
+                let xv = _mm512_loadu_ps(x.add(t * k + i));
+                for r in 0..R {
+                    a[r] = _mm512_fmadd_ps(wv[r], xv, a[r]);
+                }
+            }
+            i += 16;
+        }
+        let wall = std::slice::from_raw_parts(w, R * k * es);
+        for (t, a) in acc.iter().enumerate() {
+            for (r, v) in a.iter().enumerate() {
+                let mut s = _mm512_reduce_add_ps(*v);
+                for j in full..k {
+                    s += elem(wt, wall, r * k + j) * *x.add(t * k + j);
+                }
+                *out.add(t * out_stride + r) = s;
+            }
+        }
+    }
+
     #[target_feature(enable = "avx512f")]
     pub unsafe fn widen_avx512(wt: WeightType, w: *const u8, out: &mut [f32]) {
         let n = out.len();
@@ -378,6 +458,33 @@ mod tests {
         (0..n)
             .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0)
             .collect()
+    }
+
+    #[test]
+    fn tiles_match_the_reference() {
+        if !has_tiles() {
+            return;
+        }
+        for wt in [WeightType::F32, WeightType::F16, WeightType::Bf16] {
+            for k in [16, 40, 64] {
+                for (tn, rn) in [(1, 1), (4, 6), (3, 5), (2, 6)] {
+                    let wv = values(rn * k, 3);
+                    let w = encode(wt, &wv);
+                    let x = values(tn * k, 9);
+                    let mut out = vec![0f32; tn * 7];
+                    unsafe { tile(wt, &w, rn, &x, tn, out.as_mut_ptr(), 7) };
+                    for t in 0..tn {
+                        for r in 0..rn {
+                            let want: f64 = (0..k)
+                                .map(|i| elem(wt, &w, r * k + i) as f64 * x[t * k + i] as f64)
+                                .sum();
+                            let got = out[t * 7 + r] as f64;
+                            assert!((got - want).abs() < 1e-4, "{wt:?} k {k} t {t} r {r}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Every path (the detected one and the portable one) against a plain f64 reference, for

@@ -111,6 +111,8 @@ pub struct Linear {
 const MATVEC_MAX_ROWS: usize = 8;
 /// Output rows per task in decode: large enough to amortize scheduling, small enough to balance.
 const MATVEC_BLOCK: usize = 32;
+/// Output rows per prefill task with the tile kernels (a multiple of `TILE_R`).
+const TILE_BLOCK: usize = 16 * kernels::TILE_R;
 /// Bytes of widened f32 weights per task in prefill (stays in L2 while `gemm` uses it).
 const GEMM_BLOCK_BYTES: usize = 512 * 1024;
 
@@ -142,8 +144,11 @@ impl Linear {
         let t = x.len() / self.cols;
         assert_eq!(out.len(), t * self.rows, "linear: output size");
         // (part, first output column of the part, row range inside the part)
+        let tiles = kernels::has_tiles();
         let block = if t <= MATVEC_MAX_ROWS {
             MATVEC_BLOCK
+        } else if tiles {
+            TILE_BLOCK
         } else {
             (GEMM_BLOCK_BYTES / (4 * self.cols)).max(16) / 16 * 16
         };
@@ -163,6 +168,8 @@ impl Linear {
             let out = unsafe { OutView::new(dst, total, col0 + rows.start) };
             if t <= MATVEC_MAX_ROWS {
                 matvec_block(m, rows, x, &out);
+            } else if tiles {
+                tile_block(m, rows, x, &out);
             } else {
                 gemm_block(m, rows, x, &out);
             }
@@ -208,6 +215,35 @@ fn matvec_block(m: &Matrix, rows: std::ops::Range<usize>, x: &[f32], out: &OutVi
             for (k, v) in res[..group.len()].iter().enumerate() {
                 out.set(g * kernels::MAX_ROWS + k, j, *v);
             }
+        }
+    }
+}
+
+/// Prefill with the tile kernels: for each group of `TILE_R` weight rows (which then stay in L1),
+/// every group of `TILE_T` activation rows. Widening in the kernel beat widening each row group to
+/// an f32 buffer first (1.7 s vs 2.0 s of CPU for a 64-token prefill of the 1B model): the buffer
+/// doubles the bytes the inner loop loads.
+fn tile_block(m: &Matrix, rows: std::ops::Range<usize>, x: &[f32], out: &OutView) {
+    let k = m.cols;
+    let t = x.len() / k;
+    for r0 in rows.clone().step_by(kernels::TILE_R) {
+        let rn = kernels::TILE_R.min(rows.end - r0);
+        let w = m.row_bytes(r0..r0 + rn);
+        for t0 in (0..t).step_by(kernels::TILE_T) {
+            let tn = kernels::TILE_T.min(t - t0);
+            // SAFETY: has_tiles() was checked by the caller; the pointer addresses rows t0..t0+tn,
+            // columns r0.. of this task's output view, which no other task writes.
+            unsafe {
+                kernels::tile(
+                    m.wt,
+                    w,
+                    rn,
+                    &x[t0 * k..(t0 + tn) * k],
+                    tn,
+                    out.ptr.add(t0 * out.total + (r0 - rows.start)),
+                    out.total,
+                )
+            };
         }
     }
 }
