@@ -6,7 +6,7 @@ use llamactl::tokenizer::{py_isspace, AllowedSpecial, SpecialNames, Tokenizer};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
