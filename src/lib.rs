@@ -14,4 +14,5 @@ pub mod error;
 pub mod formats;
 pub mod net;
 pub mod runner;
+pub mod signal;
 pub mod util;
