@@ -4,8 +4,8 @@ use crate::checkpoint::convert::{self, Options, Summary};
 use crate::checkpoint::{hf_config, Params};
 use crate::cli::{CastDtype, ConvertArgs, ConvertTo};
 use crate::formats::DType;
-use crate::runner::hf_tokenizer::{tiktoken_model_from_tokenizer_json, write_hf_tokenizer_files};
-use crate::util::{human_bytes, AtomicDir};
+use crate::tokenizer::hf_files::{tiktoken_model_from_tokenizer_json, write_hf_tokenizer_files};
+use crate::util::{check_dst_outside_src, human_bytes, AtomicDir};
 use anyhow::{anyhow, bail, Result};
 use std::io::IsTerminal;
 use std::path::Path;
@@ -19,10 +19,7 @@ const HF_TOKENIZER_FILES: [&str; 3] = [
 
 pub fn run(args: &ConvertArgs) -> Result<i32> {
     let src = &args.src_dir;
-    if !src.is_dir() {
-        bail!("{}: not a directory", src.display());
-    }
-    convert::check_dst_outside_src(src, &args.dst_dir)?;
+    check_dst_outside_src(src, &args.dst_dir)?;
     let instruct = match (args.instruct, args.base) {
         (true, _) => true,
         (_, true) => false,
