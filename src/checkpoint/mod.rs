@@ -3,6 +3,7 @@
 pub mod catalog;
 pub mod checklist;
 pub mod convert;
+pub mod fp8;
 pub mod hashing;
 pub mod hf;
 pub mod hf_config;

@@ -1,7 +1,7 @@
 //! `llamactl convert --to hf|meta SRC_DIR DST_DIR` (see CLI.md): the weights stream through
 //! `checkpoint::convert`; this adds the tokenizer files, checklist, atomic output and the report.
 use crate::checkpoint::convert::{self, Options, Summary};
-use crate::checkpoint::{hf_config, Params};
+use crate::checkpoint::{fp8, hf_config, Params};
 use crate::cli::{CastDtype, ConvertArgs, ConvertTo};
 use crate::formats::DType;
 use crate::tokenizer::hf_files::{tiktoken_model_from_tokenizer_json, write_hf_tokenizer_files};
@@ -20,6 +20,7 @@ const HF_TOKENIZER_FILES: [&str; 3] = [
 pub fn run(args: &ConvertArgs) -> Result<i32> {
     let src = &args.src_dir;
     check_dst_outside_src(src, &args.dst_dir)?;
+    fp8::refuse(src, "convert")?;
     let instruct = match (args.instruct, args.base) {
         (true, _) => true,
         (_, true) => false,
