@@ -3,16 +3,33 @@
 use crate::cli::{Cli, Command};
 use anyhow::Result;
 
-pub mod convert;
-pub mod demo;
-pub mod download;
-pub mod inspect;
-pub mod list;
-pub mod pull;
-pub mod reshard;
-pub mod run;
-pub mod tokenize;
-pub mod verify;
+pub(crate) mod convert;
+pub(crate) mod demo;
+pub(crate) mod download;
+pub(crate) mod inspect;
+pub(crate) mod list;
+pub(crate) mod pull;
+pub(crate) mod reshard;
+pub(crate) mod run;
+pub(crate) mod tokenize;
+pub(crate) mod verify;
+
+/// Say what [`crate::util::AtomicDir::new`] cleaned up from earlier, killed runs.
+pub(crate) fn report_stale(out: &crate::util::AtomicDir) {
+    for s in out.removed_stale() {
+        eprintln!("removed a stale temporary output of an interrupted run: {s}");
+    }
+}
+
+/// Mention temp dirs of killed runs that `verify` or `list` came across (on stderr).
+pub(crate) fn note_stale(found: &[crate::util::StaleTemp]) {
+    for s in found {
+        eprintln!(
+            "note: stale temporary output of an interrupted run: {s}; the next run to the same \
+             destination removes it, or delete it"
+        );
+    }
+}
 
 /// Run the chosen command; `Ok(code)` is the exit code of a finished run (0 or 1).
 pub fn dispatch(cli: Cli) -> Result<i32> {

@@ -1,7 +1,7 @@
 //! Bytes <-> tensors: the restricted unpickler, torch zip checkpoints, safetensors.
 //! No CLI, no network, no model knowledge.
 pub mod copy;
-pub mod md5;
+pub(crate) mod md5;
 pub mod pickle;
 pub mod pth;
 pub mod safetensors;
@@ -29,7 +29,7 @@ pub enum DType {
 }
 
 impl DType {
-    pub const ALL: [DType; 15] = [
+    const ALL: [DType; 15] = [
         DType::BF16,
         DType::F16,
         DType::F32,

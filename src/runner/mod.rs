@@ -1,10 +1,10 @@
 //! Chat format, the transformer (candle), KV cache, sampling, generation.
 pub mod chat;
-pub mod cpu;
-pub mod device;
-pub mod generate;
-pub mod kv_cache;
-pub mod memory;
-pub mod model;
-pub mod sampling;
-pub mod weights;
+pub(crate) mod cpu;
+pub(crate) mod device;
+pub(crate) mod generate;
+pub(crate) mod kv_cache;
+pub(crate) mod memory;
+pub(crate) mod model;
+pub(crate) mod sampling;
+pub(crate) mod weights;

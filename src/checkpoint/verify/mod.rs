@@ -13,7 +13,7 @@ mod meta;
 mod report;
 mod tokenizer;
 
-pub use report::{Check, CheckState, FileState, FileStatus, Kind, Problem, Report, TensorReport};
+pub use report::{CheckState, FileState, FileStatus, Kind, Report, TensorReport};
 
 use super::layout::Weight;
 use super::stats::ScanItem;
@@ -39,15 +39,6 @@ pub trait Progress: Sync {
     fn begin(&self, what: &str, total_bytes: u64);
     fn advance(&self, bytes: u64);
     fn end(&self);
-}
-
-/// Progress that goes nowhere.
-pub struct Quiet;
-
-impl Progress for Quiet {
-    fn begin(&self, _: &str, _: u64) {}
-    fn advance(&self, _: u64) {}
-    fn end(&self) {}
 }
 
 /// A stored tensor that the deep pass will scan.

@@ -129,12 +129,6 @@ impl Linear {
         Ok(Linear { parts, cols, rows })
     }
 
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
     pub fn parts(&self) -> &[Matrix] {
         &self.parts
     }
@@ -377,14 +371,14 @@ mod tests {
             .collect();
         for t in [1, 3, 4, 5, 8, 9, 40] {
             let x = values(t * cols, 10 + t as u64);
-            let mut out = vec![0f32; t * lin.rows()];
+            let mut out = vec![0f32; t * lin.rows];
             lin.forward(&x, &mut out);
             for i in 0..t {
-                for o in 0..lin.rows() {
+                for o in 0..lin.rows {
                     let want: f64 = (0..cols)
                         .map(|c| wide[o * cols + c] as f64 * x[i * cols + c] as f64)
                         .sum();
-                    let got = out[i * lin.rows() + o] as f64;
+                    let got = out[i * lin.rows + o] as f64;
                     assert!(
                         (got - want).abs() < 1e-4,
                         "t {t} row {i} col {o}: {got} vs {want}"
