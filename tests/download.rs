@@ -592,7 +592,8 @@ fn changed_object_restarts_and_locked_part_is_refused() {
 /// extra headers, small GETs.
 #[test]
 fn engine_api_for_other_commands() {
-    use llamactl::net::http::{FileRequest, HashKind, Http, HttpConfig, HttpError};
+    use llamactl::net::config::NetConfig;
+    use llamactl::net::http::{FileRequest, HashKind, Http, HttpError};
     use llamactl::net::progress::FileProgress;
     use sha2::Digest;
 
@@ -602,9 +603,9 @@ fn engine_api_for_other_commands() {
     cdn.fault("repo/model.safetensors", Fault::ShortBody(123_456));
     let link = cdn.link(3600, None);
     let url = link.replace('*', "repo/model.safetensors");
-    let http = Http::new(HttpConfig {
+    let http = Http::new(NetConfig {
         retry_base: Duration::from_millis(5),
-        ..HttpConfig::default()
+        ..NetConfig::default()
     })
     .unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -9,6 +9,7 @@
 //!
 //! Every URL that appears in an error or log line goes through [`redact`] first; reqwest errors are
 //! stripped of their URL.
+use crate::net::config::NetConfig;
 use crate::net::progress::FileProgress;
 use crate::net::reach::{self, ConnectFailure, FirstContact, Unreachable};
 use crate::net::segmented::{self, SegError};
@@ -20,76 +21,6 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-
-/// Timeouts and retry policy. Tests shrink them through the environment.
-#[derive(Debug, Clone)]
-pub struct HttpConfig {
-    /// A read (or the response headers) taking longer than this is a stall: retried.
-    pub read_timeout: Duration,
-    pub connect_timeout: Duration,
-    /// Consecutive failed attempts without progress before giving up.
-    pub retries: u32,
-    /// First backoff; doubled per consecutive failure, with ±50 % jitter.
-    pub retry_base: Duration,
-    pub retry_max: Duration,
-    /// Smallest segment when a file is fetched over several connections.
-    pub segment_min: u64,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        Self {
-            read_timeout: Duration::from_secs(60),
-            // A connect that takes longer is a dead host; this also bounds the first-contact
-            // budget (see `reach`).
-            connect_timeout: Duration::from_secs(10),
-            retries: 8,
-            retry_base: Duration::from_millis(1000),
-            retry_max: Duration::from_secs(60),
-            segment_min: 64 << 20,
-        }
-    }
-}
-
-impl HttpConfig {
-    /// Defaults, overridden by `LLAMACTL_READ_TIMEOUT_MS`, `LLAMACTL_CONNECT_TIMEOUT_MS`,
-    /// `LLAMACTL_RETRIES`, `LLAMACTL_RETRY_BASE_MS`, `LLAMACTL_RETRY_MAX_MS`,
-    /// `LLAMACTL_SEGMENT_MIN_BYTES`.
-    pub fn from_env() -> Self {
-        fn ms(name: &str, default: Duration) -> Duration {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_millis)
-                .unwrap_or(default)
-        }
-        let d = Self::default();
-        Self {
-            read_timeout: ms("LLAMACTL_READ_TIMEOUT_MS", d.read_timeout),
-            connect_timeout: ms("LLAMACTL_CONNECT_TIMEOUT_MS", d.connect_timeout),
-            retries: std::env::var("LLAMACTL_RETRIES")
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(d.retries),
-            retry_base: ms("LLAMACTL_RETRY_BASE_MS", d.retry_base),
-            retry_max: ms("LLAMACTL_RETRY_MAX_MS", d.retry_max),
-            segment_min: std::env::var("LLAMACTL_SEGMENT_MIN_BYTES")
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .filter(|&n: &u64| n > 0)
-                .unwrap_or(d.segment_min),
-        }
-    }
-
-    /// Backoff before retry number `n` (1-based): base·2^(n-1), capped, times a jitter in [0.5, 1.5).
-    pub fn backoff(&self, n: u32) -> Duration {
-        let exp = self
-            .retry_base
-            .saturating_mul(1u32 << n.saturating_sub(1).min(16));
-        let capped = exp.min(self.retry_max);
-        capped.mul_f64(0.5 + rand::random::<f64>())
-    }
-}
 
 /// Which digest to compute while the bytes stream in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,7 +51,7 @@ pub struct FileRequest {
     /// other downloads in this process still have to write.
     pub check_space: bool,
     /// Ranged connections for one large file (1: a single stream). A file is split only when
-    /// each segment gets at least [`HttpConfig::segment_min`] bytes and the server answers ranges.
+    /// each segment gets at least [`NetConfig::segment_min`] bytes and the server answers ranges.
     pub connections: usize,
 }
 
@@ -464,11 +395,11 @@ impl Drop for Reservation {
 #[derive(Clone)]
 pub struct Http {
     client: reqwest::blocking::Client,
-    cfg: HttpConfig,
+    cfg: NetConfig,
 }
 
 impl Http {
-    pub fn new(cfg: HttpConfig) -> anyhow::Result<Self> {
+    pub fn new(cfg: NetConfig) -> anyhow::Result<Self> {
         let client = reqwest::blocking::Client::builder()
             .user_agent(concat!("llamactl/", env!("CARGO_PKG_VERSION")))
             // In the blocking client this bounds every wait (headers, each read): a stall detector.
@@ -479,7 +410,7 @@ impl Http {
         Ok(Self { client, cfg })
     }
 
-    pub fn config(&self) -> &HttpConfig {
+    pub fn config(&self) -> &NetConfig {
         &self.cfg
     }
 
@@ -979,7 +910,7 @@ impl Http {
 
 /// Wait before retry number `n`, saying why on the file's progress bar. A signal cuts the wait
 /// short; the caller's next [`interrupted`] check then stops.
-pub(crate) fn backoff_sleep(cfg: &HttpConfig, n: u32, progress: &FileProgress, reason: &str) {
+pub(crate) fn backoff_sleep(cfg: &NetConfig, n: u32, progress: &FileProgress, reason: &str) {
     let wait = cfg.backoff(n);
     progress.note(&format!("retry in {:.1}s: {reason}", wait.as_secs_f64()));
     let _ = crate::signal::sleep(wait);
@@ -1230,24 +1161,6 @@ pub fn hash_file(path: &Path, kind: HashKind) -> std::io::Result<Option<String>>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_with_jitter_and_cap() {
-        let cfg = HttpConfig {
-            retry_base: Duration::from_millis(100),
-            retry_max: Duration::from_millis(1000),
-            ..HttpConfig::default()
-        };
-        for n in 1..20 {
-            let d = cfg.backoff(n);
-            let nominal = (100u64 << (n - 1).min(16)).min(1000) as f64;
-            let ms = d.as_secs_f64() * 1000.0;
-            assert!(
-                ms >= nominal * 0.5 - 1e-6 && ms < nominal * 1.5,
-                "{n}: {ms}"
-            );
-        }
-    }
 
     #[test]
     fn content_range_and_markup() {

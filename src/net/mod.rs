@@ -1,4 +1,5 @@
 //! HTTP with resume, retries, in-stream hashing, signed-URL parsing and progress.
+pub mod config;
 pub mod http;
 pub mod hub;
 pub mod progress;
