@@ -593,7 +593,7 @@ fn changed_object_restarts_and_locked_part_is_refused() {
 #[test]
 fn engine_api_for_other_commands() {
     use llamactl::net::config::NetConfig;
-    use llamactl::net::http::{FileRequest, HashKind, Http, HttpError};
+    use llamactl::net::download::{FileRequest, HashKind, Http, HttpError};
     use llamactl::net::progress::FileProgress;
     use sha2::Digest;
 
@@ -621,7 +621,7 @@ fn engine_api_for_other_commands() {
     assert_eq!(got.size, data.len() as u64);
     assert_eq!(got.digest, req.expected_digest);
     assert_eq!(std::fs::read(&dest).unwrap(), data);
-    assert!(!llamactl::net::http::part_path(&dest).exists());
+    assert!(!llamactl::net::download::part_path(&dest).exists());
 
     // A wrong expected digest: fetched twice, then a typed error; nothing under the final name.
     let dest2 = dir.path().join("other.bin");

@@ -9,7 +9,7 @@ use crate::checkpoint::catalog::{self, Model};
 use crate::cli::DownloadArgs;
 use crate::error::{self, Fail};
 use crate::net::config::NetConfig;
-use crate::net::http::{hash_file, kept_parts_note, FileRequest, HashKind, Http, HttpError};
+use crate::net::download::{hash_file, kept_parts_note, FileRequest, HashKind, Http, HttpError};
 use crate::net::progress::Progress;
 use crate::net::signed_url::{self, human_duration, redact, SignedUrl};
 use crate::util::human_bytes;

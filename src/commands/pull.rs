@@ -2,7 +2,7 @@
 //! uses (or into `--local-dir`), files in parallel, LFS files sha256-checked while streaming.
 use crate::cli::PullArgs;
 use crate::net::config::NetConfig;
-use crate::net::http::kept_parts_note;
+use crate::net::download::kept_parts_note;
 use crate::net::hub::{
     list_local_files, resolve_token, validate_repo_id, validate_revision, Fetched, HubClient,
     HubEnv, Progress, RepoCache, RepoFile, TokenSource,

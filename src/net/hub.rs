@@ -588,7 +588,7 @@ fn send(rb: RequestBuilder, shown: &str) -> Result<Response, TryError> {
             Ok(resp)
         }
         Err(e) => {
-            let detail = crate::net::http::describe(&e);
+            let detail = crate::net::download::describe(&e);
             let err = anyhow!("{shown}: {detail}");
             Err(match reach::connect_failure(&e, &detail) {
                 Some(f) => TryError::NoAnswer(f, err),
