@@ -24,14 +24,15 @@ ROUNDS=${ROUNDS:-3}
 THREADS=${THREADS:-"1 $(nproc)"}
 W=${1:-/tmp/llamactl-cpu-bench}
 mkdir -p "$W"
-BIN=$PWD/target/release/llamactl
+T=${CARGO_TARGET_DIR:-$PWD/target}
+BIN=$T/release/llamactl
 cargo build --release --quiet --bin llamactl --example bench_checkpoint
 
 META="$W/meta-1b"
 HF="$W/hf-1b"
 GGUF="$W/1b-bf16.gguf"
 if [ ! -f "$META/consolidated.00.pth" ]; then
-  target/release/examples/bench_checkpoint "$META" 1 >&2
+  "$T/release/examples/bench_checkpoint" "$META" 1 >&2
   cp testdata/tokenizer.model "$META/"
 fi
 [ -f "$HF/config.json" ] || "$BIN" convert --to hf "$META" "$HF" >&2
