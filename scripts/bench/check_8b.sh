@@ -3,7 +3,7 @@
 # of zeros (examples/sparse_checkpoint.rs: a real header, then a hole), so it costs no disk and no
 # download, but `run` maps, reads and computes with all 16 GB of it exactly as with real weights.
 # Prints the machine's memory, the check's result and stats, and the peak RssAnon / RssFile sampled from
-# /proc every 50 ms.
+# /proc every 20 ms.
 #   scripts/bench/check_8b.sh [WORK_DIR]      (KEEP=1 keeps WORK_DIR)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -16,14 +16,9 @@ echo "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}'
 start=$(date +%s.%N)
 "$T/release/llamactl" run --ckpt-dir "$W" --tokenizer-path testdata/tokenizer.model --check --json \
   > "$W/check.json" 2> "$W/check.err" &
-pid=$! anon=0 file=0
-while kill -0 "$pid" 2>/dev/null; do
-  a=$(awk '/^RssAnon/{print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
-  f=$(awk '/^RssFile/{print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
-  [ "${a:-0}" -gt "$anon" ] && anon=$a
-  [ "${f:-0}" -gt "$file" ] && file=$f
-  sleep 0.05
-done
+pid=$!
+source scripts/bench/peak_rss.sh
+read -r anon file <<<"$(peak_rss "$pid")"
 rc=0; wait "$pid" || rc=$?
 cat "$W/check.err"
 grep -E '"ok"|_per_s|peak|mapped' "$W/check.json" || true

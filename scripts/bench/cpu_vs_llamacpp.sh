@@ -49,18 +49,12 @@ done
 [ "$n" -eq 64 ] || { echo "could not build a 64-token prompt (got $n)" >&2; exit 1; }
 
 # Run a command, sampling its peak RssAnon / RssFile (kB) into $W/mem.
+source scripts/bench/peak_rss.sh
 sampled() {
   "$@" > "$W/out.json" 2> "$W/err.log" &
-  local pid=$! anon=0 file=0 a f
-  while kill -0 "$pid" 2>/dev/null; do
-    a=$(awk '/^RssAnon/{print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
-    f=$(awk '/^RssFile/{print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
-    [ "${a:-0}" -gt "$anon" ] && anon=$a
-    [ "${f:-0}" -gt "$file" ] && file=$f
-    sleep 0.02
-  done
+  local pid=$!
+  peak_rss "$pid" > "$W/mem"
   wait "$pid" || { cat "$W/err.log" >&2; return 1; }
-  echo "$anon $file" > "$W/mem"
 }
 
 ours() { # DIR THREADS -> "prefill decode anon_kB file_kB"
