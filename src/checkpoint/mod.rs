@@ -6,7 +6,7 @@ pub(crate) mod convert;
 pub(crate) mod fp8;
 pub mod hashing;
 pub(crate) mod hf;
-pub(crate) mod hf_config;
+pub mod hf_config;
 pub mod layout;
 pub mod meta;
 pub mod params;
