@@ -153,9 +153,112 @@ impl AtomicDir {
     }
 }
 
+/// An output file that appears under its final name only when complete: written as `NAME.part`
+/// beside it, fsynced and renamed by [`AtomicFile::commit`]; dropped uncommitted, the part is
+/// removed. A killed process leaves only the `.part`.
+pub struct AtomicFile {
+    file: Option<std::fs::File>,
+    part: PathBuf,
+    dst: PathBuf,
+    force: bool,
+}
+
+impl AtomicFile {
+    /// Refuses an existing `dst` unless `force`, and a `dst` that is a directory.
+    pub fn create(dst: &Path, force: bool) -> Result<Self> {
+        if dst.is_dir() {
+            bail!("{}: is a directory; give a file name", dst.display());
+        }
+        if dst.exists() && !force {
+            bail!(
+                "{}: output file exists (use --force to replace it)",
+                dst.display()
+            );
+        }
+        let mut part = dst.as_os_str().to_owned();
+        part.push(".part");
+        let part = PathBuf::from(part);
+        if let Some(parent) = dst.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("{}: cannot create", parent.display()))?;
+        }
+        let file = std::fs::File::create(&part)
+            .with_context(|| format!("{}: cannot create", part.display()))?;
+        Ok(Self {
+            file: Some(file),
+            part,
+            dst: dst.to_path_buf(),
+            force,
+        })
+    }
+
+    pub fn file(&self) -> &std::fs::File {
+        self.file.as_ref().expect("AtomicFile used after commit")
+    }
+
+    pub fn part_path(&self) -> &Path {
+        &self.part
+    }
+
+    /// Fsync, then rename the part to the final name (and fsync the folder).
+    pub fn commit(mut self) -> Result<PathBuf> {
+        let file = self.file.take().expect("AtomicFile committed twice");
+        file.sync_all()
+            .with_context(|| format!("{}: cannot fsync", self.part.display()))?;
+        drop(file);
+        if self.dst.exists() && !self.force {
+            bail!(
+                "{}: appeared while writing; not replacing it",
+                self.dst.display()
+            );
+        }
+        std::fs::rename(&self.part, &self.dst).with_context(|| {
+            format!(
+                "{} -> {}: cannot rename",
+                self.part.display(),
+                self.dst.display()
+            )
+        })?;
+        let parent = self
+            .dst
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if let Ok(d) = std::fs::File::open(parent) {
+            let _ = d.sync_all();
+        }
+        Ok(self.dst.clone())
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.part);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn atomic_file_appears_only_on_commit() {
+        use std::io::Write;
+        let root = tempfile::tempdir().unwrap();
+        let dst = root.path().join("m.gguf");
+        let a = AtomicFile::create(&dst, false).unwrap();
+        a.file().write_all(b"x").unwrap();
+        assert!(!dst.exists() && a.part_path().exists());
+        a.commit().unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), b"x");
+        assert!(AtomicFile::create(&dst, false).is_err());
+        let b = AtomicFile::create(&dst, true).unwrap();
+        drop(b);
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 1);
+        assert_eq!(std::fs::read(&dst).unwrap(), b"x");
+    }
 
     #[test]
     fn atomic_dir_appears_only_on_commit() {

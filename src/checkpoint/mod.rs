@@ -3,6 +3,8 @@
 pub mod catalog;
 pub mod checklist;
 pub mod convert;
+pub mod gguf_export;
+pub mod gguf_meta;
 pub mod hashing;
 pub mod hf;
 pub mod hf_config;

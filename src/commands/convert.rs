@@ -11,6 +11,8 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Instant;
 
+mod gguf;
+
 const HF_TOKENIZER_FILES: [&str; 3] = [
     "tokenizer.json",
     "tokenizer_config.json",
@@ -22,18 +24,23 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
     if !src.is_dir() {
         bail!("{}: not a directory", src.display());
     }
-    convert::check_dst_outside_src(src, &args.dst_dir)?;
     let instruct = match (args.instruct, args.base) {
         (true, _) => true,
         (_, true) => false,
         _ => looks_instruct(src),
     };
+    if args.to == ConvertTo::Gguf {
+        return gguf::run(args, instruct);
+    }
+    convert::check_dst_outside_src(src, &args.dst_dir)?;
     let opts = Options {
-        dtype: args.dtype.map(|d| match d {
-            CastDtype::Bf16 => DType::BF16,
-            CastDtype::F16 => DType::F16,
-            CastDtype::F32 => DType::F32,
-        }),
+        dtype: match args.dtype {
+            None => None,
+            Some(CastDtype::Bf16) => Some(DType::BF16),
+            Some(CastDtype::F16) => Some(DType::F16),
+            Some(CastDtype::F32) => Some(DType::F32),
+            Some(CastDtype::Q8_0) => bail!("--dtype q8_0 is for --to gguf only"),
+        },
         instruct,
         max_shard_size: convert::parse_size(&args.max_shard_size)?,
     };
@@ -87,6 +94,7 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
             }
             s
         }
+        ConvertTo::Gguf => unreachable!("handled above"),
         ConvertTo::Meta => {
             if !src.join("config.json").exists() {
                 bail!(
@@ -134,6 +142,7 @@ fn looks_instruct(src: &Path) -> bool {
 fn report(s: &Summary, dst: &Path, to: ConvertTo, secs: f64) {
     if s.tied {
         match to {
+            ConvertTo::Gguf => {}
             ConvertTo::Hf => eprintln!(
                 "output.weight equals tok_embeddings.weight: wrote tie_word_embeddings=true and no lm_head"
             ),
@@ -168,20 +177,20 @@ fn report(s: &Summary, dst: &Path, to: ConvertTo, secs: f64) {
 }
 
 /// A byte progress bar on a terminal, a log line every 10% otherwise.
-struct Progress {
+pub(crate) struct Progress {
     bar: Option<indicatif::ProgressBar>,
     logged_tenths: Option<u64>,
 }
 
 impl Progress {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             bar: None,
             logged_tenths: None,
         }
     }
 
-    fn update(&mut self, done: u64, total: u64) {
+    pub(crate) fn update(&mut self, done: u64, total: u64) {
         if std::io::stderr().is_terminal() {
             let bar = self.bar.get_or_insert_with(|| {
                 let b = indicatif::ProgressBar::new(total);
@@ -207,7 +216,7 @@ impl Progress {
         }
     }
 
-    fn done(&mut self) {
+    pub(crate) fn done(&mut self) {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
         }
