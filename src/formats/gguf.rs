@@ -173,6 +173,13 @@ impl Value {
         }
     }
 
+    /// The value's bytes as the file stores them (after the type code).
+    pub fn encoded(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode(&mut out);
+        out
+    }
+
     fn encode(&self, out: &mut Vec<u8>) {
         match self {
             Value::U8(v) => out.push(*v),
