@@ -5,7 +5,9 @@
 //! - [`checkpoint`]: a model directory as a thing (params.json, checklist.chk, shards, split rules,
 //!   Meta <-> HF names).
 //! - [`net`]: HTTP with resume, retries, in-stream hashing, signed-URL handling.
-//! - [`runner`]: tokenizer, chat format, the transformer, generation.
+//! - [`tokenizer`]: Meta's tiktoken and Hugging Face tokenizers at run time, and the Hugging Face
+//!   tokenizer files `convert` writes. Needs nothing above `formats`.
+//! - [`runner`]: chat format, the transformer, generation (uses `tokenizer`).
 //! - [`commands`]: one module per subcommand; a command never imports another.
 pub mod checkpoint;
 pub mod cli;
@@ -14,4 +16,5 @@ pub mod error;
 pub mod formats;
 pub mod net;
 pub mod runner;
+pub mod tokenizer;
 pub mod util;

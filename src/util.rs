@@ -1,6 +1,10 @@
-//! Small helpers shared by every layer: atomic output and human-readable sizes.
+//! Small helpers shared by every layer: atomic output (files and directories), where an output may
+//! go, a work queue for I/O-bound jobs, and human-readable sizes.
 use anyhow::{bail, Context, Result};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 /// Bytes as a short human string (binary units).
 pub fn human_bytes(n: u64) -> String {
@@ -55,6 +59,131 @@ pub fn ensure_free_disk(path: &Path, need: u64) -> Result<()> {
     Ok(())
 }
 
+/// `path`'s folder, `.` for a bare file name.
+fn parent_or_dot(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Fsync a directory so a rename inside it survives a crash. Best effort: some file systems refuse
+/// to open or sync a directory, and the data itself is already synced.
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Write `bytes` to `path` so that `path` is either untouched or complete: a hidden temp file
+/// beside it (unique, so concurrent writers never share one) is written, fsynced and renamed over
+/// `path`. A failure removes the temp file. Creates missing parent folders.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let parent = parent_or_dot(path);
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("{}: cannot create", parent.display()))?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}.tmp-"))
+        .tempfile_in(parent)
+        .with_context(|| format!("{}: cannot create a temp file", parent.display()))?;
+    tmp.write_all(bytes)
+        .and_then(|_| tmp.as_file().sync_all())
+        .with_context(|| format!("{}: cannot write", tmp.path().display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    sync_dir(parent);
+    Ok(())
+}
+
+/// `path` made absolute with symlinks resolved, for a path that may not exist yet: each existing
+/// prefix is canonicalized, and `..` after a missing component is taken lexically (a missing
+/// directory holds no symlink to follow).
+pub fn resolve_path(path: &Path) -> Result<PathBuf> {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .context("cannot read the current directory")?
+            .join(path)
+    };
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            c => {
+                out.push(c);
+                if out.exists() {
+                    out = std::fs::canonicalize(&out)
+                        .with_context(|| format!("{}: cannot resolve", out.display()))?;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Refuse an output directory `dst` that is the source directory `src`, lies inside it (the output
+/// would be read back as input) or contains it (`--force` would delete the input).
+pub fn check_dst_outside_src(src: &Path, dst: &Path) -> Result<()> {
+    let s = std::fs::canonicalize(src)
+        .with_context(|| format!("{}: cannot open source directory", src.display()))?;
+    if !s.is_dir() {
+        bail!("{}: not a directory", src.display());
+    }
+    let d = resolve_path(dst)?;
+    let (src, dst) = (src.display(), dst.display());
+    if d == s {
+        bail!("{dst}: destination is the source directory; write to a new directory");
+    }
+    if d.starts_with(&s) {
+        bail!("{dst}: destination is inside the source directory {src}; write it elsewhere");
+    }
+    if s.starts_with(&d) {
+        bail!("{dst}: destination contains the source directory {src}; replacing it would destroy the input");
+    }
+    Ok(())
+}
+
+/// Run `job(state, i)` for every `i` in `0..n` on up to `jobs` threads, for I/O-bound work where
+/// each job is a whole file (rayon's pool is for CPU-bound splitting). A free thread takes the
+/// lowest index not yet started, so callers order the work as they want it to start (largest file
+/// first, say). `init(worker)` makes one thread's own state (buffers, a client). Once `stop()`
+/// returns true no further index starts. Results come back by index; `None` where a job never
+/// started.
+pub fn work_queue<S, T: Send>(
+    n: usize,
+    jobs: usize,
+    init: impl Fn(usize) -> S + Sync,
+    job: impl Fn(&mut S, usize) -> T + Sync,
+    stop: impl Fn() -> bool + Sync,
+) -> Vec<Option<T>> {
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<T>>> = Mutex::new((0..n).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for worker in 0..jobs.clamp(1, n.max(1)) {
+            let (next, results, init, job, stop) = (&next, &results, &init, &job, &stop);
+            s.spawn(move || {
+                let mut state = init(worker);
+                while !stop() {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    let r = job(&mut state, i);
+                    // A panicking job fails the whole scope; the results behind the lock stay usable.
+                    results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
+                }
+            });
+        }
+    });
+    results.into_inner().unwrap_or_else(|e| e.into_inner())
+}
+
 /// An output directory that appears under its final name only when complete.
 ///
 /// Everything is written into a hidden temp dir beside the destination; [`AtomicDir::commit`] fsyncs
@@ -84,11 +213,8 @@ impl AtomicDir {
                 );
             }
         }
-        let parent = match dst.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        std::fs::create_dir_all(&parent)
+        let parent = parent_or_dot(dst);
+        std::fs::create_dir_all(parent)
             .with_context(|| format!("{}: cannot create", parent.display()))?;
         let name = dst
             .file_name()
@@ -96,7 +222,7 @@ impl AtomicDir {
             .unwrap_or_else(|| "out".into());
         let tmp = tempfile::Builder::new()
             .prefix(&format!(".{name}.tmp-"))
-            .tempdir_in(&parent)
+            .tempdir_in(parent)
             .with_context(|| format!("{}: cannot create a temp dir", parent.display()))?;
         Ok(Self {
             tmp: Some(tmp),
@@ -140,15 +266,7 @@ impl AtomicDir {
                 self.dst.display()
             )
         })?;
-        if let Some(parent) = self.dst.parent() {
-            if let Ok(d) = std::fs::File::open(if parent.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                parent
-            }) {
-                let _ = d.sync_all();
-            }
-        }
+        sync_dir(parent_or_dot(&self.dst));
         Ok(self.dst.clone())
     }
 }
@@ -219,14 +337,7 @@ impl AtomicFile {
                 self.dst.display()
             )
         })?;
-        let parent = self
-            .dst
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        if let Ok(d) = std::fs::File::open(parent) {
-            let _ = d.sync_all();
-        }
+        sync_dir(parent_or_dot(&self.dst));
         Ok(self.dst.clone())
     }
 }
@@ -275,6 +386,49 @@ mod tests {
         drop(b);
         assert!(dst.join("f").exists());
         assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn write_atomic_replaces_whole_and_leaves_no_temp() {
+        let root = tempfile::tempdir().unwrap();
+        let p = root.path().join("sub/f.json");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(p.parent().unwrap()).unwrap().count(), 1);
+        let e = write_atomic(&root.path().join("sub/f.json/x"), b"").unwrap_err();
+        assert!(format!("{e:#}").contains("f.json"), "{e:#}");
+    }
+
+    #[test]
+    fn destination_must_lie_outside_the_source() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        let err = |dst: &Path| format!("{:#}", check_dst_outside_src(&src, dst).unwrap_err());
+        assert!(err(&src.join("out/deeper")).contains("inside the source"));
+        assert!(err(&src.join("x/..")).contains("is the source"));
+        assert!(err(d.path()).contains("contains the source"));
+        assert!(err(&d.path().join("missing/../..")).contains("contains the source"));
+        check_dst_outside_src(&src, &d.path().join("out")).unwrap();
+        assert!(check_dst_outside_src(&d.path().join("nope"), d.path()).is_err());
+    }
+
+    #[test]
+    fn work_queue_runs_each_index_once_and_stops() {
+        let started = AtomicUsize::new(0);
+        let out = work_queue(50, 4, |w| w, |_, i| i * 2, || false);
+        assert_eq!(out, (0..50).map(|i| Some(i * 2)).collect::<Vec<_>>());
+        // One thread, stopping after the third job: the rest never start.
+        let out = work_queue(
+            10,
+            1,
+            |_| (),
+            |_, i| started.fetch_add(1, Ordering::SeqCst) + i,
+            || started.load(Ordering::SeqCst) >= 3,
+        );
+        assert_eq!(out.iter().filter(|r| r.is_some()).count(), 3);
+        assert!(work_queue(0, 4, |_| (), |_, i| i, || false).is_empty());
     }
 
     #[test]

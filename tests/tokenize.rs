@@ -1,10 +1,8 @@
 //! The tokenizer against golden ids from Meta's own code (scripts/make_tokenizer_golden.py), and
 //! `llamactl tokenize` end to end.
 use llamactl::runner::chat::{encode_dialog_prompt, render_chat_template, ChatFormat, Message};
-use llamactl::runner::hf_tokenizer::{
-    tiktoken_model_from_tokenizer_json, write_hf_tokenizer_files,
-};
-use llamactl::runner::tokenizer::{py_isspace, AllowedSpecial, SpecialNames, Tokenizer};
+use llamactl::tokenizer::hf_files::{tiktoken_model_from_tokenizer_json, write_hf_tokenizer_files};
+use llamactl::tokenizer::{py_isspace, AllowedSpecial, SpecialNames, Tokenizer};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::io::Write;
@@ -482,7 +480,7 @@ fn hf_files_encode_like_meta_and_round_trip() {
 #[test]
 fn tokenizer_json_round_trip_and_refusals_on_a_small_vocabulary() {
     use base64::Engine;
-    use llamactl::runner::hf_tokenizer::tokenizer_json;
+    use llamactl::tokenizer::hf_files::tokenizer_json;
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut model = String::new();
     for b in 0..=255u8 {

@@ -1,6 +1,6 @@
 //! `llamactl verify` against corrupted copies of the fixtures: every problem kind is produced by a
 //! real damaged file and must show up in the JSON report and the exit code.
-use llamactl::checkpoint::{checklist, layout};
+use llamactl::checkpoint::{checklist, hashing, layout};
 use llamactl::formats::pth::{self, PthFile, TensorSpec};
 use llamactl::formats::safetensors;
 use llamactl::formats::DType;
@@ -97,7 +97,7 @@ fn regenerate_checklist(dir: &Path) {
     for e in std::fs::read_dir(dir).unwrap() {
         let name = e.unwrap().file_name().to_string_lossy().into_owned();
         if name != "checklist.chk" {
-            let md5 = checklist::md5_file(&dir.join(&name)).unwrap();
+            let md5 = hashing::md5_file(&dir.join(&name), &|_| {}).unwrap();
             entries.push(checklist::Entry { md5, name });
         }
     }
@@ -229,13 +229,13 @@ fn unusable_input_exits_2() {
 fn flipped_byte_is_an_md5_mismatch_naming_both_digests() {
     let d = copy_fixture("small-mp2");
     let p = d.path().join("consolidated.01.pth");
-    let before = checklist::md5_file(&p).unwrap();
+    let before = hashing::md5_file(&p, &|_| {}).unwrap();
     let mut bytes = std::fs::read(&p).unwrap();
     // Low mantissa bit of a value in the middle of the tensor data: still a valid checkpoint.
     let mid = (bytes.len() / 2) & !1;
     bytes[mid] ^= 1;
     std::fs::write(&p, &bytes).unwrap();
-    let after = checklist::md5_file(&p).unwrap();
+    let after = hashing::md5_file(&p, &|_| {}).unwrap();
     let v = expect_problems(d.path(), &[], &["md5_mismatch"]);
     let f = file_status(&v, "consolidated.01.pth");
     assert_eq!(f["status"], "mismatch");

@@ -4,10 +4,8 @@
 //!   cargo run --release --example tokenize_tool -- write-hf TOKENIZER_MODEL DST_DIR [--instruct] [MAX_LEN]
 //!   cargo run --release --example tokenize_tool -- to-tiktoken TOKENIZER_JSON OUT
 use anyhow::{bail, Context, Result};
-use llamactl::runner::hf_tokenizer::{
-    tiktoken_model_from_tokenizer_json, write_hf_tokenizer_files,
-};
-use llamactl::runner::tokenizer::{AllowedSpecial, Tokenizer};
+use llamactl::tokenizer::hf_files::{tiktoken_model_from_tokenizer_json, write_hf_tokenizer_files};
+use llamactl::tokenizer::{AllowedSpecial, Tokenizer};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::time::Instant;

@@ -6,7 +6,7 @@
 //! lists each file of `checklist.chk` with the md5 that checklist names, and each such file still has
 //! the size and modification time recorded in the marker. Anything else that is complete is
 //! *present* (unverified); `llamactl verify` can then check it the slow way.
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::UNIX_EPOCH;
@@ -261,12 +261,8 @@ pub fn read_marker(folder: &Path) -> BTreeMap<String, VerifiedFile> {
 
 /// Write a model folder's verified marker atomically.
 pub fn write_marker(folder: &Path, files: &BTreeMap<String, VerifiedFile>) -> Result<()> {
-    let path = folder.join(VERIFIED_MARKER);
-    let tmp = folder.join(format!("{VERIFIED_MARKER}.part"));
     let text = serde_json::to_string_pretty(files)?;
-    std::fs::write(&tmp, text).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("{}: cannot write", path.display()))?;
-    Ok(())
+    crate::util::write_atomic(&folder.join(VERIFIED_MARKER), text.as_bytes())
 }
 
 /// What is on disk for one model.

@@ -84,25 +84,6 @@ pub fn render(entries: &[Entry]) -> Result<String> {
     Ok(out)
 }
 
-/// md5 of a whole file, streamed.
-pub fn md5_file(path: &Path) -> Result<String> {
-    use std::io::Read;
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let mut h = crate::formats::md5::Md5::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.hex())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,13 +9,12 @@
 //! A single file's hash cannot be parallelised, so [`md5_file`] overlaps reading with hashing:
 //! a reader thread fills big buffers with sequential reads while the caller's thread hashes the
 //! previous one. [`md5_files`] runs several such pipelines at once, largest file first.
+use crate::util::work_queue;
 use anyhow::{Context, Result};
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::sync_channel;
-use std::sync::Mutex;
 
 /// Size of one read; big enough that syscalls are noise, small enough to stay cache friendly.
 const BLOCK: usize = 4 << 20;
@@ -106,24 +105,18 @@ pub fn md5_files(
         .map(|(i, p)| (std::fs::metadata(p).map(|m| m.len()).unwrap_or(0), i))
         .collect();
     order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    let results: Mutex<Vec<Option<Result<String>>>> =
-        Mutex::new((0..paths.len()).map(|_| None).collect());
-    let next = AtomicUsize::new(0);
-    std::thread::scope(|s| {
-        for _ in 0..jobs.clamp(1, paths.len().max(1)) {
-            s.spawn(|| loop {
-                let k = next.fetch_add(1, Ordering::Relaxed);
-                let Some(&(_, i)) = order.get(k) else { break };
-                let r = md5_file(&paths[i], progress);
-                if let Ok(mut v) = results.lock() {
-                    v[i] = Some(r);
-                }
-            });
-        }
-    });
-    results
-        .into_inner()
-        .unwrap_or_default()
+    let hashed = work_queue(
+        order.len(),
+        jobs,
+        |_| (),
+        |_, k| md5_file(&paths[order[k].1], progress),
+        || false,
+    );
+    let mut by_path: Vec<Option<Result<String>>> = (0..paths.len()).map(|_| None).collect();
+    for (&(_, i), r) in order.iter().zip(hashed) {
+        by_path[i] = r;
+    }
+    by_path
         .into_iter()
         .zip(paths)
         .map(|(r, p)| r.unwrap_or_else(|| Err(anyhow::anyhow!("{}: not hashed", p.display()))))
@@ -182,13 +175,16 @@ mod tests {
         paths.push(dir.path().join("absent"));
         let seen = std::sync::atomic::AtomicU64::new(0);
         let got = md5_files(&paths, 3, &|n| {
-            seen.fetch_add(n, Ordering::Relaxed);
+            seen.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         });
         for (g, w) in got.iter().zip(&want) {
             assert_eq!(g.as_ref().unwrap(), w);
         }
         let e = format!("{:#}", got[4].as_ref().unwrap_err());
         assert!(e.contains("absent") && e.contains("cannot open"), "{e}");
-        assert_eq!(seen.load(Ordering::Relaxed), (4 * BLOCK + 105) as u64);
+        assert_eq!(
+            seen.load(std::sync::atomic::Ordering::Relaxed),
+            (4 * BLOCK + 105) as u64
+        );
     }
 }

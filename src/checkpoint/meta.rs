@@ -7,6 +7,7 @@ use crate::formats::copy::CHUNK;
 use crate::formats::pth::PthFile;
 use crate::formats::TensorInfo;
 use anyhow::{anyhow, bail, Context, Result};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub struct MetaDir {
@@ -15,35 +16,35 @@ pub struct MetaDir {
     pub shards: Vec<PthFile>,
 }
 
-/// `consolidated.NN.pth` files of a dir, in rank order; a gap in the numbering is an error.
-pub fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut found = Vec::new();
+/// `consolidated.NN.pth` files of a dir by rank; a rank missing below the highest is `None`.
+pub fn shards_by_rank(dir: &Path) -> Result<Vec<Option<PathBuf>>> {
+    let mut found: BTreeMap<usize, PathBuf> = BTreeMap::new();
     let entries =
         std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))?;
     for e in entries {
-        let e = e?;
+        let e = e.with_context(|| format!("{}: cannot list", dir.display()))?;
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(n) = name
+        let rank = name
             .strip_prefix("consolidated.")
             .and_then(|r| r.strip_suffix(".pth"))
-        {
-            let idx: usize = n
-                .parse()
-                .map_err(|_| anyhow!("{}: unexpected shard name {name}", dir.display()))?;
-            found.push((idx, e.path()));
+            .and_then(|n| n.parse::<usize>().ok());
+        if let Some(rank) = rank {
+            found.insert(rank, e.path());
         }
     }
-    found.sort();
-    for (want, (idx, p)) in found.iter().enumerate() {
-        if *idx != want {
-            bail!(
-                "{}: shard consolidated.{want:02}.pth is missing (found {})",
-                dir.display(),
-                p.display()
-            );
-        }
-    }
-    Ok(found.into_iter().map(|(_, p)| p).collect())
+    let n = found.keys().next_back().map_or(0, |&m| m + 1);
+    Ok((0..n).map(|i| found.remove(&i)).collect())
+}
+
+/// `consolidated.NN.pth` files of a dir, in rank order; a gap in the numbering is an error.
+pub fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>> {
+    shards_by_rank(dir)?
+        .into_iter()
+        .enumerate()
+        .map(|(rank, p)| {
+            p.ok_or_else(|| anyhow!("{}: shard {} is missing", dir.display(), shard_name(rank)))
+        })
+        .collect()
 }
 
 pub fn shard_name(rank: usize) -> String {

@@ -12,11 +12,12 @@ use super::meta::{shard_name, MetaDir};
 use super::stream::{write_region, Buffers, CastStats, FullTensor, Region};
 use crate::formats::copy::HashingFile;
 use crate::formats::pth::{PthWriter, TensorSpec};
+use crate::util::work_queue;
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::HashSet;
 use std::io::{self, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// A checked source and a target MP: everything needed to write the output shards.
@@ -165,42 +166,33 @@ impl Plan {
                 self.mp
             );
         }
-        let next = AtomicUsize::new(0);
         let cancel = AtomicBool::new(false);
         let first_err: Mutex<Option<anyhow::Error>> = Mutex::new(None);
-        let results: Mutex<Vec<Option<Entry>>> = Mutex::new(vec![None; self.mp]);
-        std::thread::scope(|s| {
-            for _ in 0..jobs.clamp(1, self.mp) {
-                s.spawn(|| {
-                    let mut bufs = Buffers::default();
-                    loop {
-                        let rank = next.fetch_add(1, Ordering::Relaxed);
-                        if rank >= self.mp || cancel.load(Ordering::Relaxed) {
-                            return;
-                        }
-                        match self.write_shard(rank, dir, &mut bufs, &progress[rank], &cancel) {
-                            Ok(e) => lock(&results)[rank] = Some(e),
-                            Err(e) => {
-                                let mut first = lock(&first_err);
-                                if first.is_none() {
-                                    *first = Some(e);
-                                }
-                                cancel.store(true, Ordering::Relaxed);
-                                return;
-                            }
-                        }
-                    }
-                });
-            }
-        });
+        let written = work_queue(
+            self.mp,
+            jobs,
+            |_| Buffers::default(),
+            |bufs, rank| match self.write_shard(rank, dir, bufs, &progress[rank], &cancel) {
+                Ok(entry) => Some(entry),
+                Err(e) => {
+                    // The first failure is the cause; the shards it cancels fail after it.
+                    lock(&first_err).get_or_insert(e);
+                    cancel.store(true, Ordering::Relaxed);
+                    None
+                }
+            },
+            || cancel.load(Ordering::Relaxed),
+        );
         if let Some(e) = lock(&first_err).take() {
             return Err(e);
         }
-        let results = std::mem::take(&mut *lock(&results));
-        results
+        written
             .into_iter()
             .enumerate()
-            .map(|(r, e)| e.ok_or_else(|| anyhow!("shard {} was not written", shard_name(r))))
+            .map(|(r, e)| {
+                e.flatten()
+                    .ok_or_else(|| anyhow!("shard {} was not written", shard_name(r)))
+            })
             .collect()
     }
 }

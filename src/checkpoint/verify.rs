@@ -13,7 +13,7 @@ use crate::util::human_bytes;
 use anyhow::Result;
 use serde::Serialize;
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 /// What to check.
@@ -392,23 +392,9 @@ fn checksums(dir: &Path, layout: Layout, jobs: usize, progress: &dyn Progress, r
 // ---------------------------------------------------------------------------------------------
 // Meta directories
 
-/// `consolidated.NN.pth` files by rank (gaps are None).
+/// `consolidated.NN.pth` files by rank (gaps are None); an unreadable dir has none.
 fn meta_shards(dir: &Path) -> Vec<Option<PathBuf>> {
-    let mut found: BTreeMap<usize, PathBuf> = BTreeMap::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.filter_map(|e| e.ok()) {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let rank = name
-                .strip_prefix("consolidated.")
-                .and_then(|r| r.strip_suffix(".pth"))
-                .and_then(|n| n.parse::<usize>().ok());
-            if let Some(rank) = rank {
-                found.insert(rank, e.path());
-            }
-        }
-    }
-    let n = found.keys().next_back().map_or(0, |&m| m + 1);
-    (0..n).map(|i| found.remove(&i)).collect()
+    super::meta::shards_by_rank(dir).unwrap_or_default()
 }
 
 fn meta_structure(dir: &Path, r: &mut Report) -> Vec<Stored> {

@@ -4,8 +4,8 @@ use crate::checkpoint::convert::{self, Options, Summary};
 use crate::checkpoint::{hf_config, Params};
 use crate::cli::{CastDtype, ConvertArgs, ConvertTo};
 use crate::formats::DType;
-use crate::runner::hf_tokenizer::{tiktoken_model_from_tokenizer_json, write_hf_tokenizer_files};
-use crate::util::{human_bytes, AtomicDir};
+use crate::tokenizer::hf_files::{tiktoken_model_from_tokenizer_json, write_hf_tokenizer_files};
+use crate::util::{check_dst_outside_src, human_bytes, AtomicDir};
 use anyhow::{anyhow, bail, Result};
 use std::io::IsTerminal;
 use std::path::Path;
@@ -32,7 +32,7 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
     if args.to == ConvertTo::Gguf {
         return gguf::run(args, instruct);
     }
-    convert::check_dst_outside_src(src, &args.dst_dir)?;
+    check_dst_outside_src(src, &args.dst_dir)?;
     let opts = Options {
         dtype: match args.dtype {
             None => None,

@@ -4,11 +4,10 @@ use crate::checkpoint::checklist::{self, Entry};
 use crate::checkpoint::meta::shard_name;
 use crate::checkpoint::reshard::{copy_hashed, Plan};
 use crate::cli::ReshardArgs;
-use crate::util::{ensure_free_disk, human_bytes, AtomicDir};
+use crate::util::{check_dst_outside_src, ensure_free_disk, human_bytes, AtomicDir};
 use anyhow::{bail, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
-use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -22,7 +21,7 @@ pub fn run(args: &ReshardArgs) -> Result<i32> {
     if args.jobs == Some(0) {
         bail!("--jobs must be at least 1");
     }
-    check_dirs(&args.src_dir, &args.dst_dir)?;
+    check_dst_outside_src(&args.src_dir, &args.dst_dir)?;
     let started = Instant::now();
     let plan = Plan::new(&args.src_dir, args.mp)?;
     let src = plan.src();
@@ -97,62 +96,6 @@ pub fn run(args: &ReshardArgs) -> Result<i32> {
         started.elapsed().as_secs_f64()
     );
     Ok(0)
-}
-
-/// Refuse a destination inside the source (or equal to it) and a source inside the destination
-/// (which `--force` would delete).
-fn check_dirs(src: &Path, dst: &Path) -> Result<()> {
-    let s = std::fs::canonicalize(src)
-        .with_context(|| format!("{}: cannot open source directory", src.display()))?;
-    if !s.is_dir() {
-        bail!("{}: not a directory", src.display());
-    }
-    let d = resolve(dst)?;
-    if d.starts_with(&s) {
-        bail!(
-            "{}: destination is inside the source directory {}",
-            dst.display(),
-            src.display()
-        );
-    }
-    if s.starts_with(&d) {
-        bail!(
-            "{}: destination contains the source directory {}",
-            dst.display(),
-            src.display()
-        );
-    }
-    Ok(())
-}
-
-/// `path` made absolute with symlinks resolved, for a path that may not exist yet: each existing
-/// prefix is canonicalized, and `..` after a missing component is taken lexically (a missing
-/// directory holds no symlink to follow).
-fn resolve(path: &Path) -> Result<PathBuf> {
-    let abs = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .context("cannot read the current directory")?
-            .join(path)
-    };
-    let mut out = PathBuf::new();
-    for c in abs.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            c => {
-                out.push(c);
-                if out.exists() {
-                    out = std::fs::canonicalize(&out)
-                        .with_context(|| format!("{}: cannot resolve", out.display()))?;
-                }
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Progress until `finished`: a bar per shard on a terminal, a line every few seconds otherwise.

@@ -7,7 +7,7 @@ use crate::runner::device::{self, DeviceRequest, DtypeRequest, PeakMemory};
 use crate::runner::generate::{generate, GenParams, Generation, Stats};
 use crate::runner::kv_cache::KvCache;
 use crate::runner::model::{Config, DirWeights, Llama, RopeLayout};
-use crate::runner::tokenizer::{AllowedSpecial, Tokenizer};
+use crate::tokenizer::{AllowedSpecial, Tokenizer};
 use crate::util::human_bytes;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};

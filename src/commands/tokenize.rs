@@ -5,7 +5,7 @@
 //! the ids, so invalid UTF-8 is refused with the offset of the first bad byte.
 use crate::cli::TokenizeArgs;
 use crate::runner::chat::{parse_dialog, ChatFormat};
-use crate::runner::tokenizer::{AllowedSpecial, Tokenizer};
+use crate::tokenizer::{AllowedSpecial, Tokenizer};
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{Read, Write};
 

@@ -320,7 +320,9 @@ impl<W: Write> PthWriter<W> {
         let pkl = pickle::emit_state_dict(&emit);
         // torch writes a random 40-digit id; ours is derived from the pickle so equal inputs give
         // byte-identical files.
-        let digest = <md5::Md5 as md5::Digest>::digest(&pkl);
+        let mut md5 = super::md5::Md5::new();
+        md5.update(&pkl);
+        let digest = md5.finalize();
         let serialization_id: String = digest
             .iter()
             .chain(digest.iter())

@@ -262,7 +262,8 @@ pub struct RepoCache {
 
 impl RepoCache {
     pub fn new(cache_dir: &Path, repo_id: &str) -> Self {
-        let folder = hf_hub::Repo::model(repo_id.to_string()).folder_name();
+        // huggingface_hub's cache folder name for a model repo: `models--org--name`.
+        let folder = format!("models--{}", repo_id.replace('/', "--"));
         Self {
             cache_dir: cache_dir.to_path_buf(),
             folder,

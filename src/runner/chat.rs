@@ -3,7 +3,7 @@
 //! Meta's layout: `<|begin_of_text|>`, then per message `<|start_header_id|>` role
 //! `<|end_header_id|>` "\n\n" content.strip() `<|eot_id|>`, then an open assistant header. The
 //! content is encoded with special-token text as plain text, so a user cannot inject headers.
-use crate::runner::tokenizer::{py_strip, AllowedSpecial, Tokenizer, TokenizerKind};
+use crate::tokenizer::{py_strip, AllowedSpecial, Tokenizer, TokenizerKind};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -251,7 +251,7 @@ mod jinja {
             let arg = |i: usize| args.get(i).and_then(|a| a.as_str());
             let strip_set = |c: char, set: Option<&str>| match set {
                 Some(set) => set.contains(c),
-                None => crate::runner::tokenizer::py_isspace(c),
+                None => crate::tokenizer::py_isspace(c),
             };
             return Ok(match name {
                 "strip" => Value::from(s.trim_matches(|c| strip_set(c, arg(0)))),
@@ -322,7 +322,7 @@ mod jinja {
     pub fn trim(s: String, chars: Option<String>) -> String {
         match chars {
             Some(set) => s.trim_matches(|c| set.contains(c)).to_string(),
-            None => crate::runner::tokenizer::py_strip(&s).to_string(),
+            None => crate::tokenizer::py_strip(&s).to_string(),
         }
     }
 
@@ -484,7 +484,7 @@ mod tests {
             Message::new("user", "hi\n"),
         ];
         let out = render_chat_template(
-            crate::runner::hf_tokenizer::LLAMA3_CHAT_TEMPLATE,
+            crate::tokenizer::hf_files::LLAMA3_CHAT_TEMPLATE,
             &msgs,
             "<|begin_of_text|>",
             "<|eot_id|>",

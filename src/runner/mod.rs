@@ -1,9 +1,7 @@
-//! Tokenizer, chat format, the transformer (candle), KV cache, sampling, generation.
+//! Chat format, the transformer (candle), KV cache, sampling, generation.
 pub mod chat;
 pub mod device;
 pub mod generate;
-pub mod hf_tokenizer;
 pub mod kv_cache;
 pub mod model;
 pub mod sampling;
-pub mod tokenizer;

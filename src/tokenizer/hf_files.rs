@@ -4,7 +4,9 @@
 //! byte mapped to a printable char) plus an ordered merge list. tiktoken stores only ranks; the
 //! merges are rebuilt as transformers' converter does: for each token in rank order, every split
 //! into two tokens whose parts and whole are all in the vocabulary, ordered by the parts' ranks.
-use crate::runner::tokenizer::{special_names, SpecialNames, Tokenizer};
+use super::byte_alphabet::{to_unicode, unicode_to_byte};
+use super::{special_names, SpecialNames, Tokenizer};
+use crate::util::write_atomic;
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
 use rustc_hash::FxHashMap;
@@ -17,30 +19,6 @@ pub const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}
 
 /// The Llama 3 chat template as transformers' converter writes it for instruct models.
 pub const LLAMA3_CHAT_TEMPLATE: &str = "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
-
-/// GPT-2's printable stand-in for a byte: printable Latin-1 bytes stand for themselves, the
-/// other 68 are mapped in order to U+0100 onwards.
-pub fn byte_to_unicode(b: u8) -> char {
-    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
-    if printable(b) {
-        return b as char;
-    }
-    let k = (0..b).filter(|&x| !printable(x)).count() as u32;
-    char::from_u32(256 + k).unwrap_or('\u{FFFD}')
-}
-
-/// The inverse of [`byte_to_unicode`].
-pub fn unicode_to_byte(c: char) -> Option<u8> {
-    static TABLE: std::sync::OnceLock<FxHashMap<char, u8>> = std::sync::OnceLock::new();
-    TABLE
-        .get_or_init(|| (0..=255u8).map(|b| (byte_to_unicode(b), b)).collect())
-        .get(&c)
-        .copied()
-}
-
-fn to_unicode(bytes: &[u8]) -> String {
-    bytes.iter().map(|&b| byte_to_unicode(b)).collect()
-}
 
 /// Merges rebuilt from tiktoken ranks (see the module comment), as (left, right) token bytes.
 pub fn merges_from_ranks(tokens: &[Vec<u8>]) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -214,7 +192,7 @@ pub fn special_tokens_map_json(instruct: bool) -> Value {
 
 /// Writes `tokenizer.json`, `tokenizer_config.json` and `special_tokens_map.json` for the
 /// tiktoken model at `tokenizer_model` into `dst_dir` (which must exist; e.g. the temp dir of an
-/// `crate::util::AtomicDir`). Each file is written as `NAME.part`, synced, then renamed.
+/// `crate::util::AtomicDir`). Each file appears whole or not at all ([`write_atomic`]).
 pub fn write_hf_tokenizer_files(
     tokenizer_model: &Path,
     dst_dir: &Path,
@@ -239,24 +217,6 @@ pub fn write_hf_tokenizer_files(
 fn write_json(path: &Path, v: &Value) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(v).context("serializing JSON")?;
     write_atomic(path, &bytes)
-}
-
-/// Writes `path.part`, fsyncs, renames over `path`.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut part = path.as_os_str().to_owned();
-    part.push(".part");
-    let part = std::path::PathBuf::from(part);
-    let res = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&part)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&part, path)
-    })();
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&part);
-        return Err(anyhow!("{}: cannot write ({e})", path.display()));
-    }
-    Ok(())
 }
 
 /// The tiktoken `tokenizer.model` text equivalent to a Hugging Face `tokenizer.json`: the BPE
@@ -424,17 +384,5 @@ mod tests {
             hf_special_names(SpecialNames::Llama3),
             special_names(SpecialNames::Llama3)
         );
-    }
-
-    #[test]
-    fn byte_alphabet_is_gpt2s() {
-        assert_eq!(byte_to_unicode(b' '), 'Ġ');
-        assert_eq!(byte_to_unicode(b'\n'), 'Ċ');
-        assert_eq!(byte_to_unicode(0), '\u{100}');
-        assert_eq!(byte_to_unicode(0xAD), '\u{143}');
-        assert_eq!(byte_to_unicode(b'A'), 'A');
-        for b in 0..=255u8 {
-            assert_eq!(unicode_to_byte(byte_to_unicode(b)), Some(b));
-        }
     }
 }

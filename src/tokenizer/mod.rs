@@ -1,15 +1,27 @@
 //! The tokenizer: one interface over Meta's `tokenizer.model` (tiktoken) and Hugging Face's
-//! `tokenizer.json`, exact to Meta's `Tokenizer` id for id.
+//! `tokenizer.json`, exact to Meta's `Tokenizer` id for id. `tokenize`, `convert` and `run` all
+//! use it.
+//!
+//! The parts:
+//! - [`Tokenizer`] (here): the runtime interface, picking a backend by the file's content.
+//! - `tiktoken`: Meta's backend, built from `bpe` (the merge loop) and `split` (Llama 3's
+//!   pre-split pattern, hand-written).
+//! - `hf_backend`: the runtime backend for a `tokenizer.json`, run by the `tokenizers` crate.
+//! - [`hf_files`]: the Hugging Face tokenizer *files* that `convert` writes (and reads back into
+//!   a `tokenizer.model`); not used at run time.
+//! - `byte_alphabet`: GPT-2's byte <-> printable-char map, shared by the last two.
 //!
 //! ```no_run
-//! use llamactl::runner::tokenizer::{AllowedSpecial, Tokenizer};
+//! use llamactl::tokenizer::{AllowedSpecial, Tokenizer};
 //! let tok = Tokenizer::from_file("tokenizer.model".as_ref())?;
 //! let ids = tok.encode("This is a test sentence.", true, false, AllowedSpecial::None)?;
 //! assert_eq!(tok.decode(&ids[1..])?, "This is a test sentence.");
 //! # anyhow::Ok(())
 //! ```
 mod bpe;
-mod hf;
+mod byte_alphabet;
+mod hf_backend;
+pub mod hf_files;
 mod split;
 mod tiktoken;
 
@@ -48,7 +60,7 @@ pub enum TokenizerKind {
 
 enum Backend {
     Tiktoken(Box<tiktoken::Tiktoken>),
-    Hf(Box<hf::Hf>),
+    Hf(Box<hf_backend::Hf>),
 }
 
 pub struct Tokenizer {
@@ -144,7 +156,7 @@ impl Tokenizer {
     }
 
     fn hf(data: &[u8], path: &Path) -> Result<Tokenizer> {
-        let h = hf::Hf::parse(data, path)?;
+        let h = hf_backend::Hf::parse(data, path)?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let ids = HfSpecialIds::read(dir, &h)?;
         Ok(Tokenizer {
@@ -475,7 +487,7 @@ struct HfSpecialIds {
 impl HfSpecialIds {
     /// bos/eos from tokenizer_config.json (token text) or config.json (ids); stop ids from
     /// generation_config.json, then config.json, then eos.
-    fn read(dir: &Path, h: &hf::Hf) -> Result<HfSpecialIds> {
+    fn read(dir: &Path, h: &hf_backend::Hf) -> Result<HfSpecialIds> {
         let tc = read_json(&dir.join("tokenizer_config.json"))?;
         let cfg = read_json(&dir.join("config.json"))?;
         let gen = read_json(&dir.join("generation_config.json"))?;

@@ -1,6 +1,6 @@
 //! The Hugging Face backend: a `tokenizer.json` run by the `tokenizers` crate.
+use super::byte_alphabet::{byte_to_unicode, unicode_to_byte};
 use super::AllowedSpecial;
-use crate::runner::hf_tokenizer::unicode_to_byte;
 use anyhow::{anyhow, bail, Result};
 use rustc_hash::FxHashMap;
 use std::path::Path;
@@ -101,10 +101,7 @@ impl Hf {
             }
         }
         if self.byte_level {
-            let mapped: String = text
-                .bytes()
-                .map(crate::runner::hf_tokenizer::byte_to_unicode)
-                .collect();
+            let mapped: String = text.bytes().map(byte_to_unicode).collect();
             return self.special.token_to_id(&mapped);
         }
         None
