@@ -656,7 +656,7 @@ mod tests {
         };
         let (offsets, data) = h.layout().unwrap();
         assert_eq!(offsets, vec![0, 32]);
-        assert_eq!(data, 32 + 2 * 2 * 34 + 28);
+        assert_eq!(data, 32 + pad_to(2 * 2 * 34, 32));
         let mut bytes = h.encode().unwrap();
         assert_eq!(bytes.len() % 32, 0);
         bytes.resize(bytes.len() + data as usize, 0);
