@@ -7,7 +7,11 @@ Outputs (deterministic for a given torch version):
   testdata/tiny-mp1/      real Llama 3 vocabulary (128256) with tiny dims, bf16, MP 1 (for run/demo)
   testdata/small-mp1/     vocab 256, 8 heads / 2 kv heads, bf16, MP 1; three norms share one storage
   testdata/small-mp2/     the same weights split as Meta's fairscale layers split them
-  testdata/misc/          f16.pth, f32.pth, views.pth (a non-contiguous view), llama2-mp2/ (dim-1 embedding split)
+  testdata/misc/          f16.pth, f32.pth, views.pth (a non-contiguous view), llama2-mp2/ (dim-1 embedding split),
+                          types.pth (fp8 e4m3fn/e5m2, uint16/32/64, bool: torch writes them with _rebuild_tensor_v3)
+  testdata/fp8-mp2/       the Llama 3.1 405B fp8 release in miniature: 4 layers, MP 2, FFN w1/w2/w3 of layers
+                          1..n-2 as float8_e4m3fn with row scales in fp8_scales_{rank}.pt, the rest bf16;
+                          misc/fp8-mp2-dequant.json: statistics of its dequantized fp8 matrices
   testdata/golden/*.json  per file: tensor names, dtypes, shapes, and the sha256 of each tensor's
                           row-major bytes, plus storage sharing facts
 """
@@ -15,7 +19,11 @@ import hashlib, json, math, os, shutil, sys
 import torch
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "testdata")
-DT_NAME = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
+DT_NAME = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.float64: "F64",
+           torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+           torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+           torch.uint16: "U16", torch.uint32: "U32", torch.uint64: "U64"}
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
 
 
 def ffn_hidden(dim, multiple_of, mult):
@@ -107,7 +115,30 @@ def checklist(d):
         f.writelines(lines)
 
 
-def model_dir(d, params, shards, tokenizer=True):
+def fp8_quantize(w):
+    """Row-wise fp8 as Meta's 405B release stores it: value = q.float() * scale[:, None]."""
+    w = w.float()
+    scale = (w.abs().amax(dim=1) / FP8_MAX).clamp(min=1e-12)
+    q = (w / scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    return q, scale
+
+
+def fp8_shards(shards, n_layers):
+    """Quantize FFN w1/w2/w3 of layers 1..n-2 in each rank's shard; returns (shards, scales per rank).
+    Each rank computes its own row scales: w1/w3 rows are that rank's rows, w2 rows span only that
+    rank's columns, which is why w2 cannot be merged exactly across ranks."""
+    scales = []
+    for r, sd in enumerate(shards):
+        sc = {}
+        for l in range(1, n_layers - 1):
+            for w in ("w1", "w3", "w2"):
+                name = f"layers.{l}.feed_forward.{w}.weight"
+                sd[name], sc[f"{l}_feed_forward.{w}_{r}"] = fp8_quantize(sd[name])
+        scales.append(sc)
+    return shards, scales
+
+
+def model_dir(d, params, shards, tokenizer=True, extra=None):
     if os.path.isdir(d):
         shutil.rmtree(d)
     os.makedirs(d)
@@ -115,6 +146,8 @@ def model_dir(d, params, shards, tokenizer=True):
         json.dump(params, f)
     for r, sd in enumerate(shards):
         save(sd, os.path.join(d, f"consolidated.{r:02d}.pth"))
+    for name, sd in (extra or {}).items():
+        save(sd, os.path.join(d, name))
     if tokenizer:
         # A relative symlink keeps one copy of the real tokenizer in the repo.
         os.symlink("../tokenizer.model", os.path.join(d, "tokenizer.model"))
@@ -153,6 +186,39 @@ def main():
     hd = 32 // 4
     sd["rope.freqs"] = (1.0 / (10000.0 ** (torch.arange(0, hd, 2).float() / hd))).half()
     model_dir(os.path.join(misc, "llama2-mp2"), llama2, split(sd, 2, embed_dim=1), tokenizer=False)
+
+    types = {"e4m3": torch.randn(3, 4, generator=g).to(torch.float8_e4m3fn),
+             "e5m2": torch.randn(5, generator=g).to(torch.float8_e5m2),
+             "u16": torch.tensor([0, 1, 65535], dtype=torch.int32).to(torch.uint16),
+             "u32": torch.tensor([7, 4000000000], dtype=torch.int64).to(torch.uint32),
+             "u64": torch.tensor([1, 2], dtype=torch.int64).to(torch.uint64),
+             "mask": torch.tensor([True, False, True]),
+             "i8": torch.tensor([-3, 4], dtype=torch.int8)}
+    save(types, os.path.join(misc, "types.pth"))
+
+    fp8 = {"dim": 32, "n_layers": 4, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 256,
+           "multiple_of": 32, "ffn_dim_multiplier": 1.2, "norm_eps": 1e-05, "rope_theta": 500000.0,
+           "use_scaled_rope": True}
+    sd = make_weights(fp8, 256, torch.bfloat16, seed=5)
+    shards, scales = fp8_shards(split(sd, 2), fp8["n_layers"])
+    model_dir(os.path.join(ROOT, "fp8-mp2"), fp8, shards, tokenizer=False,
+              extra={f"fp8_scales_{r}.pt": sc for r, sc in enumerate(scales)})
+    # What `verify --deep` must report for each fp8 matrix: statistics of w.float() * scale[:, None].
+    deq = {}
+    for r in range(2):
+        d = os.path.join(ROOT, "fp8-mp2")
+        sd = torch.load(os.path.join(d, f"consolidated.{r:02d}.pth"), weights_only=True)
+        sc = torch.load(os.path.join(d, f"fp8_scales_{r}.pt"), weights_only=True)
+        for name, w in sd.items():
+            if w.dtype == torch.float8_e4m3fn:
+                l, proj = name.split(".")[1], name.split(".")[3]
+                v = (w.float() * sc[f"{l}_feed_forward.{proj}_{r}"][:, None]).double()
+                deq[f"consolidated.{r:02d}.pth:{name}"] = {
+                    "min": v.min().item(), "max": v.max().item(), "mean": v.mean().item(),
+                    "std": v.std(unbiased=False).item()}
+    with open(os.path.join(misc, "fp8-mp2-dequant.json"), "w") as f:
+        json.dump(deq, f, indent=1, sort_keys=True)
+        f.write("\n")
     print("fixtures written under", os.path.normpath(ROOT), "with torch", torch.__version__)
 
 

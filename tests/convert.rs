@@ -492,3 +492,20 @@ fn refusals_and_unsupported_inputs_are_one_line_errors() {
     assert_eq!(code, 2);
     assert!(err.contains("Llama 2"), "{err}");
 }
+
+#[test]
+fn fp8_checkpoints_are_refused_and_nothing_is_created() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dst = tmp.path().join("hf");
+    let src = testdata().join("fp8-mp2");
+    let (code, err) = llamactl(&[&"convert", &"--to", &"hf", &src, &dst]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("fp8")
+            && err.contains("layers.1.feed_forward.w1.weight")
+            && err.contains("w2"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+}

@@ -290,3 +290,70 @@ fn zip64_records_and_offsets_read_back() {
     assert!(p.data_offset(a).unwrap() > u32::MAX as u64);
     assert_eq!(p.bytes(a).unwrap().as_ref(), &after[..]);
 }
+
+#[test]
+fn list_shows_405b_variants_and_an_fp8_folder_state() {
+    let d = tempfile::tempdir().unwrap();
+    // A 405B fp8 download as Meta lays it out: 8 shards, 8 scales files, params, tokenizer, checklist.
+    let folder = d.path().join("Llama-3.1-405B");
+    std::fs::create_dir(&folder).unwrap();
+    let mut files: Vec<String> = (0..8).map(|r| format!("consolidated.{r:02}.pth")).collect();
+    files.extend((0..8).map(|r| format!("fp8_scales_{r}.pt")));
+    files.extend(["params.json", "tokenizer.model", "checklist.chk"].map(String::from));
+    for f in &files {
+        std::fs::write(folder.join(f), b"x").unwrap();
+    }
+    let list = |json: bool| {
+        let mut cmd = llamactl();
+        cmd.arg("list").arg("--dir").arg(d.path());
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let model = |doc: &serde_json::Value, name: &str| -> serde_json::Value {
+        doc["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} not listed"))
+    };
+    let doc: serde_json::Value = serde_json::from_str(&list(true)).unwrap();
+    let fp8 = model(&doc, "Llama3.1-405B");
+    assert_eq!(
+        (fp8["status"].as_str(), fp8["mp"].as_u64()),
+        (Some("present"), Some(8))
+    );
+    assert_eq!(fp8["fp8"], true);
+    assert_eq!(model(&doc, "Llama3.1-405B:bf16-mp16")["mp"], 16);
+    assert_eq!(model(&doc, "Llama3.1-405B:bf16-mp8")["status"], "absent");
+    std::fs::remove_file(folder.join("fp8_scales_3.pt")).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&list(true)).unwrap();
+    let fp8 = model(&doc, "Llama3.1-405B");
+    assert_eq!(fp8["status"], "partial");
+    assert_eq!(
+        (
+            fp8["files_present"].as_u64(),
+            fp8["files_expected"].as_u64()
+        ),
+        (Some(18), Some(19))
+    );
+    let table = list(false);
+    for name in [
+        "Llama3.1-405B-Instruct:bf16-mp8",
+        "Llama-3.1-405B-Instruct-MP16",
+        "Llama3.2-1B-Instruct",
+        "Llama3.2-3B-Instruct",
+    ] {
+        assert!(table.contains(name), "{name} missing from:\n{table}");
+    }
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("Llama3.1-405B "))
+        .unwrap();
+    assert!(row.contains("partial 18/19"), "{row}");
+}

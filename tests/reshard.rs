@@ -646,3 +646,22 @@ fn killed_run_leaves_no_destination() {
     child.wait().unwrap();
     assert!(!dst.exists());
 }
+
+#[test]
+fn fp8_checkpoints_are_refused_and_nothing_is_created() {
+    // testdata/fp8-mp2: torch-written like Meta's 405B fp8 release (scripts/make_fixtures.py).
+    let tmp = tempfile::tempdir().unwrap();
+    let dst = tmp.path().join("out");
+    for mp in [1, 2, 4] {
+        let out = reshard(mp, &testdata().join("fp8-mp2"), &dst, &[]);
+        refused(out, "fp8");
+    }
+    let err = String::from_utf8_lossy(&reshard(1, &testdata().join("fp8-mp2"), &dst, &[]).stderr)
+        .into_owned();
+    assert!(
+        err.contains("layers.1.feed_forward.w1.weight") && err.contains("w2"),
+        "{err}"
+    );
+    assert!(!dst.exists());
+    no_temp_dirs(tmp.path());
+}

@@ -6,7 +6,7 @@ use llamactl::tokenizer::{py_isspace, AllowedSpecial, SpecialNames, Tokenizer};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
@@ -396,19 +396,17 @@ fn bad_tokenizer_files_are_refused_with_the_line() {
     assert!(err.contains("not a directory"), "{err}");
 }
 
-fn hf_dir() -> &'static Path {
-    static D: OnceLock<tempfile::TempDir> = OnceLock::new();
-    D.get_or_init(|| {
-        let d = tempfile::tempdir().unwrap();
-        write_hf_tokenizer_files(&model_path(), d.path(), true, 8192).unwrap();
-        d
-    })
-    .path()
+/// A fresh temp dir with the HF tokenizer files convert writes; removed when dropped.
+fn hf_dir() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    write_hf_tokenizer_files(&model_path(), d.path(), true, 8192).unwrap();
+    d
 }
 
 #[test]
 fn hf_files_encode_like_meta_and_round_trip() {
-    let dir = hf_dir();
+    let tmp = hf_dir();
+    let dir = tmp.path();
     for f in [
         "tokenizer.json",
         "tokenizer_config.json",
@@ -648,11 +646,12 @@ fn cli_decodes_and_formats_chat() {
         .unwrap()
         .ends_with("<|start_header_id|>assistant<|end_header_id|>\n\n"));
     // An HF dir gives the same chat prompt through its template.
+    let hf = hf_dir();
     let o = llamactl(
         &[
             "tokenize",
             "--model",
-            hf_dir().to_str().unwrap(),
+            hf.path().to_str().unwrap(),
             "--chat",
             "--json",
         ],

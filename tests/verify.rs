@@ -667,3 +667,128 @@ fn hf_shapes_extras_truncation_nan() {
         details(&v)
     );
 }
+
+#[test]
+fn fp8_release_verifies_with_dequantized_values() {
+    // testdata/fp8-mp2 is torch-written like Meta's 405B fp8 release; the golden statistics are
+    // torch's w.float() * scale[:, None] (scripts/make_fixtures.py).
+    let (code, v) = verify(&testdata("fp8-mp2"), &["--deep"]);
+    assert_eq!(code, 0, "{}", details(&v));
+    let check = |name: &str| {
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .map(|c| c["status"].as_str().unwrap().to_string())
+    };
+    assert_eq!(check("fp8 scales").as_deref(), Some("ok"));
+    assert_eq!(check("values").as_deref(), Some("ok"));
+    let golden: Value = serde_json::from_str(
+        &std::fs::read_to_string(testdata("misc/fp8-mp2-dequant.json")).unwrap(),
+    )
+    .unwrap();
+    let fp8: Vec<&Value> = v["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["dtype"] == "F8_E4M3")
+        .collect();
+    assert_eq!(fp8.len(), golden.as_object().unwrap().len());
+    for t in fp8 {
+        let key = format!(
+            "{}:{}",
+            t["file"].as_str().unwrap(),
+            t["name"].as_str().unwrap()
+        );
+        let g = &golden[&key];
+        let f = |v: &Value, k: &str| v[k].as_f64().unwrap();
+        assert_eq!(f(t, "min"), f(g, "min"), "{key}");
+        assert_eq!(f(t, "max"), f(g, "max"), "{key}");
+        let std = f(g, "std");
+        assert!((f(t, "mean") - f(g, "mean")).abs() < 1e-6 * std, "{key}");
+        assert!((f(t, "std") - std).abs() < 1e-5 * std, "{key}");
+    }
+}
+
+#[test]
+fn fp8_scales_and_placement_problems() {
+    // A scales file lost.
+    let d = copy_fixture("fp8-mp2");
+    std::fs::remove_file(d.path().join("fp8_scales_1.pt")).unwrap();
+    regenerate_checklist(d.path());
+    let v = expect_problems(d.path(), &[], &["missing_fp8_scales"]);
+    assert!(
+        details(&v).contains("consolidated.01.pth"),
+        "{}",
+        details(&v)
+    );
+
+    // One key gone, one vector a row short, one key nobody uses.
+    let d = copy_fixture("fp8-mp2");
+    let path = d.path().join("fp8_scales_0.pt");
+    let mut scales = read_shard(&path);
+    scales.retain(|(s, _)| s.name != "2_feed_forward.w3_0");
+    let w1 = tensor(&mut scales, "1_feed_forward.w1_0");
+    w1.0.shape = vec![63];
+    w1.1.truncate(63 * 4);
+    scales.push((
+        TensorSpec {
+            name: "9_feed_forward.w1_0".into(),
+            dtype: DType::F32,
+            shape: vec![1],
+        },
+        vec![0; 4],
+    ));
+    pth::write_small(&path, &scales).unwrap();
+    regenerate_checklist(d.path());
+    let v = expect_problems(d.path(), &[], &["invalid_fp8_scales"]);
+    let text = details(&v);
+    assert!(
+        text.contains("no entry 2_feed_forward.w3_0")
+            && text.contains("needs F32 [64]")
+            && text.contains("unexpected entry 9_feed_forward.w1_0"),
+        "{text}"
+    );
+
+    // bf16 where Meta's release has fp8, and fp8 in layer 0, which Meta keeps bf16.
+    let d = copy_fixture("fp8-mp2");
+    edit_shard(d.path(), "consolidated.00.pth", |t| {
+        let w = tensor(t, "layers.2.feed_forward.w1.weight");
+        w.0.dtype = DType::BF16;
+        w.1 = w.1.iter().flat_map(|&b| [b, 0]).collect();
+        let w = tensor(t, "layers.0.feed_forward.w3.weight");
+        w.0.dtype = DType::F8E4M3;
+        w.1 = w.1.chunks_exact(2).map(|c| c[1]).collect();
+    });
+    let v = expect_problems(d.path(), &[], &["wrong_dtype"]);
+    let text = details(&v);
+    assert!(
+        text.contains("layers.2.feed_forward.w1.weight is BF16, but Meta's fp8 release stores FFN w1/w2/w3 of layers 1..2 as F8_E4M3")
+            && text.contains("layers.0.feed_forward.w3.weight is F8_E4M3, but only FFN w1/w2/w3 of layers 1..2 are fp8"),
+        "{text}"
+    );
+}
+
+#[test]
+fn params_that_disagree_with_every_shard_say_so_once() {
+    // dim 64 in params.json for shards of dim 32: one problem listing both sides' dims, not a
+    // missing shard and a wrong shape per tensor.
+    let d = copy_fixture("small-mp1");
+    std::fs::write(
+        d.path().join("params.json"),
+        r#"{"dim": 64, "n_layers": 2, "n_heads": 8, "n_kv_heads": 2, "vocab_size": 256, "multiple_of": 32, "norm_eps": 1e-05}"#,
+    )
+    .unwrap();
+    regenerate_checklist(d.path());
+    let v = expect_problems(d.path(), &[], &["params_mismatch"]);
+    assert_eq!(v["problems"].as_array().unwrap().len(), 1);
+    let text = details(&v);
+    assert!(
+        text.contains("params.json and the shards disagree")
+            && text.contains("norm [64]")
+            && text.contains("norm [32]")
+            && text.contains("wq [32, 32]"),
+        "{text}"
+    );
+}

@@ -22,131 +22,232 @@ pub enum Source {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Model {
-    /// The name users type (case-insensitive), e.g. `8B-instruct`.
+    /// The name users type (case-insensitive), e.g. `8B-instruct`, `Llama3.1-405B:bf16-mp16`.
     pub name: &'static str,
     pub family: &'static str,
     pub source: Source,
     /// The Hugging Face repository holding the same weights.
     pub hf_repo: &'static str,
-    /// Folder under the download directory.
+    /// Folder under the download directory (the one Meta's downloads create).
     pub local_folder: &'static str,
     /// Model-parallel size: number of `consolidated.NN.pth` files.
     pub shards: usize,
-    /// Approximate total bytes of the shards (bf16), for disk-space estimates and the listing.
+    /// The fp8 release: FFN weights stored as float8_e4m3fn, with one `fp8_scales_{rank}.pt` per shard.
+    pub fp8: bool,
+    /// Approximate total bytes of the shards, for disk-space estimates and the listing.
     pub approx_bytes: u64,
 }
 
 const GB: u64 = 1_000_000_000;
+const LLAMA3_8B: u64 = 16_060 * GB / 1000;
+const LLAMA3_70B: u64 = 141_100 * GB / 1000;
+/// Meta's per-shard sizes of the 405B releases (llama-models `sku_list.py`), times the shard count.
+const LLAMA31_405B_MP8: u64 = 8 * 101_470_976_045;
+const LLAMA31_405B_MP16: u64 = 16 * 51_268_302_389;
+const LLAMA31_405B_FP8: u64 = 8 * 60_903_742_309;
 
-/// Every known model. The first four are what download.sh offers for Llama 3.
+/// A Llama 3 model from download.sh's list.
+const fn signed(
+    name: &'static str,
+    remote_folder: &'static str,
+    hf_repo: &'static str,
+    local_folder: &'static str,
+    shards: usize,
+    approx_bytes: u64,
+) -> Model {
+    Model {
+        name,
+        family: "Llama 3",
+        source: Source::MetaSignedUrl { remote_folder },
+        hf_repo,
+        local_folder,
+        shards,
+        fp8: false,
+        approx_bytes,
+    }
+}
+
+/// A later release: `local_folder` is the folder Meta's download for it creates.
+const fn hub(
+    name: &'static str,
+    family: &'static str,
+    hf_repo: &'static str,
+    local_folder: &'static str,
+    shards: usize,
+    approx_bytes: u64,
+) -> Model {
+    Model {
+        name,
+        family,
+        source: Source::HuggingFace,
+        hf_repo,
+        local_folder,
+        shards,
+        fp8: false,
+        approx_bytes,
+    }
+}
+
+const fn fp8(m: Model) -> Model {
+    Model { fp8: true, ..m }
+}
+
+/// Every known Llama 3.x text model. The first four are what download.sh offers for Llama 3; names
+/// and folders of the later ones are llama-models' (`sku_list.py`: descriptor and download folder).
 pub const MODELS: &[Model] = &[
-    Model {
-        name: "8B",
-        family: "Llama 3",
-        source: Source::MetaSignedUrl {
-            remote_folder: "8b_pre_trained",
-        },
-        hf_repo: "meta-llama/Meta-Llama-3-8B",
-        local_folder: "Meta-Llama-3-8B",
-        shards: 1,
-        approx_bytes: 16_060 * GB / 1000,
-    },
-    Model {
-        name: "8B-instruct",
-        family: "Llama 3",
-        source: Source::MetaSignedUrl {
-            remote_folder: "8b_instruction_tuned",
-        },
-        hf_repo: "meta-llama/Meta-Llama-3-8B-Instruct",
-        local_folder: "Meta-Llama-3-8B-Instruct",
-        shards: 1,
-        approx_bytes: 16_060 * GB / 1000,
-    },
-    Model {
-        name: "70B",
-        family: "Llama 3",
-        source: Source::MetaSignedUrl {
-            remote_folder: "70b_pre_trained",
-        },
-        hf_repo: "meta-llama/Meta-Llama-3-70B",
-        local_folder: "Meta-Llama-3-70B",
-        shards: 8,
-        approx_bytes: 141_100 * GB / 1000,
-    },
-    Model {
-        name: "70B-instruct",
-        family: "Llama 3",
-        source: Source::MetaSignedUrl {
-            remote_folder: "70b_instruction_tuned",
-        },
-        hf_repo: "meta-llama/Meta-Llama-3-70B-Instruct",
-        local_folder: "Meta-Llama-3-70B-Instruct",
-        shards: 8,
-        approx_bytes: 141_100 * GB / 1000,
-    },
-    Model {
-        name: "Llama3.1-8B",
-        family: "Llama 3.1",
-        source: Source::HuggingFace,
-        hf_repo: "meta-llama/Llama-3.1-8B",
-        local_folder: "Llama3.1-8B",
-        shards: 1,
-        approx_bytes: 16_060 * GB / 1000,
-    },
-    Model {
-        name: "Llama3.1-8B-Instruct",
-        family: "Llama 3.1",
-        source: Source::HuggingFace,
-        hf_repo: "meta-llama/Llama-3.1-8B-Instruct",
-        local_folder: "Llama3.1-8B-Instruct",
-        shards: 1,
-        approx_bytes: 16_060 * GB / 1000,
-    },
-    Model {
-        name: "Llama3.1-70B",
-        family: "Llama 3.1",
-        source: Source::HuggingFace,
-        hf_repo: "meta-llama/Llama-3.1-70B",
-        local_folder: "Llama3.1-70B",
-        shards: 8,
-        approx_bytes: 141_100 * GB / 1000,
-    },
-    Model {
-        name: "Llama3.1-70B-Instruct",
-        family: "Llama 3.1",
-        source: Source::HuggingFace,
-        hf_repo: "meta-llama/Llama-3.1-70B-Instruct",
-        local_folder: "Llama3.1-70B-Instruct",
-        shards: 8,
-        approx_bytes: 141_100 * GB / 1000,
-    },
-    Model {
-        name: "Llama3.2-1B",
-        family: "Llama 3.2",
-        source: Source::HuggingFace,
-        hf_repo: "meta-llama/Llama-3.2-1B",
-        local_folder: "Llama3.2-1B",
-        shards: 1,
-        approx_bytes: 2_470 * GB / 1000,
-    },
-    Model {
-        name: "Llama3.2-3B",
-        family: "Llama 3.2",
-        source: Source::HuggingFace,
-        hf_repo: "meta-llama/Llama-3.2-3B",
-        local_folder: "Llama3.2-3B",
-        shards: 1,
-        approx_bytes: 6_430 * GB / 1000,
-    },
-    Model {
-        name: "Llama3.3-70B-Instruct",
-        family: "Llama 3.3",
-        source: Source::HuggingFace,
-        hf_repo: "meta-llama/Llama-3.3-70B-Instruct",
-        local_folder: "Llama3.3-70B-Instruct",
-        shards: 8,
-        approx_bytes: 141_100 * GB / 1000,
-    },
+    signed(
+        "8B",
+        "8b_pre_trained",
+        "meta-llama/Meta-Llama-3-8B",
+        "Meta-Llama-3-8B",
+        1,
+        LLAMA3_8B,
+    ),
+    signed(
+        "8B-instruct",
+        "8b_instruction_tuned",
+        "meta-llama/Meta-Llama-3-8B-Instruct",
+        "Meta-Llama-3-8B-Instruct",
+        1,
+        LLAMA3_8B,
+    ),
+    signed(
+        "70B",
+        "70b_pre_trained",
+        "meta-llama/Meta-Llama-3-70B",
+        "Meta-Llama-3-70B",
+        8,
+        LLAMA3_70B,
+    ),
+    signed(
+        "70B-instruct",
+        "70b_instruction_tuned",
+        "meta-llama/Meta-Llama-3-70B-Instruct",
+        "Meta-Llama-3-70B-Instruct",
+        8,
+        LLAMA3_70B,
+    ),
+    hub(
+        "Llama3.1-8B",
+        "Llama 3.1",
+        "meta-llama/Llama-3.1-8B",
+        "Llama-3.1-8B",
+        1,
+        LLAMA3_8B,
+    ),
+    hub(
+        "Llama3.1-8B-Instruct",
+        "Llama 3.1",
+        "meta-llama/Llama-3.1-8B-Instruct",
+        "Llama-3.1-8B-Instruct",
+        1,
+        LLAMA3_8B,
+    ),
+    hub(
+        "Llama3.1-70B",
+        "Llama 3.1",
+        "meta-llama/Llama-3.1-70B",
+        "Llama-3.1-70B",
+        8,
+        LLAMA3_70B,
+    ),
+    hub(
+        "Llama3.1-70B-Instruct",
+        "Llama 3.1",
+        "meta-llama/Llama-3.1-70B-Instruct",
+        "Llama-3.1-70B-Instruct",
+        8,
+        LLAMA3_70B,
+    ),
+    // 405B: the fp8 release is the default variant; bf16 comes as MP 8 and as MP 16.
+    fp8(hub(
+        "Llama3.1-405B",
+        "Llama 3.1",
+        "meta-llama/Llama-3.1-405B-FP8",
+        "Llama-3.1-405B",
+        8,
+        LLAMA31_405B_FP8,
+    )),
+    hub(
+        "Llama3.1-405B:bf16-mp8",
+        "Llama 3.1",
+        "meta-llama/Llama-3.1-405B",
+        "Llama-3.1-405B-MP8",
+        8,
+        LLAMA31_405B_MP8,
+    ),
+    hub(
+        "Llama3.1-405B:bf16-mp16",
+        "Llama 3.1",
+        "meta-llama/Llama-3.1-405B",
+        "Llama-3.1-405B-MP16",
+        16,
+        LLAMA31_405B_MP16,
+    ),
+    fp8(hub(
+        "Llama3.1-405B-Instruct",
+        "Llama 3.1",
+        "meta-llama/Llama-3.1-405B-Instruct-FP8",
+        "Llama-3.1-405B-Instruct",
+        8,
+        LLAMA31_405B_FP8,
+    )),
+    hub(
+        "Llama3.1-405B-Instruct:bf16-mp8",
+        "Llama 3.1",
+        "meta-llama/Llama-3.1-405B-Instruct",
+        "Llama-3.1-405B-Instruct-MP8",
+        8,
+        LLAMA31_405B_MP8,
+    ),
+    hub(
+        "Llama3.1-405B-Instruct:bf16-mp16",
+        "Llama 3.1",
+        "meta-llama/Llama-3.1-405B-Instruct",
+        "Llama-3.1-405B-Instruct-MP16",
+        16,
+        LLAMA31_405B_MP16,
+    ),
+    hub(
+        "Llama3.2-1B",
+        "Llama 3.2",
+        "meta-llama/Llama-3.2-1B",
+        "Llama-3.2-1B",
+        1,
+        2_470 * GB / 1000,
+    ),
+    hub(
+        "Llama3.2-1B-Instruct",
+        "Llama 3.2",
+        "meta-llama/Llama-3.2-1B-Instruct",
+        "Llama-3.2-1B-Instruct",
+        1,
+        2_470 * GB / 1000,
+    ),
+    hub(
+        "Llama3.2-3B",
+        "Llama 3.2",
+        "meta-llama/Llama-3.2-3B",
+        "Llama-3.2-3B",
+        1,
+        6_430 * GB / 1000,
+    ),
+    hub(
+        "Llama3.2-3B-Instruct",
+        "Llama 3.2",
+        "meta-llama/Llama-3.2-3B-Instruct",
+        "Llama-3.2-3B-Instruct",
+        1,
+        6_430 * GB / 1000,
+    ),
+    hub(
+        "Llama3.3-70B-Instruct",
+        "Llama 3.3",
+        "meta-llama/Llama-3.3-70B-Instruct",
+        "Llama-3.3-70B-Instruct",
+        8,
+        LLAMA3_70B,
+    ),
 ];
 
 /// Look a model up by name, ignoring case.
@@ -179,6 +280,9 @@ impl Model {
     /// Every file of the model folder, checklist last (download fetches it first on its own).
     pub fn files(&self) -> Vec<String> {
         let mut v = self.shard_files();
+        if self.fp8 {
+            v.extend((0..self.shards).map(super::fp8::scales_name));
+        }
         v.extend(["params.json", "tokenizer.model", "checklist.chk"].map(String::from));
         v
     }
@@ -341,6 +445,56 @@ mod tests {
         assert_eq!(f.len(), 11);
         assert_eq!(f[7], "consolidated.07.pth");
         assert!(find("Llama3.2-1B").unwrap().remote_folder().is_none());
+    }
+
+    #[test]
+    fn every_llama3x_text_release_with_meta_folders() {
+        let fp8 = find("llama3.1-405b").unwrap();
+        assert!(fp8.fp8);
+        assert_eq!((fp8.shards, fp8.local_folder), (8, "Llama-3.1-405B"));
+        let files = fp8.files();
+        assert_eq!(files.len(), 8 + 8 + 3);
+        assert!(files.contains(&"fp8_scales_7.pt".to_string()));
+        for (name, folder, mp) in [
+            ("Llama3.1-405B:bf16-mp8", "Llama-3.1-405B-MP8", 8),
+            ("Llama3.1-405B:bf16-mp16", "Llama-3.1-405B-MP16", 16),
+            ("Llama3.1-405B-Instruct", "Llama-3.1-405B-Instruct", 8),
+            (
+                "Llama3.1-405B-Instruct:bf16-mp16",
+                "Llama-3.1-405B-Instruct-MP16",
+                16,
+            ),
+            ("Llama3.2-1B-Instruct", "Llama-3.2-1B-Instruct", 1),
+            ("Llama3.2-3B-Instruct", "Llama-3.2-3B-Instruct", 1),
+        ] {
+            let m = find(name).unwrap();
+            assert_eq!((m.local_folder, m.shards), (folder, mp), "{name}");
+            assert_eq!(m.files().len(), mp * (1 + usize::from(m.fp8)) + 3);
+        }
+        let mut names: Vec<_> = MODELS.iter().map(|m| m.name.to_ascii_lowercase()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), MODELS.len(), "names are unique ignoring case");
+    }
+
+    #[test]
+    fn fp8_folder_needs_its_scales() {
+        let d = tempfile::tempdir().unwrap();
+        let m = find("Llama3.1-405B-Instruct").unwrap();
+        let folder = d.path().join(m.local_folder);
+        std::fs::create_dir(&folder).unwrap();
+        for f in m.files().iter().filter(|f| !f.starts_with("fp8_scales_")) {
+            std::fs::write(folder.join(f), b"x").unwrap();
+        }
+        let st = local_status(m, d.path());
+        assert_eq!(
+            (st.state, st.files_present, st.files_expected),
+            ("partial", 11, 19)
+        );
+        for r in 0..8 {
+            std::fs::write(folder.join(format!("fp8_scales_{r}.pt")), b"x").unwrap();
+        }
+        assert_eq!(local_status(m, d.path()).state, "present");
     }
 
     #[test]

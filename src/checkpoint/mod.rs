@@ -3,6 +3,7 @@
 pub mod catalog;
 pub mod checklist;
 pub mod convert;
+pub mod fp8;
 pub mod gguf_export;
 pub mod gguf_meta;
 pub mod hashing;

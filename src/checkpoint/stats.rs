@@ -372,8 +372,11 @@ fn widen(dtype: DType, bytes: &[u8], out: &mut [f32; BLOCK]) -> usize {
 }
 
 /// Statistics of one run of elements (`bytes.len()` a multiple of the element size).
-/// None for non-float dtypes.
+/// None for non-float dtypes. fp8 values count as stored (scale 1); see [`scan_fp8`].
 pub fn scan_bytes(dtype: DType, bytes: &[u8]) -> Option<Stats> {
+    if dtype.is_fp8() {
+        return scan_fp8(dtype, bytes, 0, None);
+    }
     if !dtype.is_float() {
         return None;
     }
@@ -434,6 +437,38 @@ pub fn scan_bytes(dtype: DType, bytes: &[u8]) -> Option<Stats> {
     Some(acc.finish(nan, inf))
 }
 
+/// One scale per row of an fp8 matrix (Meta's fp8 release): value = stored * scale[row].
+#[derive(Debug, Clone)]
+pub struct RowScales {
+    /// Elements per row.
+    pub row_len: usize,
+    pub scales: Vec<f32>,
+}
+
+/// Dequantized statistics of fp8 bytes whose first element is element `first` of its tensor:
+/// each value widened to f32 and multiplied by its row's scale in f32, as llama-models computes
+/// `w.float() * scale[:, None]`. A row past the scales (the caller checked their count) gets NaN.
+pub fn scan_fp8(
+    dtype: DType,
+    bytes: &[u8],
+    first: usize,
+    scales: Option<&RowScales>,
+) -> Option<Stats> {
+    let table: Vec<f32> = (0..=255u8).map(|b| super::fp8::to_f32(dtype, b)).collect();
+    let vals: Vec<f32> = match scales {
+        None => bytes.iter().map(|&b| table[b as usize]).collect(),
+        Some(rs) => bytes
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| {
+                let row = (first + i) / rs.row_len.max(1);
+                table[b as usize] * rs.scales.get(row).copied().unwrap_or(f32::NAN)
+            })
+            .collect(),
+    };
+    scan_bytes(DType::F32, bytemuck::cast_slice(&vals))
+}
+
 /// A stored tensor to scan: `nbytes` bytes at `offset` of `src`.
 #[derive(Debug, Clone)]
 pub struct ScanItem {
@@ -441,6 +476,8 @@ pub struct ScanItem {
     pub offset: u64,
     pub nbytes: u64,
     pub dtype: DType,
+    /// fp8 weights: their row scales, so that the values scanned are the dequantized ones.
+    pub scales: Option<Arc<RowScales>>,
 }
 
 /// Scan every item in parallel on `jobs` threads; one result per item, in order. `progress` gets
@@ -473,7 +510,14 @@ pub fn scan_all(
                 buf.resize(n, 0);
                 it.src.read_exact_at(&mut buf[..n], offset)?;
                 progress(n as u64);
-                Ok(scan_bytes(it.dtype, &buf[..n]).unwrap_or_default())
+                let stats = match &it.scales {
+                    Some(rs) => {
+                        let first = ((offset - it.offset) / it.dtype.size() as u64) as usize;
+                        scan_fp8(it.dtype, &buf[..n], first, Some(rs))
+                    }
+                    None => scan_bytes(it.dtype, &buf[..n]),
+                };
+                Ok(stats.unwrap_or_default())
             })
             .collect()
     });
@@ -559,6 +603,25 @@ mod tests {
         let s = scan_bytes(DType::F64, &f64b).unwrap();
         assert_eq!((s.count, s.nan, s.mean, s.std()), (2, 1, 2.0, 1.0));
         assert!(scan_bytes(DType::I64, &[0; 8]).is_none());
+    }
+
+    #[test]
+    fn fp8_values_are_dequantized_per_row() {
+        // Two rows of two e4m3fn values: [1, 2] * 0.5 and [-1, 448] * 2.
+        let bytes = [0x38u8, 0x40, 0xb8, 0x7e];
+        let rs = RowScales {
+            row_len: 2,
+            scales: vec![0.5, 2.0],
+        };
+        let s = scan_fp8(DType::F8E4M3, &bytes, 0, Some(&rs)).unwrap();
+        assert_eq!((s.count, s.min, s.max), (4, -2.0, 896.0));
+        assert_eq!(s.mean, (0.5 + 1.0 - 2.0 + 896.0) / 4.0);
+        // A piece starting in the second row uses the second row's scale.
+        let s = scan_fp8(DType::F8E4M3, &bytes[2..], 2, Some(&rs)).unwrap();
+        assert_eq!((s.min, s.max), (-2.0, 896.0));
+        // Without scales the stored values; the NaN pattern is counted.
+        let s = scan_bytes(DType::F8E4M3, &[0x38, 0x7f]).unwrap();
+        assert_eq!((s.count, s.nan, s.max), (1, 1, 1.0));
     }
 
     #[test]

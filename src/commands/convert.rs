@@ -1,7 +1,7 @@
 //! `llamactl convert --to hf|meta SRC_DIR DST_DIR` (see CLI.md): the weights stream through
 //! `checkpoint::convert`; this adds the tokenizer files, checklist, atomic output and the report.
 use crate::checkpoint::convert::{self, Options, Summary};
-use crate::checkpoint::{hf_config, Params};
+use crate::checkpoint::{fp8, hf_config, Params};
 use crate::cli::{CastDtype, ConvertArgs, ConvertTo};
 use crate::formats::DType;
 use crate::tokenizer::hf_files::{tiktoken_model_from_tokenizer_json, write_hf_tokenizer_files};
@@ -24,6 +24,7 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
     if !src.is_dir() {
         bail!("{}: not a directory", src.display());
     }
+    fp8::refuse(src, "convert")?;
     let instruct = match (args.instruct, args.base) {
         (true, _) => true,
         (_, true) => false,

@@ -1,6 +1,6 @@
 //! `llamactl inspect PATH [--json]`: what is in a checkpoint dir or file. Reads only zip
 //! directories, pickles and safetensors headers, so it answers at once on a 16 GB shard.
-use crate::checkpoint::{self, meta, Layout};
+use crate::checkpoint::{self, fp8, meta, Layout};
 use crate::cli::InspectArgs;
 use crate::formats::gguf::{self, GgufFile};
 use crate::formats::pth::PthFile;
@@ -16,6 +16,8 @@ struct Report {
     params: Option<Value>,
     files: Vec<PathBuf>,
     tensors: Vec<(TensorInfo, usize)>,
+    /// `fp8_scales_{rank}.pt` beside the shards (Meta's fp8 release).
+    fp8_scales: Vec<String>,
 }
 
 pub fn run(args: &InspectArgs) -> Result<i32> {
@@ -36,6 +38,7 @@ pub fn run(args: &InspectArgs) -> Result<i32> {
             "shards": r.files.len(),
             "tensors": tensors,
             "total_bytes": total,
+            "fp8_scales": r.fp8_scales,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(0);
@@ -45,6 +48,17 @@ pub fn run(args: &InspectArgs) -> Result<i32> {
     println!("shards   {}", r.files.len());
     if let Some(p) = &r.params {
         println!("params   {p}");
+    }
+    let fp8 = r.tensors.iter().filter(|(t, _)| t.dtype.is_fp8()).count();
+    if r.format == "meta" && (fp8 > 0 || !r.fp8_scales.is_empty()) {
+        println!(
+            "fp8      {fp8} fp8 tensors; row scales in {}",
+            if r.fp8_scales.is_empty() {
+                "no fp8_scales_*.pt file".to_string()
+            } else {
+                r.fp8_scales.join(", ")
+            }
+        );
     }
     let mut dtypes: Vec<&str> = r.tensors.iter().map(|(t, _)| t.dtype.name()).collect();
     dtypes.sort();
@@ -62,10 +76,10 @@ pub fn run(args: &InspectArgs) -> Result<i32> {
         .max()
         .unwrap_or(4);
     println!();
-    println!("{:<width$}  {:<5}  {:<18}  shard", "name", "dtype", "shape");
+    println!("{:<width$}  {:<7}  {:<18}  shard", "name", "dtype", "shape");
     for (t, s) in &r.tensors {
         println!(
-            "{:<width$}  {:<5}  {:<18}  {s}",
+            "{:<width$}  {:<7}  {:<18}  {s}",
             t.name,
             t.dtype.name(),
             format!("{:?}", t.shape)
@@ -138,6 +152,7 @@ fn collect(path: &Path) -> Result<Report> {
                     params: Some(params),
                     files,
                     tensors,
+                    fp8_scales: fp8::scale_files(path),
                 })
             }
             Layout::Hf => {
@@ -162,6 +177,7 @@ fn collect(path: &Path) -> Result<Report> {
                     params: Some(config),
                     files,
                     tensors,
+                    fp8_scales: Vec::new(),
                 })
             }
         };
@@ -177,6 +193,7 @@ fn collect(path: &Path) -> Result<Report> {
             params: None,
             files: vec![path.to_path_buf()],
             tensors: s.tensors().cloned().map(|t| (t, 0)).collect(),
+            fp8_scales: Vec::new(),
         })
     } else {
         let p = PthFile::open(path)?;
@@ -185,6 +202,7 @@ fn collect(path: &Path) -> Result<Report> {
             params: None,
             files: vec![path.to_path_buf()],
             tensors: p.tensors().iter().cloned().map(|t| (t, 0)).collect(),
+            fp8_scales: Vec::new(),
         })
     }
 }

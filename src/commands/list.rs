@@ -20,6 +20,7 @@ pub fn run(args: &ListArgs) -> Result<i32> {
                     "name": m.name,
                     "family": m.family,
                     "mp": m.shards,
+                    "fp8": m.fp8,
                     "approx_bytes": m.approx_bytes,
                     "source": match m.source {
                         Source::MetaSignedUrl { remote_folder } =>
@@ -39,8 +40,14 @@ pub fn run(args: &ListArgs) -> Result<i32> {
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(0);
     }
+    let nw = rows.iter().map(|(m, _)| m.name.len()).max().unwrap_or(4);
+    let fw = rows
+        .iter()
+        .map(|(m, _)| m.local_folder.len())
+        .max()
+        .unwrap_or(6);
     println!(
-        "{:<22} {:<9} {:>3} {:>11}  {:<26} {:<13} source",
+        "{:<nw$} {:<9} {:>3} {:>11}  {:<fw$} {:<13} source",
         "name", "family", "mp", "size", "folder", "local"
     );
     for (m, st) in &rows {
@@ -49,7 +56,7 @@ pub fn run(args: &ListArgs) -> Result<i32> {
             s => s.to_string(),
         };
         println!(
-            "{:<22} {:<9} {:>3} {:>11}  {:<26} {:<13} {}",
+            "{:<nw$} {:<9} {:>3} {:>11}  {:<fw$} {:<13} {}",
             m.name,
             m.family,
             m.shards,

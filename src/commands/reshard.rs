@@ -1,6 +1,7 @@
 //! `llamactl reshard` (see CLI.md): argument checks, the output directory, progress; the work is
 //! `checkpoint::reshard`.
 use crate::checkpoint::checklist::{self, Entry};
+use crate::checkpoint::fp8;
 use crate::checkpoint::meta::shard_name;
 use crate::checkpoint::reshard::{copy_hashed, Plan};
 use crate::cli::ReshardArgs;
@@ -22,6 +23,7 @@ pub fn run(args: &ReshardArgs) -> Result<i32> {
         bail!("--jobs must be at least 1");
     }
     check_dst_outside_src(&args.src_dir, &args.dst_dir)?;
+    fp8::refuse(&args.src_dir, "reshard")?;
     let started = Instant::now();
     let plan = Plan::new(&args.src_dir, args.mp)?;
     let src = plan.src();

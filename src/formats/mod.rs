@@ -7,8 +7,6 @@ pub mod pickle;
 pub mod pth;
 pub mod safetensors;
 
-use anyhow::{bail, Result};
-
 /// Element types, named as safetensors spells them (the names `inspect --json` prints).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum DType {
@@ -22,10 +20,17 @@ pub enum DType {
     I8,
     U8,
     BOOL,
+    /// float8_e4m3fn: 4 exponent bits, 3 mantissa bits, no infinities (Llama 3.1 405B fp8 weights).
+    F8E4M3,
+    /// float8_e5m2: the top byte of an f16.
+    F8E5M2,
+    U16,
+    U32,
+    U64,
 }
 
 impl DType {
-    pub const ALL: [DType; 10] = [
+    pub const ALL: [DType; 15] = [
         DType::BF16,
         DType::F16,
         DType::F32,
@@ -36,15 +41,20 @@ impl DType {
         DType::I8,
         DType::U8,
         DType::BOOL,
+        DType::F8E4M3,
+        DType::F8E5M2,
+        DType::U16,
+        DType::U32,
+        DType::U64,
     ];
 
     /// Bytes per element.
     pub fn size(self) -> usize {
         match self {
-            DType::F64 | DType::I64 => 8,
-            DType::F32 | DType::I32 => 4,
-            DType::BF16 | DType::F16 | DType::I16 => 2,
-            DType::I8 | DType::U8 | DType::BOOL => 1,
+            DType::F64 | DType::I64 | DType::U64 => 8,
+            DType::F32 | DType::I32 | DType::U32 => 4,
+            DType::BF16 | DType::F16 | DType::I16 | DType::U16 => 2,
+            DType::I8 | DType::U8 | DType::BOOL | DType::F8E4M3 | DType::F8E5M2 => 1,
         }
     }
 
@@ -61,19 +71,19 @@ impl DType {
             DType::I8 => "I8",
             DType::U8 => "U8",
             DType::BOOL => "BOOL",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Result<DType> {
-        match DType::ALL.iter().find(|d| d.name() == name) {
-            Some(d) => Ok(*d),
-            None => bail!("unsupported dtype {name:?}"),
+            DType::F8E4M3 => "F8_E4M3",
+            DType::F8E5M2 => "F8_E5M2",
+            DType::U16 => "U16",
+            DType::U32 => "U32",
+            DType::U64 => "U64",
         }
     }
 
     /// The legacy typed-storage class torch.save names in `data.pkl` (`torch.BFloat16Storage`).
-    pub fn torch_storage(self) -> &'static str {
-        match self {
+    /// Types newer than typed storages have none: torch writes them with `_rebuild_tensor_v3` over
+    /// an `UntypedStorage` and names the dtype instead.
+    pub fn torch_storage(self) -> Option<&'static str> {
+        Some(match self {
             DType::BF16 => "BFloat16Storage",
             DType::F16 => "HalfStorage",
             DType::F32 => "FloatStorage",
@@ -84,14 +94,36 @@ impl DType {
             DType::I8 => "CharStorage",
             DType::U8 => "ByteStorage",
             DType::BOOL => "BoolStorage",
-        }
+            DType::F8E4M3 | DType::F8E5M2 | DType::U16 | DType::U32 | DType::U64 => return None,
+        })
     }
 
     pub fn from_torch_storage(class: &str) -> Option<DType> {
         DType::ALL
             .iter()
             .copied()
-            .find(|d| d.torch_storage() == class)
+            .find(|d| d.torch_storage() == Some(class))
+    }
+
+    /// The torch dtype object's name (`torch.float8_e4m3fn`), as `_rebuild_tensor_v3` pickles name it.
+    pub fn torch_dtype(self) -> &'static str {
+        match self {
+            DType::BF16 => "bfloat16",
+            DType::F16 => "float16",
+            DType::F32 => "float32",
+            DType::F64 => "float64",
+            DType::I64 => "int64",
+            DType::I32 => "int32",
+            DType::I16 => "int16",
+            DType::I8 => "int8",
+            DType::U8 => "uint8",
+            DType::BOOL => "bool",
+            DType::F8E4M3 => "float8_e4m3fn",
+            DType::F8E5M2 => "float8_e5m2",
+            DType::U16 => "uint16",
+            DType::U32 => "uint32",
+            DType::U64 => "uint64",
+        }
     }
 
     /// torch dtype objects (`torch.bfloat16`) as they appear in pickles.
@@ -107,12 +139,22 @@ impl DType {
             "int8" => DType::I8,
             "uint8" => DType::U8,
             "bool" => DType::BOOL,
+            "float8_e4m3fn" => DType::F8E4M3,
+            "float8_e5m2" => DType::F8E5M2,
+            "uint16" => DType::U16,
+            "uint32" => DType::U32,
+            "uint64" => DType::U64,
             _ => return None,
         })
     }
 
+    /// Floats llamactl computes with (fp8 values need their scales first, see `checkpoint::fp8`).
     pub fn is_float(self) -> bool {
         matches!(self, DType::BF16 | DType::F16 | DType::F32 | DType::F64)
+    }
+
+    pub fn is_fp8(self) -> bool {
+        matches!(self, DType::F8E4M3 | DType::F8E5M2)
     }
 }
 

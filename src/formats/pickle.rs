@@ -3,7 +3,8 @@
 //! Nothing is ever executed: the opcodes build plain values in an arena, and the only "calls" (REDUCE,
 //! NEWOBJ) are on an allowlist of torch rebuild functions that we *describe* instead of running. The
 //! allowlist is the one `torch.load(weights_only=True)` uses for tensors; any other global is refused
-//! with its name. Values live in an arena and are referred to by index, so shared memo entries cost
+//! with its name, and a global the weights-only loader would accept but llamactl cannot use (complex,
+//! quantized, sparse tensors) is refused as such, so that message never says "may run code". Values live in an arena and are referred to by index, so shared memo entries cost
 //! nothing to copy, cycles cannot leak, and no value is dropped recursively.
 use super::{DType, TensorInfo};
 use anyhow::{anyhow, bail, Result};
@@ -29,8 +30,10 @@ enum Node {
     List(Vec<Id>),
     Dict(Vec<(Id, Id)>),
     Global(Global),
+    /// A storage record. `dtype` None is an `UntypedStorage` (torch's `_rebuild_tensor_v3`), whose
+    /// `numel` counts bytes until a tensor names the dtype.
     Storage {
-        dtype: DType,
+        dtype: Option<DType>,
         key: String,
         numel: usize,
     },
@@ -41,6 +44,7 @@ enum Node {
 enum Global {
     OrderedDict,
     RebuildTensorV2,
+    RebuildTensorV3,
     RebuildTensor,
     RebuildParameter,
     RebuildParameterWithState,
@@ -49,6 +53,7 @@ enum Global {
     TorchTensor,
     Parameter,
     StorageClass(DType),
+    UntypedStorage,
     Dtype(DType),
 }
 
@@ -58,6 +63,8 @@ impl Global {
         Some(match (module, name) {
             ("collections", "OrderedDict") => Global::OrderedDict,
             ("torch._utils", "_rebuild_tensor_v2") => Global::RebuildTensorV2,
+            ("torch._utils", "_rebuild_tensor_v3") => Global::RebuildTensorV3,
+            ("torch" | "torch.storage", "UntypedStorage") => Global::UntypedStorage,
             ("torch._utils", "_rebuild_tensor") => Global::RebuildTensor,
             ("torch._utils", "_rebuild_parameter") => Global::RebuildParameter,
             ("torch._utils", "_rebuild_parameter_with_state") => Global::RebuildParameterWithState,
@@ -77,10 +84,71 @@ impl Global {
             _ => return None,
         })
     }
+
+    /// Globals torch's weights-only loader accepts that describe tensors llamactl cannot use: they
+    /// are refused as unusable data, not as possible code.
+    fn unusable(module: &str, name: &str) -> Option<&'static str> {
+        const COMPLEX: &[&str] = &[
+            "complex32",
+            "complex64",
+            "complex128",
+            "chalf",
+            "cfloat",
+            "cdouble",
+            "ComplexFloatStorage",
+            "ComplexDoubleStorage",
+        ];
+        const QUANTIZED: &[&str] = &[
+            "qint8",
+            "quint8",
+            "qint32",
+            "quint4x2",
+            "quint2x4",
+            "QInt8Storage",
+            "QUInt8Storage",
+            "QInt32Storage",
+            "QUInt4x2Storage",
+            "QUInt2x4Storage",
+            "per_tensor_affine",
+            "per_channel_affine",
+            "per_tensor_symmetric",
+            "per_channel_symmetric",
+            "per_channel_affine_float_qparams",
+        ];
+        const LAYOUTS: &[&str] = &[
+            "sparse_coo",
+            "sparse_csr",
+            "sparse_csc",
+            "sparse_bsr",
+            "sparse_bsc",
+            "_mkldnn",
+            "strided",
+            "device",
+        ];
+        match (module, name) {
+            ("torch", n) if COMPLEX.contains(&n) => Some("complex numbers"),
+            ("torch", n) if QUANTIZED.contains(&n) => Some("a torch-quantized type"),
+            ("torch", n) if n.starts_with("float8_") || n.starts_with("float4_") => {
+                Some("an fp8/fp4 variant other than float8_e4m3fn and float8_e5m2")
+            }
+            ("torch", n)
+                if n.starts_with("bits") || n.starts_with("uint") || n.starts_with("int") =>
+            {
+                Some("a sub-byte or bit-packed type")
+            }
+            ("torch", n) if LAYOUTS.contains(&n) => Some("a sparse or device-specific layout"),
+            ("torch._utils", n) if n.starts_with("_rebuild_") => {
+                Some("a sparse, quantized, nested, meta or subclass tensor")
+            }
+            ("torch.serialization", "_get_layout") => Some("a sparse or device-specific layout"),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 struct Tensor {
+    dtype: DType,
     storage: Id,
     offset: usize,
     shape: Vec<usize>,
@@ -226,9 +294,14 @@ impl<'a> Machine<'a> {
                 self.push(Node::Global(g));
                 Ok(())
             }
-            None => bail!(
-                "refused pickle global `{module}.{name}`: only torch tensor-rebuild globals are allowed (weights_only); this file may try to run code"
-            ),
+            None => match Global::unusable(module, name) {
+                Some(what) => bail!(
+                    "`{module}.{name}` is {what}: torch's weights-only loader reads it, but llamactl cannot use this tensor type here (it reads dense float, integer, bool and fp8 e4m3fn/e5m2 tensors)"
+                ),
+                None => bail!(
+                    "refused pickle global `{module}.{name}`: only torch tensor-rebuild globals are allowed (weights_only); this file may try to run code"
+                ),
+            },
         }
     }
 
@@ -512,8 +585,9 @@ impl<'a> Machine<'a> {
             bail!("pickle persistent id at offset {at} is not a torch ('storage', ...) record");
         }
         let dtype = match &self.nodes[items[1]] {
-            Node::Global(Global::StorageClass(d)) => *d,
-            Node::Global(Global::Dtype(d)) => *d,
+            Node::Global(Global::StorageClass(d)) => Some(*d),
+            Node::Global(Global::Dtype(d)) => Some(*d),
+            Node::Global(Global::UntypedStorage) => None,
             _ => bail!("pickle storage at offset {at} has no storage type"),
         };
         let key = match &self.nodes[items[2]] {
@@ -538,25 +612,32 @@ impl<'a> Machine<'a> {
         match g {
             Global::OrderedDict if a.is_empty() => Ok(Node::Dict(Vec::new())),
             Global::RebuildTensorV2 | Global::RebuildTensor if a.len() >= 4 => {
-                if !matches!(self.nodes[a[0]], Node::Storage { .. }) {
-                    bail!("pickle tensor at offset {at} does not reference a storage");
-                }
-                let offset = self.usize(a[1], "storage offset", at)?;
-                let shape = self.ints(a[2], "size", at)?;
-                let stride = self.ints(a[3], "stride", at)?;
-                if shape.len() != stride.len() {
+                let dtype = match self.nodes[a[0]] {
+                    Node::Storage { dtype: Some(d), .. } => d,
+                    Node::Storage { dtype: None, .. } => bail!(
+                        "pickle tensor at offset {at}: an UntypedStorage needs _rebuild_tensor_v3, which names the dtype"
+                    ),
+                    _ => bail!("pickle tensor at offset {at} does not reference a storage"),
+                };
+                self.tensor(dtype, &a, at)
+            }
+            // (storage, offset, size, stride, requires_grad, hooks, dtype[, metadata]): the dtype
+            // tells what the bytes of an UntypedStorage are.
+            Global::RebuildTensorV3 if a.len() >= 7 => {
+                let Node::Global(Global::Dtype(dtype)) = self.nodes[a[6]] else {
                     bail!(
-                        "pickle tensor at offset {at}: size has {} dims but stride has {}",
-                        shape.len(),
-                        stride.len()
+                        "pickle _rebuild_tensor_v3 at offset {at}: argument 7 is not a torch dtype"
                     );
+                };
+                match self.nodes[a[0]] {
+                    Node::Storage { dtype: None, .. } => {}
+                    Node::Storage { dtype: Some(d), .. } if d == dtype => {}
+                    Node::Storage { dtype: Some(d), .. } => {
+                        bail!("pickle tensor at offset {at}: a {d} storage viewed as {dtype}")
+                    }
+                    _ => bail!("pickle tensor at offset {at} does not reference a storage"),
                 }
-                Ok(Node::Tensor(Tensor {
-                    storage: a[0],
-                    offset,
-                    shape,
-                    stride,
-                }))
+                self.tensor(dtype, &a, at)
             }
             Global::RebuildParameter | Global::RebuildParameterWithState | Global::Parameter
                 if !a.is_empty() =>
@@ -591,6 +672,45 @@ impl<'a> Machine<'a> {
         }
     }
 
+    /// A tensor node from the (storage, offset, size, stride, ...) arguments every rebuild shares.
+    fn tensor(&self, dtype: DType, a: &[Id], at: usize) -> Result<Node> {
+        let offset = self.usize(a[1], "storage offset", at)?;
+        let shape = self.ints(a[2], "size", at)?;
+        let stride = self.ints(a[3], "stride", at)?;
+        if shape.len() != stride.len() {
+            bail!(
+                "pickle tensor at offset {at}: size has {} dims but stride has {}",
+                shape.len(),
+                stride.len()
+            );
+        }
+        Ok(Node::Tensor(Tensor {
+            dtype,
+            storage: a[0],
+            offset,
+            shape,
+            stride,
+        }))
+    }
+
+    /// The (dtype, element count) of a tensor's storage: an untyped storage takes the tensor's
+    /// dtype and must hold whole elements of it.
+    fn storage_of(&self, t: &Tensor) -> Result<(String, DType, usize)> {
+        let Node::Storage { dtype, key, numel } = &self.nodes[t.storage] else {
+            unreachable!("tensor nodes are only built over storages")
+        };
+        match dtype {
+            Some(d) => Ok((key.clone(), *d, *numel)),
+            None if numel.is_multiple_of(t.dtype.size()) => {
+                Ok((key.clone(), t.dtype, numel / t.dtype.size()))
+            }
+            None => bail!(
+                "pickle storage {key:?} holds {numel} bytes, not a whole number of {} elements",
+                t.dtype
+            ),
+        }
+    }
+
     fn state_dict(&self, root: Id) -> Result<StateDict> {
         let mut out = StateDict::default();
         if !matches!(self.nodes[root], Node::Dict(_)) {
@@ -621,21 +741,19 @@ impl<'a> Machine<'a> {
                 };
                 match &self.nodes[v] {
                     Node::Tensor(t) => {
-                        let Node::Storage { dtype, key, numel } = &self.nodes[t.storage] else {
-                            unreachable!("tensor nodes are only built over storages")
-                        };
-                        if let Some((d, n)) = out.storages.get(key) {
-                            if d != dtype || n != numel {
+                        let (key, dtype, numel) = self.storage_of(t)?;
+                        if let Some((d, n)) = out.storages.get(&key) {
+                            if *d != dtype || *n != numel {
                                 bail!("pickle storage {key:?} is declared twice with different types or sizes");
                             }
                         }
-                        out.storages.insert(key.clone(), (*dtype, *numel));
+                        out.storages.insert(key.clone(), (dtype, numel));
                         out.tensors.push(TensorInfo {
                             name,
-                            dtype: *dtype,
+                            dtype,
                             shape: t.shape.clone(),
                             stride: t.stride.clone(),
-                            storage_key: key.clone(),
+                            storage_key: key,
                             storage_offset: t.offset,
                         });
                     }
@@ -686,28 +804,7 @@ pub fn emit_state_dict(tensors: &[EmitTensor]) -> Vec<u8> {
         e.out.push(b'(');
         for t in batch {
             e.string(t.name);
-            e.global("torch._utils", "_rebuild_tensor_v2");
-            e.out.extend_from_slice(b"((");
-            e.string("storage");
-            e.global("torch", t.dtype.torch_storage());
-            e.string(t.storage_key);
-            e.string("cpu");
-            let numel = super::numel(t.shape).unwrap_or(0);
-            e.int(numel as u64);
-            e.out.push(b't');
-            e.put();
-            e.out.push(b'Q');
-            e.int(0);
-            e.tuple_of(t.shape);
-            e.tuple_of(&super::contiguous_strides(t.shape));
-            e.out.push(0x89);
-            e.global("collections", "OrderedDict");
-            e.out.extend_from_slice(b")R");
-            e.put();
-            e.out.push(b't');
-            e.put();
-            e.out.push(b'R');
-            e.put();
+            e.tensor(t);
         }
         e.out.push(b'u');
     }
@@ -723,6 +820,50 @@ struct Emitter {
 }
 
 impl Emitter {
+    /// `_rebuild_tensor_v2` over a typed storage, or, for types that have no typed storage class
+    /// (fp8, uint16..64), `_rebuild_tensor_v3` over an `UntypedStorage` sized in bytes with the
+    /// dtype as the last argument, as torch.save writes them.
+    fn tensor(&mut self, t: &EmitTensor) {
+        let numel = super::numel(t.shape).unwrap_or(0);
+        let class = t.dtype.torch_storage();
+        let rebuild = match class {
+            Some(_) => "_rebuild_tensor_v2",
+            None => "_rebuild_tensor_v3",
+        };
+        self.global("torch._utils", rebuild);
+        self.out.extend_from_slice(b"((");
+        self.string("storage");
+        match class {
+            Some(class) => self.global("torch", class),
+            None => self.global("torch.storage", "UntypedStorage"),
+        }
+        self.string(t.storage_key);
+        self.string("cpu");
+        let size = if class.is_some() {
+            numel
+        } else {
+            numel * t.dtype.size()
+        };
+        self.int(size as u64);
+        self.out.push(b't');
+        self.put();
+        self.out.push(b'Q');
+        self.int(0);
+        self.tuple_of(t.shape);
+        self.tuple_of(&super::contiguous_strides(t.shape));
+        self.out.push(0x89);
+        self.global("collections", "OrderedDict");
+        self.out.extend_from_slice(b")R");
+        self.put();
+        if class.is_none() {
+            self.global("torch", t.dtype.torch_dtype());
+        }
+        self.out.push(b't');
+        self.put();
+        self.out.push(b'R');
+        self.put();
+    }
+
     fn put(&mut self) -> u32 {
         let i = self.next;
         self.next += 1;
@@ -849,6 +990,60 @@ mod tests {
         assert_eq!(sd.tensors[2].stride, vec![8192, 1]);
         assert_eq!(sd.storages["2"], (DType::F16, 128256 * 8192));
         assert_eq!(sd.tensors[3].shape, Vec::<usize>::new());
+    }
+
+    #[test]
+    fn types_without_storage_classes_use_rebuild_tensor_v3() {
+        let sd = round_trip(&[
+            ("w", DType::F8E4M3, vec![4, 3]),
+            ("b", DType::BF16, vec![2]),
+            ("e", DType::F8E5M2, vec![5]),
+            ("u", DType::U32, vec![2]),
+        ]);
+        let dtypes: Vec<_> = sd.tensors.iter().map(|t| t.dtype).collect();
+        assert_eq!(
+            dtypes,
+            [DType::F8E4M3, DType::BF16, DType::F8E5M2, DType::U32]
+        );
+        // An UntypedStorage counts bytes; the tensor's dtype turns them into elements.
+        assert_eq!(sd.storages["0"], (DType::F8E4M3, 12));
+        assert_eq!(sd.storages["3"], (DType::U32, 2));
+        let ts = [EmitTensor {
+            name: "u",
+            dtype: DType::U16,
+            shape: &[3],
+            storage_key: "0",
+        }];
+        let p = emit_state_dict(&ts);
+        let text = String::from_utf8_lossy(&p);
+        assert!(text.contains("torch.storage\nUntypedStorage") && text.contains("torch\nuint16"));
+        // 6 bytes of storage read as u32 are not whole elements.
+        let at = p.windows(6).position(|w| w == b"uint16").unwrap();
+        let mut odd = p.clone();
+        odd[at + 4..at + 6].copy_from_slice(b"32");
+        assert!(
+            err(&odd).contains("not a whole number of U32"),
+            "{}",
+            err(&odd)
+        );
+    }
+
+    #[test]
+    fn unusable_tensor_types_are_not_called_code() {
+        for (m, n) in [
+            ("torch", "complex64"),
+            ("torch", "QInt8Storage"),
+            ("torch", "float8_e4m3fnuz"),
+            ("torch._utils", "_rebuild_qtensor"),
+            ("torch._utils", "_rebuild_sparse_tensor"),
+        ] {
+            let mut p = vec![0x80, 2, b'c'];
+            p.extend_from_slice(format!("{m}\n{n}\n.").as_bytes());
+            let e = err(&p);
+            assert!(e.contains(&format!("`{m}.{n}`")), "{e}");
+            assert!(e.contains("cannot use this tensor type"), "{e}");
+            assert!(!e.contains("run code"), "{e}");
+        }
     }
 
     #[test]

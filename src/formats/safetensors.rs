@@ -22,6 +22,11 @@ fn to_st(d: DType) -> StDtype {
         DType::I8 => StDtype::I8,
         DType::U8 => StDtype::U8,
         DType::BOOL => StDtype::BOOL,
+        DType::F8E4M3 => StDtype::F8_E4M3,
+        DType::F8E5M2 => StDtype::F8_E5M2,
+        DType::U16 => StDtype::U16,
+        DType::U32 => StDtype::U32,
+        DType::U64 => StDtype::U64,
     }
 }
 
@@ -37,7 +42,12 @@ fn from_st(d: StDtype) -> Result<DType> {
         StDtype::I8 => DType::I8,
         StDtype::U8 => DType::U8,
         StDtype::BOOL => DType::BOOL,
-        other => bail!("unsupported safetensors dtype {other:?}"),
+        StDtype::F8_E4M3 => DType::F8E4M3,
+        StDtype::F8_E5M2 => DType::F8E5M2,
+        StDtype::U16 => DType::U16,
+        StDtype::U32 => DType::U32,
+        StDtype::U64 => DType::U64,
+        other => bail!("tensor type {other:?} is not one llamactl can use (it reads float, integer, bool and fp8 E4M3/E5M2 tensors)"),
     })
 }
 
@@ -46,7 +56,6 @@ pub struct SafetensorsFile {
     path: PathBuf,
     source: Arc<Source>,
     mmap: memmap2::Mmap,
-    data_start: u64,
     tensors: Vec<(TensorInfo, u64)>,
     index: HashMap<String, usize>,
     metadata: BTreeMap<String, String>,
@@ -114,7 +123,6 @@ impl SafetensorsFile {
             path: path.to_path_buf(),
             source: Arc::new(source),
             mmap,
-            data_start,
             tensors,
             index,
             metadata,
@@ -140,10 +148,6 @@ impl SafetensorsFile {
 
     pub fn source(&self) -> &Arc<Source> {
         &self.source
-    }
-
-    pub fn header_len(&self) -> u64 {
-        self.data_start
     }
 
     /// Absolute file offset of a tensor's first byte.
