@@ -16,5 +16,6 @@ pub mod error;
 pub mod formats;
 pub mod net;
 pub mod runner;
+pub mod signal;
 pub mod tokenizer;
 pub mod util;

@@ -595,7 +595,6 @@ fn engine_api_for_other_commands() {
     use llamactl::net::http::{FileRequest, HashKind, Http, HttpConfig, HttpError};
     use llamactl::net::progress::FileProgress;
     use sha2::Digest;
-    use std::sync::atomic::AtomicBool;
 
     let cdn = Cdn::start();
     let data = noise(500_000, 99);
@@ -616,7 +615,7 @@ fn engine_api_for_other_commands() {
     req.expected_size = Some(data.len() as u64);
     req.headers = vec![("Authorization".into(), "Bearer hf_secret".into())];
     let got = http
-        .download_to_file(&req, &FileProgress::hidden(), &AtomicBool::new(false))
+        .download_to_file(&req, &FileProgress::hidden())
         .unwrap();
     assert_eq!(got.size, data.len() as u64);
     assert_eq!(got.digest, req.expected_digest);
@@ -628,7 +627,7 @@ fn engine_api_for_other_commands() {
     let mut bad = FileRequest::new(url.clone(), dest2.clone());
     bad.hash = HashKind::Sha256;
     bad.expected_digest = Some("00".repeat(32));
-    match http.download_to_file(&bad, &FileProgress::hidden(), &AtomicBool::new(false)) {
+    match http.download_to_file(&bad, &FileProgress::hidden()) {
         Err(e @ HttpError::Mismatch { .. }) => assert_eq!(e.exit_code(), 1),
         other => panic!("{other:?}"),
     }
@@ -775,4 +774,120 @@ fn several_connections_per_file_with_faults_and_kill() {
         "served {served} for {size}"
     );
     assert!(text(&o).contains("resumed"), "{}", text(&o));
+}
+
+/// A port on 127.0.0.1 where nothing listens (connection refused).
+fn refused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn unreachable_host_fails_fast_naming_host_and_cause() {
+    let policy = r#"{"Statement":[{"Condition":{"DateLessThan":{"AWS:EpochTime":4102444800}}}]}"#;
+    let query = format!(
+        "Policy={}&Signature=SIGsecretVALUE~&Key-Pair-Id=APKATESTKEYPAIR",
+        common::cdn::cloudfront_b64(policy.as_bytes())
+    );
+    let port = refused_port();
+    for (host, cause) in [
+        (format!("127.0.0.1:{port}"), "connection refused"),
+        ("nonexistent.invalid".to_string(), "DNS lookup failed"),
+    ] {
+        let scheme = if host.contains(':') { "http" } else { "https" };
+        let url = format!("{scheme}://{host}/*?{query}");
+        let dir = tempfile::tempdir().unwrap();
+        // The default timeouts and retries: only the proxies of the environment are removed.
+        let mut c = Command::new(env!("CARGO_BIN_EXE_llamactl"));
+        c.args(["download", "--url", &url, "--models", "8B,70B", "--dir"])
+            .arg(dir.path())
+            .stdin(Stdio::null());
+        for v in [
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "ALL_PROXY",
+            "http_proxy",
+            "https_proxy",
+        ] {
+            c.env_remove(v);
+        }
+        for v in [
+            "all_proxy",
+            "LLAMACTL_RETRIES",
+            "LLAMACTL_CONNECT_TIMEOUT_MS",
+        ] {
+            c.env_remove(v);
+        }
+        let started = Instant::now();
+        let o = c.output().unwrap();
+        let took = started.elapsed();
+        assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+        assert!(took <= Duration::from_secs(15), "{host}: took {took:?}");
+        let line = last_line(&o);
+        assert!(
+            line.contains(&format!("cannot reach {host}: {cause}")),
+            "{}",
+            text(&o)
+        );
+        assert_no_secrets(&o, &url);
+        // One line for the whole run, however many files hit the same wall.
+        let errors = text(&o).lines().filter(|l| l.starts_with("error:")).count();
+        assert_eq!(errors, 1, "{}", text(&o));
+        assert!(
+            parts_under(dir.path()).is_empty(),
+            "{:?}",
+            parts_under(dir.path())
+        );
+        eprintln!("{host}: exit 4 after {took:?}");
+    }
+}
+
+#[test]
+fn sigint_keeps_resumable_parts_and_exits_130() {
+    use std::os::unix::process::CommandExt;
+    let cdn = Cdn::start();
+    put_top(&cdn);
+    put_model(&cdn, "8b_pre_trained", 1, 4 << 20);
+    cdn.throttle(Some(256 << 10));
+    let url = cdn.link(3600, None);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let mut child = llamactl(&["download", "--url", &url, "--models", "8B", "--dir", d])
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let part = dir.path().join("Meta-Llama-3-8B/consolidated.00.pth.part");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::metadata(&part).map_or(0, |m| m.len()) < 100_000 {
+        assert!(Instant::now() < deadline, "no partial download appeared");
+        assert!(child.try_wait().unwrap().is_none(), "download ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sent = Instant::now();
+    // SAFETY: kill(2) on the child's own process group.
+    assert_eq!(unsafe { libc::kill(-(child.id() as i32), libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let took = sent.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let last = err.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("interrupted by SIGINT: kept ") && last.contains("partial download(s)"),
+        "{err}"
+    );
+    assert!(
+        !err.contains(url.split("Signature=").nth(1).unwrap()),
+        "{err}"
+    );
+    assert!(std::fs::metadata(&part).unwrap().len() >= 100_000);
+    assert!(!dir
+        .path()
+        .join("Meta-Llama-3-8B/consolidated.00.pth")
+        .exists());
 }

@@ -650,3 +650,124 @@ fn hf_hub_cache_overrides_hf_home() {
     );
     assert!(!env.hf_home().join("hub").exists());
 }
+
+/// A port on 127.0.0.1 where nothing listens (connection refused).
+fn refused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn files_named(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    walk(dir)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(suffix))
+        .collect()
+}
+
+#[test]
+fn unreachable_endpoint_fails_fast_naming_host_and_cause() {
+    let env = Env::new();
+    let port = refused_port();
+    for (endpoint, host, cause) in [
+        (
+            format!("http://127.0.0.1:{port}"),
+            format!("127.0.0.1:{port}"),
+            "connection refused",
+        ),
+        (
+            "https://nonexistent.invalid".to_string(),
+            "nonexistent.invalid".to_string(),
+            "DNS lookup failed",
+        ),
+    ] {
+        for local_dir in [false, true] {
+            let out = env.home.path().join("local");
+            let started = Instant::now();
+            // The default timeouts and retries.
+            let run = env.pull_with(&[TINY], |c| {
+                c.env("HF_ENDPOINT", &endpoint)
+                    .env("HF_TOKEN", SECRET)
+                    .env_remove("LLAMACTL_NET_RETRIES")
+                    .env_remove("LLAMACTL_NET_BACKOFF_MS")
+                    .env_remove("LLAMACTL_NET_TIMEOUT_S");
+                if local_dir {
+                    c.arg("--local-dir").arg(&out);
+                }
+            });
+            let took = started.elapsed();
+            let run = run.expect(4);
+            assert!(took <= Duration::from_secs(15), "{endpoint}: took {took:?}");
+            let err = run.stderr();
+            let last = err.lines().last().unwrap_or("");
+            assert!(
+                last.contains(&format!("cannot reach {host}: {cause}")),
+                "{err}"
+            );
+            assert!(!err.contains(SECRET), "{err}");
+            assert!(files_named(env.home.path(), ".incomplete").is_empty());
+            eprintln!("{endpoint}: exit 4 after {took:?}");
+        }
+    }
+}
+
+#[test]
+fn bad_repo_ids_are_refused_before_any_request() {
+    let env = Env::new();
+    for id in [
+        "meta-llama//x",
+        "meta-llama/Meta--Llama",
+        "org-/x",
+        "a/b/c",
+        "org/x.",
+    ] {
+        let run = env.pull(&[id]).expect(2);
+        assert!(
+            run.stderr().contains("not a Hub repo id"),
+            "{}",
+            run.stderr()
+        );
+    }
+    assert!(env.hub.log().is_empty(), "{:?}", env.hub.log().len());
+}
+
+#[test]
+fn sigint_keeps_the_partial_blob_and_exits_130() {
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    env.hub.set_throttle(400_000);
+    let mut child = env
+        .cmd(&[BIG])
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sha256 = env.hub.sha256_of(BIG, "main", "big.bin");
+    let partial = env
+        .repo_root(BIG)
+        .join("blobs")
+        .join(format!("{sha256}.incomplete"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::metadata(&partial).map_or(0, |m| m.len()) < 100_000 {
+        assert!(Instant::now() < deadline, "no partial download appeared");
+        assert!(child.try_wait().unwrap().is_none(), "pull ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sent = Instant::now();
+    // SAFETY: kill(2) on the child's own process group.
+    assert_eq!(unsafe { libc::kill(-(child.id() as i32), libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let took = sent.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let last = err.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("interrupted by SIGINT: kept 1 partial download(s)"),
+        "{err}"
+    );
+    assert!(std::fs::metadata(&partial).unwrap().len() >= 100_000);
+}

@@ -541,6 +541,7 @@ fn make_hf(
         "model-00001-of-00002.safetensors",
         "model-00002-of-00002.safetensors",
     ];
+    let total: usize = a.iter().chain(&b).map(|t| t.3.len()).sum();
     let mut map = serde_json::Map::new();
     for (file, ts) in names.iter().zip([&a, &b]) {
         write_st(&d.path().join(file), ts);
@@ -550,8 +551,10 @@ fn make_hf(
     }
     std::fs::write(
         d.path().join("model.safetensors.index.json"),
-        serde_json::to_string_pretty(&json!({"metadata": {"total_size": 0}, "weight_map": map}))
-            .unwrap(),
+        serde_json::to_string_pretty(
+            &json!({"metadata": {"total_size": total}, "weight_map": map}),
+        )
+        .unwrap(),
     )
     .unwrap();
     std::fs::write(d.path().join("config.json"), hf_config(tied).to_string()).unwrap();
@@ -627,6 +630,133 @@ fn hf_index_problems() {
     let v = expect_problems(d.path(), &[], &["dangling_shard", "missing_shard"]);
     let text = details(&v);
     assert!(text.contains("model-00003-of-00003") && text.contains("model-00002-of-00002"));
+}
+
+#[test]
+fn hf_index_total_size_must_be_the_tensor_bytes() {
+    let d = make_hf(false, |_, _| {});
+    let p = d.path().join("model.safetensors.index.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let total = v["metadata"]["total_size"].as_u64().unwrap();
+    v["metadata"]["total_size"] = json!(total + 2);
+    std::fs::write(&p, v.to_string()).unwrap();
+    let v = expect_problems(d.path(), &[], &["index_total_size"]);
+    let text = details(&v);
+    assert!(
+        text.contains(&format!("total_size is {}", total + 2))
+            && text.contains(&format!("hold {total} bytes")),
+        "{text}"
+    );
+}
+
+/// tiny-mp1 converted to an HF dir (real Llama 3 tokenizer files, instruct chat template).
+fn converted_hf() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let dst = d.path().join("hf");
+    let (code, _, err) = llamactl(
+        &[
+            "convert",
+            "--to",
+            "hf",
+            "--instruct",
+            testdata("tiny-mp1").to_str().unwrap(),
+            dst.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    d
+}
+
+fn edit_json(path: &Path, f: impl FnOnce(&mut Value)) {
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(path, v.to_string()).unwrap();
+}
+
+#[test]
+fn hf_tokenizer_files_against_config() {
+    let d = converted_hf();
+    let hf = d.path().join("hf");
+    let (code, v) = verify(&hf, &["--no-md5"]);
+    assert_eq!(code, 0, "{}", details(&v));
+    let status = |v: &Value, name: &str| {
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .map(|c| c["status"].as_str().unwrap().to_string())
+    };
+    assert_eq!(status(&v, "tokenizer").as_deref(), Some("ok"));
+    assert_eq!(status(&v, "chat template").as_deref(), Some("ok"));
+
+    // A truncated tokenizer.json (a download cut short).
+    let tok = std::fs::read(hf.join("tokenizer.json")).unwrap();
+    std::fs::write(hf.join("tokenizer.json"), &tok[..tok.len() / 2]).unwrap();
+    let v = expect_problems(&hf, &["--no-md5"], &["invalid_tokenizer"]);
+    assert!(
+        details(&v).contains("tokenizer.json does not load"),
+        "{}",
+        details(&v)
+    );
+
+    // The last special token gone: 128255 tokens for vocab_size 128256; an eos id it lacks.
+    std::fs::write(hf.join("tokenizer.json"), &tok).unwrap();
+    edit_json(&hf.join("tokenizer.json"), |v| {
+        v["added_tokens"].as_array_mut().unwrap().pop();
+    });
+    edit_json(&hf.join("config.json"), |v| {
+        v["eos_token_id"] = json!([128001, 200000])
+    });
+    let v = expect_problems(
+        &hf,
+        &["--no-md5"],
+        &["missing_special_token", "vocab_mismatch"],
+    );
+    let text = details(&v);
+    assert!(
+        text.contains("128255 tokens")
+            && text.contains("vocab_size 128256")
+            && text.contains("eos_token_id 200000"),
+        "{text}"
+    );
+}
+
+#[test]
+fn hf_tokenizer_config_and_chat_template() {
+    let d = converted_hf();
+    let hf = d.path().join("hf");
+    let cfg = hf.join("tokenizer_config.json");
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, &good[..good.len() - 3]).unwrap();
+    let v = expect_problems(&hf, &["--no-md5"], &["invalid_tokenizer_config"]);
+    assert!(
+        details(&v).contains("tokenizer_config.json"),
+        "{}",
+        details(&v)
+    );
+
+    std::fs::write(&cfg, &good).unwrap();
+    edit_json(&cfg, |v| {
+        v["chat_template"] = json!("{% for m in messages %}{{ m.content }}{% endfor");
+    });
+    let v = expect_problems(&hf, &["--no-md5"], &["invalid_chat_template"]);
+    assert!(
+        details(&v).contains("chat_template does not compile"),
+        "{}",
+        details(&v)
+    );
+
+    // The list form transformers also accepts: each template compiles on its own.
+    edit_json(&cfg, |v| {
+        v["chat_template"] = json!([
+            {"name": "default", "template": "{{ bos_token }}"},
+            {"name": "tool_use", "template": "{% if tools %}"}
+        ]);
+    });
+    let v = expect_problems(&hf, &["--no-md5"], &["invalid_chat_template"]);
+    assert!(details(&v).contains("\"tool_use\""), "{}", details(&v));
 }
 
 #[test]

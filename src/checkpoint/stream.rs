@@ -143,6 +143,7 @@ pub fn write_region(
 
     let mut r0 = region.rows.start;
     while r0 < region.rows.end {
+        crate::signal::check()?;
         let r1 = (r0 + block).min(region.rows.end);
         // Fast path: one piece holds exactly these columns, so the block is one contiguous range.
         if region.permute.is_none() && to.is_none() {

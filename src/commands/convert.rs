@@ -46,6 +46,7 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
         max_shard_size: convert::parse_size(&args.max_shard_size)?,
     };
     let out = AtomicDir::new(&args.dst_dir, args.force)?;
+    super::report_stale(&out);
     let start = Instant::now();
     let mut progress = Progress::new();
     let summary = match args.to {

@@ -8,7 +8,9 @@
 use crate::checkpoint::catalog::{self, Model};
 use crate::cli::DownloadArgs;
 use crate::error::{self, Fail};
-use crate::net::http::{hash_file, FileRequest, HashKind, Http, HttpConfig, HttpError};
+use crate::net::http::{
+    hash_file, kept_parts_note, FileRequest, HashKind, Http, HttpConfig, HttpError,
+};
 use crate::net::progress::Progress;
 use crate::net::signed_url::{self, human_duration, redact, SignedUrl};
 use crate::util::human_bytes;
@@ -174,6 +176,9 @@ pub fn run(args: &DownloadArgs) -> Result<i32> {
 
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("{}: cannot create", args.dir.display()))?;
+    // On SIGINT/SIGTERM the parts stay (a re-run resumes them); say so in the one line.
+    let parts_dir = args.dir.clone();
+    let _kept = crate::signal::register_kept(move || kept_parts_note(&parts_dir, ".part"));
     space_estimate(&models, &args.dir);
     eprintln!(
         "downloading {} into {} ({} at a time)",
@@ -195,7 +200,6 @@ pub fn run(args: &DownloadArgs) -> Result<i32> {
         verify: !args.no_verify,
         connections: args.connections,
         stop: AtomicBool::new(false),
-        never: AtomicBool::new(false),
         failures: Mutex::new(Vec::new()),
     };
 
@@ -319,8 +323,10 @@ pub fn run(args: &DownloadArgs) -> Result<i32> {
         .min_by_key(|(_, f)| rank(f.code))
         .map(|(i, _)| i)
         .unwrap_or(0);
-    for (i, f) in failures.iter().enumerate() {
-        if i != primary {
+    let mut said = std::collections::HashSet::new();
+    said.insert(failures[primary].message.as_str());
+    for f in &failures {
+        if said.insert(f.message.as_str()) {
             eprintln!("error: {}", f.message);
         }
     }
@@ -570,8 +576,6 @@ struct RunState<'a> {
     connections: usize,
     /// Set by a failure that dooms the rest (see `Failure::stops_all`).
     stop: AtomicBool,
-    /// The engine's cancel flag; nothing cancels a running transfer, which keeps its progress.
-    never: AtomicBool,
     failures: Mutex<Vec<Failure>>,
 }
 
@@ -594,7 +598,7 @@ impl RunState<'_> {
                 s.spawn(move || loop {
                     let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
                     let Some((i, job)) = next else { break };
-                    if self.stop.load(Ordering::SeqCst) {
+                    if self.stop.load(Ordering::SeqCst) || crate::signal::received().is_some() {
                         continue;
                     }
                     let ok = self.one(&job, http);
@@ -657,7 +661,7 @@ impl RunState<'_> {
         req.expected_size = job.size;
         req.connections = self.connections;
         req.reject_markup = job.reject_markup;
-        match http.download_to_file(&req, fp, &self.never) {
+        match http.download_to_file(&req, fp) {
             Ok(d) => {
                 let mut line = format!("ok    {} ({})", job.label, human_bytes(d.size));
                 if md5.is_some() {
@@ -700,7 +704,10 @@ impl RunState<'_> {
     /// One line saying what went wrong with a file, and the exit code it implies.
     fn explain(&self, job: &Job, e: HttpError) -> Failure {
         let code = e.exit_code();
-        let stops_all = matches!(e, HttpError::Refused { .. } | HttpError::Network { .. });
+        let stops_all = matches!(
+            e,
+            HttpError::Refused { .. } | HttpError::Network { .. } | HttpError::Unreachable(_)
+        );
         let message = match &e {
             HttpError::Refused { status, detail, .. } => format!(
                 "{}: HTTP {status}{detail}: the download link has expired or its download count is used up; partial files are kept, and re-running with a new link from Meta resumes where this stopped",
@@ -713,6 +720,8 @@ impl RunState<'_> {
                 ),
                 None => format!("{}: HTTP 404: not found behind this download link", job.label),
             },
+            // The same for every file: no file name, so it is said once.
+            HttpError::Unreachable(u) => u.to_string(),
             HttpError::Network { attempts, last, .. } => format!(
                 "{}: network failure after {attempts} attempts ({last}); the part is kept, re-run to resume",
                 job.label

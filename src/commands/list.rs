@@ -8,6 +8,7 @@ use crate::util::human_bytes;
 use anyhow::Result;
 
 pub fn run(args: &ListArgs) -> Result<i32> {
+    super::note_stale(&crate::util::stale_temps(&args.dir, None));
     let rows: Vec<_> = catalog::MODELS
         .iter()
         .map(|m| (m, catalog::local_status(m, &args.dir)))

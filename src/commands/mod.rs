@@ -14,6 +14,23 @@ pub mod run;
 pub mod tokenize;
 pub mod verify;
 
+/// Say what [`crate::util::AtomicDir::new`] cleaned up from earlier, killed runs.
+pub(crate) fn report_stale(out: &crate::util::AtomicDir) {
+    for s in out.removed_stale() {
+        eprintln!("removed a stale temporary output of an interrupted run: {s}");
+    }
+}
+
+/// Mention temp dirs of killed runs that `verify` or `list` came across (on stderr).
+pub(crate) fn note_stale(found: &[crate::util::StaleTemp]) {
+    for s in found {
+        eprintln!(
+            "note: stale temporary output of an interrupted run: {s}; the next run to the same \
+             destination removes it, or delete it"
+        );
+    }
+}
+
 /// Run the chosen command; `Ok(code)` is the exit code of a finished run (0 or 1).
 pub fn dispatch(cli: Cli) -> Result<i32> {
     match cli.command {

@@ -1,6 +1,7 @@
 //! `llamactl pull` (see CLI.md): a repo from the Hugging Face Hub into the cache `huggingface_hub`
 //! uses (or into `--local-dir`), files in parallel, LFS files sha256-checked while streaming.
 use crate::cli::PullArgs;
+use crate::net::http::kept_parts_note;
 use crate::net::hub::{
     list_local_files, resolve_token, validate_repo_id, validate_revision, Fetched, HubClient,
     HubEnv, NetConfig, Progress, RepoCache, RepoFile, TokenSource,
@@ -187,6 +188,12 @@ fn online(args: &PullArgs, env: &HubEnv, filter: &Filter) -> Result<PathBuf> {
             cache.snapshot_dir(&commit)
         }
     };
+    // On SIGINT/SIGTERM the `.incomplete` parts stay (a re-run resumes them); say so.
+    let parts_dir = match &local_dir {
+        Some(d) => d.join(".cache"),
+        None => cache.root().join("blobs"),
+    };
+    let _kept = crate::signal::register_kept(move || kept_parts_note(&parts_dir, ".incomplete"));
     let pending: u64 = files
         .iter()
         .filter(|f| local_dir.is_some() || !cache.pointer_path(&commit, &f.path).exists())
@@ -207,7 +214,7 @@ fn online(args: &PullArgs, env: &HubEnv, filter: &Filter) -> Result<PathBuf> {
     std::thread::scope(|s| {
         for _ in 0..args.jobs.min(files.len()) {
             s.spawn(|| loop {
-                if abort.load(Ordering::Relaxed) {
+                if abort.load(Ordering::Relaxed) || crate::signal::received().is_some() {
                     break;
                 }
                 let i = next.fetch_add(1, Ordering::Relaxed);

@@ -42,6 +42,7 @@ pub fn run(args: &ReshardArgs) -> Result<i32> {
     ensure_free_disk(&args.dst_dir, need)?;
 
     let out = AtomicDir::new(&args.dst_dir, args.force)?;
+    super::report_stale(&out);
     // Each shard being written holds about 25 MiB (its md5/disk pipeline blocks and read
     // buffers); 6 at a time keeps the default far under the 256 MiB budget on any machine,
     // and more parallel streams than that only queue on the disk.

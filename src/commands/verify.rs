@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub fn run(args: &VerifyArgs) -> Result<i32> {
+    super::note_stale(&crate::util::stale_temps_of(&args.dir));
     let jobs = args
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))

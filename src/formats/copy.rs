@@ -118,7 +118,9 @@ pub fn copy_file_range_all(
     let mut off_in = offset as libc::loff_t;
     let mut left = len;
     while left > 0 {
-        let want = left.min(1 << 30) as usize;
+        // Pieces small enough that a SIGINT is noticed within a fraction of a second.
+        crate::signal::check()?;
+        let want = left.min(64 << 20) as usize;
         // SAFETY: both descriptors are open for the duration of the call; off_in is a valid
         // pointer; a null out-offset means "use and advance dst's file position".
         let n = unsafe {
@@ -366,6 +368,7 @@ impl HashingFile {
 
     /// Hand the current block (full, or the last one) to the md5 thread and take a free one.
     fn send_block(&mut self) -> io::Result<()> {
+        crate::signal::check()?;
         let next = if self.spare > 0 {
             self.spare -= 1;
             Some(Block::new())

@@ -10,6 +10,7 @@
 //! Every URL that appears in an error or log line goes through [`redact`] first; reqwest errors are
 //! stripped of their URL.
 use crate::net::progress::FileProgress;
+use crate::net::reach::{self, ConnectFailure, FirstContact, Unreachable};
 use crate::net::segmented::{self, SegError};
 use crate::net::signed_url::redact;
 use reqwest::header::{self, HeaderMap};
@@ -17,7 +18,7 @@ use reqwest::StatusCode;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Timeouts and retry policy. Tests shrink them through the environment.
@@ -39,7 +40,9 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             read_timeout: Duration::from_secs(60),
-            connect_timeout: Duration::from_secs(30),
+            // A connect that takes longer is a dead host; this also bounds the first-contact
+            // budget (see `reach`).
+            connect_timeout: Duration::from_secs(10),
             retries: 8,
             retry_base: Duration::from_millis(1000),
             retry_max: Duration::from_secs(60),
@@ -187,7 +190,11 @@ pub enum HttpError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cancelled")]
+    /// The host never answered (DNS, refused, TLS, timeout) after a few quick tries.
+    #[error(transparent)]
+    Unreachable(#[from] Unreachable),
+    /// SIGINT/SIGTERM; the part is kept for the next run.
+    #[error("interrupted")]
     Cancelled,
 }
 
@@ -200,7 +207,7 @@ impl HttpError {
             HttpError::Status { status, .. } if *status >= 500 => NETWORK,
             HttpError::Status { .. } | HttpError::ErrorBody { .. } => REFUSED,
             HttpError::Mismatch { .. } => CHECK_FAILED,
-            HttpError::Network { .. } => NETWORK,
+            HttpError::Network { .. } | HttpError::Unreachable(_) => NETWORK,
             HttpError::Io { .. } | HttpError::NoSpace { .. } | HttpError::Cancelled => USAGE,
         }
     }
@@ -395,12 +402,24 @@ fn hash_name(kind: HashKind) -> &'static str {
     }
 }
 
+/// A request that got no response.
+pub(crate) struct SendFailed {
+    pub(crate) reason: String,
+    /// Set when no connection was made at all (see [`reach`]).
+    pub(crate) connect: Option<ConnectFailure>,
+}
+
 /// Outcome of one HTTP attempt.
 enum Attempt {
     /// The part is complete at this size.
     Complete(u64),
-    /// Transient trouble; `progressed` when bytes were written in this attempt.
-    Retry { reason: String, progressed: bool },
+    /// Transient trouble; `progressed` when bytes were written in this attempt; `connect` when
+    /// the request got no answer at all.
+    Retry {
+        reason: String,
+        progressed: bool,
+        connect: Option<ConnectFailure>,
+    },
 }
 
 pub(crate) const BUF: usize = 1 << 20;
@@ -478,6 +497,7 @@ impl Http {
     ) -> Result<(HeaderMap, Vec<u8>), HttpError> {
         let shown = redact(url);
         let mut failures = 0;
+        let mut fc = FirstContact::new();
         loop {
             let reason = match self.send(url, headers, None) {
                 Ok(resp) => {
@@ -499,7 +519,13 @@ impl Http {
                         classify_status(status, resp, &shown)?
                     }
                 }
-                Err(e) => e,
+                Err(failed) => {
+                    if let Some(wait) = self.first_contact(&mut fc, failed.connect.as_ref())? {
+                        interruptible_sleep(wait)?;
+                        continue;
+                    }
+                    failed.reason
+                }
             };
             failures += 1;
             if failures > self.cfg.retries {
@@ -509,7 +535,7 @@ impl Http {
                     last: reason,
                 });
             }
-            std::thread::sleep(self.cfg.backoff(failures));
+            interruptible_sleep(self.cfg.backoff(failures))?;
         }
     }
 
@@ -518,7 +544,7 @@ impl Http {
         url: &str,
         headers: &[(String, String)],
         range: Option<(u64, Option<&str>)>,
-    ) -> Result<reqwest::blocking::Response, String> {
+    ) -> Result<reqwest::blocking::Response, SendFailed> {
         let mut req = self.client.get(url);
         for (k, v) in headers {
             req = req.header(k.as_str(), v.as_str());
@@ -529,21 +555,49 @@ impl Http {
                 req = req.header(header::IF_RANGE, v);
             }
         }
-        req.send().map_err(|e| describe(&e))
+        match req.send() {
+            Ok(resp) => {
+                reach::mark_reached(url);
+                Ok(resp)
+            }
+            Err(e) => {
+                let reason = describe(&e);
+                let connect = reach::connect_failure(&e, &reason);
+                Err(SendFailed { reason, connect })
+            }
+        }
+    }
+
+    /// For a request that got no answer from a host that never answered in this run: how long
+    /// to wait before the next quick try, or the error that ends the transfer. `None` when the
+    /// patient policy applies.
+    pub(crate) fn first_contact(
+        &self,
+        fc: &mut FirstContact,
+        connect: Option<&ConnectFailure>,
+    ) -> Result<Option<Duration>, HttpError> {
+        match connect {
+            Some(c) => Ok(fc.failed(c, self.cfg.connect_timeout)?),
+            None => Ok(None),
+        }
     }
 
     /// Fetch `req.url` into `req.dest` with resume, retries, in-stream hashing and verification.
-    /// `cancel` stops the transfer between reads (the part is kept).
+    /// SIGINT/SIGTERM (see [`crate::signal`]) stops the transfer between reads; the part is kept
+    /// unless it is still empty.
     pub fn download_to_file(
         &self,
         req: &FileRequest,
         progress: &FileProgress,
-        cancel: &AtomicBool,
     ) -> Result<Downloaded, HttpError> {
         let mut fetched_total = 0;
         let mut first_resumed = None;
         for round in 0..2 {
-            let (size, digest, fetched, resumed_from) = self.fetch_part(req, progress, cancel)?;
+            let fetched = self.fetch_part(req, progress);
+            if fetched.is_err() {
+                remove_if_empty(&req.dest);
+            }
+            let (size, digest, fetched, resumed_from) = fetched?;
             fetched_total += fetched;
             first_resumed.get_or_insert(resumed_from);
             let part = part_path(&req.dest);
@@ -582,7 +636,6 @@ impl Http {
         &self,
         req: &FileRequest,
         progress: &FileProgress,
-        cancel: &AtomicBool,
     ) -> Result<(u64, Option<String>, u64, u64), HttpError> {
         let part = part_path(&req.dest);
         if let Some(dir) = req.dest.parent() {
@@ -600,7 +653,7 @@ impl Http {
         lock_exclusive(&file, &part)?;
         let mut meta = PartMeta::load(&req.dest).unwrap_or_default();
         if meta.segments.is_some() {
-            match segmented::run(self, req, &file, &part, &mut meta, None, progress, cancel) {
+            match segmented::run(self, req, &file, &part, &mut meta, None, progress) {
                 Ok(done) => return Ok(done),
                 Err(SegError::Http(e)) => return Err(e),
                 Err(SegError::Fallback(why)) => {
@@ -636,6 +689,7 @@ impl Http {
         let shown = redact(&req.url);
         let mut fetched = 0u64;
         let mut failures = 0u32;
+        let mut fc = FirstContact::new();
         let mut first = None;
         if offset == 0 && req.connections > 1 {
             // Ask for a range from the start: a 206 proves ranges work and tells the size.
@@ -662,7 +716,6 @@ impl Http {
                                 &mut meta,
                                 Some(resp),
                                 progress,
-                                cancel,
                             ) {
                                 Ok(done) => return Ok(done),
                                 Err(SegError::Http(e)) => return Err(e),
@@ -675,16 +728,17 @@ impl Http {
                         _ => first = Some(resp),
                     }
                 }
-                Err(reason) => {
-                    failures += 1;
-                    backoff_sleep(&self.cfg, failures, progress, &reason);
-                }
+                Err(failed) => match self.first_contact(&mut fc, failed.connect.as_ref())? {
+                    Some(wait) => interruptible_sleep(wait)?,
+                    None => {
+                        failures += 1;
+                        backoff_sleep(&self.cfg, failures, progress, &failed.reason);
+                    }
+                },
             }
         }
         loop {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(HttpError::Cancelled);
-            }
+            interrupted()?;
             let attempt = self.attempt(
                 first.take(),
                 req,
@@ -696,7 +750,6 @@ impl Http {
                 &mut meta,
                 &mut fetched,
                 progress,
-                cancel,
             )?;
             match attempt {
                 Attempt::Complete(size) => {
@@ -713,7 +766,15 @@ impl Http {
                     }
                     return Ok((size, hasher.finish(), fetched, resumed_from));
                 }
-                Attempt::Retry { reason, progressed } => {
+                Attempt::Retry {
+                    reason,
+                    progressed,
+                    connect,
+                } => {
+                    if let Some(wait) = self.first_contact(&mut fc, connect.as_ref())? {
+                        interruptible_sleep(wait)?;
+                        continue;
+                    }
                     // A link that keeps delivering is not failing: count only stuck attempts.
                     if progressed {
                         failures = 0;
@@ -745,7 +806,6 @@ impl Http {
         meta: &mut PartMeta,
         fetched: &mut u64,
         progress: &FileProgress,
-        cancel: &AtomicBool,
     ) -> Result<Attempt, HttpError> {
         let range = (*offset > 0).then(|| (*offset, meta.if_range()));
         let sent = match pre {
@@ -754,10 +814,11 @@ impl Http {
         };
         let resp = match sent {
             Ok(r) => r,
-            Err(reason) => {
+            Err(failed) => {
                 return Ok(Attempt::Retry {
-                    reason,
+                    reason: failed.reason,
                     progressed: false,
+                    connect: failed.connect,
                 })
             }
         };
@@ -786,6 +847,7 @@ impl Http {
                         return Ok(Attempt::Retry {
                             reason: "the remote file changed size".into(),
                             progressed: false,
+                            connect: None,
                         });
                     }
                     if meta.size.is_none() {
@@ -797,6 +859,7 @@ impl Http {
                     return Ok(Attempt::Retry {
                         reason: "the server answered a different range".into(),
                         progressed: false,
+                        connect: None,
                     });
                 }
             },
@@ -814,12 +877,14 @@ impl Http {
                 return Ok(Attempt::Retry {
                     reason: "the kept part does not fit the remote file".into(),
                     progressed: false,
+                    connect: None,
                 });
             }
             s => {
                 return classify_status(s, resp, shown).map(|reason| Attempt::Retry {
                     reason,
                     progressed: false,
+                    connect: None,
                 })
             }
         }
@@ -866,9 +931,7 @@ impl Http {
         let mut buf = hasher.buffer();
         let mut filled = 0;
         let stopped = loop {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(HttpError::Cancelled);
-            }
+            interrupted()?;
             if filled == buf.len() {
                 hasher.submit(buf, filled);
                 buf = hasher.buffer();
@@ -899,22 +962,72 @@ impl Http {
         hasher.submit(buf, filled);
         let progressed = *offset > start;
         match (stopped, total) {
-            (Some(reason), _) => Ok(Attempt::Retry { reason, progressed }),
+            (Some(reason), _) => Ok(Attempt::Retry {
+                reason,
+                progressed,
+                connect: None,
+            }),
             (None, Some(t)) if *offset < t => Ok(Attempt::Retry {
                 reason: format!("connection closed at byte {} of {t}", *offset),
                 progressed,
+                connect: None,
             }),
             (None, _) => Ok(Attempt::Complete(*offset)),
         }
     }
 }
 
-/// Wait before retry number `n`, saying why on the file's progress bar.
+/// Wait before retry number `n`, saying why on the file's progress bar. A signal cuts the wait
+/// short; the caller's next [`interrupted`] check then stops.
 pub(crate) fn backoff_sleep(cfg: &HttpConfig, n: u32, progress: &FileProgress, reason: &str) {
     let wait = cfg.backoff(n);
     progress.note(&format!("retry in {:.1}s: {reason}", wait.as_secs_f64()));
-    std::thread::sleep(wait);
+    let _ = crate::signal::sleep(wait);
     progress.note("");
+}
+
+/// Sleep, or stop with [`HttpError::Cancelled`] when SIGINT/SIGTERM arrives.
+pub(crate) fn interruptible_sleep(d: Duration) -> Result<(), HttpError> {
+    crate::signal::sleep(d).map_err(|_| HttpError::Cancelled)
+}
+
+/// [`HttpError::Cancelled`] once SIGINT/SIGTERM arrived.
+pub(crate) fn interrupted() -> Result<(), HttpError> {
+    crate::signal::check().map_err(|_| HttpError::Cancelled)
+}
+
+/// A part that never received a byte is not worth keeping (nor its record).
+fn remove_if_empty(dest: &Path) {
+    let part = part_path(dest);
+    if std::fs::metadata(&part).is_ok_and(|m| m.len() == 0) {
+        let _ = std::fs::remove_file(&part);
+        let _ = std::fs::remove_file(meta_path(dest));
+    }
+}
+
+/// One line for an interrupted command: the partial files (named `*SUFFIX`) under `dir` that
+/// the next run resumes, or `None` when there are none.
+pub fn kept_parts_note(dir: &Path, suffix: &str) -> Option<String> {
+    fn walk(dir: &Path, suffix: &str, n: &mut u64, bytes: &mut u64) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                walk(&e.path(), suffix, n, bytes);
+            } else if e.file_name().to_string_lossy().ends_with(suffix) {
+                *n += 1;
+                *bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+    }
+    let (mut n, mut bytes) = (0, 0);
+    walk(dir, suffix, &mut n, &mut bytes);
+    (n > 0).then(|| {
+        format!(
+            "kept {n} partial download(s) ({}) under {} for the next run to resume",
+            crate::util::human_bytes(bytes),
+            dir.display()
+        )
+    })
 }
 
 /// Turn a non-2xx status into an error, or a retry reason for transient ones.

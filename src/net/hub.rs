@@ -13,8 +13,9 @@
 //! $HF_HUB_CACHE/.locks/models--{org}--{name}/{etag}.lock   flock'ed while a blob is written
 //! ```
 use crate::error::{check_failed, network, refused};
+use crate::net::reach::{self, ConnectFailure, FirstContact};
 use anyhow::{anyhow, bail, Context, Result};
-use reqwest::blocking::{Client, Response};
+use reqwest::blocking::{Client, RequestBuilder, Response};
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, LOCATION, RANGE};
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
@@ -148,15 +149,18 @@ pub fn resolve_token(flag: Option<&str>, env: &HubEnv) -> Result<Option<(Token, 
     }
 }
 
-/// `org/name` (or a bare `name`), as the Hub accepts them.
+/// `org/name` (or a bare `name`), as the Hub accepts them: letters, digits, `-`, `_`, `.`; no
+/// `--` or `..` inside; not starting or ending with `-` or `.`; at most 96 characters each.
 pub fn validate_repo_id(id: &str) -> Result<()> {
     let ok_part = |p: &str| {
         !p.is_empty()
-            && p != "."
-            && p != ".."
             && p.len() <= 96
             && p.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && !p.contains("--")
+            && !p.contains("..")
+            && !p.starts_with(['-', '.'])
+            && !p.ends_with(['-', '.'])
     };
     let parts: Vec<&str> = id.split('/').collect();
     if parts.len() > 2 || !parts.iter().all(|p| ok_part(p)) {
@@ -491,6 +495,8 @@ pub struct NetConfig {
     pub stall_timeout: Duration,
     /// First backoff delay; doubles each try (capped at a minute), with ±50% jitter.
     pub backoff: Duration,
+    /// A connection not made within this long counts as a failed try (see `reach`).
+    pub connect_timeout: Duration,
 }
 
 impl Default for NetConfig {
@@ -499,6 +505,7 @@ impl Default for NetConfig {
             retries: 5,
             stall_timeout: Duration::from_secs(30),
             backoff: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -630,9 +637,50 @@ pub enum Fetched {
 enum TryError {
     /// Worth another try after a pause (5xx, 429, reset, stall, short body).
     Transient(anyhow::Error),
+    /// No answer at all: quick tries while the host never answered, else like `Transient`.
+    NoAnswer(ConnectFailure, anyhow::Error),
     /// A CDN refused a signed URL (likely expired): resolve again for a fresh one.
     Expired(anyhow::Error),
     Fatal(anyhow::Error),
+}
+
+/// Send a request, recording that its host answered, or say why nothing came back.
+fn send(rb: RequestBuilder, shown: &str) -> Result<Response, TryError> {
+    match rb.send() {
+        Ok(resp) => {
+            reach::mark_reached(resp.url().as_str());
+            Ok(resp)
+        }
+        Err(e) => {
+            let detail = crate::net::http::describe(&e);
+            let err = anyhow!("{shown}: {detail}");
+            Err(match reach::connect_failure(&e, &detail) {
+                Some(f) => TryError::NoAnswer(f, err),
+                None => TryError::Transient(err),
+            })
+        }
+    }
+}
+
+/// The wait before another try after `e`, or the error that ends the retries. `attempt` counts
+/// the patient tries; quick tries for a host that never answered are counted by `fc`.
+fn next_try(
+    e: TryError,
+    fc: &mut FirstContact,
+    attempt: &mut u32,
+    net: &NetConfig,
+) -> Result<(Duration, Option<anyhow::Error>), TryError> {
+    let e = match e {
+        TryError::NoAnswer(f, e) => match fc.failed(&f, net.connect_timeout) {
+            Err(u) => return Err(TryError::Fatal(network(u.to_string()))),
+            Ok(Some(wait)) => return Ok((wait, None)),
+            Ok(None) => e,
+        },
+        TryError::Transient(e) => e,
+        other => return Err(other),
+    };
+    *attempt += 1;
+    Ok((net.delay(*attempt), Some(e)))
 }
 
 fn transient_status(s: StatusCode) -> bool {
@@ -670,7 +718,7 @@ impl HubClient {
             // The blocking client applies this per operation (connect, headers, each body
             // read), so it bounds a stall, not the length of a multi-GB download.
             .timeout(net.stall_timeout)
-            .connect_timeout(net.stall_timeout)
+            .connect_timeout(net.connect_timeout.min(net.stall_timeout))
             .user_agent(concat!("llamactl/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("cannot set up the HTTP client")?;
@@ -703,19 +751,25 @@ impl HubClient {
         mut f: impl FnMut() -> Result<T, TryError>,
     ) -> Result<T> {
         let mut attempt = 0;
+        let mut fc = FirstContact::new();
         loop {
-            match f() {
+            crate::signal::check()?;
+            let e = match f() {
                 Ok(v) => return Ok(v),
+                Err(TryError::Expired(e)) => TryError::Transient(e),
+                Err(e) => e,
+            };
+            match next_try(e, &mut fc, &mut attempt, &self.net) {
                 Err(TryError::Fatal(e)) => return Err(e),
-                Err(TryError::Transient(e)) | Err(TryError::Expired(e)) => {
-                    attempt += 1;
-                    if attempt > self.net.retries {
-                        return Err(network(format!(
-                            "{what}: giving up after {attempt} tries: {}",
-                            crate::error::one_line(&e)
-                        )));
-                    }
-                    let wait = self.net.delay(attempt);
+                Err(_) => unreachable!("next_try ends only with Fatal"),
+                Ok((wait, None)) => crate::signal::sleep(wait)?,
+                Ok((_, Some(e))) if attempt > self.net.retries => {
+                    return Err(network(format!(
+                        "{what}: giving up after {attempt} tries: {}",
+                        crate::error::one_line(&e)
+                    )));
+                }
+                Ok((wait, Some(e))) => {
                     progress.retry(
                         what,
                         &crate::error::one_line(&e),
@@ -723,7 +777,7 @@ impl HubClient {
                         attempt,
                         self.net.retries,
                     );
-                    std::thread::sleep(wait);
+                    crate::signal::sleep(wait)?;
                 }
             }
         }
@@ -775,10 +829,7 @@ impl HubClient {
         );
         let what = format!("{repo_id}@{revision}: listing");
         let info: ApiRepoInfo = self.with_retries(&what, progress, || {
-            let resp = self
-                .get(&url, true)
-                .send()
-                .map_err(|e| TryError::Transient(anyhow!("{shown}: {}", e.without_url())))?;
+            let resp = send(self.get(&url, true), &shown)?;
             let status = resp.status();
             if status.is_success() {
                 return resp.json().map_err(|e| {
@@ -876,9 +927,7 @@ impl HubClient {
             if let Some(a) = &self.auth {
                 rb = rb.header(AUTHORIZATION, a.clone());
             }
-            let resp = rb.send().map_err(|e| {
-                TryError::Transient(anyhow!("{}: {}", redact_url(url.as_str()), e.without_url()))
-            })?;
+            let resp = send(rb, &redact_url(url.as_str()))?;
             let status = resp.status();
             let h = resp.headers();
             if status.is_redirection() {
@@ -1160,6 +1209,21 @@ pub fn download_blob(
     net: &NetConfig,
     progress: &dyn Progress,
 ) -> Result<(u64, u64), DownloadError> {
+    let r = stream_blob(http, src, part, net, progress);
+    // A part that never received a byte is not worth keeping.
+    if r.is_err() && std::fs::metadata(part).is_ok_and(|m| m.len() == 0) {
+        let _ = std::fs::remove_file(part);
+    }
+    r
+}
+
+fn stream_blob(
+    http: &Client,
+    src: &BlobSource,
+    part: &Path,
+    net: &NetConfig,
+    progress: &dyn Progress,
+) -> Result<(u64, u64), DownloadError> {
     let other = DownloadError::Other;
     if let Some(p) = part.parent() {
         std::fs::create_dir_all(p)
@@ -1195,11 +1259,13 @@ pub fn download_blob(
         .map_err(other)?;
     let resumed_from = have;
     let mut attempt = 0u32;
+    let mut fc = FirstContact::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
         if size.is_some_and(|s| have == s) {
             break;
         }
+        crate::signal::check().map_err(|e| other(e.into()))?;
         let before = have;
         let res = one_pass(
             http,
@@ -1212,16 +1278,21 @@ pub fn download_blob(
             &mut buf,
             progress,
         );
-        match res {
+        let e = match res {
             Ok(()) => break,
             Err(TryError::Fatal(e)) => return Err(other(e)),
             Err(TryError::Expired(e)) => return Err(DownloadError::Expired(e)),
-            Err(TryError::Transient(e)) => {
-                if have > before {
-                    // Progress was made: a flaky link is not a dead one.
-                    attempt = 0;
-                }
-                attempt += 1;
+            Err(e) => e,
+        };
+        if have > before {
+            // Progress was made: a flaky link is not a dead one.
+            attempt = 0;
+        }
+        match next_try(e, &mut fc, &mut attempt, net) {
+            Err(TryError::Fatal(e)) => return Err(other(e)),
+            Err(_) => unreachable!("next_try ends only with Fatal"),
+            Ok((wait, None)) => crate::signal::sleep(wait).map_err(|e| other(e.into()))?,
+            Ok((wait, Some(e))) => {
                 if attempt > net.retries {
                     return Err(other(network(format!(
                         "{}: giving up after {attempt} tries ({} of {} on disk in {}, resumable): {}",
@@ -1232,7 +1303,6 @@ pub fn download_blob(
                         crate::error::one_line(&e)
                     ))));
                 }
-                let wait = net.delay(attempt);
                 progress.retry(
                     src.name,
                     &crate::error::one_line(&e),
@@ -1240,7 +1310,7 @@ pub fn download_blob(
                     attempt,
                     net.retries,
                 );
-                std::thread::sleep(wait);
+                crate::signal::sleep(wait).map_err(|e| other(e.into()))?;
             }
         }
     }
@@ -1309,9 +1379,7 @@ fn one_pass(
     if *have > 0 {
         rb = rb.header(RANGE, format!("bytes={}-", *have));
     }
-    let mut resp: Response = rb
-        .send()
-        .map_err(|e| TryError::Transient(anyhow!("{shown}: {}", e.without_url())))?;
+    let mut resp: Response = send(rb, &shown)?;
     let status = resp.status();
     let restart = |file: &mut File, have: &mut u64, hasher: &mut Sha256| -> Result<(), TryError> {
         progress.rewind(src.name, *have);
@@ -1365,6 +1433,9 @@ fn one_pass(
     // Straight to the file, no user-space buffer: what was received is on disk if we are killed.
     let mut read_err = None;
     loop {
+        if let Err(e) = crate::signal::check() {
+            return Err(TryError::Fatal(e.into()));
+        }
         match resp.read(buf) {
             Ok(0) => break,
             Ok(n) => {
@@ -1432,6 +1503,10 @@ mod tests {
         assert!(validate_repo_id("gpt2").is_ok());
         assert!(validate_repo_id("a/b/c").is_err());
         assert!(validate_repo_id("../x").is_err());
+        assert!(validate_repo_id("meta-llama/Meta--Llama").is_err());
+        assert!(validate_repo_id("meta-llama/x.").is_err());
+        assert!(validate_repo_id("meta llama/x").is_err());
+        assert!(validate_repo_id("meta-llama/Llama-3.2-1B").is_ok());
         assert!(validate_repo_path("original/params.json").is_ok());
         assert!(validate_repo_path("../etc/passwd").is_err());
         assert!(validate_repo_path("/abs").is_err());

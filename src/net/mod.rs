@@ -2,5 +2,6 @@
 pub mod http;
 pub mod hub;
 pub mod progress;
+pub mod reach;
 pub mod segmented;
 pub mod signed_url;

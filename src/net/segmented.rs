@@ -66,7 +66,6 @@ pub(crate) fn run(
     meta: &mut PartMeta,
     first: Option<reqwest::blocking::Response>,
     progress: &FileProgress,
-    cancel: &AtomicBool,
 ) -> Result<(u64, Option<String>, u64, u64), SegError> {
     let segs = meta.segments.clone().unwrap_or_default();
     let total = segs.last().map(|s| s.end).unwrap_or(0);
@@ -115,7 +114,6 @@ pub(crate) fn run(
                     fetched,
                     progress,
                     stop,
-                    cancel,
                 );
                 if r.is_err() {
                     stop.store(true, Ordering::SeqCst);
@@ -219,7 +217,6 @@ fn fetch_segment(
     fetched: &AtomicU64,
     progress: &FileProgress,
     stop: &AtomicBool,
-    cancel: &AtomicBool,
 ) -> Result<(), SegError> {
     let mut failures = 0u32;
     let mut buf = vec![0u8; BUF];
@@ -228,7 +225,7 @@ fn fetch_segment(
         if pos0 >= seg.end {
             return Ok(());
         }
-        if stop.load(Ordering::SeqCst) || cancel.load(Ordering::SeqCst) {
+        if stop.load(Ordering::SeqCst) || crate::signal::received().is_some() {
             return Err(SegError::Http(HttpError::Cancelled));
         }
         let resp = match pre.take() {
@@ -263,7 +260,7 @@ fn fetch_segment(
                 let mut pos = pos0;
                 let mut err = None;
                 while pos < seg.end {
-                    if stop.load(Ordering::SeqCst) || cancel.load(Ordering::SeqCst) {
+                    if stop.load(Ordering::SeqCst) || crate::signal::received().is_some() {
                         break;
                     }
                     let want = (seg.end - pos).min(BUF as u64) as usize;

@@ -58,6 +58,25 @@ pub(super) fn checksums(
             names.push(&e.name);
         }
     }
+    let total = hash_listed(dir, &entries, &names, jobs, progress, r);
+    unlisted(dir, &names, r);
+    let ok = r.files.iter().filter(|f| f.status == FileState::Ok).count();
+    r.settle(
+        "checksums",
+        mark,
+        format!("{ok} files, {} hashed", human_bytes(total)),
+    );
+}
+
+/// Hash the listed files that exist and compare each with its checklist line; returns the bytes hashed.
+fn hash_listed(
+    dir: &Path,
+    entries: &[checklist::Entry],
+    names: &[&str],
+    jobs: usize,
+    progress: &dyn Progress,
+    r: &mut Report,
+) -> u64 {
     let present: Vec<&str> = names
         .iter()
         .copied()
@@ -73,7 +92,7 @@ pub(super) fn checksums(
     progress.end();
     r.hashed_bytes = total;
     let mut got: HashMap<&str, Result<String>> = present.into_iter().zip(digests).collect();
-    for e in &entries {
+    for e in entries {
         let (status, md5) = match got.get_mut(e.name.as_str()) {
             None => {
                 r.problem(
@@ -106,6 +125,11 @@ pub(super) fn checksums(
             expected: Some(e.md5.clone()),
         });
     }
+    total
+}
+
+/// Files in the directory that the checklist does not name (hidden files aside).
+fn unlisted(dir: &Path, names: &[&str], r: &mut Report) {
     let listed: BTreeSet<&str> = names.iter().copied().collect();
     let mut unlisted: Vec<String> = std::fs::read_dir(dir)
         .map(|rd| {
@@ -132,10 +156,4 @@ pub(super) fn checksums(
             expected: None,
         });
     }
-    let ok = r.files.iter().filter(|f| f.status == FileState::Ok).count();
-    r.settle(
-        "checksums",
-        mark,
-        format!("{ok} files, {} hashed", human_bytes(total)),
-    );
 }

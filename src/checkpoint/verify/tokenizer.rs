@@ -1,6 +1,9 @@
-//! Tokenizer files: Meta's tiktoken `tokenizer.model` against the vocabulary size.
+//! Tokenizer files: Meta's tiktoken `tokenizer.model` against the vocabulary size; Hugging Face's
+//! `tokenizer.json` against config.json and `tokenizer_config.json`'s chat template.
 use super::{CheckState, Kind, Report};
 use crate::checkpoint::Params;
+use serde_json::Value;
+use std::collections::HashSet;
 use std::path::Path;
 
 /// What a tokenizer.model file turned out to be.
@@ -115,6 +118,126 @@ pub(super) fn tokenizer_model(dir: &Path, params: Option<&Params>, r: &mut Repor
         },
     };
     r.settle("tokenizer", mark, detail);
+}
+
+/// tokenizer.json loads (with the same library transformers' fast tokenizers use) and agrees with
+/// config.json: as many ids as vocab_size, and the bos/eos ids among them.
+pub(super) fn hf_tokenizer(dir: &Path, config: Option<&Value>, r: &mut Report) {
+    tokenizer_json(dir, config, r);
+    tokenizer_config(dir, r);
+}
+
+fn tokenizer_json(dir: &Path, config: Option<&Value>, r: &mut Report) {
+    const FILE: &str = "tokenizer.json";
+    if !dir.join(FILE).exists() {
+        r.check(
+            "tokenizer",
+            CheckState::Skipped,
+            format!("no {FILE} in the directory"),
+        );
+        return;
+    }
+    let mark = r.problems.len();
+    let loaded = std::fs::read(dir.join(FILE))
+        .map_err(|e| format!("cannot read: {e}"))
+        .and_then(|b| tokenizers::Tokenizer::from_bytes(b).map_err(|e| e.to_string()));
+    let tok = match loaded {
+        Ok(t) => t,
+        Err(e) => {
+            let detail = format!("{FILE} does not load: {e}");
+            r.problem(Kind::InvalidTokenizer, Some(FILE), None, detail);
+            r.settle("tokenizer", mark, String::new());
+            return;
+        }
+    };
+    let ids: HashSet<u64> = tok.get_vocab(true).into_values().map(u64::from).collect();
+    let top = ids.iter().max().map_or(0, |m| m + 1);
+    let config = config.unwrap_or(&Value::Null);
+    if let Some(vocab) = config.get("vocab_size").and_then(Value::as_u64) {
+        if top != vocab || ids.len() as u64 != vocab {
+            let detail = format!(
+                "{FILE} has {} tokens with ids up to {}, but config.json says vocab_size {vocab}",
+                ids.len(),
+                top.saturating_sub(1)
+            );
+            r.problem(Kind::VocabMismatch, Some(FILE), None, detail);
+        }
+    }
+    for key in ["bos_token_id", "eos_token_id"] {
+        let wanted: Vec<u64> = match config.get(key) {
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).collect(),
+            Some(v) => v.as_u64().into_iter().collect(),
+            None => Vec::new(),
+        };
+        for id in wanted.into_iter().filter(|id| !ids.contains(id)) {
+            let detail = format!("config.json {key} {id} is not a token of {FILE}");
+            r.problem(Kind::MissingSpecialToken, Some(FILE), None, detail);
+        }
+    }
+    r.settle("tokenizer", mark, format!("{FILE}: {} tokens", ids.len()));
+}
+
+/// tokenizer_config.json parses and its chat_template (a string, or a list of {name, template})
+/// compiles with the Jinja dialect chat templates use.
+fn tokenizer_config(dir: &Path, r: &mut Report) {
+    const FILE: &str = "tokenizer_config.json";
+    if !dir.join(FILE).exists() {
+        r.check(
+            "chat template",
+            CheckState::Skipped,
+            format!("no {FILE} in the directory"),
+        );
+        return;
+    }
+    let mark = r.problems.len();
+    let templates = std::fs::read_to_string(dir.join(FILE))
+        .map_err(|e| format!("cannot read: {e}"))
+        .and_then(|t| serde_json::from_str::<Value>(&t).map_err(|e| e.to_string()))
+        .and_then(|v| chat_templates(&v));
+    let templates = match templates {
+        Ok(t) => t,
+        Err(e) => {
+            let detail = format!("{FILE}: {e}");
+            r.problem(Kind::InvalidTokenizerConfig, Some(FILE), None, detail);
+            r.settle("chat template", mark, String::new());
+            return;
+        }
+    };
+    let mut env = minijinja::Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    for (name, source) in &templates {
+        if let Err(e) = env.template_from_str(source) {
+            let detail = format!("{FILE}: {name} does not compile: {e}");
+            r.problem(Kind::InvalidChatTemplate, Some(FILE), None, detail);
+        }
+    }
+    let detail = match templates.len() {
+        0 => "no chat_template".to_string(),
+        1 => "chat_template compiles".to_string(),
+        n => format!("{n} chat templates compile"),
+    };
+    r.settle("chat template", mark, detail);
+}
+
+/// (name, source) of each chat template in a tokenizer_config.json document.
+fn chat_templates(doc: &Value) -> std::result::Result<Vec<(String, String)>, String> {
+    let named = |t: &Value| -> Option<(String, String)> {
+        let name = t.get("name")?.as_str()?;
+        Some((
+            format!("chat_template {name:?}"),
+            t.get("template")?.as_str()?.to_owned(),
+        ))
+    };
+    match doc.get("chat_template") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![("chat_template".into(), s.clone())]),
+        Some(Value::Array(list)) => list
+            .iter()
+            .map(|t| named(t).ok_or_else(|| "a chat_template entry is not {name, template}".into()))
+            .collect(),
+        Some(_) => Err("chat_template is neither a string nor a list of {name, template}".into()),
+    }
 }
 
 #[cfg(test)]
