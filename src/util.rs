@@ -419,7 +419,7 @@ impl Drop for AtomicDir {
 /// beside it, fsynced and renamed by [`AtomicFile::commit`]; dropped uncommitted, the part is
 /// removed. A killed process leaves only the `.part`.
 pub struct AtomicFile {
-    file: Option<std::fs::File>,
+    file: Option<(std::fs::File, crate::signal::Registration)>,
     part: PathBuf,
     dst: PathBuf,
     force: bool,
@@ -446,8 +446,10 @@ impl AtomicFile {
         }
         let file = std::fs::File::create(&part)
             .with_context(|| format!("{}: cannot create", part.display()))?;
+        // An interruption removes the part (signal::finish).
+        let reg = crate::signal::register_temp(&part);
         Ok(Self {
-            file: Some(file),
+            file: Some((file, reg)),
             part,
             dst: dst.to_path_buf(),
             force,
@@ -455,7 +457,7 @@ impl AtomicFile {
     }
 
     pub fn file(&self) -> &std::fs::File {
-        self.file.as_ref().expect("AtomicFile used after commit")
+        &self.file.as_ref().expect("AtomicFile used after commit").0
     }
 
     pub fn part_path(&self) -> &Path {
@@ -464,23 +466,32 @@ impl AtomicFile {
 
     /// Fsync, then rename the part to the final name (and fsync the folder).
     pub fn commit(mut self) -> Result<PathBuf> {
-        let file = self.file.take().expect("AtomicFile committed twice");
-        file.sync_all()
-            .with_context(|| format!("{}: cannot fsync", self.part.display()))?;
-        drop(file);
-        if self.dst.exists() && !self.force {
-            bail!(
-                "{}: appeared while writing; not replacing it",
-                self.dst.display()
-            );
+        let (file, reg) = self.file.take().expect("AtomicFile committed twice");
+        if let Err(e) = file.sync_all() {
+            crate::signal::remove_temp(reg, &self.part);
+            return Err(e).with_context(|| format!("{}: cannot fsync", self.part.display()));
         }
-        std::fs::rename(&self.part, &self.dst).with_context(|| {
-            format!(
-                "{} -> {}: cannot rename",
-                self.part.display(),
-                self.dst.display()
-            )
-        })?;
+        drop(file);
+        // Under the signal registry's lock, like AtomicDir::commit.
+        let renamed = crate::signal::commit_temp(reg, || -> Result<()> {
+            if self.dst.exists() && !self.force {
+                bail!(
+                    "{}: appeared while writing; not replacing it",
+                    self.dst.display()
+                );
+            }
+            std::fs::rename(&self.part, &self.dst).with_context(|| {
+                format!(
+                    "{} -> {}: cannot rename",
+                    self.part.display(),
+                    self.dst.display()
+                )
+            })
+        });
+        if renamed.is_err() {
+            let _ = std::fs::remove_file(&self.part);
+        }
+        renamed?;
         sync_dir(parent_or_dot(&self.dst));
         Ok(self.dst.clone())
     }
@@ -488,8 +499,8 @@ impl AtomicFile {
 
 impl Drop for AtomicFile {
     fn drop(&mut self) {
-        if self.file.take().is_some() {
-            let _ = std::fs::remove_file(&self.part);
+        if let Some((_, reg)) = self.file.take() {
+            crate::signal::remove_temp(reg, &self.part);
         }
     }
 }

@@ -262,3 +262,34 @@ fn inspect_and_verify_read_gguf() {
     assert_eq!(code, 1, "{stdout}");
     assert!(stdout.contains("runs past the end") || stdout.contains("run past the end"));
 }
+
+#[test]
+fn interrupt_removes_the_part_file() {
+    use std::os::unix::process::CommandExt;
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("m.gguf");
+    let part = d.path().join("m.gguf.part");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_llamactl"))
+        .args(["convert", "--to", "gguf"])
+        .arg(testdata().join("tiny-mp1"))
+        .arg(&out)
+        .env("LLAMACTL_TEST_SLOW_MS", "40")
+        .process_group(0)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !part.exists() && start.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(part.exists(), "the .part never appeared");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let res = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(130), "{err}");
+    assert!(!part.exists() && !out.exists(), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+}
