@@ -269,7 +269,7 @@ fn interrupt_removes_the_part_file() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("m.gguf");
     let part = d.path().join("m.gguf.part");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_llamactl"))
+    let child = Command::new(env!("CARGO_BIN_EXE_llamactl"))
         .args(["convert", "--to", "gguf"])
         .arg(testdata().join("tiny-mp1"))
         .arg(&out)
