@@ -267,7 +267,7 @@ pub fn signed_url_models() -> impl Iterator<Item = &'static Model> {
 pub const TOP_LEVEL_FILES: [&str; 2] = ["LICENSE", "USE_POLICY"];
 
 /// Name of the marker a verified download leaves in a model folder.
-pub const VERIFIED_MARKER: &str = ".llamactl-verified.json";
+const VERIFIED_MARKER: &str = ".llamactl-verified.json";
 
 impl Model {
     /// Shard file names: `consolidated.00.pth` ….

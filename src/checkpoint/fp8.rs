@@ -69,17 +69,17 @@ fn fp8_names<'a>(tensors: impl Iterator<Item = &'a TensorInfo>) -> Vec<String> {
 
 /// What makes a directory fp8: fp8 tensors in its first weights file, or scales files beside it.
 #[derive(Debug, Default)]
-pub struct Fp8Content {
-    pub tensors: Vec<String>,
+struct Fp8Content {
+    tensors: Vec<String>,
     /// Where the tensors were found (`consolidated.00.pth`, or "the safetensors files").
-    pub found_in: String,
-    pub scale_files: Vec<String>,
+    found_in: String,
+    scale_files: Vec<String>,
 }
 
 impl Fp8Content {
     /// Read headers only: the first `consolidated.*.pth` (every rank holds the same names) or every
     /// safetensors file. Files that do not open are left to the command's own error.
-    pub fn of(dir: &Path) -> Self {
+    fn of(dir: &Path) -> Self {
         let mut out = Fp8Content {
             scale_files: scale_files(dir),
             ..Default::default()
@@ -106,12 +106,12 @@ impl Fp8Content {
         out
     }
 
-    pub fn is_fp8(&self) -> bool {
+    fn is_fp8(&self) -> bool {
         !self.tensors.is_empty() || !self.scale_files.is_empty()
     }
 
     /// "layers.1.feed_forward.w1.weight, ... (6 fp8 tensors)": the names, shortened for a message.
-    pub fn describe(&self) -> String {
+    fn describe(&self) -> String {
         const SHOWN: usize = 3;
         let mut s = self.tensors[..self.tensors.len().min(SHOWN)].join(", ");
         if self.tensors.len() > SHOWN {

@@ -32,7 +32,7 @@ const KNOWN_FFN: &[(usize, usize, usize, Option<f64>)] = &[
 ];
 
 /// Choose `multiple_of` and `ffn_dim_multiplier` that reproduce `intermediate` through Meta's formula.
-pub fn solve_ffn(dim: usize, intermediate: usize) -> Result<(usize, Option<f64>)> {
+fn solve_ffn(dim: usize, intermediate: usize) -> Result<(usize, Option<f64>)> {
     if let Some(&(_, _, m, f)) = KNOWN_FFN.iter().find(|k| k.0 == dim && k.1 == intermediate) {
         return Ok((m, f));
     }

@@ -6,10 +6,10 @@ use super::params::Params;
 use crate::formats::DType;
 use serde_json::{json, Map, Value};
 
-pub const BOS: u64 = 128000;
-pub const END_OF_TEXT: u64 = 128001;
-pub const EOM: u64 = 128008;
-pub const EOT: u64 = 128009;
+const BOS: u64 = 128000;
+const END_OF_TEXT: u64 = 128001;
+const EOM: u64 = 128008;
+const EOT: u64 = 128009;
 
 /// What the weights alone don't say about the model being written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +23,7 @@ pub struct ModelKind {
 }
 
 /// Llama 3.1 and later mark their long-context rope with `use_scaled_rope`.
-pub fn is_llama31(p: &Params) -> bool {
+fn is_llama31(p: &Params) -> bool {
     p.scaled_rope()
 }
 
@@ -36,7 +36,7 @@ pub fn max_position_embeddings(p: &Params) -> usize {
     }
 }
 
-pub fn torch_dtype_name(d: DType) -> &'static str {
+fn torch_dtype_name(d: DType) -> &'static str {
     match d {
         DType::BF16 => "bfloat16",
         DType::F16 => "float16",

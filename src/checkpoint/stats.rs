@@ -373,7 +373,7 @@ fn widen(dtype: DType, bytes: &[u8], out: &mut [f32; BLOCK]) -> usize {
 
 /// Statistics of one run of elements (`bytes.len()` a multiple of the element size).
 /// None for non-float dtypes. fp8 values count as stored (scale 1); see [`scan_fp8`].
-pub fn scan_bytes(dtype: DType, bytes: &[u8]) -> Option<Stats> {
+fn scan_bytes(dtype: DType, bytes: &[u8]) -> Option<Stats> {
     if dtype.is_fp8() {
         return scan_fp8(dtype, bytes, 0, None);
     }
@@ -448,12 +448,7 @@ pub struct RowScales {
 /// Dequantized statistics of fp8 bytes whose first element is element `first` of its tensor:
 /// each value widened to f32 and multiplied by its row's scale in f32, as llama-models computes
 /// `w.float() * scale[:, None]`. A row past the scales (the caller checked their count) gets NaN.
-pub fn scan_fp8(
-    dtype: DType,
-    bytes: &[u8],
-    first: usize,
-    scales: Option<&RowScales>,
-) -> Option<Stats> {
+fn scan_fp8(dtype: DType, bytes: &[u8], first: usize, scales: Option<&RowScales>) -> Option<Stats> {
     let table: Vec<f32> = (0..=255u8).map(|b| super::fp8::to_f32(dtype, b)).collect();
     let vals: Vec<f32> = match scales {
         None => bytes.iter().map(|&b| table[b as usize]).collect(),

@@ -30,7 +30,7 @@ pub enum DType {
 }
 
 impl DType {
-    pub const ALL: [DType; 15] = [
+    const ALL: [DType; 15] = [
         DType::BF16,
         DType::F16,
         DType::F32,

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Data alignment torch uses for records.
-pub const ALIGNMENT: u64 = 64;
+const ALIGNMENT: u64 = 64;
 
 #[derive(Debug, Clone, Copy)]
 struct Record {

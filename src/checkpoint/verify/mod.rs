@@ -41,15 +41,6 @@ pub trait Progress: Sync {
     fn end(&self);
 }
 
-/// Progress that goes nowhere.
-pub struct Quiet;
-
-impl Progress for Quiet {
-    fn begin(&self, _: &str, _: u64) {}
-    fn advance(&self, _: u64) {}
-    fn end(&self) {}
-}
-
 /// A stored tensor that the deep pass will scan.
 struct Stored {
     file: String,
