@@ -18,4 +18,4 @@ pub mod net;
 pub mod runner;
 pub mod signal;
 pub mod tokenizer;
-pub mod util;
+pub(crate) mod util;

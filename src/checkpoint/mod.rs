@@ -1,21 +1,21 @@
 //! A model directory as a thing: params.json, checklist.chk, shard discovery, the per-weight split
 //! rules, the Meta <-> HF name map and permutation, and streaming of logical tensors.
-pub mod catalog;
+pub(crate) mod catalog;
 pub mod checklist;
-pub mod convert;
-pub mod fp8;
-pub mod gguf_export;
-pub mod gguf_meta;
+pub(crate) mod convert;
+pub(crate) mod fp8;
+pub(crate) mod gguf_export;
+pub(crate) mod gguf_meta;
 pub mod hashing;
-pub mod hf;
-pub mod hf_config;
+pub(crate) mod hf;
+pub(crate) mod hf_config;
 pub mod layout;
 pub mod meta;
 pub mod params;
-pub mod reshard;
-pub mod stats;
-pub mod stream;
-pub mod verify;
+pub(crate) mod reshard;
+pub(crate) mod stats;
+pub(crate) mod stream;
+pub(crate) mod verify;
 
 pub use params::Params;
 

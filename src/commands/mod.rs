@@ -3,16 +3,16 @@
 use crate::cli::{Cli, Command};
 use anyhow::Result;
 
-pub mod convert;
-pub mod demo;
-pub mod download;
-pub mod inspect;
-pub mod list;
-pub mod pull;
-pub mod reshard;
-pub mod run;
-pub mod tokenize;
-pub mod verify;
+pub(crate) mod convert;
+pub(crate) mod demo;
+pub(crate) mod download;
+pub(crate) mod inspect;
+pub(crate) mod list;
+pub(crate) mod pull;
+pub(crate) mod reshard;
+pub(crate) mod run;
+pub(crate) mod tokenize;
+pub(crate) mod verify;
 
 /// Say what [`crate::util::AtomicDir::new`] cleaned up from earlier, killed runs.
 pub(crate) fn report_stale(out: &crate::util::AtomicDir) {

@@ -32,8 +32,6 @@ pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 #[derive(Debug, Clone)]
 pub struct HubEnv {
     pub endpoint: String,
-    /// `HF_HOME` (default `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`).
-    pub hf_home: PathBuf,
     /// `HF_HUB_CACHE` (default `$HF_HOME/hub`).
     pub cache_dir: PathBuf,
     /// `HF_TOKEN_PATH` (default `$HF_HOME/token`).
@@ -75,7 +73,6 @@ impl HubEnv {
             .any(|k| var(k).is_some_and(|v| is_true(&v)));
         Ok(Self {
             endpoint,
-            hf_home,
             cache_dir,
             token_path,
             offline,
@@ -612,7 +609,6 @@ struct ApiLfs {
 #[derive(Debug, Clone)]
 pub struct FileMeta {
     pub etag: String,
-    pub commit: Option<String>,
     pub size: Option<u64>,
     /// For LFS files (`X-Linked-Etag`), checked while streaming.
     pub sha256: Option<String>,
@@ -985,7 +981,6 @@ impl HubClient {
                 .filter(|e| is_sha256_hex(e))
                 .map(|e| e.to_ascii_lowercase()),
             etag,
-            commit: header_str(h, "X-Repo-Commit").map(str::to_string),
             size,
             url,
             send_auth,

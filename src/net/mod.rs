@@ -1,7 +1,7 @@
 //! HTTP with resume, retries, in-stream hashing, signed-URL parsing and progress.
 pub mod http;
-pub mod hub;
+pub(crate) mod hub;
 pub mod progress;
-pub mod reach;
-pub mod segmented;
-pub mod signed_url;
+pub(crate) mod reach;
+pub(crate) mod segmented;
+pub(crate) mod signed_url;

@@ -112,11 +112,6 @@ impl Progress {
         me
     }
 
-    /// Whether bars are drawn (messages then go through [`Progress::println`]).
-    pub fn is_bars(&self) -> bool {
-        matches!(self.mode, Mode::Bars { .. })
-    }
-
     /// A message line that does not tear the bars.
     pub fn println(&self, msg: &str) {
         match &self.mode {

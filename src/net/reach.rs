@@ -117,11 +117,6 @@ pub fn mark_reached(url: &str) {
     }
 }
 
-/// Whether `url`'s host has answered in this run.
-pub fn reached(url: &str) -> bool {
-    host_key(url).is_some_and(|k| origin_reached(&k))
-}
-
 fn origin_reached(origin: &str) -> bool {
     let set = REACHED.lock().unwrap_or_else(|e| e.into_inner());
     set.as_ref().is_some_and(|s| s.contains(origin))
@@ -211,6 +206,11 @@ mod tests {
         // Once the host answered, the patient policy takes over.
         mark_reached("https://nonexistent.invalid/x");
         assert!(fc.failed(&f, Duration::from_secs(1)).unwrap().is_none());
+    }
+
+    /// Whether `url`'s host has answered in this run.
+    fn reached(url: &str) -> bool {
+        host_key(url).is_some_and(|k| origin_reached(&k))
     }
 
     #[test]

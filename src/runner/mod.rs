@@ -1,7 +1,7 @@
 //! Chat format, the transformer (candle), KV cache, sampling, generation.
 pub mod chat;
-pub mod device;
-pub mod generate;
-pub mod kv_cache;
-pub mod model;
-pub mod sampling;
+pub(crate) mod device;
+pub(crate) mod generate;
+pub(crate) mod kv_cache;
+pub(crate) mod model;
+pub(crate) mod sampling;
