@@ -592,7 +592,8 @@ fn changed_object_restarts_and_locked_part_is_refused() {
 /// extra headers, small GETs.
 #[test]
 fn engine_api_for_other_commands() {
-    use llamactl::net::http::{FileRequest, HashKind, Http, HttpConfig, HttpError};
+    use llamactl::net::config::NetConfig;
+    use llamactl::net::download::{FileRequest, HashKind, Http, HttpError};
     use llamactl::net::progress::FileProgress;
     use sha2::Digest;
 
@@ -602,9 +603,9 @@ fn engine_api_for_other_commands() {
     cdn.fault("repo/model.safetensors", Fault::ShortBody(123_456));
     let link = cdn.link(3600, None);
     let url = link.replace('*', "repo/model.safetensors");
-    let http = Http::new(HttpConfig {
+    let http = Http::new(NetConfig {
         retry_base: Duration::from_millis(5),
-        ..HttpConfig::default()
+        ..NetConfig::default()
     })
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -620,7 +621,7 @@ fn engine_api_for_other_commands() {
     assert_eq!(got.size, data.len() as u64);
     assert_eq!(got.digest, req.expected_digest);
     assert_eq!(std::fs::read(&dest).unwrap(), data);
-    assert!(!llamactl::net::http::part_path(&dest).exists());
+    assert!(!llamactl::net::download::part_path(&dest).exists());
 
     // A wrong expected digest: fetched twice, then a typed error; nothing under the final name.
     let dest2 = dir.path().join("other.bin");

@@ -8,9 +8,8 @@
 use crate::checkpoint::catalog::{self, Model};
 use crate::cli::DownloadArgs;
 use crate::error::{self, Fail};
-use crate::net::http::{
-    hash_file, kept_parts_note, FileRequest, HashKind, Http, HttpConfig, HttpError,
-};
+use crate::net::config::NetConfig;
+use crate::net::download::{hash_file, kept_parts_note, FileRequest, HashKind, Http, HttpError};
 use crate::net::progress::Progress;
 use crate::net::signed_url::{self, human_duration, redact, SignedUrl};
 use crate::util::human_bytes;
@@ -188,7 +187,7 @@ pub fn run(args: &DownloadArgs) -> Result<i32> {
     );
 
     // One client per worker: each has its own I/O thread, so parallel streams do not share one.
-    let cfg = HttpConfig::from_env();
+    let cfg = NetConfig::from_env()?;
     let clients = (0..args.jobs)
         .map(|_| Http::new(cfg.clone()))
         .collect::<Result<Vec<_>>>()?;

@@ -1,10 +1,11 @@
 //! `llamactl pull` (see CLI.md): a repo from the Hugging Face Hub into the cache `huggingface_hub`
 //! uses (or into `--local-dir`), files in parallel, LFS files sha256-checked while streaming.
 use crate::cli::PullArgs;
-use crate::net::http::kept_parts_note;
+use crate::net::config::NetConfig;
+use crate::net::download::kept_parts_note;
 use crate::net::hub::{
     list_local_files, resolve_token, validate_repo_id, validate_revision, Fetched, HubClient,
-    HubEnv, NetConfig, Progress, RepoCache, RepoFile, TokenSource,
+    HubEnv, Progress, RepoCache, RepoFile, TokenSource,
 };
 use crate::util::human_bytes;
 use anyhow::{bail, Context, Result};

@@ -13,6 +13,7 @@
 //! $HF_HUB_CACHE/.locks/models--{org}--{name}/{etag}.lock   flock'ed while a blob is written
 //! ```
 use crate::error::{check_failed, network, refused};
+use crate::net::config::NetConfig;
 use crate::net::reach::{self, ConnectFailure, FirstContact};
 use anyhow::{anyhow, bail, Context, Result};
 use reqwest::blocking::{Client, RequestBuilder, Response};
@@ -482,71 +483,6 @@ fn lock_exclusive(path: &Path, what: &str, progress: &dyn Progress) -> Result<Fi
 // ---------------------------------------------------------------------------------------------
 // Network settings, progress hooks
 
-/// Retry and timeout knobs. Env overrides exist so tests can fail fast:
-/// `LLAMACTL_NET_RETRIES`, `LLAMACTL_NET_TIMEOUT_S` (stall timeout per read), `LLAMACTL_NET_BACKOFF_MS`.
-#[derive(Debug, Clone)]
-pub struct NetConfig {
-    /// Tries after the first one, counted since the last byte received.
-    pub retries: u32,
-    /// A request or read that makes no progress for this long is dropped and retried.
-    pub stall_timeout: Duration,
-    /// First backoff delay; doubles each try (capped at a minute), with ±50% jitter.
-    pub backoff: Duration,
-    /// A connection not made within this long counts as a failed try (see `reach`).
-    pub connect_timeout: Duration,
-}
-
-impl Default for NetConfig {
-    fn default() -> Self {
-        Self {
-            retries: 5,
-            stall_timeout: Duration::from_secs(30),
-            backoff: Duration::from_secs(1),
-            connect_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-impl NetConfig {
-    pub fn from_env() -> Result<Self> {
-        let mut c = Self::default();
-        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        if let Some(v) = get("LLAMACTL_NET_RETRIES") {
-            c.retries = v
-                .trim()
-                .parse()
-                .with_context(|| format!("LLAMACTL_NET_RETRIES={v}: not a whole number"))?;
-        }
-        if let Some(v) = get("LLAMACTL_NET_TIMEOUT_S") {
-            let s: f64 = v
-                .trim()
-                .parse()
-                .ok()
-                .filter(|s: &f64| s.is_finite() && *s > 0.0)
-                .ok_or_else(|| {
-                    anyhow!("LLAMACTL_NET_TIMEOUT_S={v}: not a positive number of seconds")
-                })?;
-            c.stall_timeout = Duration::from_secs_f64(s);
-        }
-        if let Some(v) = get("LLAMACTL_NET_BACKOFF_MS") {
-            c.backoff = Duration::from_millis(
-                v.trim()
-                    .parse()
-                    .with_context(|| format!("LLAMACTL_NET_BACKOFF_MS={v}: not a whole number"))?,
-            );
-        }
-        Ok(c)
-    }
-
-    fn delay(&self, attempt: u32) -> Duration {
-        let base = self
-            .backoff
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-            .min(Duration::from_secs(60));
-        base.mul_f64(rand::random_range(0.5..1.5))
-    }
-}
-
 /// What a download reports while it runs. Files are named by their repo path.
 pub trait Progress: Sync {
     /// A transfer of `file` starts (or restarts) with `done` of `total` bytes already on disk.
@@ -648,7 +584,7 @@ fn send(rb: RequestBuilder, shown: &str) -> Result<Response, TryError> {
             Ok(resp)
         }
         Err(e) => {
-            let detail = crate::net::http::describe(&e);
+            let detail = crate::net::download::describe(&e);
             let err = anyhow!("{shown}: {detail}");
             Err(match reach::connect_failure(&e, &detail) {
                 Some(f) => TryError::NoAnswer(f, err),
@@ -676,7 +612,7 @@ fn next_try(
         other => return Err(other),
     };
     *attempt += 1;
-    Ok((net.delay(*attempt), Some(e)))
+    Ok((net.backoff(*attempt), Some(e)))
 }
 
 fn transient_status(s: StatusCode) -> bool {
@@ -713,8 +649,8 @@ impl HubClient {
             .redirect(reqwest::redirect::Policy::none())
             // The blocking client applies this per operation (connect, headers, each body
             // read), so it bounds a stall, not the length of a multi-GB download.
-            .timeout(net.stall_timeout)
-            .connect_timeout(net.connect_timeout.min(net.stall_timeout))
+            .timeout(net.read_timeout)
+            .connect_timeout(net.connect_timeout.min(net.read_timeout))
             .user_agent(concat!("llamactl/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("cannot set up the HTTP client")?;

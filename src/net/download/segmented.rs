@@ -5,7 +5,7 @@
 //! bytes back (from the page cache) as soon as every byte before them is on disk, so hashing
 //! overlaps the transfer. Progress per segment is kept in `NAME.part.meta` (saved after the bytes
 //! it claims were written), so a killed run resumes each segment where it stood.
-use crate::net::http::{
+use super::{
     backoff_sleep, classify_status, describe, io_err, io_reason, parse_content_range, FileRequest,
     Hasher, Http, HttpError, PartMeta, Reservation, BUF,
 };
@@ -43,7 +43,7 @@ pub fn plan(total: u64, n: usize) -> Vec<Segment> {
 }
 
 /// Why segmented mode gave up.
-pub(crate) enum SegError {
+pub(super) enum SegError {
     /// The server ignored a range or the object changed: start over with one stream.
     Fallback(String),
     Http(HttpError),
@@ -58,7 +58,7 @@ impl From<HttpError> for SegError {
 /// Bring a segmented part to completion. `first` is an already-open response for segment 0
 /// starting at its `done`. Returns (size, digest, bytes fetched, bytes kept from before).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn run(
+pub(super) fn run(
     http: &Http,
     req: &FileRequest,
     file: &File,

@@ -9,87 +9,21 @@
 //!
 //! Every URL that appears in an error or log line goes through [`redact`] first; reqwest errors are
 //! stripped of their URL.
+use crate::net::config::NetConfig;
 use crate::net::progress::FileProgress;
 use crate::net::reach::{self, ConnectFailure, FirstContact, Unreachable};
-use crate::net::segmented::{self, SegError};
 use crate::net::signed_url::redact;
+
+mod segmented;
+mod single;
 use reqwest::header::{self, HeaderMap};
 use reqwest::StatusCode;
+pub use segmented::Segment;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-
-/// Timeouts and retry policy. Tests shrink them through the environment.
-#[derive(Debug, Clone)]
-pub struct HttpConfig {
-    /// A read (or the response headers) taking longer than this is a stall: retried.
-    pub read_timeout: Duration,
-    pub connect_timeout: Duration,
-    /// Consecutive failed attempts without progress before giving up.
-    pub retries: u32,
-    /// First backoff; doubled per consecutive failure, with ±50 % jitter.
-    pub retry_base: Duration,
-    pub retry_max: Duration,
-    /// Smallest segment when a file is fetched over several connections.
-    pub segment_min: u64,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        Self {
-            read_timeout: Duration::from_secs(60),
-            // A connect that takes longer is a dead host; this also bounds the first-contact
-            // budget (see `reach`).
-            connect_timeout: Duration::from_secs(10),
-            retries: 8,
-            retry_base: Duration::from_millis(1000),
-            retry_max: Duration::from_secs(60),
-            segment_min: 64 << 20,
-        }
-    }
-}
-
-impl HttpConfig {
-    /// Defaults, overridden by `LLAMACTL_READ_TIMEOUT_MS`, `LLAMACTL_CONNECT_TIMEOUT_MS`,
-    /// `LLAMACTL_RETRIES`, `LLAMACTL_RETRY_BASE_MS`, `LLAMACTL_RETRY_MAX_MS`,
-    /// `LLAMACTL_SEGMENT_MIN_BYTES`.
-    pub fn from_env() -> Self {
-        fn ms(name: &str, default: Duration) -> Duration {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_millis)
-                .unwrap_or(default)
-        }
-        let d = Self::default();
-        Self {
-            read_timeout: ms("LLAMACTL_READ_TIMEOUT_MS", d.read_timeout),
-            connect_timeout: ms("LLAMACTL_CONNECT_TIMEOUT_MS", d.connect_timeout),
-            retries: std::env::var("LLAMACTL_RETRIES")
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(d.retries),
-            retry_base: ms("LLAMACTL_RETRY_BASE_MS", d.retry_base),
-            retry_max: ms("LLAMACTL_RETRY_MAX_MS", d.retry_max),
-            segment_min: std::env::var("LLAMACTL_SEGMENT_MIN_BYTES")
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .filter(|&n: &u64| n > 0)
-                .unwrap_or(d.segment_min),
-        }
-    }
-
-    /// Backoff before retry number `n` (1-based): base·2^(n-1), capped, times a jitter in [0.5, 1.5).
-    pub fn backoff(&self, n: u32) -> Duration {
-        let exp = self
-            .retry_base
-            .saturating_mul(1u32 << n.saturating_sub(1).min(16));
-        let capped = exp.min(self.retry_max);
-        capped.mul_f64(0.5 + rand::random::<f64>())
-    }
-}
 
 /// Which digest to compute while the bytes stream in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,7 +54,7 @@ pub struct FileRequest {
     /// other downloads in this process still have to write.
     pub check_space: bool,
     /// Ranged connections for one large file (1: a single stream). A file is split only when
-    /// each segment gets at least [`HttpConfig::segment_min`] bytes and the server answers ranges.
+    /// each segment gets at least [`NetConfig::segment_min`] bytes and the server answers ranges.
     pub connections: usize,
 }
 
@@ -213,7 +147,7 @@ impl HttpError {
     }
 }
 
-pub(crate) fn io_err(path: &Path, source: std::io::Error) -> HttpError {
+fn io_err(path: &Path, source: std::io::Error) -> HttpError {
     HttpError::Io {
         path: path.display().to_string(),
         source,
@@ -235,13 +169,13 @@ fn meta_path(dest: &Path) -> PathBuf {
 
 /// What we learned about the remote object from the response that started the part.
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
-pub(crate) struct PartMeta {
+struct PartMeta {
     etag: Option<String>,
     last_modified: Option<String>,
     size: Option<u64>,
     /// Present when the part is being filled over several connections (it then has holes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) segments: Option<Vec<crate::net::segmented::Segment>>,
+    segments: Option<Vec<segmented::Segment>>,
 }
 
 impl PartMeta {
@@ -251,7 +185,7 @@ impl PartMeta {
     }
 
     /// Written beside and renamed over, so a kill never leaves a torn record.
-    pub(crate) fn save(&self, dest: &Path) -> Result<(), HttpError> {
+    fn save(&self, dest: &Path) -> Result<(), HttpError> {
         let p = meta_path(dest);
         let mut tmp = p.as_os_str().to_owned();
         tmp.push(".tmp");
@@ -278,33 +212,33 @@ impl PartMeta {
         }
     }
 
-    pub(crate) fn if_range(&self) -> Option<&str> {
+    fn if_range(&self) -> Option<&str> {
         self.etag.as_deref().or(self.last_modified.as_deref())
     }
 }
 
-pub(crate) enum Hasher {
+enum Hasher {
     None,
     Md5(crate::formats::md5::Md5),
     Sha256(sha2::Sha256),
 }
 
 impl Hasher {
-    pub(crate) fn new(kind: HashKind) -> Self {
+    fn new(kind: HashKind) -> Self {
         match kind {
             HashKind::None => Hasher::None,
             HashKind::Md5 => Hasher::Md5(crate::formats::md5::Md5::new()),
             HashKind::Sha256 => Hasher::Sha256(<sha2::Sha256 as sha2::Digest>::new()),
         }
     }
-    pub(crate) fn update(&mut self, data: &[u8]) {
+    fn update(&mut self, data: &[u8]) {
         match self {
             Hasher::None => {}
             Hasher::Md5(h) => h.update(data),
             Hasher::Sha256(h) => sha2::Digest::update(h, data),
         }
     }
-    pub(crate) fn finish(self) -> Option<String> {
+    fn finish(self) -> Option<String> {
         match self {
             Hasher::None => None,
             Hasher::Md5(h) => Some(hex::encode(h.finalize())),
@@ -403,35 +337,22 @@ fn hash_name(kind: HashKind) -> &'static str {
 }
 
 /// A request that got no response.
-pub(crate) struct SendFailed {
-    pub(crate) reason: String,
+struct SendFailed {
+    reason: String,
     /// Set when no connection was made at all (see [`reach`]).
-    pub(crate) connect: Option<ConnectFailure>,
+    connect: Option<ConnectFailure>,
 }
 
-/// Outcome of one HTTP attempt.
-enum Attempt {
-    /// The part is complete at this size.
-    Complete(u64),
-    /// Transient trouble; `progressed` when bytes were written in this attempt; `connect` when
-    /// the request got no answer at all.
-    Retry {
-        reason: String,
-        progressed: bool,
-        connect: Option<ConnectFailure>,
-    },
-}
-
-pub(crate) const BUF: usize = 1 << 20;
+const BUF: usize = 1 << 20;
 
 /// Bytes that running downloads in this process have announced but not yet written.
 static RESERVED: AtomicU64 = AtomicU64::new(0);
 
 /// A claim on [`RESERVED`], released as bytes land and when dropped.
-pub(crate) struct Reservation(u64);
+struct Reservation(u64);
 
 impl Reservation {
-    pub(crate) fn claim(dir: &Path, need: u64) -> Result<Self, HttpError> {
+    fn claim(dir: &Path, need: u64) -> Result<Self, HttpError> {
         let others = RESERVED.fetch_add(need, Ordering::SeqCst);
         match crate::util::free_disk_bytes(dir) {
             Ok(free) if free < need.saturating_add(others) => {
@@ -464,11 +385,11 @@ impl Drop for Reservation {
 #[derive(Clone)]
 pub struct Http {
     client: reqwest::blocking::Client,
-    cfg: HttpConfig,
+    cfg: NetConfig,
 }
 
 impl Http {
-    pub fn new(cfg: HttpConfig) -> anyhow::Result<Self> {
+    pub fn new(cfg: NetConfig) -> anyhow::Result<Self> {
         let client = reqwest::blocking::Client::builder()
             .user_agent(concat!("llamactl/", env!("CARGO_PKG_VERSION")))
             // In the blocking client this bounds every wait (headers, each read): a stall detector.
@@ -479,7 +400,7 @@ impl Http {
         Ok(Self { client, cfg })
     }
 
-    pub fn config(&self) -> &HttpConfig {
+    pub fn config(&self) -> &NetConfig {
         &self.cfg
     }
 
@@ -539,7 +460,7 @@ impl Http {
         }
     }
 
-    pub(crate) fn send(
+    fn send(
         &self,
         url: &str,
         headers: &[(String, String)],
@@ -571,7 +492,7 @@ impl Http {
     /// For a request that got no answer from a host that never answered in this run: how long
     /// to wait before the next quick try, or the error that ends the transfer. `None` when the
     /// patient policy applies.
-    pub(crate) fn first_contact(
+    fn first_contact(
         &self,
         fc: &mut FirstContact,
         connect: Option<&ConnectFailure>,
@@ -630,356 +551,11 @@ impl Http {
         }
         unreachable!("the loop returns on its second round")
     }
-
-    /// Bring `dest.part` to completion; returns (size, digest, bytes fetched, bytes reused).
-    fn fetch_part(
-        &self,
-        req: &FileRequest,
-        progress: &FileProgress,
-    ) -> Result<(u64, Option<String>, u64, u64), HttpError> {
-        let part = part_path(&req.dest);
-        if let Some(dir) = req.dest.parent() {
-            if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
-            }
-        }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&part)
-            .map_err(|e| io_err(&part, e))?;
-        lock_exclusive(&file, &part)?;
-        let mut meta = PartMeta::load(&req.dest).unwrap_or_default();
-        if meta.segments.is_some() {
-            match segmented::run(self, req, &file, &part, &mut meta, None, progress) {
-                Ok(done) => return Ok(done),
-                Err(SegError::Http(e)) => return Err(e),
-                Err(SegError::Fallback(why)) => {
-                    progress.note(&format!("one connection: {why}"));
-                    meta = abandon_segments(&mut file, &part, &req.dest)?;
-                }
-            }
-        }
-        let mut offset = file.metadata().map_err(|e| io_err(&part, e))?.len();
-        let known_size = req.expected_size.or(meta.size);
-        if offset > 0 && known_size.is_some_and(|s| offset > s) {
-            offset = 0;
-        }
-        if offset > 0 && meta == PartMeta::default() && req.expected_digest.is_none() {
-            // Nothing ties these bytes to the remote object and nothing will check them: start over.
-            offset = 0;
-        }
-        file.set_len(offset).map_err(|e| io_err(&part, e))?;
-        let mut hasher = HashPipe::new(req.hash);
-        if offset > 0 {
-            progress.note("hashing kept part");
-            hash_prefix(&mut file, offset, &mut hasher).map_err(|e| io_err(&part, e))?;
-            progress.note("");
-        }
-        let resumed_from = offset;
-        if let Some(s) = known_size {
-            progress.set_len(s);
-        }
-        progress.set_position(offset);
-        file.seek(SeekFrom::Start(offset))
-            .map_err(|e| io_err(&part, e))?;
-
-        let shown = redact(&req.url);
-        let mut fetched = 0u64;
-        let mut failures = 0u32;
-        let mut fc = FirstContact::new();
-        let mut first = None;
-        if offset == 0 && req.connections > 1 {
-            // Ask for a range from the start: a 206 proves ranges work and tells the size.
-            match self.send(&req.url, &req.headers, Some((0, None))) {
-                Ok(resp) => {
-                    let total = (resp.status() == StatusCode::PARTIAL_CONTENT)
-                        .then(|| parse_content_range(resp.headers()))
-                        .flatten()
-                        .and_then(|(start, total)| (start == 0).then_some(total).flatten());
-                    let n = total
-                        .map(|t| (t / self.cfg.segment_min.max(1)).min(req.connections as u64))
-                        .unwrap_or(0);
-                    let page = req.reject_markup && is_markup_type(resp.headers());
-                    match total {
-                        Some(t) if n >= 2 && !page && req.expected_size.is_none_or(|e| e == t) => {
-                            meta = PartMeta::from_headers(resp.headers(), Some(t));
-                            meta.segments = Some(segmented::plan(t, n as usize));
-                            meta.save(&req.dest)?;
-                            match segmented::run(
-                                self,
-                                req,
-                                &file,
-                                &part,
-                                &mut meta,
-                                Some(resp),
-                                progress,
-                            ) {
-                                Ok(done) => return Ok(done),
-                                Err(SegError::Http(e)) => return Err(e),
-                                Err(SegError::Fallback(why)) => {
-                                    progress.note(&format!("one connection: {why}"));
-                                    meta = abandon_segments(&mut file, &part, &req.dest)?;
-                                }
-                            }
-                        }
-                        _ => first = Some(resp),
-                    }
-                }
-                Err(failed) => match self.first_contact(&mut fc, failed.connect.as_ref())? {
-                    Some(wait) => interruptible_sleep(wait)?,
-                    None => {
-                        failures += 1;
-                        backoff_sleep(&self.cfg, failures, progress, &failed.reason);
-                    }
-                },
-            }
-        }
-        loop {
-            interrupted()?;
-            let attempt = self.attempt(
-                first.take(),
-                req,
-                &shown,
-                &mut file,
-                &part,
-                &mut offset,
-                &mut hasher,
-                &mut meta,
-                &mut fetched,
-                progress,
-            )?;
-            match attempt {
-                Attempt::Complete(size) => {
-                    file.sync_all().map_err(|e| io_err(&part, e))?;
-                    if let Some(want) = req.expected_size {
-                        if size != want {
-                            let _ = std::fs::remove_file(&part);
-                            let _ = std::fs::remove_file(meta_path(&req.dest));
-                            return Err(HttpError::ErrorBody {
-                                url: shown,
-                                what: format!("{size} bytes where {want} were expected"),
-                            });
-                        }
-                    }
-                    return Ok((size, hasher.finish(), fetched, resumed_from));
-                }
-                Attempt::Retry {
-                    reason,
-                    progressed,
-                    connect,
-                } => {
-                    if let Some(wait) = self.first_contact(&mut fc, connect.as_ref())? {
-                        interruptible_sleep(wait)?;
-                        continue;
-                    }
-                    // A link that keeps delivering is not failing: count only stuck attempts.
-                    if progressed {
-                        failures = 0;
-                    }
-                    failures += 1;
-                    if failures > self.cfg.retries {
-                        return Err(HttpError::Network {
-                            url: shown,
-                            attempts: failures,
-                            last: reason,
-                        });
-                    }
-                    backoff_sleep(&self.cfg, failures, progress, &reason);
-                }
-            }
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn attempt(
-        &self,
-        pre: Option<reqwest::blocking::Response>,
-        req: &FileRequest,
-        shown: &str,
-        file: &mut File,
-        part: &Path,
-        offset: &mut u64,
-        hasher: &mut HashPipe,
-        meta: &mut PartMeta,
-        fetched: &mut u64,
-        progress: &FileProgress,
-    ) -> Result<Attempt, HttpError> {
-        let range = (*offset > 0).then(|| (*offset, meta.if_range()));
-        let sent = match pre {
-            Some(r) => Ok(r),
-            None => self.send(&req.url, &req.headers, range),
-        };
-        let resp = match sent {
-            Ok(r) => r,
-            Err(failed) => {
-                return Ok(Attempt::Retry {
-                    reason: failed.reason,
-                    progressed: false,
-                    connect: failed.connect,
-                })
-            }
-        };
-        let status = resp.status();
-        let restart = |file: &mut File, offset: &mut u64, hasher: &mut HashPipe| {
-            *offset = 0;
-            hasher.reset();
-            progress.set_position(0);
-            file.set_len(0)
-                .and_then(|_| file.seek(SeekFrom::Start(0)).map(|_| ()))
-                .map_err(|e| io_err(part, e))
-        };
-        let body_len = content_length(resp.headers());
-        match status {
-            StatusCode::OK => {
-                if *offset > 0 {
-                    // The server ignored the range (or If-Range said the object changed).
-                    restart(file, offset, hasher)?;
-                }
-                *meta = PartMeta::from_headers(resp.headers(), body_len);
-            }
-            StatusCode::PARTIAL_CONTENT => match parse_content_range(resp.headers()) {
-                Some((start, total)) if start == *offset => {
-                    if meta.size.is_some_and(|s| total.is_some_and(|t| t != s)) {
-                        restart(file, offset, hasher)?;
-                        return Ok(Attempt::Retry {
-                            reason: "the remote file changed size".into(),
-                            progressed: false,
-                            connect: None,
-                        });
-                    }
-                    if meta.size.is_none() {
-                        meta.size = total;
-                    }
-                }
-                _ => {
-                    restart(file, offset, hasher)?;
-                    return Ok(Attempt::Retry {
-                        reason: "the server answered a different range".into(),
-                        progressed: false,
-                        connect: None,
-                    });
-                }
-            },
-            StatusCode::RANGE_NOT_SATISFIABLE => {
-                let total = resp
-                    .headers()
-                    .get(header::CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|s| s.strip_prefix("bytes */"))
-                    .and_then(|s| s.trim().parse::<u64>().ok());
-                if total == Some(*offset) {
-                    return Ok(Attempt::Complete(*offset));
-                }
-                restart(file, offset, hasher)?;
-                return Ok(Attempt::Retry {
-                    reason: "the kept part does not fit the remote file".into(),
-                    progressed: false,
-                    connect: None,
-                });
-            }
-            s => {
-                return classify_status(s, resp, shown).map(|reason| Attempt::Retry {
-                    reason,
-                    progressed: false,
-                    connect: None,
-                })
-            }
-        }
-        if meta.size.is_some() {
-            meta.save(&req.dest)?;
-        }
-        let total = meta.size.or(req.expected_size);
-        if let Some(t) = total {
-            progress.set_len(t);
-        }
-        if req.reject_markup && is_markup_type(resp.headers()) {
-            let ct = resp
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            return Err(HttpError::ErrorBody {
-                url: shown.to_string(),
-                what: format!("the server sent a {ct} page instead of the file"),
-            });
-        }
-        if *offset == 0 {
-            if let (Some(want), Some(got)) = (req.expected_size, body_len) {
-                if got < want / 2 {
-                    return Err(HttpError::ErrorBody {
-                        url: shown.to_string(),
-                        what: format!("the server sent {got} bytes where {want} were expected"),
-                    });
-                }
-            }
-        }
-
-        let mut reservation = match total {
-            Some(t) if req.check_space => {
-                let dir = part.parent().unwrap_or(Path::new("."));
-                Some(Reservation::claim(dir, t.saturating_sub(*offset))?)
-            }
-            _ => None,
-        };
-        let mut resp = resp;
-        let start = *offset;
-        // Reads land directly in a hasher buffer; each piece is written to the part at once (so
-        // a killed run keeps it) and the full buffer then moves to the hasher without a copy.
-        let mut buf = hasher.buffer();
-        let mut filled = 0;
-        let stopped = loop {
-            interrupted()?;
-            if filled == buf.len() {
-                hasher.submit(buf, filled);
-                buf = hasher.buffer();
-                filled = 0;
-            }
-            let n = match resp.read(&mut buf[filled..]) {
-                Ok(0) => break None,
-                Ok(n) => n,
-                Err(e) => break Some(io_reason(&e)),
-            };
-            let chunk = &buf[filled..filled + n];
-            if *offset == 0 && req.reject_markup && looks_like_markup(chunk) {
-                restart(file, offset, hasher)?;
-                return Err(HttpError::ErrorBody {
-                    url: shown.to_string(),
-                    what: "the server sent an HTML/XML page instead of the file".into(),
-                });
-            }
-            file.write_all(chunk).map_err(|e| io_err(part, e))?;
-            if let Some(r) = reservation.as_mut() {
-                r.wrote(n as u64);
-            }
-            filled += n;
-            *offset += n as u64;
-            *fetched += n as u64;
-            progress.inc(n as u64);
-        };
-        hasher.submit(buf, filled);
-        let progressed = *offset > start;
-        match (stopped, total) {
-            (Some(reason), _) => Ok(Attempt::Retry {
-                reason,
-                progressed,
-                connect: None,
-            }),
-            (None, Some(t)) if *offset < t => Ok(Attempt::Retry {
-                reason: format!("connection closed at byte {} of {t}", *offset),
-                progressed,
-                connect: None,
-            }),
-            (None, _) => Ok(Attempt::Complete(*offset)),
-        }
-    }
 }
 
 /// Wait before retry number `n`, saying why on the file's progress bar. A signal cuts the wait
 /// short; the caller's next [`interrupted`] check then stops.
-pub(crate) fn backoff_sleep(cfg: &HttpConfig, n: u32, progress: &FileProgress, reason: &str) {
+fn backoff_sleep(cfg: &NetConfig, n: u32, progress: &FileProgress, reason: &str) {
     let wait = cfg.backoff(n);
     progress.note(&format!("retry in {:.1}s: {reason}", wait.as_secs_f64()));
     let _ = crate::signal::sleep(wait);
@@ -987,12 +563,12 @@ pub(crate) fn backoff_sleep(cfg: &HttpConfig, n: u32, progress: &FileProgress, r
 }
 
 /// Sleep, or stop with [`HttpError::Cancelled`] when SIGINT/SIGTERM arrives.
-pub(crate) fn interruptible_sleep(d: Duration) -> Result<(), HttpError> {
+fn interruptible_sleep(d: Duration) -> Result<(), HttpError> {
     crate::signal::sleep(d).map_err(|_| HttpError::Cancelled)
 }
 
 /// [`HttpError::Cancelled`] once SIGINT/SIGTERM arrived.
-pub(crate) fn interrupted() -> Result<(), HttpError> {
+fn interrupted() -> Result<(), HttpError> {
     crate::signal::check().map_err(|_| HttpError::Cancelled)
 }
 
@@ -1031,7 +607,7 @@ pub fn kept_parts_note(dir: &Path, suffix: &str) -> Option<String> {
 }
 
 /// Turn a non-2xx status into an error, or a retry reason for transient ones.
-pub(crate) fn classify_status(
+fn classify_status(
     status: StatusCode,
     resp: reqwest::blocking::Response,
     shown: &str,
@@ -1086,15 +662,6 @@ fn is_markup_type(h: &HeaderMap) -> bool {
         .unwrap_or(false)
 }
 
-/// Drop a segmented part (it has holes) so a single stream can start it afresh.
-fn abandon_segments(file: &mut File, part: &Path, dest: &Path) -> Result<PartMeta, HttpError> {
-    file.set_len(0)
-        .and_then(|_| file.seek(SeekFrom::Start(0)).map(|_| ()))
-        .map_err(|e| io_err(part, e))?;
-    let _ = std::fs::remove_file(meta_path(dest));
-    Ok(PartMeta::default())
-}
-
 fn looks_like_markup(chunk: &[u8]) -> bool {
     let head = chunk
         .iter()
@@ -1114,7 +681,7 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
 }
 
 /// `Content-Range: bytes START-END/TOTAL` → (START, TOTAL if not `*`).
-pub(crate) fn parse_content_range(h: &HeaderMap) -> Option<(u64, Option<u64>)> {
+fn parse_content_range(h: &HeaderMap) -> Option<(u64, Option<u64>)> {
     let v = h.get(header::CONTENT_RANGE)?.to_str().ok()?;
     let rest = v.trim().strip_prefix("bytes ")?;
     let (range, total) = rest.split_once('/')?;
@@ -1143,7 +710,7 @@ pub(crate) fn describe(e: &reqwest::Error) -> String {
     redact(&stripped)
 }
 
-pub(crate) fn io_reason(e: &std::io::Error) -> String {
+fn io_reason(e: &std::io::Error) -> String {
     let inner = e
         .get_ref()
         .and_then(|r| r.downcast_ref::<reqwest::Error>())
@@ -1230,24 +797,6 @@ pub fn hash_file(path: &Path, kind: HashKind) -> std::io::Result<Option<String>>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_with_jitter_and_cap() {
-        let cfg = HttpConfig {
-            retry_base: Duration::from_millis(100),
-            retry_max: Duration::from_millis(1000),
-            ..HttpConfig::default()
-        };
-        for n in 1..20 {
-            let d = cfg.backoff(n);
-            let nominal = (100u64 << (n - 1).min(16)).min(1000) as f64;
-            let ms = d.as_secs_f64() * 1000.0;
-            assert!(
-                ms >= nominal * 0.5 - 1e-6 && ms < nominal * 1.5,
-                "{n}: {ms}"
-            );
-        }
-    }
 
     #[test]
     fn content_range_and_markup() {
