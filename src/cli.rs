@@ -271,24 +271,38 @@ pub struct RunArgs {
     /// A JSON list of dialogs for batch chat completion.
     #[arg(long)]
     pub dialogs: Option<PathBuf>,
+    /// Longest sequence (prompt + generation, or a whole chat) the KV cache holds.
     #[arg(long, default_value_t = 512)]
     pub max_seq_len: usize,
+    /// Prompts run together; the KV cache is allocated for this many sequences.
     #[arg(long, default_value_t = 4)]
     pub max_batch_size: usize,
     /// Tokens to generate at most (default: max_seq_len - 1).
     #[arg(long)]
     pub max_gen_len: Option<usize>,
+    /// Sampling temperature; 0 is greedy.
     #[arg(long, default_value_t = 0.6)]
     pub temperature: f64,
+    /// Nucleus sampling: draw from the smallest set of tokens whose probability reaches this.
     #[arg(long, default_value_t = 0.9)]
     pub top_p: f64,
     /// Sampling seed (Meta's generator seeds 1 too, so runs repeat unless you change it).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// auto: GPU 0 when this build has CUDA and a GPU answers, else the CPU (with a note).
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
+    /// Weight type. auto: on the CPU each matrix stays in its stored type (bf16, f16 or f32),
+    /// used from the file's memory map where the layout allows; on CUDA, bf16. Activations are f32
+    /// on the CPU whatever the choice; f32 is the exactness reference (weights widened in memory).
     #[arg(long, value_enum, default_value_t = RunDtype::Auto)]
     pub dtype: RunDtype,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Keep generating past stop tokens, up to --max-gen-len (for benchmarks).
+    #[arg(long)]
+    pub ignore_eos: bool,
     /// Report the log-probability of each generated token.
     #[arg(long)]
     pub logprobs: bool,

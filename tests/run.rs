@@ -109,7 +109,9 @@ fn meta_batch_matches_model_py_golden() {
     }
     let stats = &doc["stats"];
     assert_eq!(stats["device"], "cpu");
-    assert_eq!(stats["dtype"], "f32");
+    // The checkpoint's own bf16 weights, f32 activations: the f32 model's numbers.
+    assert_eq!(stats["dtype"], "bf16");
+    assert_eq!(stats["activations"], "f32");
     assert!(stats["prefill_tokens_per_s"].as_f64().unwrap() > 0.0);
     assert!(stats["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
     assert!(stats["peak_memory_bytes"].as_u64().unwrap() > 0);
@@ -447,4 +449,224 @@ fn demo_runs_the_pipeline() {
     assert!(stdout.contains(" 0 failed"), "{stdout}");
     assert!(stdout.contains("check passed"), "{stdout}");
     assert!(!stdout.contains("kept the files"), "{stdout}");
+}
+
+/// The chat REPL reuses its KV cache: turn 2 runs only the tokens the cache lacks (the end of the
+/// reply and the new message), and its reply equals batch chat on the whole dialog encoded at once.
+#[test]
+fn chat_turn_two_prefills_only_new_tokens() {
+    let dir = "testdata/run/hf-mha";
+    let common = [
+        "run",
+        "--ckpt-dir",
+        dir,
+        "--chat",
+        "--temperature",
+        "0",
+        "--max-gen-len",
+        "6",
+        "--max-seq-len",
+        "256",
+    ];
+    let out = llamactl_stdin(&common, "Hello there\nWhat is the capital of France?\n");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let replies: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    // "(N new prompt tokens, M reused from the cache; ...)" per turn.
+    let turns: Vec<(usize, usize)> = stderr
+        .lines()
+        .filter_map(|l| {
+            let l = l.strip_prefix('(')?;
+            let (new, rest) = l.split_once(" new prompt tokens, ")?;
+            let (reused, _) = rest.split_once(" reused")?;
+            Some((new.parse().ok()?, reused.parse().ok()?))
+        })
+        .collect();
+    assert_eq!(turns.len(), 2, "{stderr}");
+    assert_eq!(turns[0].1, 0, "turn 1 starts from an empty cache");
+
+    // The whole dialog at once: its prompt length is what turn 2 covered (new + reused).
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("d.json");
+    let dialog = serde_json::json!([[
+        {"role": "user", "content": "Hello there"},
+        {"role": "assistant", "content": replies[0]},
+        {"role": "user", "content": "What is the capital of France?"}
+    ]]);
+    std::fs::write(&file, dialog.to_string()).unwrap();
+    let mut args = common.to_vec();
+    args.extend(["--dialogs", file.to_str().unwrap(), "--json"]);
+    let doc = ok_json(&llamactl(&args));
+    let whole = &doc["results"][0];
+    let prompt_len = whole["prompt_tokens"].as_array().unwrap().len();
+    let (new, reused) = turns[1];
+    assert_eq!(new + reused, prompt_len, "{stderr}");
+    // Reused: at least all of turn 1's prompt.
+    assert!(reused >= turns[0].0, "{stderr}");
+    assert!(
+        new <= prompt_len - turns[0].0,
+        "turn 2 ran {new} of {prompt_len} tokens"
+    );
+    assert_eq!(whole["text"].as_str().unwrap(), replies[1]);
+}
+
+/// `--dtype auto` keeps bf16 weights (f32 activations) and gives the f32 reference's greedy tokens,
+/// logprobs within 1e-2; the weights of a Meta MP 1 file and of HF safetensors are used mapped.
+#[test]
+fn auto_dtype_matches_the_f32_reference() {
+    for dir in ["testdata/tiny-mp1", "testdata/run/hf-mha"] {
+        let run = |dtype: &str| {
+            ok_json(&llamactl(&[
+                "run",
+                "--ckpt-dir",
+                dir,
+                "--dtype",
+                dtype,
+                "--temperature",
+                "0",
+                "--max-gen-len",
+                "12",
+                "--logprobs",
+                "--json",
+                "--prompt",
+                "The capital of France is",
+                "--prompt",
+                "1, 2, 3,",
+            ]))
+        };
+        let (auto, f32) = (run("auto"), run("f32"));
+        assert_eq!(auto["stats"]["activations"], "f32");
+        assert_eq!(f32["stats"]["dtype"], "f32");
+        assert!(
+            auto["stats"]["mapped_weight_bytes"].as_u64().unwrap() > 0,
+            "{dir}"
+        );
+        if auto["stats"]["dtype"] != "f32" {
+            assert_eq!(f32["stats"]["mapped_weight_bytes"], 0, "{dir}: widened");
+        }
+        for (a, b) in auto["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(f32["results"].as_array().unwrap())
+        {
+            assert_eq!(ids(&a["tokens"]), ids(&b["tokens"]), "{dir}");
+            for (x, y) in a["logprobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(b["logprobs"].as_array().unwrap())
+            {
+                let d = (x.as_f64().unwrap() - y.as_f64().unwrap()).abs();
+                assert!(d <= 1e-2, "{dir}: {x} vs {y}");
+            }
+        }
+    }
+}
+
+/// A run that cannot fit in memory is refused before loading, naming the flag to lower.
+#[test]
+fn memory_preflight_refuses_what_cannot_fit() {
+    let started = std::time::Instant::now();
+    let out = llamactl(&[
+        "run",
+        "--ckpt-dir",
+        "testdata/tiny-mp1",
+        "--max-seq-len",
+        "4000000000",
+        "--max-batch-size",
+        "64",
+        "--check",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("KV cache"), "{stderr}");
+    assert!(
+        stderr.contains("--max-seq-len or --max-batch-size"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "{stderr}"
+    );
+    assert!(started.elapsed().as_secs() < 10);
+}
+
+/// A Meta dir with MP 2 is merged into memory (nothing mapped) and gives MP 1's tokens.
+#[test]
+fn sharded_meta_dir_is_merged_and_agrees() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mp2 = tmp.path().join("mp2");
+    let out = llamactl(&[
+        "reshard",
+        "--mp",
+        "2",
+        "testdata/tiny-mp1",
+        mp2.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = |dir: &str| {
+        ok_json(&llamactl(&[
+            "run",
+            "--ckpt-dir",
+            dir,
+            "--tokenizer-path",
+            "testdata/tokenizer.model",
+            "--temperature",
+            "0",
+            "--max-gen-len",
+            "8",
+            "--json",
+            "--prompt",
+            "Hello",
+        ]))
+    };
+    let (one, two) = (run("testdata/tiny-mp1"), run(mp2.to_str().unwrap()));
+    assert_eq!(two["stats"]["mapped_weight_bytes"], 0);
+    assert!(one["stats"]["mapped_weight_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(one["results"][0]["tokens"], two["results"][0]["tokens"]);
+}
+
+/// The `cuda` build on a machine without the NVIDIA driver: it starts, `--device auto` says why it
+/// falls back, and the check passes on the CPU; `--device cuda` is a clear error (exit 2).
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_build_runs_on_the_cpu_without_a_driver() {
+    let driver = [
+        "/usr/lib/x86_64-linux-gnu/libcuda.so.1",
+        "/usr/lib64/libcuda.so.1",
+    ]
+    .iter()
+    .any(|p| std::path::Path::new(p).exists());
+    if driver {
+        eprintln!("skipped: this machine has an NVIDIA driver");
+        return;
+    }
+    let out = llamactl(&["run", "--ckpt-dir", "testdata/tiny-mp1", "--check"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("libcuda") && stderr.contains("running on the CPU"),
+        "{stderr}"
+    );
+    let out = llamactl(&[
+        "run",
+        "--ckpt-dir",
+        "testdata/tiny-mp1",
+        "--device",
+        "cuda",
+        "--check",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot load libcuda"), "{stderr}");
 }

@@ -8,7 +8,7 @@ pub(crate) mod gguf_export;
 pub(crate) mod gguf_meta;
 pub mod hashing;
 pub(crate) mod hf;
-pub(crate) mod hf_config;
+pub mod hf_config;
 pub mod layout;
 pub mod meta;
 pub mod params;

@@ -2,14 +2,18 @@
 //! example_text_completion.py / example_chat_completion.py do, plus an interactive chat and a CI check.
 use crate::checkpoint::ModelDir;
 use crate::cli::{DeviceChoice, RunArgs, RunDtype};
+use crate::formats::DType as FDType;
 use crate::runner::chat::{parse_dialog, ChatFormat, Message};
 use crate::runner::device::{self, DeviceRequest, DtypeRequest, PeakMemory};
 use crate::runner::generate::{generate, GenParams, Generation, Stats};
 use crate::runner::kv_cache::KvCache;
-use crate::runner::model::{Config, DirWeights, Llama, RopeLayout};
+use crate::runner::memory::MemoryPlan;
+use crate::runner::model::{Config, Llama, Precision, RopeLayout};
+use crate::runner::weights::{weight_bytes, DirWeights};
 use crate::tokenizer::{AllowedSpecial, Tokenizer};
 use crate::util::human_bytes;
 use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{DType, Device};
 use serde_json::{json, Value};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -62,6 +66,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     if args.chat && !args.prompt.is_empty() {
         bail!("--prompt and --chat are exclusive: use --dialogs FILE for batch chat");
     }
+    set_threads(args.threads)?;
     let mut s = load(dir, args)?;
     if args.check {
         return check(&mut s, args);
@@ -99,17 +104,14 @@ fn load(dir: &Path, args: &RunArgs) -> Result<Session> {
         },
         &mut |note| eprintln!("{note}"),
     )?;
-    let dtype = device::select_dtype(
-        match args.dtype {
-            RunDtype::Auto => DtypeRequest::Auto,
-            RunDtype::F32 => DtypeRequest::F32,
-            RunDtype::F16 => DtypeRequest::F16,
-            RunDtype::Bf16 => DtypeRequest::Bf16,
-        },
-        &device,
-    );
+    let precision = device::precision(match args.dtype {
+        RunDtype::Auto => DtypeRequest::Auto,
+        RunDtype::F32 => DtypeRequest::F32,
+        RunDtype::F16 => DtypeRequest::F16,
+        RunDtype::Bf16 => DtypeRequest::Bf16,
+    });
     eprintln!(
-        "loading {} ({} layout, {} layers, dim {}, {} heads / {} kv heads) on {} as {}",
+        "loading {} ({} layout, {} layers, dim {}, {} heads / {} kv heads) on {}",
         dir.display(),
         match cfg.rope_layout {
             RopeLayout::AdjacentPairs => "Meta",
@@ -120,17 +122,23 @@ fn load(dir: &Path, args: &RunArgs) -> Result<Session> {
         cfg.n_heads,
         cfg.n_kv_heads,
         device::device_name(&device),
-        device::dtype_name(dtype)
     );
+    preflight(&mdir, &cfg, &device, precision, args)?;
     let weights = DirWeights::new(&mdir)?;
-    let model = Llama::load(cfg, &weights, &device, dtype, args.max_seq_len)
+    let model = Llama::load(cfg, &weights, &device, precision, args.max_seq_len)
         .with_context(|| format!("{}", dir.display()))?;
     let cache = model.new_cache(args.max_batch_size, args.max_seq_len)?;
     let memory = PeakMemory::new(&device);
     eprintln!(
-        "loaded {:.1}M parameters in {:.2} s (KV cache {})",
+        "loaded {:.1}M parameters in {:.2} s: {} weights{}, {} activations, KV cache {}",
         model.config().param_count(model.tied_embeddings()) as f64 / 1e6,
         started.elapsed().as_secs_f64(),
+        device::dtype_name(model.weight_dtype()),
+        match model.mapped_bytes() {
+            0 => String::new(),
+            n => format!(" ({} mapped from the checkpoint)", human_bytes(n)),
+        },
+        device::dtype_name(model.dtype()),
         human_bytes(cache.bytes() as u64)
     );
     Ok(Session {
@@ -143,6 +151,56 @@ fn load(dir: &Path, args: &RunArgs) -> Result<Session> {
     })
 }
 
+/// Estimate what the run needs before loading anything, and refuse (exit 2) rather than be killed.
+fn preflight(
+    dir: &ModelDir,
+    cfg: &Config,
+    device: &Device,
+    precision: Precision,
+    args: &RunArgs,
+) -> Result<()> {
+    let (target, act_bytes) = match (precision, device.is_cpu()) {
+        (Precision::Auto, true) => (None, 4),
+        (Precision::Fixed(d), true) => (Some(formats_dtype(d)), 4),
+        (Precision::Auto, false) => (Some(FDType::BF16), 2),
+        (Precision::Fixed(d), false) => (Some(formats_dtype(d)), d.size_in_bytes()),
+    };
+    let weights = weight_bytes(dir, target, device.is_cpu())?;
+    let plan = MemoryPlan::new(
+        cfg,
+        weights,
+        args.max_seq_len,
+        args.max_batch_size,
+        act_bytes,
+    );
+    let (avail, total) = device::available_bytes(device);
+    let where_ = if device.is_cpu() { "host" } else { "GPU" };
+    if let Some(note) = plan.check(avail, total, where_)? {
+        eprintln!("{note}");
+    }
+    Ok(())
+}
+
+fn formats_dtype(d: DType) -> FDType {
+    match d {
+        DType::BF16 => FDType::BF16,
+        DType::F16 => FDType::F16,
+        _ => FDType::F32,
+    }
+}
+
+/// Size rayon's pool (our kernels and candle's CPU ops share it) once, before any work starts.
+fn set_threads(threads: Option<usize>) -> Result<()> {
+    let Some(n) = threads else { return Ok(()) };
+    if n == 0 {
+        bail!("--threads must be at least 1");
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .map_err(|e| anyhow!("--threads {n}: {e}"))
+}
+
 fn gen_params(args: &RunArgs, s: &Session) -> GenParams {
     GenParams {
         max_gen_len: args.max_gen_len,
@@ -150,7 +208,11 @@ fn gen_params(args: &RunArgs, s: &Session) -> GenParams {
         top_p: args.top_p,
         seed: args.seed,
         logprobs: args.logprobs,
-        stop_ids: s.tok.stop_ids().to_vec(),
+        stop_ids: if args.ignore_eos {
+            Vec::new()
+        } else {
+            s.tok.stop_ids().to_vec()
+        },
     }
 }
 
@@ -163,7 +225,7 @@ fn run_batches(
     let mut all = Vec::with_capacity(prompts.len());
     let mut total = Stats::default();
     for chunk in prompts.chunks(s.cache.max_batch()) {
-        let (gens, st) = generate(&s.model, &mut s.cache, chunk, params, &mut |_, _| {})?;
+        let (gens, st) = generate(&s.model, &mut s.cache, chunk, 0, params, &mut |_, _| true)?;
         s.memory.sample();
         all.extend(gens);
         total.prefill_tokens += st.prefill_tokens;
@@ -178,10 +240,17 @@ fn run_batches(
 fn stats_json(s: &mut Session, st: &Stats) -> Value {
     json!({
         "device": device::device_name(s.model.device()),
-        "dtype": device::dtype_name(s.model.dtype()),
+        "dtype": device::dtype_name(s.model.weight_dtype()),
+        "activations": device::dtype_name(s.model.dtype()),
+        "kernels": device::kernels_name(s.model.device()),
+        "threads": rayon::current_num_threads(),
+        "prefill_tokens": st.prefill_tokens,
         "prefill_tokens_per_s": round2(st.prefill_tokens_per_s()),
+        "decode_tokens": st.decode_tokens,
         "decode_tokens_per_s": round2(st.decode_tokens_per_s()),
         "peak_memory_bytes": s.memory.peak(),
+        "peak_mapped_resident_bytes": s.memory.peak_file(),
+        "mapped_weight_bytes": s.model.mapped_bytes(),
     })
 }
 
@@ -328,19 +397,25 @@ const REPL_HELP: &str = "commands: /system TEXT (set the system prompt and start
 
 /// Interactive chat: one user message per line of stdin, the reply streamed as it is generated.
 /// Prompts and help appear only on a terminal, so the same loop serves piped input.
+///
+/// The KV cache carries over between turns: each turn's prompt is the whole dialog in the chat
+/// format, and only the part after what the cache already holds is run, so turn N costs its new
+/// tokens. Ctrl-C stops the reply being written; at the prompt (or pressed twice) it leaves.
 fn chat_repl(s: &mut Session, args: &RunArgs) -> Result<i32> {
     let interactive = std::io::stdin().is_terminal();
     let format = chat_format(s)?;
-    let mut params = gen_params(args, s);
-    params.logprobs = false;
-    let mut system: Option<String> = None;
-    let mut dialog: Vec<Message> = Vec::new();
+    let mut chat = Chat {
+        system: None,
+        dialog: Vec::new(),
+        cached: Vec::new(),
+        turn: 0,
+    };
     if interactive {
         eprintln!("chatting with {} — {REPL_HELP}", s.ckpt_dir.display());
     }
+    interrupt::install();
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
-    let mut turn = 0u64;
     loop {
         if interactive {
             eprint!("\nuser> ");
@@ -353,82 +428,190 @@ fn chat_repl(s: &mut Session, args: &RunArgs) -> Result<i32> {
             continue;
         }
         if let Some(cmd) = input.strip_prefix('/') {
-            let (name, rest) = cmd.split_once(' ').unwrap_or((cmd, ""));
-            match name {
-                "quit" | "exit" | "q" => break,
-                "reset" => {
-                    dialog.clear();
-                    eprintln!("(dialog cleared)");
-                }
-                "system" => {
-                    let text = rest.trim();
-                    system = (!text.is_empty()).then(|| text.to_string());
-                    dialog.clear();
-                    eprintln!(
-                        "{}",
-                        if system.is_some() {
-                            "(system prompt set; dialog cleared)"
-                        } else {
-                            "(system prompt removed; dialog cleared)"
-                        }
-                    );
-                }
-                "help" => eprintln!("{REPL_HELP}"),
-                other => eprintln!("unknown command /{other}; {REPL_HELP}"),
+            if !chat.command(cmd) {
+                break;
             }
             continue;
         }
-        dialog.push(Message::new("user", input));
-        let prompt = loop {
-            let mut full: Vec<Message> = system.iter().map(|t| Message::new("system", t)).collect();
-            full.extend(dialog.iter().cloned());
-            let ids = format.encode(&s.tok, &full)?;
-            // Keep room for a reply: drop the oldest exchange while the prompt is too long.
-            if ids.len() + 1 < s.cache.max_seq() || dialog.len() <= 1 {
-                break ids;
-            }
-            dialog.drain(..2.min(dialog.len() - 1));
-            eprintln!(
-                "(dropped the oldest exchange to fit --max-seq-len {})",
-                s.cache.max_seq()
-            );
+        chat.dialog.push(Message::new("user", input));
+        let Some(prompt) = chat.prompt(s, &format)? else {
+            continue;
         };
-        if prompt.len() >= s.cache.max_seq() {
-            eprintln!(
-                "that message is {} tokens with the chat format; it does not fit --max-seq-len {}",
-                prompt.len(),
-                s.cache.max_seq()
-            );
-            dialog.pop();
-            continue;
-        }
         if interactive {
             eprint!("assistant> ");
             std::io::stderr().flush().ok();
         }
+        chat.reply(s, args, prompt)?;
+    }
+    Ok(0)
+}
+
+/// The state of a REPL chat.
+struct Chat {
+    system: Option<String>,
+    dialog: Vec<Message>,
+    /// The tokens whose keys and values the cache holds, position by position.
+    cached: Vec<u32>,
+    turn: u64,
+}
+
+impl Chat {
+    /// Run a `/command`; false means leave.
+    fn command(&mut self, cmd: &str) -> bool {
+        let (name, rest) = cmd.split_once(' ').unwrap_or((cmd, ""));
+        match name {
+            "quit" | "exit" | "q" => return false,
+            "reset" => {
+                self.dialog.clear();
+                eprintln!("(dialog cleared)");
+            }
+            "system" => {
+                let text = rest.trim();
+                self.system = (!text.is_empty()).then(|| text.to_string());
+                self.dialog.clear();
+                eprintln!(
+                    "{}",
+                    if self.system.is_some() {
+                        "(system prompt set; dialog cleared)"
+                    } else {
+                        "(system prompt removed; dialog cleared)"
+                    }
+                );
+            }
+            "help" => eprintln!("{REPL_HELP}"),
+            other => eprintln!("unknown command /{other}; {REPL_HELP}"),
+        }
+        true
+    }
+
+    /// The dialog as prompt ids, dropping the oldest exchanges (never the system prompt) until it
+    /// leaves room for a reply; None when the last message alone does not fit.
+    fn prompt(&mut self, s: &Session, format: &ChatFormat) -> Result<Option<Vec<u32>>> {
+        let max_seq = s.cache.max_seq();
+        loop {
+            let mut full: Vec<Message> = self
+                .system
+                .iter()
+                .map(|t| Message::new("system", t))
+                .collect();
+            full.extend(self.dialog.iter().cloned());
+            let ids = format.encode(&s.tok, &full)?;
+            if ids.len() + 1 < max_seq {
+                return Ok(Some(ids));
+            }
+            if self.dialog.len() <= 1 {
+                eprintln!(
+                    "that message is {} tokens with the chat format; it does not fit --max-seq-len {max_seq}",
+                    ids.len()
+                );
+                self.dialog.pop();
+                return Ok(None);
+            }
+            self.dialog.drain(..2.min(self.dialog.len() - 1));
+            eprintln!("(the dialog outgrew --max-seq-len {max_seq}: dropped the oldest exchange)");
+        }
+    }
+
+    /// Generate and stream the reply to `prompt`, reusing the cached prefix, and record it.
+    fn reply(&mut self, s: &mut Session, args: &RunArgs, prompt: Vec<u32>) -> Result<()> {
+        let mut params = gen_params(args, s);
+        params.logprobs = false;
         // A different sampling stream per turn, reproducible from --seed.
-        params.seed = args.seed.wrapping_add(turn);
-        turn += 1;
+        params.seed = args.seed.wrapping_add(self.turn);
+        self.turn += 1;
+        let reuse = self
+            .cached
+            .iter()
+            .zip(&prompt)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(prompt.len() - 1);
         let mut decoder = s.tok.stream_decoder();
         let mut out = std::io::stdout();
-        let (gens, _) = generate(&s.model, &mut s.cache, &[prompt], &params, &mut |_, id| {
-            if let Ok(text) = decoder.push(id) {
-                let _ = out.write_all(text.as_bytes());
-                let _ = out.flush();
-            }
-        })?;
+        interrupt::begin();
+        let result = generate(
+            &s.model,
+            &mut s.cache,
+            std::slice::from_ref(&prompt),
+            reuse,
+            &params,
+            &mut |_, id| {
+                if let Ok(text) = decoder.push(id) {
+                    let _ = out.write_all(text.as_bytes());
+                    let _ = out.flush();
+                }
+                !interrupt::requested()
+            },
+        );
+        let stopped = interrupt::end();
+        let (gens, st) = result?;
         s.memory.sample();
         let tail = decoder.finish().unwrap_or_default();
         writeln!(out, "{tail}")?;
         out.flush()?;
-        let reply = gens
-            .first()
-            .map(|g| s.tok.decode(&g.tokens))
-            .transpose()?
-            .unwrap_or_default();
-        dialog.push(Message::new("assistant", &reply));
+        let g = gens.into_iter().next().unwrap_or_default();
+        let mut row = prompt;
+        row.extend(&g.tokens);
+        row.truncate(st.cache_len);
+        self.cached = row;
+        eprintln!(
+            "({}{} new prompt tokens, {} reused from the cache; {} generated, {:.1} tokens/s)",
+            if stopped { "stopped; " } else { "" },
+            st.prefill_tokens,
+            reuse,
+            g.tokens.len(),
+            st.decode_tokens_per_s()
+        );
+        let reply = s.tok.decode(&g.tokens)?;
+        self.dialog.push(Message::new("assistant", &reply));
+        Ok(())
     }
-    Ok(0)
+}
+
+/// Ctrl-C in the chat REPL: while a reply is generated the first press stops it; a press at the
+/// prompt, or a second one during a reply, ends the program with 130 as a default SIGINT would.
+mod interrupt {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static GENERATING: AtomicBool = AtomicBool::new(false);
+    static STOP: AtomicBool = AtomicBool::new(false);
+
+    extern "C" fn on_sigint(_: libc::c_int) {
+        if GENERATING.load(Ordering::SeqCst) && !STOP.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Only async-signal-safe calls here: finish the terminal line and leave.
+        unsafe {
+            libc::write(2, b"\n".as_ptr().cast(), 1);
+            libc::_exit(130);
+        }
+    }
+
+    pub fn install() {
+        // SAFETY: the handler only touches atomics and calls write/_exit.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_sigint as extern "C" fn(libc::c_int) as usize;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
+        }
+    }
+
+    pub fn begin() {
+        STOP.store(false, Ordering::SeqCst);
+        GENERATING.store(true, Ordering::SeqCst);
+    }
+
+    pub fn requested() -> bool {
+        STOP.load(Ordering::SeqCst)
+    }
+
+    /// Whether the reply was stopped.
+    pub fn end() -> bool {
+        GENERATING.store(false, Ordering::SeqCst);
+        STOP.swap(false, Ordering::SeqCst)
+    }
 }
 
 /// The CI inference check: fixed prompts as one batch, greedy, twice; the two runs must agree token
@@ -490,6 +673,7 @@ fn check(s: &mut Session, args: &RunArgs) -> Result<i32> {
         decode_tokens: st1.decode_tokens + st2.decode_tokens,
         decode_secs: st1.decode_secs + st2.decode_secs,
         non_finite: st1.non_finite || st2.non_finite,
+        cache_len: 0,
     };
     if args.json {
         let results: Vec<Value> = texts
@@ -516,7 +700,7 @@ fn check(s: &mut Session, args: &RunArgs) -> Result<i32> {
             prompts.len(),
             generated,
             device::device_name(s.model.device()),
-            device::dtype_name(s.model.dtype()),
+            device::dtype_name(s.model.weight_dtype()),
             if ok {
                 "identical and finite".to_string()
             } else {

@@ -1,4 +1,5 @@
 //! Device and dtype choice, and peak memory, for `run`.
+use super::model::Precision;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device};
 
@@ -12,7 +13,7 @@ pub enum DeviceRequest {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DtypeRequest {
-    /// bf16 on CUDA; f32 on the CPU, where candle's bf16 matmul widens to f32 on every call.
+    /// CUDA: bf16. CPU: each matrix in the type the checkpoint stores it in (f32 activations).
     Auto,
     F32,
     F16,
@@ -27,16 +28,16 @@ pub fn select(req: DeviceRequest, note: &mut dyn FnMut(String)) -> Result<Device
             if !cfg!(feature = "cuda") {
                 bail!("--device cuda: this llamactl was built without the `cuda` feature (cargo build --release --features cuda)");
             }
-            Device::new_cuda(0).map_err(|e| anyhow::anyhow!("--device cuda: no usable GPU: {e}"))
+            open_cuda().map_err(|e| anyhow::anyhow!("--device cuda: {e}"))
         }
         DeviceRequest::Auto => {
             if !cfg!(feature = "cuda") {
                 return Ok(Device::Cpu);
             }
-            match Device::new_cuda(0) {
+            match open_cuda() {
                 Ok(d) => Ok(d),
                 Err(e) => {
-                    note(format!("no usable GPU ({e}); running on the CPU"));
+                    note(format!("{e}; running on the CPU"));
                     Ok(Device::Cpu)
                 }
             }
@@ -44,12 +45,53 @@ pub fn select(req: DeviceRequest, note: &mut dyn FnMut(String)) -> Result<Device
     }
 }
 
-pub fn select_dtype(req: DtypeRequest, device: &Device) -> DType {
+/// GPU 0, once the CUDA libraries are known to load: cudarc opens them on first use and panics when
+/// one is missing, so ask first and turn a missing library into an error that names it.
+fn open_cuda() -> Result<Device> {
+    let missing = missing_cuda_libraries();
+    if !missing.is_empty() {
+        bail!(
+            "no usable GPU: cannot load {} (install the NVIDIA driver and CUDA 13 libraries, or add their folder to LD_LIBRARY_PATH)",
+            missing.join(", ")
+        );
+    }
+    Device::new_cuda(0).map_err(|e| anyhow::anyhow!("no usable GPU ({e})"))
+}
+
+#[cfg(feature = "cuda")]
+fn missing_cuda_libraries() -> Vec<&'static str> {
+    // SAFETY: each probe only tries to dlopen the library under its usual names.
+    let present = unsafe {
+        [
+            (
+                "libcuda (the NVIDIA driver)",
+                cudarc::driver::sys::is_culib_present(),
+            ),
+            ("cuBLAS", cudarc::cublas::sys::is_culib_present()),
+            ("cuBLASLt", cudarc::cublaslt::sys::is_culib_present()),
+            ("cuRAND", cudarc::curand::sys::is_culib_present()),
+            ("NVRTC", cudarc::nvrtc::sys::is_culib_present()),
+        ]
+    };
+    present
+        .into_iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(name, _)| name)
+        .collect()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn missing_cuda_libraries() -> Vec<&'static str> {
+    Vec::new()
+}
+
+/// How the model holds its weights for a dtype request.
+pub fn precision(req: DtypeRequest) -> Precision {
     match req {
-        DtypeRequest::Auto if device.is_cuda() => DType::BF16,
-        DtypeRequest::Auto | DtypeRequest::F32 => DType::F32,
-        DtypeRequest::F16 => DType::F16,
-        DtypeRequest::Bf16 => DType::BF16,
+        DtypeRequest::Auto => Precision::Auto,
+        DtypeRequest::F32 => Precision::Fixed(DType::F32),
+        DtypeRequest::F16 => Precision::Fixed(DType::F16),
+        DtypeRequest::Bf16 => Precision::Fixed(DType::BF16),
     }
 }
 
@@ -70,23 +112,14 @@ pub fn dtype_name(dtype: DType) -> &'static str {
     }
 }
 
-/// Peak resident memory of this process (CPU runs), in bytes.
-pub fn peak_rss_bytes() -> u64 {
-    // SAFETY: getrusage only writes the struct we hand it.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    if rc != 0 {
-        return 0;
-    }
-    // Linux reports kilobytes.
-    (usage.ru_maxrss.max(0) as u64) * 1024
-}
-
-/// Tracks the peak memory of a run: resident memory on the CPU; on CUDA, device memory in use,
-/// sampled whenever `sample` is called (after each forward pass).
+/// Peak memory of a run, sampled whenever `sample` is called (after each forward pass): on the CPU
+/// the process's anonymous resident memory (what the run itself holds) and, apart, its file-backed
+/// resident pages (mapped weights, which the kernel can drop and re-read); on CUDA, device memory in
+/// use.
 pub struct PeakMemory {
     device: Device,
     peak: u64,
+    peak_file: u64,
 }
 
 impl PeakMemory {
@@ -94,41 +127,74 @@ impl PeakMemory {
         let mut p = PeakMemory {
             device: device.clone(),
             peak: 0,
+            peak_file: 0,
         };
         p.sample();
         p
     }
 
     pub fn sample(&mut self) {
-        let now = if self.device.is_cuda() {
-            cuda_used_bytes(&self.device)
+        if self.device.is_cuda() {
+            self.peak = self.peak.max(cuda_used_bytes(&self.device));
         } else {
-            peak_rss_bytes()
-        };
-        self.peak = self.peak.max(now);
+            let (anon, file) = super::memory::rss_now();
+            self.peak = self.peak.max(anon);
+            self.peak_file = self.peak_file.max(file);
+        }
     }
 
+    /// Peak anonymous resident memory (CPU) or device memory (CUDA).
     pub fn peak(&mut self) -> u64 {
         self.sample();
         self.peak
     }
+
+    /// Peak file-backed resident memory (CPU; 0 on CUDA).
+    pub fn peak_file(&mut self) -> u64 {
+        self.sample();
+        self.peak_file
+    }
+}
+
+/// Memory a run can still take on `device`, and the memory it has: (available, total) bytes.
+pub fn available_bytes(device: &Device) -> (u64, u64) {
+    if device.is_cuda() {
+        cuda_mem_info(device)
+    } else {
+        super::memory::available_host_bytes()
+    }
+}
+
+/// Which matrix kernels run: the CPU's SIMD flavour, or the device's.
+pub fn kernels_name(device: &Device) -> &'static str {
+    if device.is_cuda() {
+        "cublas"
+    } else {
+        super::cpu::kernels::isa().name()
+    }
 }
 
 /// Device memory in use on the GPU (all processes; on a dedicated GPU, ours).
-#[cfg(feature = "cuda")]
 fn cuda_used_bytes(device: &Device) -> u64 {
+    let (free, total) = cuda_mem_info(device);
+    total.saturating_sub(free)
+}
+
+/// (free, total) device memory.
+#[cfg(feature = "cuda")]
+fn cuda_mem_info(device: &Device) -> (u64, u64) {
     let Ok(dev) = device.as_cuda_device() else {
-        return 0;
+        return (0, 0);
     };
     match dev.cuda_stream().context().mem_get_info() {
-        Ok((free, total)) => total.saturating_sub(free) as u64,
-        Err(_) => 0,
+        Ok((free, total)) => (free as u64, total as u64),
+        Err(_) => (0, 0),
     }
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda_used_bytes(_device: &Device) -> u64 {
-    0
+fn cuda_mem_info(_device: &Device) -> (u64, u64) {
+    (0, 0)
 }
 
 #[cfg(test)]
@@ -140,8 +206,8 @@ mod tests {
         let mut notes = Vec::new();
         let d = select(DeviceRequest::Cpu, &mut |n| notes.push(n)).unwrap();
         assert!(d.is_cpu());
-        assert_eq!(select_dtype(DtypeRequest::Auto, &d), DType::F32);
-        assert_eq!(select_dtype(DtypeRequest::Bf16, &d), DType::BF16);
+        assert_eq!(precision(DtypeRequest::Auto), Precision::Auto);
+        assert_eq!(precision(DtypeRequest::Bf16), Precision::Fixed(DType::BF16));
         if !cfg!(feature = "cuda") {
             let e = select(DeviceRequest::Cuda, &mut |n| notes.push(n)).unwrap_err();
             assert!(e.to_string().contains("cuda"));
@@ -149,6 +215,7 @@ mod tests {
                 .unwrap()
                 .is_cpu());
         }
-        assert!(peak_rss_bytes() > 0);
+        let mut m = PeakMemory::new(&d);
+        assert!(m.peak() > 0);
     }
 }

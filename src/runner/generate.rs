@@ -20,7 +20,7 @@ pub struct GenParams {
     pub stop_ids: Vec<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Generation {
     /// Generated ids, without the stop token.
     pub tokens: Vec<u32>,
@@ -40,6 +40,9 @@ pub struct Stats {
     pub decode_secs: f64,
     /// Whether any logits row held a NaN or infinity.
     pub non_finite: bool,
+    /// Positions whose keys and values are in the cache afterwards (every token but the last one
+    /// generated), for a caller that continues from them.
+    pub cache_len: usize,
 }
 
 impl Stats {
@@ -60,13 +63,17 @@ fn rate(n: usize, secs: f64) -> f64 {
 }
 
 /// Generate a continuation for each prompt. `on_token(i, id)` sees each generated (non-stop) token of
-/// sequence `i` as soon as it exists, for streaming.
+/// sequence `i` as soon as it exists, for streaming; returning false stops the whole batch there.
+///
+/// `cached` positions of every prompt are already in `cache` (a chat's earlier turns, all prompts
+/// sharing them): prefill starts after them.
 pub fn generate(
     model: &Llama,
     cache: &mut KvCache,
     prompts: &[Vec<u32>],
+    cached: usize,
     params: &GenParams,
-    on_token: &mut dyn FnMut(usize, u32),
+    on_token: &mut dyn FnMut(usize, u32) -> bool,
 ) -> Result<(Vec<Generation>, Stats)> {
     let bsz = prompts.len();
     let max_seq_len = cache.max_seq();
@@ -83,6 +90,9 @@ pub fn generate(
         bail!("prompt {} is empty (no tokens)", i + 1);
     }
     let min_prompt = prompts.iter().map(|p| p.len()).min().unwrap_or(0);
+    if cached >= min_prompt {
+        bail!("{cached} cached positions leave no new prompt token to run (shortest prompt {min_prompt})");
+    }
     let (longest, max_prompt) = prompts
         .iter()
         .enumerate()
@@ -126,8 +136,9 @@ pub fn generate(
     let mut stats = Stats::default();
     let device = model.device().clone();
 
-    let mut prev_pos = 0;
+    let mut prev_pos = cached;
     let mut filled = min_prompt;
+    let mut stopped_early = false;
     for cur_pos in min_prompt..total_len {
         let started = Instant::now();
         let step: Vec<u32> = tokens
@@ -137,8 +148,8 @@ pub fn generate(
         let input = Tensor::from_vec(step, (bsz, cur_pos - prev_pos), &device)?;
         let logits = model.forward(&input, prev_pos, cache, false)?;
         let rows: Vec<Vec<f32>> = logits.to_vec2()?;
-        if prev_pos == 0 {
-            stats.prefill_tokens += bsz * cur_pos;
+        if cur_pos == min_prompt {
+            stats.prefill_tokens += bsz * (cur_pos - prev_pos);
             stats.prefill_secs += started.elapsed().as_secs_f64();
         } else {
             stats.decode_tokens += bsz;
@@ -163,16 +174,17 @@ pub fn generate(
             }
             if params.stop_ids.contains(&next) {
                 eos[i] = true;
-            } else if cur_pos - prompts[i].len() < max_gen_len {
-                on_token(i, next);
+            } else if cur_pos - prompts[i].len() < max_gen_len && !on_token(i, next) {
+                stopped_early = true;
             }
         }
         filled = cur_pos + 1;
         prev_pos = cur_pos;
-        if eos.iter().all(|&e| e) {
+        if stopped_early || eos.iter().all(|&e| e) {
             break;
         }
     }
+    stats.cache_len = prev_pos;
 
     let out = prompts
         .iter()
@@ -201,7 +213,8 @@ pub fn generate(
 mod tests {
     use super::*;
     use crate::checkpoint::ModelDir;
-    use crate::runner::model::{Config, DirWeights};
+    use crate::runner::model::{Config, Precision};
+    use crate::runner::weights::DirWeights;
     use candle_core::{DType, Device};
     use std::path::Path;
 
@@ -230,7 +243,7 @@ mod tests {
             cfg,
             &DirWeights::new(&dir).unwrap(),
             &Device::Cpu,
-            DType::F32,
+            Precision::Fixed(DType::F32),
             max_seq,
         )
         .unwrap();
@@ -246,8 +259,9 @@ mod tests {
             stop_ids: vec![128001, 128009],
         };
         let mut streamed = vec![Vec::new(); prompts.len()];
-        let (gens, stats) = generate(&model, &mut cache, &prompts, &params, &mut |i, t| {
-            streamed[i].push(t)
+        let (gens, stats) = generate(&model, &mut cache, &prompts, 0, &params, &mut |i, t| {
+            streamed[i].push(t);
+            true
         })
         .unwrap();
         assert!(!stats.non_finite);
@@ -282,7 +296,7 @@ mod tests {
                 cfg,
                 &DirWeights::new(&dir).unwrap(),
                 &Device::Cpu,
-                DType::F32,
+                Precision::Fixed(DType::F32),
                 128,
             )
             .unwrap();
@@ -303,7 +317,7 @@ mod tests {
             for case in cases {
                 let prompt = ids(&case["prompt_tokens"]);
                 let (gens, _) =
-                    generate(&model, &mut cache, &[prompt], &params, &mut |_, _| {}).unwrap();
+                    generate(&model, &mut cache, &[prompt], 0, &params, &mut |_, _| true).unwrap();
                 assert_eq!(gens[0].tokens, ids(&case["tokens"]), "{}: {case}", m["dir"]);
             }
         }
@@ -318,7 +332,7 @@ mod tests {
             cfg,
             &DirWeights::new(&dir).unwrap(),
             &Device::Cpu,
-            DType::F32,
+            Precision::Fixed(DType::F32),
             8,
         )
         .unwrap();
@@ -331,25 +345,27 @@ mod tests {
             logprobs: false,
             stop_ids: vec![],
         };
-        let mut none = |_: usize, _: u32| {};
-        let err = generate(&model, &mut cache, &[vec![1; 8]], &params, &mut none).unwrap_err();
+        let mut none = |_: usize, _: u32| true;
+        let err = generate(&model, &mut cache, &[vec![1; 8]], 0, &params, &mut none).unwrap_err();
         assert!(err.to_string().contains("--max-seq-len 8"), "{err}");
         let err = generate(
             &model,
             &mut cache,
             &[vec![1], vec![2], vec![3]],
+            0,
             &params,
             &mut none,
         )
         .unwrap_err();
         assert!(err.to_string().contains("--max-batch-size 2"), "{err}");
-        let err = generate(&model, &mut cache, &[vec![]], &params, &mut none).unwrap_err();
+        let err = generate(&model, &mut cache, &[vec![]], 0, &params, &mut none).unwrap_err();
         assert!(err.to_string().contains("empty"), "{err}");
         // Default max_gen_len fills the sequence: 3 prompt tokens + 5 generated = 8.
         let (g, _) = generate(
             &model,
             &mut cache,
             &[vec![128000, 5, 6]],
+            0,
             &params,
             &mut none,
         )
@@ -360,6 +376,7 @@ mod tests {
             &model,
             &mut cache,
             &[vec![128000, 5, 6]],
+            0,
             &params,
             &mut none,
         )

@@ -4,13 +4,15 @@
 //! model needs is how q/k rows are ordered, which decides the rotary flavour (adjacent pairs for Meta,
 //! halves for Hugging Face). Attention reads grouped K/V heads straight from the preallocated cache
 //! without repeating them: the query heads of one group are folded into the row dimension instead.
+use super::cpu::{self, kernels::WeightType};
 use super::kv_cache::KvCache;
+use super::weights::{StoredTensor, WeightSource};
 use crate::checkpoint::hf::rope_from_config;
+use crate::checkpoint::stream::{cast, CastStats};
 use crate::checkpoint::{Layout, ModelDir};
 use crate::formats::DType as FDType;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
-use std::collections::HashSet;
 
 /// Llama 3.1-style frequency scaling (`use_scaled_rope`, HF `rope_scaling.rope_type = "llama3"`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -112,51 +114,6 @@ fn scale_freq(freq: f32, s: &RopeScaling) -> f32 {
     }
 }
 
-/// Where weights come from: the full (unsharded) tensor under its Meta name, on the CPU, in the
-/// dtype it is stored in.
-pub trait WeightSource {
-    fn contains(&self, name: &str) -> bool;
-    fn tensor(&self, name: &str) -> Result<Tensor>;
-}
-
-/// A Meta or HF checkpoint directory as a weight source.
-pub struct DirWeights<'a> {
-    dir: &'a ModelDir,
-    names: HashSet<String>,
-}
-
-impl<'a> DirWeights<'a> {
-    pub fn new(dir: &'a ModelDir) -> Result<Self> {
-        Ok(DirWeights {
-            dir,
-            names: dir.tensor_names()?.into_iter().collect(),
-        })
-    }
-}
-
-impl WeightSource for DirWeights<'_> {
-    fn contains(&self, name: &str) -> bool {
-        self.names.contains(name)
-    }
-
-    fn tensor(&self, name: &str) -> Result<Tensor> {
-        let raw = self.dir.read_tensor(name)?;
-        let dtype = match raw.dtype {
-            FDType::BF16 => DType::BF16,
-            FDType::F16 => DType::F16,
-            FDType::F32 => DType::F32,
-            FDType::F64 => DType::F64,
-            other => bail!("{name}: stored as {}, not a float type", other.name()),
-        };
-        Ok(Tensor::from_raw_buffer(
-            &raw.data,
-            dtype,
-            &raw.shape,
-            &Device::Cpu,
-        )?)
-    }
-}
-
 impl Config {
     /// The model config of a checkpoint directory: params.json for Meta dirs, config.json (either
     /// rope style) for HF dirs.
@@ -229,40 +186,66 @@ fn hf_rope_scaling(c: &serde_json::Value) -> Result<Option<RopeScaling>> {
     Ok(Some(r))
 }
 
+/// The weights of one linear layer and how `x @ W.T` is computed with them.
+enum Linear {
+    /// Our kernels on the stored bytes (CPU).
+    Cpu(cpu::Linear),
+    /// candle's matmul on a device tensor in the run dtype (CUDA).
+    Device(Tensor),
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Linear::Cpu(l) => Ok(x.contiguous()?.apply_op1_no_bwd(&cpu::LinearOp(l))?),
+            Linear::Device(w) => {
+                let dims = x.dims();
+                let rows: usize = dims[..dims.len() - 1].iter().product();
+                let out = x.reshape((rows, dims[dims.len() - 1]))?.matmul(&w.t()?)?;
+                let mut shape = dims[..dims.len() - 1].to_vec();
+                shape.push(w.dim(0)?);
+                Ok(out.reshape(shape)?)
+            }
+        }
+    }
+}
+
+/// The token embedding table.
+enum Embedding {
+    Cpu(cpu::Matrix),
+    Device(Tensor),
+}
+
+/// Positions per forward pass over a long input: the attention scores of one pass are
+/// batch x heads x PREFILL_CHUNK x context f32 values.
+pub const PREFILL_CHUNK: usize = 512;
+
 struct Block {
     attention_norm: Tensor,
     /// wq, wk, wv stacked along the output rows: one matmul per layer instead of three.
-    wqkv: Tensor,
-    wo: Tensor,
+    wqkv: Linear,
+    wo: Linear,
     ffn_norm: Tensor,
     /// w1 (gate) and w3 (up) stacked.
-    w13: Tensor,
-    w2: Tensor,
+    w13: Linear,
+    w2: Linear,
 }
 
 pub struct Llama {
     cfg: Config,
+    /// The dtype of activations and of the KV cache: f32 on the CPU.
     dtype: DType,
+    /// What the big matrices are held as (their stored type on the CPU with `--dtype auto`).
+    weight_dtype: DType,
     device: Device,
-    tok_embeddings: Tensor,
+    embed: Embedding,
     blocks: Vec<Block>,
     norm: Tensor,
     /// `output.weight`, or the embedding matrix again when the checkpoint ties them.
-    output: Tensor,
+    output: Linear,
     tied: bool,
     cos: Tensor,
     sin: Tensor,
-}
-
-/// `x @ w.T` for a weight stored as [out, in], over any leading dims.
-fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let dims = x.dims();
-    let rows: usize = dims[..dims.len() - 1].iter().product();
-    let inner = dims[dims.len() - 1];
-    let out = x.reshape((rows, inner))?.matmul(&w.t()?)?;
-    let mut shape = dims[..dims.len() - 1].to_vec();
-    shape.push(w.dim(0)?);
-    Ok(out.reshape(shape)?)
 }
 
 /// RMSNorm computed in f32 whatever the model dtype, as Meta does.
@@ -276,42 +259,164 @@ fn rms_norm(x: &Tensor, weight_f32: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(y.to_dtype(dtype)?)
 }
 
+/// The names every Llama checkpoint holds (`output.weight` only when not tied).
+fn required_names(cfg: &Config, tied: bool) -> Vec<String> {
+    let mut names = vec![
+        "tok_embeddings.weight".to_string(),
+        "norm.weight".to_string(),
+    ];
+    for l in 0..cfg.n_layers {
+        for n in [
+            "attention.wq",
+            "attention.wk",
+            "attention.wv",
+            "attention.wo",
+            "feed_forward.w1",
+            "feed_forward.w2",
+            "feed_forward.w3",
+            "attention_norm",
+            "ffn_norm",
+        ] {
+            names.push(format!("layers.{l}.{n}.weight"));
+        }
+    }
+    if !tied {
+        names.push("output.weight".to_string());
+    }
+    names
+}
+
+/// Reads weights from a source and puts them where the device computes with them.
+struct Loader<'a> {
+    src: &'a dyn WeightSource,
+    device: &'a Device,
+    /// Matrices on the CPU: None keeps each stored type; Some casts to that type.
+    cpu_type: Option<FDType>,
+    /// Matrices on a device: the run dtype.
+    dtype: DType,
+}
+
+impl Loader<'_> {
+    fn stored(&self, name: &str, shape: &[usize]) -> Result<StoredTensor> {
+        let t = self
+            .src
+            .tensor(name)
+            .with_context(|| format!("reading {name}"))?;
+        if t.shape != shape {
+            bail!(
+                "weight {name} has shape {:?}, the config implies {:?}",
+                t.shape,
+                shape
+            );
+        }
+        Ok(t)
+    }
+
+    /// A small f32 tensor on the device (norm weights).
+    fn vector(&self, name: &str, len: usize) -> Result<Tensor> {
+        let t = self.stored(name, &[len])?;
+        let host = host_tensor(&t, name)?;
+        Ok(host.to_dtype(DType::F32)?.to_device(self.device)?)
+    }
+
+    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<cpu::Matrix> {
+        let t = self.stored(name, &[rows, cols])?;
+        let to = match self.cpu_type {
+            Some(to) => to,
+            // f64 (or any wider float) checkpoints are computed as f32.
+            None if matches!(t.dtype, FDType::BF16 | FDType::F16 | FDType::F32) => t.dtype,
+            None => FDType::F32,
+        };
+        let bytes = if to == t.dtype {
+            t.bytes
+        } else {
+            let mut out = Vec::new();
+            cast(
+                t.bytes.as_slice(),
+                t.dtype,
+                to,
+                &mut out,
+                &mut CastStats::default(),
+            )
+            .with_context(|| format!("weight {name}"))?;
+            cpu::Bytes::Owned(out.into())
+        };
+        let wt = match to {
+            FDType::BF16 => WeightType::Bf16,
+            FDType::F16 => WeightType::F16,
+            _ => WeightType::F32,
+        };
+        cpu::Matrix::new(wt, rows, cols, bytes).with_context(|| format!("weight {name}"))
+    }
+
+    /// One linear layer from `names` stacked along the output rows, each [rows, cols].
+    fn linear(&self, parts: &[(&str, usize)], cols: usize) -> Result<Linear> {
+        if self.device.is_cpu() {
+            let mats = parts
+                .iter()
+                .map(|(n, rows)| self.matrix(n, *rows, cols))
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(Linear::Cpu(cpu::Linear::new(mats)?));
+        }
+        let ts = parts
+            .iter()
+            .map(|(n, rows)| self.device_matrix(n, *rows, cols))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Linear::Device(Tensor::cat(&ts, 0)?))
+    }
+
+    /// Converted on the host first when narrowing, so a checkpoint never lands on the device twice.
+    fn device_matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Tensor> {
+        let t = self.stored(name, &[rows, cols])?;
+        Ok(host_tensor(&t, name)?
+            .to_dtype(self.dtype)?
+            .to_device(self.device)?)
+    }
+}
+
+/// A candle tensor over a copy of the stored bytes (host side, for small tensors and uploads).
+fn host_tensor(t: &StoredTensor, name: &str) -> Result<Tensor> {
+    let dtype = match t.dtype {
+        FDType::BF16 => DType::BF16,
+        FDType::F16 => DType::F16,
+        FDType::F32 => DType::F32,
+        FDType::F64 => DType::F64,
+        other => bail!("{name}: stored as {}, not a float type", other.name()),
+    };
+    Ok(Tensor::from_raw_buffer(
+        t.bytes.as_slice(),
+        dtype,
+        &t.shape,
+        &Device::Cpu,
+    )?)
+}
+
+/// How a run holds its weights: see [`Llama::load`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// CPU: matrices in their stored type; CUDA: bf16.
+    Auto,
+    /// Matrices (CPU) or everything (CUDA) in this type.
+    Fixed(DType),
+}
+
 impl Llama {
-    /// Load every weight from `src`, checking names and shapes, converting to `dtype` on `device`.
-    /// `max_positions` bounds the rotary tables (the KV cache length).
+    /// Load every weight from `src`, checking names and shapes. On the CPU the matrices stay in
+    /// their stored type (or `precision`'s) and activations are f32; on a device everything is
+    /// converted to the run dtype (bf16 for `Auto`). `max_positions` bounds the rotary tables.
     pub fn load(
         cfg: Config,
         src: &dyn WeightSource,
         device: &Device,
-        dtype: DType,
+        precision: Precision,
         max_positions: usize,
     ) -> Result<Llama> {
         cfg.validate()?;
-        let (d, hd) = (cfg.dim, cfg.head_dim);
-        let mut names = vec![
-            "tok_embeddings.weight".to_string(),
-            "norm.weight".to_string(),
-        ];
-        for l in 0..cfg.n_layers {
-            for n in [
-                "attention.wq",
-                "attention.wk",
-                "attention.wv",
-                "attention.wo",
-                "feed_forward.w1",
-                "feed_forward.w2",
-                "feed_forward.w3",
-                "attention_norm",
-                "ffn_norm",
-            ] {
-                names.push(format!("layers.{l}.{n}.weight"));
-            }
-        }
         let tied = !src.contains("output.weight");
-        if !tied {
-            names.push("output.weight".to_string());
-        }
-        let missing: Vec<&String> = names.iter().filter(|n| !src.contains(n)).collect();
+        let missing: Vec<String> = required_names(&cfg, tied)
+            .into_iter()
+            .filter(|n| !src.contains(n))
+            .collect();
         if !missing.is_empty() {
             let shown: Vec<&str> = missing.iter().take(5).map(|s| s.as_str()).collect();
             bail!(
@@ -321,66 +426,66 @@ impl Llama {
                 if missing.len() > 5 { ", ..." } else { "" }
             );
         }
-
-        let get = |name: &str, shape: &[usize], dt: DType| -> Result<Tensor> {
-            let t = src
-                .tensor(name)
-                .with_context(|| format!("reading {name}"))?;
-            if t.dims() != shape {
-                bail!(
-                    "weight {name} has shape {:?}, the config implies {:?}",
-                    t.dims(),
-                    shape
-                );
-            }
-            // Convert on the host first when narrowing, so a bf16 checkpoint never lands on the
-            // device twice.
-            Ok(t.to_dtype(dt)?.to_device(device)?)
+        let dtype = match (precision, device.is_cpu()) {
+            (_, true) => DType::F32,
+            (Precision::Auto, false) => DType::BF16,
+            (Precision::Fixed(d), false) => d,
         };
-        let norm_w = |name: &str| get(name, &[d], DType::F32);
-
-        let tok_embeddings = get("tok_embeddings.weight", &[cfg.vocab_size, d], dtype)?;
+        let ld = Loader {
+            src,
+            device,
+            cpu_type: match precision {
+                Precision::Auto => None,
+                Precision::Fixed(d) => Some(match d {
+                    DType::BF16 => FDType::BF16,
+                    DType::F16 => FDType::F16,
+                    _ => FDType::F32,
+                }),
+            },
+            dtype,
+        };
+        let (d, hd) = (cfg.dim, cfg.head_dim);
+        let embed = if device.is_cpu() {
+            Embedding::Cpu(ld.matrix("tok_embeddings.weight", cfg.vocab_size, d)?)
+        } else {
+            Embedding::Device(ld.device_matrix("tok_embeddings.weight", cfg.vocab_size, d)?)
+        };
         let mut blocks = Vec::with_capacity(cfg.n_layers);
         for l in 0..cfg.n_layers {
             let p = |n: &str| format!("layers.{l}.{n}.weight");
-            let wq = get(&p("attention.wq"), &[cfg.n_heads * hd, d], dtype)?;
-            let wk = get(&p("attention.wk"), &[cfg.n_kv_heads * hd, d], dtype)?;
-            let wv = get(&p("attention.wv"), &[cfg.n_kv_heads * hd, d], dtype)?;
-            let w1 = get(&p("feed_forward.w1"), &[cfg.hidden_dim, d], dtype)?;
-            let w3 = get(&p("feed_forward.w3"), &[cfg.hidden_dim, d], dtype)?;
+            let (q, k, v) = (p("attention.wq"), p("attention.wk"), p("attention.wv"));
+            let (w1, w3) = (p("feed_forward.w1"), p("feed_forward.w3"));
+            let kv_rows = cfg.n_kv_heads * hd;
             blocks.push(Block {
-                attention_norm: norm_w(&p("attention_norm"))?,
-                wqkv: Tensor::cat(&[&wq, &wk, &wv], 0)?,
-                wo: get(&p("attention.wo"), &[d, cfg.n_heads * hd], dtype)?,
-                ffn_norm: norm_w(&p("ffn_norm"))?,
-                w13: Tensor::cat(&[&w1, &w3], 0)?,
-                w2: get(&p("feed_forward.w2"), &[d, cfg.hidden_dim], dtype)?,
+                attention_norm: ld.vector(&p("attention_norm"), d)?,
+                wqkv: ld.linear(&[(&q, cfg.n_heads * hd), (&k, kv_rows), (&v, kv_rows)], d)?,
+                wo: ld.linear(&[(&p("attention.wo"), d)], cfg.n_heads * hd)?,
+                ffn_norm: ld.vector(&p("ffn_norm"), d)?,
+                w13: ld.linear(&[(&w1, cfg.hidden_dim), (&w3, cfg.hidden_dim)], d)?,
+                w2: ld.linear(&[(&p("feed_forward.w2"), d)], cfg.hidden_dim)?,
             });
         }
-        let norm = norm_w("norm.weight")?;
-        let output = if tied {
-            tok_embeddings.clone()
-        } else {
-            get("output.weight", &[cfg.vocab_size, d], dtype)?
+        let norm = ld.vector("norm.weight", d)?;
+        let output = match (&embed, tied) {
+            (Embedding::Cpu(m), true) => Linear::Cpu(cpu::Linear::new(vec![m.clone()])?),
+            (Embedding::Device(t), true) => Linear::Device(t.clone()),
+            (_, false) => ld.linear(&[("output.weight", cfg.vocab_size)], d)?,
         };
-
-        let inv = cfg.inv_freqs();
-        let half = inv.len();
-        let mut angles = Vec::with_capacity(max_positions * half);
-        for pos in 0..max_positions {
-            // f32 products, like torch.outer on f32 tensors.
-            angles.extend(inv.iter().map(|f| pos as f32 * f));
-        }
-        let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
-        let sin: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
-        let cos = Tensor::from_vec(cos, (max_positions, half), device)?;
-        let sin = Tensor::from_vec(sin, (max_positions, half), device)?;
-
+        let weight_dtype = match &output {
+            Linear::Cpu(l) => match l.parts()[0].wt {
+                WeightType::Bf16 => DType::BF16,
+                WeightType::F16 => DType::F16,
+                WeightType::F32 => DType::F32,
+            },
+            Linear::Device(t) => t.dtype(),
+        };
+        let (cos, sin) = rotary_tables(&cfg, max_positions, device)?;
         Ok(Llama {
             cfg,
             dtype,
+            weight_dtype,
             device: device.clone(),
-            tok_embeddings,
+            embed,
             blocks,
             norm,
             output,
@@ -393,8 +498,36 @@ impl Llama {
     pub fn config(&self) -> &Config {
         &self.cfg
     }
+    /// The dtype of activations and of the KV cache.
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+    /// Weight bytes used straight from checkpoint file maps (CPU).
+    pub fn mapped_bytes(&self) -> u64 {
+        let mut mats: Vec<&cpu::Matrix> = Vec::new();
+        if let Embedding::Cpu(m) = &self.embed {
+            mats.push(m);
+        }
+        for l in self
+            .blocks
+            .iter()
+            .flat_map(|b| [&b.wqkv, &b.wo, &b.w13, &b.w2])
+        {
+            if let Linear::Cpu(l) = l {
+                mats.extend(l.parts());
+            }
+        }
+        if let (Linear::Cpu(l), false) = (&self.output, self.tied) {
+            mats.extend(l.parts());
+        }
+        mats.iter()
+            .filter(|m| m.bytes().is_mapped())
+            .map(|m| m.bytes().as_slice().len() as u64)
+            .sum()
+    }
+    /// The dtype the weight matrices are held in.
+    pub fn weight_dtype(&self) -> DType {
+        self.weight_dtype
     }
     pub fn device(&self) -> &Device {
         &self.device
@@ -422,7 +555,39 @@ impl Llama {
     /// Run `tokens` ([batch, seq], u32) at positions `start_pos..start_pos + seq`, extending `cache`.
     /// Returns f32 logits: [batch, seq, vocab] when `all_positions`, else [batch, vocab] for the last
     /// position only (all that generation needs, and far cheaper for a 128k vocabulary).
+    /// Long inputs run in chunks of [`PREFILL_CHUNK`] positions (the same result, since attention
+    /// is causal), which bounds the attention scores held at once.
     pub fn forward(
+        &self,
+        tokens: &Tensor,
+        start_pos: usize,
+        cache: &mut KvCache,
+        all_positions: bool,
+    ) -> Result<Tensor> {
+        let (_, t) = tokens.dims2()?;
+        if t <= PREFILL_CHUNK {
+            return self.forward_chunk(tokens, start_pos, cache, all_positions);
+        }
+        let mut outs = Vec::new();
+        for s in (0..t).step_by(PREFILL_CHUNK) {
+            let n = PREFILL_CHUNK.min(t - s);
+            let last = s + n == t;
+            let l = self.forward_chunk(
+                &tokens.narrow(1, s, n)?,
+                start_pos + s,
+                cache,
+                all_positions || last,
+            )?;
+            if all_positions {
+                outs.push(l);
+            } else if last {
+                return Ok(l);
+            }
+        }
+        Ok(Tensor::cat(&outs, 1)?)
+    }
+
+    fn forward_chunk(
         &self,
         tokens: &Tensor,
         start_pos: usize,
@@ -441,10 +606,7 @@ impl Llama {
                 self.max_positions()
             );
         }
-        let mut h = self
-            .tok_embeddings
-            .index_select(&tokens.flatten_all()?, 0)?
-            .reshape((b, t, self.cfg.dim))?;
+        let mut h = self.embed(tokens)?.reshape((b, t, self.cfg.dim))?;
         let cos = self.cos.narrow(0, start_pos, t)?;
         let sin = self.sin.narrow(0, start_pos, t)?;
         let mask = if t > 1 {
@@ -457,11 +619,11 @@ impl Llama {
             let a = self.attention(block, &x, start_pos, &cos, &sin, mask.as_ref(), cache, l)?;
             h = (h + a)?;
             let x = rms_norm(&h, &block.ffn_norm, self.cfg.norm_eps)?;
-            let gu = linear(&x, &block.w13)?;
+            let gu = block.w13.forward(&x)?;
             let hidden = self.cfg.hidden_dim;
             let gate = gu.narrow(D::Minus1, 0, hidden)?;
             let up = gu.narrow(D::Minus1, hidden, hidden)?;
-            let f = linear(&(candle_nn::ops::silu(&gate)? * up)?, &block.w2)?;
+            let f = block.w2.forward(&(candle_nn::ops::silu(&gate)? * up)?)?;
             h = (h + f)?;
         }
         let h = if all_positions {
@@ -470,11 +632,24 @@ impl Llama {
             h.narrow(1, t - 1, 1)?
         };
         let h = rms_norm(&h, &self.norm, self.cfg.norm_eps)?;
-        let logits = linear(&h, &self.output)?.to_dtype(DType::F32)?;
+        let logits = self.output.forward(&h)?.to_dtype(DType::F32)?;
         if all_positions {
             Ok(logits)
         } else {
             Ok(logits.squeeze(1)?)
+        }
+    }
+
+    /// Embedding rows of `tokens`, flattened: [n, dim].
+    fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
+        let ids = tokens.flatten_all()?;
+        match &self.embed {
+            Embedding::Cpu(m) => {
+                let ids = ids.to_vec1::<u32>()?;
+                let rows = m.gather(&ids)?;
+                Ok(Tensor::from_vec(rows, (ids.len(), m.cols), &Device::Cpu)?)
+            }
+            Embedding::Device(e) => Ok(e.index_select(&ids, 0)?),
         }
     }
 
@@ -492,7 +667,7 @@ impl Llama {
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim);
-        let qkv = linear(x, &block.wqkv)?;
+        let qkv = block.wqkv.forward(x)?;
         let heads = |start: usize, n: usize| -> Result<Tensor> {
             Ok(qkv
                 .narrow(D::Minus1, start * hd, n * hd)?
@@ -525,7 +700,7 @@ impl Llama {
             .reshape((b, nh, t, hd))?
             .transpose(1, 2)?
             .reshape((b, t, nh * hd))?;
-        linear(&out, &block.wo)
+        block.wo.forward(&out)
     }
 
     /// Rotary embedding in f32 (Meta rotates in float and casts back).
@@ -537,6 +712,23 @@ impl Llama {
         };
         Ok(y.to_dtype(self.dtype)?)
     }
+}
+
+/// cos and sin of every rotary angle, [max_positions, head_dim / 2], in f32 like Meta's tables.
+fn rotary_tables(cfg: &Config, max_positions: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    let inv = cfg.inv_freqs();
+    let half = inv.len();
+    let mut angles = Vec::with_capacity(max_positions * half);
+    for pos in 0..max_positions {
+        // f32 products, like torch.outer on f32 tensors.
+        angles.extend(inv.iter().map(|f| pos as f32 * f));
+    }
+    let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
+    let sin: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
+    Ok((
+        Tensor::from_vec(cos, (max_positions, half), device)?,
+        Tensor::from_vec(sin, (max_positions, half), device)?,
+    ))
 }
 
 /// [t, start_pos + t] additive mask: row i (position start_pos + i) sees columns 0..=start_pos + i.
@@ -561,13 +753,18 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    struct MapSource(HashMap<String, Tensor>);
+    struct MapSource(HashMap<String, (Vec<usize>, Vec<f32>)>);
     impl WeightSource for MapSource {
         fn contains(&self, name: &str) -> bool {
             self.0.contains_key(name)
         }
-        fn tensor(&self, name: &str) -> Result<Tensor> {
-            self.0.get(name).cloned().context("absent")
+        fn tensor(&self, name: &str) -> Result<StoredTensor> {
+            let (shape, v) = self.0.get(name).context("absent")?;
+            Ok(StoredTensor {
+                dtype: FDType::F32,
+                shape: shape.clone(),
+                bytes: cpu::Bytes::Owned(bytemuck::cast_slice::<f32, u8>(v).into()),
+            })
         }
     }
 
@@ -600,7 +797,7 @@ mod tests {
                     ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.8
                 })
                 .collect();
-            Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+            (shape.to_vec(), v)
         };
         let (d, hd) = (cfg.dim, cfg.head_dim);
         let mut m = HashMap::new();
@@ -635,7 +832,7 @@ mod tests {
         for layout in [RopeLayout::AdjacentPairs, RopeLayout::Halves] {
             let cfg = tiny_cfg(layout);
             let src = random_weights(&cfg, false);
-            let m = Llama::load(cfg, &src, &Device::Cpu, DType::F32, 32).unwrap();
+            let m = Llama::load(cfg, &src, &Device::Cpu, Precision::Auto, 32).unwrap();
             let seq = [1u32, 5, 9, 2, 7, 3];
             let mut c1 = m.new_cache(1, 32).unwrap();
             let full = m.forward(&ids(&seq), 0, &mut c1, true).unwrap();
@@ -655,14 +852,14 @@ mod tests {
         }
     }
 
-    /// f16 and bf16 run the same graph (CPU bf16 widens per matmul) and stay near the f32 logits.
+    /// f16 and bf16 weights (f32 activations) stay near the f32 logits.
     #[test]
     fn half_precision_tracks_f32() {
         let cfg = tiny_cfg(RopeLayout::AdjacentPairs);
         let src = random_weights(&cfg, false);
         let seq = [1u32, 5, 9, 2];
         let logits = |dt: DType| -> Vec<f32> {
-            let m = Llama::load(cfg.clone(), &src, &Device::Cpu, dt, 8).unwrap();
+            let m = Llama::load(cfg.clone(), &src, &Device::Cpu, Precision::Fixed(dt), 8).unwrap();
             let mut c = m.new_cache(1, 8).unwrap();
             let l = m.forward(&ids(&seq), 0, &mut c, false).unwrap();
             assert_eq!(l.dtype(), DType::F32);
@@ -684,15 +881,15 @@ mod tests {
     fn tied_embeddings_and_shape_errors() {
         let cfg = tiny_cfg(RopeLayout::AdjacentPairs);
         let src = random_weights(&cfg, true);
-        let m = Llama::load(cfg.clone(), &src, &Device::Cpu, DType::F32, 8).unwrap();
+        let m = Llama::load(cfg.clone(), &src, &Device::Cpu, Precision::Auto, 8).unwrap();
         assert!(m.tied_embeddings());
 
         let mut bad = random_weights(&cfg, false);
         bad.0.insert(
             "layers.1.attention.wk.weight".into(),
-            Tensor::zeros((3, 16), DType::F32, &Device::Cpu).unwrap(),
+            (vec![3, 16], vec![0.0; 48]),
         );
-        let err = Llama::load(cfg.clone(), &bad, &Device::Cpu, DType::F32, 8)
+        let err = Llama::load(cfg.clone(), &bad, &Device::Cpu, Precision::Auto, 8)
             .err()
             .unwrap()
             .to_string();
@@ -700,7 +897,7 @@ mod tests {
         assert!(err.contains("[3, 16]"), "{err}");
 
         bad.0.remove("layers.0.feed_forward.w2.weight");
-        let err = Llama::load(cfg, &bad, &Device::Cpu, DType::F32, 8)
+        let err = Llama::load(cfg, &bad, &Device::Cpu, Precision::Auto, 8)
             .err()
             .unwrap()
             .to_string();

@@ -1,0 +1,536 @@
+//! The two inner loops of CPU inference, for weights stored as bf16, f16 or f32 against f32
+//! activations: the dot product of one weight row with a few activation rows (decode), and the
+//! widening of weight rows to f32 (the packing step of prefill's matrix-matrix product).
+//!
+//! Weights are read as raw little-endian bytes with unaligned loads, so rows can sit at any offset
+//! of a memory-mapped file. Products and sums are f32: bf16 -> f32 is exact, f16 -> f32 is exact, so
+//! the result is that of the f32 model up to summation order.
+//!
+//! The instruction set is picked once at run time: AVX-512F, AVX2+FMA+F16C, or portable Rust written
+//! with eight independent lanes, which LLVM turns into SSE2 on x86-64 and NEON on aarch64 (NEON is part
+//! of every aarch64 CPU, so the baseline build already vectorizes there).
+use std::sync::OnceLock;
+
+/// How a weight matrix stores its elements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightType {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl WeightType {
+    pub fn size(self) -> usize {
+        match self {
+            WeightType::F32 => 4,
+            WeightType::F16 | WeightType::Bf16 => 2,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightType::F32 => "f32",
+            WeightType::F16 => "f16",
+            WeightType::Bf16 => "bf16",
+        }
+    }
+}
+
+/// The SIMD flavour in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+impl Isa {
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "avx512",
+            Isa::Avx2 => "avx2",
+            Isa::Portable => {
+                if cfg!(target_arch = "aarch64") {
+                    "neon"
+                } else {
+                    "portable"
+                }
+            }
+        }
+    }
+}
+
+/// The best instruction set this CPU has; `LLAMACTL_CPU_ISA=avx2|portable` lowers it (for tests
+/// and benchmarks that compare the paths).
+pub fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        let best = detect();
+        match std::env::var("LLAMACTL_CPU_ISA").as_deref() {
+            Ok("portable") => Isa::Portable,
+            Ok("avx2") if best == Isa::Avx512 => Isa::Avx2,
+            _ => best,
+        }
+    })
+}
+
+fn detect() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            return Isa::Avx512;
+        }
+        if is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
+            return Isa::Avx2;
+        }
+    }
+    Isa::Portable
+}
+
+/// Most activation rows one call of [`dot_row`] handles (each needs its own accumulators).
+pub const MAX_ROWS: usize = 4;
+
+/// `out[r] = Σ_i w[i] * xs[r][i]` for one weight row `w` (`cols` elements of type `wt`) and up to
+/// [`MAX_ROWS`] activation rows of `cols` f32 each.
+pub fn dot_row(wt: WeightType, w: &[u8], xs: &[&[f32]], out: &mut [f32]) {
+    let cols = w.len() / wt.size();
+    assert!(
+        xs.len() <= MAX_ROWS && out.len() == xs.len() && xs.iter().all(|x| x.len() == cols),
+        "dot_row: mismatched operands"
+    );
+    match xs.len() {
+        1 => dispatch_dot::<1>(wt, w, xs, out),
+        2 => dispatch_dot::<2>(wt, w, xs, out),
+        3 => dispatch_dot::<3>(wt, w, xs, out),
+        4 => dispatch_dot::<4>(wt, w, xs, out),
+        _ => {}
+    }
+}
+
+fn dispatch_dot<const R: usize>(wt: WeightType, w: &[u8], xs: &[&[f32]], out: &mut [f32]) {
+    let cols = w.len() / wt.size();
+    let xp: [*const f32; R] = std::array::from_fn(|r| xs[r].as_ptr());
+    let res: [f32; R] = match isa() {
+        // SAFETY: the ISA was detected at run time; every pointer covers `cols` elements (checked
+        // by the caller's assert).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::dot_avx512::<R>(wt, w.as_ptr(), xp, cols) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::dot_avx2::<R>(wt, w.as_ptr(), xp, cols) },
+        _ => portable::dot::<R>(wt, w, xs),
+    };
+    out.copy_from_slice(&res);
+}
+
+/// Token rows per prefill tile and weight rows per prefill tile (AVX-512: 4 x 6 accumulators of 16
+/// lanes plus 6 weight vectors fill 30 of the 32 vector registers).
+pub const TILE_T: usize = 4;
+pub const TILE_R: usize = 6;
+
+/// Whether [`tile`] has a kernel on this CPU (else prefill widens blocks for `gemm`).
+pub fn has_tiles() -> bool {
+    isa() == Isa::Avx512
+}
+
+/// A prefill tile without packing: `out[tt * out_stride + r] = Σ_i w_r[i] * x_tt[i]` for `tn <=
+/// TILE_T` activation rows (`x`, row stride `k`) and `rn <= TILE_R` weight rows (`w`, `k` elements
+/// each, row after row). Each weight vector is widened once and used for every activation row.
+///
+/// # Safety
+/// `has_tiles()` must be true; `w` holds `rn * k` elements, `x` `tn` rows of `k`, `out` `tn` rows.
+pub unsafe fn tile(
+    wt: WeightType,
+    w: &[u8],
+    rn: usize,
+    x: &[f32],
+    tn: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    let k = x.len() / tn;
+    debug_assert!(w.len() == rn * k * wt.size() && tn <= TILE_T && rn <= TILE_R);
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (w, x) = (w.as_ptr(), x.as_ptr());
+        macro_rules! go {
+            ($($t:literal, $r:literal);*) => {
+                match (tn, rn) {
+                    $(($t, $r) => x86::tile_avx512::<$t, $r>(wt, w, x, k, out, out_stride),)*
+                    _ => {}
+                }
+            };
+        }
+        go!(1,1;1,2;1,3;1,4;1,5;1,6;2,1;2,2;2,3;2,4;2,5;2,6;3,1;3,2;3,3;3,4;3,5;3,6;4,1;4,2;4,3;4,4;4,5;4,6);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (wt, w, rn, x, out, out_stride);
+}
+
+/// Widen `w` (elements of type `wt`) into `out` as f32.
+pub fn widen(wt: WeightType, w: &[u8], out: &mut [f32]) {
+    assert_eq!(w.len(), out.len() * wt.size(), "widen: mismatched lengths");
+    match isa() {
+        // SAFETY: ISA detected at run time; lengths checked above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::widen_avx512(wt, w.as_ptr(), out) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::widen_avx2(wt, w.as_ptr(), out) },
+        _ => portable::widen(wt, w, out),
+    }
+}
+
+/// One element of `w` as f32.
+#[inline(always)]
+fn elem(wt: WeightType, w: &[u8], i: usize) -> f32 {
+    match wt {
+        WeightType::F32 => f32::from_le_bytes([w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]]),
+        WeightType::F16 => {
+            half::f16::from_bits(u16::from_le_bytes([w[2 * i], w[2 * i + 1]])).to_f32()
+        }
+        WeightType::Bf16 => {
+            f32::from_bits((u16::from_le_bytes([w[2 * i], w[2 * i + 1]]) as u32) << 16)
+        }
+    }
+}
+
+mod portable {
+    use super::{elem, WeightType};
+
+    const LANES: usize = 8;
+
+    /// Eight lanes accumulate independently, so the loop vectorizes without reassociating floats.
+    pub fn dot<const R: usize>(wt: WeightType, w: &[u8], xs: &[&[f32]]) -> [f32; R] {
+        let cols = w.len() / wt.size();
+        let mut acc = [[0f32; LANES]; R];
+        let mut lanes = [0f32; LANES];
+        let full = cols / LANES * LANES;
+        for base in (0..full).step_by(LANES) {
+            load(wt, w, base, &mut lanes);
+            for r in 0..R {
+                let x = &xs[r][base..base + LANES];
+                for l in 0..LANES {
+                    acc[r][l] += lanes[l] * x[l];
+                }
+            }
+        }
+        std::array::from_fn(|r| {
+            let tail: f32 = (full..cols).map(|i| elem(wt, w, i) * xs[r][i]).sum();
+            acc[r].iter().sum::<f32>() + tail
+        })
+    }
+
+    #[inline(always)]
+    fn load(wt: WeightType, w: &[u8], base: usize, lanes: &mut [f32; LANES]) {
+        match wt {
+            WeightType::Bf16 => {
+                for (l, v) in lanes.iter_mut().enumerate() {
+                    let i = 2 * (base + l);
+                    *v = f32::from_bits((u16::from_le_bytes([w[i], w[i + 1]]) as u32) << 16);
+                }
+            }
+            WeightType::F32 => {
+                for (l, v) in lanes.iter_mut().enumerate() {
+                    let i = 4 * (base + l);
+                    *v = f32::from_le_bytes([w[i], w[i + 1], w[i + 2], w[i + 3]]);
+                }
+            }
+            WeightType::F16 => {
+                let mut bits = [0u16; LANES];
+                for (l, b) in bits.iter_mut().enumerate() {
+                    let i = 2 * (base + l);
+                    *b = u16::from_le_bytes([w[i], w[i + 1]]);
+                }
+                // half's slice conversion uses the CPU's own f16 instructions where it can.
+                use half::slice::HalfFloatSliceExt;
+                let h: &[half::f16] = bytemuck::cast_slice(&bits);
+                h.convert_to_f32_slice(lanes);
+            }
+        }
+    }
+
+    pub fn widen(wt: WeightType, w: &[u8], out: &mut [f32]) {
+        match wt {
+            WeightType::F16 => {
+                use half::slice::HalfFloatSliceExt;
+                for (chunk, o) in w.chunks(2 * 256).zip(out.chunks_mut(256)) {
+                    let mut bits = [0u16; 256];
+                    for (b, c) in bits.iter_mut().zip(chunk.chunks_exact(2)) {
+                        *b = u16::from_le_bytes([c[0], c[1]]);
+                    }
+                    let h: &[half::f16] = bytemuck::cast_slice(&bits[..o.len()]);
+                    h.convert_to_f32_slice(o);
+                }
+            }
+            _ => {
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = elem(wt, w, i);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{elem, WeightType};
+    use std::arch::x86_64::*;
+
+    /// 16 weights at `p` as f32.
+    #[inline(always)]
+    unsafe fn load16(wt: WeightType, p: *const u8) -> __m512 {
+        match wt {
+            WeightType::Bf16 => _mm512_castsi512_ps(_mm512_slli_epi32::<16>(
+                _mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i)),
+            )),
+            WeightType::F16 => _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)),
+            WeightType::F32 => _mm512_loadu_ps(p as *const f32),
+        }
+    }
+
+    /// Two 16-wide accumulators per activation row, 32 weights per step.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_avx512<const R: usize>(
+        wt: WeightType,
+        w: *const u8,
+        xs: [*const f32; R],
+        cols: usize,
+    ) -> [f32; R] {
+        let es = wt.size();
+        let mut a0 = [_mm512_setzero_ps(); R];
+        let mut a1 = [_mm512_setzero_ps(); R];
+        let full = cols / 32 * 32;
+        let mut i = 0;
+        while i < full {
+            let w0 = load16(wt, w.add(i * es));
+            let w1 = load16(wt, w.add((i + 16) * es));
+            for r in 0..R {
+                a0[r] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xs[r].add(i)), a0[r]);
+                a1[r] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xs[r].add(i + 16)), a1[r]);
+            }
+            i += 32;
+        }
+        let tail = std::slice::from_raw_parts(w, cols * es);
+        std::array::from_fn(|r| {
+            let mut s = _mm512_reduce_add_ps(_mm512_add_ps(a0[r], a1[r]));
+            for j in full..cols {
+                s += elem(wt, tail, j) * *xs[r].add(j);
+            }
+            s
+        })
+    }
+
+    /// T activation rows x R weight rows, one 16-lane accumulator each; see `super::tile`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tile_avx512<const T: usize, const R: usize>(
+        wt: WeightType,
+        w: *const u8,
+        x: *const f32,
+        k: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        let es = wt.size();
+        let mut acc = [[_mm512_setzero_ps(); R]; T];
+        let full = k / 16 * 16;
+        let mut i = 0;
+        while i < full {
+            let wv: [__m512; R] = std::array::from_fn(|r| load16(wt, w.add((r * k + i) * es)));
+            for (t, a) in acc.iter_mut().enumerate() {
+                let xv = _mm512_loadu_ps(x.add(t * k + i));
+                for r in 0..R {
+                    a[r] = _mm512_fmadd_ps(wv[r], xv, a[r]);
+                }
+            }
+            i += 16;
+        }
+        let wall = std::slice::from_raw_parts(w, R * k * es);
+        for (t, a) in acc.iter().enumerate() {
+            for (r, v) in a.iter().enumerate() {
+                let mut s = _mm512_reduce_add_ps(*v);
+                for j in full..k {
+                    s += elem(wt, wall, r * k + j) * *x.add(t * k + j);
+                }
+                *out.add(t * out_stride + r) = s;
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn widen_avx512(wt: WeightType, w: *const u8, out: &mut [f32]) {
+        let n = out.len();
+        let full = n / 16 * 16;
+        let mut i = 0;
+        while i < full {
+            _mm512_storeu_ps(out.as_mut_ptr().add(i), load16(wt, w.add(i * wt.size())));
+            i += 16;
+        }
+        let src = std::slice::from_raw_parts(w, n * wt.size());
+        for (j, o) in out.iter_mut().enumerate().skip(full) {
+            *o = elem(wt, src, j);
+        }
+    }
+
+    /// 8 weights at `p` as f32.
+    #[inline(always)]
+    unsafe fn load8(wt: WeightType, p: *const u8) -> __m256 {
+        match wt {
+            WeightType::Bf16 => _mm256_castsi256_ps(_mm256_slli_epi32::<16>(
+                _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)),
+            )),
+            WeightType::F16 => _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
+            WeightType::F32 => _mm256_loadu_ps(p as *const f32),
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn hsum256(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_avx2<const R: usize>(
+        wt: WeightType,
+        w: *const u8,
+        xs: [*const f32; R],
+        cols: usize,
+    ) -> [f32; R] {
+        let es = wt.size();
+        let mut a0 = [_mm256_setzero_ps(); R];
+        let mut a1 = [_mm256_setzero_ps(); R];
+        let full = cols / 16 * 16;
+        let mut i = 0;
+        while i < full {
+            let w0 = load8(wt, w.add(i * es));
+            let w1 = load8(wt, w.add((i + 8) * es));
+            for r in 0..R {
+                a0[r] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xs[r].add(i)), a0[r]);
+                a1[r] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xs[r].add(i + 8)), a1[r]);
+            }
+            i += 16;
+        }
+        let tail = std::slice::from_raw_parts(w, cols * es);
+        std::array::from_fn(|r| {
+            let mut s = hsum256(_mm256_add_ps(a0[r], a1[r]));
+            for j in full..cols {
+                s += elem(wt, tail, j) * *xs[r].add(j);
+            }
+            s
+        })
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn widen_avx2(wt: WeightType, w: *const u8, out: &mut [f32]) {
+        let n = out.len();
+        let full = n / 8 * 8;
+        let mut i = 0;
+        while i < full {
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), load8(wt, w.add(i * wt.size())));
+            i += 8;
+        }
+        let src = std::slice::from_raw_parts(w, n * wt.size());
+        for (j, o) in out.iter_mut().enumerate().skip(full) {
+            *o = elem(wt, src, j);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(wt: WeightType, v: &[f32]) -> Vec<u8> {
+        v.iter()
+            .flat_map(|&x| match wt {
+                WeightType::F32 => x.to_le_bytes().to_vec(),
+                WeightType::F16 => half::f16::from_f32(x).to_le_bytes().to_vec(),
+                WeightType::Bf16 => half::bf16::from_f32(x).to_le_bytes().to_vec(),
+            })
+            .collect()
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0)
+            .collect()
+    }
+
+    #[test]
+    fn tiles_match_the_reference() {
+        if !has_tiles() {
+            return;
+        }
+        for wt in [WeightType::F32, WeightType::F16, WeightType::Bf16] {
+            for k in [16, 40, 64] {
+                for (tn, rn) in [(1, 1), (4, 6), (3, 5), (2, 6)] {
+                    let wv = values(rn * k, 3);
+                    let w = encode(wt, &wv);
+                    let x = values(tn * k, 9);
+                    let mut out = vec![0f32; tn * 7];
+                    unsafe { tile(wt, &w, rn, &x, tn, out.as_mut_ptr(), 7) };
+                    for t in 0..tn {
+                        for r in 0..rn {
+                            let want: f64 = (0..k)
+                                .map(|i| elem(wt, &w, r * k + i) as f64 * x[t * k + i] as f64)
+                                .sum();
+                            let got = out[t * 7 + r] as f64;
+                            assert!((got - want).abs() < 1e-4, "{wt:?} k {k} t {t} r {r}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every path (the detected one and the portable one) against a plain f64 reference, for
+    /// lengths that exercise the vector body and the scalar tail, on a misaligned weight slice.
+    #[test]
+    fn dot_and_widen_match_the_reference() {
+        for wt in [WeightType::F32, WeightType::F16, WeightType::Bf16] {
+            for cols in [1, 7, 8, 31, 32, 33, 100, 257] {
+                let wv = values(cols, 7);
+                let mut bytes = vec![0u8];
+                bytes.extend(encode(wt, &wv));
+                let w = &bytes[1..];
+                let exact: Vec<f32> = (0..cols).map(|i| elem(wt, w, i)).collect();
+                let xs: Vec<Vec<f32>> = (0..4).map(|r| values(cols, 100 + r)).collect();
+                for r in 1..=MAX_ROWS {
+                    let refs: Vec<&[f32]> = xs[..r].iter().map(|x| x.as_slice()).collect();
+                    let mut out = vec![0f32; r];
+                    dot_row(wt, w, &refs, &mut out);
+                    let mut port = vec![0f32; r];
+                    match r {
+                        1 => port.copy_from_slice(&portable::dot::<1>(wt, w, &refs)),
+                        2 => port.copy_from_slice(&portable::dot::<2>(wt, w, &refs)),
+                        3 => port.copy_from_slice(&portable::dot::<3>(wt, w, &refs)),
+                        _ => port.copy_from_slice(&portable::dot::<4>(wt, w, &refs)),
+                    }
+                    for k in 0..r {
+                        let want: f64 = exact
+                            .iter()
+                            .zip(&xs[k])
+                            .map(|(a, b)| *a as f64 * *b as f64)
+                            .sum();
+                        for got in [out[k], port[k]] {
+                            assert!(
+                                (got as f64 - want).abs() < 1e-4 * (1.0 + cols as f64).sqrt(),
+                                "{wt:?} cols {cols} rows {r}: {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+                let mut wide = vec![0f32; cols];
+                widen(wt, w, &mut wide);
+                assert_eq!(wide, exact, "{wt:?} cols {cols}");
+                let mut wide = vec![0f32; cols];
+                portable::widen(wt, w, &mut wide);
+                assert_eq!(wide, exact, "{wt:?} cols {cols} portable");
+            }
+        }
+    }
+}
