@@ -155,6 +155,8 @@ pub struct ReshardArgs {
 pub enum ConvertTo {
     Hf,
     Meta,
+    /// One GGUF file for llama.cpp, Ollama, LM Studio.
+    Gguf,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,29 +164,37 @@ pub enum CastDtype {
     Bf16,
     F16,
     F32,
+    /// --to gguf only: 8-bit blocks of 32 with an f16 scale (llama.cpp's Q8_0).
+    #[value(name = "q8_0")]
+    Q8_0,
 }
 
 #[derive(Args, Debug, Clone)]
-#[command(after_help = "Example:\n  llamactl convert --to hf Meta-Llama-3-8B Meta-Llama-3-8B-hf")]
+#[command(
+    after_help = "Examples:\n  llamactl convert --to hf Meta-Llama-3-8B Meta-Llama-3-8B-hf\n  llamactl convert --to gguf Meta-Llama-3-8B-Instruct llama3-8b-instruct.gguf --dtype q8_0"
+)]
 pub struct ConvertArgs {
     /// Target layout.
     #[arg(long, value_enum)]
     pub to: ConvertTo,
-    /// Source dir (Meta for --to hf, HF for --to meta).
+    /// Source dir (Meta for --to hf, HF for --to meta, either for --to gguf).
     pub src_dir: PathBuf,
-    /// Destination dir (must not exist or be empty unless --force).
+    /// Destination dir (must not exist or be empty unless --force); for --to gguf the .gguf file
+    /// (must not exist unless --force).
     pub dst_dir: PathBuf,
-    /// Cast while streaming (default: keep the source dtype).
+    /// Cast while streaming (default: keep the source dtype); q8_0 only with --to gguf.
     #[arg(long, value_enum)]
     pub dtype: Option<CastDtype>,
     /// Replace a non-empty destination.
     #[arg(long)]
     pub force: bool,
-    /// --to hf: write an instruct (chat) model's stop tokens and chat template. Default: on when
-    /// the source directory's name contains "instruct" (as Meta names them).
+    /// --to hf, --to gguf from a Meta dir: write an instruct (chat) model's stop tokens and chat
+    /// template. Default: on when the source directory's name contains "instruct" (as Meta names
+    /// them).
     #[arg(long, conflicts_with = "base")]
     pub instruct: bool,
-    /// --to hf: write a base model's stop tokens, whatever the directory is called.
+    /// --to hf, --to gguf from a Meta dir: write a base model's stop tokens, whatever the
+    /// directory is called.
     #[arg(long)]
     pub base: bool,
     /// --to hf: largest safetensors shard, transformers' rule ("5GB" = 5*10^9 bytes).

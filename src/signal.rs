@@ -221,6 +221,9 @@ pub fn commit_temp<T>(reg: Registration, f: impl FnOnce() -> T) -> T {
 fn remove_tree(path: &Path) -> Option<String> {
     let interrupted = received().is_some();
     let bytes = if interrupted { tree_bytes(path) } else { 0 };
+    if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_dir()) {
+        let _ = std::fs::remove_file(path);
+    }
     // A worker may still create a file inside while we remove: try again.
     for _ in 0..5 {
         match std::fs::remove_dir_all(path) {

@@ -201,7 +201,7 @@ pub fn same_bytes(a: &FullTensor, b: &FullTensor) -> Result<bool> {
 
 /// HF tensor names of a Llama model in `LlamaForCausalLM.state_dict()` order (module registration
 /// order: q, k, v, o, gate, up, down, the two norms), which is the order transformers shards in.
-fn hf_order(n_layers: usize) -> Vec<String> {
+pub fn hf_order(n_layers: usize) -> Vec<String> {
     let mut out = vec!["model.embed_tokens.weight".to_string()];
     for l in 0..n_layers {
         for t in [
@@ -230,13 +230,19 @@ struct HfOut {
     dtype: DType,
 }
 
-/// Write the HF weights and configs of the Meta checkpoint `src` into `out` (an empty directory).
-pub fn meta_to_hf(
-    src: &Path,
-    out: &Path,
-    opts: &Options,
-    progress: &mut dyn FnMut(u64, u64),
-) -> Result<Summary> {
+/// A Meta Llama 3 checkpoint opened for conversion: every logical tensor located (a missing,
+/// unknown or misshapen tensor fails before any byte is written), and whether `output.weight`
+/// repeats the embedding (then Hugging Face ties them and writes no `lm_head`).
+pub struct MetaSource {
+    pub dir: MetaDir,
+    pub vocab: usize,
+    /// Meta name -> the full tensor and its role.
+    pub full: HashMap<String, (FullTensor, Role)>,
+    pub tied: bool,
+}
+
+/// Open `src` as a Meta Llama 3 checkpoint (see [`MetaSource`]).
+pub fn open_meta_llama3(src: &Path) -> Result<MetaSource> {
     let m = MetaDir::open(src)?;
     let p = &m.params;
     let Some(vocab) = p.vocab() else {
@@ -265,7 +271,6 @@ pub fn meta_to_hf(
             }
         }
     }
-    // Open every logical tensor first: a missing or misshapen tensor fails before any byte is written.
     let mut full: HashMap<String, (FullTensor, Role)> = HashMap::new();
     for w in &expected {
         full.insert(w.name.clone(), (m.full(&w.name)?, w.role));
@@ -273,7 +278,28 @@ pub fn meta_to_hf(
     let (embed, _) = &full["tok_embeddings.weight"];
     let (output, _) = &full["output.weight"];
     let tied = same_bytes(output, embed)?;
+    Ok(MetaSource {
+        dir: m,
+        vocab,
+        full,
+        tied,
+    })
+}
 
+/// Write the HF weights and configs of the Meta checkpoint `src` into `out` (an empty directory).
+pub fn meta_to_hf(
+    src: &Path,
+    out: &Path,
+    opts: &Options,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Summary> {
+    let MetaSource {
+        dir: m,
+        vocab,
+        mut full,
+        tied,
+    } = open_meta_llama3(src)?;
+    let p = &m.params;
     let mut plan = Vec::new();
     for hf_name in hf_order(p.n_layers) {
         if tied && hf_name == "lm_head.weight" {

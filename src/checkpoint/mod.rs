@@ -4,6 +4,8 @@ pub(crate) mod catalog;
 pub mod checklist;
 pub(crate) mod convert;
 pub(crate) mod fp8;
+pub(crate) mod gguf_export;
+pub(crate) mod gguf_meta;
 pub mod hashing;
 pub(crate) mod hf;
 pub mod hf_config;

@@ -11,6 +11,8 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Instant;
 
+mod gguf;
+
 const HF_TOKENIZER_FILES: [&str; 3] = [
     "tokenizer.json",
     "tokenizer_config.json",
@@ -19,19 +21,27 @@ const HF_TOKENIZER_FILES: [&str; 3] = [
 
 pub fn run(args: &ConvertArgs) -> Result<i32> {
     let src = &args.src_dir;
-    check_dst_outside_src(src, &args.dst_dir)?;
+    if !src.is_dir() {
+        bail!("{}: not a directory", src.display());
+    }
     fp8::refuse(src, "convert")?;
     let instruct = match (args.instruct, args.base) {
         (true, _) => true,
         (_, true) => false,
         _ => looks_instruct(src),
     };
+    if args.to == ConvertTo::Gguf {
+        return gguf::run(args, instruct);
+    }
+    check_dst_outside_src(src, &args.dst_dir)?;
     let opts = Options {
-        dtype: args.dtype.map(|d| match d {
-            CastDtype::Bf16 => DType::BF16,
-            CastDtype::F16 => DType::F16,
-            CastDtype::F32 => DType::F32,
-        }),
+        dtype: match args.dtype {
+            None => None,
+            Some(CastDtype::Bf16) => Some(DType::BF16),
+            Some(CastDtype::F16) => Some(DType::F16),
+            Some(CastDtype::F32) => Some(DType::F32),
+            Some(CastDtype::Q8_0) => bail!("--dtype q8_0 is for --to gguf only"),
+        },
         instruct,
         max_shard_size: convert::parse_size(&args.max_shard_size)?,
     };
@@ -86,6 +96,7 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
             }
             s
         }
+        ConvertTo::Gguf => unreachable!("handled above"),
         ConvertTo::Meta => {
             if !src.join("config.json").exists() {
                 bail!(
@@ -133,6 +144,7 @@ fn looks_instruct(src: &Path) -> bool {
 fn report(s: &Summary, dst: &Path, to: ConvertTo, secs: f64) {
     if s.tied {
         match to {
+            ConvertTo::Gguf => {}
             ConvertTo::Hf => eprintln!(
                 "output.weight equals tok_embeddings.weight: wrote tie_word_embeddings=true and no lm_head"
             ),
@@ -167,20 +179,20 @@ fn report(s: &Summary, dst: &Path, to: ConvertTo, secs: f64) {
 }
 
 /// A byte progress bar on a terminal, a log line every 10% otherwise.
-struct Progress {
+pub(crate) struct Progress {
     bar: Option<indicatif::ProgressBar>,
     logged_tenths: Option<u64>,
 }
 
 impl Progress {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             bar: None,
             logged_tenths: None,
         }
     }
 
-    fn update(&mut self, done: u64, total: u64) {
+    pub(crate) fn update(&mut self, done: u64, total: u64) {
         if std::io::stderr().is_terminal() {
             let bar = self.bar.get_or_insert_with(|| {
                 let b = indicatif::ProgressBar::new(total);
@@ -206,7 +218,7 @@ impl Progress {
         }
     }
 
-    fn done(&mut self) {
+    pub(crate) fn done(&mut self) {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
         }

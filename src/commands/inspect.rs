@@ -2,6 +2,7 @@
 //! directories, pickles and safetensors headers, so it answers at once on a 16 GB shard.
 use crate::checkpoint::{self, fp8, meta, Layout};
 use crate::cli::InspectArgs;
+use crate::formats::gguf::{self, GgufFile};
 use crate::formats::pth::PthFile;
 use crate::formats::safetensors::SafetensorsFile;
 use crate::formats::TensorInfo;
@@ -20,6 +21,9 @@ struct Report {
 }
 
 pub fn run(args: &InspectArgs) -> Result<i32> {
+    if args.path.is_file() && gguf::is_gguf(&args.path) {
+        return inspect_gguf(args);
+    }
     let r = collect(&args.path)?;
     let total: u64 = r.tensors.iter().map(|(t, _)| t.nbytes() as u64).sum();
     if args.json {
@@ -79,6 +83,51 @@ pub fn run(args: &InspectArgs) -> Result<i32> {
             t.name,
             t.dtype.name(),
             format!("{:?}", t.shape)
+        );
+    }
+    Ok(0)
+}
+
+/// A GGUF file: its metadata (arrays shown by length) and tensor table, GGML type names.
+fn inspect_gguf(args: &InspectArgs) -> Result<i32> {
+    let g = GgufFile::open(&args.path)?;
+    let sizes: Vec<u64> = g.tensors.iter().map(|t| t.nbytes().unwrap_or(0)).collect();
+    let total: u64 = sizes.iter().sum();
+    if args.json {
+        let meta: serde_json::Map<String, Value> = g
+            .kvs
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_json(16)))
+            .collect();
+        let tensors: Vec<Value> = g
+            .tensors
+            .iter()
+            .map(|t| json!({"name": t.name, "dtype": t.ggml_type.name(), "shape": t.shape(), "shard": 0, "offset": t.offset}))
+            .collect();
+        let doc = json!({"format": "gguf", "params": null, "shards": 1, "metadata": meta,
+            "tensors": tensors, "total_bytes": total});
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(0);
+    }
+    println!("path     {}", args.path.display());
+    println!("format   gguf (version {})", g.version);
+    for (k, v) in &g.kvs {
+        println!("  {k:<40} {}", v.summary());
+    }
+    println!(
+        "tensors  {}, {} of tensor data",
+        g.tensors.len(),
+        human_bytes(total)
+    );
+    let width = g.tensors.iter().map(|t| t.name.len()).max().unwrap_or(4);
+    println!();
+    println!("{:<width$}  {:<5}  {:<18}  bytes", "name", "type", "shape");
+    for (t, size) in g.tensors.iter().zip(&sizes) {
+        let shape = format!("{:?}", t.shape());
+        println!(
+            "{:<width$}  {:<5}  {shape:<18}  {size}",
+            t.name,
+            t.ggml_type.name()
         );
     }
     Ok(0)

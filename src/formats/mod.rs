@@ -1,6 +1,7 @@
 //! Bytes <-> tensors: the restricted unpickler, torch zip checkpoints, safetensors.
 //! No CLI, no network, no model knowledge.
 pub mod copy;
+pub mod gguf;
 pub(crate) mod md5;
 pub mod pickle;
 pub mod pth;

@@ -13,7 +13,7 @@ mod meta;
 mod report;
 mod tokenizer;
 
-pub use report::{CheckState, FileState, FileStatus, Kind, Report, TensorReport};
+pub use report::{Check, CheckState, FileState, FileStatus, Kind, Problem, Report, TensorReport};
 
 use super::layout::Weight;
 use super::stats::ScanItem;

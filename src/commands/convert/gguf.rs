@@ -1,0 +1,228 @@
+//! `llamactl convert --to gguf SRC_DIR DEST.gguf`: gathers the Hugging Face JSON files the GGUF
+//! metadata comes from (read from an HF dir, or built in memory from a Meta dir exactly as
+//! `convert --to hf` writes them), checks the tokenizer is Llama 3's, then streams the file
+//! through `checkpoint::gguf_export` into `DEST.gguf.part` and renames it when complete.
+use super::Progress;
+use crate::checkpoint::gguf_export::{self, FileType, HfDocs, Options};
+use crate::checkpoint::hf_config::{self, ModelKind};
+use crate::checkpoint::{self, Layout, ModelDir};
+use crate::cli::{CastDtype, ConvertArgs};
+use crate::formats::DType;
+use crate::tokenizer::hf_files::{tokenizer_config_json, tokenizer_json};
+use crate::tokenizer::{AllowedSpecial, SpecialNames, Tokenizer};
+use crate::util::{human_bytes, AtomicFile};
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::time::Instant;
+
+/// The text llama.cpp's converter encodes to recognise a BPE pre-tokenizer, and the sha256 of
+/// the ids (Python's `str(list)`) that identifies Llama 3's (`llama-bpe`).
+const PRE_CHECK_TEXT: &str = "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u{200d}🌫\u{fe0f} (multiple emojis concatenated) ✅ 🦙🦙 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ ------======= нещо на Български ''''''```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, 'RE you sure? 'M not sure I'll make it, 'D you like some tea? We'Ve a'lL";
+const LLAMA_BPE_HASH: &str = "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5";
+
+pub fn run(args: &ConvertArgs, instruct: bool) -> Result<i32> {
+    let src = &args.src_dir;
+    let dst = &args.dst_dir;
+    let file_type = args.dtype.map(|d| match d {
+        CastDtype::Bf16 => FileType::BF16,
+        CastDtype::F16 => FileType::F16,
+        CastDtype::F32 => FileType::F32,
+        CastDtype::Q8_0 => FileType::Q8_0,
+    });
+    refuse_source_file_as_output(src, dst)?;
+    let out = AtomicFile::create(dst, args.force)?;
+    let layout = checkpoint::detect(src)?;
+    let (docs, tok) = match layout {
+        Layout::Meta => meta_docs(src, instruct)?,
+        Layout::Hf => hf_docs(src, args.instruct || args.base)?,
+    };
+    check_llama3_pretokenizer(&tok)?;
+    let dir = ModelDir::open(src)?;
+    let name = src
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let opts = Options {
+        file_type,
+        name,
+        pre_tokenizer: "llama-bpe".into(),
+    };
+    let plan = gguf_export::plan(&dir, &docs, &opts)?;
+    let size = plan.file_size()?;
+    crate::util::ensure_free_disk(out.part_path(), size)?;
+    eprintln!(
+        "converting {} ({}) -> {} (GGUF {:?}, {})",
+        src.display(),
+        if layout == Layout::Meta {
+            "Meta"
+        } else {
+            "Hugging Face"
+        },
+        dst.display(),
+        plan.file_type,
+        human_bytes(size)
+    );
+    let start = Instant::now();
+    let mut progress = Progress::new();
+    let clamped = gguf_export::write(&plan, out.file(), &mut |d, t| progress.update(d, t))
+        .with_context(|| format!("{}", out.part_path().display()))?;
+    progress.done();
+    let dst = out.commit()?;
+    report_clamped(&clamped);
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "wrote {} tensors ({}) in {secs:.1}s ({}/s)",
+        plan.header.tensors.len(),
+        human_bytes(size),
+        human_bytes((size as f64 / secs.max(1e-3)) as u64)
+    );
+    println!("{}", dst.display());
+    Ok(0)
+}
+
+/// `--force` may replace an old .gguf, never a file the conversion reads.
+fn refuse_source_file_as_output(src: &Path, dst: &Path) -> Result<()> {
+    let (Ok(s), Ok(d)) = (src.canonicalize(), dst.canonicalize()) else {
+        return Ok(());
+    };
+    if d.parent() == Some(s.as_path()) && d.extension().and_then(|e| e.to_str()) != Some("gguf") {
+        bail!(
+            "{}: is a file of the source directory; write the GGUF elsewhere",
+            dst.display()
+        );
+    }
+    Ok(())
+}
+
+/// The HF files of a Meta checkpoint, as `convert --to hf` would write them.
+fn meta_docs(src: &Path, instruct: bool) -> Result<(HfDocs, Tokenizer)> {
+    let p = checkpoint::Params::read(&src.join("params.json"))?;
+    let vocab = p.vocab().ok_or_else(|| {
+        anyhow!(
+            "{}: vocab_size -1 marks a Llama 2 checkpoint; GGUF export handles Llama 3 models only",
+            src.join("params.json").display()
+        )
+    })?;
+    let model = src.join("tokenizer.model");
+    if !model.is_file() {
+        bail!(
+            "{}: not found; a GGUF file needs the tokenizer",
+            model.display()
+        );
+    }
+    let tok = Tokenizer::from_tiktoken_file(&model, SpecialNames::for_meta_dir(src)?)?;
+    let kind = ModelKind {
+        instruct,
+        tied: false,
+        dtype: DType::BF16,
+    };
+    let max_len = hf_config::max_position_embeddings(&p);
+    let docs = HfDocs {
+        config: hf_config::config_json(&p, vocab, &kind),
+        generation: Some(hf_config::generation_config_json(&p, instruct)),
+        tokenizer: tokenizer_json(&tok)?,
+        tokenizer_config: Some(tokenizer_config_json(&tok, instruct, max_len)?),
+        chat_template_file: None,
+    };
+    eprintln!(
+        "{} model (from {})",
+        if instruct { "instruct" } else { "base" },
+        if instruct {
+            "--instruct or the directory name"
+        } else {
+            "--base or the directory name"
+        }
+    );
+    Ok((docs, tok))
+}
+
+fn read_json(path: &Path) -> Result<Option<Value>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .with_context(|| format!("{}: invalid JSON", path.display()))
+}
+
+/// The HF files of an HF directory, read as they are.
+fn hf_docs(src: &Path, flag_given: bool) -> Result<(HfDocs, Tokenizer)> {
+    if flag_given {
+        eprintln!(
+            "note: --instruct/--base are ignored for a Hugging Face source; its tokenizer_config.json decides"
+        );
+    }
+    let need = |name: &str| -> Result<Value> {
+        read_json(&src.join(name))?.ok_or_else(|| {
+            anyhow!(
+                "{}: not found; a GGUF file needs it",
+                src.join(name).display()
+            )
+        })
+    };
+    let template = src.join("chat_template.jinja");
+    let docs = HfDocs {
+        config: need("config.json")?,
+        generation: read_json(&src.join("generation_config.json"))?,
+        tokenizer: need("tokenizer.json")?,
+        tokenizer_config: read_json(&src.join("tokenizer_config.json"))?,
+        chat_template_file: if template.is_file() {
+            Some(
+                std::fs::read_to_string(&template)
+                    .with_context(|| format!("{}: cannot read", template.display()))?,
+            )
+        } else {
+            None
+        },
+    };
+    let tok = Tokenizer::from_file(&src.join("tokenizer.json"))?;
+    Ok((docs, tok))
+}
+
+/// Refuse a tokenizer whose pre-tokenizer llama.cpp would not recognise as Llama 3's: encode the
+/// converter's probe text (with the beginning-of-text token) and compare the ids' hash.
+fn check_llama3_pretokenizer(tok: &Tokenizer) -> Result<()> {
+    let ids = tok
+        .encode(PRE_CHECK_TEXT, true, false, AllowedSpecial::None)
+        .with_context(|| format!("{}: not a Llama 3 tokenizer", tok.source().display()))?;
+    let list: Vec<String> = ids.iter().map(u32::to_string).collect();
+    let hash = hex::encode(Sha256::digest(format!("[{}]", list.join(", ")).as_bytes()));
+    if hash != LLAMA_BPE_HASH {
+        bail!(
+            "{}: this tokenizer splits text differently from Llama 3's (pre-tokenizer hash {hash}); \
+             only Llama 3 tokenizers (llama.cpp's `llama-bpe`) are supported",
+            tok.source().display()
+        );
+    }
+    Ok(())
+}
+
+fn report_clamped(clamped: &[(String, u64)]) {
+    let total: u64 = clamped.iter().map(|(_, n)| n).sum();
+    if total == 0 {
+        return;
+    }
+    eprintln!(
+        "warning: {total} values were outside the float16 range and were clamped to +/-65504:"
+    );
+    for (name, n) in clamped.iter().take(10) {
+        eprintln!("  {name}: {n}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llama3_tokenizer_passes_the_pretokenizer_check() {
+        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/tokenizer.model");
+        let tok = Tokenizer::from_tiktoken_file(&model, SpecialNames::Llama3).unwrap();
+        check_llama3_pretokenizer(&tok).unwrap();
+    }
+}
