@@ -102,8 +102,8 @@ def generate(llama_cpp, model):
     exe = os.path.join(llama_cpp, "build", "bin", "llama-completion")
     out = subprocess.run([exe, "-m", model, "-p", PROMPT, "-n", "16", "--temp", "0", "-no-cnv",
                           "--simple-io", "-t", "2", "-s", "1", "--no-warmup"],
-                         check=True, capture_output=True, text=True, errors="replace")
-    return out.stdout
+                         capture_output=True, text=True, errors="replace")
+    return out.stdout if out.returncode == 0 else f"<llama-completion exit {out.returncode}>"
 
 
 FIXTURES = [
@@ -142,6 +142,9 @@ def check_fixture(tmp, llama_cpp, name, p, dtype, mp, instruct):
                   + (f" ({'; '.join(why[:4])})" if why else ""))
         if t in ("bf16", "q8_0"):
             a, b = generate(llama_cpp, ours_meta), generate(llama_cpp, ref)
+            if a == b and a.startswith("<llama-completion exit"):
+                print(f"skip  {name} {t}: llama-completion fails on llama.cpp's own file too: {b}")
+                continue
             check(a == b, f"{name} {t}: llama-completion greedy text equal: {a.strip()!r}")
 
 
