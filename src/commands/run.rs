@@ -8,12 +8,12 @@ use crate::runner::device::{self, DeviceRequest, DtypeRequest, PeakMemory};
 use crate::runner::generate::{generate, GenParams, Generation, Stats};
 use crate::runner::kv_cache::KvCache;
 use crate::runner::memory::MemoryPlan;
-use crate::runner::model::{Config, Llama, Precision, RopeLayout};
+use crate::runner::model::{stored_dtype, Config, Llama, Precision, RopeLayout};
 use crate::runner::weights::{weight_bytes, DirWeights};
 use crate::tokenizer::{AllowedSpecial, Tokenizer};
 use crate::util::human_bytes;
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::Device;
 use serde_json::{json, Value};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -161,9 +161,9 @@ fn preflight(
 ) -> Result<()> {
     let (target, act_bytes) = match (precision, device.is_cpu()) {
         (Precision::Auto, true) => (None, 4),
-        (Precision::Fixed(d), true) => (Some(formats_dtype(d)), 4),
+        (Precision::Fixed(d), true) => (Some(stored_dtype(d)), 4),
         (Precision::Auto, false) => (Some(FDType::BF16), 2),
-        (Precision::Fixed(d), false) => (Some(formats_dtype(d)), d.size_in_bytes()),
+        (Precision::Fixed(d), false) => (Some(stored_dtype(d)), d.size_in_bytes()),
     };
     let weights = weight_bytes(dir, target, device.is_cpu())?;
     let plan = MemoryPlan::new(
@@ -179,14 +179,6 @@ fn preflight(
         eprintln!("{note}");
     }
     Ok(())
-}
-
-fn formats_dtype(d: DType) -> FDType {
-    match d {
-        DType::BF16 => FDType::BF16,
-        DType::F16 => FDType::F16,
-        _ => FDType::F32,
-    }
 }
 
 /// Size rayon's pool (our kernels and candle's CPU ops share it) once, before any work starts.

@@ -391,6 +391,15 @@ fn host_tensor(t: &StoredTensor, name: &str) -> Result<Tensor> {
     )?)
 }
 
+/// The checkpoint element type that holds a run dtype (anything but bf16/f16 is held as f32).
+pub fn stored_dtype(d: DType) -> FDType {
+    match d {
+        DType::BF16 => FDType::BF16,
+        DType::F16 => FDType::F16,
+        _ => FDType::F32,
+    }
+}
+
 /// How a run holds its weights: see [`Llama::load`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precision {
@@ -436,11 +445,7 @@ impl Llama {
             device,
             cpu_type: match precision {
                 Precision::Auto => None,
-                Precision::Fixed(d) => Some(match d {
-                    DType::BF16 => FDType::BF16,
-                    DType::F16 => FDType::F16,
-                    _ => FDType::F32,
-                }),
+                Precision::Fixed(d) => Some(stored_dtype(d)),
             },
             dtype,
         };
