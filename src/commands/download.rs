@@ -6,10 +6,10 @@
 //! then every other file, `--jobs` at a time, each verified against the checklist before it gets its
 //! final name. A 403 stops new transfers (the link is spent) and keeps every part for the next run.
 use crate::checkpoint::catalog::{self, Model};
+use crate::checkpoint::hashing::md5_file;
 use crate::cli::DownloadArgs;
 use crate::error::{self, Fail};
 use crate::net::config::NetConfig;
-use crate::checkpoint::hashing::md5_file;
 use crate::net::download::{kept_parts_note, FileRequest, HashKind, Http, HttpError};
 use crate::net::progress::Progress;
 use crate::net::signed_url::{self, human_duration, redact, SignedUrl};

@@ -77,11 +77,23 @@ mod tests {
             ..NetConfig::default()
         };
         let mut t = Tries::new(&cfg);
-        assert!(matches!(t.failed(None), Ok(Next::Backoff { attempt: 1, .. })));
-        assert!(matches!(t.failed(None), Ok(Next::Backoff { attempt: 2, .. })));
+        assert!(matches!(
+            t.failed(None),
+            Ok(Next::Backoff { attempt: 1, .. })
+        ));
+        assert!(matches!(
+            t.failed(None),
+            Ok(Next::Backoff { attempt: 2, .. })
+        ));
         t.progressed();
-        assert!(matches!(t.failed(None), Ok(Next::Backoff { attempt: 1, .. })));
-        assert!(matches!(t.failed(None), Ok(Next::Backoff { attempt: 2, .. })));
+        assert!(matches!(
+            t.failed(None),
+            Ok(Next::Backoff { attempt: 1, .. })
+        ));
+        assert!(matches!(
+            t.failed(None),
+            Ok(Next::Backoff { attempt: 2, .. })
+        ));
         assert_eq!(t.failed(None).unwrap(), Next::GiveUp { attempts: 3 });
     }
 }

@@ -90,7 +90,11 @@ impl Http {
 
     /// Bring the part to completion: go on with the segments a record names, else one stream,
     /// split into segments when the file is new, large and the server answers ranges.
-    fn fetch_part(&self, req: &FileRequest, progress: &FileProgress) -> Result<PartDone, HttpError> {
+    fn fetch_part(
+        &self,
+        req: &FileRequest,
+        progress: &FileProgress,
+    ) -> Result<PartDone, HttpError> {
         let mut file = open_part(&req.part)?;
         let len = file.metadata().map_err(|e| io_err(&req.part, e))?.len();
         let mut meta = PartMeta::load(&req.part, len).unwrap_or_default();

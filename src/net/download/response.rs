@@ -126,9 +126,15 @@ mod tests {
         assert!(!looks_like_markup(b"PK\x03\x04"));
         assert!(!looks_like_markup(b"{\"dim\": 4096}"));
         let mut h = HeaderMap::new();
-        h.insert(header::CONTENT_TYPE, "text/HTML; charset=utf-8".parse().unwrap());
+        h.insert(
+            header::CONTENT_TYPE,
+            "text/HTML; charset=utf-8".parse().unwrap(),
+        );
         assert_eq!(markup_type(&h), Some("text/HTML; charset=utf-8"));
-        h.insert(header::CONTENT_TYPE, "application/octet-stream".parse().unwrap());
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/octet-stream".parse().unwrap(),
+        );
         assert_eq!(markup_type(&h), None);
     }
 

@@ -238,7 +238,11 @@ impl<'a> Stream<'a> {
             }
             StatusCode::PARTIAL_CONTENT => match range::content_range(resp.headers()) {
                 Some((start, total)) if start == self.offset => {
-                    if self.meta.size.is_some_and(|s| total.is_some_and(|t| t != s)) {
+                    if self
+                        .meta
+                        .size
+                        .is_some_and(|s| total.is_some_and(|t| t != s))
+                    {
                         self.restart()?;
                         return Ok(Err(Attempt::retry("the remote file changed size")));
                     }
@@ -246,9 +250,7 @@ impl<'a> Stream<'a> {
                 }
                 _ => {
                     self.restart()?;
-                    return Ok(Err(Attempt::retry(
-                        "the server answered a different range",
-                    )));
+                    return Ok(Err(Attempt::retry("the server answered a different range")));
                 }
             },
             StatusCode::RANGE_NOT_SATISFIABLE => {
