@@ -223,6 +223,34 @@ fn status_line(c: &Counters, started: Instant) -> String {
     line
 }
 
+/// What the download engine reports about the one file it moves. [`FileProgress`] draws it;
+/// other callers (the Hub client) pass it on in their own terms.
+pub trait FileReport: Sync {
+    /// The file's full size, once known.
+    fn set_len(&self, len: u64);
+    /// Bytes of the file on disk (a kept prefix, or 0 after a restart).
+    fn set_position(&self, pos: u64);
+    /// `n` new bytes arrived over the network and were written.
+    fn advance(&self, n: u64);
+    /// A short note (e.g. "retry 2 of 8 in 1.3s: HTTP 503"); empty clears it.
+    fn note(&self, msg: &str);
+}
+
+impl FileReport for FileProgress {
+    fn set_len(&self, len: u64) {
+        FileProgress::set_len(self, len)
+    }
+    fn set_position(&self, pos: u64) {
+        FileProgress::set_position(self, pos)
+    }
+    fn advance(&self, n: u64) {
+        self.inc(n)
+    }
+    fn note(&self, msg: &str) {
+        FileProgress::note(self, msg)
+    }
+}
+
 /// Progress of one file. Thread-safe; the engine reports positions, the caller reports the end.
 pub struct FileProgress {
     counters: Arc<Counters>,

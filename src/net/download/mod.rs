@@ -32,7 +32,7 @@ pub use part::{part_path, Segment};
 pub use request::{Downloaded, FileRequest};
 pub(crate) use response::describe;
 
-use crate::net::progress::FileProgress;
+use crate::net::progress::FileReport;
 use error::io_err;
 use part::PartMeta;
 use request::PartDone;
@@ -47,7 +47,7 @@ impl Http {
     pub fn download_to_file(
         &self,
         req: &FileRequest,
-        progress: &FileProgress,
+        progress: &dyn FileReport,
     ) -> Result<Downloaded, HttpError> {
         let mut fetched = 0;
         let mut first_kept = None;
@@ -93,7 +93,7 @@ impl Http {
     fn fetch_part(
         &self,
         req: &FileRequest,
-        progress: &FileProgress,
+        progress: &dyn FileReport,
     ) -> Result<PartDone, HttpError> {
         let mut file = open_part(&req.part)?;
         let len = file.metadata().map_err(|e| io_err(&req.part, e))?.len();

@@ -12,7 +12,7 @@ use super::part::{self, PartMeta, Reservation, Segment};
 use super::range::{self, Ranged, Span};
 use super::request::{FileRequest, PartDone};
 use super::response::{classify_status, io_reason, markup_type};
-use crate::net::progress::FileProgress;
+use crate::net::progress::FileReport;
 use crate::net::retry::Tries;
 use crate::net::signed_url::redact;
 use reqwest::blocking::Response;
@@ -75,7 +75,7 @@ struct Shared<'a> {
     http: &'a Http,
     req: &'a FileRequest,
     file: &'a File,
-    progress: &'a FileProgress,
+    progress: &'a dyn FileReport,
     shown: String,
     validator: Option<String>,
     fetched: AtomicU64,
@@ -97,7 +97,7 @@ pub(crate) fn run(
     file: &File,
     meta: &mut PartMeta,
     first: Option<Response>,
-    progress: &FileProgress,
+    progress: &dyn FileReport,
 ) -> Result<PartDone, SegError> {
     meta.save(&req.part)?;
     let segs = meta.segments.clone().unwrap_or_default();
@@ -328,7 +328,7 @@ fn read_segment(
                 pos += n as u64;
                 done.store(pos, Ordering::SeqCst);
                 sh.fetched.fetch_add(n as u64, Ordering::SeqCst);
-                sh.progress.inc(n as u64);
+                sh.progress.advance(n as u64);
             }
             Err(e) => return Ok(Some(io_reason(&e))),
         }
