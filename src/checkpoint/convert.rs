@@ -16,6 +16,7 @@ use crate::formats::copy::{self, HashingFile, CHUNK};
 use crate::formats::pth::{PthWriter, TensorSpec};
 use crate::formats::safetensors::{self as st, Index, IndexMetadata};
 use crate::formats::DType;
+use crate::progress::Reporter;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -291,7 +292,7 @@ pub fn meta_to_hf(
     src: &Path,
     out: &Path,
     opts: &Options,
-    progress: &mut dyn FnMut(u64, u64),
+    progress: &dyn Reporter,
 ) -> Result<Summary> {
     let MetaSource {
         dir: m,
@@ -326,6 +327,7 @@ pub fn meta_to_hf(
     let names = shard_file_names(shards.len());
     let total: u64 = sizes.iter().sum();
     crate::util::ensure_free_disk(out, total)?;
+    let task = progress.task("weights", Some(total));
 
     let metadata: BTreeMap<String, String> = [("format".to_string(), "pt".to_string())].into();
     let mut summary = Summary {
@@ -377,7 +379,7 @@ pub fn meta_to_hf(
             }
             summary.bytes += bytes;
             summary.tensors += 1;
-            progress(summary.bytes, total);
+            task.advance(bytes);
             Ok(())
         })?;
         summary.files.push((file.clone(), size));
@@ -479,7 +481,7 @@ pub fn hf_to_meta(
     src: &Path,
     out: &Path,
     opts: &Options,
-    progress: &mut dyn FnMut(u64, u64),
+    progress: &dyn Reporter,
 ) -> Result<Summary> {
     let h = HfDir::open(src)?;
     let p = h.params.clone();
@@ -528,6 +530,7 @@ pub fn hf_to_meta(
         .map(|(t, _, d)| t.rows() as u64 * t.cols() as u64 * d.size() as u64)
         .sum();
     crate::util::ensure_free_disk(out, total)?;
+    let task = progress.task("weights", Some(total));
 
     let specs: Vec<TensorSpec> = expected
         .iter()
@@ -569,7 +572,7 @@ pub fn hf_to_meta(
         let bytes = t.rows() as u64 * t.cols() as u64 * dtype.size() as u64;
         summary.bytes += bytes;
         summary.tensors += 1;
-        progress(summary.bytes, total);
+        task.advance(bytes);
     }
     let hf = pw.finish().with_context(|| format!("{}", path.display()))?;
     let size = hf.position();
