@@ -365,11 +365,7 @@ impl Write for Q8Writer<'_> {
 
 /// Write `plan` to `file` (positioned at 0): header, then each tensor padded to the alignment.
 /// Tensor bytes are reported to `progress` as one task, "weights". Returns values clamped by an f16 cast, per tensor.
-pub fn write(
-    plan: &Plan,
-    file: &File,
-    progress: &dyn Reporter,
-) -> Result<Vec<(String, u64)>> {
+pub fn write(plan: &Plan, file: &File, progress: &dyn Reporter) -> Result<Vec<(String, u64)>> {
     let header = plan.header.encode()?;
     let align = plan.header.alignment();
     let total = plan.tensor_bytes()?;

@@ -1,11 +1,11 @@
 //! `llamactl convert --to hf|meta SRC_DIR DST_DIR` (see CLI.md): the weights stream through
 //! `checkpoint::convert`; this adds the tokenizer files, checklist, atomic output and the report.
+use super::reporters::{Options as Shown, ProgressReporter};
 use crate::checkpoint::convert::{self, Options, Summary};
 use crate::checkpoint::{fp8, hf_config, Params};
 use crate::cli::{CastDtype, ConvertArgs, ConvertTo};
 use crate::formats::DType;
 use crate::tokenizer::hf_files::{tiktoken_model_from_tokenizer_json, write_hf_tokenizer_files};
-use super::reporters::{Options as Shown, ProgressReporter};
 use crate::util::{check_dst_outside_src, human_bytes, AtomicDir};
 use anyhow::{anyhow, bail, Result};
 use std::path::Path;
@@ -72,8 +72,7 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
                     let (tok, dir) = (tok.clone(), out.path().to_path_buf());
                     scope.spawn(move || write_hf_tokenizer_files(&tok, &dir, instruct, max_len))
                 });
-                let weights =
-                    convert::meta_to_hf(src, out.path(), &opts, &progress);
+                let weights = convert::meta_to_hf(src, out.path(), &opts, &progress);
                 let tokenizer = tok_job.map(|j| {
                     j.join()
                         .unwrap_or_else(|_| Err(anyhow!("writing the tokenizer files panicked")))

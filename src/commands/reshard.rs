@@ -1,7 +1,7 @@
 //! `llamactl reshard` (see CLI.md): argument checks, the output directory, progress; the work is
 //! `checkpoint::reshard`.
-use crate::checkpoint::checklist::{self, Entry};
 use super::reporters::{FinishLines, Options as Shown, ProgressReporter};
+use crate::checkpoint::checklist::{self, Entry};
 use crate::checkpoint::fp8;
 use crate::checkpoint::reshard::{copy_hashed, Plan};
 use crate::cli::ReshardArgs;
