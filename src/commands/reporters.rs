@@ -195,8 +195,8 @@ impl PlainThread {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let stop2 = stop.clone();
         let thread = std::thread::spawn(move || {
-            let (lock, cv) = &*stop2;
-            let mut stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
+            let (flag, cv) = &*stop2;
+            let mut stopped = flag.lock().unwrap_or_else(|e| e.into_inner());
             loop {
                 let (guard, _) = cv
                     .wait_timeout(stopped, shared.interval)
@@ -216,8 +216,8 @@ impl PlainThread {
 
     fn stop(self) {
         {
-            let (lock, cv) = &*self.stop;
-            *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            let (flag, cv) = &*self.stop;
+            *flag.lock().unwrap_or_else(|e| e.into_inner()) = true;
             cv.notify_all();
         }
         let _ = self.thread.join();
