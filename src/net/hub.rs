@@ -17,9 +17,9 @@
 use crate::error::{check_failed, network, refused};
 use crate::net::config::NetConfig;
 use crate::net::download::{FileRequest, HashKind, Http, HttpError};
-use crate::net::progress::FileReport;
 use crate::net::reach::{self, ConnectFailure};
 use crate::net::retry::{Next, Tries};
+use crate::progress::Task;
 use crate::util::{flock_exclusive, write_atomic};
 use anyhow::{anyhow, bail, Context, Result};
 use reqwest::blocking::{RequestBuilder, Response};
@@ -1094,7 +1094,7 @@ impl<'a> BlobReport<'a> {
     }
 }
 
-impl FileReport for BlobReport<'_> {
+impl Task for BlobReport<'_> {
     fn set_len(&self, len: u64) {
         self.len.store(len, Ordering::Relaxed);
         // Before the first position there is nothing to show yet.
@@ -1119,6 +1119,9 @@ impl FileReport for BlobReport<'_> {
             self.progress.note(&format!("{}: {msg}", self.file));
         }
     }
+
+    /// `pull` says how each file ended itself (`Reporter::file_done`).
+    fn finish(&self) {}
 }
 
 fn read_local_metadata(metadata_path: &Path, dest: &Path) -> Option<(String, String)> {

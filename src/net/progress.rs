@@ -1,6 +1,7 @@
 //! Download progress: indicatif bars (one per file plus a total) when stderr is a terminal,
 //! otherwise a plain status line every few seconds so logs and CI output stay readable.
 use crate::net::signed_url::human_duration;
+use crate::progress::Task;
 use crate::util::human_bytes;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
@@ -223,20 +224,8 @@ fn status_line(c: &Counters, started: Instant) -> String {
     line
 }
 
-/// What the download engine reports about the one file it moves. [`FileProgress`] draws it;
-/// other callers (the Hub client) pass it on in their own terms.
-pub trait FileReport: Sync {
-    /// The file's full size, once known.
-    fn set_len(&self, len: u64);
-    /// Bytes of the file on disk (a kept prefix, or 0 after a restart).
-    fn set_position(&self, pos: u64);
-    /// `n` new bytes arrived over the network and were written.
-    fn advance(&self, n: u64);
-    /// A short note (e.g. "retry 2 of 8 in 1.3s: HTTP 503"); empty clears it.
-    fn note(&self, msg: &str);
-}
-
-impl FileReport for FileProgress {
+/// The download engine reports through [`Task`].
+impl Task for FileProgress {
     fn set_len(&self, len: u64) {
         FileProgress::set_len(self, len)
     }
@@ -248,6 +237,9 @@ impl FileReport for FileProgress {
     }
     fn note(&self, msg: &str) {
         FileProgress::note(self, msg)
+    }
+    fn finish(&self) {
+        FileProgress::finish(self)
     }
 }
 

@@ -12,9 +12,9 @@ use super::part::{self, PartMeta, Reservation, Segment};
 use super::range::{self, Ranged, Span};
 use super::request::{FileRequest, PartDone};
 use super::response::{classify_status, io_reason, markup_type};
-use crate::net::progress::FileReport;
 use crate::net::retry::Tries;
 use crate::net::signed_url::redact;
+use crate::progress::Task;
 use reqwest::blocking::Response;
 use reqwest::StatusCode;
 use std::fs::File;
@@ -75,7 +75,7 @@ struct Shared<'a> {
     http: &'a Http,
     req: &'a FileRequest,
     file: &'a File,
-    progress: &'a dyn FileReport,
+    progress: &'a dyn Task,
     shown: String,
     validator: Option<String>,
     fetched: AtomicU64,
@@ -107,7 +107,7 @@ pub(crate) fn run(
     file: &File,
     meta: &mut PartMeta,
     first: Option<Response>,
-    progress: &dyn FileReport,
+    progress: &dyn Task,
 ) -> Result<PartDone, SegError> {
     meta.save(&req.part)?;
     let segs = meta.segments.clone().unwrap_or_default();
