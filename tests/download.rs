@@ -3,6 +3,7 @@
 mod common;
 
 use common::cdn::{Cdn, Fault};
+use common::child;
 use common::noise::noise;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -288,30 +289,11 @@ fn resume_after_kill_fetches_each_byte_about_once() {
         .spawn()
         .unwrap();
     let part = dir.path().join("Meta-Llama-3-8B/consolidated.00.pth.part");
-    let t0 = Instant::now();
-    while std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0) < size as u64 / 4 {
-        assert!(t0.elapsed() < Duration::from_secs(20), "no progress");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // SIGKILL: no chance to clean up or flush anything.
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child::wait_for_bytes(&mut child, &part, size as u64 / 4);
+    child::kill_9(child);
     let kept = std::fs::metadata(&part).unwrap().len();
     assert!(kept > 0 && kept < size as u64);
-    assert!(!dir
-        .path()
-        .join("Meta-Llama-3-8B/consolidated.00.pth")
-        .exists());
-
-    cdn.throttle(None);
-    let o = download(&url, "8B", dir.path(), &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert_model(dir.path(), "Meta-Llama-3-8B", &files);
-    let served = cdn.served(PTH);
-    assert!(
-        served as f64 <= 1.05 * size as f64,
-        "served {served} bytes for a {size}-byte file"
-    );
+    resume_fetches_each_byte_about_once(&cdn, &url, dir.path(), &files, size);
     let resumed = cdn.requests().into_iter().rfind(|r| r.path == PTH).unwrap();
     assert_eq!(resumed.status, 206);
     assert!(resumed.if_range.is_some(), "resume without If-Range");
@@ -671,6 +653,28 @@ fn file_missing_from_checklist_is_kept_with_a_warning() {
 }
 
 /// Segment progress recorded in the part's meta file: bytes on disk by its account.
+/// After a kill: the final file is not there, and the next run (at full speed) completes the
+/// model while the CDN serves about each byte once.
+fn resume_fetches_each_byte_about_once(
+    cdn: &Cdn,
+    url: &str,
+    dir: &Path,
+    files: &[(String, Vec<u8>)],
+    size: usize,
+) -> Output {
+    assert!(!dir.join("Meta-Llama-3-8B/consolidated.00.pth").exists());
+    cdn.throttle(None);
+    let o = download(url, "8B", dir, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_model(dir, "Meta-Llama-3-8B", files);
+    let served = cdn.served(PTH);
+    assert!(
+        served as f64 <= 1.05 * size as f64,
+        "served {served} bytes for a {size}-byte file"
+    );
+    o
+}
+
 fn segment_bytes(meta: &Path) -> u64 {
     std::fs::read_to_string(meta)
         .ok()
@@ -753,27 +757,10 @@ fn several_connections_per_file_with_faults_and_kill() {
     let meta = dir
         .path()
         .join("Meta-Llama-3-8B/consolidated.00.pth.part.meta");
-    let t0 = Instant::now();
-    while segment_bytes(&meta) < size as u64 / 4 {
-        assert!(t0.elapsed() < Duration::from_secs(20), "no progress");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(!dir
-        .path()
-        .join("Meta-Llama-3-8B/consolidated.00.pth")
-        .exists());
-    cdn.throttle(None);
+    child::wait_until(&mut child, || segment_bytes(&meta) >= size as u64 / 4);
+    child::kill_9(child);
     // Resuming needs no --connections: the recorded segments decide.
-    let o = download(&url, "8B", dir.path(), &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert_model(dir.path(), "Meta-Llama-3-8B", &files);
-    let served = cdn.served(PTH);
-    assert!(
-        served as f64 <= 1.05 * size as f64,
-        "served {served} for {size}"
-    );
+    let o = resume_fetches_each_byte_about_once(&cdn, &url, dir.path(), &files, size);
     assert!(text(&o).contains("resumed"), "{}", text(&o));
 }
 
@@ -863,20 +850,8 @@ fn sigint_keeps_resumable_parts_and_exits_130() {
         .spawn()
         .unwrap();
     let part = dir.path().join("Meta-Llama-3-8B/consolidated.00.pth.part");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::fs::metadata(&part).map_or(0, |m| m.len()) < 100_000 {
-        assert!(Instant::now() < deadline, "no partial download appeared");
-        assert!(child.try_wait().unwrap().is_none(), "download ended early");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let sent = Instant::now();
-    // SAFETY: kill(2) on the child's own process group.
-    assert_eq!(unsafe { libc::kill(-(child.id() as i32), libc::SIGINT) }, 0);
-    let out = child.wait_with_output().unwrap();
-    let took = sent.elapsed();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{err}");
-    assert!(took < Duration::from_secs(2), "{took:?}");
+    child::wait_for_bytes(&mut child, &part, 100_000);
+    let err = child::interrupt(child);
     let last = err.lines().last().unwrap_or("");
     assert!(
         last.starts_with("interrupted by SIGINT: kept ") && last.contains("partial download(s)"),
