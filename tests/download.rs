@@ -81,11 +81,17 @@ fn llamactl(args: &[&str]) -> Command {
     c
 }
 
-fn download(url: &str, models: &str, dir: &Path, extra: &[&str]) -> Output {
+fn download_cmd(url: &str, models: &str, dir: &Path, extra: &[&str]) -> Command {
     let dir = dir.to_str().expect("utf-8 temp path");
     let mut args = vec!["download", "--url", url, "--models", models, "--dir", dir];
     args.extend_from_slice(extra);
-    llamactl(&args).output().expect("run llamactl")
+    llamactl(&args)
+}
+
+fn download(url: &str, models: &str, dir: &Path, extra: &[&str]) -> Output {
+    download_cmd(url, models, dir, extra)
+        .output()
+        .expect("run llamactl")
 }
 
 fn text(o: &Output) -> String {
@@ -282,8 +288,7 @@ fn resume_after_kill_fetches_each_byte_about_once() {
     let url = cdn.link(3600, None);
     let dir = tempfile::tempdir().unwrap();
     cdn.throttle(Some(1 << 20));
-    let d = dir.path().to_str().unwrap();
-    let mut child = llamactl(&["download", "--url", &url, "--models", "8B", "--dir", d])
+    let mut child = download_cmd(&url, "8B", dir.path(), &[])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -697,23 +702,12 @@ fn several_connections_per_file_with_faults_and_kill() {
     let files = put_model(&cdn, "8b_pre_trained", 1, size);
     let url = cdn.link(3600, None);
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_str().unwrap();
     // The first ranged request (segment 0) drops mid-way: only that segment retries.
     cdn.fault(PTH, Fault::DropAfter(100_000));
-    let o = llamactl(&[
-        "download",
-        "--url",
-        &url,
-        "--models",
-        "8B",
-        "--dir",
-        d,
-        "--connections",
-        "4",
-    ])
-    .env("LLAMACTL_SEGMENT_MIN_BYTES", "200000")
-    .output()
-    .unwrap();
+    let o = download_cmd(&url, "8B", dir.path(), &["--connections", "4"])
+        .env("LLAMACTL_SEGMENT_MIN_BYTES", "200000")
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_model(dir.path(), "Meta-Llama-3-8B", &files);
     let ranges: Vec<String> = cdn
@@ -736,24 +730,13 @@ fn several_connections_per_file_with_faults_and_kill() {
     let files = put_model(&cdn, "8b_pre_trained", 1, size);
     let url = cdn.link(3600, None);
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_str().unwrap();
     cdn.throttle(Some(128 << 10));
-    let mut child = llamactl(&[
-        "download",
-        "--url",
-        &url,
-        "--models",
-        "8B",
-        "--dir",
-        d,
-        "--connections",
-        "4",
-    ])
-    .env("LLAMACTL_SEGMENT_MIN_BYTES", "500000")
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
+    let mut child = download_cmd(&url, "8B", dir.path(), &["--connections", "4"])
+        .env("LLAMACTL_SEGMENT_MIN_BYTES", "500000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let meta = dir
         .path()
         .join("Meta-Llama-3-8B/consolidated.00.pth.part.meta");
@@ -764,15 +747,6 @@ fn several_connections_per_file_with_faults_and_kill() {
     assert!(text(&o).contains("resumed"), "{}", text(&o));
 }
 
-/// A port on 127.0.0.1 where nothing listens (connection refused).
-fn refused_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn unreachable_host_fails_fast_naming_host_and_cause() {
     let policy = r#"{"Statement":[{"Condition":{"DateLessThan":{"AWS:EpochTime":4102444800}}}]}"#;
@@ -780,7 +754,7 @@ fn unreachable_host_fails_fast_naming_host_and_cause() {
         "Policy={}&Signature=SIGsecretVALUE~&Key-Pair-Id=APKATESTKEYPAIR",
         common::cdn::cloudfront_b64(policy.as_bytes())
     );
-    let port = refused_port();
+    let port = child::refused_port();
     for (host, cause) in [
         (format!("127.0.0.1:{port}"), "connection refused"),
         ("nonexistent.invalid".to_string(), "DNS lookup failed"),
@@ -842,8 +816,7 @@ fn sigint_keeps_resumable_parts_and_exits_130() {
     cdn.throttle(Some(256 << 10));
     let url = cdn.link(3600, None);
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_str().unwrap();
-    let mut child = llamactl(&["download", "--url", &url, "--models", "8B", "--dir", d])
+    let mut child = download_cmd(&url, "8B", dir.path(), &[])
         .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -615,15 +615,6 @@ fn hf_hub_cache_overrides_hf_home() {
     assert!(!env.hf_home().join("hub").exists());
 }
 
-/// A port on 127.0.0.1 where nothing listens (connection refused).
-fn refused_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn files_named(dir: &Path, suffix: &str) -> Vec<PathBuf> {
     walk(dir)
         .into_iter()
@@ -634,7 +625,7 @@ fn files_named(dir: &Path, suffix: &str) -> Vec<PathBuf> {
 #[test]
 fn unreachable_endpoint_fails_fast_naming_host_and_cause() {
     let env = Env::new();
-    let port = refused_port();
+    let port = child::refused_port();
     for (endpoint, host, cause) in [
         (
             format!("http://127.0.0.1:{port}"),

@@ -1,5 +1,5 @@
-//! A llamactl child process in the middle of a transfer: wait for its partial file to grow, then
-//! kill or interrupt it.
+//! Driving llamactl processes against local servers: wait for a partial file to grow, kill or
+//! interrupt the process, find a port where nothing listens.
 use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -22,6 +22,15 @@ pub fn wait_until(child: &mut Child, ready: impl Fn() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A port on 127.0.0.1 where nothing listens (connection refused).
+pub fn refused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// SIGKILL: no chance to clean up or flush anything.
