@@ -57,6 +57,14 @@ fn put_top(cdn: &Cdn) {
     );
 }
 
+/// A CDN with the top-level files and the 8B model (one shard of `size` bytes); the model's files.
+fn cdn_with_8b(size: usize) -> (Cdn, Vec<(String, Vec<u8>)>) {
+    let cdn = Cdn::start();
+    put_top(&cdn);
+    let files = put_model(&cdn, "8b_pre_trained", 1, size);
+    (cdn, files)
+}
+
 fn llamactl(args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_llamactl"));
     c.args(args)
@@ -281,10 +289,8 @@ fn input_errors_before_any_request() {
 
 #[test]
 fn resume_after_kill_fetches_each_byte_about_once() {
-    let cdn = Cdn::start();
-    put_top(&cdn);
     let size = 4 << 20;
-    let files = put_model(&cdn, "8b_pre_trained", 1, size);
+    let (cdn, files) = cdn_with_8b(size);
     let url = cdn.link(3600, None);
     let dir = tempfile::tempdir().unwrap();
     cdn.throttle(Some(1 << 20));
@@ -306,10 +312,8 @@ fn resume_after_kill_fetches_each_byte_about_once() {
 
 #[test]
 fn used_up_link_stops_then_a_new_link_resumes() {
-    let cdn = Cdn::start();
-    put_top(&cdn);
     let size = 1 << 20;
-    let files = put_model(&cdn, "8b_pre_trained", 1, size);
+    let (cdn, files) = cdn_with_8b(size);
     // LICENSE, USE_POLICY, checklist.chk, the shard: then the count is used up.
     let first = cdn.link(3600, Some(4));
     cdn.fault(PTH, Fault::DropAfter(size as u64 / 2));
@@ -341,9 +345,7 @@ fn used_up_link_stops_then_a_new_link_resumes() {
 
 #[test]
 fn corrupted_server_file_fails_with_both_digests() {
-    let cdn = Cdn::start();
-    put_top(&cdn);
-    let files = put_model(&cdn, "8b_pre_trained", 1, 200_000);
+    let (cdn, files) = cdn_with_8b(200_000);
     let mut bad = files[0].1.clone();
     bad[1000] ^= 0xff;
     cdn.put(PTH, bad.clone());
@@ -370,10 +372,8 @@ fn corrupted_server_file_fails_with_both_digests() {
 
 #[test]
 fn transient_faults_are_survived() {
-    let cdn = Cdn::start();
-    put_top(&cdn);
     let size = 400_000;
-    let files = put_model(&cdn, "8b_pre_trained", 1, size);
+    let (cdn, files) = cdn_with_8b(size);
     cdn.fault(PTH, Fault::DropAfter(100_000));
     cdn.fault(PTH, Fault::Status500);
     cdn.fault(PTH, Fault::Stall(150_000, Duration::from_secs(3)));
@@ -401,9 +401,7 @@ fn transient_faults_are_survived() {
 
 #[test]
 fn persistent_failures_exit_with_their_codes() {
-    let cdn = Cdn::start();
-    put_top(&cdn);
-    put_model(&cdn, "8b_pre_trained", 1, 50_000);
+    let (cdn, _) = cdn_with_8b(50_000);
     let url = cdn.link(3600, None);
 
     // Always 500: network failure after the retries, part kept, exit 4.
@@ -423,9 +421,7 @@ fn persistent_failures_exit_with_their_codes() {
     assert_eq!(pth_requests, 4);
 
     // An HTML page where a weight should be: never stored under the weight's name, even unverified.
-    let cdn = Cdn::start();
-    put_top(&cdn);
-    put_model(&cdn, "8b_pre_trained", 1, 50_000);
+    let (cdn, _) = cdn_with_8b(50_000);
     cdn.fault(PTH, Fault::Html);
     let url = cdn.link(3600, None);
     let dir = tempfile::tempdir().unwrap();
@@ -512,10 +508,8 @@ fn complete_part_is_finished_with_416_and_manifest_works() {
 
 #[test]
 fn changed_object_restarts_and_locked_part_is_refused() {
-    let cdn = Cdn::start();
-    put_top(&cdn);
     let size = 300_000;
-    let files = put_model(&cdn, "8b_pre_trained", 1, size);
+    let (cdn, files) = cdn_with_8b(size);
     cdn.fault(PTH, Fault::DropAfter(size as u64 / 2));
     let link = cdn.link(3600, Some(4));
     let dir = tempfile::tempdir().unwrap();
@@ -636,9 +630,7 @@ fn engine_api_for_other_commands() {
 
 #[test]
 fn file_missing_from_checklist_is_kept_with_a_warning() {
-    let cdn = Cdn::start();
-    put_top(&cdn);
-    let files = put_model(&cdn, "8b_pre_trained", 1, 10_000);
+    let (cdn, files) = cdn_with_8b(10_000);
     let checklist: String = files
         .iter()
         .filter(|(n, _)| n != "tokenizer.model" && n != "checklist.chk")
@@ -696,10 +688,8 @@ fn segment_bytes(meta: &Path) -> u64 {
 
 #[test]
 fn several_connections_per_file_with_faults_and_kill() {
-    let cdn = Cdn::start();
-    put_top(&cdn);
     let size = 2 << 20;
-    let files = put_model(&cdn, "8b_pre_trained", 1, size);
+    let (cdn, files) = cdn_with_8b(size);
     let url = cdn.link(3600, None);
     let dir = tempfile::tempdir().unwrap();
     // The first ranged request (segment 0) drops mid-way: only that segment retries.
@@ -724,10 +714,8 @@ fn several_connections_per_file_with_faults_and_kill() {
         .any(|r| r == &format!("bytes={}-{}", size / 2, 3 * size / 4 - 1)));
 
     // Kill mid-way, then resume: each segment continues from its recorded progress.
-    let cdn = Cdn::start();
-    put_top(&cdn);
     let size = 4 << 20;
-    let files = put_model(&cdn, "8b_pre_trained", 1, size);
+    let (cdn, files) = cdn_with_8b(size);
     let url = cdn.link(3600, None);
     let dir = tempfile::tempdir().unwrap();
     cdn.throttle(Some(128 << 10));
@@ -810,9 +798,7 @@ fn unreachable_host_fails_fast_naming_host_and_cause() {
 #[test]
 fn sigint_keeps_resumable_parts_and_exits_130() {
     use std::os::unix::process::CommandExt;
-    let cdn = Cdn::start();
-    put_top(&cdn);
-    put_model(&cdn, "8b_pre_trained", 1, 4 << 20);
+    let (cdn, _) = cdn_with_8b(4 << 20);
     cdn.throttle(Some(256 << 10));
     let url = cdn.link(3600, None);
     let dir = tempfile::tempdir().unwrap();

@@ -210,18 +210,22 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The run printed `ROOT/snapshots/COMMIT`, and `refs/REV` holds the commit with no newline
+/// (huggingface_hub reads it untrimmed).
+fn pulled_snapshot(run: &Run, root: &Path, rev: &str, commit: &str) -> PathBuf {
+    let snap = root.join("snapshots").join(commit);
+    assert_eq!(PathBuf::from(run.last_line()), snap);
+    let written = std::fs::read_to_string(root.join("refs").join(rev)).unwrap();
+    assert_eq!(written, commit);
+    snap
+}
+
 #[test]
 fn full_pull_fills_the_huggingface_cache_layout() {
     let env = Env::new();
     let run = env.pull(&[TINY]).expect(0);
     let root = env.repo_root(TINY);
-    let snap = root.join("snapshots").join(sha(0xb2));
-    assert_eq!(PathBuf::from(run.last_line()), snap);
-    // refs/main holds the commit with no newline (huggingface_hub reads it untrimmed).
-    assert_eq!(
-        std::fs::read_to_string(root.join("refs/main")).unwrap(),
-        sha(0xb2)
-    );
+    let snap = pulled_snapshot(&run, &root, "main", &sha(0xb2));
     assert_eq!(
         snapshot_files(&snap),
         [
@@ -319,12 +323,7 @@ fn revision_pins_a_branch_tag_or_commit() {
     // A tag: its own ref and snapshot; the unchanged weights blob is linked, not fetched again.
     env.hub.clear_log();
     let run = env.pull(&[TINY, "--revision", "v1"]).expect(0);
-    let snap_a = root.join("snapshots").join(sha(0xa1));
-    assert_eq!(PathBuf::from(run.last_line()), snap_a);
-    assert_eq!(
-        std::fs::read_to_string(root.join("refs/v1")).unwrap(),
-        sha(0xa1)
-    );
+    let snap_a = pulled_snapshot(&run, &root, "v1", &sha(0xa1));
     assert_eq!(
         std::fs::read_to_string(root.join("refs/main")).unwrap(),
         sha(0xb2)
