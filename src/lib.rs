@@ -1,6 +1,8 @@
 //! llamactl: one toolkit for people who hold Llama 3 weights.
 //!
 //! The layers, bottom up (data flows one way):
+//! - [`progress`] (beside `util`, the floor): the traits long work reports through; it draws
+//!   nothing.
 //! - [`formats`]: bytes <-> tensors (pickle, torch zip `.pth`, safetensors). No model knowledge.
 //! - [`checkpoint`]: a model directory as a thing (params.json, checklist.chk, shards, split rules,
 //!   Meta <-> HF names).
@@ -8,13 +10,15 @@
 //! - [`tokenizer`]: Meta's tiktoken and Hugging Face tokenizers at run time, and the Hugging Face
 //!   tokenizer files `convert` writes. Needs nothing above `formats`.
 //! - [`runner`]: chat format, the transformer, generation (uses `tokenizer`).
-//! - [`commands`]: one module per subcommand; a command never imports another.
+//! - [`commands`]: one module per subcommand; a command never imports another. Their one
+//!   progress display (bars or plain lines) is `commands::reporters`.
 pub mod checkpoint;
 pub mod cli;
 pub mod commands;
 pub mod error;
 pub mod formats;
 pub mod net;
+pub mod progress;
 pub mod runner;
 pub mod signal;
 pub mod tokenizer;

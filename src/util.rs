@@ -60,7 +60,7 @@ pub fn ensure_free_disk(path: &Path, need: u64) -> Result<()> {
 }
 
 /// `path`'s folder, `.` for a bare file name.
-fn parent_or_dot(path: &Path) -> &Path {
+pub fn parent_or_dot(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -72,6 +72,30 @@ fn parent_or_dot(path: &Path) -> &Path {
 pub fn sync_dir(dir: &Path) {
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
+    }
+}
+
+/// An exclusive `flock` on `file`, held until the file is closed; the kernel drops it when the
+/// process dies, so a killed run never leaves a stale lock. With `wait`, blocks until the holder
+/// lets go; without, `Ok(false)` says another process holds it.
+pub fn flock_exclusive(file: &std::fs::File, wait: bool) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let op = if wait {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_EX | libc::LOCK_NB
+    };
+    loop {
+        // SAFETY: flock on a descriptor we own; no memory is passed.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+            return Ok(true);
+        }
+        let err = std::io::Error::last_os_error();
+        match err.kind() {
+            std::io::ErrorKind::Interrupted => continue,
+            std::io::ErrorKind::WouldBlock => return Ok(false),
+            _ => return Err(err),
+        }
     }
 }
 
@@ -508,6 +532,18 @@ impl Drop for AtomicFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flock_is_exclusive_between_open_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.lock");
+        let a = std::fs::File::create(&path).unwrap();
+        let b = std::fs::File::open(&path).unwrap();
+        assert!(flock_exclusive(&a, false).unwrap());
+        assert!(!flock_exclusive(&b, false).unwrap());
+        drop(a);
+        assert!(flock_exclusive(&b, true).unwrap());
+    }
 
     #[test]
     fn atomic_file_appears_only_on_commit() {

@@ -16,6 +16,7 @@ use crate::formats::copy::{self, HashingFile, CHUNK};
 use crate::formats::pth::{PthWriter, TensorSpec};
 use crate::formats::safetensors::{self as st, Index, IndexMetadata};
 use crate::formats::DType;
+use crate::progress::{Reporter, Task};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -230,6 +231,13 @@ struct HfOut {
     dtype: DType,
 }
 
+impl HfOut {
+    /// Bytes the tensor takes in the output.
+    fn nbytes(&self) -> u64 {
+        self.src.rows() as u64 * self.src.cols() as u64 * self.dtype.size() as u64
+    }
+}
+
 /// A Meta Llama 3 checkpoint opened for conversion: every logical tensor located (a missing,
 /// unknown or misshapen tensor fails before any byte is written), and whether `output.weight`
 /// repeats the embedding (then Hugging Face ties them and writes no `lm_head`).
@@ -291,7 +299,7 @@ pub fn meta_to_hf(
     src: &Path,
     out: &Path,
     opts: &Options,
-    progress: &mut dyn FnMut(u64, u64),
+    progress: &dyn Reporter,
 ) -> Result<Summary> {
     let MetaSource {
         dir: m,
@@ -300,89 +308,30 @@ pub fn meta_to_hf(
         tied,
     } = open_meta_llama3(src)?;
     let p = &m.params;
-    let mut plan = Vec::new();
-    for hf_name in hf_order(p.n_layers) {
-        if tied && hf_name == "lm_head.weight" {
-            continue;
-        }
-        let meta_name = layout::hf_to_meta(&hf_name).expect("hf_order names map back");
-        let (t, role) = full
-            .remove(&meta_name)
-            .ok_or_else(|| anyhow!("{}: tensor {meta_name} is missing", src.display()))?;
-        let dtype =
-            out_dtype(t.dtype, opts.dtype).with_context(|| format!("tensor {meta_name}"))?;
-        plan.push(HfOut {
-            hf_name,
-            src: t,
-            role,
-            dtype,
-        });
-    }
-    let sizes: Vec<u64> = plan
-        .iter()
-        .map(|o| o.src.rows() as u64 * o.src.cols() as u64 * o.dtype.size() as u64)
-        .collect();
+    let plan = hf_plan(src, &mut full, p.n_layers, tied, opts)?;
+    let sizes: Vec<u64> = plan.iter().map(HfOut::nbytes).collect();
     let shards = plan_shards(&sizes, opts.max_shard_size.max(1));
     let names = shard_file_names(shards.len());
     let total: u64 = sizes.iter().sum();
     crate::util::ensure_free_disk(out, total)?;
+    let task = progress.task("weights", Some(total));
 
-    let metadata: BTreeMap<String, String> = [("format".to_string(), "pt".to_string())].into();
     let mut summary = Summary {
         tied,
         ..Default::default()
     };
     let mut weight_map = BTreeMap::new();
-    let hd = p.head_dim();
-    let mut bufs = Buffers::default();
-    let mut copy_buf = Vec::new();
+    let mut w = HfShardWriter {
+        head_dim: p.head_dim(),
+        bufs: Buffers::default(),
+        copy_buf: Vec::new(),
+    };
     for (members, file) in shards.iter().zip(&names) {
-        let specs: Vec<(String, DType, Vec<usize>)> = members
-            .iter()
-            .map(|&i| {
-                (
-                    plan[i].hf_name.clone(),
-                    plan[i].dtype,
-                    plan[i].src.shape.clone(),
-                )
-            })
-            .collect();
-        let by_name: HashMap<&str, &HfOut> = members
-            .iter()
-            .map(|&i| (plan[i].hf_name.as_str(), &plan[i]))
-            .collect();
-        let path = out.join(file);
-        let size = write_shard(&path, &specs, &metadata, &mut |name, w, file| {
-            let o = by_name[name];
-            let bytes = o.src.rows() as u64 * o.src.cols() as u64 * o.dtype.size() as u64;
-            match whole_copy(o) {
-                Some((src, offset)) => {
-                    w.flush()?;
-                    copy::copy_file_range_all(src, offset, bytes, file, &mut copy_buf)?;
-                }
-                None => {
-                    let n = write_tensor(
-                        &o.src,
-                        o.role,
-                        hd,
-                        Permute::MetaToHf,
-                        Some(o.dtype),
-                        &mut bufs,
-                        w,
-                    )?;
-                    if n > 0 {
-                        summary.overflow.push((o.hf_name.clone(), n));
-                    }
-                }
-            }
-            summary.bytes += bytes;
-            summary.tensors += 1;
-            progress(summary.bytes, total);
-            Ok(())
-        })?;
+        let outs: Vec<&HfOut> = members.iter().map(|&i| &plan[i]).collect();
+        let size = w.write(&out.join(file), &outs, &mut summary, task.as_ref())?;
         summary.files.push((file.clone(), size));
-        for &i in members {
-            weight_map.insert(plan[i].hf_name.clone(), file.clone());
+        for o in outs {
+            weight_map.insert(o.hf_name.clone(), file.clone());
         }
     }
     if names.len() > 1 {
@@ -403,20 +352,99 @@ pub fn meta_to_hf(
         dtype: plan[0].dtype,
     };
     let config = hf_config::config_json(p, vocab, &kind);
-    write_small(
-        out,
-        "config.json",
-        hf_config::to_pretty(&config).as_bytes(),
-        &mut summary,
-    )?;
     let gen = hf_config::generation_config_json(p, opts.instruct);
-    write_small(
-        out,
-        "generation_config.json",
-        hf_config::to_pretty(&gen).as_bytes(),
-        &mut summary,
-    )?;
+    for (name, doc) in [("config.json", config), ("generation_config.json", gen)] {
+        write_small(
+            out,
+            name,
+            hf_config::to_pretty(&doc).as_bytes(),
+            &mut summary,
+        )?;
+    }
     Ok(summary)
+}
+
+/// Every HF tensor in `hf_order`, taken out of `full` (Meta names), with its output dtype.
+fn hf_plan(
+    src: &Path,
+    full: &mut HashMap<String, (FullTensor, Role)>,
+    n_layers: usize,
+    tied: bool,
+    opts: &Options,
+) -> Result<Vec<HfOut>> {
+    let mut plan = Vec::new();
+    for hf_name in hf_order(n_layers) {
+        if tied && hf_name == "lm_head.weight" {
+            continue;
+        }
+        let meta_name = layout::hf_to_meta(&hf_name).expect("hf_order names map back");
+        let (t, role) = full
+            .remove(&meta_name)
+            .ok_or_else(|| anyhow!("{}: tensor {meta_name} is missing", src.display()))?;
+        let dtype =
+            out_dtype(t.dtype, opts.dtype).with_context(|| format!("tensor {meta_name}"))?;
+        plan.push(HfOut {
+            hf_name,
+            src: t,
+            role,
+            dtype,
+        });
+    }
+    Ok(plan)
+}
+
+/// Writes HF safetensors shards, keeping its buffers from one shard to the next.
+struct HfShardWriter {
+    head_dim: usize,
+    bufs: Buffers,
+    copy_buf: Vec<u8>,
+}
+
+impl HfShardWriter {
+    /// Write the tensors `outs` as one safetensors file at `path`; returns its size.
+    fn write(
+        &mut self,
+        path: &Path,
+        outs: &[&HfOut],
+        summary: &mut Summary,
+        task: &dyn Task,
+    ) -> Result<u64> {
+        let specs: Vec<(String, DType, Vec<usize>)> = outs
+            .iter()
+            .map(|o| (o.hf_name.clone(), o.dtype, o.src.shape.clone()))
+            .collect();
+        let by_name: HashMap<&str, &HfOut> =
+            outs.iter().map(|o| (o.hf_name.as_str(), *o)).collect();
+        let metadata: BTreeMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+        write_shard(path, &specs, &metadata, &mut |name, w, file| {
+            let o = by_name[name];
+            let bytes = o.nbytes();
+            match whole_copy(o) {
+                Some((src, offset)) => {
+                    w.flush()?;
+                    copy::copy_file_range_all(src, offset, bytes, file, &mut self.copy_buf)?;
+                }
+                None => {
+                    let n = write_tensor(
+                        &o.src,
+                        o.role,
+                        self.head_dim,
+                        Permute::MetaToHf,
+                        Some(o.dtype),
+                        &mut self.bufs,
+                        w,
+                    )?;
+                    if n > 0 {
+                        summary.overflow.push((o.hf_name.clone(), n));
+                    }
+                }
+            }
+            summary.bytes += bytes;
+            summary.tensors += 1;
+            task.advance(bytes);
+            Ok(())
+        })
+    }
 }
 
 /// Where a tensor that goes out unchanged (no cast, no row permutation) lies whole in one file.
@@ -479,7 +507,7 @@ pub fn hf_to_meta(
     src: &Path,
     out: &Path,
     opts: &Options,
-    progress: &mut dyn FnMut(u64, u64),
+    progress: &dyn Reporter,
 ) -> Result<Summary> {
     let h = HfDir::open(src)?;
     let p = h.params.clone();
@@ -528,6 +556,7 @@ pub fn hf_to_meta(
         .map(|(t, _, d)| t.rows() as u64 * t.cols() as u64 * d.size() as u64)
         .sum();
     crate::util::ensure_free_disk(out, total)?;
+    let task = progress.task("weights", Some(total));
 
     let specs: Vec<TensorSpec> = expected
         .iter()
@@ -569,7 +598,7 @@ pub fn hf_to_meta(
         let bytes = t.rows() as u64 * t.cols() as u64 * dtype.size() as u64;
         summary.bytes += bytes;
         summary.tensors += 1;
-        progress(summary.bytes, total);
+        task.advance(bytes);
     }
     let hf = pw.finish().with_context(|| format!("{}", path.display()))?;
     let size = hf.position();

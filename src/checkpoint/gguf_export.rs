@@ -15,6 +15,7 @@ use super::ModelDir;
 use crate::formats::copy::{self, CHUNK};
 use crate::formats::gguf::{self, GgmlType, Header, TensorEntry};
 use crate::formats::DType;
+use crate::progress::Reporter;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value as Json;
 use std::fs::File;
@@ -365,12 +366,8 @@ impl Write for Q8Writer<'_> {
 }
 
 /// Write `plan` to `file` (positioned at 0): header, then each tensor padded to the alignment.
-/// `progress(done, total)` counts tensor bytes. Returns values clamped by an f16 cast, per tensor.
-pub fn write(
-    plan: &Plan,
-    file: &File,
-    progress: &mut dyn FnMut(u64, u64),
-) -> Result<Vec<(String, u64)>> {
+/// Tensor bytes are reported to `progress` as one task, "weights". Returns values clamped by an f16 cast, per tensor.
+pub fn write(plan: &Plan, file: &File, progress: &dyn Reporter) -> Result<Vec<(String, u64)>> {
     let header = plan.header.encode()?;
     let align = plan.header.alignment();
     let total = plan.tensor_bytes()?;
@@ -379,7 +376,7 @@ pub fn write(
     let mut bufs = Buffers::default();
     let mut copy_buf = Vec::new();
     let mut clamped = Vec::new();
-    let mut done = 0u64;
+    let task = progress.task("weights", Some(total));
     for item in &plan.items {
         let want = item.entry.nbytes()?;
         let ctx = || format!("tensor {}", item.entry.name);
@@ -389,8 +386,7 @@ pub fn write(
         }
         let pad = gguf::pad_to(want, align) - want;
         w.write_all(&vec![0u8; pad as usize])?;
-        done += want;
-        progress(done, total);
+        task.advance(want);
     }
     w.flush()?;
     drop(w);

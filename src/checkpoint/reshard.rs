@@ -12,12 +12,13 @@ use super::meta::{shard_name, MetaDir};
 use super::stream::{write_region, Buffers, CastStats, FullTensor, Region};
 use crate::formats::copy::HashingFile;
 use crate::formats::pth::{PthWriter, TensorSpec};
+use crate::progress::{Reporter, Task};
 use crate::util::work_queue;
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::HashSet;
 use std::io::{self, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 /// A checked source and a target MP: everything needed to write the output shards.
@@ -118,21 +119,22 @@ impl Plan {
         self.data_bytes(rank) + 1024 * self.tensors.len() as u64 + (64 << 10)
     }
 
-    /// Write output shard `rank` into `dir`; `done` counts bytes written, and a set `cancel`
-    /// (another shard failed) stops it at the next write.
+    /// Write output shard `rank` into `dir`, reporting the bytes written as a task named after
+    /// the shard; a set `cancel` (another shard failed) stops it at the next write.
     pub fn write_shard(
         &self,
         rank: usize,
         dir: &Path,
         bufs: &mut Buffers,
-        done: &AtomicU64,
+        progress: &dyn Reporter,
         cancel: &AtomicBool,
     ) -> Result<Entry> {
         let name = shard_name(rank);
         let path = dir.join(&name);
+        let task = progress.task(&name, Some(self.data_bytes(rank)));
         let file = Tracked {
             inner: HashingFile::create(&path)?,
-            done,
+            done: task.as_ref(),
             cancel,
         };
         let stem = format!("consolidated.{rank:02}");
@@ -147,32 +149,26 @@ impl Plan {
             .finish()
             .with_context(|| format!("{}: writing", path.display()))?;
         let md5 = file.inner.finish()?;
+        task.finish();
         Ok(Entry { md5, name })
     }
 
     /// Write every output shard into `dir`, `jobs` shards at a time, each thread with its own
-    /// buffers. `progress[r]` counts the bytes written to shard r. On the first failure the other
-    /// shards stop and that failure is returned.
+    /// buffers, each shard a task of `progress`. On the first failure the other shards stop and
+    /// that failure is returned.
     pub fn write_shards(
         &self,
         dir: &Path,
         jobs: usize,
-        progress: &[AtomicU64],
+        progress: &dyn Reporter,
     ) -> Result<Vec<Entry>> {
-        if progress.len() != self.mp {
-            bail!(
-                "progress counters for {} shards, not {}",
-                progress.len(),
-                self.mp
-            );
-        }
         let cancel = AtomicBool::new(false);
         let first_err: Mutex<Option<anyhow::Error>> = Mutex::new(None);
         let written = work_queue(
             self.mp,
             jobs,
             |_| Buffers::default(),
-            |bufs, rank| match self.write_shard(rank, dir, bufs, &progress[rank], &cancel) {
+            |bufs, rank| match self.write_shard(rank, dir, bufs, progress, &cancel) {
                 Ok(entry) => Some(entry),
                 Err(e) => {
                     // The first failure is the cause; the shards it cancels fail after it.
@@ -257,7 +253,7 @@ pub fn copy_hashed(src: &Path, dir: &Path, name: &str) -> Result<Entry> {
 /// Counts bytes for progress and turns a cancellation into a write error.
 struct Tracked<'a, W: Write> {
     inner: W,
-    done: &'a AtomicU64,
+    done: &'a dyn Task,
     cancel: &'a AtomicBool,
 }
 
@@ -267,7 +263,7 @@ impl<W: Write> Write for Tracked<'_, W> {
             return Err(io::Error::other("stopped: another shard failed"));
         }
         let n = self.inner.write(buf)?;
-        self.done.fetch_add(n as u64, Ordering::Relaxed);
+        self.done.advance(n as u64);
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {

@@ -1,5 +1,6 @@
 //! `llamactl convert --to hf|meta SRC_DIR DST_DIR` (see CLI.md): the weights stream through
 //! `checkpoint::convert`; this adds the tokenizer files, checklist, atomic output and the report.
+use super::reporters::{Options as Shown, ProgressReporter};
 use crate::checkpoint::convert::{self, Options, Summary};
 use crate::checkpoint::{fp8, hf_config, Params};
 use crate::cli::{CastDtype, ConvertArgs, ConvertTo};
@@ -7,7 +8,6 @@ use crate::formats::DType;
 use crate::tokenizer::hf_files::{tiktoken_model_from_tokenizer_json, write_hf_tokenizer_files};
 use crate::util::{check_dst_outside_src, human_bytes, AtomicDir};
 use anyhow::{anyhow, bail, Result};
-use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Instant;
 
@@ -48,7 +48,7 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
     let out = AtomicDir::new(&args.dst_dir, args.force)?;
     super::report_stale(&out);
     let start = Instant::now();
-    let mut progress = Progress::new();
+    let mut progress = ProgressReporter::stderr(Shown::new("progress"));
     let summary = match args.to {
         ConvertTo::Hf => {
             if !src.join("params.json").exists() {
@@ -72,8 +72,7 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
                     let (tok, dir) = (tok.clone(), out.path().to_path_buf());
                     scope.spawn(move || write_hf_tokenizer_files(&tok, &dir, instruct, max_len))
                 });
-                let weights =
-                    convert::meta_to_hf(src, out.path(), &opts, &mut |d, t| progress.update(d, t));
+                let weights = convert::meta_to_hf(src, out.path(), &opts, &progress);
                 let tokenizer = tok_job.map(|j| {
                     j.join()
                         .unwrap_or_else(|_| Err(anyhow!("writing the tokenizer files panicked")))
@@ -109,8 +108,7 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
                 src.display(),
                 args.dst_dir.display()
             );
-            let mut s =
-                convert::hf_to_meta(src, out.path(), &opts, &mut |d, t| progress.update(d, t))?;
+            let mut s = convert::hf_to_meta(src, out.path(), &opts, &progress)?;
             let tok = src.join("tokenizer.json");
             if tok.exists() {
                 let model = tiktoken_model_from_tokenizer_json(&tok)?;
@@ -125,7 +123,7 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
             s
         }
     };
-    progress.done();
+    progress.finish();
     let dst = out.commit()?;
     report(&summary, &dst, args.to, start.elapsed().as_secs_f64());
     Ok(0)
@@ -176,51 +174,4 @@ fn report(s: &Summary, dst: &Path, to: ConvertTo, secs: f64) {
         eprintln!("  {name}  {}", human_bytes(*size));
     }
     println!("{}", dst.display());
-}
-
-/// A byte progress bar on a terminal, a log line every 10% otherwise.
-pub(crate) struct Progress {
-    bar: Option<indicatif::ProgressBar>,
-    logged_tenths: Option<u64>,
-}
-
-impl Progress {
-    pub(crate) fn new() -> Self {
-        Self {
-            bar: None,
-            logged_tenths: None,
-        }
-    }
-
-    pub(crate) fn update(&mut self, done: u64, total: u64) {
-        if std::io::stderr().is_terminal() {
-            let bar = self.bar.get_or_insert_with(|| {
-                let b = indicatif::ProgressBar::new(total);
-                if let Ok(style) = indicatif::ProgressStyle::with_template(
-                    "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-                ) {
-                    b.set_style(style);
-                }
-                b
-            });
-            bar.set_position(done);
-            return;
-        }
-        let tenths = done * 10 / total.max(1);
-        if self.logged_tenths.is_none_or(|t| tenths > t) {
-            self.logged_tenths = Some(tenths);
-            eprintln!(
-                "  {} / {} ({}%)",
-                human_bytes(done),
-                human_bytes(total),
-                tenths * 10
-            );
-        }
-    }
-
-    pub(crate) fn done(&mut self) {
-        if let Some(b) = self.bar.take() {
-            b.finish_and_clear();
-        }
-    }
 }

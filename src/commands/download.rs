@@ -6,10 +6,11 @@
 //! then every other file, `--jobs` at a time, each verified against the checklist before it gets its
 //! final name. A 403 stops new transfers (the link is spent) and keeps every part for the next run.
 use crate::checkpoint::catalog::{self, Model};
+use crate::checkpoint::hashing::md5_file;
 use crate::cli::DownloadArgs;
 use crate::error::{self, Fail};
 use crate::net::config::NetConfig;
-use crate::net::download::{hash_file, kept_parts_note, FileRequest, HashKind, Http, HttpError};
+use crate::net::download::{kept_parts_note, FileRequest, HashKind, Http, HttpError};
 use crate::net::progress::Progress;
 use crate::net::signed_url::{self, human_duration, redact, SignedUrl};
 use crate::util::human_bytes;
@@ -688,7 +689,7 @@ impl RunState<'_> {
         {
             return Ok(Some(format!("ok    {} (already verified)", job.label)));
         }
-        let got = hash_file(&job.dest, HashKind::Md5)?.unwrap_or_default();
+        let got = md5_file(&job.dest, &|_| {})?;
         if &got == md5 {
             return Ok(Some(format!("ok    {} (already here, md5 ok)", job.label)));
         }

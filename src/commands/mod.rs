@@ -9,6 +9,7 @@ pub(crate) mod download;
 pub(crate) mod inspect;
 pub(crate) mod list;
 pub(crate) mod pull;
+pub(crate) mod reporters;
 pub(crate) mod reshard;
 pub(crate) mod run;
 pub(crate) mod tokenize;

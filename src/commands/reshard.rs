@@ -1,16 +1,13 @@
 //! `llamactl reshard` (see CLI.md): argument checks, the output directory, progress; the work is
 //! `checkpoint::reshard`.
+use super::reporters::{FinishLines, Options as Shown, ProgressReporter};
 use crate::checkpoint::checklist::{self, Entry};
 use crate::checkpoint::fp8;
-use crate::checkpoint::meta::shard_name;
 use crate::checkpoint::reshard::{copy_hashed, Plan};
 use crate::cli::ReshardArgs;
 use crate::util::{check_dst_outside_src, ensure_free_disk, human_bytes, AtomicDir};
 use anyhow::{bail, Context, Result};
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use std::io::IsTerminal;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Default `--jobs` is the number of cores, at most this.
 const MAX_DEFAULT_JOBS: usize = 6;
@@ -60,15 +57,15 @@ pub fn run(args: &ReshardArgs) -> Result<i32> {
         jobs.min(plan.mp())
     );
 
-    let progress: Vec<AtomicU64> = (0..plan.mp()).map(|_| AtomicU64::new(0)).collect();
-    let totals: Vec<u64> = (0..plan.mp()).map(|r| plan.data_bytes(r)).collect();
-    let finished = AtomicBool::new(false);
-    let mut entries = std::thread::scope(|s| {
-        s.spawn(|| report(&progress, &totals, &finished));
-        let r = plan.write_shards(out.path(), jobs, &progress);
-        finished.store(true, Ordering::Relaxed);
-        r
-    })?;
+    // Not a terminal: a status line now and then, and one line per finished shard.
+    let mut progress = ProgressReporter::stderr(
+        Shown::new("progress")
+            .count(plan.mp(), "shards")
+            .finish_lines(FinishLines::Always),
+    );
+    let entries = plan.write_shards(out.path(), jobs, &progress);
+    progress.finish();
+    let mut entries = entries?;
 
     entries.push(copy_hashed(
         &args.src_dir.join("params.json"),
@@ -99,62 +96,4 @@ pub fn run(args: &ReshardArgs) -> Result<i32> {
         started.elapsed().as_secs_f64()
     );
     Ok(0)
-}
-
-/// Progress until `finished`: a bar per shard on a terminal, a line every few seconds otherwise.
-fn report(done: &[AtomicU64], totals: &[u64], finished: &AtomicBool) {
-    let tty = std::io::stderr().is_terminal();
-    let mp = MultiProgress::new();
-    let bars: Vec<ProgressBar> = if tty {
-        let style = ProgressStyle::with_template(
-            "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
-        totals
-            .iter()
-            .enumerate()
-            .map(|(r, &t)| {
-                let b = mp.add(ProgressBar::new(t));
-                b.set_style(style.clone());
-                b.set_prefix(shard_name(r));
-                b
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let mut reported = vec![false; totals.len()];
-    let mut last_line = Instant::now();
-    loop {
-        let end = finished.load(Ordering::Relaxed);
-        for (r, d) in done.iter().enumerate() {
-            let n = d.load(Ordering::Relaxed);
-            if tty {
-                bars[r].set_position(n.min(totals[r]));
-            } else if n >= totals[r] && !reported[r] {
-                // Tensor bytes are all out; the zip directory and fsync follow in moments.
-                reported[r] = true;
-                eprintln!("{}: {} written", shard_name(r), human_bytes(totals[r]));
-            }
-        }
-        if !tty && !end && last_line.elapsed() >= Duration::from_secs(5) {
-            last_line = Instant::now();
-            let all: u64 = done.iter().map(|d| d.load(Ordering::Relaxed)).sum();
-            let total: u64 = totals.iter().sum();
-            eprintln!(
-                "progress: {} of {} ({:.0}%)",
-                human_bytes(all.min(total)),
-                human_bytes(total),
-                100.0 * all.min(total) as f64 / total.max(1) as f64
-            );
-        }
-        if end {
-            for b in &bars {
-                b.finish();
-            }
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }

@@ -1,16 +1,11 @@
 //! `llamactl verify DIR [--json] [--deep] [--no-md5] [--jobs N]`: the checks live in
 //! `checkpoint::verify`; this renders them as a table, JSON, and GitHub Actions annotations.
-use crate::checkpoint::verify::{
-    self, Check, CheckState, Kind, Options, Problem, Progress, Report,
-};
+use super::reporters::{FinishLines, Options as Shown, ProgressReporter};
+use crate::checkpoint::verify::{self, Check, CheckState, Kind, Options, Problem, Report};
 use crate::cli::VerifyArgs;
 use crate::formats::gguf::{self, GgufFile};
 use crate::util::human_bytes;
 use anyhow::Result;
-use std::io::IsTerminal;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 pub fn run(args: &VerifyArgs) -> Result<i32> {
     super::note_stale(&crate::util::stale_temps_of(&args.dir));
@@ -23,16 +18,14 @@ pub fn run(args: &VerifyArgs) -> Result<i32> {
         deep: args.deep,
         jobs,
     };
-    let progress: Box<dyn Progress> = if std::io::stderr().is_terminal() {
-        Box::new(Bar::default())
-    } else {
-        Box::new(LogLines::default())
-    };
+    let mut progress =
+        ProgressReporter::stderr(Shown::new("verify").finish_lines(FinishLines::Long));
     let report = if args.dir.is_file() && gguf::is_gguf(&args.dir) {
         gguf_report(&args.dir)?
     } else {
-        verify::verify(&args.dir, &opts, progress.as_ref())?
+        verify::verify(&args.dir, &opts, &progress)?
     };
+    progress.finish();
     let github = std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true");
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -156,106 +149,6 @@ fn escape_data(s: &str) -> String {
 
 fn escape_property(s: &str) -> String {
     escape_data(s).replace(':', "%3A").replace(',', "%2C")
-}
-
-/// An indicatif bar on a terminal.
-#[derive(Default)]
-struct Bar(Mutex<Option<indicatif::ProgressBar>>);
-
-impl Progress for Bar {
-    fn begin(&self, what: &str, total: u64) {
-        let pb = indicatif::ProgressBar::new(total);
-        pb.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg:>5} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        pb.set_message(what.to_owned());
-        if let Ok(mut slot) = self.0.lock() {
-            *slot = Some(pb);
-        }
-    }
-    fn advance(&self, bytes: u64) {
-        if let Ok(slot) = self.0.lock() {
-            if let Some(pb) = slot.as_ref() {
-                pb.inc(bytes);
-            }
-        }
-    }
-    fn end(&self) {
-        if let Ok(mut slot) = self.0.lock() {
-            if let Some(pb) = slot.take() {
-                pb.finish_and_clear();
-            }
-        }
-    }
-}
-
-/// Plain log lines on stderr, at most one every few seconds, for CI logs.
-#[derive(Default)]
-struct LogLines {
-    done: AtomicU64,
-    state: Mutex<Option<LogState>>,
-}
-
-struct LogState {
-    what: String,
-    total: u64,
-    started: Instant,
-    last: Instant,
-}
-
-const LOG_EVERY: Duration = Duration::from_secs(10);
-
-impl Progress for LogLines {
-    fn begin(&self, what: &str, total: u64) {
-        self.done.store(0, Ordering::Relaxed);
-        if let Ok(mut s) = self.state.lock() {
-            let now = Instant::now();
-            *s = Some(LogState {
-                what: what.to_owned(),
-                total,
-                started: now,
-                last: now,
-            });
-        }
-    }
-    fn advance(&self, bytes: u64) {
-        let done = self.done.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        // try_lock: a busy lock means someone else is logging right now.
-        if let Ok(mut s) = self.state.try_lock() {
-            if let Some(s) = s.as_mut() {
-                if s.last.elapsed() >= LOG_EVERY {
-                    s.last = Instant::now();
-                    let secs = s.started.elapsed().as_secs_f64().max(1e-9);
-                    eprintln!(
-                        "verify: {} {} of {} ({:.0}%, {}/s)",
-                        s.what,
-                        human_bytes(done),
-                        human_bytes(s.total),
-                        100.0 * done as f64 / s.total.max(1) as f64,
-                        human_bytes((done as f64 / secs) as u64)
-                    );
-                }
-            }
-        }
-    }
-    fn end(&self) {
-        if let Ok(mut s) = self.state.lock() {
-            if let Some(s) = s.take() {
-                if s.started.elapsed() >= LOG_EVERY {
-                    eprintln!(
-                        "verify: {} done, {} in {:.1} s",
-                        s.what,
-                        human_bytes(s.total),
-                        s.started.elapsed().as_secs_f64()
-                    );
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

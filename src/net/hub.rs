@@ -15,7 +15,7 @@
 use crate::error::{check_failed, network, refused};
 use crate::net::config::NetConfig;
 use crate::net::reach::{self, ConnectFailure, FirstContact};
-use crate::util::{sync_dir, write_atomic};
+use crate::util::{flock_exclusive, sync_dir, write_atomic};
 use anyhow::{anyhow, bail, Context, Result};
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, LOCATION, RANGE};
@@ -428,7 +428,6 @@ pub fn list_local_files(dir: &Path) -> Result<Vec<String>> {
 
 /// An exclusive `flock` on `path`, held until the file is dropped (the kernel drops it if we die).
 fn lock_exclusive(path: &Path, what: &str, progress: &dyn Progress) -> Result<File> {
-    use std::os::fd::AsRawFd;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("{}: cannot create", parent.display()))?;
@@ -439,23 +438,16 @@ fn lock_exclusive(path: &Path, what: &str, progress: &dyn Progress) -> Result<Fi
         .write(true)
         .open(path)
         .with_context(|| format!("{}: cannot open the lock file", path.display()))?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-        return Ok(f);
+    let locked = |wait| {
+        flock_exclusive(&f, wait).with_context(|| format!("{}: cannot lock", path.display()))
+    };
+    if !locked(false)? {
+        progress.note(&format!(
+            "{what}: another process is downloading it; waiting"
+        ));
+        locked(true)?;
     }
-    progress.note(&format!(
-        "{what}: another process is downloading it; waiting"
-    ));
-    loop {
-        // SAFETY: as above.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
-            return Ok(f);
-        }
-        let err = std::io::Error::last_os_error();
-        if err.kind() != std::io::ErrorKind::Interrupted {
-            return Err(err).with_context(|| format!("{}: cannot lock", path.display()));
-        }
-    }
+    Ok(f)
 }
 
 // ---------------------------------------------------------------------------------------------

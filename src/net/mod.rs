@@ -4,4 +4,5 @@ pub mod download;
 pub(crate) mod hub;
 pub mod progress;
 pub(crate) mod reach;
+pub(crate) mod retry;
 pub(crate) mod signed_url;

@@ -75,6 +75,59 @@ pub fn generate(
     params: &GenParams,
     on_token: &mut dyn FnMut(usize, u32) -> bool,
 ) -> Result<(Vec<Generation>, Stats)> {
+    let (min_prompt, max_prompt) = check_prompts(model, cache, prompts, cached)?;
+    let max_seq_len = cache.max_seq();
+    let max_gen_len = match params.max_gen_len {
+        Some(n) if n > 0 && n < max_seq_len => n,
+        _ => max_seq_len - 1,
+    };
+    let total_len = (max_gen_len + max_prompt).min(max_seq_len);
+    let mut batch = Batch::new(prompts, params, max_gen_len, total_len);
+    let mut stats = Stats::default();
+    let device = model.device().clone();
+
+    let mut prev_pos = cached;
+    let mut filled = min_prompt;
+    for cur_pos in min_prompt..total_len {
+        let started = Instant::now();
+        let input = Tensor::from_vec(
+            batch.window(prev_pos, cur_pos),
+            (prompts.len(), cur_pos - prev_pos),
+            &device,
+        )?;
+        let logits = model.forward(&input, prev_pos, cache, false)?;
+        let rows: Vec<Vec<f32>> = logits.to_vec2()?;
+        // The first pass runs every prompt's shortest common part; each later one a position.
+        let (n, secs) = (
+            prompts.len() * (cur_pos - prev_pos),
+            started.elapsed().as_secs_f64(),
+        );
+        if cur_pos == min_prompt {
+            (stats.prefill_tokens, stats.prefill_secs) = (n, secs);
+        } else {
+            stats.decode_tokens += n;
+            stats.decode_secs += secs;
+        }
+        stats.non_finite |= rows.iter().flatten().any(|v| !v.is_finite());
+        let stopped_early = batch.take(&rows, cur_pos, on_token);
+        filled = cur_pos + 1;
+        prev_pos = cur_pos;
+        if stopped_early || batch.eos.iter().all(|&e| e) {
+            break;
+        }
+    }
+    stats.cache_len = prev_pos;
+    Ok((batch.generations(filled), stats))
+}
+
+/// Refuse a batch the cache cannot hold or the model cannot read; returns the shortest and the
+/// longest prompt length.
+fn check_prompts(
+    model: &Llama,
+    cache: &KvCache,
+    prompts: &[Vec<u32>],
+    cached: usize,
+) -> Result<(usize, usize)> {
     let bsz = prompts.len();
     let max_seq_len = cache.max_seq();
     if bsz == 0 {
@@ -116,97 +169,110 @@ pub fn generate(
             i + 1
         );
     }
-    let max_gen_len = match params.max_gen_len {
-        Some(n) if n > 0 && n < max_seq_len => n,
-        _ => max_seq_len - 1,
-    };
-    let total_len = (max_gen_len + max_prompt).min(max_seq_len);
+    Ok((min_prompt, max_prompt))
+}
 
-    let mut tokens: Vec<Vec<u32>> = prompts
-        .iter()
-        .map(|p| {
-            let mut row = p.clone();
-            row.resize(total_len, 0);
-            row
-        })
-        .collect();
-    let mut logprobs = vec![vec![0f32; total_len]; bsz];
-    let mut eos = vec![false; bsz];
-    let mut sampler = Sampler::new(params.temperature, params.top_p, params.seed);
-    let mut stats = Stats::default();
-    let device = model.device().clone();
+/// The batch being generated: every row right-padded to the full length.
+struct Batch<'a> {
+    prompts: &'a [Vec<u32>],
+    params: &'a GenParams,
+    max_gen_len: usize,
+    tokens: Vec<Vec<u32>>,
+    logprobs: Vec<Vec<f32>>,
+    eos: Vec<bool>,
+    sampler: Sampler,
+}
 
-    let mut prev_pos = cached;
-    let mut filled = min_prompt;
-    let mut stopped_early = false;
-    for cur_pos in min_prompt..total_len {
-        let started = Instant::now();
-        let step: Vec<u32> = tokens
+impl<'a> Batch<'a> {
+    fn new(
+        prompts: &'a [Vec<u32>],
+        params: &'a GenParams,
+        max_gen_len: usize,
+        total_len: usize,
+    ) -> Self {
+        let tokens = prompts
             .iter()
-            .flat_map(|row| row[prev_pos..cur_pos].iter().copied())
+            .map(|p| {
+                let mut row = p.clone();
+                row.resize(total_len, 0);
+                row
+            })
             .collect();
-        let input = Tensor::from_vec(step, (bsz, cur_pos - prev_pos), &device)?;
-        let logits = model.forward(&input, prev_pos, cache, false)?;
-        let rows: Vec<Vec<f32>> = logits.to_vec2()?;
-        if cur_pos == min_prompt {
-            stats.prefill_tokens += bsz * (cur_pos - prev_pos);
-            stats.prefill_secs += started.elapsed().as_secs_f64();
-        } else {
-            stats.decode_tokens += bsz;
-            stats.decode_secs += started.elapsed().as_secs_f64();
-        }
-        for (i, row) in rows.iter().enumerate() {
-            if row.iter().any(|v| !v.is_finite()) {
-                stats.non_finite = true;
-            }
-            let forced = cur_pos < prompts[i].len();
-            let next = if forced {
-                tokens[i][cur_pos]
-            } else {
-                sampler.sample(row)
-            };
-            tokens[i][cur_pos] = next;
-            if forced || eos[i] {
-                continue;
-            }
-            if params.logprobs {
-                logprobs[i][cur_pos] = log_prob(row, next);
-            }
-            if params.stop_ids.contains(&next) {
-                eos[i] = true;
-            } else if cur_pos - prompts[i].len() < max_gen_len && !on_token(i, next) {
-                stopped_early = true;
-            }
-        }
-        filled = cur_pos + 1;
-        prev_pos = cur_pos;
-        if stopped_early || eos.iter().all(|&e| e) {
-            break;
+        Self {
+            prompts,
+            params,
+            max_gen_len,
+            tokens,
+            logprobs: vec![vec![0f32; total_len]; prompts.len()],
+            eos: vec![false; prompts.len()],
+            sampler: Sampler::new(params.temperature, params.top_p, params.seed),
         }
     }
-    stats.cache_len = prev_pos;
 
-    let out = prompts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let start = p.len();
-            let end = filled.min(start + max_gen_len).max(start);
-            let gen = &tokens[i][start..end];
-            let cut = gen.iter().position(|t| params.stop_ids.contains(t));
-            let n = cut.unwrap_or(gen.len());
-            Generation {
-                tokens: gen[..n].to_vec(),
-                logprobs: if params.logprobs {
-                    logprobs[i][start..start + n].to_vec()
-                } else {
-                    Vec::new()
-                },
-                stopped: cut.is_some(),
+    /// Positions `from..to` of every row, row after row: the next forward pass's input.
+    fn window(&self, from: usize, to: usize) -> Vec<u32> {
+        self.tokens
+            .iter()
+            .flat_map(|row| row[from..to].iter().copied())
+            .collect()
+    }
+
+    /// Put position `cur_pos` of each row: its prompt token while it has one, else a sampled
+    /// token. Returns true when `on_token` asked to stop.
+    fn take(
+        &mut self,
+        rows: &[Vec<f32>],
+        cur_pos: usize,
+        on_token: &mut dyn FnMut(usize, u32) -> bool,
+    ) -> bool {
+        let mut stop = false;
+        for (i, row) in rows.iter().enumerate() {
+            let forced = cur_pos < self.prompts[i].len();
+            let next = if forced {
+                self.tokens[i][cur_pos]
+            } else {
+                self.sampler.sample(row)
+            };
+            self.tokens[i][cur_pos] = next;
+            if forced || self.eos[i] {
+                continue;
             }
-        })
-        .collect();
-    Ok((out, stats))
+            if self.params.logprobs {
+                self.logprobs[i][cur_pos] = log_prob(row, next);
+            }
+            if self.params.stop_ids.contains(&next) {
+                self.eos[i] = true;
+            } else if cur_pos - self.prompts[i].len() < self.max_gen_len && !on_token(i, next) {
+                stop = true;
+            }
+        }
+        stop
+    }
+
+    /// What each row generated in positions before `filled`, cut at its first stop token.
+    fn generations(&self, filled: usize) -> Vec<Generation> {
+        let stop_ids = &self.params.stop_ids;
+        self.prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let start = p.len();
+                let end = filled.min(start + self.max_gen_len).max(start);
+                let gen = &self.tokens[i][start..end];
+                let cut = gen.iter().position(|t| stop_ids.contains(t));
+                let n = cut.unwrap_or(gen.len());
+                Generation {
+                    tokens: gen[..n].to_vec(),
+                    logprobs: if self.params.logprobs {
+                        self.logprobs[i][start..start + n].to_vec()
+                    } else {
+                        Vec::new()
+                    },
+                    stopped: cut.is_some(),
+                }
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

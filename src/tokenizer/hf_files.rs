@@ -227,32 +227,58 @@ pub fn tiktoken_model_from_tokenizer_json(path: &Path) -> Result<Vec<u8>> {
     let data = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let v: Value = serde_json::from_slice(&data)
         .map_err(|e| anyhow!("{}: not valid JSON ({e})", path.display()))?;
-    let refuse = |why: String| {
+    let refuse = Refuse(path);
+    check_byte_level_llama3(&v, &refuse)?;
+    let model = &v["model"];
+    let vocab = model["vocab"]
+        .as_object()
+        .ok_or_else(|| refuse.because("model.vocab is not an object"))?;
+    let tokens = tokens_by_id(vocab, &refuse)?;
+    check_added_tokens(&v, tokens.len() as u64, &refuse)?;
+    check_merges(model, vocab, &tokens, &refuse)?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut out = Vec::with_capacity(tokens.len() * 16);
+    for (i, t) in tokens.iter().enumerate() {
+        writeln!(out, "{} {i}", b64.encode(t)).context("formatting")?;
+    }
+    // A model that could not round-trip would be worse than a refusal: check it parses.
+    Tokenizer::from_tiktoken_bytes(&out, path, SpecialNames::Llama31)
+        .with_context(|| format!("{}: the rebuilt tokenizer.model is invalid", path.display()))?;
+    Ok(out)
+}
+
+/// Why a tokenizer.json cannot become a tokenizer.model, naming the file.
+struct Refuse<'a>(&'a Path);
+
+impl Refuse<'_> {
+    fn because(&self, why: impl std::fmt::Display) -> anyhow::Error {
         anyhow!(
             "{}: cannot express as a tiktoken tokenizer.model: {why}",
-            path.display()
+            self.0.display()
         )
-    };
+    }
+}
+
+/// A BPE without normalizer, byte-level on both ends, pre-split with Llama 3's pattern.
+fn check_byte_level_llama3(v: &Value, refuse: &Refuse) -> Result<()> {
     let model = &v["model"];
     if model["type"].as_str() != Some("BPE") {
-        return Err(refuse(format!("model type is {}, not BPE", model["type"])));
+        return Err(refuse.because(format!("model type is {}, not BPE", model["type"])));
     }
     if !v["normalizer"].is_null() {
-        return Err(refuse("it has a normalizer".into()));
+        return Err(refuse.because("it has a normalizer"));
     }
+    let has_type = |list: &Value, ty: &str| {
+        list.as_array()
+            .is_some_and(|a| a.iter().any(|p| p["type"].as_str() == Some(ty)))
+    };
     let byte_level = |x: &Value| -> bool {
         x["type"].as_str() == Some("ByteLevel")
-            || x["pretokenizers"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|p| p["type"].as_str() == Some("ByteLevel")))
-            || x["decoders"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|p| p["type"].as_str() == Some("ByteLevel")))
+            || has_type(&x["pretokenizers"], "ByteLevel")
+            || has_type(&x["decoders"], "ByteLevel")
     };
     if !byte_level(&v["pre_tokenizer"]) || !byte_level(&v["decoder"]) {
-        return Err(refuse(
-            "not a byte-level BPE (no ByteLevel pre-tokenizer and decoder)".into(),
-        ));
+        return Err(refuse.because("not a byte-level BPE (no ByteLevel pre-tokenizer and decoder)"));
     }
     // A tokenizer.model carries no pattern: Meta's code always splits with Llama 3's.
     let pretok = &v["pre_tokenizer"];
@@ -265,91 +291,91 @@ pub fn tiktoken_model_from_tokenizer_json(path: &Path) -> Result<Vec<u8>> {
         .find(|p| p["type"].as_str() == Some("Split"))
         .and_then(|p| p["pattern"]["Regex"].as_str());
     if pattern != Some(LLAMA3_PATTERN) {
-        return Err(refuse(
-            "its pre-split pattern is not Llama 3's, and a tokenizer.model always gets Llama 3's"
-                .into(),
+        return Err(refuse.because(
+            "its pre-split pattern is not Llama 3's, and a tokenizer.model always gets Llama 3's",
         ));
     }
-    let vocab = model["vocab"]
-        .as_object()
-        .ok_or_else(|| refuse("model.vocab is not an object".into()))?;
+    Ok(())
+}
+
+/// Each id's bytes, mapped back from the byte-level alphabet; ids must be exactly 0..len.
+fn tokens_by_id(vocab: &Map<String, Value>, refuse: &Refuse) -> Result<Vec<Vec<u8>>> {
     let mut tokens: Vec<Option<Vec<u8>>> = vec![None; vocab.len()];
     for (s, id) in vocab {
         let id = id
             .as_u64()
-            .ok_or_else(|| refuse(format!("token {s:?} has a non-integer id")))?
+            .ok_or_else(|| refuse.because(format!("token {s:?} has a non-integer id")))?
             as usize;
         let slot = tokens.get_mut(id).ok_or_else(|| {
-            refuse(format!(
+            refuse.because(format!(
                 "id {id} of {s:?} is beyond the vocabulary size {}",
                 vocab.len()
             ))
         })?;
         if slot.is_some() {
-            return Err(refuse(format!("id {id} is used twice")));
+            return Err(refuse.because(format!("id {id} is used twice")));
         }
         let bytes: Option<Vec<u8>> = s.chars().map(unicode_to_byte).collect();
-        *slot = Some(
-            bytes
-                .ok_or_else(|| refuse(format!("token {s:?} is not in the byte-level alphabet")))?,
-        );
+        *slot = Some(bytes.ok_or_else(|| {
+            refuse.because(format!("token {s:?} is not in the byte-level alphabet"))
+        })?);
     }
-    let tokens: Vec<Vec<u8>> = tokens
+    tokens
         .into_iter()
         .enumerate()
-        .map(|(i, t)| t.ok_or_else(|| refuse(format!("no token has id {i}"))))
-        .collect::<Result<_>>()?;
-    // Meta's code puts exactly 256 special tokens right after the ordinary ones.
-    if let Some(added) = v["added_tokens"].as_array() {
-        let n = tokens.len() as u64;
-        for t in added {
-            let id = t["id"].as_u64().unwrap_or(u64::MAX);
-            if id < n || id >= n + 256 {
-                return Err(refuse(format!(
-                    "added token {} has id {id}, outside the 256 special-token slots {n}..{}",
-                    t["content"],
-                    n + 256
-                )));
-            }
+        .map(|(i, t)| t.ok_or_else(|| refuse.because(format!("no token has id {i}"))))
+        .collect()
+}
+
+/// Meta's code puts exactly 256 special tokens right after the `n` ordinary ones.
+fn check_added_tokens(v: &Value, n: u64, refuse: &Refuse) -> Result<()> {
+    for t in v["added_tokens"].as_array().into_iter().flatten() {
+        let id = t["id"].as_u64().unwrap_or(u64::MAX);
+        if id < n || id >= n + 256 {
+            return Err(refuse.because(format!(
+                "added token {} has id {id}, outside the 256 special-token slots {n}..{}",
+                t["content"],
+                n + 256
+            )));
         }
     }
-    // tiktoken merges by rank; that equals the BPE's merge order only if the merge list is the
-    // one the ranks imply.
-    let implied: FxHashMap<(String, String), usize> = merges_from_ranks(&tokens)
+    Ok(())
+}
+
+/// tiktoken merges by rank; that equals the BPE's merge order only if the merge list is the one
+/// the ranks imply.
+fn check_merges(
+    model: &Value,
+    vocab: &Map<String, Value>,
+    tokens: &[Vec<u8>],
+    refuse: &Refuse,
+) -> Result<()> {
+    let implied: FxHashMap<(String, String), usize> = merges_from_ranks(tokens)
         .into_iter()
         .enumerate()
         .map(|(i, (l, r))| ((to_unicode(&l), to_unicode(&r)), i))
         .collect();
     let merges = model["merges"]
         .as_array()
-        .ok_or_else(|| refuse("model.merges is not a list".into()))?;
+        .ok_or_else(|| refuse.because("model.merges is not a list"))?;
+    let rank_of = |p: &(String, String)| {
+        vocab
+            .get(&format!("{}{}", p.0, p.1))
+            .and_then(Value::as_u64)
+    };
     let mut last = None;
     for (i, m) in merges.iter().enumerate() {
-        let pair = match m {
-            Value::String(s) => s
-                .split_once(' ')
-                .map(|(a, b)| (a.to_string(), b.to_string())),
-            Value::Array(a) if a.len() == 2 => match (a[0].as_str(), a[1].as_str()) {
-                (Some(l), Some(r)) => Some((l.to_string(), r.to_string())),
-                _ => None,
-            },
-            _ => None,
-        }
-        .ok_or_else(|| refuse(format!("merge {i} is malformed")))?;
+        let pair =
+            merge_pair(m).ok_or_else(|| refuse.because(format!("merge {i} is malformed")))?;
         let Some(&at) = implied.get(&pair) else {
-            return Err(refuse(format!(
+            return Err(refuse.because(format!(
                 "merge {i} ({} + {}) does not follow from the ranks",
                 pair.0, pair.1
             )));
         };
-        let rank_of = |p: &(String, String)| {
-            vocab
-                .get(&format!("{}{}", p.0, p.1))
-                .and_then(Value::as_u64)
-        };
         if let (Some(prev), Some(now)) = (last, rank_of(&pair)) {
             if now < prev {
-                return Err(refuse(format!(
+                return Err(refuse.because(format!(
                     "merge {i} ({} + {}) is out of rank order (at {at})",
                     pair.0, pair.1
                 )));
@@ -357,15 +383,21 @@ pub fn tiktoken_model_from_tokenizer_json(path: &Path) -> Result<Vec<u8>> {
         }
         last = rank_of(&pair);
     }
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let mut out = Vec::with_capacity(tokens.len() * 16);
-    for (i, t) in tokens.iter().enumerate() {
-        writeln!(out, "{} {i}", b64.encode(t)).context("formatting")?;
+    Ok(())
+}
+
+/// A merge as `"left right"` (older files) or `["left", "right"]`.
+fn merge_pair(m: &Value) -> Option<(String, String)> {
+    match m {
+        Value::String(s) => s
+            .split_once(' ')
+            .map(|(a, b)| (a.to_string(), b.to_string())),
+        Value::Array(a) if a.len() == 2 => match (a[0].as_str(), a[1].as_str()) {
+            (Some(l), Some(r)) => Some((l.to_string(), r.to_string())),
+            _ => None,
+        },
+        _ => None,
     }
-    // A model that could not round-trip would be worse than a refusal: check it parses.
-    Tokenizer::from_tiktoken_bytes(&out, path, SpecialNames::Llama31)
-        .with_context(|| format!("{}: the rebuilt tokenizer.model is invalid", path.display()))?;
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! checklist.chk: every listed file hashed (in parallel, pipelined), unlisted files reported.
-use super::{CheckState, FileState, FileStatus, Kind, Layout, Progress, Report};
+use super::{CheckState, FileState, FileStatus, Kind, Layout, Report};
 use crate::checkpoint::{checklist, hashing};
 use crate::error::one_line;
+use crate::progress::Reporter;
 use crate::util::human_bytes;
 use anyhow::Result;
 use std::collections::{BTreeSet, HashMap};
@@ -11,7 +12,7 @@ pub(super) fn checksums(
     dir: &Path,
     layout: Layout,
     jobs: usize,
-    progress: &dyn Progress,
+    progress: &dyn Reporter,
     r: &mut Report,
 ) {
     let mark = r.problems.len();
@@ -74,7 +75,7 @@ fn hash_listed(
     entries: &[checklist::Entry],
     names: &[&str],
     jobs: usize,
-    progress: &dyn Progress,
+    progress: &dyn Reporter,
     r: &mut Report,
 ) -> u64 {
     let present: Vec<&str> = names
@@ -87,9 +88,9 @@ fn hash_listed(
         .iter()
         .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
         .sum();
-    progress.begin("md5", total);
-    let digests = hashing::md5_files(&paths, jobs, &|n| progress.advance(n));
-    progress.end();
+    let task = progress.task("md5", Some(total));
+    let digests = hashing::md5_files(&paths, jobs, &|n| task.advance(n));
+    task.finish();
     r.hashed_bytes = total;
     let mut got: HashMap<&str, Result<String>> = present.into_iter().zip(digests).collect();
     for e in entries {

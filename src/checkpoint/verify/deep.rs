@@ -1,14 +1,15 @@
 //! `--deep`: every stored float value scanned for NaN/Inf, with per-tensor statistics.
-use super::{Kind, Progress, Report, Stored, TensorReport};
+use super::{Kind, Report, Stored, TensorReport};
 use crate::checkpoint::stats::{self, Stats};
 use crate::error::one_line;
+use crate::progress::Reporter;
 use crate::util::human_bytes;
 use anyhow::Result;
 
 pub(super) fn deep(
     stored: &[Stored],
     jobs: usize,
-    progress: &dyn Progress,
+    progress: &dyn Reporter,
     r: &mut Report,
 ) -> Result<()> {
     let mark = r.problems.len();
@@ -35,9 +36,9 @@ pub(super) fn deep(
         }
     }
     let total: u64 = items.iter().map(|i| i.nbytes).sum();
-    progress.begin("scan", total);
-    let results = stats::scan_all(&items, jobs, &|n| progress.advance(n))?;
-    progress.end();
+    let task = progress.task("scan", Some(total));
+    let results = stats::scan_all(&items, jobs, &|n| task.advance(n))?;
+    task.finish();
     r.scanned_bytes = total;
     let finite = |v: f64| v.is_finite().then_some(v);
     for (&i, res) in which.iter().zip(results) {

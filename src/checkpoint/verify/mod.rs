@@ -19,6 +19,7 @@ use super::layout::Weight;
 use super::stats::ScanItem;
 use super::Layout;
 use crate::formats::{DType, TensorInfo};
+use crate::progress::Reporter;
 use anyhow::Result;
 use std::collections::HashMap;
 use std::path::Path;
@@ -34,13 +35,6 @@ pub struct Options {
     pub jobs: usize,
 }
 
-/// Where long passes report how far they are.
-pub trait Progress: Sync {
-    fn begin(&self, what: &str, total_bytes: u64);
-    fn advance(&self, bytes: u64);
-    fn end(&self);
-}
-
 /// A stored tensor that the deep pass will scan.
 struct Stored {
     file: String,
@@ -49,7 +43,8 @@ struct Stored {
 }
 
 /// Verify a Meta or HF model directory. Err only when `dir` is not usable as a model directory.
-pub fn verify(dir: &Path, opts: &Options, progress: &dyn Progress) -> Result<Report> {
+/// The md5 and scan passes report to `progress` as tasks "md5" and "scan".
+pub fn verify(dir: &Path, opts: &Options, progress: &dyn Reporter) -> Result<Report> {
     let layout = super::detect(dir)?;
     let mut r = Report {
         ok: false,

@@ -2,11 +2,11 @@
 //! metadata comes from (read from an HF dir, or built in memory from a Meta dir exactly as
 //! `convert --to hf` writes them), checks the tokenizer is Llama 3's, then streams the file
 //! through `checkpoint::gguf_export` into `DEST.gguf.part` and renames it when complete.
-use super::Progress;
 use crate::checkpoint::gguf_export::{self, FileType, HfDocs, Options};
 use crate::checkpoint::hf_config::{self, ModelKind};
 use crate::checkpoint::{self, Layout, ModelDir};
 use crate::cli::{CastDtype, ConvertArgs};
+use crate::commands::reporters::{Options as Shown, ProgressReporter};
 use crate::formats::DType;
 use crate::tokenizer::hf_files::{tokenizer_config_json, tokenizer_json};
 use crate::tokenizer::{AllowedSpecial, SpecialNames, Tokenizer};
@@ -66,10 +66,10 @@ pub fn run(args: &ConvertArgs, instruct: bool) -> Result<i32> {
         human_bytes(size)
     );
     let start = Instant::now();
-    let mut progress = Progress::new();
-    let clamped = gguf_export::write(&plan, out.file(), &mut |d, t| progress.update(d, t))
+    let mut progress = ProgressReporter::stderr(Shown::new("progress"));
+    let clamped = gguf_export::write(&plan, out.file(), &progress)
         .with_context(|| format!("{}", out.part_path().display()))?;
-    progress.done();
+    progress.finish();
     let dst = out.commit()?;
     report_clamped(&clamped);
     let secs = start.elapsed().as_secs_f64();

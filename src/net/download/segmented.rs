@@ -3,47 +3,28 @@
 //! The part is split into contiguous segments; each worker fetches `bytes=done-(end-1)` of its
 //! segment and writes at its offset. The calling thread hashes the file front to back, reading
 //! bytes back (from the page cache) as soon as every byte before them is on disk, so hashing
-//! overlaps the transfer. Progress per segment is kept in `NAME.part.meta` (saved after the bytes
+//! overlaps the transfer. Progress per segment is kept in the part's record (saved after the bytes
 //! it claims were written), so a killed run resumes each segment where it stood.
-use super::{
-    backoff_sleep, classify_status, describe, io_err, io_reason, parse_content_range, FileRequest,
-    Hasher, Http, HttpError, PartMeta, Reservation, BUF,
-};
+use super::client::{pause_or_stop, Http, SendFailed};
+use super::error::{io_err, HttpError};
+use super::hash::{Hasher, BUF};
+use super::part::{self, PartMeta, Reservation, Segment};
+use super::range::{self, Ranged, Span};
+use super::request::{FileRequest, PartDone};
+use super::response::{classify_status, io_reason, markup_type};
 use crate::net::progress::FileProgress;
+use crate::net::retry::Tries;
 use crate::net::signed_url::redact;
+use reqwest::blocking::Response;
 use reqwest::StatusCode;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// A byte range `[start, end)` of the file, of which `[start, done)` is on disk.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Segment {
-    pub start: u64,
-    pub end: u64,
-    pub done: u64,
-}
-
-/// Split `[0, total)` into `n` near-equal segments.
-pub fn plan(total: u64, n: usize) -> Vec<Segment> {
-    let n = n.max(1) as u64;
-    (0..n)
-        .map(|i| {
-            let start = total * i / n;
-            Segment {
-                start,
-                end: total * (i + 1) / n,
-                done: start,
-            }
-        })
-        .collect()
-}
-
 /// Why segmented mode gave up.
-pub(super) enum SegError {
+pub(crate) enum SegError {
     /// The server ignored a range or the object changed: start over with one stream.
     Fallback(String),
     Http(HttpError),
@@ -55,115 +36,109 @@ impl From<HttpError> for SegError {
     }
 }
 
+/// How a ranged request from byte 0 was answered.
+pub(crate) enum Probe {
+    /// Ranges work and the file is large enough: the part is planned in segments.
+    Split(Response, PartMeta),
+    /// One stream it is, starting with this response.
+    Single(Response),
+}
+
+/// Ask for the file as a range from its start: a 206 proves ranges work and tells the size, and
+/// the file is split when each of up to `req.connections` segments gets `segment_min` bytes.
+pub(crate) fn probe(http: &Http, req: &FileRequest) -> Result<Probe, SendFailed> {
+    let from_start = Ranged {
+        span: Span::From(0),
+        validator: None,
+    };
+    let resp = http.send(&req.url, &req.headers, Some(from_start))?;
+    let total = (resp.status() == StatusCode::PARTIAL_CONTENT)
+        .then(|| range::content_range(resp.headers()))
+        .flatten()
+        .and_then(|(start, total)| (start == 0).then_some(total).flatten());
+    let n = total
+        .map(|t| (t / http.config().segment_min.max(1)).min(req.connections as u64))
+        .unwrap_or(0);
+    let page = req.reject_markup && markup_type(resp.headers()).is_some();
+    match total {
+        Some(t) if n >= 2 && !page && req.expected_size.is_none_or(|e| e == t) => {
+            let mut meta = PartMeta::from_headers(resp.headers(), Some(t));
+            meta.segments = Some(part::plan(t, n as usize));
+            Ok(Probe::Split(resp, meta))
+        }
+        _ => Ok(Probe::Single(resp)),
+    }
+}
+
+/// What every segment worker shares.
+struct Shared<'a> {
+    http: &'a Http,
+    req: &'a FileRequest,
+    file: &'a File,
+    progress: &'a FileProgress,
+    shown: String,
+    validator: Option<String>,
+    fetched: AtomicU64,
+    /// Set when one worker failed: the others stop too.
+    stop: AtomicBool,
+}
+
+impl Shared<'_> {
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst) || crate::signal::received().is_some()
+    }
+}
+
 /// Bring a segmented part to completion. `first` is an already-open response for segment 0
-/// starting at its `done`. Returns (size, digest, bytes fetched, bytes kept from before).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn run(
+/// starting at its `done`.
+pub(crate) fn run(
     http: &Http,
     req: &FileRequest,
     file: &File,
-    part: &Path,
     meta: &mut PartMeta,
-    first: Option<reqwest::blocking::Response>,
+    first: Option<Response>,
     progress: &FileProgress,
-) -> Result<(u64, Option<String>, u64, u64), SegError> {
+) -> Result<PartDone, SegError> {
+    meta.save(&req.part)?;
     let segs = meta.segments.clone().unwrap_or_default();
     let total = segs.last().map(|s| s.end).unwrap_or(0);
     progress.set_len(total);
     let done: Vec<AtomicU64> = segs.iter().map(|s| AtomicU64::new(s.done)).collect();
-    let on_disk = |done: &[AtomicU64]| -> u64 {
-        segs.iter()
-            .zip(done)
-            .map(|(s, d)| d.load(Ordering::SeqCst) - s.start)
-            .sum()
-    };
-    let kept = on_disk(&done);
+    let kept = on_disk(&segs, &done);
     progress.set_position(kept);
-    let _space = if req.check_space {
-        let dir = part.parent().unwrap_or(Path::new("."));
-        Some(Reservation::claim(dir, total - on_disk(&done))?)
-    } else {
-        None
+    let _space = Reservation::claim(&req.part, total - kept, req.check_space)?;
+    let sh = Shared {
+        http,
+        req,
+        file,
+        progress,
+        shown: redact(&req.url),
+        validator: meta.if_range().map(str::to_string),
+        fetched: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
     };
-    let stop = AtomicBool::new(false);
-    let fetched = AtomicU64::new(0);
-    let shown = redact(&req.url);
-    let validator = meta.if_range().map(str::to_string);
-    let mut first = first;
-
     let (digest, outcome) = std::thread::scope(|s| {
-        let mut workers = Vec::new();
-        for (i, seg) in segs.iter().enumerate() {
-            if seg.done >= seg.end {
-                continue;
-            }
-            let pre = if i == 0 { first.take() } else { None };
-            let (done, stop, fetched, shown, validator) =
-                (&done[i], &stop, &fetched, &shown, &validator);
-            workers.push(s.spawn(move || {
-                let r = fetch_segment(
-                    http,
-                    req,
-                    file,
-                    part,
-                    seg,
-                    done,
-                    pre,
-                    validator.as_deref(),
-                    shown,
-                    fetched,
-                    progress,
-                    stop,
-                );
-                if r.is_err() {
-                    stop.store(true, Ordering::SeqCst);
-                }
-                r
-            }));
-        }
-
-        // Hash in file order while the workers fill the segments.
-        let mut hasher = Hasher::new(req.hash);
-        let mut hashed = 0u64;
-        let mut buf = vec![0u8; BUF];
-        let mut last_save = Instant::now();
-        let mut hash_err = None;
-        loop {
-            // Read before the counters: once every worker is done, this pass sees final values.
-            let finished = workers.iter().all(|w| w.is_finished());
-            let mut contiguous = 0;
-            for (seg, d) in segs.iter().zip(&done) {
-                contiguous = d.load(Ordering::SeqCst);
-                if contiguous < seg.end {
-                    break;
-                }
-            }
-            while hash_err.is_none() && hashed < contiguous {
-                let n = (contiguous - hashed).min(BUF as u64) as usize;
-                match file.read_exact_at(&mut buf[..n], hashed) {
-                    Ok(()) => {
-                        hasher.update(&buf[..n]);
-                        hashed += n as u64;
+        let mut first = first;
+        let workers: Vec<_> = segs
+            .iter()
+            .zip(&done)
+            .enumerate()
+            .filter(|(_, (seg, _))| seg.done < seg.end)
+            .map(|(i, (seg, d))| {
+                let pre = if i == 0 { first.take() } else { None };
+                let sh = &sh;
+                s.spawn(move || {
+                    let r = fetch_segment(sh, seg, d, pre);
+                    if r.is_err() {
+                        sh.stop.store(true, Ordering::SeqCst);
                     }
-                    Err(e) => {
-                        hash_err = Some(io_err(part, e));
-                        stop.store(true, Ordering::SeqCst);
-                    }
-                }
-            }
-            if finished || last_save.elapsed() > Duration::from_millis(200) {
-                save_progress(meta, &segs, &done, req);
-                last_save = Instant::now();
-            }
-            if finished {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let mut outcome: Result<(), SegError> = match hash_err {
-            Some(e) => Err(SegError::Http(e)),
-            None => Ok(()),
-        };
+                    r
+                })
+            })
+            .collect();
+        let all_done = || workers.iter().all(|w| w.is_finished());
+        let (hasher, hashed, hash_err) = hash_in_order(&sh, &segs, &done, meta, all_done);
+        let mut outcome = hash_err.map_or(Ok(()), |e| Err(SegError::Http(e)));
         for w in workers {
             let r = w
                 .join()
@@ -177,7 +152,7 @@ pub(super) fn run(
         }
         if outcome.is_ok() && hashed < total {
             outcome = Err(SegError::Http(HttpError::Network {
-                url: shown.clone(),
+                url: sh.shown.clone(),
                 attempts: 0,
                 last: "segments stopped before the end of the file".into(),
             }));
@@ -185,8 +160,70 @@ pub(super) fn run(
         (hasher.finish(), outcome)
     });
     outcome?;
-    file.sync_all().map_err(|e| io_err(part, e))?;
-    Ok((total, digest, fetched.load(Ordering::SeqCst), kept))
+    file.sync_all().map_err(|e| io_err(&req.part, e))?;
+    Ok(PartDone {
+        size: total,
+        digest,
+        fetched: sh.fetched.load(Ordering::SeqCst),
+        kept,
+    })
+}
+
+/// Bytes of the segments on disk.
+fn on_disk(segs: &[Segment], done: &[AtomicU64]) -> u64 {
+    segs.iter()
+        .zip(done)
+        .map(|(s, d)| d.load(Ordering::SeqCst) - s.start)
+        .sum()
+}
+
+/// Hash the file front to back while the workers fill it, each pass up to the first byte not yet
+/// on disk, saving the segments' progress to the record every 200 ms; returns once `finished()`
+/// (every worker ended) with the hasher, the bytes hashed and a read error, if any.
+fn hash_in_order(
+    sh: &Shared,
+    segs: &[Segment],
+    done: &[AtomicU64],
+    meta: &mut PartMeta,
+    finished: impl Fn() -> bool,
+) -> (Hasher, u64, Option<HttpError>) {
+    let mut hasher = Hasher::new(sh.req.hash);
+    let mut hashed = 0u64;
+    let mut buf = vec![0u8; BUF];
+    let mut last_save = Instant::now();
+    let mut hash_err = None;
+    loop {
+        // Read before the counters: once every worker is done, this pass sees final values.
+        let finished = finished();
+        let mut contiguous = 0;
+        for (seg, d) in segs.iter().zip(done) {
+            contiguous = d.load(Ordering::SeqCst);
+            if contiguous < seg.end {
+                break;
+            }
+        }
+        while hash_err.is_none() && hashed < contiguous {
+            let n = (contiguous - hashed).min(BUF as u64) as usize;
+            match sh.file.read_exact_at(&mut buf[..n], hashed) {
+                Ok(()) => {
+                    hasher.update(&buf[..n]);
+                    hashed += n as u64;
+                }
+                Err(e) => {
+                    hash_err = Some(io_err(&sh.req.part, e));
+                    sh.stop.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+        if finished || last_save.elapsed() > Duration::from_millis(200) {
+            save_progress(meta, segs, done, sh.req);
+            last_save = Instant::now();
+        }
+        if finished {
+            return (hasher, hashed, hash_err);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 fn save_progress(meta: &mut PartMeta, segs: &[Segment], done: &[AtomicU64], req: &FileRequest) {
@@ -200,95 +237,54 @@ fn save_progress(meta: &mut PartMeta, segs: &[Segment], done: &[AtomicU64], req:
             .collect(),
     );
     // Best effort: a stale record only means re-fetching a few bytes.
-    let _ = meta.save(&req.dest);
+    let _ = meta.save(&req.part);
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Fill one segment, resuming from its `done` after each failure.
 fn fetch_segment(
-    http: &Http,
-    req: &FileRequest,
-    file: &File,
-    part: &Path,
+    sh: &Shared,
     seg: &Segment,
     done: &AtomicU64,
-    mut pre: Option<reqwest::blocking::Response>,
-    validator: Option<&str>,
-    shown: &str,
-    fetched: &AtomicU64,
-    progress: &FileProgress,
-    stop: &AtomicBool,
+    mut pre: Option<Response>,
 ) -> Result<(), SegError> {
-    let mut failures = 0u32;
+    let mut tries = Tries::new(sh.http.config());
     let mut buf = vec![0u8; BUF];
     loop {
-        let pos0 = done.load(Ordering::SeqCst);
-        if pos0 >= seg.end {
+        let from = done.load(Ordering::SeqCst);
+        if from >= seg.end {
             return Ok(());
         }
-        if stop.load(Ordering::SeqCst) || crate::signal::received().is_some() {
+        if sh.stopping() {
             return Err(SegError::Http(HttpError::Cancelled));
         }
-        let resp = match pre.take() {
+        let sent = match pre.take() {
             Some(r) => Ok(r),
             None => {
-                let mut rq = http.client().get(&req.url);
-                for (k, v) in &req.headers {
-                    rq = rq.header(k.as_str(), v.as_str());
-                }
-                rq = rq.header(
-                    reqwest::header::RANGE,
-                    format!("bytes={pos0}-{}", seg.end - 1),
-                );
-                if let Some(v) = validator {
-                    rq = rq.header(reqwest::header::IF_RANGE, v);
-                }
-                rq.send().map_err(|e| describe(&e))
+                let ranged = Ranged {
+                    span: Span::Between(from, seg.end),
+                    validator: sh.validator.as_deref(),
+                };
+                sh.http.send(&sh.req.url, &sh.req.headers, Some(ranged))
             }
         };
-        let reason = match resp {
-            Err(reason) => reason,
+        let (reason, connect) = match sent {
+            Err(failed) => (failed.reason, failed.connect),
             Ok(resp) if resp.status() == StatusCode::PARTIAL_CONTENT => {
-                match parse_content_range(resp.headers()) {
-                    Some((start, _)) if start == pos0 => {}
+                match range::content_range(resp.headers()) {
+                    Some((start, _)) if start == from => {}
                     _ => {
                         return Err(SegError::Fallback(
                             "the server answered a different range".into(),
                         ))
                     }
                 }
-                let mut resp = resp;
-                let mut pos = pos0;
-                let mut err = None;
-                while pos < seg.end {
-                    if stop.load(Ordering::SeqCst) || crate::signal::received().is_some() {
-                        break;
-                    }
-                    let want = (seg.end - pos).min(BUF as u64) as usize;
-                    match resp.read(&mut buf[..want]) {
-                        Ok(0) => {
-                            err = Some(format!("connection closed at byte {pos}"));
-                            break;
-                        }
-                        Ok(n) => {
-                            file.write_all_at(&buf[..n], pos)
-                                .map_err(|e| SegError::Http(io_err(part, e)))?;
-                            pos += n as u64;
-                            done.store(pos, Ordering::SeqCst);
-                            fetched.fetch_add(n as u64, Ordering::SeqCst);
-                            progress.inc(n as u64);
-                        }
-                        Err(e) => {
-                            err = Some(io_reason(&e));
-                            break;
-                        }
-                    }
+                let stopped = read_segment(sh, seg, done, resp, &mut buf)?;
+                if done.load(Ordering::SeqCst) > from {
+                    tries.progressed();
                 }
-                if pos > pos0 {
-                    failures = 0;
-                }
-                match err {
+                match stopped {
                     None => continue,
-                    Some(r) => r,
+                    Some(reason) => (reason, None),
                 }
             }
             Ok(resp) if resp.status() == StatusCode::OK => {
@@ -296,33 +292,46 @@ fn fetch_segment(
                     "the server sent the whole file instead of a range".into(),
                 ))
             }
-            Ok(resp) => classify_status(resp.status(), resp, shown)?,
+            Ok(resp) => (classify_status(resp.status(), resp, &sh.shown)?, None),
         };
-        failures += 1;
-        if failures > http.config().retries {
-            return Err(SegError::Http(HttpError::Network {
-                url: shown.to_string(),
-                attempts: failures,
-                last: reason,
-            }));
-        }
-        backoff_sleep(http.config(), failures, progress, &reason);
+        pause_or_stop(
+            &mut tries,
+            &sh.shown,
+            reason,
+            connect.as_ref(),
+            Some(sh.progress),
+        )?;
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plan_covers_the_file() {
-        let p = plan(10, 3);
-        assert_eq!(p.len(), 3);
-        assert_eq!(p[0].start, 0);
-        assert_eq!(p[2].end, 10);
-        for w in p.windows(2) {
-            assert_eq!(w[0].end, w[1].start);
+/// Write a 206 body at its offset until the segment is full (`None`), the workers stop (`None`;
+/// the caller's loop sees why) or the connection fails (its reason).
+fn read_segment(
+    sh: &Shared,
+    seg: &Segment,
+    done: &AtomicU64,
+    mut resp: Response,
+    buf: &mut [u8],
+) -> Result<Option<String>, SegError> {
+    let mut pos = done.load(Ordering::SeqCst);
+    while pos < seg.end {
+        if sh.stopping() {
+            return Ok(None);
         }
-        assert!(p.iter().all(|s| s.done == s.start));
+        let want = (seg.end - pos).min(buf.len() as u64) as usize;
+        match resp.read(&mut buf[..want]) {
+            Ok(0) => return Ok(Some(format!("connection closed at byte {pos}"))),
+            Ok(n) => {
+                sh.file
+                    .write_all_at(&buf[..n], pos)
+                    .map_err(|e| SegError::Http(io_err(&sh.req.part, e)))?;
+                pos += n as u64;
+                done.store(pos, Ordering::SeqCst);
+                sh.fetched.fetch_add(n as u64, Ordering::SeqCst);
+                sh.progress.inc(n as u64);
+            }
+            Err(e) => return Ok(Some(io_reason(&e))),
+        }
     }
+    Ok(None)
 }
