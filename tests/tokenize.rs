@@ -6,7 +6,7 @@ use llamactl::tokenizer::{py_isspace, AllowedSpecial, SpecialNames, Tokenizer};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
@@ -202,17 +202,23 @@ fn chat_templates_render_like_transformers() {
     }
 }
 
+/// A word-level (not BPE, not byte-level) tokenizer.json in `dir` with the vocabulary `vocab`
+/// (a JSON object) and `[UNK]` for unknown words.
+fn word_level_tokenizer_json(dir: &Path, vocab: &str) -> PathBuf {
+    let p = dir.join("tokenizer.json");
+    let doc = format!(
+        r#"{{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,
+            "pre_tokenizer":{{"type":"Whitespace"}},"post_processor":null,"decoder":null,
+            "model":{{"type":"WordLevel","vocab":{vocab},"unk_token":"[UNK]"}}}}"#
+    );
+    std::fs::write(&p, doc).unwrap();
+    p
+}
+
 #[test]
 fn a_non_byte_level_tokenizer_json_works_behind_the_same_interface() {
     let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("tokenizer.json");
-    std::fs::write(
-        &p,
-        r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,
-            "pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,
-            "model":{"type":"WordLevel","vocab":{"hello":0,"world":1,"[UNK]":2},"unk_token":"[UNK]"}}"#,
-    )
-    .unwrap();
+    word_level_tokenizer_json(dir.path(), r#"{"hello":0,"world":1,"[UNK]":2}"#);
     let t = Tokenizer::from_model_dir(dir.path()).unwrap();
     assert_eq!(t.n_vocab(), 3);
     assert_eq!(
@@ -539,14 +545,7 @@ fn tokenizer_json_round_trip_and_refusals_on_a_small_vocabulary() {
 #[test]
 fn non_tiktoken_tokenizer_json_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("tokenizer.json");
-    std::fs::write(
-        &p,
-        r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,
-            "pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,
-            "model":{"type":"WordLevel","vocab":{"a":0,"[UNK]":1},"unk_token":"[UNK]"}}"#,
-    )
-    .unwrap();
+    let p = word_level_tokenizer_json(dir.path(), r#"{"a":0,"[UNK]":1}"#);
     let err = tiktoken_model_from_tokenizer_json(&p)
         .unwrap_err()
         .to_string();

@@ -46,7 +46,7 @@ const LLAMA31_405B_MP8: u64 = 8 * 101_470_976_045;
 const LLAMA31_405B_MP16: u64 = 16 * 51_268_302_389;
 const LLAMA31_405B_FP8: u64 = 8 * 60_903_742_309;
 
-/// A Llama 3 model from download.sh's list.
+/// A Llama 3 model from download.sh's list: a Hub model that Meta's signed URL also serves.
 const fn signed(
     name: &'static str,
     remote_folder: &'static str,
@@ -56,14 +56,8 @@ const fn signed(
     approx_bytes: u64,
 ) -> Model {
     Model {
-        name,
-        family: "Llama 3",
         source: Source::MetaSignedUrl { remote_folder },
-        hf_repo,
-        local_folder,
-        shards,
-        fp8: false,
-        approx_bytes,
+        ..hub(name, "Llama 3", hf_repo, local_folder, shards, approx_bytes)
     }
 }
 

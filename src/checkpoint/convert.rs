@@ -234,7 +234,7 @@ struct HfOut {
 impl HfOut {
     /// Bytes the tensor takes in the output.
     fn nbytes(&self) -> u64 {
-        self.src.rows() as u64 * self.src.cols() as u64 * self.dtype.size() as u64
+        nbytes(&self.src, self.dtype)
     }
 }
 
@@ -517,23 +517,64 @@ pub fn hf_to_meta(
             src.join("config.json").display()
         )
     })?;
-    let present = h.meta_names()?;
     let expected = layout::meta_weights(&p, vocab, Split::Rows, false);
+    let sources = meta_sources(src, &h, &expected, opts)?;
+    let total: u64 = sources.iter().map(|(t, _, d)| nbytes(t, *d)).sum();
+    crate::util::ensure_free_disk(out, total)?;
+    let task = progress.task("weights", Some(total));
+
+    let file = meta::shard_name(0);
+    let mut summary = Summary {
+        tied: h.tied(),
+        ..Default::default()
+    };
+    let (size, md5) = write_consolidated(
+        &out.join(&file),
+        &expected,
+        &sources,
+        p.head_dim(),
+        &mut summary,
+        task.as_ref(),
+    )?;
+    summary.files.push((file.clone(), size));
+    summary.md5.insert(file, md5);
+    write_small(
+        out,
+        "params.json",
+        params_json(&p)?.as_bytes(),
+        &mut summary,
+    )?;
+    Ok(summary)
+}
+
+/// Bytes of `t` stored as `dtype`.
+fn nbytes(t: &FullTensor, dtype: DType) -> u64 {
+    t.rows() as u64 * t.cols() as u64 * dtype.size() as u64
+}
+
+/// The HF tensor behind each expected Meta weight, its role and output dtype. Fails before any
+/// byte is written on a tensor config.json does not account for or a shape it contradicts.
+fn meta_sources(
+    src: &Path,
+    h: &HfDir,
+    expected: &[layout::Weight],
+    opts: &Options,
+) -> Result<Vec<(FullTensor, Role, DType)>> {
     let want: HashMap<&str, &layout::Weight> =
         expected.iter().map(|w| (w.name.as_str(), w)).collect();
-    for n in &present {
+    for n in &h.meta_names()? {
         if !want.contains_key(n.as_str()) {
             let hf = layout::meta_to_hf(n).unwrap_or_else(|| n.clone());
             bail!(
                 "{}: tensor {hf} does not fit config.json ({} layers); unsupported",
                 src.display(),
-                p.n_layers
+                h.params.n_layers
             );
         }
     }
     let tied = h.tied();
     let mut sources = Vec::with_capacity(expected.len());
-    for w in &expected {
+    for w in expected {
         let hf_name = if tied && w.name == "output.weight" {
             "model.embed_tokens.weight".to_string()
         } else {
@@ -551,39 +592,40 @@ pub fn hf_to_meta(
         let dtype = out_dtype(t.dtype, opts.dtype).with_context(|| format!("tensor {hf_name}"))?;
         sources.push((t, w.role, dtype));
     }
-    let total: u64 = sources
-        .iter()
-        .map(|(t, _, d)| t.rows() as u64 * t.cols() as u64 * d.size() as u64)
-        .sum();
-    crate::util::ensure_free_disk(out, total)?;
-    let task = progress.task("weights", Some(total));
+    Ok(sources)
+}
 
+/// Write the one Meta shard at `path`, hashing it as it goes; returns its size and md5.
+fn write_consolidated(
+    path: &Path,
+    expected: &[layout::Weight],
+    sources: &[(FullTensor, Role, DType)],
+    head_dim: usize,
+    summary: &mut Summary,
+    task: &dyn Task,
+) -> Result<(u64, String)> {
     let specs: Vec<TensorSpec> = expected
         .iter()
-        .zip(&sources)
+        .zip(sources)
         .map(|(w, (_, _, d))| TensorSpec {
             name: w.name.clone(),
             dtype: *d,
             shape: w.full_shape.clone(),
         })
         .collect();
-    let file = meta::shard_name(0);
-    let path = out.join(&file);
-    let mut summary = Summary {
-        tied,
-        ..Default::default()
-    };
-    let hd = p.head_dim();
+    let ctx = || format!("{}", path.display());
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut bufs = Buffers::default();
-    let stem = file.trim_end_matches(".pth");
-    let mut pw = PthWriter::new(HashingFile::create(&path)?, stem, specs)
-        .with_context(|| format!("{}", path.display()))?;
-    for (w, (t, role, dtype)) in expected.iter().zip(&sources) {
+    let mut pw = PthWriter::new(HashingFile::create(path)?, &stem, specs).with_context(ctx)?;
+    for (w, (t, role, dtype)) in expected.iter().zip(sources) {
         pw.write_tensor(&mut |out| {
             let n = write_tensor(
                 t,
                 *role,
-                hd,
+                head_dim,
                 Permute::HfToMeta,
                 Some(*dtype),
                 &mut bufs,
@@ -594,24 +636,15 @@ pub fn hf_to_meta(
             }
             Ok(())
         })
-        .with_context(|| format!("{}", path.display()))?;
-        let bytes = t.rows() as u64 * t.cols() as u64 * dtype.size() as u64;
+        .with_context(ctx)?;
+        let bytes = nbytes(t, *dtype);
         summary.bytes += bytes;
         summary.tensors += 1;
         task.advance(bytes);
     }
-    let hf = pw.finish().with_context(|| format!("{}", path.display()))?;
+    let hf = pw.finish().with_context(ctx)?;
     let size = hf.position();
-    let md5 = hf.finish()?;
-    summary.files.push((file.clone(), size));
-    summary.md5.insert(file, md5);
-    write_small(
-        out,
-        "params.json",
-        params_json(&p)?.as_bytes(),
-        &mut summary,
-    )?;
-    Ok(summary)
+    Ok((size, hf.finish()?))
 }
 
 /// params.json spelled the way Meta's files are (Python's `json.dumps`: `{"dim": 4096, ...}`).

@@ -13,9 +13,9 @@ use crate::net::config::NetConfig;
 use crate::net::download::{kept_parts_note, FileRequest, HashKind, Http, HttpError};
 use crate::net::progress::Progress;
 use crate::net::signed_url::{self, human_duration, redact, SignedUrl};
-use crate::util::human_bytes;
+use crate::util::{human_bytes, work_queue};
 use anyhow::{anyhow, bail, Context, Result};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -119,6 +119,68 @@ pub fn run(args: &DownloadArgs) -> Result<i32> {
     if args.jobs == 0 || args.connections == 0 {
         bail!("--jobs and --connections must be at least 1");
     }
+    let (links, models) = inputs(args)?;
+    // Every URL must exist before the first request, so a bad manifest fails early.
+    let plan = plan(&links, &models, &args.dir)?;
+    eprintln!("link: {}", links.display());
+    announce_expiry(&links)?;
+
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("{}: cannot create", args.dir.display()))?;
+    // On SIGINT/SIGTERM the parts stay (a re-run resumes them); say so in the one line.
+    let parts_dir = args.dir.clone();
+    let _kept = crate::signal::register_kept(move || kept_parts_note(&parts_dir, ".part"));
+    space_estimate(&models, &args.dir);
+    eprintln!(
+        "downloading {} into {} ({} at a time)",
+        models.iter().map(|m| m.name).collect::<Vec<_>>().join(", "),
+        args.dir.display(),
+        args.jobs
+    );
+
+    // One client per worker: each has its own I/O thread, so parallel streams do not share one.
+    let cfg = NetConfig::from_env()?;
+    let clients = (0..args.jobs)
+        .map(|_| Http::new(cfg.clone()))
+        .collect::<Result<Vec<_>>>()?;
+    let n_files = plan.first.len() + plan.rest.iter().map(|v| v.len()).sum::<usize>();
+    let mut progress = Progress::new(n_files);
+    let state = RunState {
+        clients,
+        progress: &progress,
+        verify: !args.no_verify,
+        connections: args.connections,
+        stop: AtomicBool::new(false),
+        failures: Mutex::new(Vec::new()),
+    };
+    // Phase 1: top-level files and every checklist; phase 2: the rest of each model whose
+    // checklist arrived.
+    let checklists = state.fetch_checklists(&plan.first, models.len());
+    let jobs = state.checked_jobs(&plan.rest, &checklists);
+    let ok = state.run_pool(&jobs);
+    let verified = state.record_verified(&models, &args.dir, &checklists, &jobs, &ok);
+
+    let failures = state
+        .failures
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
+    let (fetched, elapsed) = (progress.fetched(), progress.elapsed());
+    progress.finish();
+    let secs = elapsed.as_secs_f64().max(1e-3);
+    eprintln!(
+        "fetched {} in {:.1}s ({}/s)",
+        human_bytes(fetched),
+        secs,
+        human_bytes((fetched as f64 / secs) as u64)
+    );
+    for folder in &verified {
+        println!("{}", folder.display());
+    }
+    outcome(&failures, verified.len(), !args.no_verify)
+}
+
+/// The links and the models, from the flags, the manifest or (on a terminal) prompts.
+fn inputs(args: &DownloadArgs) -> Result<(Links, Vec<&'static Model>)> {
     let tty = std::io::stdin().is_terminal();
     let (links, manifest_models) = match &args.manifest {
         Some(path) => read_manifest(path)?,
@@ -152,11 +214,11 @@ pub fn run(args: &DownloadArgs) -> Result<i32> {
             "no models chosen: pass --models (e.g. --models 8B-instruct); stdin is not a terminal, so there is no prompt"
         ),
     };
-    let models = resolve_models(&names)?;
-    // Every URL must exist before the first request, so a bad manifest fails early.
-    let plan = plan(&links, &models, &args.dir)?;
+    Ok((links, resolve_models(&names)?))
+}
 
-    eprintln!("link: {}", links.display());
+/// Say when the link expires; an expired link is refused before any request.
+fn announce_expiry(links: &Links) -> Result<()> {
     match links.expiry() {
         Ok(Some(t)) => {
             let when = httpdate::fmt_http_date(t);
@@ -173,135 +235,15 @@ pub fn run(args: &DownloadArgs) -> Result<i32> {
         Ok(None) => eprintln!("link expiry unknown (no CloudFront Policy in the URL)"),
         Err(e) => eprintln!("link expiry unknown: {e}"),
     }
+    Ok(())
+}
 
-    std::fs::create_dir_all(&args.dir)
-        .with_context(|| format!("{}: cannot create", args.dir.display()))?;
-    // On SIGINT/SIGTERM the parts stay (a re-run resumes them); say so in the one line.
-    let parts_dir = args.dir.clone();
-    let _kept = crate::signal::register_kept(move || kept_parts_note(&parts_dir, ".part"));
-    space_estimate(&models, &args.dir);
-    eprintln!(
-        "downloading {} into {} ({} at a time)",
-        models.iter().map(|m| m.name).collect::<Vec<_>>().join(", "),
-        args.dir.display(),
-        args.jobs
-    );
-
-    // One client per worker: each has its own I/O thread, so parallel streams do not share one.
-    let cfg = NetConfig::from_env()?;
-    let clients = (0..args.jobs)
-        .map(|_| Http::new(cfg.clone()))
-        .collect::<Result<Vec<_>>>()?;
-    let n_files = plan.first.len() + plan.rest.iter().map(|v| v.len()).sum::<usize>();
-    let mut progress = Progress::new(n_files);
-    let state = RunState {
-        clients,
-        progress: &progress,
-        verify: !args.no_verify,
-        connections: args.connections,
-        stop: AtomicBool::new(false),
-        failures: Mutex::new(Vec::new()),
-    };
-
-    // Phase 1: top-level files and every checklist.
-    let first_results = state.run_pool(plan.first.clone(), args.jobs);
-    let mut checklists: Vec<Option<BTreeMap<String, String>>> = vec![None; models.len()];
-    for (job, ok) in plan.first.iter().zip(&first_results) {
-        let (Some(mi), true) = (job.model, *ok) else {
-            continue;
-        };
-        match std::fs::read_to_string(&job.dest)
-            .map_err(anyhow::Error::from)
-            .and_then(|t| catalog::parse_checklist(&t))
-        {
-            Ok(list) => checklists[mi] = Some(list),
-            Err(e) => {
-                // Not a checklist: never keep it under the final name.
-                let _ = std::fs::remove_file(&job.dest);
-                state.fail(Failure {
-                    code: error::REFUSED,
-                    message: format!("{}: not a checklist ({e}); removed", job.label),
-                    stops_all: false,
-                });
-            }
-        }
-    }
-
-    // Phase 2: the rest, for every model whose checklist arrived.
-    let mut jobs = Vec::new();
-    for (mi, files) in plan.rest.iter().enumerate() {
-        let Some(list) = &checklists[mi] else {
-            continue;
-        };
-        for job in files {
-            let mut job = job.clone();
-            let name = job.file_name();
-            job.md5 = list.get(&name).cloned();
-            if job.md5.is_none() && state.verify {
-                progress.println(&format!(
-                    "warning: {}: not listed in checklist.chk, so it cannot be verified",
-                    job.label
-                ));
-            }
-            jobs.push(job);
-        }
-    }
-    let rest_results = state.run_pool(jobs.clone(), args.jobs);
-
-    // Record what verified, per model, for `list` and for skipping it next time.
-    let mut verified_models = Vec::new();
-    for (mi, model) in models.iter().enumerate() {
-        let Some(list) = &checklists[mi] else {
-            continue;
-        };
-        let folder = args.dir.join(model.local_folder);
-        let mut marker = catalog::read_marker(&folder);
-        let mut all_ok = true;
-        for (job, ok) in jobs.iter().zip(&rest_results) {
-            if job.model != Some(mi) {
-                continue;
-            }
-            if !*ok {
-                all_ok = false;
-            } else if let (Some(md5), true) = (&job.md5, state.verify) {
-                if let Ok(v) = catalog::VerifiedFile::of(&job.dest, md5) {
-                    marker.insert(job.file_name(), v);
-                }
-            }
-        }
-        if state.verify {
-            marker.retain(|name, _| list.contains_key(name));
-            if let Err(e) = catalog::write_marker(&folder, &marker) {
-                progress.println(&format!("warning: {e:#}"));
-            }
-        }
-        if all_ok && (!state.verify || catalog::is_verified(&folder)) {
-            verified_models.push(folder);
-        }
-    }
-
-    let verify = state.verify;
-    let failures = state
-        .failures
-        .into_inner()
-        .unwrap_or_else(|e| e.into_inner());
-    let fetched = progress.fetched();
-    let elapsed = progress.elapsed();
-    progress.finish();
-    let secs = elapsed.as_secs_f64().max(1e-3);
-    eprintln!(
-        "fetched {} in {:.1}s ({}/s)",
-        human_bytes(fetched),
-        secs,
-        human_bytes((fetched as f64 / secs) as u64)
-    );
-    for folder in &verified_models {
-        println!("{}", folder.display());
-    }
+/// Exit 0 when nothing failed; else every failure said once, and the most serious one (a
+/// refusal, then the network, then usage) decides the exit code.
+fn outcome(failures: &[Failure], complete: usize, verify: bool) -> Result<i32> {
     if failures.is_empty() {
         eprintln!(
-            "done: {} model(s) complete{}",
-            verified_models.len(),
+            "done: {complete} model(s) complete{}",
             if verify {
                 ", every file matches checklist.chk"
             } else {
@@ -310,7 +252,6 @@ pub fn run(args: &DownloadArgs) -> Result<i32> {
         );
         return Ok(error::OK);
     }
-    // The most serious failure decides the exit code; the others are listed first.
     let rank = |c: i32| match c {
         error::REFUSED => 0,
         error::NETWORK => 1,
@@ -325,7 +266,7 @@ pub fn run(args: &DownloadArgs) -> Result<i32> {
         .unwrap_or(0);
     let mut said = std::collections::HashSet::new();
     said.insert(failures[primary].message.as_str());
-    for f in &failures {
+    for f in failures {
         if said.insert(f.message.as_str()) {
             eprintln!("error: {}", f.message);
         }
@@ -570,6 +511,7 @@ struct Failure {
 }
 
 struct RunState<'a> {
+    /// One per worker.
     clients: Vec<Http>,
     progress: &'a Progress,
     verify: bool,
@@ -587,26 +529,111 @@ impl RunState<'_> {
             .push(f);
     }
 
-    /// Run jobs `jobs` at a time; returns per job whether its file is complete (and verified).
-    fn run_pool(&self, list: Vec<Job>, jobs: usize) -> Vec<bool> {
-        let n = list.len();
-        let queue = Mutex::new(list.into_iter().enumerate().collect::<VecDeque<_>>());
-        let results = Mutex::new(vec![false; n]);
-        std::thread::scope(|s| {
-            for http in self.clients.iter().take(jobs.min(n.max(1))) {
-                let (queue, results) = (&queue, &results);
-                s.spawn(move || loop {
-                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
-                    let Some((i, job)) = next else { break };
-                    if self.stop.load(Ordering::SeqCst) || crate::signal::received().is_some() {
-                        continue;
-                    }
-                    let ok = self.one(&job, http);
-                    results.lock().unwrap_or_else(|e| e.into_inner())[i] = ok;
-                });
+    /// Run the jobs one per client at a time; returns per job whether its file is complete (and
+    /// verified).
+    fn run_pool(&self, list: &[Job]) -> Vec<bool> {
+        let client = |worker: usize| &self.clients[worker];
+        let one = |http: &mut &Http, i: usize| self.one(&list[i], http);
+        let stop = || self.stop.load(Ordering::SeqCst) || crate::signal::received().is_some();
+        work_queue(list.len(), self.clients.len(), client, one, stop)
+            .into_iter()
+            .map(|ok| ok.unwrap_or(false))
+            .collect()
+    }
+
+    /// Fetch the top-level files and each model's checklist; a checklist that does not parse is
+    /// removed (never kept under its final name) and its model skipped.
+    fn fetch_checklists(
+        &self,
+        first: &[Job],
+        n_models: usize,
+    ) -> Vec<Option<BTreeMap<String, String>>> {
+        let ok = self.run_pool(first);
+        let mut checklists = vec![None; n_models];
+        for (job, ok) in first.iter().zip(ok) {
+            let (Some(mi), true) = (job.model, ok) else {
+                continue;
+            };
+            match std::fs::read_to_string(&job.dest)
+                .map_err(anyhow::Error::from)
+                .and_then(|t| catalog::parse_checklist(&t))
+            {
+                Ok(list) => checklists[mi] = Some(list),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&job.dest);
+                    self.fail(Failure {
+                        code: error::REFUSED,
+                        message: format!("{}: not a checklist ({e}); removed", job.label),
+                        stops_all: false,
+                    });
+                }
             }
-        });
-        results.into_inner().unwrap_or_else(|e| e.into_inner())
+        }
+        checklists
+    }
+
+    /// The files of every model whose checklist arrived, each with its md5 from the checklist.
+    fn checked_jobs(
+        &self,
+        rest: &[Vec<Job>],
+        checklists: &[Option<BTreeMap<String, String>>],
+    ) -> Vec<Job> {
+        let mut jobs = Vec::new();
+        for (files, list) in rest.iter().zip(checklists) {
+            let Some(list) = list else { continue };
+            for job in files {
+                let mut job = job.clone();
+                job.md5 = list.get(&job.file_name()).cloned();
+                if job.md5.is_none() && self.verify {
+                    self.progress.println(&format!(
+                        "warning: {}: not listed in checklist.chk, so it cannot be verified",
+                        job.label
+                    ));
+                }
+                jobs.push(job);
+            }
+        }
+        jobs
+    }
+
+    /// Record what verified, per model, for `list` and for skipping it next time; returns the
+    /// folders of the models that are complete.
+    fn record_verified(
+        &self,
+        models: &[&'static Model],
+        dir: &Path,
+        checklists: &[Option<BTreeMap<String, String>>],
+        jobs: &[Job],
+        ok: &[bool],
+    ) -> Vec<PathBuf> {
+        let mut complete = Vec::new();
+        for (mi, model) in models.iter().enumerate() {
+            let Some(list) = &checklists[mi] else {
+                continue;
+            };
+            let folder = dir.join(model.local_folder);
+            let mut marker = catalog::read_marker(&folder);
+            let mut all_ok = true;
+            for (job, ok) in jobs.iter().zip(ok).filter(|(j, _)| j.model == Some(mi)) {
+                if !*ok {
+                    all_ok = false;
+                } else if let (Some(md5), true) = (&job.md5, self.verify) {
+                    if let Ok(v) = catalog::VerifiedFile::of(&job.dest, md5) {
+                        marker.insert(job.file_name(), v);
+                    }
+                }
+            }
+            if self.verify {
+                marker.retain(|name, _| list.contains_key(name));
+                if let Err(e) = catalog::write_marker(&folder, &marker) {
+                    self.progress.println(&format!("warning: {e:#}"));
+                }
+            }
+            if all_ok && (!self.verify || catalog::is_verified(&folder)) {
+                complete.push(folder);
+            }
+        }
+        complete
     }
 
     fn one(&self, job: &Job, http: &Http) -> bool {

@@ -7,14 +7,14 @@ use crate::net::hub::{
     list_local_files, resolve_token, validate_repo_id, validate_revision, Fetched, HubClient,
     HubEnv, Progress, RepoCache, RepoFile, TokenSource,
 };
-use crate::util::human_bytes;
+use crate::util::{human_bytes, work_queue};
 use anyhow::{bail, Context, Result};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::HashMap;
 use std::io::IsTerminal;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -135,20 +135,7 @@ fn offline(args: &PullArgs, env: &HubEnv, filter: &Filter) -> Result<PathBuf> {
 }
 
 fn online(args: &PullArgs, env: &HubEnv, filter: &Filter) -> Result<PathBuf> {
-    let token = resolve_token(args.token.as_deref(), env)?;
-    if let Some((_, source)) = &token {
-        let from = match source {
-            TokenSource::Flag => "--token".to_string(),
-            TokenSource::Env => "HF_TOKEN".to_string(),
-            TokenSource::File => env.token_path.display().to_string(),
-        };
-        eprintln!("pull: using the token from {from}");
-    }
-    let client = HubClient::new(
-        &env.endpoint,
-        token.as_ref().map(|t| &t.0),
-        NetConfig::from_env()?,
-    )?;
+    let client = connect(args, env)?;
     let local_dir = match &args.local_dir {
         Some(d) => {
             std::fs::create_dir_all(d)
@@ -161,25 +148,7 @@ fn online(args: &PullArgs, env: &HubEnv, filter: &Filter) -> Result<PathBuf> {
         None => None,
     };
     let reporter = Reporter::new();
-    let listing = client.listing(&args.repo_id, &args.revision, &reporter)?;
-    let commit = listing.commit.clone();
-    let mut files: Vec<RepoFile> = listing
-        .files
-        .into_iter()
-        .filter(|f| filter.matches(&f.path))
-        .collect();
-    let what = format!("{}@{}", args.repo_id, args.revision);
-    if files.is_empty() {
-        return Err(filter.none_matched(&what));
-    }
-    // Largest first, so the last worker is not left alone with the biggest file.
-    files.sort_by(|a, b| {
-        b.size
-            .unwrap_or(0)
-            .cmp(&a.size.unwrap_or(0))
-            .then(a.path.cmp(&b.path))
-    });
-
+    let (commit, files) = list(&client, args, filter, &reporter)?;
     let cache = RepoCache::new(&env.cache_dir, &args.repo_id);
     let folder = match &local_dir {
         Some(d) => d.clone(),
@@ -203,46 +172,123 @@ fn online(args: &PullArgs, env: &HubEnv, filter: &Filter) -> Result<PathBuf> {
     let total: u64 = files.iter().map(|f| f.size.unwrap_or(0)).sum();
     reporter.begin(pending);
     reporter.note(&format!(
-        "{what} (commit {commit}): {} files, {}",
+        "{}@{} (commit {commit}): {} files, {}",
+        args.repo_id,
+        args.revision,
         files.len(),
         human_bytes(total)
     ));
-
     let started = Instant::now();
-    let next = AtomicUsize::new(0);
-    let abort = AtomicBool::new(false);
-    let results: Mutex<Vec<(String, Result<Fetched>)>> = Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..args.jobs.min(files.len()) {
-            s.spawn(|| loop {
-                if abort.load(Ordering::Relaxed) || crate::signal::received().is_some() {
-                    break;
-                }
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(f) = files.get(i) else { break };
-                let r = match &local_dir {
-                    Some(d) => client.fetch_to_dir(d, &args.repo_id, &commit, f, &reporter),
-                    None => client.fetch_to_cache(&cache, &args.repo_id, &commit, f, &reporter),
-                };
-                match &r {
-                    Ok(outcome) => reporter.file_done(&f.path, f.size, *outcome),
-                    Err(e) => {
-                        reporter.file_failed(&f.path);
-                        // A refusal (gated repo, bad token) will be the same for every file.
-                        if crate::error::exit_code(e) == crate::error::REFUSED {
-                            abort.store(true, Ordering::Relaxed);
-                        }
-                    }
-                }
-                if let Ok(mut v) = results.lock() {
-                    v.push((f.path.clone(), r));
-                }
-            });
-        }
-    });
+    let target = Target {
+        client: &client,
+        cache: &cache,
+        local_dir: local_dir.as_deref(),
+        repo_id: &args.repo_id,
+        commit: &commit,
+    };
+    let results = fetch_all(&target, &files, args.jobs, &reporter);
     reporter.finish();
-    let results = results.into_inner().unwrap_or_default();
+    summarize(files.len(), results, started)?;
+    Ok(folder)
+}
 
+/// A Hub client with the token from `--token`, the environment or the token file (said, never
+/// shown).
+fn connect(args: &PullArgs, env: &HubEnv) -> Result<HubClient> {
+    let token = resolve_token(args.token.as_deref(), env)?;
+    if let Some((_, source)) = &token {
+        let from = match source {
+            TokenSource::Flag => "--token".to_string(),
+            TokenSource::Env => "HF_TOKEN".to_string(),
+            TokenSource::File => env.token_path.display().to_string(),
+        };
+        eprintln!("pull: using the token from {from}");
+    }
+    HubClient::new(
+        &env.endpoint,
+        token.as_ref().map(|t| &t.0),
+        NetConfig::from_env()?,
+    )
+}
+
+/// The commit the revision names and the files to fetch, largest first (so the last worker is
+/// not left alone with the biggest file).
+fn list(
+    client: &HubClient,
+    args: &PullArgs,
+    filter: &Filter,
+    reporter: &Reporter,
+) -> Result<(String, Vec<RepoFile>)> {
+    let listing = client.listing(&args.repo_id, &args.revision, reporter)?;
+    let mut files: Vec<RepoFile> = listing
+        .files
+        .into_iter()
+        .filter(|f| filter.matches(&f.path))
+        .collect();
+    if files.is_empty() {
+        return Err(filter.none_matched(&format!("{}@{}", args.repo_id, args.revision)));
+    }
+    files.sort_by(|a, b| {
+        b.size
+            .unwrap_or(0)
+            .cmp(&a.size.unwrap_or(0))
+            .then(a.path.cmp(&b.path))
+    });
+    Ok((listing.commit, files))
+}
+
+/// Where the files of one commit go.
+struct Target<'a> {
+    client: &'a HubClient,
+    cache: &'a RepoCache,
+    local_dir: Option<&'a Path>,
+    repo_id: &'a str,
+    commit: &'a str,
+}
+
+/// Fetch `files`, `jobs` at a time; a refusal (gated repo, bad token) stops new ones, since it
+/// will be the same for every file. Results of the files that started, in order.
+fn fetch_all(
+    t: &Target,
+    files: &[RepoFile],
+    jobs: usize,
+    reporter: &Reporter,
+) -> Vec<(String, Result<Fetched>)> {
+    let abort = AtomicBool::new(false);
+    let one = |_: &mut (), i: usize| {
+        let f = &files[i];
+        let r = match t.local_dir {
+            Some(d) => t.client.fetch_to_dir(d, t.repo_id, t.commit, f, reporter),
+            None => t
+                .client
+                .fetch_to_cache(t.cache, t.repo_id, t.commit, f, reporter),
+        };
+        match &r {
+            Ok(outcome) => reporter.file_done(&f.path, f.size, *outcome),
+            Err(e) => {
+                reporter.file_failed(&f.path);
+                if crate::error::exit_code(e) == crate::error::REFUSED {
+                    abort.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        r
+    };
+    let stop = || abort.load(Ordering::Relaxed) || crate::signal::received().is_some();
+    let results = work_queue(files.len(), jobs, |_| (), one, stop);
+    files
+        .iter()
+        .zip(results)
+        .filter_map(|(f, r)| Some((f.path.clone(), r?)))
+        .collect()
+}
+
+/// The first error (each distinct one said once), or the one summary line.
+fn summarize(
+    n_files: usize,
+    results: Vec<(String, Result<Fetched>)>,
+    started: Instant,
+) -> Result<()> {
     let mut first_err = None;
     // A refusal or an outage hits every file alike: say it once.
     let mut reported = std::collections::HashSet::new();
@@ -273,12 +319,11 @@ fn online(args: &PullArgs, env: &HubEnv, filter: &Filter) -> Result<PathBuf> {
     }
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "pull: {} files: {downloaded} downloaded ({}, {}/s), {linked} linked from cached blobs, {present} already present; {secs:.1}s",
-        files.len(),
+        "pull: {n_files} files: {downloaded} downloaded ({}, {}/s), {linked} linked from cached blobs, {present} already present; {secs:.1}s",
         human_bytes(bytes),
         human_bytes((bytes as f64 / secs.max(1e-3)) as u64)
     );
-    Ok(folder)
+    Ok(())
 }
 
 /// Progress on stderr: bars on a terminal, a line every few seconds otherwise.
@@ -447,6 +492,8 @@ impl Progress for Reporter {
                     b.set_prefix(short(file, 12));
                     b.set_message(file.to_string());
                     st.file_bars.insert(file.to_string(), b);
+                } else if let (Some(b), Some(t)) = (st.file_bars.get(file), total) {
+                    b.set_length(t);
                 }
             }
         } else if done > 0 {
@@ -464,10 +511,6 @@ impl Progress for Reporter {
 
     fn advance(&self, file: &str, bytes: u64) {
         self.set_file(file, self.shown(file) + bytes);
-    }
-
-    fn rewind(&self, file: &str, bytes: u64) {
-        self.set_file(file, self.shown(file).saturating_sub(bytes));
     }
 
     fn retry(&self, file: &str, why: &str, wait: Duration, attempt: u32, of: u32) {

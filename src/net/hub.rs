@@ -1,5 +1,7 @@
 //! The Hugging Face Hub: the few API calls `pull` needs, the cache layout shared with Python
-//! `huggingface_hub`, and a resumable, hash-checking blob download.
+//! `huggingface_hub`, and where a blob's bytes go. The bytes themselves move through the one
+//! download engine ([`crate::net::download`]): resume, retries and the sha256 check are its job;
+//! here the part is named as `huggingface_hub` names it and Hub errors are put in Hub words.
 //!
 //! Cache layout (identical to `huggingface_hub`, so transformers finds what we fetched and we find
 //! what it fetched):
@@ -14,18 +16,20 @@
 //! ```
 use crate::error::{check_failed, network, refused};
 use crate::net::config::NetConfig;
-use crate::net::reach::{self, ConnectFailure, FirstContact};
-use crate::util::{flock_exclusive, sync_dir, write_atomic};
+use crate::net::download::{FileRequest, HashKind, Http, HttpError};
+use crate::net::reach::{self, ConnectFailure};
+use crate::net::retry::{Next, Tries};
+use crate::progress::Task;
+use crate::util::{flock_exclusive, write_atomic};
 use anyhow::{anyhow, bail, Context, Result};
-use reqwest::blocking::{Client, RequestBuilder, Response};
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, LOCATION, RANGE};
+use reqwest::blocking::{RequestBuilder, Response};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, LOCATION};
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
@@ -455,11 +459,10 @@ fn lock_exclusive(path: &Path, what: &str, progress: &dyn Progress) -> Result<Fi
 
 /// What a download reports while it runs. Files are named by their repo path.
 pub trait Progress: Sync {
-    /// A transfer of `file` starts (or restarts) with `done` of `total` bytes already on disk.
+    /// `file` has `done` of `total` bytes on disk: its transfer starts, resumes, or restarts
+    /// from 0 (the server ignored a Range request).
     fn start(&self, file: &str, total: Option<u64>, done: u64);
     fn advance(&self, file: &str, bytes: u64);
-    /// Bytes counted earlier were thrown away (the server ignored a Range request).
-    fn rewind(&self, file: &str, bytes: u64);
     fn retry(&self, file: &str, why: &str, wait: Duration, attempt: u32, of: u32);
     /// A one-off message.
     fn note(&self, msg: &str);
@@ -541,8 +544,6 @@ enum TryError {
     Transient(anyhow::Error),
     /// No answer at all: quick tries while the host never answered, else like `Transient`.
     NoAnswer(ConnectFailure, anyhow::Error),
-    /// A CDN refused a signed URL (likely expired): resolve again for a fresh one.
-    Expired(anyhow::Error),
     Fatal(anyhow::Error),
 }
 
@@ -562,27 +563,6 @@ fn send(rb: RequestBuilder, shown: &str) -> Result<Response, TryError> {
             })
         }
     }
-}
-
-/// The wait before another try after `e`, or the error that ends the retries. `attempt` counts
-/// the patient tries; quick tries for a host that never answered are counted by `fc`.
-fn next_try(
-    e: TryError,
-    fc: &mut FirstContact,
-    attempt: &mut u32,
-    net: &NetConfig,
-) -> Result<(Duration, Option<anyhow::Error>), TryError> {
-    let e = match e {
-        TryError::NoAnswer(f, e) => match fc.failed(&f, net.connect_timeout) {
-            Err(u) => return Err(TryError::Fatal(network(u.to_string()))),
-            Ok(Some(wait)) => return Ok((wait, None)),
-            Ok(None) => e,
-        },
-        TryError::Transient(e) => e,
-        other => return Err(other),
-    };
-    *attempt += 1;
-    Ok((net.backoff(*attempt), Some(e)))
 }
 
 fn transient_status(s: StatusCode) -> bool {
@@ -606,29 +586,19 @@ fn same_origin(a: &Url, b: &Url) -> bool {
 
 /// A client for one Hub endpoint.
 pub struct HubClient {
-    http: Client,
+    /// Follows no redirect: [`HubClient::file_meta`] follows them by hand, and a redirect to
+    /// another origin (the CDN) must drop the token.
+    http: Http,
     endpoint: String,
     auth: Option<HeaderValue>,
-    net: NetConfig,
 }
 
 impl HubClient {
     pub fn new(endpoint: &str, token: Option<&Token>, net: NetConfig) -> Result<Self> {
-        let http = Client::builder()
-            // Redirects are followed by hand: a CDN redirect must drop the token.
-            .redirect(reqwest::redirect::Policy::none())
-            // The blocking client applies this per operation (connect, headers, each body
-            // read), so it bounds a stall, not the length of a multi-GB download.
-            .timeout(net.read_timeout)
-            .connect_timeout(net.connect_timeout.min(net.read_timeout))
-            .user_agent(concat!("llamactl/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .context("cannot set up the HTTP client")?;
         Ok(Self {
-            http,
+            http: Http::without_redirects(net)?,
             endpoint: endpoint.trim_end_matches('/').to_string(),
             auth: token.map(Token::header).transpose()?,
-            net,
         })
     }
 
@@ -652,34 +622,29 @@ impl HubClient {
         progress: &dyn Progress,
         mut f: impl FnMut() -> Result<T, TryError>,
     ) -> Result<T> {
-        let mut attempt = 0;
-        let mut fc = FirstContact::new();
+        let mut tries = Tries::new(self.http.config());
         loop {
             crate::signal::check()?;
-            let e = match f() {
+            let (e, connect) = match f() {
                 Ok(v) => return Ok(v),
-                Err(TryError::Expired(e)) => TryError::Transient(e),
-                Err(e) => e,
-            };
-            match next_try(e, &mut fc, &mut attempt, &self.net) {
                 Err(TryError::Fatal(e)) => return Err(e),
-                Err(_) => unreachable!("next_try ends only with Fatal"),
-                Ok((wait, None)) => crate::signal::sleep(wait)?,
-                Ok((_, Some(e))) if attempt > self.net.retries => {
+                Err(TryError::Transient(e)) => (e, None),
+                Err(TryError::NoAnswer(c, e)) => (e, Some(c)),
+            };
+            let why = crate::error::one_line(&e);
+            match tries
+                .failed(connect.as_ref())
+                .map_err(|u| network(u.to_string()))?
+            {
+                Next::Quick(pause) => crate::signal::sleep(pause)?,
+                Next::GiveUp { attempts } => {
                     return Err(network(format!(
-                        "{what}: giving up after {attempt} tries: {}",
-                        crate::error::one_line(&e)
+                        "{what}: giving up after {attempts} tries: {why}"
                     )));
                 }
-                Ok((wait, Some(e))) => {
-                    progress.retry(
-                        what,
-                        &crate::error::one_line(&e),
-                        wait,
-                        attempt,
-                        self.net.retries,
-                    );
-                    crate::signal::sleep(wait)?;
+                Next::Backoff { pause, attempt } => {
+                    progress.retry(what, &why, pause, attempt, tries.limit());
+                    crate::signal::sleep(pause)?;
                 }
             }
         }
@@ -703,7 +668,11 @@ impl HubClient {
     }
 
     fn get(&self, url: &str, auth: bool) -> reqwest::blocking::RequestBuilder {
-        let mut rb = self.http.get(url).header("Accept-Encoding", "identity");
+        let mut rb = self
+            .http
+            .client()
+            .get(url)
+            .header("Accept-Encoding", "identity");
         if auth {
             if let Some(a) = &self.auth {
                 rb = rb.header(AUTHORIZATION, a.clone());
@@ -824,6 +793,7 @@ impl HubClient {
         for _ in 0..10 {
             let mut rb = self
                 .http
+                .client()
                 .head(url.clone())
                 .header("Accept-Encoding", "identity");
             if let Some(a) = &self.auth {
@@ -922,15 +892,14 @@ impl HubClient {
             let _lock = lock_exclusive(&cache.lock_path(&meta.etag), &file.path, progress)?;
             if !blob.is_file() {
                 let part = cache.incomplete_path(&meta.etag);
-                outcome = self.download_with_refresh(
-                    repo_id, commit, &file.path, &mut meta, &part, progress,
-                )?;
-                std::fs::rename(&part, &blob).with_context(|| {
-                    format!("{} -> {}: cannot rename", part.display(), blob.display())
-                })?;
-                if let Some(dir) = blob.parent() {
-                    sync_dir(dir);
-                }
+                let to = Blob {
+                    repo_id,
+                    commit,
+                    path: &file.path,
+                    dest: &blob,
+                    part: &part,
+                };
+                outcome = self.download_with_refresh(&to, &mut meta, progress)?;
             }
         }
         cache.link(commit, &file.path, &meta.etag)?;
@@ -979,74 +948,180 @@ impl HubClient {
         }
         let _lock = lock_exclusive(&book_dir.join(format!("{base}.lock")), &file.path, progress)?;
         let part = book_dir.join(format!("{base}.{}.incomplete", meta.etag));
-        let outcome =
-            self.download_with_refresh(repo_id, commit, &file.path, &mut meta, &part, progress)?;
         if let Some(p) = dest.parent() {
             std::fs::create_dir_all(p)
                 .with_context(|| format!("{}: cannot create", p.display()))?;
         }
-        std::fs::rename(&part, &dest)
-            .with_context(|| format!("{} -> {}: cannot rename", part.display(), dest.display()))?;
-        if let Some(p) = dest.parent() {
-            sync_dir(p);
-        }
+        let to = Blob {
+            repo_id,
+            commit,
+            path: &file.path,
+            dest: &dest,
+            part: &part,
+        };
+        let outcome = self.download_with_refresh(&to, &mut meta, progress)?;
         write_local_metadata(dir, &metadata_path, commit, &meta.etag)?;
         Ok(outcome)
     }
 
-    /// Download `meta.url` into `part`; when a CDN refuses its signed URL (expired while we
-    /// waited), resolve the file again for a fresh one, a bounded number of times.
+    /// Download `meta.url` into `to.part`, then `to.dest`; when a CDN refuses its signed URL
+    /// (expired while we waited), resolve the file again for a fresh one, a bounded number of
+    /// times.
     fn download_with_refresh(
         &self,
-        repo_id: &str,
-        commit: &str,
-        path: &str,
+        to: &Blob,
         meta: &mut FileMeta,
-        part: &Path,
         progress: &dyn Progress,
     ) -> Result<Fetched> {
+        let report = BlobReport::new(to.path, progress);
         let mut refreshes = 0;
         loop {
-            let src = BlobSource {
-                name: path,
-                url: &meta.url,
-                auth: if meta.send_auth {
-                    self.auth.as_ref()
-                } else {
-                    None
-                },
-                size: meta.size,
-                sha256: meta.sha256.as_deref(),
-            };
-            match download_blob(&self.http, &src, part, &self.net, progress) {
-                Err(DownloadError::Expired(e)) => {
-                    refreshes += 1;
-                    if refreshes > 3 {
-                        return Err(refused(format!(
-                            "{path}: the download URL keeps being refused: {}",
-                            crate::error::one_line(&e)
-                        )));
-                    }
-                    progress.note(&format!(
-                        "{path}: download link refused; asking the Hub for a new one"
-                    ));
-                    let fresh = self.file_meta(repo_id, commit, path, progress)?;
-                    if fresh.etag != meta.etag {
-                        bail!("{path}: the Hub now reports a different file (etag changed) for commit {commit}");
-                    }
-                    meta.url = fresh.url;
-                    meta.send_auth = fresh.send_auth;
-                }
-                Err(DownloadError::Other(e)) => return Err(e),
-                Ok((bytes, resumed_from)) => {
+            let req = self.blob_request(to, meta);
+            let e = match self.http.download_to_file(&req, &report) {
+                Ok(d) => {
                     return Ok(Fetched::Downloaded {
-                        bytes,
-                        resumed_from,
+                        bytes: d.fetched,
+                        resumed_from: d.resumed_from,
                     })
                 }
+                Err(e) => e,
+            };
+            // A 401/403 from a URL that carries no token is a signed CDN URL gone stale.
+            let stale = matches!(e, HttpError::Refused { .. }) && !meta.send_auth;
+            if !stale || refreshes == 3 {
+                return Err(blob_error(to, meta.size, e, stale));
             }
+            refreshes += 1;
+            progress.note(&format!(
+                "{}: download link refused; asking the Hub for a new one",
+                to.path
+            ));
+            let fresh = self.file_meta(to.repo_id, to.commit, to.path, progress)?;
+            if fresh.etag != meta.etag {
+                bail!(
+                    "{}: the Hub now reports a different file (etag changed) for commit {}",
+                    to.path,
+                    to.commit
+                );
+            }
+            meta.url = fresh.url;
+            meta.send_auth = fresh.send_auth;
         }
     }
+
+    /// The engine's request for a blob: the part named as `huggingface_hub` names it, the sha256
+    /// of an LFS file checked while streaming, the token only where `file_meta` allowed it.
+    fn blob_request(&self, to: &Blob, meta: &FileMeta) -> FileRequest {
+        let mut req = FileRequest::new(meta.url.clone(), to.dest);
+        req.part = to.part.to_path_buf();
+        req.expected_size = meta.size;
+        if let Some(sha) = &meta.sha256 {
+            req.hash = HashKind::Sha256;
+            req.expected_digest = Some(sha.clone());
+        }
+        req.headers
+            .push(("Accept-Encoding".into(), "identity".into()));
+        let token = self.auth.as_ref().and_then(|a| a.to_str().ok());
+        if let Some(t) = token.filter(|_| meta.send_auth) {
+            req.headers.push((AUTHORIZATION.to_string(), t.to_string()));
+        }
+        req
+    }
+}
+
+/// Where one blob goes.
+struct Blob<'a> {
+    repo_id: &'a str,
+    commit: &'a str,
+    /// The file's path in the repo, for messages.
+    path: &'a str,
+    /// The final file: `blobs/{etag}`, or the file in a local dir.
+    dest: &'a Path,
+    /// `blobs/{etag}.incomplete`, or `.cache/huggingface/download/{name}.{etag}.incomplete`.
+    part: &'a Path,
+}
+
+/// A failed blob download in the words `pull` has always used, with its exit code: a refusal
+/// (3), a network failure after retries (4, the part kept), a sha256 mismatch (1, nothing kept).
+fn blob_error(to: &Blob, size: Option<u64>, e: HttpError, stale: bool) -> anyhow::Error {
+    let path = to.path;
+    match e {
+        HttpError::Refused { .. } if stale => refused(format!(
+            "{path}: the download URL keeps being refused: {e}"
+        )),
+        HttpError::Refused { .. } => refused(format!("{path}: {e}")),
+        HttpError::Network { attempts, last, .. } => {
+            let have = std::fs::metadata(to.part).map_or(0, |m| m.len());
+            network(format!(
+                "{path}: giving up after {attempts} tries ({have} of {} on disk in {}, resumable): {last}",
+                size.map_or("?".to_string(), |s| s.to_string()),
+                to.part.display(),
+            ))
+        }
+        HttpError::Unreachable(u) => network(u.to_string()),
+        HttpError::Mismatch {
+            expected, actual, ..
+        } => check_failed(format!(
+            "{path}: sha256 mismatch after fetching it twice: expected {expected}, got {actual} ({} removed; nothing was stored)",
+            to.part.display()
+        )),
+        e => anyhow!("{path}: {e}"),
+    }
+}
+
+/// The engine's reports on one blob, passed on to `pull`'s [`Progress`].
+struct BlobReport<'a> {
+    file: &'a str,
+    progress: &'a dyn Progress,
+    /// The size, once known (`u64::MAX` before).
+    len: AtomicU64,
+    /// Bytes on disk, once the engine said (`u64::MAX` before).
+    pos: AtomicU64,
+}
+
+impl<'a> BlobReport<'a> {
+    fn new(file: &'a str, progress: &'a dyn Progress) -> Self {
+        Self {
+            file,
+            progress,
+            len: AtomicU64::new(u64::MAX),
+            pos: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    fn len(&self) -> Option<u64> {
+        Some(self.len.load(Ordering::Relaxed)).filter(|l| *l != u64::MAX)
+    }
+}
+
+impl Task for BlobReport<'_> {
+    fn set_len(&self, len: u64) {
+        self.len.store(len, Ordering::Relaxed);
+        // Before the first position there is nothing to show yet.
+        let pos = self.pos.load(Ordering::Relaxed);
+        if pos != u64::MAX {
+            self.progress.start(self.file, Some(len), pos);
+        }
+    }
+
+    fn set_position(&self, pos: u64) {
+        self.pos.store(pos, Ordering::Relaxed);
+        self.progress.start(self.file, self.len(), pos);
+    }
+
+    fn advance(&self, n: u64) {
+        self.pos.fetch_add(n, Ordering::Relaxed);
+        self.progress.advance(self.file, n);
+    }
+
+    fn note(&self, msg: &str) {
+        if !msg.is_empty() {
+            self.progress.note(&format!("{}: {msg}", self.file));
+        }
+    }
+
+    /// `pull` says how each file ended itself (`Reporter::file_done`).
+    fn finish(&self) {}
 }
 
 fn read_local_metadata(metadata_path: &Path, dest: &Path) -> Option<(String, String)> {
@@ -1077,305 +1152,6 @@ fn write_local_metadata(dir: &Path, metadata_path: &Path, commit: &str, etag: &s
         metadata_path,
         format!("{commit}\n{etag}\n{now}\n").as_bytes(),
     )
-}
-
-// ---------------------------------------------------------------------------------------------
-// The download loop
-
-/// One blob to stream.
-pub struct BlobSource<'a> {
-    /// For messages and progress.
-    pub name: &'a str,
-    pub url: &'a str,
-    pub auth: Option<&'a HeaderValue>,
-    pub size: Option<u64>,
-    pub sha256: Option<&'a str>,
-}
-
-pub enum DownloadError {
-    /// 401/403 from a URL that carries no token (a signed CDN URL): ask for a fresh URL.
-    Expired(anyhow::Error),
-    Other(anyhow::Error),
-}
-
-/// Stream `src` into `part`, resuming from what `part` already holds (Range), hashing every byte
-/// (including those already on disk) and retrying transient failures with backoff. On success
-/// `part` is complete, checked against the expected size and sha256, and fsynced; the caller
-/// renames it. A hash mismatch removes `part` (exit 1); running out of tries keeps it (exit 4), so
-/// the next run resumes. Returns (bytes transferred now, bytes that were already on disk).
-pub fn download_blob(
-    http: &Client,
-    src: &BlobSource,
-    part: &Path,
-    net: &NetConfig,
-    progress: &dyn Progress,
-) -> Result<(u64, u64), DownloadError> {
-    let r = stream_blob(http, src, part, net, progress);
-    // A part that never received a byte is not worth keeping.
-    if r.is_err() && std::fs::metadata(part).is_ok_and(|m| m.len() == 0) {
-        let _ = std::fs::remove_file(part);
-    }
-    r
-}
-
-fn stream_blob(
-    http: &Client,
-    src: &BlobSource,
-    part: &Path,
-    net: &NetConfig,
-    progress: &dyn Progress,
-) -> Result<(u64, u64), DownloadError> {
-    let other = DownloadError::Other;
-    if let Some(p) = part.parent() {
-        std::fs::create_dir_all(p)
-            .with_context(|| format!("{}: cannot create", p.display()))
-            .map_err(other)?;
-    }
-    let mut file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(part)
-        .with_context(|| format!("{}: cannot open", part.display()))
-        .map_err(other)?;
-    let mut size = src.size;
-    let mut have = file
-        .metadata()
-        .with_context(|| format!("{}: cannot stat", part.display()))
-        .map_err(other)?
-        .len();
-    if size.is_some_and(|s| have > s) {
-        have = 0;
-    }
-    let mut hasher = Sha256::new();
-    if have > 0 && src.sha256.is_some() {
-        hash_prefix(&mut file, have, &mut hasher)
-            .with_context(|| format!("{}: cannot read the partial download", part.display()))
-            .map_err(other)?;
-    }
-    file.set_len(have)
-        .and_then(|_| file.seek(SeekFrom::Start(have)))
-        .with_context(|| format!("{}: cannot write", part.display()))
-        .map_err(other)?;
-    let resumed_from = have;
-    let mut attempt = 0u32;
-    let mut fc = FirstContact::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        if size.is_some_and(|s| have == s) {
-            break;
-        }
-        crate::signal::check().map_err(|e| other(e.into()))?;
-        let before = have;
-        let res = one_pass(
-            http,
-            src,
-            &mut file,
-            part,
-            &mut have,
-            &mut size,
-            &mut hasher,
-            &mut buf,
-            progress,
-        );
-        let e = match res {
-            Ok(()) => break,
-            Err(TryError::Fatal(e)) => return Err(other(e)),
-            Err(TryError::Expired(e)) => return Err(DownloadError::Expired(e)),
-            Err(e) => e,
-        };
-        if have > before {
-            // Progress was made: a flaky link is not a dead one.
-            attempt = 0;
-        }
-        match next_try(e, &mut fc, &mut attempt, net) {
-            Err(TryError::Fatal(e)) => return Err(other(e)),
-            Err(_) => unreachable!("next_try ends only with Fatal"),
-            Ok((wait, None)) => crate::signal::sleep(wait).map_err(|e| other(e.into()))?,
-            Ok((wait, Some(e))) => {
-                if attempt > net.retries {
-                    return Err(other(network(format!(
-                        "{}: giving up after {attempt} tries ({} of {} on disk in {}, resumable): {}",
-                        src.name,
-                        have,
-                        size.map_or("?".to_string(), |s| s.to_string()),
-                        part.display(),
-                        crate::error::one_line(&e)
-                    ))));
-                }
-                progress.retry(
-                    src.name,
-                    &crate::error::one_line(&e),
-                    wait,
-                    attempt,
-                    net.retries,
-                );
-                crate::signal::sleep(wait).map_err(|e| other(e.into()))?;
-            }
-        }
-    }
-    if let Some(s) = size {
-        if have != s {
-            return Err(other(anyhow!(
-                "{}: got {have} bytes, expected {s}",
-                src.name
-            )));
-        }
-    }
-    if let Some(want) = src.sha256 {
-        let got = hex::encode(hasher.finalize());
-        if !got.eq_ignore_ascii_case(want) {
-            let _ = std::fs::remove_file(part);
-            return Err(other(check_failed(format!(
-                "{}: sha256 mismatch: expected {want}, got {got} ({} removed; nothing was stored)",
-                src.name,
-                part.display()
-            ))));
-        }
-    }
-    file.sync_all()
-        .with_context(|| format!("{}: cannot fsync", part.display()))
-        .map_err(other)?;
-    Ok((have - resumed_from, resumed_from))
-}
-
-fn hash_prefix(file: &mut File, len: u64, hasher: &mut Sha256) -> std::io::Result<()> {
-    file.seek(SeekFrom::Start(0))?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = len;
-    while left > 0 {
-        let want = left.min(buf.len() as u64) as usize;
-        let n = file.read(&mut buf[..want])?;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "file shrank",
-            ));
-        }
-        hasher.update(&buf[..n]);
-        left -= n as u64;
-    }
-    Ok(())
-}
-
-/// One request: from `have` to the end (or until the connection fails).
-#[allow(clippy::too_many_arguments)]
-fn one_pass(
-    http: &Client,
-    src: &BlobSource,
-    file: &mut File,
-    part: &Path,
-    have: &mut u64,
-    size: &mut Option<u64>,
-    hasher: &mut Sha256,
-    buf: &mut [u8],
-    progress: &dyn Progress,
-) -> Result<(), TryError> {
-    let shown = redact_url(src.url);
-    let mut rb = http.get(src.url).header("Accept-Encoding", "identity");
-    if let Some(a) = src.auth {
-        rb = rb.header(AUTHORIZATION, a.clone());
-    }
-    if *have > 0 {
-        rb = rb.header(RANGE, format!("bytes={}-", *have));
-    }
-    let mut resp: Response = send(rb, &shown)?;
-    let status = resp.status();
-    let restart = |file: &mut File, have: &mut u64, hasher: &mut Sha256| -> Result<(), TryError> {
-        progress.rewind(src.name, *have);
-        *have = 0;
-        *hasher = Sha256::new();
-        file.set_len(0)
-            .and_then(|_| file.seek(SeekFrom::Start(0)).map(|_| ()))
-            .map_err(|e| TryError::Fatal(anyhow!("{}: cannot write: {e}", part.display())))
-    };
-    match status {
-        StatusCode::PARTIAL_CONTENT => {
-            let start = header_str(resp.headers(), "Content-Range")
-                .and_then(|v| v.strip_prefix("bytes "))
-                .and_then(|v| v.split('-').next())
-                .and_then(|v| v.trim().parse::<u64>().ok());
-            if start != Some(*have) {
-                restart(file, have, hasher)?;
-                return Err(TryError::Transient(anyhow!(
-                    "{shown}: the server answered a different range than asked; starting over"
-                )));
-            }
-        }
-        StatusCode::OK => {
-            if *have > 0 {
-                // The server ignored the Range header: what we hold is discarded, not duplicated.
-                restart(file, have, hasher)?;
-            }
-        }
-        StatusCode::RANGE_NOT_SATISFIABLE => {
-            restart(file, have, hasher)?;
-            return Err(TryError::Transient(anyhow!(
-                "{shown}: the server refused to resume; starting over"
-            )));
-        }
-        s if s == StatusCode::UNAUTHORIZED || s == StatusCode::FORBIDDEN => {
-            let e = anyhow!("{shown}: HTTP {s}");
-            return Err(if src.auth.is_none() {
-                TryError::Expired(e)
-            } else {
-                TryError::Fatal(refused(format!("{}: {}", src.name, e)))
-            });
-        }
-        s if transient_status(s) => return Err(TryError::Transient(anyhow!("{shown}: HTTP {s}"))),
-        s => return Err(TryError::Fatal(anyhow!("{shown}: HTTP {s}"))),
-    }
-    let body_len = header_u64(resp.headers(), CONTENT_LENGTH.as_str());
-    if size.is_none() {
-        *size = body_len.map(|n| n + *have);
-    }
-    progress.start(src.name, *size, *have);
-    // Straight to the file, no user-space buffer: what was received is on disk if we are killed.
-    let mut read_err = None;
-    loop {
-        if let Err(e) = crate::signal::check() {
-            return Err(TryError::Fatal(e.into()));
-        }
-        match resp.read(buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                if size.is_some_and(|s| *have + n as u64 > s) {
-                    return Err(TryError::Fatal(check_failed(format!(
-                        "{}: the server sent more than the expected {} bytes",
-                        src.name,
-                        size.unwrap_or(0)
-                    ))));
-                }
-                file.write_all(&buf[..n]).map_err(|e| {
-                    TryError::Fatal(anyhow!("{}: cannot write: {e}", part.display()))
-                })?;
-                hasher.update(&buf[..n]);
-                *have += n as u64;
-                progress.advance(src.name, n as u64);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                read_err = Some(e);
-                break;
-            }
-        }
-    }
-    if let Some(e) = read_err {
-        return Err(TryError::Transient(anyhow!(
-            "{shown}: connection lost after {} bytes: {e}",
-            *have
-        )));
-    }
-    if let Some(s) = *size {
-        if *have < s {
-            return Err(TryError::Transient(anyhow!(
-                "{shown}: connection closed early at {} of {s} bytes",
-                *have
-            )));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Download progress: indicatif bars (one per file plus a total) when stderr is a terminal,
 //! otherwise a plain status line every few seconds so logs and CI output stay readable.
 use crate::net::signed_url::human_duration;
+use crate::progress::Task;
 use crate::util::human_bytes;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
@@ -221,6 +222,25 @@ fn status_line(c: &Counters, started: Instant) -> String {
         line.push_str(&format!(", ETA {}", human_duration(eta)));
     }
     line
+}
+
+/// The download engine reports through [`Task`].
+impl Task for FileProgress {
+    fn set_len(&self, len: u64) {
+        FileProgress::set_len(self, len)
+    }
+    fn set_position(&self, pos: u64) {
+        FileProgress::set_position(self, pos)
+    }
+    fn advance(&self, n: u64) {
+        self.inc(n)
+    }
+    fn note(&self, msg: &str) {
+        FileProgress::note(self, msg)
+    }
+    fn finish(&self) {
+        FileProgress::finish(self)
+    }
 }
 
 /// Progress of one file. Thread-safe; the engine reports positions, the caller reports the end.

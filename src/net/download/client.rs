@@ -4,10 +4,10 @@ use super::error::{interruptible_sleep, HttpError};
 use super::range::{self, Ranged};
 use super::response::{classify_status, describe};
 use crate::net::config::NetConfig;
-use crate::net::progress::FileProgress;
 use crate::net::reach::{self, ConnectFailure};
 use crate::net::retry::{Next, Tries};
 use crate::net::signed_url::redact;
+use crate::progress::Task;
 use reqwest::header::HeaderMap;
 use std::io::Read;
 
@@ -126,7 +126,7 @@ pub(crate) fn pause_or_stop(
     shown: &str,
     reason: String,
     connect: Option<&ConnectFailure>,
-    progress: Option<&FileProgress>,
+    progress: Option<&dyn Task>,
 ) -> Result<(), HttpError> {
     match tries.failed(connect)? {
         Next::Quick(pause) => interruptible_sleep(pause),

@@ -32,7 +32,7 @@ pub use part::{part_path, Segment};
 pub use request::{Downloaded, FileRequest};
 pub(crate) use response::describe;
 
-use crate::net::progress::FileProgress;
+use crate::progress::Task;
 use error::io_err;
 use part::PartMeta;
 use request::PartDone;
@@ -47,7 +47,7 @@ impl Http {
     pub fn download_to_file(
         &self,
         req: &FileRequest,
-        progress: &FileProgress,
+        progress: &dyn Task,
     ) -> Result<Downloaded, HttpError> {
         let mut fetched = 0;
         let mut first_kept = None;
@@ -90,11 +90,7 @@ impl Http {
 
     /// Bring the part to completion: go on with the segments a record names, else one stream,
     /// split into segments when the file is new, large and the server answers ranges.
-    fn fetch_part(
-        &self,
-        req: &FileRequest,
-        progress: &FileProgress,
-    ) -> Result<PartDone, HttpError> {
+    fn fetch_part(&self, req: &FileRequest, progress: &dyn Task) -> Result<PartDone, HttpError> {
         let mut file = open_part(&req.part)?;
         let len = file.metadata().map_err(|e| io_err(&req.part, e))?.len();
         let mut meta = PartMeta::load(&req.part, len).unwrap_or_default();

@@ -3,7 +3,7 @@ use super::hash::HashKind;
 use std::path::PathBuf;
 
 /// One file to fetch.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FileRequest {
     /// The full URL (may carry credentials; it is never printed unredacted).
     pub url: String,
@@ -46,6 +46,23 @@ impl FileRequest {
             check_space: true,
             connections: 1,
         }
+    }
+}
+
+/// The URL redacted and the headers named only: a request may carry credentials.
+impl std::fmt::Debug for FileRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("FileRequest")
+            .field("url", &crate::net::signed_url::redact(&self.url))
+            .field("dest", &self.dest)
+            .field("part", &self.part)
+            .field("expected_size", &self.expected_size)
+            .field("hash", &self.hash)
+            .field("expected_digest", &self.expected_digest)
+            .field("headers", &headers)
+            .field("connections", &self.connections)
+            .finish_non_exhaustive()
     }
 }
 

@@ -12,9 +12,9 @@ use super::part::{self, PartMeta, Reservation, Segment};
 use super::range::{self, Ranged, Span};
 use super::request::{FileRequest, PartDone};
 use super::response::{classify_status, io_reason, markup_type};
-use crate::net::progress::FileProgress;
 use crate::net::retry::Tries;
 use crate::net::signed_url::redact;
+use crate::progress::Task;
 use reqwest::blocking::Response;
 use reqwest::StatusCode;
 use std::fs::File;
@@ -75,7 +75,7 @@ struct Shared<'a> {
     http: &'a Http,
     req: &'a FileRequest,
     file: &'a File,
-    progress: &'a FileProgress,
+    progress: &'a dyn Task,
     shown: String,
     validator: Option<String>,
     fetched: AtomicU64,
@@ -87,6 +87,16 @@ impl Shared<'_> {
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::SeqCst) || crate::signal::received().is_some()
     }
+
+    /// Ask for `[from, end)`, if the object is still the one the part holds.
+    fn ask(&self, from: u64, end: u64) -> Result<Response, SendFailed> {
+        let ranged = Ranged {
+            span: Span::Between(from, end),
+            validator: self.validator.as_deref(),
+        };
+        self.http
+            .send(&self.req.url, &self.req.headers, Some(ranged))
+    }
 }
 
 /// Bring a segmented part to completion. `first` is an already-open response for segment 0
@@ -97,7 +107,7 @@ pub(crate) fn run(
     file: &File,
     meta: &mut PartMeta,
     first: Option<Response>,
-    progress: &FileProgress,
+    progress: &dyn Task,
 ) -> Result<PartDone, SegError> {
     meta.save(&req.part)?;
     let segs = meta.segments.clone().unwrap_or_default();
@@ -138,18 +148,7 @@ pub(crate) fn run(
             .collect();
         let all_done = || workers.iter().all(|w| w.is_finished());
         let (hasher, hashed, hash_err) = hash_in_order(&sh, &segs, &done, meta, all_done);
-        let mut outcome = hash_err.map_or(Ok(()), |e| Err(SegError::Http(e)));
-        for w in workers {
-            let r = w
-                .join()
-                .unwrap_or_else(|_| Err(SegError::Fallback("a worker panicked".into())));
-            // The first real error wins; a fallback request beats an error caused by stopping.
-            if let Err(e) = r {
-                if outcome.is_ok() || matches!(outcome, Err(SegError::Http(HttpError::Cancelled))) {
-                    outcome = Err(e);
-                }
-            }
-        }
+        let mut outcome = join_all(workers, hash_err);
         if outcome.is_ok() && hashed < total {
             outcome = Err(SegError::Http(HttpError::Network {
                 url: sh.shown.clone(),
@@ -167,6 +166,26 @@ pub(crate) fn run(
         fetched: sh.fetched.load(Ordering::SeqCst),
         kept,
     })
+}
+
+/// Wait for every worker. The first real error wins (`first`, a read error of the hasher, comes
+/// before the workers'); a fallback request beats an error caused by stopping.
+fn join_all(
+    workers: Vec<std::thread::ScopedJoinHandle<'_, Result<(), SegError>>>,
+    first: Option<HttpError>,
+) -> Result<(), SegError> {
+    let mut outcome = first.map_or(Ok(()), |e| Err(SegError::Http(e)));
+    for w in workers {
+        let r = w
+            .join()
+            .unwrap_or_else(|_| Err(SegError::Fallback("a worker panicked".into())));
+        if let Err(e) = r {
+            if outcome.is_ok() || matches!(outcome, Err(SegError::Http(HttpError::Cancelled))) {
+                outcome = Err(e);
+            }
+        }
+    }
+    outcome
 }
 
 /// Bytes of the segments on disk.
@@ -257,16 +276,7 @@ fn fetch_segment(
         if sh.stopping() {
             return Err(SegError::Http(HttpError::Cancelled));
         }
-        let sent = match pre.take() {
-            Some(r) => Ok(r),
-            None => {
-                let ranged = Ranged {
-                    span: Span::Between(from, seg.end),
-                    validator: sh.validator.as_deref(),
-                };
-                sh.http.send(&sh.req.url, &sh.req.headers, Some(ranged))
-            }
-        };
+        let sent = pre.take().map_or_else(|| sh.ask(from, seg.end), Ok);
         let (reason, connect) = match sent {
             Err(failed) => (failed.reason, failed.connect),
             Ok(resp) if resp.status() == StatusCode::PARTIAL_CONTENT => {
@@ -328,7 +338,7 @@ fn read_segment(
                 pos += n as u64;
                 done.store(pos, Ordering::SeqCst);
                 sh.fetched.fetch_add(n as u64, Ordering::SeqCst);
-                sh.progress.inc(n as u64);
+                sh.progress.advance(n as u64);
             }
             Err(e) => return Ok(Some(io_reason(&e))),
         }

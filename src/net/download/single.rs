@@ -6,10 +6,10 @@ use super::part::{self, PartMeta, Reservation};
 use super::range::{self, Ranged, Span};
 use super::request::{FileRequest, PartDone};
 use super::response::{classify_status, content_length, io_reason, looks_like_markup, markup_type};
-use crate::net::progress::FileProgress;
 use crate::net::reach::ConnectFailure;
 use crate::net::retry::Tries;
 use crate::net::signed_url::redact;
+use crate::progress::Task;
 use reqwest::blocking::Response;
 use reqwest::StatusCode;
 use std::fs::File;
@@ -42,7 +42,7 @@ impl Attempt {
 pub(crate) struct Stream<'a> {
     http: &'a Http,
     req: &'a FileRequest,
-    progress: &'a FileProgress,
+    progress: &'a dyn Task,
     shown: String,
     file: File,
     /// Bytes of the part on disk (and hashed, in order).
@@ -62,7 +62,7 @@ impl<'a> Stream<'a> {
         req: &'a FileRequest,
         mut file: File,
         meta: PartMeta,
-        progress: &'a FileProgress,
+        progress: &'a dyn Task,
     ) -> Result<Self, HttpError> {
         let part = &req.part;
         let mut offset = file.metadata().map_err(|e| io_err(part, e))?.len();
@@ -344,7 +344,7 @@ impl<'a> Stream<'a> {
             filled += n;
             self.offset += n as u64;
             self.fetched += n as u64;
-            self.progress.inc(n as u64);
+            self.progress.advance(n as u64);
         };
         self.hasher.submit(buf, filled);
         Ok(stopped)
