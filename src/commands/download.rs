@@ -167,12 +167,8 @@ pub fn run(args: &DownloadArgs) -> Result<i32> {
     let (fetched, elapsed) = (progress.fetched(), progress.elapsed());
     progress.finish();
     let secs = elapsed.as_secs_f64().max(1e-3);
-    eprintln!(
-        "fetched {} in {:.1}s ({}/s)",
-        human_bytes(fetched),
-        secs,
-        human_bytes((fetched as f64 / secs) as u64)
-    );
+    let rate = human_bytes((fetched as f64 / secs) as u64);
+    eprintln!("fetched {} in {secs:.1}s ({rate}/s)", human_bytes(fetched));
     for folder in &verified {
         println!("{}", folder.display());
     }

@@ -16,7 +16,7 @@ pub struct FileRequest {
     pub expected_size: Option<u64>,
     pub hash: HashKind,
     /// Lower-case hex digest the file must have; on mismatch the part is deleted and fetched once
-    /// more from scratch before [`HttpError::Mismatch`](super::HttpError::Mismatch).
+    /// more from scratch before [`HttpError::Mismatch`](super::error::HttpError::Mismatch).
     pub expected_digest: Option<String>,
     /// Extra request headers (e.g. `Authorization`), never printed.
     pub headers: Vec<(String, String)>,

@@ -127,16 +127,35 @@ pub(crate) fn run(
         fetched: AtomicU64::new(0),
         stop: AtomicBool::new(false),
     };
-    let (digest, outcome) = std::thread::scope(|s| {
-        let mut first = first;
+    let (digest, outcome) = transfer(&sh, &segs, &done, meta, first);
+    outcome?;
+    file.sync_all().map_err(|e| io_err(&req.part, e))?;
+    Ok(PartDone {
+        size: total,
+        digest,
+        fetched: sh.fetched.load(Ordering::SeqCst),
+        kept,
+    })
+}
+
+/// One worker per unfinished segment while this thread hashes in file order; the digest and how
+/// the transfer ended.
+fn transfer(
+    sh: &Shared,
+    segs: &[Segment],
+    done: &[AtomicU64],
+    meta: &mut PartMeta,
+    mut first: Option<Response>,
+) -> (Option<String>, Result<(), SegError>) {
+    let total = segs.last().map_or(0, |s| s.end);
+    std::thread::scope(|s| {
         let workers: Vec<_> = segs
             .iter()
-            .zip(&done)
+            .zip(done)
             .enumerate()
             .filter(|(_, (seg, _))| seg.done < seg.end)
             .map(|(i, (seg, d))| {
                 let pre = if i == 0 { first.take() } else { None };
-                let sh = &sh;
                 s.spawn(move || {
                     let r = fetch_segment(sh, seg, d, pre);
                     if r.is_err() {
@@ -147,7 +166,7 @@ pub(crate) fn run(
             })
             .collect();
         let all_done = || workers.iter().all(|w| w.is_finished());
-        let (hasher, hashed, hash_err) = hash_in_order(&sh, &segs, &done, meta, all_done);
+        let (hasher, hashed, hash_err) = hash_in_order(sh, segs, done, meta, all_done);
         let mut outcome = join_all(workers, hash_err);
         if outcome.is_ok() && hashed < total {
             outcome = Err(SegError::Http(HttpError::Network {
@@ -157,14 +176,6 @@ pub(crate) fn run(
             }));
         }
         (hasher.finish(), outcome)
-    });
-    outcome?;
-    file.sync_all().map_err(|e| io_err(&req.part, e))?;
-    Ok(PartDone {
-        size: total,
-        digest,
-        fetched: sh.fetched.load(Ordering::SeqCst),
-        kept,
     })
 }
 
