@@ -45,10 +45,11 @@ Re-running with the same or a new link resumes: partial files are kept as NAME.p
 gets its final name only after its md5 matches checklist.chk.\n\n\
 Manifest (--manifest FILE): {\"models\": [\"8B\"], \"url\": \"https://.../*?Policy=...\",\n\
   \"files\": {\"Meta-Llama-3-8B/params.json\": \"https://...\"}, \"sizes\": {...}, \"expires_on\": \"2026-05-01T00:00:00Z\"}\n\n\
-Environment: LLAMACTL_READ_TIMEOUT_MS (stall timeout, 60000), LLAMACTL_CONNECT_TIMEOUT_MS (30000),\n\
-LLAMACTL_RETRIES (8), LLAMACTL_RETRY_BASE_MS (1000), LLAMACTL_RETRY_MAX_MS (60000),\n\
-LLAMACTL_SEGMENT_MIN_BYTES (smallest --connections segment, 67108864),\n\
-LLAMACTL_PROGRESS_INTERVAL_MS (plain progress lines when stderr is not a terminal, 10000)."
+Environment: LLAMACTL_PROGRESS_INTERVAL_MS (ms between plain progress lines off a terminal, 10000).\n\
+Network settings, shared with pull (docs/CLI.md):\n  \
+LLAMACTL_NET_RETRIES (8)  LLAMACTL_NET_TIMEOUT_S (stall, 60)  LLAMACTL_NET_CONNECT_TIMEOUT_S (10)\n  \
+LLAMACTL_NET_BACKOFF_MS (1000)  LLAMACTL_NET_BACKOFF_MAX_MS (60000)\n  \
+LLAMACTL_NET_SEGMENT_MIN_BYTES (smallest --connections segment, 67108864)"
 )]
 pub struct DownloadArgs {
     /// The signed URL from Meta's email (or env LLAMA_DOWNLOAD_URL); prompted for when absent.
@@ -79,7 +80,9 @@ pub struct DownloadArgs {
 #[command(
     after_help = "Example:\n  llamactl pull meta-llama/Meta-Llama-3-8B-Instruct --include 'original/*'\n\n\
 Environment (read as huggingface_hub reads them):\n  HF_TOKEN, HF_HOME, HF_HUB_CACHE, HF_ENDPOINT, HF_HUB_OFFLINE=1\n\
-Network knobs:\n  LLAMACTL_NET_RETRIES=5  LLAMACTL_NET_TIMEOUT_S=30 (per stalled read)  LLAMACTL_NET_BACKOFF_MS=1000"
+Network settings, shared with download (docs/CLI.md):\n  \
+LLAMACTL_NET_RETRIES (8)  LLAMACTL_NET_TIMEOUT_S (stall, 60)  LLAMACTL_NET_CONNECT_TIMEOUT_S (10)\n  \
+LLAMACTL_NET_BACKOFF_MS (1000)  LLAMACTL_NET_BACKOFF_MAX_MS (60000)"
 )]
 pub struct PullArgs {
     /// Repository id, e.g. meta-llama/Meta-Llama-3-8B.
