@@ -594,7 +594,7 @@ fn changed_object_restarts_and_locked_part_is_refused() {
 fn engine_api_for_other_commands() {
     use llamactl::net::config::NetConfig;
     use llamactl::net::download::{FileRequest, HashKind, Http, HttpError};
-    use llamactl::net::progress::FileProgress;
+    use llamactl::progress::Silent;
     use sha2::Digest;
 
     let cdn = Cdn::start();
@@ -615,9 +615,7 @@ fn engine_api_for_other_commands() {
     req.expected_digest = Some(hex::encode(sha2::Sha256::digest(&data)));
     req.expected_size = Some(data.len() as u64);
     req.headers = vec![("Authorization".into(), "Bearer hf_secret".into())];
-    let got = http
-        .download_to_file(&req, &FileProgress::hidden())
-        .unwrap();
+    let got = http.download_to_file(&req, &Silent).unwrap();
     assert_eq!(got.size, data.len() as u64);
     assert_eq!(got.digest, req.expected_digest);
     assert_eq!(std::fs::read(&dest).unwrap(), data);
@@ -628,7 +626,7 @@ fn engine_api_for_other_commands() {
     let mut bad = FileRequest::new(url.clone(), dest2.clone());
     bad.hash = HashKind::Sha256;
     bad.expected_digest = Some("00".repeat(32));
-    match http.download_to_file(&bad, &FileProgress::hidden()) {
+    match http.download_to_file(&bad, &Silent) {
         Err(e @ HttpError::Mismatch { .. }) => assert_eq!(e.exit_code(), 1),
         other => panic!("{other:?}"),
     }
