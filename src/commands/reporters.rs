@@ -514,6 +514,19 @@ mod tests {
     }
 
     #[test]
+    fn a_total_given_up_front_is_final_from_the_start() {
+        let sh = plain(Options::new("pull").count(3, "files").total(1000));
+        let t = task(&sh, "a", Some(100));
+        t.set_position(100);
+        t.finish();
+        let line = sh.status_line();
+        assert!(
+            line.starts_with("pull: 1 of 3 files, 100 B of 1000 B (10%), "),
+            "{line}"
+        );
+    }
+
+    #[test]
     fn a_dropped_task_counts_as_finished() {
         let sh = plain(Options::new("progress"));
         drop(task(&sh, "x", None));
