@@ -148,6 +148,58 @@ def check_fixture(tmp, llama_cpp, name, p, dtype, mp, instruct):
             check(a == b, f"{name} {t}: llama-completion greedy text equal: {a.strip()!r}")
 
 
+def template_fields(path):
+    r = GGUFReader(path)
+    out = []
+    for k, v in r.fields.items():
+        if k.startswith("tokenizer.chat_template"):
+            out.append((k, bytes(v.parts[-1]).decode() if int(v.types[0]) == 8
+                        else [bytes(v.parts[i]).decode() for i in v.data]))
+    return out
+
+
+def check_templates(tmp, llama_cpp):
+    """Chat templates as a tokenizer_config.json list, as chat_template.jinja plus
+    additional_chat_templates/, and as chat_template.json. One extra name each: the converter
+    lists the names from a Python set, whose order is not fixed."""
+    hf = os.path.join(tmp, "templates-hf")
+    llamactl("convert", "--to", "hf", os.path.join(ROOT, "testdata", "tiny-mp1"), hf, "--instruct")
+    cfg_path = os.path.join(hf, "tokenizer_config.json")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+
+    def write(path, text):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+
+    def config(template):
+        c = dict(cfg)
+        if template is None:
+            c.pop("chat_template", None)
+        else:
+            c["chat_template"] = template
+        write(cfg_path, json.dumps(c))
+
+    def compare(label):
+        ref, ours = os.path.join(tmp, f"tpl-{label}-ref.gguf"), os.path.join(tmp, f"tpl-{label}-ours.gguf")
+        oracle(llama_cpp, hf, "bf16", ref)
+        llamactl("convert", "--to", "gguf", hf, ours)
+        a, b = template_fields(ours), template_fields(ref)
+        check(a == b, f"chat templates ({label}) equal llama.cpp's converter: {b}")
+
+    config([{"name": "default", "template": "D"}, {"name": "tool use", "template": "T"}])
+    compare("config list")
+    config(None)
+    write(os.path.join(hf, "chat_template.jinja"), "J")
+    write(os.path.join(hf, "additional_chat_templates", "rag.jinja"), "R")
+    compare("jinja files")
+    os.remove(os.path.join(hf, "chat_template.jinja"))
+    shutil.rmtree(os.path.join(hf, "additional_chat_templates"))
+    write(os.path.join(hf, "chat_template.json"), json.dumps({"chat_template": "C"}))
+    compare("chat_template.json")
+
+
 def golden_structure(path):
     r = GGUFReader(path)
     kv = []
@@ -223,6 +275,7 @@ def main():
     try:
         if a.golden:
             write_golden(tmp, a.llama_cpp)
+        check_templates(tmp, a.llama_cpp)
         for fx in FIXTURES:
             check_fixture(tmp, a.llama_cpp, *fx)
     finally:

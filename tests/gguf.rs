@@ -180,6 +180,60 @@ fn llama31_instruct_has_rope_freqs_and_chat_template() {
     assert_matches_golden(&out, "tiny31-instruct-f32.json");
 }
 
+/// The chat-template keys at the end of a GGUF file: (key, string value or the array's strings).
+fn template_keys(path: &Path) -> Vec<(String, String)> {
+    let g = GgufFile::open(path).unwrap();
+    g.kvs
+        .iter()
+        .filter(|(k, _)| k.starts_with("tokenizer.chat_template"))
+        .map(|(k, v)| (k.clone(), v.to_json(usize::MAX).to_string()))
+        .collect()
+}
+
+#[test]
+fn chat_template_lists_and_template_files_become_named_templates() {
+    let d = tempfile::tempdir().unwrap();
+    let hf = d.path().join("hf");
+    convert("hf", &testdata().join("tiny-mp1"), &hf, &["--instruct"]);
+    let cfg_path = hf.join("tokenizer_config.json");
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    // tokenizer_config.json's list form: names are sanitised, `default` comes last.
+    cfg["chat_template"] = serde_json::json!([
+        {"name": "default", "template": "D"},
+        {"name": "tool use", "template": "T"},
+        {"template": "no name: skipped"},
+    ]);
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let out = d.path().join("list.gguf");
+    convert("gguf", &hf, &out, &[]);
+    let q = |s: &str| format!("{s:?}");
+    assert_eq!(
+        template_keys(&out),
+        vec![
+            ("tokenizer.chat_template.tool_use".into(), q("T")),
+            ("tokenizer.chat_templates".into(), r#"["tool_use"]"#.into()),
+            ("tokenizer.chat_template".into(), q("D")),
+        ]
+    );
+    // Template files beside the config, used when the config has none.
+    cfg.as_object_mut().unwrap().remove("chat_template");
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    std::fs::write(hf.join("chat_template.jinja"), "J").unwrap();
+    std::fs::create_dir(hf.join("additional_chat_templates")).unwrap();
+    std::fs::write(hf.join("additional_chat_templates/rag.jinja"), "R").unwrap();
+    let out = d.path().join("files.gguf");
+    convert("gguf", &hf, &out, &[]);
+    assert_eq!(
+        template_keys(&out),
+        vec![
+            ("tokenizer.chat_template.rag".into(), q("R")),
+            ("tokenizer.chat_templates".into(), r#"["rag"]"#.into()),
+            ("tokenizer.chat_template".into(), q("J")),
+        ]
+    );
+}
+
 #[test]
 fn q8_0_bytes_equal_gguf_py() {
     let text = std::fs::read_to_string(testdata().join("gguf/q8_0.json")).unwrap();

@@ -636,8 +636,9 @@ fn sharded_meta_dir_is_merged_and_agrees() {
     assert_eq!(one["results"][0]["tokens"], two["results"][0]["tokens"]);
 }
 
-/// The `cuda` build on a machine without the NVIDIA driver: it starts, `--device auto` says why it
-/// falls back, and the check passes on the CPU; `--device cuda` is a clear error (exit 2).
+/// The `cuda` build on a machine without the NVIDIA driver or any CUDA library: it starts,
+/// `--device auto` says why it falls back, and the check passes on the CPU; `--device cuda` is a
+/// clear error (exit 2).
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_build_runs_on_the_cpu_without_a_driver() {
@@ -651,14 +652,23 @@ fn cuda_build_runs_on_the_cpu_without_a_driver() {
         eprintln!("skipped: this machine has an NVIDIA driver");
         return;
     }
-    let out = llamactl(&["run", "--ckpt-dir", "testdata/tiny-mp1", "--check"]);
+    // No CUDA library on the search path either: the binary must start without libcudart too.
+    let bare = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_llamactl"))
+            .args(args)
+            .current_dir(root())
+            .env_remove("LD_LIBRARY_PATH")
+            .output()
+            .expect("run llamactl")
+    };
+    let out = bare(&["run", "--ckpt-dir", "testdata/tiny-mp1", "--check"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(
         stderr.contains("libcuda") && stderr.contains("running on the CPU"),
         "{stderr}"
     );
-    let out = llamactl(&[
+    let out = bare(&[
         "run",
         "--ckpt-dir",
         "testdata/tiny-mp1",

@@ -67,8 +67,10 @@ pub struct HfDocs {
     pub generation: Option<Json>,
     pub tokenizer: Json,
     pub tokenizer_config: Option<Json>,
-    /// `chat_template.jinja`, used when tokenizer_config.json has no `chat_template`.
-    pub chat_template_file: Option<String>,
+    /// The chat template(s) of the files beside tokenizer_config.json (`chat_template.jinja`, with
+    /// `additional_chat_templates/*.jinja` as a list of `{name, template}`, or `chat_template.json`),
+    /// used when tokenizer_config.json has no `chat_template`.
+    pub chat_template_files: Option<Json>,
 }
 
 #[derive(Debug, Clone)]

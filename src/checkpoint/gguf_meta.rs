@@ -334,16 +334,61 @@ fn special_vocab(docs: &HfDocs) -> Result<Vec<(String, Value)>> {
             out.push((format!("tokenizer.ggml.add_{typ}_token"), Value::Bool(b)));
         }
     }
-    let template = match tc.get("chat_template") {
-        Some(Json::String(s)) => Some(s.clone()),
-        Some(Json::Null) => None,
-        Some(_) => bail!("tokenizer_config.json: a chat_template list is not supported"),
-        None => docs.chat_template_file.clone(),
-    };
-    if let Some(t) = template.filter(|t| !t.is_empty()) {
-        out.push(("tokenizer.chat_template".into(), Value::Str(t)));
+    match tc
+        .get("chat_template")
+        .or(docs.chat_template_files.as_ref())
+    {
+        None | Some(Json::Null) => {}
+        Some(Json::String(t)) if t.is_empty() => {}
+        Some(Json::String(t)) => {
+            out.push(("tokenizer.chat_template".into(), Value::Str(t.clone())))
+        }
+        Some(Json::Array(list)) => out.extend(named_templates(list)),
+        Some(_) => bail!("tokenizer_config.json: chat_template is neither a string nor a list"),
     }
     Ok(out)
+}
+
+/// A list of `{name, template}` chat templates, keyed as llama.cpp reads them: one
+/// `tokenizer.chat_template.NAME` per named template (NAME with every character outside [A-Za-z0-9]
+/// as `_`), their names in `tokenizer.chat_templates`, then the one named `default` as
+/// `tokenizer.chat_template`. Entries without a name or template are skipped, as the converter does.
+fn named_templates(list: &[Json]) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    let mut default = None;
+    for entry in list {
+        let name: String = entry["name"]
+            .as_str()
+            .unwrap_or_default()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let Some(template) = entry["template"].as_str() else {
+            continue;
+        };
+        if name.is_empty() {
+            continue;
+        }
+        if name == "default" {
+            default = Some(template.to_string());
+            continue;
+        }
+        out.push((
+            format!("tokenizer.chat_template.{name}"),
+            Value::Str(template.to_string()),
+        ));
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    if !names.is_empty() {
+        out.push(("tokenizer.chat_templates".into(), Value::strings(names)));
+    }
+    if let Some(t) = default {
+        out.push(("tokenizer.chat_template".into(), Value::Str(t)));
+    }
+    out
 }
 
 /// add_bos/eos/sep as the converter reads them off tokenizer.json's post-processor: ByteLevel

@@ -14,7 +14,7 @@ use crate::util::{human_bytes, AtomicFile};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// The text llama.cpp's converter encodes to recognise a BPE pre-tokenizer, and the sha256 of
@@ -125,7 +125,7 @@ fn meta_docs(src: &Path, instruct: bool) -> Result<(HfDocs, Tokenizer)> {
         generation: Some(hf_config::generation_config_json(&p, instruct)),
         tokenizer: tokenizer_json(&tok)?,
         tokenizer_config: Some(tokenizer_config_json(&tok, instruct, max_len)?),
-        chat_template_file: None,
+        chat_template_files: None,
     };
     eprintln!(
         "{} model (from {})",
@@ -150,6 +150,39 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
         .with_context(|| format!("{}: invalid JSON", path.display()))
 }
 
+/// The chat template(s) stored beside tokenizer_config.json, where llama.cpp's converter looks:
+/// `chat_template.jinja` (a list of `{name, template}` when `additional_chat_templates/*.jinja`
+/// exist, `default` first, the others by file name), else `chat_template.json`'s `chat_template`.
+fn chat_template_files(src: &Path) -> Result<Option<Value>> {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))
+    };
+    let jinja = src.join("chat_template.jinja");
+    if !jinja.is_file() {
+        return Ok(read_json(&src.join("chat_template.json"))?
+            .and_then(|doc| doc.get("chat_template").cloned()));
+    }
+    let default = read(&jinja)?;
+    let extra_dir = src.join("additional_chat_templates");
+    let mut extra: Vec<PathBuf> = match std::fs::read_dir(&extra_dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "jinja") && p.is_file())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    if extra.is_empty() {
+        return Ok(Some(Value::String(default)));
+    }
+    extra.sort();
+    let mut list = vec![serde_json::json!({"name": "default", "template": default})];
+    for p in &extra {
+        let name = p.file_stem().unwrap_or_default().to_string_lossy();
+        list.push(serde_json::json!({"name": name, "template": read(p)?}));
+    }
+    Ok(Some(Value::Array(list)))
+}
+
 /// The HF files of an HF directory, read as they are.
 fn hf_docs(src: &Path, flag_given: bool) -> Result<(HfDocs, Tokenizer)> {
     if flag_given {
@@ -165,20 +198,12 @@ fn hf_docs(src: &Path, flag_given: bool) -> Result<(HfDocs, Tokenizer)> {
             )
         })
     };
-    let template = src.join("chat_template.jinja");
     let docs = HfDocs {
         config: need("config.json")?,
         generation: read_json(&src.join("generation_config.json"))?,
         tokenizer: need("tokenizer.json")?,
         tokenizer_config: read_json(&src.join("tokenizer_config.json"))?,
-        chat_template_file: if template.is_file() {
-            Some(
-                std::fs::read_to_string(&template)
-                    .with_context(|| format!("{}: cannot read", template.display()))?,
-            )
-        } else {
-            None
-        },
+        chat_template_files: chat_template_files(src)?,
     };
     let tok = Tokenizer::from_file(&src.join("tokenizer.json"))?;
     Ok((docs, tok))
