@@ -3,6 +3,7 @@
 mod common;
 
 use common::cdn::{Cdn, Fault};
+use common::child;
 use common::noise::noise;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -56,6 +57,14 @@ fn put_top(cdn: &Cdn) {
     );
 }
 
+/// A CDN with the top-level files and the 8B model (one shard of `size` bytes); the model's files.
+fn cdn_with_8b(size: usize) -> (Cdn, Vec<(String, Vec<u8>)>) {
+    let cdn = Cdn::start();
+    put_top(&cdn);
+    let files = put_model(&cdn, "8b_pre_trained", 1, size);
+    (cdn, files)
+}
+
 fn llamactl(args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_llamactl"));
     c.args(args)
@@ -80,11 +89,17 @@ fn llamactl(args: &[&str]) -> Command {
     c
 }
 
-fn download(url: &str, models: &str, dir: &Path, extra: &[&str]) -> Output {
+fn download_cmd(url: &str, models: &str, dir: &Path, extra: &[&str]) -> Command {
     let dir = dir.to_str().expect("utf-8 temp path");
     let mut args = vec!["download", "--url", url, "--models", models, "--dir", dir];
     args.extend_from_slice(extra);
-    llamactl(&args).output().expect("run llamactl")
+    llamactl(&args)
+}
+
+fn download(url: &str, models: &str, dir: &Path, extra: &[&str]) -> Output {
+    download_cmd(url, models, dir, extra)
+        .output()
+        .expect("run llamactl")
 }
 
 fn text(o: &Output) -> String {
@@ -274,44 +289,22 @@ fn input_errors_before_any_request() {
 
 #[test]
 fn resume_after_kill_fetches_each_byte_about_once() {
-    let cdn = Cdn::start();
-    put_top(&cdn);
     let size = 4 << 20;
-    let files = put_model(&cdn, "8b_pre_trained", 1, size);
+    let (cdn, files) = cdn_with_8b(size);
     let url = cdn.link(3600, None);
     let dir = tempfile::tempdir().unwrap();
     cdn.throttle(Some(1 << 20));
-    let d = dir.path().to_str().unwrap();
-    let mut child = llamactl(&["download", "--url", &url, "--models", "8B", "--dir", d])
+    let mut child = download_cmd(&url, "8B", dir.path(), &[])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let part = dir.path().join("Meta-Llama-3-8B/consolidated.00.pth.part");
-    let t0 = Instant::now();
-    while std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0) < size as u64 / 4 {
-        assert!(t0.elapsed() < Duration::from_secs(20), "no progress");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // SIGKILL: no chance to clean up or flush anything.
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child::wait_for_bytes(&mut child, &part, size as u64 / 4);
+    child::kill_9(child);
     let kept = std::fs::metadata(&part).unwrap().len();
     assert!(kept > 0 && kept < size as u64);
-    assert!(!dir
-        .path()
-        .join("Meta-Llama-3-8B/consolidated.00.pth")
-        .exists());
-
-    cdn.throttle(None);
-    let o = download(&url, "8B", dir.path(), &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert_model(dir.path(), "Meta-Llama-3-8B", &files);
-    let served = cdn.served(PTH);
-    assert!(
-        served as f64 <= 1.05 * size as f64,
-        "served {served} bytes for a {size}-byte file"
-    );
+    resume_fetches_each_byte_about_once(&cdn, &url, dir.path(), &files, size);
     let resumed = cdn.requests().into_iter().rfind(|r| r.path == PTH).unwrap();
     assert_eq!(resumed.status, 206);
     assert!(resumed.if_range.is_some(), "resume without If-Range");
@@ -319,10 +312,8 @@ fn resume_after_kill_fetches_each_byte_about_once() {
 
 #[test]
 fn used_up_link_stops_then_a_new_link_resumes() {
-    let cdn = Cdn::start();
-    put_top(&cdn);
     let size = 1 << 20;
-    let files = put_model(&cdn, "8b_pre_trained", 1, size);
+    let (cdn, files) = cdn_with_8b(size);
     // LICENSE, USE_POLICY, checklist.chk, the shard: then the count is used up.
     let first = cdn.link(3600, Some(4));
     cdn.fault(PTH, Fault::DropAfter(size as u64 / 2));
@@ -354,9 +345,7 @@ fn used_up_link_stops_then_a_new_link_resumes() {
 
 #[test]
 fn corrupted_server_file_fails_with_both_digests() {
-    let cdn = Cdn::start();
-    put_top(&cdn);
-    let files = put_model(&cdn, "8b_pre_trained", 1, 200_000);
+    let (cdn, files) = cdn_with_8b(200_000);
     let mut bad = files[0].1.clone();
     bad[1000] ^= 0xff;
     cdn.put(PTH, bad.clone());
@@ -383,10 +372,8 @@ fn corrupted_server_file_fails_with_both_digests() {
 
 #[test]
 fn transient_faults_are_survived() {
-    let cdn = Cdn::start();
-    put_top(&cdn);
     let size = 400_000;
-    let files = put_model(&cdn, "8b_pre_trained", 1, size);
+    let (cdn, files) = cdn_with_8b(size);
     cdn.fault(PTH, Fault::DropAfter(100_000));
     cdn.fault(PTH, Fault::Status500);
     cdn.fault(PTH, Fault::Stall(150_000, Duration::from_secs(3)));
@@ -414,9 +401,7 @@ fn transient_faults_are_survived() {
 
 #[test]
 fn persistent_failures_exit_with_their_codes() {
-    let cdn = Cdn::start();
-    put_top(&cdn);
-    put_model(&cdn, "8b_pre_trained", 1, 50_000);
+    let (cdn, _) = cdn_with_8b(50_000);
     let url = cdn.link(3600, None);
 
     // Always 500: network failure after the retries, part kept, exit 4.
@@ -436,9 +421,7 @@ fn persistent_failures_exit_with_their_codes() {
     assert_eq!(pth_requests, 4);
 
     // An HTML page where a weight should be: never stored under the weight's name, even unverified.
-    let cdn = Cdn::start();
-    put_top(&cdn);
-    put_model(&cdn, "8b_pre_trained", 1, 50_000);
+    let (cdn, _) = cdn_with_8b(50_000);
     cdn.fault(PTH, Fault::Html);
     let url = cdn.link(3600, None);
     let dir = tempfile::tempdir().unwrap();
@@ -525,10 +508,8 @@ fn complete_part_is_finished_with_416_and_manifest_works() {
 
 #[test]
 fn changed_object_restarts_and_locked_part_is_refused() {
-    let cdn = Cdn::start();
-    put_top(&cdn);
     let size = 300_000;
-    let files = put_model(&cdn, "8b_pre_trained", 1, size);
+    let (cdn, files) = cdn_with_8b(size);
     cdn.fault(PTH, Fault::DropAfter(size as u64 / 2));
     let link = cdn.link(3600, Some(4));
     let dir = tempfile::tempdir().unwrap();
@@ -647,9 +628,7 @@ fn engine_api_for_other_commands() {
 
 #[test]
 fn file_missing_from_checklist_is_kept_with_a_warning() {
-    let cdn = Cdn::start();
-    put_top(&cdn);
-    let files = put_model(&cdn, "8b_pre_trained", 1, 10_000);
+    let (cdn, files) = cdn_with_8b(10_000);
     let checklist: String = files
         .iter()
         .filter(|(n, _)| n != "tokenizer.model" && n != "checklist.chk")
@@ -669,6 +648,28 @@ fn file_missing_from_checklist_is_kept_with_a_warning() {
 }
 
 /// Segment progress recorded in the part's meta file: bytes on disk by its account.
+/// After a kill: the final file is not there, and the next run (at full speed) completes the
+/// model while the CDN serves about each byte once.
+fn resume_fetches_each_byte_about_once(
+    cdn: &Cdn,
+    url: &str,
+    dir: &Path,
+    files: &[(String, Vec<u8>)],
+    size: usize,
+) -> Output {
+    assert!(!dir.join("Meta-Llama-3-8B/consolidated.00.pth").exists());
+    cdn.throttle(None);
+    let o = download(url, "8B", dir, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_model(dir, "Meta-Llama-3-8B", files);
+    let served = cdn.served(PTH);
+    assert!(
+        served as f64 <= 1.05 * size as f64,
+        "served {served} bytes for a {size}-byte file"
+    );
+    o
+}
+
 fn segment_bytes(meta: &Path) -> u64 {
     std::fs::read_to_string(meta)
         .ok()
@@ -685,29 +686,16 @@ fn segment_bytes(meta: &Path) -> u64 {
 
 #[test]
 fn several_connections_per_file_with_faults_and_kill() {
-    let cdn = Cdn::start();
-    put_top(&cdn);
     let size = 2 << 20;
-    let files = put_model(&cdn, "8b_pre_trained", 1, size);
+    let (cdn, files) = cdn_with_8b(size);
     let url = cdn.link(3600, None);
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_str().unwrap();
     // The first ranged request (segment 0) drops mid-way: only that segment retries.
     cdn.fault(PTH, Fault::DropAfter(100_000));
-    let o = llamactl(&[
-        "download",
-        "--url",
-        &url,
-        "--models",
-        "8B",
-        "--dir",
-        d,
-        "--connections",
-        "4",
-    ])
-    .env("LLAMACTL_SEGMENT_MIN_BYTES", "200000")
-    .output()
-    .unwrap();
+    let o = download_cmd(&url, "8B", dir.path(), &["--connections", "4"])
+        .env("LLAMACTL_SEGMENT_MIN_BYTES", "200000")
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_model(dir.path(), "Meta-Llama-3-8B", &files);
     let ranges: Vec<String> = cdn
@@ -724,64 +712,25 @@ fn several_connections_per_file_with_faults_and_kill() {
         .any(|r| r == &format!("bytes={}-{}", size / 2, 3 * size / 4 - 1)));
 
     // Kill mid-way, then resume: each segment continues from its recorded progress.
-    let cdn = Cdn::start();
-    put_top(&cdn);
     let size = 4 << 20;
-    let files = put_model(&cdn, "8b_pre_trained", 1, size);
+    let (cdn, files) = cdn_with_8b(size);
     let url = cdn.link(3600, None);
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_str().unwrap();
     cdn.throttle(Some(128 << 10));
-    let mut child = llamactl(&[
-        "download",
-        "--url",
-        &url,
-        "--models",
-        "8B",
-        "--dir",
-        d,
-        "--connections",
-        "4",
-    ])
-    .env("LLAMACTL_SEGMENT_MIN_BYTES", "500000")
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
+    let mut child = download_cmd(&url, "8B", dir.path(), &["--connections", "4"])
+        .env("LLAMACTL_SEGMENT_MIN_BYTES", "500000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let meta = dir
         .path()
         .join("Meta-Llama-3-8B/consolidated.00.pth.part.meta");
-    let t0 = Instant::now();
-    while segment_bytes(&meta) < size as u64 / 4 {
-        assert!(t0.elapsed() < Duration::from_secs(20), "no progress");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(!dir
-        .path()
-        .join("Meta-Llama-3-8B/consolidated.00.pth")
-        .exists());
-    cdn.throttle(None);
+    child::wait_until(&mut child, || segment_bytes(&meta) >= size as u64 / 4);
+    child::kill_9(child);
     // Resuming needs no --connections: the recorded segments decide.
-    let o = download(&url, "8B", dir.path(), &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert_model(dir.path(), "Meta-Llama-3-8B", &files);
-    let served = cdn.served(PTH);
-    assert!(
-        served as f64 <= 1.05 * size as f64,
-        "served {served} for {size}"
-    );
+    let o = resume_fetches_each_byte_about_once(&cdn, &url, dir.path(), &files, size);
     assert!(text(&o).contains("resumed"), "{}", text(&o));
-}
-
-/// A port on 127.0.0.1 where nothing listens (connection refused).
-fn refused_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]
@@ -791,7 +740,7 @@ fn unreachable_host_fails_fast_naming_host_and_cause() {
         "Policy={}&Signature=SIGsecretVALUE~&Key-Pair-Id=APKATESTKEYPAIR",
         common::cdn::cloudfront_b64(policy.as_bytes())
     );
-    let port = refused_port();
+    let port = child::refused_port();
     for (host, cause) in [
         (format!("127.0.0.1:{port}"), "connection refused"),
         ("nonexistent.invalid".to_string(), "DNS lookup failed"),
@@ -847,34 +796,19 @@ fn unreachable_host_fails_fast_naming_host_and_cause() {
 #[test]
 fn sigint_keeps_resumable_parts_and_exits_130() {
     use std::os::unix::process::CommandExt;
-    let cdn = Cdn::start();
-    put_top(&cdn);
-    put_model(&cdn, "8b_pre_trained", 1, 4 << 20);
+    let (cdn, _) = cdn_with_8b(4 << 20);
     cdn.throttle(Some(256 << 10));
     let url = cdn.link(3600, None);
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_str().unwrap();
-    let mut child = llamactl(&["download", "--url", &url, "--models", "8B", "--dir", d])
+    let mut child = download_cmd(&url, "8B", dir.path(), &[])
         .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let part = dir.path().join("Meta-Llama-3-8B/consolidated.00.pth.part");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::fs::metadata(&part).map_or(0, |m| m.len()) < 100_000 {
-        assert!(Instant::now() < deadline, "no partial download appeared");
-        assert!(child.try_wait().unwrap().is_none(), "download ended early");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let sent = Instant::now();
-    // SAFETY: kill(2) on the child's own process group.
-    assert_eq!(unsafe { libc::kill(-(child.id() as i32), libc::SIGINT) }, 0);
-    let out = child.wait_with_output().unwrap();
-    let took = sent.elapsed();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{err}");
-    assert!(took < Duration::from_secs(2), "{took:?}");
+    child::wait_for_bytes(&mut child, &part, 100_000);
+    let err = child::interrupt(child);
     let last = err.lines().last().unwrap_or("");
     assert!(
         last.starts_with("interrupted by SIGINT: kept ") && last.contains("partial download(s)"),

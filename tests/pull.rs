@@ -1,4 +1,6 @@
 //! `llamactl pull` against a real HTTP Hub on 127.0.0.1 (tests/common/hub.rs), through HF_ENDPOINT.
+#[path = "common/child.rs"]
+mod child;
 #[path = "common/hub.rs"]
 mod hub;
 #[path = "common/noise.rs"]
@@ -155,6 +157,10 @@ impl Run {
     fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.0.stderr).into_owned()
     }
+    /// Assert that stderr contains `text`.
+    fn says(&self, text: &str) {
+        assert!(self.stderr().contains(text), "{}", self.stderr());
+    }
     fn last_line(&self) -> String {
         self.stdout().lines().last().unwrap_or("").to_string()
     }
@@ -204,18 +210,22 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The run printed `ROOT/snapshots/COMMIT`, and `refs/REV` holds the commit with no newline
+/// (huggingface_hub reads it untrimmed).
+fn pulled_snapshot(run: &Run, root: &Path, rev: &str, commit: &str) -> PathBuf {
+    let snap = root.join("snapshots").join(commit);
+    assert_eq!(PathBuf::from(run.last_line()), snap);
+    let written = std::fs::read_to_string(root.join("refs").join(rev)).unwrap();
+    assert_eq!(written, commit);
+    snap
+}
+
 #[test]
 fn full_pull_fills_the_huggingface_cache_layout() {
     let env = Env::new();
     let run = env.pull(&[TINY]).expect(0);
     let root = env.repo_root(TINY);
-    let snap = root.join("snapshots").join(sha(0xb2));
-    assert_eq!(PathBuf::from(run.last_line()), snap);
-    // refs/main holds the commit with no newline (huggingface_hub reads it untrimmed).
-    assert_eq!(
-        std::fs::read_to_string(root.join("refs/main")).unwrap(),
-        sha(0xb2)
-    );
+    let snap = pulled_snapshot(&run, &root, "main", &sha(0xb2));
     assert_eq!(
         snapshot_files(&snap),
         [
@@ -313,12 +323,7 @@ fn revision_pins_a_branch_tag_or_commit() {
     // A tag: its own ref and snapshot; the unchanged weights blob is linked, not fetched again.
     env.hub.clear_log();
     let run = env.pull(&[TINY, "--revision", "v1"]).expect(0);
-    let snap_a = root.join("snapshots").join(sha(0xa1));
-    assert_eq!(PathBuf::from(run.last_line()), snap_a);
-    assert_eq!(
-        std::fs::read_to_string(root.join("refs/v1")).unwrap(),
-        sha(0xa1)
-    );
+    let snap_a = pulled_snapshot(&run, &root, "v1", &sha(0xa1));
     assert_eq!(
         std::fs::read_to_string(root.join("refs/main")).unwrap(),
         sha(0xb2)
@@ -334,11 +339,7 @@ fn revision_pins_a_branch_tag_or_commit() {
         .filter(|l| l.server == "cdn")
         .collect();
     assert_eq!(cdn.len(), 1, "only the changed .pth is fetched: {cdn:?}");
-    assert!(
-        run.stderr().contains("model.safetensors: linked"),
-        "{}",
-        run.stderr()
-    );
+    run.says("model.safetensors: linked");
     assert_eq!(
         std::fs::read_link(snap_a.join("model.safetensors")).unwrap(),
         std::fs::read_link(
@@ -360,23 +361,11 @@ fn revision_pins_a_branch_tag_or_commit() {
     assert!(!refs.exists() || std::fs::read_dir(&refs).unwrap().count() == 0);
 
     let run = env.pull(&[TINY, "--revision", "v9"]).expect(2);
-    assert!(
-        run.stderr().contains("revision \"v9\" not found"),
-        "{}",
-        run.stderr()
-    );
+    run.says("revision \"v9\" not found");
     let run = env.pull(&["meta-llama/Nope"]).expect(2);
-    assert!(
-        run.stderr().contains("repository not found"),
-        "{}",
-        run.stderr()
-    );
+    run.says("repository not found");
     let run = env.pull(&["not a repo"]).expect(2);
-    assert!(
-        run.stderr().contains("not a Hub repo id"),
-        "{}",
-        run.stderr()
-    );
+    run.says("not a Hub repo id");
 }
 
 #[test]
@@ -392,14 +381,8 @@ fn resumes_a_blob_after_kill_9() {
     let sha256 = env.hub.sha256_of(BIG, "main", "big.bin");
     let blobs = env.repo_root(BIG).join("blobs");
     let partial = blobs.join(format!("{sha256}.incomplete"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::fs::metadata(&partial).map_or(0, |m| m.len()) < 300_000 {
-        assert!(Instant::now() < deadline, "no partial download appeared");
-        assert!(child.try_wait().unwrap().is_none(), "pull ended early");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    child::wait_for_bytes(&mut child, &partial, 300_000);
+    child::kill_9(child);
     let had = std::fs::metadata(&partial).unwrap().len();
     assert!(had > 0 && had < 1_500_000, "{had}");
     assert!(!blobs.join(&sha256).exists());
@@ -418,7 +401,7 @@ fn resumes_a_blob_after_kill_9() {
         cdn[0].range.as_deref(),
         Some(format!("bytes={had}-").as_str())
     );
-    assert!(run.stderr().contains("resum"), "{}", run.stderr());
+    run.says("resum");
     assert_eq!(sha256_file(&blobs.join(&sha256)), sha256);
     assert!(!partial.exists());
 }
@@ -427,7 +410,7 @@ fn resumes_a_blob_after_kill_9() {
 fn sha256_mismatch_exits_1_and_stores_nothing() {
     let env = Env::new();
     let run = env.pull(&[CORRUPT]).expect(1);
-    assert!(run.stderr().contains("sha256 mismatch"), "{}", run.stderr());
+    run.says("sha256 mismatch");
     let sha256 = env.hub.sha256_of(CORRUPT, "main", "model.safetensors");
     let root = env.repo_root(CORRUPT);
     assert!(!root.join("blobs").join(&sha256).exists());
@@ -475,11 +458,7 @@ fn gated_repo_needs_a_token_and_the_token_is_never_printed() {
     std::fs::create_dir_all(env2.hf_home()).unwrap();
     std::fs::write(env2.hf_home().join("token"), format!("{SECRET}\n")).unwrap();
     let by_file = env2.pull(&[GATED]).expect(0);
-    assert!(
-        by_file.stderr().contains("token from"),
-        "{}",
-        by_file.stderr()
-    );
+    by_file.says("token from");
     // The CDN never saw the token (it answers 400 to any Authorization header).
     assert!(env2
         .hub
@@ -517,19 +496,11 @@ fn offline_mode_serves_from_the_cache() {
     assert_eq!(run.last_line(), online.last_line());
 
     let run = offline(&[TINY, "--revision", "v1"]).expect(2);
-    assert!(
-        run.stderr().contains("not in the cache"),
-        "{}",
-        run.stderr()
-    );
+    run.says("not in the cache");
     let run = offline(&[GATED]).expect(2);
-    assert!(
-        run.stderr().contains("not in the cache"),
-        "{}",
-        run.stderr()
-    );
+    run.says("not in the cache");
     let run = offline(&[TINY, "--include", "*.gguf"]).expect(2);
-    assert!(run.stderr().contains("no file matches"), "{}", run.stderr());
+    run.says("no file matches");
     assert!(env.hub.log().is_empty());
 
     // A snapshot whose blob went missing is reported, not served.
@@ -540,11 +511,7 @@ fn offline_mode_serves_from_the_cache() {
     ));
     std::fs::remove_file(blob).unwrap();
     let run = offline(&[TINY]).expect(2);
-    assert!(
-        run.stderr().contains("model.safetensors: broken link"),
-        "{}",
-        run.stderr()
-    );
+    run.says("model.safetensors: broken link");
 }
 
 #[test]
@@ -596,11 +563,7 @@ fn retries_transient_failures_then_gives_up_with_exit_4() {
             c.env("LLAMACTL_NET_RETRIES", "2");
         })
         .expect(4);
-    assert!(
-        run.stderr().contains("giving up after 3 tries"),
-        "{}",
-        run.stderr()
-    );
+    run.says("giving up after 3 tries");
     assert_eq!(env.hub.faults_left(), 7);
     assert!(!run.stderr().contains("test-signature"), "{}", run.stderr());
 }
@@ -651,15 +614,6 @@ fn hf_hub_cache_overrides_hf_home() {
     assert!(!env.hf_home().join("hub").exists());
 }
 
-/// A port on 127.0.0.1 where nothing listens (connection refused).
-fn refused_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn files_named(dir: &Path, suffix: &str) -> Vec<PathBuf> {
     walk(dir)
         .into_iter()
@@ -670,7 +624,7 @@ fn files_named(dir: &Path, suffix: &str) -> Vec<PathBuf> {
 #[test]
 fn unreachable_endpoint_fails_fast_naming_host_and_cause() {
     let env = Env::new();
-    let port = refused_port();
+    let port = child::refused_port();
     for (endpoint, host, cause) in [
         (
             format!("http://127.0.0.1:{port}"),
@@ -724,11 +678,7 @@ fn bad_repo_ids_are_refused_before_any_request() {
         "org/x.",
     ] {
         let run = env.pull(&[id]).expect(2);
-        assert!(
-            run.stderr().contains("not a Hub repo id"),
-            "{}",
-            run.stderr()
-        );
+        run.says("not a Hub repo id");
     }
     assert!(env.hub.log().is_empty(), "{:?}", env.hub.log().len());
 }
@@ -750,20 +700,8 @@ fn sigint_keeps_the_partial_blob_and_exits_130() {
         .repo_root(BIG)
         .join("blobs")
         .join(format!("{sha256}.incomplete"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::fs::metadata(&partial).map_or(0, |m| m.len()) < 100_000 {
-        assert!(Instant::now() < deadline, "no partial download appeared");
-        assert!(child.try_wait().unwrap().is_none(), "pull ended early");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let sent = Instant::now();
-    // SAFETY: kill(2) on the child's own process group.
-    assert_eq!(unsafe { libc::kill(-(child.id() as i32), libc::SIGINT) }, 0);
-    let out = child.wait_with_output().unwrap();
-    let took = sent.elapsed();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{err}");
-    assert!(took < Duration::from_secs(2), "{took:?}");
+    child::wait_for_bytes(&mut child, &partial, 100_000);
+    let err = child::interrupt(child);
     let last = err.lines().last().unwrap_or("");
     assert!(
         last.starts_with("interrupted by SIGINT: kept 1 partial download(s)"),

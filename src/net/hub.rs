@@ -179,16 +179,21 @@ pub fn is_commit_hash(rev: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// A `/`-separated relative path that stays inside the folder it is joined to: no empty, `.` or
+/// `..` component, no leading `/`, no backslash or NUL.
+fn is_safe_relative(path: &str) -> bool {
+    !(path.is_empty()
+        || path.starts_with('/')
+        || path.contains('\\')
+        || path.contains('\0')
+        || path
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == ".."))
+}
+
 /// A revision is also a path under `refs/`, so it must stay inside it.
 pub fn validate_revision(rev: &str) -> Result<()> {
-    if rev.is_empty()
-        || rev.starts_with('/')
-        || rev.contains('\\')
-        || rev.contains('\0')
-        || rev
-            .split('/')
-            .any(|p| p.is_empty() || p == "." || p == "..")
-    {
+    if !is_safe_relative(rev) {
         bail!("{rev:?}: not a valid revision (a branch, tag or commit)");
     }
     Ok(())
@@ -196,14 +201,7 @@ pub fn validate_revision(rev: &str) -> Result<()> {
 
 /// A file path from the Hub becomes a path on disk: refuse anything that could leave the folder.
 fn validate_repo_path(path: &str) -> Result<()> {
-    if path.is_empty()
-        || path.starts_with('/')
-        || path.contains('\\')
-        || path.contains('\0')
-        || path
-            .split('/')
-            .any(|p| p.is_empty() || p == "." || p == "..")
-    {
+    if !is_safe_relative(path) {
         bail!("{path:?}: the Hub listed a file name that is not a safe relative path");
     }
     Ok(())

@@ -1,2 +1,3 @@
 pub mod cdn;
+pub mod child;
 pub mod noise;
