@@ -1,10 +1,9 @@
 //! `llamactl download` and `llamactl list` against a real HTTP server on 127.0.0.1 that emulates
 //! Meta's CloudFront links (see tests/common/cdn.rs), with fault injection.
-mod common;
 
-use common::cdn::{Cdn, Fault};
-use common::child;
-use common::noise::noise;
+use crate::common::cdn::{Cdn, Fault};
+use crate::common::child;
+use crate::common::noise::noise;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -738,7 +737,7 @@ fn unreachable_host_fails_fast_naming_host_and_cause() {
     let policy = r#"{"Statement":[{"Condition":{"DateLessThan":{"AWS:EpochTime":4102444800}}}]}"#;
     let query = format!(
         "Policy={}&Signature=SIGsecretVALUE~&Key-Pair-Id=APKATESTKEYPAIR",
-        common::cdn::cloudfront_b64(policy.as_bytes())
+        crate::common::cdn::cloudfront_b64(policy.as_bytes())
     );
     let port = child::refused_port();
     for (host, cause) in [
