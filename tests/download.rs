@@ -1,10 +1,9 @@
 //! `llamactl download` and `llamactl list` against a real HTTP server on 127.0.0.1 that emulates
 //! Meta's CloudFront links (see tests/common/cdn.rs), with fault injection.
-mod common;
 
-use common::cdn::{Cdn, Fault};
-use common::child;
-use common::noise::noise;
+use crate::common::cdn::{Cdn, Fault};
+use crate::common::child;
+use crate::common::noise::noise;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -575,7 +574,7 @@ fn changed_object_restarts_and_locked_part_is_refused() {
 fn engine_api_for_other_commands() {
     use llamactl::net::config::NetConfig;
     use llamactl::net::download::{FileRequest, HashKind, Http, HttpError};
-    use llamactl::net::progress::FileProgress;
+    use llamactl::progress::Silent;
     use sha2::Digest;
 
     let cdn = Cdn::start();
@@ -596,9 +595,7 @@ fn engine_api_for_other_commands() {
     req.expected_digest = Some(hex::encode(sha2::Sha256::digest(&data)));
     req.expected_size = Some(data.len() as u64);
     req.headers = vec![("Authorization".into(), "Bearer hf_secret".into())];
-    let got = http
-        .download_to_file(&req, &FileProgress::hidden())
-        .unwrap();
+    let got = http.download_to_file(&req, &Silent).unwrap();
     assert_eq!(got.size, data.len() as u64);
     assert_eq!(got.digest, req.expected_digest);
     assert_eq!(std::fs::read(&dest).unwrap(), data);
@@ -609,7 +606,7 @@ fn engine_api_for_other_commands() {
     let mut bad = FileRequest::new(url.clone(), dest2.clone());
     bad.hash = HashKind::Sha256;
     bad.expected_digest = Some("00".repeat(32));
-    match http.download_to_file(&bad, &FileProgress::hidden()) {
+    match http.download_to_file(&bad, &Silent) {
         Err(e @ HttpError::Mismatch { .. }) => assert_eq!(e.exit_code(), 1),
         other => panic!("{other:?}"),
     }
@@ -740,7 +737,7 @@ fn unreachable_host_fails_fast_naming_host_and_cause() {
     let policy = r#"{"Statement":[{"Condition":{"DateLessThan":{"AWS:EpochTime":4102444800}}}]}"#;
     let query = format!(
         "Policy={}&Signature=SIGsecretVALUE~&Key-Pair-Id=APKATESTKEYPAIR",
-        common::cdn::cloudfront_b64(policy.as_bytes())
+        crate::common::cdn::cloudfront_b64(policy.as_bytes())
     );
     let port = child::refused_port();
     for (host, cause) in [

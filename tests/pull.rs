@@ -1,13 +1,8 @@
 //! `llamactl pull` against a real HTTP Hub on 127.0.0.1 (tests/common/hub.rs), through HF_ENDPOINT.
-#[path = "common/child.rs"]
-mod child;
-#[path = "common/hub.rs"]
-mod hub;
-#[path = "common/noise.rs"]
-mod noise;
 
-use hub::{CommitSpec, Fault, FileSpec, Hub, RepoSpec};
-use noise::noise;
+use crate::common::child;
+use crate::common::hub::{CommitSpec, Fault, FileSpec, Hub, RepoSpec};
+use crate::common::noise::noise;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};

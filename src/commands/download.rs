@@ -5,14 +5,15 @@
 //! (an expired link is refused); `LICENSE`, `USE_POLICY` and each model's `checklist.chk` come first;
 //! then every other file, `--jobs` at a time, each verified against the checklist before it gets its
 //! final name. A 403 stops new transfers (the link is spent) and keeps every part for the next run.
+use super::reporters::{Options as Shown, ProgressReporter};
 use crate::checkpoint::catalog::{self, Model};
 use crate::checkpoint::hashing::md5_file;
 use crate::cli::DownloadArgs;
 use crate::error::{self, Fail};
 use crate::net::config::NetConfig;
 use crate::net::download::{kept_parts_note, FileRequest, HashKind, Http, HttpError};
-use crate::net::progress::Progress;
 use crate::net::signed_url::{self, human_duration, redact, SignedUrl};
+use crate::progress::{Reporter, Task};
 use crate::util::{human_bytes, work_queue};
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::BTreeMap;
@@ -144,7 +145,7 @@ pub fn run(args: &DownloadArgs) -> Result<i32> {
         .map(|_| Http::new(cfg.clone()))
         .collect::<Result<Vec<_>>>()?;
     let n_files = plan.first.len() + plan.rest.iter().map(|v| v.len()).sum::<usize>();
-    let mut progress = Progress::new(n_files);
+    let mut progress = ProgressReporter::stderr(Shown::new("progress").count(n_files, "files"));
     let state = RunState {
         clients,
         progress: &progress,
@@ -509,7 +510,7 @@ struct Failure {
 struct RunState<'a> {
     /// One per worker.
     clients: Vec<Http>,
-    progress: &'a Progress,
+    progress: &'a ProgressReporter,
     verify: bool,
     connections: usize,
     /// Set by a failure that dooms the rest (see `Failure::stops_all`).
@@ -581,7 +582,7 @@ impl RunState<'_> {
                 let mut job = job.clone();
                 job.md5 = list.get(&job.file_name()).cloned();
                 if job.md5.is_none() && self.verify {
-                    self.progress.println(&format!(
+                    self.progress.message(&format!(
                         "warning: {}: not listed in checklist.chk, so it cannot be verified",
                         job.label
                     ));
@@ -622,7 +623,7 @@ impl RunState<'_> {
             if self.verify {
                 marker.retain(|name, _| list.contains_key(name));
                 if let Err(e) = catalog::write_marker(&folder, &marker) {
-                    self.progress.println(&format!("warning: {e:#}"));
+                    self.progress.message(&format!("warning: {e:#}"));
                 }
             }
             if all_ok && (!self.verify || catalog::is_verified(&folder)) {
@@ -633,17 +634,17 @@ impl RunState<'_> {
     }
 
     fn one(&self, job: &Job, http: &Http) -> bool {
-        let fp = self.progress.file(&job.label);
-        let result = self.fetch(job, &fp, http);
+        let fp = self.progress.task(&job.label, None);
+        let result = self.fetch(job, fp.as_ref(), http);
         fp.finish();
         match result {
             Ok(line) => {
-                self.progress.println(&line);
+                self.progress.message(&line);
                 true
             }
             Err(f) => {
                 if f.stops_all && !self.stop.swap(true, Ordering::SeqCst) {
-                    self.progress.println(&format!(
+                    self.progress.message(&format!(
                         "{}: failed; no new transfers will start (running ones go on)",
                         job.label
                     ));
@@ -654,12 +655,7 @@ impl RunState<'_> {
         }
     }
 
-    fn fetch(
-        &self,
-        job: &Job,
-        fp: &crate::net::progress::FileProgress,
-        http: &Http,
-    ) -> Result<String, Failure> {
+    fn fetch(&self, job: &Job, fp: &dyn Task, http: &Http) -> Result<String, Failure> {
         let md5 = job.md5.as_ref().filter(|_| self.verify);
         if job.dest.exists() {
             match self.existing(job, md5) {
@@ -716,7 +712,7 @@ impl RunState<'_> {
         if &got == md5 {
             return Ok(Some(format!("ok    {} (already here, md5 ok)", job.label)));
         }
-        self.progress.println(&format!(
+        self.progress.message(&format!(
             "{}: already here but its md5 {got} is not the checklist's {md5}; fetching it again",
             job.label
         ));

@@ -1,22 +1,20 @@
 //! `llamactl pull` (see CLI.md): a repo from the Hugging Face Hub into the cache `huggingface_hub`
 //! uses (or into `--local-dir`), files in parallel, LFS files sha256-checked while streaming.
+use super::reporters::{Options as Shown, ProgressReporter};
 use crate::cli::PullArgs;
 use crate::net::config::NetConfig;
 use crate::net::download::kept_parts_note;
 use crate::net::hub::{
     list_local_files, resolve_token, validate_repo_id, validate_revision, Fetched, HubClient,
-    HubEnv, Progress, RepoCache, RepoFile, TokenSource,
+    HubEnv, RepoCache, RepoFile, TokenSource,
 };
+use crate::progress::Reporter;
 use crate::util::{human_bytes, work_queue};
 use anyhow::{bail, Context, Result};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub fn run(args: &PullArgs) -> Result<i32> {
     if args.jobs == 0 {
@@ -147,8 +145,8 @@ fn online(args: &PullArgs, env: &HubEnv, filter: &Filter) -> Result<PathBuf> {
         }
         None => None,
     };
-    let reporter = Reporter::new();
-    let (commit, files) = list(&client, args, filter, &reporter)?;
+    // Listing messages (retries) before the file count is known.
+    let (commit, files) = list(&client, args, filter, &ProgressReporter::stderr(shown()))?;
     let cache = RepoCache::new(&env.cache_dir, &args.repo_id);
     let folder = match &local_dir {
         Some(d) => d.clone(),
@@ -164,14 +162,10 @@ fn online(args: &PullArgs, env: &HubEnv, filter: &Filter) -> Result<PathBuf> {
         None => cache.root().join("blobs"),
     };
     let _kept = crate::signal::register_kept(move || kept_parts_note(&parts_dir, ".incomplete"));
-    let pending: u64 = files
-        .iter()
-        .filter(|f| local_dir.is_some() || !cache.pointer_path(&commit, &f.path).exists())
-        .map(|f| f.size.unwrap_or(0))
-        .sum();
     let total: u64 = files.iter().map(|f| f.size.unwrap_or(0)).sum();
-    reporter.begin(pending);
-    reporter.note(&format!(
+    // Files already in place count as done at once; the speed counts only bytes fetched.
+    let mut reporter = ProgressReporter::stderr(shown().count(files.len(), "files").total(total));
+    reporter.message(&format!(
         "{}@{} (commit {commit}): {} files, {}",
         args.repo_id,
         args.revision,
@@ -190,6 +184,11 @@ fn online(args: &PullArgs, env: &HubEnv, filter: &Filter) -> Result<PathBuf> {
     reporter.finish();
     summarize(files.len(), results, started)?;
     Ok(folder)
+}
+
+/// How `pull` shows progress: every line tagged `pull: `.
+fn shown() -> Shown {
+    Shown::new("pull").tag_messages()
 }
 
 /// A Hub client with the token from `--token`, the environment or the token file (said, never
@@ -217,7 +216,7 @@ fn list(
     client: &HubClient,
     args: &PullArgs,
     filter: &Filter,
-    reporter: &Reporter,
+    reporter: &dyn Reporter,
 ) -> Result<(String, Vec<RepoFile>)> {
     let listing = client.listing(&args.repo_id, &args.revision, reporter)?;
     let mut files: Vec<RepoFile> = listing
@@ -252,7 +251,7 @@ fn fetch_all(
     t: &Target,
     files: &[RepoFile],
     jobs: usize,
-    reporter: &Reporter,
+    reporter: &ProgressReporter,
 ) -> Vec<(String, Result<Fetched>)> {
     let abort = AtomicBool::new(false);
     let one = |_: &mut (), i: usize| {
@@ -264,9 +263,12 @@ fn fetch_all(
                 .fetch_to_cache(t.cache, t.repo_id, t.commit, f, reporter),
         };
         match &r {
-            Ok(outcome) => reporter.file_done(&f.path, f.size, *outcome),
+            Ok(outcome) => {
+                if let Some(line) = done_line(&f.path, *outcome) {
+                    reporter.message(&line);
+                }
+            }
             Err(e) => {
-                reporter.file_failed(&f.path);
                 if crate::error::exit_code(e) == crate::error::REFUSED {
                     abort.store(true, Ordering::Relaxed);
                 }
@@ -326,213 +328,20 @@ fn summarize(
     Ok(())
 }
 
-/// Progress on stderr: bars on a terminal, a line every few seconds otherwise.
-struct Reporter {
-    bars: Option<(MultiProgress, ProgressBar)>,
-    state: Mutex<ReportState>,
-}
-
-struct ReportState {
-    total: u64,
-    done: u64,
-    /// Bytes counted so far per file, so restarts and retries never count twice.
-    per_file: HashMap<String, u64>,
-    file_bars: HashMap<String, ProgressBar>,
-    last_line: Instant,
-    started: Instant,
-}
-
-const PLAIN_INTERVAL: Duration = Duration::from_secs(5);
-
-impl Reporter {
-    fn new() -> Self {
-        let bars = std::io::stderr().is_terminal().then(|| {
-            let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-            let overall = multi.add(ProgressBar::new(0));
-            overall.set_style(
-                ProgressStyle::with_template(
-                    "{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
-            overall.set_prefix("total");
-            (multi, overall)
-        });
-        Self {
-            bars,
-            state: Mutex::new(ReportState {
-                total: 0,
-                done: 0,
-                per_file: HashMap::new(),
-                file_bars: HashMap::new(),
-                last_line: Instant::now(),
-                started: Instant::now(),
-            }),
-        }
-    }
-
-    fn begin(&self, total: u64) {
-        if let Ok(mut st) = self.state.lock() {
-            st.total = total;
-            st.started = Instant::now();
-            st.last_line = Instant::now();
-        }
-        if let Some((_, overall)) = &self.bars {
-            overall.set_length(total);
-        }
-    }
-
-    fn line(&self, msg: &str) {
-        match &self.bars {
-            Some((multi, _)) => {
-                let _ = multi.println(format!("pull: {msg}"));
-            }
-            None => eprintln!("pull: {msg}"),
-        }
-    }
-
-    /// Move the overall count of `file` to `to` bytes.
-    /// Bytes shown so far for `file` (0 before its first report).
-    fn shown(&self, file: &str) -> u64 {
-        self.state
-            .lock()
-            .ok()
-            .and_then(|st| st.per_file.get(file).copied())
-            .unwrap_or(0)
-    }
-
-    fn set_file(&self, file: &str, to: u64) {
-        let Ok(mut st) = self.state.lock() else {
-            return;
-        };
-        let was = st.per_file.insert(file.to_string(), to).unwrap_or(0);
-        st.done = (st.done + to).saturating_sub(was);
-        if let Some(b) = st.file_bars.get(file) {
-            b.set_position(to);
-        }
-        match &self.bars {
-            Some((_, overall)) => overall.set_position(st.done),
-            None => {
-                if st.last_line.elapsed() >= PLAIN_INTERVAL {
-                    st.last_line = Instant::now();
-                    let secs = st.started.elapsed().as_secs_f64().max(1e-3);
-                    let pct = (st.done * 100).checked_div(st.total).unwrap_or(0);
-                    eprintln!(
-                        "pull: {} of {} ({pct}%), {}/s",
-                        human_bytes(st.done),
-                        human_bytes(st.total),
-                        human_bytes((st.done as f64 / secs) as u64)
-                    );
-                }
-            }
-        }
-    }
-
-    fn file_done(&self, file: &str, size: Option<u64>, outcome: Fetched) {
-        let counted = self
-            .state
-            .lock()
-            .ok()
-            .and_then(|st| st.per_file.get(file).copied())
-            .unwrap_or(0);
-        if outcome != Fetched::Present {
-            self.set_file(file, size.unwrap_or(counted).max(counted));
-        }
-        if let Ok(mut st) = self.state.lock() {
-            if let Some(b) = st.file_bars.remove(file) {
-                b.finish_and_clear();
-            }
-        }
-        match outcome {
-            Fetched::Downloaded {
-                bytes,
-                resumed_from,
-            } if resumed_from > 0 => self.line(&format!(
-                "{file}: done ({} fetched, {} resumed from disk)",
-                human_bytes(bytes),
-                human_bytes(resumed_from)
-            )),
-            Fetched::Downloaded { bytes, .. } => {
-                self.line(&format!("{file}: done ({})", human_bytes(bytes)))
-            }
-            Fetched::Linked => self.line(&format!("{file}: linked to a blob already in the cache")),
-            Fetched::Present => {}
-        }
-    }
-
-    fn file_failed(&self, file: &str) {
-        if let Ok(mut st) = self.state.lock() {
-            if let Some(b) = st.file_bars.remove(file) {
-                b.abandon();
-            }
-        }
-    }
-
-    fn finish(&self) {
-        if let Some((_, overall)) = &self.bars {
-            overall.finish_and_clear();
-        }
-    }
-}
-
-impl Progress for Reporter {
-    fn start(&self, file: &str, total: Option<u64>, done: u64) {
-        if let Some((multi, _)) = &self.bars {
-            if let Ok(mut st) = self.state.lock() {
-                if !st.file_bars.contains_key(file) {
-                    let b = multi.insert_from_back(1, ProgressBar::new(total.unwrap_or(0)));
-                    b.set_style(
-                        ProgressStyle::with_template(
-                            "{prefix:>12.dim} [{bar:30}] {bytes}/{total_bytes} {wide_msg}",
-                        )
-                        .unwrap_or_else(|_| ProgressStyle::default_bar())
-                        .progress_chars("=> "),
-                    );
-                    b.set_prefix(short(file, 12));
-                    b.set_message(file.to_string());
-                    st.file_bars.insert(file.to_string(), b);
-                } else if let (Some(b), Some(t)) = (st.file_bars.get(file), total) {
-                    b.set_length(t);
-                }
-            }
-        } else if done > 0 {
-            let already = self
-                .state
-                .lock()
-                .ok()
-                .and_then(|st| st.per_file.get(file).copied());
-            if already.is_none() {
-                self.line(&format!("{file}: resuming at {}", human_bytes(done)));
-            }
-        }
-        self.set_file(file, done);
-    }
-
-    fn advance(&self, file: &str, bytes: u64) {
-        self.set_file(file, self.shown(file) + bytes);
-    }
-
-    fn retry(&self, file: &str, why: &str, wait: Duration, attempt: u32, of: u32) {
-        self.line(&format!(
-            "{file}: {why}; retry {attempt} of {of} in {:.1}s",
-            wait.as_secs_f64()
-        ));
-    }
-
-    fn note(&self, msg: &str) {
-        self.line(msg);
-    }
-}
-
-/// The tail of a path, to fit a bar's label.
-fn short(s: &str, n: usize) -> String {
-    let chars: Vec<char> = s.chars().collect();
-    if chars.len() <= n {
-        s.to_string()
-    } else {
-        let tail: String = chars[chars.len() - (n - 1)..].iter().collect();
-        format!("…{tail}")
+/// The line `pull` prints when a file is in place.
+fn done_line(file: &str, outcome: Fetched) -> Option<String> {
+    match outcome {
+        Fetched::Downloaded {
+            bytes,
+            resumed_from,
+        } if resumed_from > 0 => Some(format!(
+            "{file}: done ({} fetched, {} resumed from disk)",
+            human_bytes(bytes),
+            human_bytes(resumed_from)
+        )),
+        Fetched::Downloaded { bytes, .. } => Some(format!("{file}: done ({})", human_bytes(bytes))),
+        Fetched::Linked => Some(format!("{file}: linked to a blob already in the cache")),
+        Fetched::Present => None,
     }
 }
 

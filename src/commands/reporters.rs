@@ -4,7 +4,8 @@
 //! and CI output stay readable. Library code only reports; what the user sees is decided here.
 //!
 //! The status line: `HEAD: [N of M files, ][LABEL ]DONE of TOTAL[ known] (P%), RATE/s[, ETA T]`,
-//! where the label of the one running task is shown when the command counts nothing.
+//! where the label of the one running task is shown when the command counts nothing. A task's
+//! notes (a retry, a re-fetch) go on its bar, or become a line `LABEL: NOTE` without bars.
 use crate::net::signed_url::human_duration;
 use crate::progress::{Reporter, Task};
 use crate::util::human_bytes;
@@ -35,7 +36,11 @@ pub(crate) struct Options {
     /// How many tasks the run will have and what they are ("files", "shards"): adds an "N of M"
     /// count to the status line and a total bar under the task bars.
     pub count: Option<(usize, &'static str)>,
+    /// The run's bytes, when known before any task starts (else the sum of the tasks' sizes).
+    pub total: Option<u64>,
     pub finish_lines: FinishLines,
+    /// Messages and notes start with `HEAD: ` too (for a command whose every line is tagged).
+    pub tag_messages: bool,
 }
 
 impl Options {
@@ -43,8 +48,20 @@ impl Options {
         Self {
             head,
             count: None,
+            total: None,
             finish_lines: FinishLines::Never,
+            tag_messages: false,
         }
+    }
+
+    pub(crate) fn total(mut self, bytes: u64) -> Self {
+        self.total = Some(bytes);
+        self
+    }
+
+    pub(crate) fn tag_messages(mut self) -> Self {
+        self.tag_messages = true;
+        self
     }
 
     pub(crate) fn count(mut self, n: usize, unit: &'static str) -> Self {
@@ -106,7 +123,7 @@ impl ProgressReporter {
         let bars = std::io::stderr().is_terminal().then(|| {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
             let total = opts.count.map(|_| {
-                let total = multi.add(ProgressBar::new(0));
+                let total = multi.add(ProgressBar::new(opts.total.unwrap_or(0)));
                 total.set_style(style(
                     "{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
                 ));
@@ -127,6 +144,16 @@ impl ProgressReporter {
         });
         let plain = plain.then(|| PlainThread::start(shared.clone()));
         Self { shared, plain }
+    }
+
+    /// Bytes done by this run so far (not counting kept prefixes).
+    pub(crate) fn fetched(&self) -> u64 {
+        self.shared.counters.fetched.load(Ordering::Relaxed)
+    }
+
+    /// Time since the run started.
+    pub(crate) fn elapsed(&self) -> Duration {
+        self.shared.started.elapsed()
     }
 
     /// Stop drawing; the command prints its own summary after this.
@@ -181,12 +208,7 @@ impl Reporter for ProgressReporter {
     }
 
     fn message(&self, msg: &str) {
-        match &self.shared.bars {
-            Some((multi, _)) => {
-                let _ = multi.println(msg);
-            }
-            None => eprintln!("{msg}"),
-        }
+        self.shared.line(msg);
     }
 }
 
@@ -225,10 +247,32 @@ impl PlainThread {
 }
 
 impl Shared {
+    /// A line for the user, above the bars when there are bars.
+    fn line(&self, msg: &str) {
+        let msg = if self.opts.tag_messages {
+            format!("{}: {msg}", self.opts.head)
+        } else {
+            msg.to_string()
+        };
+        match &self.bars {
+            Some((multi, _)) => {
+                let _ = multi.println(msg);
+            }
+            None => eprintln!("{msg}"),
+        }
+    }
+
+    /// The run's total bytes so far.
+    fn total(&self) -> u64 {
+        self.opts
+            .total
+            .unwrap_or_else(|| self.counters.total.load(Ordering::Relaxed))
+    }
+
     fn status_line(&self) -> String {
         let c = &self.counters;
         let done = c.done.load(Ordering::Relaxed);
-        let total = c.total.load(Ordering::Relaxed);
+        let total = self.total();
         let fetched = c.fetched.load(Ordering::Relaxed);
         let rate = fetched as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
         let mut line = format!("{}: ", self.opts.head);
@@ -245,7 +289,7 @@ impl Shared {
                 c.started.load(Ordering::Relaxed)
             }
         };
-        let total_final = c.sized.load(Ordering::Relaxed) >= expected;
+        let total_final = self.opts.total.is_some() || c.sized.load(Ordering::Relaxed) >= expected;
         // A writer may count its container's own bytes (zip records) beyond the payload sizes.
         let done = if total_final { done.min(total) } else { done };
         line.push_str(&human_bytes(done));
@@ -268,7 +312,7 @@ impl Shared {
     /// Keep the total bar in step with the counters.
     fn draw_total(&self) {
         if let Some((_, Some(total))) = &self.bars {
-            total.set_length(self.counters.total.load(Ordering::Relaxed));
+            total.set_length(self.total());
             total.set_position(self.counters.done.load(Ordering::Relaxed));
         }
     }
@@ -331,8 +375,11 @@ impl Task for TaskReport {
     }
 
     fn note(&self, msg: &str) {
-        if let Some(bar) = &self.bar {
-            bar.set_message(msg.to_string());
+        match &self.bar {
+            Some(bar) => bar.set_message(msg.to_string()),
+            // An empty note only clears the bar's.
+            None if !msg.is_empty() => self.shared.line(&format!("{}: {msg}", self.label)),
+            None => {}
         }
     }
 
@@ -464,6 +511,19 @@ mod tests {
         assert!(sh
             .status_line()
             .starts_with("verify: 250 B of 1000 B known"));
+    }
+
+    #[test]
+    fn a_total_given_up_front_is_final_from_the_start() {
+        let sh = plain(Options::new("pull").count(3, "files").total(1000));
+        let t = task(&sh, "a", Some(100));
+        t.set_position(100);
+        t.finish();
+        let line = sh.status_line();
+        assert!(
+            line.starts_with("pull: 1 of 3 files, 100 B of 1000 B (10%), "),
+            "{line}"
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::net::config::NetConfig;
 use crate::net::download::{FileRequest, HashKind, Http, HttpError};
 use crate::net::reach::{self, ConnectFailure};
 use crate::net::retry::{Next, Tries};
-use crate::progress::Task;
+use crate::progress::{Reporter, Task};
 use crate::util::{flock_exclusive, write_atomic};
 use anyhow::{anyhow, bail, Context, Result};
 use reqwest::blocking::{RequestBuilder, Response};
@@ -29,8 +29,7 @@ use serde::Deserialize;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
@@ -429,7 +428,7 @@ pub fn list_local_files(dir: &Path) -> Result<Vec<String>> {
 }
 
 /// An exclusive `flock` on `path`, held until the file is dropped (the kernel drops it if we die).
-fn lock_exclusive(path: &Path, what: &str, progress: &dyn Progress) -> Result<File> {
+fn lock_exclusive(path: &Path, what: &str, progress: &dyn Reporter) -> Result<File> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("{}: cannot create", parent.display()))?;
@@ -444,26 +443,12 @@ fn lock_exclusive(path: &Path, what: &str, progress: &dyn Progress) -> Result<Fi
         flock_exclusive(&f, wait).with_context(|| format!("{}: cannot lock", path.display()))
     };
     if !locked(false)? {
-        progress.note(&format!(
+        progress.message(&format!(
             "{what}: another process is downloading it; waiting"
         ));
         locked(true)?;
     }
     Ok(f)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Network settings, progress hooks
-
-/// What a download reports while it runs. Files are named by their repo path.
-pub trait Progress: Sync {
-    /// `file` has `done` of `total` bytes on disk: its transfer starts, resumes, or restarts
-    /// from 0 (the server ignored a Range request).
-    fn start(&self, file: &str, total: Option<u64>, done: u64);
-    fn advance(&self, file: &str, bytes: u64);
-    fn retry(&self, file: &str, why: &str, wait: Duration, attempt: u32, of: u32);
-    /// A one-off message.
-    fn note(&self, msg: &str);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -617,7 +602,7 @@ impl HubClient {
     fn with_retries<T>(
         &self,
         what: &str,
-        progress: &dyn Progress,
+        progress: &dyn Reporter,
         mut f: impl FnMut() -> Result<T, TryError>,
     ) -> Result<T> {
         let mut tries = Tries::new(self.http.config());
@@ -641,7 +626,11 @@ impl HubClient {
                     )));
                 }
                 Next::Backoff { pause, attempt } => {
-                    progress.retry(what, &why, pause, attempt, tries.limit());
+                    progress.message(&format!(
+                        "{what}: {why}; retry {attempt} of {} in {:.1}s",
+                        tries.limit(),
+                        pause.as_secs_f64()
+                    ));
                     crate::signal::sleep(pause)?;
                 }
             }
@@ -684,7 +673,7 @@ impl HubClient {
         &self,
         repo_id: &str,
         revision: &str,
-        progress: &dyn Progress,
+        progress: &dyn Reporter,
     ) -> Result<RepoListing> {
         let url = format!(
             "{}/api/models/{repo_id}/revision/{}?blobs=true",
@@ -771,7 +760,7 @@ impl HubClient {
         repo_id: &str,
         commit: &str,
         path: &str,
-        progress: &dyn Progress,
+        progress: &dyn Reporter,
     ) -> Result<FileMeta> {
         let start = self.resolve_url(repo_id, commit, path);
         self.with_retries(path, progress, || {
@@ -868,16 +857,17 @@ impl HubClient {
         repo_id: &str,
         commit: &str,
         file: &RepoFile,
-        progress: &dyn Progress,
+        progress: &dyn Reporter,
     ) -> Result<Fetched> {
+        let task = progress.task(&file.path, file.size);
         let pointer = cache.pointer_path(commit, &file.path);
         if pointer.exists() {
-            return Ok(Fetched::Present);
+            return Ok(in_place(task.as_ref(), file, Fetched::Present));
         }
         if let Some(etag) = file.expected_etag() {
             if cache.blob_path(etag).is_file() {
                 cache.link(commit, &file.path, etag)?;
-                return Ok(Fetched::Linked);
+                return Ok(in_place(task.as_ref(), file, Fetched::Linked));
             }
         }
         let mut meta = self.file_meta(repo_id, commit, &file.path, progress)?;
@@ -897,11 +887,17 @@ impl HubClient {
                     dest: &blob,
                     part: &part,
                 };
-                outcome = self.download_with_refresh(&to, &mut meta, progress)?;
+                outcome = self.download_with_refresh(&to, &mut meta, task.as_ref(), progress)?;
             }
         }
         cache.link(commit, &file.path, &meta.etag)?;
-        Ok(outcome)
+        Ok(match outcome {
+            Fetched::Downloaded { .. } => {
+                task.finish();
+                outcome
+            }
+            _ => in_place(task.as_ref(), file, outcome),
+        })
     }
 
     /// Put one file straight into `dir/{path}`, with the bookkeeping `huggingface_hub` keeps for
@@ -912,7 +908,7 @@ impl HubClient {
         repo_id: &str,
         commit: &str,
         file: &RepoFile,
-        progress: &dyn Progress,
+        progress: &dyn Reporter,
     ) -> Result<Fetched> {
         let mut dest = dir.to_path_buf();
         dest.extend(file.path.split('/'));
@@ -927,13 +923,14 @@ impl HubClient {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let metadata_path = book_dir.join(format!("{base}.metadata"));
+        let task = progress.task(&file.path, file.size);
         let recorded = read_local_metadata(&metadata_path, &dest);
         if let Some((c, e)) = &recorded {
             if c == commit || file.expected_etag() == Some(e.as_str()) {
                 if c != commit {
                     write_local_metadata(dir, &metadata_path, commit, e)?;
                 }
-                return Ok(Fetched::Present);
+                return Ok(in_place(task.as_ref(), file, Fetched::Present));
             }
         }
         let mut meta = self.file_meta(repo_id, commit, &file.path, progress)?;
@@ -942,7 +939,7 @@ impl HubClient {
         }
         if recorded.as_ref().map(|(_, e)| e) == Some(&meta.etag) {
             write_local_metadata(dir, &metadata_path, commit, &meta.etag)?;
-            return Ok(Fetched::Present);
+            return Ok(in_place(task.as_ref(), file, Fetched::Present));
         }
         let _lock = lock_exclusive(&book_dir.join(format!("{base}.lock")), &file.path, progress)?;
         let part = book_dir.join(format!("{base}.{}.incomplete", meta.etag));
@@ -957,25 +954,26 @@ impl HubClient {
             dest: &dest,
             part: &part,
         };
-        let outcome = self.download_with_refresh(&to, &mut meta, progress)?;
+        let outcome = self.download_with_refresh(&to, &mut meta, task.as_ref(), progress)?;
         write_local_metadata(dir, &metadata_path, commit, &meta.etag)?;
+        task.finish();
         Ok(outcome)
     }
 
-    /// Download `meta.url` into `to.part`, then `to.dest`; when a CDN refuses its signed URL
-    /// (expired while we waited), resolve the file again for a fresh one, a bounded number of
-    /// times.
+    /// Download `meta.url` into `to.part`, then `to.dest`, reporting to `task`; when a CDN
+    /// refuses its signed URL (expired while we waited), resolve the file again for a fresh one,
+    /// a bounded number of times.
     fn download_with_refresh(
         &self,
         to: &Blob,
         meta: &mut FileMeta,
-        progress: &dyn Progress,
+        task: &dyn Task,
+        progress: &dyn Reporter,
     ) -> Result<Fetched> {
-        let report = BlobReport::new(to.path, progress);
         let mut refreshes = 0;
         loop {
             let req = self.blob_request(to, meta);
-            let e = match self.http.download_to_file(&req, &report) {
+            let e = match self.http.download_to_file(&req, task) {
                 Ok(d) => {
                     return Ok(Fetched::Downloaded {
                         bytes: d.fetched,
@@ -990,7 +988,7 @@ impl HubClient {
                 return Err(blob_error(to, meta.size, e, stale));
             }
             refreshes += 1;
-            progress.note(&format!(
+            progress.message(&format!(
                 "{}: download link refused; asking the Hub for a new one",
                 to.path
             ));
@@ -1067,59 +1065,12 @@ fn blob_error(to: &Blob, size: Option<u64>, e: HttpError, stale: bool) -> anyhow
     }
 }
 
-/// The engine's reports on one blob, passed on to `pull`'s [`Progress`].
-struct BlobReport<'a> {
-    file: &'a str,
-    progress: &'a dyn Progress,
-    /// The size, once known (`u64::MAX` before).
-    len: AtomicU64,
-    /// Bytes on disk, once the engine said (`u64::MAX` before).
-    pos: AtomicU64,
-}
-
-impl<'a> BlobReport<'a> {
-    fn new(file: &'a str, progress: &'a dyn Progress) -> Self {
-        Self {
-            file,
-            progress,
-            len: AtomicU64::new(u64::MAX),
-            pos: AtomicU64::new(u64::MAX),
-        }
-    }
-
-    fn len(&self) -> Option<u64> {
-        Some(self.len.load(Ordering::Relaxed)).filter(|l| *l != u64::MAX)
-    }
-}
-
-impl Task for BlobReport<'_> {
-    fn set_len(&self, len: u64) {
-        self.len.store(len, Ordering::Relaxed);
-        // Before the first position there is nothing to show yet.
-        let pos = self.pos.load(Ordering::Relaxed);
-        if pos != u64::MAX {
-            self.progress.start(self.file, Some(len), pos);
-        }
-    }
-
-    fn set_position(&self, pos: u64) {
-        self.pos.store(pos, Ordering::Relaxed);
-        self.progress.start(self.file, self.len(), pos);
-    }
-
-    fn advance(&self, n: u64) {
-        self.pos.fetch_add(n, Ordering::Relaxed);
-        self.progress.advance(self.file, n);
-    }
-
-    fn note(&self, msg: &str) {
-        if !msg.is_empty() {
-            self.progress.note(&format!("{}: {msg}", self.file));
-        }
-    }
-
-    /// `pull` says how each file ended itself (`Reporter::file_done`).
-    fn finish(&self) {}
+/// A file that needed no transfer (already there, or linked to a cached blob): its bytes count as
+/// done.
+fn in_place(task: &dyn Task, file: &RepoFile, outcome: Fetched) -> Fetched {
+    task.set_position(file.size.unwrap_or(0));
+    task.finish();
+    outcome
 }
 
 fn read_local_metadata(metadata_path: &Path, dest: &Path) -> Option<(String, String)> {

@@ -1,8 +1,8 @@
-//! HTTP with resume, retries, in-stream hashing, signed-URL parsing and progress.
+//! HTTP with resume, retries, in-stream hashing and signed-URL parsing. Transfers report through
+//! [`crate::progress`]; nothing here draws or prints.
 pub mod config;
 pub mod download;
 pub(crate) mod hub;
-pub mod progress;
 pub(crate) mod reach;
 pub(crate) mod retry;
 pub(crate) mod signed_url;

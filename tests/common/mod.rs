@@ -1,3 +1,4 @@
 pub mod cdn;
 pub mod child;
+pub mod hub;
 pub mod noise;
