@@ -75,6 +75,12 @@ fn llamactl(args: &[&str]) -> Command {
         .env("LLAMACTL_PROGRESS_INTERVAL_MS", "200")
         .env_remove("LLAMA_DOWNLOAD_URL")
         .stdin(Stdio::null());
+    without_proxies(&mut c);
+    c
+}
+
+/// The local servers are reached directly, whatever proxies the environment names.
+fn without_proxies(c: &mut Command) {
     for v in [
         "HTTP_PROXY",
         "HTTPS_PROXY",
@@ -85,7 +91,6 @@ fn llamactl(args: &[&str]) -> Command {
     ] {
         c.env_remove(v);
     }
-    c
 }
 
 fn download_cmd(url: &str, models: &str, dir: &Path, extra: &[&str]) -> Command {
@@ -752,20 +757,8 @@ fn unreachable_host_fails_fast_naming_host_and_cause() {
         c.args(["download", "--url", &url, "--models", "8B,70B", "--dir"])
             .arg(dir.path())
             .stdin(Stdio::null());
-        for v in [
-            "HTTP_PROXY",
-            "HTTPS_PROXY",
-            "ALL_PROXY",
-            "http_proxy",
-            "https_proxy",
-        ] {
-            c.env_remove(v);
-        }
-        for v in [
-            "all_proxy",
-            "LLAMACTL_RETRIES",
-            "LLAMACTL_CONNECT_TIMEOUT_MS",
-        ] {
+        without_proxies(&mut c);
+        for v in ["LLAMACTL_RETRIES", "LLAMACTL_CONNECT_TIMEOUT_MS"] {
             c.env_remove(v);
         }
         let started = Instant::now();

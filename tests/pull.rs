@@ -1,7 +1,7 @@
 //! `llamactl pull` against a real HTTP Hub on 127.0.0.1 (tests/common/hub.rs), through HF_ENDPOINT.
 
 use crate::common::child;
-use crate::common::hub::{CommitSpec, Fault, FileSpec, Hub, RepoSpec};
+use crate::common::hub::{CommitSpec, Fault, FileSpec, Hub, Logged, RepoSpec};
 use crate::common::noise::noise;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -127,6 +127,12 @@ impl Env {
             .env("LLAMACTL_NET_BACKOFF_MS", "10")
             .env("LLAMACTL_NET_TIMEOUT_S", "5");
         c
+    }
+
+    /// What the CDN was asked, in order.
+    fn cdn_requests(&self) -> Vec<Logged> {
+        let log = self.hub.log().into_iter();
+        log.filter(|l| l.server == "cdn").collect()
     }
 
     fn pull(&self, args: &[&str]) -> Run {
@@ -327,12 +333,7 @@ fn revision_pins_a_branch_tag_or_commit() {
         std::fs::read(snap_a.join("config.json")).unwrap(),
         b"{\"version\": 1}"
     );
-    let cdn: Vec<_> = env
-        .hub
-        .log()
-        .into_iter()
-        .filter(|l| l.server == "cdn")
-        .collect();
+    let cdn: Vec<_> = env.cdn_requests();
     assert_eq!(cdn.len(), 1, "only the changed .pth is fetched: {cdn:?}");
     run.says("model.safetensors: linked");
     assert_eq!(
@@ -385,12 +386,7 @@ fn resumes_a_blob_after_kill_9() {
     env.hub.set_throttle(0);
     env.hub.clear_log();
     let run = env.pull(&[BIG]).expect(0);
-    let cdn: Vec<_> = env
-        .hub
-        .log()
-        .into_iter()
-        .filter(|l| l.server == "cdn")
-        .collect();
+    let cdn: Vec<_> = env.cdn_requests();
     assert_eq!(cdn.len(), 1, "{cdn:?}");
     assert_eq!(
         cdn[0].range.as_deref(),
@@ -525,13 +521,7 @@ fn retries_transient_failures_then_gives_up_with_exit_4() {
     let err = run.stderr();
     assert!(err.contains("HTTP 503"), "{err}");
     assert!(err.contains("asking the Hub for a new one"), "{err}");
-    let ranges: Vec<_> = env
-        .hub
-        .log()
-        .into_iter()
-        .filter(|l| l.server == "cdn")
-        .map(|l| l.range)
-        .collect();
+    let ranges: Vec<_> = env.cdn_requests().into_iter().map(|l| l.range).collect();
     assert_eq!(ranges.len(), 5, "{ranges:?}");
     // The cut came after at most 200000 bytes; the next request resumes from what arrived.
     let resumed: u64 = ranges[2]
