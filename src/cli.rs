@@ -49,6 +49,7 @@ Environment: LLAMACTL_PROGRESS_INTERVAL_MS (ms between plain progress lines off 
 Network settings, shared with pull (docs/CLI.md):\n  \
 LLAMACTL_NET_RETRIES (8)  LLAMACTL_NET_TIMEOUT_S (stall, 60)  LLAMACTL_NET_CONNECT_TIMEOUT_S (10)\n  \
 LLAMACTL_NET_BACKOFF_MS (1000)  LLAMACTL_NET_BACKOFF_MAX_MS (60000)\n  \
+LLAMACTL_NET_MIN_RATE_BYTES (floor, bytes/s, 16384)  LLAMACTL_NET_MIN_RATE_WINDOW_S (60)\n  \
 LLAMACTL_NET_SEGMENT_MIN_BYTES (smallest --connections segment, 67108864)"
 )]
 pub struct DownloadArgs {
@@ -82,7 +83,8 @@ pub struct DownloadArgs {
 Environment (read as huggingface_hub reads them):\n  HF_TOKEN, HF_HOME, HF_HUB_CACHE, HF_ENDPOINT, HF_HUB_OFFLINE=1\n\
 Network settings, shared with download (docs/CLI.md):\n  \
 LLAMACTL_NET_RETRIES (8)  LLAMACTL_NET_TIMEOUT_S (stall, 60)  LLAMACTL_NET_CONNECT_TIMEOUT_S (10)\n  \
-LLAMACTL_NET_BACKOFF_MS (1000)  LLAMACTL_NET_BACKOFF_MAX_MS (60000)"
+LLAMACTL_NET_BACKOFF_MS (1000)  LLAMACTL_NET_BACKOFF_MAX_MS (60000)\n  \
+LLAMACTL_NET_MIN_RATE_BYTES (floor, bytes/s, 16384)  LLAMACTL_NET_MIN_RATE_WINDOW_S (60)"
 )]
 pub struct PullArgs {
     /// Repository id, e.g. meta-llama/Meta-Llama-3-8B.

@@ -49,7 +49,11 @@ pub enum ModelDir {
 /// What kind of directory `dir` looks like, without opening any weights.
 pub fn detect(dir: &Path) -> Result<Layout> {
     if !dir.is_dir() {
-        bail!("{}: not a directory", dir.display());
+        bail!(
+            "{}: {}",
+            dir.display(),
+            crate::formats::sniff::refusal(dir, "a model directory")
+        );
     }
     if dir.join("params.json").exists() {
         Ok(Layout::Meta)

@@ -22,7 +22,11 @@ const HF_TOKENIZER_FILES: [&str; 3] = [
 pub fn run(args: &ConvertArgs) -> Result<i32> {
     let src = &args.src_dir;
     if !src.is_dir() {
-        bail!("{}: not a directory", src.display());
+        bail!(
+            "{}: {}",
+            src.display(),
+            crate::formats::sniff::refusal(src, "a model directory")
+        );
     }
     fp8::refuse(src, "convert")?;
     let instruct = match (args.instruct, args.base) {
