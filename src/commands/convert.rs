@@ -21,13 +21,7 @@ const HF_TOKENIZER_FILES: [&str; 3] = [
 
 pub fn run(args: &ConvertArgs) -> Result<i32> {
     let src = &args.src_dir;
-    if !src.is_dir() {
-        bail!(
-            "{}: {}",
-            src.display(),
-            crate::formats::sniff::refusal(src, "a model directory")
-        );
-    }
+    crate::checkpoint::require_dir(src)?;
     fp8::refuse(src, "convert")?;
     let instruct = match (args.instruct, args.base) {
         (true, _) => true,

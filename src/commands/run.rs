@@ -67,7 +67,9 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         bail!("--prompt and --chat are exclusive: use --dialogs FILE for batch chat");
     }
     if args.check && args.chat {
-        bail!("--check runs text completions (its own prompts, or --prompt); it does not take --chat");
+        bail!(
+            "--check runs text completions (its own prompts, or --prompt); it does not take --chat"
+        );
     }
     if args.max_gen_len == Some(0) {
         bail!("--max-gen-len must be at least 1 (leave it out to fill --max-seq-len)");

@@ -47,7 +47,9 @@ pub fn refusal(path: &Path, wanted: &str) -> String {
         _ => None,
     };
     match promised {
-        Some(p) => format!("{p} (it starts with bytes {start}): corrupt or not that format; not {wanted}"),
+        Some(p) => {
+            format!("{p} (it starts with bytes {start}): corrupt or not that format; not {wanted}")
+        }
         None => format!("not {wanted} (a file that starts with bytes {start})"),
     }
 }
@@ -79,7 +81,9 @@ fn by_content(head: &[u8]) -> Option<&'static str> {
 
 /// safetensors: a little-endian u64 header length, then the JSON header's `{`.
 fn safetensors_header(head: &[u8]) -> bool {
-    head.len() > 8 && head[8] == b'{' && u64::from_le_bytes(head[..8].try_into().unwrap_or_default()) < 1 << 32
+    head.len() > 8
+        && head[8] == b'{'
+        && u64::from_le_bytes(head[..8].try_into().unwrap_or_default()) < 1 << 32
 }
 
 #[cfg(test)]
@@ -95,7 +99,10 @@ mod tests {
 
     #[test]
     fn kinds() {
-        assert_eq!(why("m.pth", b"GGUF\x03\x00\x00\x00"), "is a GGUF file, not W");
+        assert_eq!(
+            why("m.pth", b"GGUF\x03\x00\x00\x00"),
+            "is a GGUF file, not W"
+        );
         assert_eq!(
             why("m.gguf", b"GGXF\x03\x00"),
             "a GGUF file without the GGUF magic (it starts with bytes 47 47 58 46): corrupt or not that format; not W"
@@ -103,10 +110,19 @@ mod tests {
         let mut st = 2u64.to_le_bytes().to_vec();
         st.extend_from_slice(b"{}");
         assert_eq!(why("x.bin", &st), "is a safetensors file, not W");
-        assert_eq!(why("x", b"\n<!DOCTYPE html><html>"), "is an HTML page, not W");
+        assert_eq!(
+            why("x", b"\n<!DOCTYPE html><html>"),
+            "is an HTML page, not W"
+        );
         assert_eq!(why("x", b""), "is an empty file, not W");
-        assert_eq!(why("x", b"\x00\x01\x02\x03"), "not W (a file that starts with bytes 00 01 02 03)");
-        assert_eq!(refusal(Path::new("/nonexistent/x"), "W"), "no such file or directory");
+        assert_eq!(
+            why("x", b"\x00\x01\x02\x03"),
+            "not W (a file that starts with bytes 00 01 02 03)"
+        );
+        assert_eq!(
+            refusal(Path::new("/nonexistent/x"), "W"),
+            "no such file or directory"
+        );
         assert_eq!(refusal(Path::new("/"), "W"), "is a directory, not W");
     }
 }

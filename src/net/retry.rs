@@ -101,10 +101,7 @@ impl<'a> Pace<'a> {
             return None;
         }
         if rate(self.window_bytes, span) < self.cfg.min_rate as f64 {
-            return Some(format!(
-                "too slow: {}",
-                self.below(self.window_bytes, span)
-            ));
+            return Some(format!("too slow: {}", self.below(self.window_bytes, span)));
         }
         self.window_started = Instant::now();
         self.window_bytes = 0;
@@ -192,10 +189,7 @@ mod tests {
         assert!(!p.progressed());
         let why = p.explain("stalled".into());
         assert!(why.starts_with("stalled; 10 B in 0.0 s"), "{why}");
-        let off = NetConfig {
-            min_rate: 0,
-            ..cfg
-        };
+        let off = NetConfig { min_rate: 0, ..cfg };
         let mut p = Pace::start(&off);
         p.add(1);
         std::thread::sleep(Duration::from_millis(60));

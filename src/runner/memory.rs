@@ -68,8 +68,11 @@ impl MemoryPlan {
         let need = self.owned();
         if need > available {
             bail!(
-                "this run needs about {} of {where_} memory ({}) but {} is available; lower {}",
-                size(need),
+                "this run needs {} of {where_} memory ({}) but {} is available; lower {}",
+                match need {
+                    u64::MAX => size(need),
+                    n => format!("about {}", human_bytes(n)),
+                },
                 self.breakdown(),
                 human_bytes(available),
                 self.advice()

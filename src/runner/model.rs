@@ -725,9 +725,9 @@ fn rotary_tables(cfg: &Config, max_positions: usize, device: &Device) -> Result<
     let half = inv.len();
     // The run's preflight refuses sizes this large first; this keeps a library caller from a
     // wrapped capacity.
-    let len = max_positions
-        .checked_mul(half)
-        .ok_or_else(|| anyhow!("{max_positions} positions: the rotary tables would not fit in memory"))?;
+    let len = max_positions.checked_mul(half).ok_or_else(|| {
+        anyhow!("{max_positions} positions: the rotary tables would not fit in memory")
+    })?;
     let mut angles = Vec::with_capacity(len);
     for pos in 0..max_positions {
         // f32 products, like torch.outer on f32 tensors.
