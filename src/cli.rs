@@ -282,7 +282,7 @@ pub struct RunArgs {
     /// Prompts run together; the KV cache is allocated for this many sequences.
     #[arg(long, default_value_t = 4)]
     pub max_batch_size: usize,
-    /// Tokens to generate at most (default: max_seq_len - 1).
+    /// Tokens to generate at most, 1 or more (default: max_seq_len - 1).
     #[arg(long)]
     pub max_gen_len: Option<usize>,
     /// Sampling temperature; 0 is greedy.
@@ -302,7 +302,7 @@ pub struct RunArgs {
     /// on the CPU whatever the choice; f32 is the exactness reference (weights widened in memory).
     #[arg(long, value_enum, default_value_t = RunDtype::Auto)]
     pub dtype: RunDtype,
-    /// CPU threads (default: all cores).
+    /// CPU threads (default: all cores; more than the cores is clamped to them, with a note).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Keep generating past stop tokens, up to --max-gen-len (for benchmarks).
@@ -314,7 +314,8 @@ pub struct RunArgs {
     /// Print a JSON document.
     #[arg(long)]
     pub json: bool,
-    /// CI inference check: fixed prompts, greedy twice, identical and finite.
+    /// CI inference check: its own prompts (or the --prompt ones), greedy twice, --max-gen-len
+    /// tokens each (default 24); identical and finite, else exit 1. Not with --chat.
     #[arg(long)]
     pub check: bool,
 }

@@ -1043,24 +1043,22 @@ fn a_gguf_or_other_file_is_named_for_what_it_is() {
     );
 }
 
-/// `verify --jobs 0` is refused, as `reshard --jobs 0` is.
+/// `verify --jobs 0` is refused, as `reshard --jobs 0` is; a huge `--jobs` starts no more threads
+/// than there is work and cores for.
 #[test]
-fn jobs_0_is_refused() {
+fn verify_jobs_are_checked() {
     let d = testdata("tiny-mp1");
+    let d = d.to_str().unwrap();
     for cmd in [
-        vec!["verify", d.to_str().unwrap(), "--jobs", "0"],
-        vec![
-            "reshard",
-            "--mp",
-            "1",
-            d.to_str().unwrap(),
-            "/nonexistent/out",
-            "--jobs",
-            "0",
-        ],
+        vec!["verify", d, "--jobs", "0"],
+        vec!["reshard", "--mp", "1", d, "/nonexistent/out", "--jobs", "0"],
     ] {
         let (code, _, err) = llamactl(&cmd, &[]);
         assert_eq!(code, 2, "{cmd:?}: {err}");
         assert!(err.contains("--jobs must be at least 1"), "{cmd:?}: {err}");
     }
+    let started = std::time::Instant::now();
+    let (code, _, err) = llamactl(&["verify", d, "--deep", "--jobs", "20000"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(started.elapsed().as_secs() < 20, "{:?}", started.elapsed());
 }

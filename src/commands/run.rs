@@ -621,6 +621,33 @@ mod interrupt {
     }
 }
 
+/// What differs between the check's two runs, or is not finite, or is empty.
+fn compare_runs(first: &[Generation], second: &[Generation], non_finite: bool) -> Vec<String> {
+    let mut problems = Vec::new();
+    if non_finite {
+        problems.push("non-finite logits".to_string());
+    }
+    for (i, (a, b)) in first.iter().zip(second).enumerate() {
+        if a.tokens != b.tokens {
+            problems.push(format!("prompt {}: tokens differ between runs", i + 1));
+        } else if a
+            .logprobs
+            .iter()
+            .zip(&b.logprobs)
+            .any(|(x, y)| x.to_bits() != y.to_bits())
+        {
+            problems.push(format!("prompt {}: logprobs differ between runs", i + 1));
+        }
+        if a.logprobs.iter().any(|v| !v.is_finite()) {
+            problems.push(format!("prompt {}: non-finite logprobs", i + 1));
+        }
+        if a.tokens.is_empty() {
+            problems.push(format!("prompt {}: nothing generated", i + 1));
+        }
+    }
+    problems
+}
+
 /// The CI inference check: fixed prompts as one batch (or the `--prompt`s, `--max-batch-size` at a
 /// time), greedy, twice; the two runs must agree token for token and in every logprob bit, and
 /// every logit must be finite.
@@ -657,29 +684,21 @@ fn check(s: &mut Session, args: &RunArgs) -> Result<i32> {
     };
     let (first, st1) = run_batches(s, &prompts, &params)?;
     let (second, st2) = run_batches(s, &prompts, &params)?;
-    let mut problems = Vec::new();
-    if st1.non_finite || st2.non_finite {
-        problems.push("non-finite logits".to_string());
-    }
-    for (i, (a, b)) in first.iter().zip(&second).enumerate() {
-        if a.tokens != b.tokens {
-            problems.push(format!("prompt {}: tokens differ between runs", i + 1));
-        } else if a
-            .logprobs
-            .iter()
-            .zip(&b.logprobs)
-            .any(|(x, y)| x.to_bits() != y.to_bits())
-        {
-            problems.push(format!("prompt {}: logprobs differ between runs", i + 1));
-        }
-        if a.logprobs.iter().any(|v| !v.is_finite()) {
-            problems.push(format!("prompt {}: non-finite logprobs", i + 1));
-        }
-        if a.tokens.is_empty() {
-            problems.push(format!("prompt {}: nothing generated", i + 1));
-        }
-    }
+    let problems = compare_runs(&first, &second, st1.non_finite || st2.non_finite);
     let ok = problems.is_empty();
+    if a.tokens != b.tokens {
+        problems.push(format!("prompt {}: tokens differ between runs", i + 1));
+    } else if a
+        .logprobs
+        .iter()
+        .zip(&b.logprobs)
+        .any(|(x, y)| x.to_bits() != y.to_bits())
+    {
+        problems.push(format!("prompt {}: logprobs differ between runs", i + 1));
+    }
+    if a.logprobs.iter().any(|v| !v.is_finite()) {
+        problems.push(format!("prompt {}: non-finite logprobs", i + 1));
+    }
     let stats = Stats {
         prefill_tokens: st1.prefill_tokens + st2.prefill_tokens,
         prefill_secs: st1.prefill_secs + st2.prefill_secs,

@@ -76,6 +76,8 @@ pub(crate) struct Pace<'a> {
     bytes: u64,
     window_started: Instant,
     window_bytes: u64,
+    /// Set when [`Pace::add`] ended the try: its reason already names the rate.
+    cut: bool,
 }
 
 impl<'a> Pace<'a> {
@@ -88,6 +90,7 @@ impl<'a> Pace<'a> {
             bytes: 0,
             window_started: now,
             window_bytes: 0,
+            cut: false,
         }
     }
 
@@ -101,6 +104,7 @@ impl<'a> Pace<'a> {
             return None;
         }
         if rate(self.window_bytes, span) < self.cfg.min_rate as f64 {
+            self.cut = true;
             return Some(format!("too slow: {}", self.below(self.window_bytes, span)));
         }
         self.window_started = Instant::now();
@@ -118,7 +122,7 @@ impl<'a> Pace<'a> {
 
     /// The reason a try failed, with its rate when its bytes were too slow to count as progress.
     pub(crate) fn explain(&self, reason: String) -> String {
-        if self.bytes == 0 || self.progressed() || reason.starts_with("too slow") {
+        if self.bytes == 0 || self.cut || self.progressed() {
             return reason;
         }
         format!(
