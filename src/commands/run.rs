@@ -686,19 +686,6 @@ fn check(s: &mut Session, args: &RunArgs) -> Result<i32> {
     let (second, st2) = run_batches(s, &prompts, &params)?;
     let problems = compare_runs(&first, &second, st1.non_finite || st2.non_finite);
     let ok = problems.is_empty();
-    if a.tokens != b.tokens {
-        problems.push(format!("prompt {}: tokens differ between runs", i + 1));
-    } else if a
-        .logprobs
-        .iter()
-        .zip(&b.logprobs)
-        .any(|(x, y)| x.to_bits() != y.to_bits())
-    {
-        problems.push(format!("prompt {}: logprobs differ between runs", i + 1));
-    }
-    if a.logprobs.iter().any(|v| !v.is_finite()) {
-        problems.push(format!("prompt {}: non-finite logprobs", i + 1));
-    }
     let stats = Stats {
         prefill_tokens: st1.prefill_tokens + st2.prefill_tokens,
         prefill_secs: st1.prefill_secs + st2.prefill_secs,
