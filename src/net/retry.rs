@@ -184,7 +184,10 @@ mod tests {
         assert!(p.add(10_000).is_none());
         assert!(p.progressed(), "10 kB at once is above 1 kB/s");
         std::thread::sleep(Duration::from_millis(60));
-        assert!(p.add(1).is_none(), "the first window held 10 kB: fast enough");
+        assert!(
+            p.add(1).is_none(),
+            "the first window held 10 kB: fast enough"
+        );
         std::thread::sleep(Duration::from_millis(60));
         let why = p.add(1).expect("one byte in a window of 50 ms is too slow");
         assert!(why.contains("below the floor rate of 1000 B/s"), "{why}");
