@@ -6,15 +6,20 @@
 # The first run takes a few minutes and needs python3 (with venv), pip access to PyPI and gcc; later
 # runs only set variables. Everything lands under $LLAMACTL_CUDA_HOME (default
 # ~/.cache/llamactl-cuda):
-#   venv/  NVIDIA's CUDA 13.0 wheels: nvcc, NVVM, the runtime headers, CCCL, and cuBLAS, cuRAND and
-#          NVRTC (linked against, not run). A 13.0 nvcc emits code that R580 and newer drivers load.
+#   venv/  NVIDIA's CUDA 13.0 wheels: nvcc, NVVM, the runtime headers and static runtime, CCCL, and
+#          cuBLAS, cuRAND and NVRTC. A 13.0 nvcc emits code that R580 and newer drivers load.
 #   link/  libcuda.so: a stand-in for the driver library with one empty function per driver entry
-#          point that cudarc declares. It exists only so the linker is satisfied; at run time the GPU
-#          machine's real libcuda.so.1 is loaded instead. Plus links to the CUDA libraries above.
+#          point that cudarc declares, so that any build step that links against it is satisfied,
+#          plus links to the CUDA libraries above. The binary itself links none of them: the CUDA
+#          runtime goes in statically and the driver, cuBLAS, cuRAND and NVRTC are loaded when a run
+#          asks for a GPU, so it starts (and runs on the CPU) on a machine without them.
 # Then it exports PATH (nvcc), CUDA_ROOT/CUDA_PATH, CUDARC_CUDA_VERSION, CUDA_COMPUTE_CAP (90 =
-# H100/H200 unless already set) and adds link/ to RUSTFLAGS' library path.
+# H100/H200 unless already set) and adds link/ to RUSTFLAGS' library path. Sourcing it again changes
+# nothing more; `llamactl_cuda_off` puts PATH and RUSTFLAGS back as they were before the first
+# source (CPU builds after it then reuse their own cache instead of rebuilding for new RUSTFLAGS).
 #
-# On the GPU machine, run the binary with that machine's CUDA 13 libraries on LD_LIBRARY_PATH.
+# On the GPU machine the binary finds that machine's driver and CUDA 13 libraries on its own
+# (LD_LIBRARY_PATH if they are outside the loader's default paths).
 
 llamactl_cuda_home=${LLAMACTL_CUDA_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/llamactl-cuda}
 
@@ -64,11 +69,27 @@ llamactl_cuda_env() {
     if [ ! -f "$llamactl_cuda_home/link/libcuda.so" ]; then
         llamactl_cuda_stub "$root" || return 1
     fi
-    export PATH="$root/bin:$PATH"
+    # Remember the shell's own values once, so a second source adds nothing and _off restores them.
+    if [ -z "${LLAMACTL_CUDA_SAVED:-}" ]; then
+        export LLAMACTL_CUDA_SAVED=1 LLAMACTL_CUDA_OLD_PATH="$PATH" LLAMACTL_CUDA_OLD_RUSTFLAGS="${RUSTFLAGS:-}"
+    fi
+    export PATH="$root/bin:$LLAMACTL_CUDA_OLD_PATH"
     export CUDA_ROOT="$root" CUDA_PATH="$root" CUDARC_CUDA_VERSION=13000
     export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
-    export RUSTFLAGS="${RUSTFLAGS:-} -L $llamactl_cuda_home/link"
+    export RUSTFLAGS="${LLAMACTL_CUDA_OLD_RUSTFLAGS:+$LLAMACTL_CUDA_OLD_RUSTFLAGS }-L $llamactl_cuda_home/link"
     echo "cuda-env: ready (nvcc $(nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'), compute cap $CUDA_COMPUTE_CAP)" >&2
+}
+
+# Undo the exports of llamactl_cuda_env (for CPU builds in the same shell).
+llamactl_cuda_off() {
+    [ -n "${LLAMACTL_CUDA_SAVED:-}" ] || return 0
+    export PATH="$LLAMACTL_CUDA_OLD_PATH"
+    if [ -n "$LLAMACTL_CUDA_OLD_RUSTFLAGS" ]; then
+        export RUSTFLAGS="$LLAMACTL_CUDA_OLD_RUSTFLAGS"
+    else
+        unset RUSTFLAGS
+    fi
+    unset CUDA_ROOT CUDA_PATH CUDARC_CUDA_VERSION LLAMACTL_CUDA_SAVED LLAMACTL_CUDA_OLD_PATH LLAMACTL_CUDA_OLD_RUSTFLAGS
 }
 
 llamactl_cuda_env

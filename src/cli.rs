@@ -2,10 +2,23 @@
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
+/// `--version`: the release and what this binary can compute on (the `cuda` cargo feature).
+const VERSION: &str = if cfg!(feature = "cuda") {
+    concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (features: cuda; runs on CPU and CUDA GPUs)"
+    )
+} else {
+    concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (features: none; CPU only, build with --features cuda for GPUs)"
+    )
+};
+
 #[derive(Parser, Debug)]
 #[command(
     name = "llamactl",
-    version,
+    version = VERSION,
     about = "Download, verify, inspect, reshard, convert, tokenize and run Llama 3 weights.",
     after_help = "Exit codes: 0 ok, 1 a check failed, 2 bad usage or input, 3 refused by the remote side, 4 network failure.\nBuilt with Meta Llama 3."
 )]

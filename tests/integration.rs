@@ -7,6 +7,7 @@ mod download;
 mod formats;
 mod gguf;
 mod interrupt;
+mod manners;
 mod pull;
 mod reshard;
 mod run;
