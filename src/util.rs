@@ -245,7 +245,7 @@ fn process_start(pid: u32) -> Option<u64> {
 }
 
 /// The temp-dir name for `name`: `.NAME.tmp-PID-START-RANDOM`.
-fn temp_name(name: &str, owner: Owner) -> String {
+pub(crate) fn temp_name(name: &str, owner: Owner) -> String {
     format!(
         ".{name}.tmp-{}-{}-{:08x}",
         owner.pid,

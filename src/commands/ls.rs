@@ -1,0 +1,153 @@
+//! `llamactl ls` (and `list --downloaded`): one table of every model on disk, from
+//! `store::scan`; `--verify` re-checks each through `store::check`.
+use crate::cli::LsArgs;
+use crate::store::scan::{self, Entry, Inventory, Place};
+use crate::store::{check, Roots};
+use crate::util::human_bytes;
+use anyhow::Result;
+use serde_json::json;
+
+pub fn run(args: &LsArgs) -> Result<i32> {
+    let roots = Roots::from_env()?;
+    let mut inv = scan::scan(&roots, &args.dir);
+    if args.verify {
+        let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for e in &mut inv.entries {
+            eprintln!("verifying {} ...", e.name);
+            check::verify(e, jobs);
+        }
+    }
+    for w in &inv.warnings {
+        eprintln!("warning: {w}");
+    }
+    let stale: Vec<_> = [roots.checkpoints.clone(), roots.hf_cache.join(".locks")]
+        .iter()
+        .chain(args.dir.iter())
+        .flat_map(|d| crate::util::stale_temps(d, None))
+        .collect();
+    if !stale.is_empty() {
+        let bytes = stale.iter().map(|s| s.bytes).sum();
+        eprintln!(
+            "note: {} temp dir(s) of interrupted runs ({}); `llamactl prune` removes them",
+            stale.len(),
+            human_bytes(bytes)
+        );
+    }
+    if args.json {
+        let doc = json!({
+            "store": roots.checkpoints,
+            "hf_cache": roots.hf_cache,
+            "models": inv.entries,
+            "total_bytes": inv.total_bytes,
+            "warnings": inv.warnings,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print_table(&inv, args.revisions);
+    }
+    let failed = inv.entries.iter().any(|e| e.verified == "failed");
+    Ok(if failed { 1 } else { 0 })
+}
+
+fn format_label(e: &Entry) -> String {
+    e.formats
+        .iter()
+        .map(|f| f.label())
+        .collect::<Vec<_>>()
+        .join("+")
+}
+
+fn place_label(e: &Entry) -> String {
+    match e.place {
+        Place::Store => "store".into(),
+        Place::HfCache => {
+            let refs: Vec<String> = e.revisions.iter().flat_map(|r| r.refs.clone()).collect();
+            match refs.is_empty() {
+                true => "hf cache".into(),
+                false => format!("hf cache ({})", refs.join(", ")),
+            }
+        }
+        Place::Dir => e.path.display().to_string(),
+    }
+}
+
+/// "3 days ago", as `ollama list` and `hf cache scan` say it.
+fn ago(secs: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let d = now.saturating_sub(secs);
+    let (n, unit) = match d {
+        0..=59 => return "just now".into(),
+        60..=3599 => (d / 60, "minute"),
+        3600..=86399 => (d / 3600, "hour"),
+        86400..=2_591_999 => (d / 86400, "day"),
+        2_592_000..=31_535_999 => (d / 2_592_000, "month"),
+        _ => (d / 31_536_000, "year"),
+    };
+    format!("{n} {unit}{} ago", if n == 1 { "" } else { "s" })
+}
+
+fn print_table(inv: &Inventory, revisions: bool) {
+    let rows: Vec<[String; 9]> = inv
+        .entries
+        .iter()
+        .map(|e| {
+            [
+                e.name.clone(),
+                format_label(e),
+                e.dtype.clone().unwrap_or_else(|| "-".into()),
+                e.mp.map_or("-".into(), |m| m.to_string()),
+                human_bytes(e.bytes),
+                e.files.to_string(),
+                format!("{}{}", e.verified, if e.partial_files > 0 { "*" } else { "" }),
+                ago(e.modified),
+                place_label(e),
+            ]
+        })
+        .collect();
+    let head = [
+        "NAME", "FORMAT", "DTYPE", "MP", "SIZE", "FILES", "VERIFIED", "MODIFIED", "WHERE",
+    ];
+    let mut w: Vec<usize> = head.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |c: &[String]| {
+        format!(
+            "{:<w0$}  {:<w1$}  {:<w2$}  {:>w3$}  {:>w4$}  {:>w5$}  {:<w6$}  {:<w7$}  {}",
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8],
+            w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4], w5 = w[5], w6 = w[6], w7 = w[7]
+        )
+    };
+    println!("{}", line(&head.map(String::from)).trim_end());
+    for (e, r) in inv.entries.iter().zip(&rows) {
+        println!("{}", line(r).trim_end());
+        if revisions {
+            for rev in &e.revisions {
+                let refs = match rev.refs.is_empty() {
+                    true => "detached".to_string(),
+                    false => rev.refs.join(", "),
+                };
+                println!(
+                    "  @{}  {}  {} files  {}  ({refs})",
+                    rev.commit,
+                    human_bytes(rev.bytes),
+                    rev.files,
+                    ago(rev.modified)
+                );
+            }
+        }
+    }
+    println!(
+        "{} model{}, {} on disk (shared files counted once)",
+        inv.entries.len(),
+        if inv.entries.len() == 1 { "" } else { "s" },
+        human_bytes(inv.total_bytes)
+    );
+    if inv.entries.iter().any(|e| e.partial_files > 0) {
+        println!("* unfinished downloads inside: run the download again to resume, or `llamactl prune --partials`");
+    }
+}
