@@ -70,9 +70,10 @@ pub struct DownloadArgs {
     /// Comma-separated model names (8B,8B-instruct,70B,70B-instruct); asked for when absent.
     #[arg(long)]
     pub models: Option<String>,
-    /// Target directory.
-    #[arg(long, default_value = ".")]
-    pub dir: PathBuf,
+    /// Target directory, in download.sh's layout (`--dir .` is what download.sh does). Default:
+    /// Meta's store, $LLAMA_STACK_CONFIG_DIR/checkpoints/<descriptor> (~/.llama/checkpoints).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
     /// Files fetched in parallel.
     #[arg(long, default_value_t = 4)]
     pub jobs: usize,

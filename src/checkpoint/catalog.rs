@@ -407,7 +407,11 @@ pub struct LocalStatus {
 
 /// Look at `dir/<local_folder>` and say what is there.
 pub fn local_status(model: &Model, dir: &Path) -> LocalStatus {
-    let folder = dir.join(model.local_folder);
+    folder_status(model, &dir.join(model.local_folder))
+}
+
+/// Say what of `model` is in `folder`.
+pub fn folder_status(model: &Model, folder: &Path) -> LocalStatus {
     let files = model.files();
     let mut present = 0;
     let mut bytes = 0;
@@ -424,7 +428,7 @@ pub fn local_status(model: &Model, dir: &Path) -> LocalStatus {
         "absent"
     } else if present < files.len() {
         "partial"
-    } else if is_verified(&folder) {
+    } else if is_verified(folder) {
         "verified"
     } else {
         "present"

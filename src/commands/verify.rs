@@ -3,11 +3,16 @@
 use super::reporters::{FinishLines, Options as Shown, ProgressReporter};
 use crate::checkpoint::verify::{self, Check, CheckState, Kind, Options, Problem, Report};
 use crate::cli::VerifyArgs;
+use crate::store::{resolve, resolve::Want};
 use crate::formats::gguf::{self, GgufFile};
 use crate::util::human_bytes;
 use anyhow::Result;
 
 pub fn run(args: &VerifyArgs) -> Result<i32> {
+    let args = &VerifyArgs {
+        dir: resolve::model_path(&args.dir, Want::Any)?,
+        ..args.clone()
+    };
     super::note_stale(&crate::util::stale_temps_of(&args.dir));
     let jobs = args
         .jobs

@@ -147,7 +147,8 @@ fn folder_models(
         }
         match model_in(&path, place) {
             Some(found) => out.push(found),
-            None if path.is_dir() => {
+            // In the store every folder should be a model; a --dir may hold anything.
+            None if path.is_dir() && place == Place::Store => {
                 warnings.push(format!("{}: not a model folder; skipped", path.display()))
             }
             None => {}
