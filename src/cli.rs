@@ -331,7 +331,9 @@ pub struct RunArgs {
 }
 
 #[derive(Args, Debug, Clone)]
-#[command(after_help = "Example:\n  llamactl list --dir ~/llama --json\n  llamactl list --downloaded   (the same as `llamactl ls --dir .`)")]
+#[command(
+    after_help = "Example:\n  llamactl list --dir ~/llama --json\n  llamactl list --downloaded   (the same as `llamactl ls --dir .`)"
+)]
 pub struct ListArgs {
     /// Where to look for local copies.
     #[arg(long, default_value = ".")]
@@ -345,10 +347,12 @@ pub struct ListArgs {
 }
 
 #[derive(Args, Debug, Clone)]
-#[command(after_help = "Examples:\n  llamactl ls\n  llamactl ls --dir ~/llama --revisions\n  llamactl ls --json | jq '.models[] | select(.verified != \"verified\")'\n\n\
+#[command(
+    after_help = "Examples:\n  llamactl ls\n  llamactl ls --dir ~/llama --revisions\n  llamactl ls --json | jq '.models[] | select(.verified != \"verified\")'\n\n\
 Looks in $LLAMA_STACK_CONFIG_DIR/checkpoints (default ~/.llama/checkpoints), the Hugging Face cache\n\
 ($HF_HUB_CACHE, else $HF_HOME/hub) and each --dir. Reads directory entries and headers only;\n\
---verify hashes every file.")]
+--verify hashes every file."
+)]
 pub struct LsArgs {
     /// Also look in this folder (a model folder, a .gguf file, or a folder of them); repeatable.
     #[arg(long)]
@@ -366,7 +370,9 @@ pub struct LsArgs {
 }
 
 #[derive(Args, Debug, Clone)]
-#[command(after_help = "Examples:\n  llamactl show 8B-instruct\n  llamactl show meta-llama/Llama-3.2-1B --json\n  llamactl show ./model-q8_0.gguf")]
+#[command(
+    after_help = "Examples:\n  llamactl show 8B-instruct\n  llamactl show meta-llama/Llama-3.2-1B --json\n  llamactl show ./model-q8_0.gguf"
+)]
 pub struct ShowArgs {
     /// A catalog name or descriptor, a Hub repo id (from the HF cache) or a path.
     pub model: PathBuf,
@@ -376,9 +382,11 @@ pub struct ShowArgs {
 }
 
 #[derive(Args, Debug, Clone)]
-#[command(after_help = "Examples:\n  llamactl rm Llama3.2-1B --dry-run\n  llamactl rm meta-llama/Llama-3.2-1B --revision v1 --yes\n  llamactl rm ~/models/llama-q8_0.gguf\n\n\
+#[command(
+    after_help = "Examples:\n  llamactl rm Llama3.2-1B --dry-run\n  llamactl rm meta-llama/Llama-3.2-1B --revision v1 --yes\n  llamactl rm ~/models/llama-q8_0.gguf\n\n\
 On a terminal it asks before removing; --yes does not ask. Refused (exit 2) while a download,\n\
-pull or convert of the model runs, and for any path that is not a model.")]
+pull or convert of the model runs, and for any path that is not a model."
+)]
 pub struct RmArgs {
     /// A name from `llamactl ls` (descriptor, repo id, file name), a catalog name, or a path.
     pub model: String,
@@ -398,9 +406,11 @@ pub struct RmArgs {
 }
 
 #[derive(Args, Debug, Clone)]
-#[command(after_help = "Examples:\n  llamactl prune --dry-run\n  llamactl prune --partials --revisions\n\n\
+#[command(
+    after_help = "Examples:\n  llamactl prune --dry-run\n  llamactl prune --partials --revisions\n\n\
 Always: temp dirs of dead llamactl runs, HF cache blobs no snapshot uses. Never a running\n\
-command's files (its lock, or its part file's lock, is held).")]
+command's files (its lock, or its part file's lock, is held)."
+)]
 pub struct PruneArgs {
     /// Also `.part` / `.incomplete` files of downloads whose process is gone (they let a download
     /// resume, so only on request).

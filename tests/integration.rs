@@ -10,5 +10,6 @@ mod interrupt;
 mod pull;
 mod reshard;
 mod run;
+mod store;
 mod tokenize;
 mod verify;

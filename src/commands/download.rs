@@ -131,7 +131,8 @@ pub fn run(args: &DownloadArgs) -> Result<i32> {
         .with_context(|| format!("{}: cannot create", dest.models.display()))?;
     // `rm` and `prune` leave these folders alone while this runs.
     let folders: Vec<PathBuf> = models.iter().map(|m| dest.folder(m)).collect();
-    let _locks = crate::store::lock::hold_all(&folders.iter().map(|f| f.as_path()).collect::<Vec<_>>());
+    let _locks =
+        crate::store::lock::hold_all(&folders.iter().map(|f| f.as_path()).collect::<Vec<_>>());
     // On SIGINT/SIGTERM the parts stay (a re-run resumes them); say so in the one line.
     let parts_dir = dest.models.clone();
     let _kept = crate::signal::register_kept(move || kept_parts_note(&parts_dir, ".part"));

@@ -61,7 +61,8 @@ fn place_label(e: &Entry) -> String {
     match e.place {
         Place::Store => "store".into(),
         Place::HfCache => {
-            let refs: Vec<String> = e.revisions.iter().flat_map(|r| r.refs.clone()).collect();
+            let mut refs: Vec<String> = e.revisions.iter().flat_map(|r| r.refs.clone()).collect();
+            refs.sort();
             match refs.is_empty() {
                 true => "hf cache".into(),
                 false => format!("hf cache ({})", refs.join(", ")),
@@ -100,7 +101,11 @@ fn print_table(inv: &Inventory, revisions: bool) {
                 e.mp.map_or("-".into(), |m| m.to_string()),
                 human_bytes(e.bytes),
                 e.files.to_string(),
-                format!("{}{}", e.verified, if e.partial_files > 0 { "*" } else { "" }),
+                format!(
+                    "{}{}",
+                    e.verified,
+                    if e.partial_files > 0 { "*" } else { "" }
+                ),
                 ago(e.modified),
                 place_label(e),
             ]
@@ -118,8 +123,23 @@ fn print_table(inv: &Inventory, revisions: bool) {
     let line = |c: &[String]| {
         format!(
             "{:<w0$}  {:<w1$}  {:<w2$}  {:>w3$}  {:>w4$}  {:>w5$}  {:<w6$}  {:<w7$}  {}",
-            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8],
-            w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3], w4 = w[4], w5 = w[5], w6 = w[6], w7 = w[7]
+            c[0],
+            c[1],
+            c[2],
+            c[3],
+            c[4],
+            c[5],
+            c[6],
+            c[7],
+            c[8],
+            w0 = w[0],
+            w1 = w[1],
+            w2 = w[2],
+            w3 = w[3],
+            w4 = w[4],
+            w5 = w[5],
+            w6 = w[6],
+            w7 = w[7]
         )
     };
     println!("{}", line(&head.map(String::from)).trim_end());

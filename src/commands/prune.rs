@@ -17,7 +17,11 @@ pub fn run(args: &PruneArgs) -> Result<i32> {
     for s in &plan.skipped {
         eprintln!("skipped: {s}");
     }
-    let freed = if args.dry_run { plan.bytes() } else { plan.execute()? };
+    let freed = if args.dry_run {
+        plan.bytes()
+    } else {
+        plan.execute()?
+    };
     if args.json {
         let doc = serde_json::json!({
             "dry_run": args.dry_run,
@@ -28,15 +32,28 @@ pub fn run(args: &PruneArgs) -> Result<i32> {
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(0);
     }
-    let verb = if args.dry_run { "would remove" } else { "removed" };
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
     for i in &plan.items {
-        println!("{verb}  {:>10}  {}  {}", human_bytes(i.bytes), i.what, i.path.display());
+        println!(
+            "{verb}  {:>10}  {}  {}",
+            human_bytes(i.bytes),
+            i.what,
+            i.path.display()
+        );
     }
     if plan.items.is_empty() {
         println!("nothing to prune");
     } else {
         let total = if args.dry_run { "would free" } else { "freed" };
-        println!("{total} {} in {} item(s)", human_bytes(freed), plan.items.len());
+        println!(
+            "{total} {} in {} item(s)",
+            human_bytes(freed),
+            plan.items.len()
+        );
     }
     if !args.partials {
         let parts = crate::store::scan::scan(&roots, &args.dir)

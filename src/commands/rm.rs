@@ -19,7 +19,9 @@ pub fn run(args: &RmArgs) -> Result<i32> {
         Place::HfCache => {
             let s = RepoScan::read(&entry.path);
             let commits: BTreeSet<String> = match &rev {
-                Some(r) => [remove::find_revision(&s, r).with_context(|| entry.name.clone())?].into(),
+                Some(r) => {
+                    [remove::find_revision(&s, r).with_context(|| entry.name.clone())?].into()
+                }
                 None => s.snapshots.keys().cloned().collect(),
             };
             remove::plan_revisions(&roots, &entry.path, &s, &commits)
@@ -51,7 +53,11 @@ pub fn run(args: &RmArgs) -> Result<i32> {
 }
 
 fn format_label(e: &Entry) -> String {
-    e.formats.iter().map(|f| f.label()).collect::<Vec<_>>().join("+")
+    e.formats
+        .iter()
+        .map(|f| f.label())
+        .collect::<Vec<_>>()
+        .join("+")
 }
 
 /// The one model `args.model` names, and the revision asked for.
@@ -64,7 +70,11 @@ fn find(roots: &Roots, args: &RmArgs) -> Result<(Entry, Option<String>)> {
     };
     let rev = args.revision.clone().or(at_rev);
     if rev.is_some() && entry.place != Place::HfCache {
-        bail!("{}: --revision is for HF cache repos; this is {}", entry.name, entry.path.display());
+        bail!(
+            "{}: --revision is for HF cache repos; this is {}",
+            entry.name,
+            entry.path.display()
+        );
     }
     Ok((entry, rev))
 }
@@ -81,7 +91,8 @@ fn not_a_model(path: &Path) -> anyhow::Error {
 }
 
 fn by_path(roots: &Roots, path: &Path) -> Result<(Entry, Option<String>)> {
-    let abs = std::fs::canonicalize(path).with_context(|| format!("{}: cannot resolve", path.display()))?;
+    let abs = std::fs::canonicalize(path)
+        .with_context(|| format!("{}: cannot resolve", path.display()))?;
     let cache = std::fs::canonicalize(&roots.hf_cache).unwrap_or_else(|_| roots.hf_cache.clone());
     if let Ok(rel) = abs.strip_prefix(&cache) {
         return hf_by_path(&cache, rel).ok_or_else(|| not_a_model(path));
@@ -93,7 +104,10 @@ fn by_path(roots: &Roots, path: &Path) -> Result<(Entry, Option<String>)> {
 
 /// A path inside the HF cache: a repo folder, or a snapshot (that revision).
 fn hf_by_path(cache: &Path, rel: &Path) -> Option<(Entry, Option<String>)> {
-    let parts: Vec<String> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+    let parts: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
     let repo = parts.first().filter(|p| p.starts_with("models--"))?;
     let inv = scan_repo(cache, repo)?;
     match parts.as_slice() {
@@ -110,7 +124,10 @@ fn scan_repo(cache: &Path, folder: &str) -> Option<Entry> {
         hf_cache: cache.to_path_buf(),
     };
     let id = scan::repo_id_of(folder)?;
-    scan::scan(&roots, &[]).entries.into_iter().find(|e| e.name == id)
+    scan::scan(&roots, &[])
+        .entries
+        .into_iter()
+        .find(|e| e.name == id)
 }
 
 /// A name from `ls` (descriptor, repo id, file name), a catalog name, or `REPO@REV`.
@@ -124,7 +141,8 @@ fn by_name(roots: &Roots, arg: &str) -> Result<(Entry, Option<String>)> {
         .entries
         .iter()
         .filter(|e| {
-            e.name.eq_ignore_ascii_case(name) || e.catalog.is_some_and(|c| c.eq_ignore_ascii_case(name))
+            e.name.eq_ignore_ascii_case(name)
+                || e.catalog.is_some_and(|c| c.eq_ignore_ascii_case(name))
         })
         .collect();
     match hits.as_slice() {
@@ -146,9 +164,18 @@ fn by_name(roots: &Roots, arg: &str) -> Result<(Entry, Option<String>)> {
 
 fn confirm(entry: &Entry, plan: &Plan) -> Result<bool> {
     for i in &plan.items {
-        eprintln!("  {:>10}  {}  {}", human_bytes(i.bytes), i.what, i.path.display());
+        eprintln!(
+            "  {:>10}  {}  {}",
+            human_bytes(i.bytes),
+            i.what,
+            i.path.display()
+        );
     }
-    eprint!("remove {} ({} freed)? [y/N] ", entry.name, human_bytes(plan.bytes()));
+    eprint!(
+        "remove {} ({} freed)? [y/N] ",
+        entry.name,
+        human_bytes(plan.bytes())
+    );
     std::io::stderr().flush().ok();
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;
@@ -157,13 +184,19 @@ fn confirm(entry: &Entry, plan: &Plan) -> Result<bool> {
 
 fn report(args: &RmArgs, plan: &Plan, dry_run: bool, freed: u64) {
     if args.json {
-        let doc = serde_json::json!({"dry_run": dry_run, "items": plan.items, "freed_bytes": freed});
+        let doc =
+            serde_json::json!({"dry_run": dry_run, "items": plan.items, "freed_bytes": freed});
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         return;
     }
     let verb = if dry_run { "would remove" } else { "removed" };
     for i in &plan.items {
-        println!("{verb}  {:>10}  {}  {}", human_bytes(i.bytes), i.what, i.path.display());
+        println!(
+            "{verb}  {:>10}  {}  {}",
+            human_bytes(i.bytes),
+            i.what,
+            i.path.display()
+        );
     }
     let total = if dry_run { "would free" } else { "freed" };
     println!("{total} {}", human_bytes(freed));

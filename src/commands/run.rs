@@ -46,7 +46,10 @@ struct Session {
 
 pub fn run(args: &RunArgs) -> Result<i32> {
     let resolved = match &args.ckpt_dir {
-        Some(d) => Some(crate::store::resolve::model_path(d, crate::store::resolve::Want::Any)?),
+        Some(d) => Some(crate::store::resolve::model_path(
+            d,
+            crate::store::resolve::Want::Any,
+        )?),
         None => None,
     };
     let args = &RunArgs {

@@ -62,7 +62,16 @@ fn print(d: &Value) {
     if let Some(groups) = d["dtypes"].as_object() {
         let parts: Vec<String> = groups
             .iter()
-            .map(|(g, ts)| format!("{g} {}", ts.as_array().map_or(String::new(), |a| a.iter().map(s).collect::<Vec<_>>().join("/"))))
+            .map(|(g, ts)| {
+                format!(
+                    "{g} {}",
+                    ts.as_array().map_or(String::new(), |a| a
+                        .iter()
+                        .map(s)
+                        .collect::<Vec<_>>()
+                        .join("/"))
+                )
+            })
             .collect();
         row("dtypes", parts.join(", "));
     }
@@ -70,22 +79,45 @@ fn print(d: &Value) {
     if t.is_null() {
         row("tokenizer", "none found".into());
     } else {
-        row("tokenizer", format!("{}, {} tokens", s(&t["kind"]), s(&t["vocab_size"])));
-        row("bos / eos", format!("{} / {}", token(&t["bos"]), token(&t["eos"])));
-        let stops: Vec<String> = t["stop_tokens"].as_array().map_or(Vec::new(), |a| a.iter().map(token).collect());
+        row(
+            "tokenizer",
+            format!("{}, {} tokens", s(&t["kind"]), s(&t["vocab_size"])),
+        );
+        row(
+            "bos / eos",
+            format!("{} / {}", token(&t["bos"]), token(&t["eos"])),
+        );
+        let stops: Vec<String> = t["stop_tokens"]
+            .as_array()
+            .map_or(Vec::new(), |a| a.iter().map(token).collect());
         row("stop tokens", stops.join(", "));
     }
     row("chat template", s(&d["chat_template"]));
     if let Some(g) = d["generation"].as_object() {
-        let parts: Vec<String> = g.iter().filter(|(k, _)| *k != "source").map(|(k, v)| format!("{k} {}", s(v))).collect();
-        row("generation", format!("{} ({})", parts.join(", "), s(&g["source"].clone())));
+        let parts: Vec<String> = g
+            .iter()
+            .filter(|(k, _)| *k != "source")
+            .map(|(k, v)| format!("{k} {}", s(v)))
+            .collect();
+        row(
+            "generation",
+            format!("{} ({})", parts.join(", "), s(&g["source"].clone())),
+        );
     }
     row("verified", s(&d["verified"]));
     if let Some(files) = d["files"].as_array() {
         let total: u64 = files.iter().filter_map(|f| f["bytes"].as_u64()).sum();
-        row("files", format!("{} files, {}", files.len(), human_bytes(total)));
+        row(
+            "files",
+            format!("{} files, {}", files.len(), human_bytes(total)),
+        );
         for f in files {
-            println!("{:<14}  {:>10}  {}", "", human_bytes(f["bytes"].as_u64().unwrap_or(0)), s(&f["name"]));
+            println!(
+                "{:<14}  {:>10}  {}",
+                "",
+                human_bytes(f["bytes"].as_u64().unwrap_or(0)),
+                s(&f["name"])
+            );
         }
     }
 }

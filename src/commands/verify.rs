@@ -3,8 +3,8 @@
 use super::reporters::{FinishLines, Options as Shown, ProgressReporter};
 use crate::checkpoint::verify::{self, Check, CheckState, Kind, Options, Problem, Report};
 use crate::cli::VerifyArgs;
-use crate::store::{resolve, resolve::Want};
 use crate::formats::gguf::{self, GgufFile};
+use crate::store::{resolve, resolve::Want};
 use crate::util::human_bytes;
 use anyhow::Result;
 

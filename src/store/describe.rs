@@ -81,7 +81,11 @@ fn meta(dir: &Path) -> Result<Value> {
     let mut tensors = Vec::new();
     if let Some(first) = shards.first() {
         let f = PthFile::open(first)?;
-        tensors.extend(f.tensors().iter().map(|t| (t.name.clone(), t.dtype.name().to_string())));
+        tensors.extend(
+            f.tensors()
+                .iter()
+                .map(|t| (t.name.clone(), t.dtype.name().to_string())),
+        );
     }
     let tok = Tokenizer::from_model_dir(dir).ok();
     let vocab = p.vocab().or_else(|| tok.as_ref().map(Tokenizer::n_vocab));
@@ -109,7 +113,10 @@ fn hf_dir(dir: &Path) -> Result<Value> {
     let mut tensors = Vec::new();
     for f in files_with(dir, ".safetensors") {
         let st = SafetensorsFile::open(&f)?;
-        tensors.extend(st.tensors().map(|t| (t.name.clone(), t.dtype.name().to_string())));
+        tensors.extend(
+            st.tensors()
+                .map(|t| (t.name.clone(), t.dtype.name().to_string())),
+        );
     }
     let tok = Tokenizer::from_model_dir(dir).ok();
     let tok_cfg = read_json(&dir.join("tokenizer_config.json")).unwrap_or(Value::Null);
@@ -139,7 +146,9 @@ fn tokenizer_json(tok: Option<&Tokenizer>) -> Value {
             .unwrap_or_default()
     };
     let tokens = |ids: &[u32]| -> Vec<Value> {
-        ids.iter().map(|&id| json!({"id": id, "text": text(id)})).collect()
+        ids.iter()
+            .map(|&id| json!({"id": id, "text": text(id)}))
+            .collect()
     };
     json!({
         "kind": match t.kind() {
@@ -155,7 +164,11 @@ fn tokenizer_json(tok: Option<&Tokenizer>) -> Value {
 
 fn gguf(path: &Path) -> Result<Value> {
     let g = GgufFile::open(path)?;
-    let arch = g.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("llama").to_string();
+    let arch = g
+        .get("general.architecture")
+        .and_then(|v| v.as_str())
+        .unwrap_or("llama")
+        .to_string();
     let u = |k: &str| g.get(&format!("{arch}.{k}")).and_then(|v| v.as_u64());
     let f = |k: &str| g.get(&format!("{arch}.{k}")).map(|v| v.to_json(0));
     let token_ids = |k: &str| g.get(k).and_then(|v| v.as_u64());
@@ -163,12 +176,22 @@ fn gguf(path: &Path) -> Result<Value> {
         Some(crate::formats::gguf::Value::Array(_, items)) => items,
         _ => &[],
     };
-    let text = |id: u64| tokens.get(id as usize).and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let text = |id: u64| {
+        tokens
+            .get(id as usize)
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
     let tok = |k: &str| token_ids(k).map(|id| json!({"id": id, "text": text(id)}));
-    let stop: Vec<Value> = ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"]
-        .iter()
-        .filter_map(|k| tok(k))
-        .collect();
+    let stop: Vec<Value> = [
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.eot_token_id",
+        "tokenizer.ggml.eom_token_id",
+    ]
+    .iter()
+    .filter_map(|k| tok(k))
+    .collect();
     let mut sampling = Map::new();
     for (k, v) in &g.kvs {
         if let Some(short) = k.strip_prefix("general.sampling.") {
@@ -238,5 +261,8 @@ fn files(path: &Path) -> Value {
         }
     }
     out.sort();
-    json!(out.into_iter().map(|(n, b)| json!({"name": n, "bytes": b})).collect::<Vec<_>>())
+    json!(out
+        .into_iter()
+        .map(|(n, b)| json!({"name": n, "bytes": b}))
+        .collect::<Vec<_>>())
 }

@@ -67,7 +67,8 @@ pub fn lock_path(roots: &Roots, target: &Path) -> Result<PathBuf> {
 
 fn open(path: &Path) -> Result<File> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create", dir.display()))?;
     }
     OpenOptions::new()
         .create(true)

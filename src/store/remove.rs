@@ -112,8 +112,13 @@ fn remove_tree_atomically(path: &Path, trash_dir: &Path) -> Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
     let trash = trash_dir.join(crate::util::temp_name(&name, crate::util::Owner::current()));
-    std::fs::rename(path, &trash)
-        .with_context(|| format!("{} -> {}: cannot move aside", path.display(), trash.display()))?;
+    std::fs::rename(path, &trash).with_context(|| {
+        format!(
+            "{} -> {}: cannot move aside",
+            path.display(),
+            trash.display()
+        )
+    })?;
     crate::util::sync_dir(crate::util::parent_or_dot(path));
     let reg = crate::signal::register_temp(&trash);
     crate::signal::remove_temp(reg, &trash);
@@ -145,7 +150,12 @@ fn blob_bytes(root: &Path, name: &str) -> u64 {
 }
 
 /// Remove revisions `commits` of the repo at `root` (all of them: the whole repo).
-pub fn plan_revisions(roots: &Roots, root: &Path, s: &RepoScan, commits: &BTreeSet<String>) -> Vec<Item> {
+pub fn plan_revisions(
+    roots: &Roots,
+    root: &Path,
+    s: &RepoScan,
+    commits: &BTreeSet<String>,
+) -> Vec<Item> {
     let trash = hf_trash_dir(roots);
     if commits.len() == s.snapshots.len() {
         let bytes = s.blobs.iter().map(|b| blob_bytes(root, b)).sum();
@@ -155,7 +165,11 @@ pub fn plan_revisions(roots: &Roots, root: &Path, s: &RepoScan, commits: &BTreeS
     let mut items = Vec::new();
     for commit in commits {
         for r in s.refs_of(commit) {
-            items.push(Item::file(root.join("refs").join(&r), format!("ref {r} -> {commit}"), 0));
+            items.push(Item::file(
+                root.join("refs").join(&r),
+                format!("ref {r} -> {commit}"),
+                0,
+            ));
         }
     }
     for commit in commits {
@@ -164,7 +178,12 @@ pub fn plan_revisions(roots: &Roots, root: &Path, s: &RepoScan, commits: &BTreeS
             true => format!("snapshot {commit} (detached)"),
             false => format!("snapshot {commit} (refs: {})", refs.join(", ")),
         };
-        items.push(Item::tree(root.join("snapshots").join(commit), what, 0, &trash));
+        items.push(Item::tree(
+            root.join("snapshots").join(commit),
+            what,
+            0,
+            &trash,
+        ));
     }
     let kept = s.referenced(commits);
     let gone: BTreeSet<String> = s
@@ -176,7 +195,11 @@ pub fn plan_revisions(roots: &Roots, root: &Path, s: &RepoScan, commits: &BTreeS
         .collect();
     for b in gone {
         let bytes = blob_bytes(root, &b);
-        items.push(Item::file(root.join("blobs").join(&b), "blob no kept revision uses", bytes));
+        items.push(Item::file(
+            root.join("blobs").join(&b),
+            "blob no kept revision uses",
+            bytes,
+        ));
     }
     items
 }
@@ -245,7 +268,8 @@ pub fn plan_prune(roots: &Roots, opts: &PruneOptions) -> Plan {
     for place in &places {
         for t in crate::util::stale_temps(place, None) {
             let what = format!("temp dir of a dead run (process {})", t.owner.pid);
-            plan.items.push(Item::tree(t.path.clone(), what, t.bytes, place));
+            plan.items
+                .push(Item::tree(t.path.clone(), what, t.bytes, place));
         }
     }
     for root in hf_repo_roots(&roots.hf_cache) {
@@ -340,7 +364,8 @@ fn prune_repo(roots: &Roots, root: &Path, opts: &PruneOptions, plan: &mut Plan) 
         let etag = b.strip_suffix(".incomplete").unwrap_or(b);
         let path = root.join("blobs").join(b);
         if busy(etag) || lock::file_locked(&path) {
-            plan.skipped.push(format!("{}: being written; left alone", path.display()));
+            plan.skipped
+                .push(format!("{}: being written; left alone", path.display()));
             continue;
         }
         let what = match partial {
@@ -368,15 +393,21 @@ fn prune_parts(roots: &Roots, dir: &Path, plan: &mut Plan) {
     for part in parts {
         let dst = PathBuf::from(part.to_string_lossy().trim_end_matches(".part").to_string());
         if lock::file_locked(&part) || lock::busy(roots, &dst) || lock::busy(roots, dir) {
-            plan.skipped.push(format!("{}: being written; left alone", part.display()));
+            plan.skipped
+                .push(format!("{}: being written; left alone", part.display()));
             continue;
         }
         let bytes = std::fs::metadata(&part).map_or(0, |m| m.len());
-        plan.items.push(Item::file(part.clone(), "partial download or output", bytes));
+        plan.items.push(Item::file(
+            part.clone(),
+            "partial download or output",
+            bytes,
+        ));
         let meta = PathBuf::from(format!("{}.meta", part.display()));
         if meta.is_file() {
             let bytes = std::fs::metadata(&meta).map_or(0, |m| m.len());
-            plan.items.push(Item::file(meta, "its resume record", bytes));
+            plan.items
+                .push(Item::file(meta, "its resume record", bytes));
         }
     }
 }

@@ -66,7 +66,11 @@ pub fn resolve(arg: &Path, want: Want) -> Result<(PathBuf, Option<String>)> {
     )
 }
 
-fn catalog_model(roots: &Roots, m: &catalog::Model, want: Want) -> Result<(PathBuf, Option<String>)> {
+fn catalog_model(
+    roots: &Roots,
+    m: &catalog::Model,
+    want: Want,
+) -> Result<(PathBuf, Option<String>)> {
     let store = roots.store_dir(m);
     if store.is_dir() {
         let how = format!("catalog model {} in the store", m.name);
@@ -92,7 +96,12 @@ fn catalog_model(roots: &Roots, m: &catalog::Model, want: Want) -> Result<(PathB
     )
 }
 
-fn cached_repo(roots: &Roots, id: &str, rev: &str, want: Want) -> Result<(PathBuf, Option<String>)> {
+fn cached_repo(
+    roots: &Roots,
+    id: &str,
+    rev: &str,
+    want: Want,
+) -> Result<(PathBuf, Option<String>)> {
     let cache = RepoCache::new(&roots.hf_cache, id);
     let commit = match cache.resolve_offline(rev) {
         Ok(c) => c,
@@ -131,7 +140,10 @@ fn single_gguf(dir: &Path) -> Option<PathBuf> {
         .ok()?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("gguf")))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|x| x.eq_ignore_ascii_case("gguf"))
+        })
         .collect();
     match ggufs.as_slice() {
         [one] => Some(one.clone()),

@@ -175,7 +175,8 @@ fn ggufs_in(dir: &Path, place: Place) -> Vec<(Entry, Vec<std::fs::Metadata>)> {
 }
 
 fn is_gguf_name(p: &Path) -> bool {
-    p.extension().is_some_and(|x| x.eq_ignore_ascii_case("gguf"))
+    p.extension()
+        .is_some_and(|x| x.eq_ignore_ascii_case("gguf"))
 }
 
 /// `path` as one model: a Meta or HF folder, or a GGUF file.
@@ -549,7 +550,10 @@ fn link_targets(
     }
 }
 
-fn hf_cache_repos(cache: &Path, warnings: &mut Vec<String>) -> Vec<(Entry, Vec<std::fs::Metadata>)> {
+fn hf_cache_repos(
+    cache: &Path,
+    warnings: &mut Vec<String>,
+) -> Vec<(Entry, Vec<std::fs::Metadata>)> {
     let Ok(rd) = std::fs::read_dir(cache) else {
         return Vec::new();
     };
@@ -629,7 +633,11 @@ fn hf_repo_entry(root: &Path, s: &RepoScan) -> Option<(Entry, Vec<std::fs::Metad
         (n > 0).then_some(n)
     });
     let formats: BTreeSet<Format> = revisions.iter().flat_map(|r| r.formats.clone()).collect();
-    let partial = s.blobs.iter().filter(|b| b.ends_with(".incomplete")).count();
+    let partial = s
+        .blobs
+        .iter()
+        .filter(|b| b.ends_with(".incomplete"))
+        .count();
     let entry = Entry {
         catalog: catalog::MODELS
             .iter()
@@ -660,7 +668,10 @@ fn snapshot_formats(files: &BTreeMap<String, String>) -> Vec<Format> {
     if has("config.json") {
         v.push(Format::Hf);
     }
-    if files.keys().any(|k| k.to_ascii_lowercase().ends_with(".gguf")) {
+    if files
+        .keys()
+        .any(|k| k.to_ascii_lowercase().ends_with(".gguf"))
+    {
         v.push(Format::Gguf);
     }
     v
