@@ -407,7 +407,7 @@ fn rm_of_one_revision_keeps_the_blob_another_uses() {
     assert!(!root.join("snapshots").join(sha(0xa1)).exists());
     assert!(root.join("blobs").join(&shared).exists());
     assert!(!root.join("blobs").join(&v1_only).exists());
-    assert_cache_consistent(&root.parent().unwrap().to_path_buf());
+    assert_cache_consistent(root.parent().unwrap());
     let main = root.join("snapshots").join(sha(0xb2));
     assert_eq!(
         std::fs::read(main.join("model.safetensors")).unwrap().len(),

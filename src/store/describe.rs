@@ -170,7 +170,7 @@ fn gguf(path: &Path) -> Result<Value> {
         .unwrap_or("llama")
         .to_string();
     let u = |k: &str| g.get(&format!("{arch}.{k}")).and_then(|v| v.as_u64());
-    let f = |k: &str| g.get(&format!("{arch}.{k}")).map(|v| v.to_json(0));
+    let f = |k: &str| g.get(&format!("{arch}.{k}")).map(number);
     let token_ids = |k: &str| g.get(k).and_then(|v| v.as_u64());
     let tokens: &[crate::formats::gguf::Value] = match g.get("tokenizer.ggml.tokens") {
         Some(crate::formats::gguf::Value::Array(_, items)) => items,
@@ -195,7 +195,7 @@ fn gguf(path: &Path) -> Result<Value> {
     let mut sampling = Map::new();
     for (k, v) in &g.kvs {
         if let Some(short) = k.strip_prefix("general.sampling.") {
-            sampling.insert(short.to_string(), v.to_json(0));
+            sampling.insert(short.to_string(), number(v));
         }
     }
     let has_scaling = g.tensors.iter().any(|t| t.name == "rope_freqs.weight");
@@ -225,6 +225,18 @@ fn gguf(path: &Path) -> Result<Value> {
         "generation": if sampling.is_empty() { Value::Null } else { sampling.insert("source".into(), json!("general.sampling.*")); Value::Object(sampling) },
         "verified": "never",
     }))
+}
+
+/// A GGUF value as JSON; an f32 as the shortest decimal that reads back to it (0.9, not
+/// 0.8999999761581421).
+fn number(v: &crate::formats::gguf::Value) -> Value {
+    match v {
+        crate::formats::gguf::Value::F32(x) => x
+            .to_string()
+            .parse::<f64>()
+            .map_or(Value::Null, |f| json!(f)),
+        other => other.to_json(0),
+    }
 }
 
 fn files_with(dir: &Path, suffix: &str) -> Vec<PathBuf> {
