@@ -381,9 +381,23 @@ pub(crate) fn gguf_dtype(g: &GgufFile) -> Option<String> {
     by.into_iter().max_by_key(|(_, n)| *n).map(|(d, _)| d)
 }
 
+/// A GGUF file's type, reading only up to `general.file_type` when the file has it (it comes
+/// before the tokenizer's arrays), else the whole header.
+fn gguf_file_dtype(path: &Path) -> Option<String> {
+    let peeked = gguf::peek_kvs(path, &["general.file_type"]).ok()?;
+    match peeked
+        .first()
+        .and_then(|(_, v)| v.as_u64())
+        .and_then(gguf_file_type_name)
+    {
+        Some(name) => Some(name.to_string()),
+        None => GgufFile::open(path).ok().as_ref().and_then(gguf_dtype),
+    }
+}
+
 fn gguf_entry(path: &Path, place: Place) -> Option<(Entry, Vec<std::fs::Metadata>)> {
     let meta = std::fs::metadata(path).ok()?;
-    let dtype = GgufFile::open(path).ok().as_ref().and_then(gguf_dtype);
+    let dtype = gguf_file_dtype(path);
     let mut usage = Usage::default();
     usage.add(&meta);
     let entry = Entry {
@@ -681,7 +695,7 @@ fn first_gguf_dtype(snap: &Path) -> Option<String> {
     let mut found = None;
     walk_files(snap, &mut |p, _| {
         if found.is_none() && is_gguf_name(p) {
-            found = GgufFile::open(p).ok().as_ref().and_then(gguf_dtype);
+            found = gguf_file_dtype(p);
         }
     });
     found
