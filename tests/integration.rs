@@ -10,6 +10,7 @@ mod interrupt;
 mod pull;
 mod reshard;
 mod run;
+mod safety;
 mod store;
 mod tokenize;
 mod verify;
