@@ -89,82 +89,83 @@ fn ago(secs: u64) -> String {
     format!("{n} {unit}{} ago", if n == 1 { "" } else { "s" })
 }
 
+fn row(e: &Entry) -> [String; 9] {
+    [
+        e.name.clone(),
+        format_label(e),
+        e.dtype.clone().unwrap_or_else(|| "-".into()),
+        e.mp.map_or("-".into(), |m| m.to_string()),
+        human_bytes(e.bytes),
+        e.files.to_string(),
+        format!(
+            "{}{}",
+            e.verified,
+            if e.partial_files > 0 { "*" } else { "" }
+        ),
+        ago(e.modified),
+        place_label(e),
+    ]
+}
+
+const HEAD: [&str; 9] = [
+    "NAME", "FORMAT", "DTYPE", "MP", "SIZE", "FILES", "VERIFIED", "MODIFIED", "WHERE",
+];
+
+/// Columns padded to the widest cell; numbers right-aligned.
+fn line(w: &[usize], c: &[String]) -> String {
+    let mut out = String::new();
+    for (i, cell) in c.iter().enumerate() {
+        let pad = w[i].saturating_sub(cell.chars().count());
+        let right = matches!(i, 3..=5);
+        if right {
+            out.push_str(&" ".repeat(pad));
+        }
+        out.push_str(cell);
+        if !right && i + 1 < c.len() {
+            out.push_str(&" ".repeat(pad));
+        }
+        if i + 1 < c.len() {
+            out.push_str("  ");
+        }
+    }
+    out.trim_end().to_string()
+}
+
+fn print_revisions(e: &Entry) {
+    for rev in &e.revisions {
+        let refs = match rev.refs.is_empty() {
+            true => "detached".to_string(),
+            false => rev.refs.join(", "),
+        };
+        println!(
+            "  @{}  {}  {} files  {}  ({refs})",
+            rev.commit,
+            human_bytes(rev.bytes),
+            rev.files,
+            ago(rev.modified)
+        );
+    }
+}
+
 fn print_table(inv: &Inventory, revisions: bool) {
-    let rows: Vec<[String; 9]> = inv
-        .entries
-        .iter()
-        .map(|e| {
-            [
-                e.name.clone(),
-                format_label(e),
-                e.dtype.clone().unwrap_or_else(|| "-".into()),
-                e.mp.map_or("-".into(), |m| m.to_string()),
-                human_bytes(e.bytes),
-                e.files.to_string(),
-                format!(
-                    "{}{}",
-                    e.verified,
-                    if e.partial_files > 0 { "*" } else { "" }
-                ),
-                ago(e.modified),
-                place_label(e),
-            ]
-        })
-        .collect();
-    let head = [
-        "NAME", "FORMAT", "DTYPE", "MP", "SIZE", "FILES", "VERIFIED", "MODIFIED", "WHERE",
-    ];
-    let mut w: Vec<usize> = head.iter().map(|h| h.len()).collect();
+    let rows: Vec<[String; 9]> = inv.entries.iter().map(row).collect();
+    let mut w: Vec<usize> = HEAD.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
             w[i] = w[i].max(c.chars().count());
         }
     }
-    let line = |c: &[String]| {
-        format!(
-            "{:<w0$}  {:<w1$}  {:<w2$}  {:>w3$}  {:>w4$}  {:>w5$}  {:<w6$}  {:<w7$}  {}",
-            c[0],
-            c[1],
-            c[2],
-            c[3],
-            c[4],
-            c[5],
-            c[6],
-            c[7],
-            c[8],
-            w0 = w[0],
-            w1 = w[1],
-            w2 = w[2],
-            w3 = w[3],
-            w4 = w[4],
-            w5 = w[5],
-            w6 = w[6],
-            w7 = w[7]
-        )
-    };
-    println!("{}", line(&head.map(String::from)).trim_end());
+    println!("{}", line(&w, &HEAD.map(String::from)));
     for (e, r) in inv.entries.iter().zip(&rows) {
-        println!("{}", line(r).trim_end());
+        println!("{}", line(&w, r));
         if revisions {
-            for rev in &e.revisions {
-                let refs = match rev.refs.is_empty() {
-                    true => "detached".to_string(),
-                    false => rev.refs.join(", "),
-                };
-                println!(
-                    "  @{}  {}  {} files  {}  ({refs})",
-                    rev.commit,
-                    human_bytes(rev.bytes),
-                    rev.files,
-                    ago(rev.modified)
-                );
-            }
+            print_revisions(e);
         }
     }
+    let n = inv.entries.len();
     println!(
-        "{} model{}, {} on disk (shared files counted once)",
-        inv.entries.len(),
-        if inv.entries.len() == 1 { "" } else { "s" },
+        "{n} model{}, {} on disk (shared files counted once)",
+        if n == 1 { "" } else { "s" },
         human_bytes(inv.total_bytes)
     );
     if inv.entries.iter().any(|e| e.partial_files > 0) {

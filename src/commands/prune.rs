@@ -1,10 +1,11 @@
 //! `llamactl prune [--partials] [--revisions] [--dir DIR]... [--dry-run] [--json]`: removes what
 //! interrupted runs and old revisions leave (`store::remove::plan_prune`), never a live run's.
 use crate::cli::PruneArgs;
-use crate::store::remove::{plan_prune, PruneOptions};
+use crate::store::remove::{plan_prune, Plan, PruneOptions};
 use crate::store::Roots;
 use crate::util::human_bytes;
 use anyhow::Result;
+use std::path::PathBuf;
 
 pub fn run(args: &PruneArgs) -> Result<i32> {
     let roots = Roots::from_env()?;
@@ -17,10 +18,9 @@ pub fn run(args: &PruneArgs) -> Result<i32> {
     for s in &plan.skipped {
         eprintln!("skipped: {s}");
     }
-    let freed = if args.dry_run {
-        plan.bytes()
-    } else {
-        plan.execute()?
+    let freed = match args.dry_run {
+        true => plan.bytes(),
+        false => plan.execute()?,
     };
     if args.json {
         let doc = serde_json::json!({
@@ -30,40 +30,38 @@ pub fn run(args: &PruneArgs) -> Result<i32> {
             "freed_bytes": freed,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
-        return Ok(0);
-    }
-    let verb = if args.dry_run {
-        "would remove"
     } else {
-        "removed"
-    };
-    for i in &plan.items {
-        println!(
-            "{verb}  {:>10}  {}  {}",
-            human_bytes(i.bytes),
-            i.what,
-            i.path.display()
-        );
-    }
-    if plan.items.is_empty() {
-        println!("nothing to prune");
-    } else {
-        let total = if args.dry_run { "would free" } else { "freed" };
-        println!(
-            "{total} {} in {} item(s)",
-            human_bytes(freed),
-            plan.items.len()
-        );
+        print(&plan, args.dry_run, freed);
     }
     if !args.partials {
-        let parts = crate::store::scan::scan(&roots, &args.dir)
-            .entries
-            .iter()
-            .map(|e| e.partial_files)
-            .sum::<usize>();
-        if parts > 0 {
-            eprintln!("note: {parts} unfinished download file(s) kept (they resume); --partials removes those no run holds");
-        }
+        note_parts(&roots, &args.dir);
     }
     Ok(0)
+}
+
+fn print(plan: &Plan, dry_run: bool, freed: u64) {
+    let (verb, total) = match dry_run {
+        true => ("would remove", "would free"),
+        false => ("removed", "freed"),
+    };
+    for i in &plan.items {
+        let bytes = human_bytes(i.bytes);
+        println!("{verb}  {bytes:>10}  {}  {}", i.what, i.path.display());
+    }
+    match plan.items.len() {
+        0 => println!("nothing to prune"),
+        n => println!("{total} {} in {n} item(s)", human_bytes(freed)),
+    }
+}
+
+/// Say how many resumable parts stay when `--partials` was not given.
+fn note_parts(roots: &Roots, dirs: &[PathBuf]) {
+    let inv = crate::store::scan::scan(roots, dirs);
+    let parts: usize = inv.entries.iter().map(|e| e.partial_files).sum();
+    if parts > 0 {
+        eprintln!(
+            "note: {parts} unfinished download file(s) kept (they resume); --partials removes \
+             those no run holds"
+        );
+    }
 }

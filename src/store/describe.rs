@@ -171,27 +171,6 @@ fn gguf(path: &Path) -> Result<Value> {
         .to_string();
     let u = |k: &str| g.get(&format!("{arch}.{k}")).and_then(|v| v.as_u64());
     let f = |k: &str| g.get(&format!("{arch}.{k}")).map(number);
-    let token_ids = |k: &str| g.get(k).and_then(|v| v.as_u64());
-    let tokens: &[crate::formats::gguf::Value] = match g.get("tokenizer.ggml.tokens") {
-        Some(crate::formats::gguf::Value::Array(_, items)) => items,
-        _ => &[],
-    };
-    let text = |id: u64| {
-        tokens
-            .get(id as usize)
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .to_string()
-    };
-    let tok = |k: &str| token_ids(k).map(|id| json!({"id": id, "text": text(id)}));
-    let stop: Vec<Value> = [
-        "tokenizer.ggml.eos_token_id",
-        "tokenizer.ggml.eot_token_id",
-        "tokenizer.ggml.eom_token_id",
-    ]
-    .iter()
-    .filter_map(|k| tok(k))
-    .collect();
     let mut sampling = Map::new();
     for (k, v) in &g.kvs {
         if let Some(short) = k.strip_prefix("general.sampling.") {
@@ -208,23 +187,52 @@ fn gguf(path: &Path) -> Result<Value> {
             "n_layers": u("block_count"),
             "n_heads": u("attention.head_count"),
             "n_kv_heads": u("attention.head_count_kv"),
-            "vocab_size": u("vocab_size").or(Some(tokens.len() as u64).filter(|n| *n > 0)),
+            "vocab_size": u("vocab_size").or(Some(gguf_tokens(&g).len() as u64).filter(|n| *n > 0)),
             "context_length": u("context_length"),
             "rope_theta": f("rope.freq_base"),
             "rope_scaling": if has_scaling { json!("rope_freqs.weight (Llama 3.1 scaling)") } else { Value::Null },
         },
         "dtypes": dtypes(g.tensors.iter().map(|t| (t.name.as_str(), t.ggml_type.name()))),
-        "tokenizer": {
-            "kind": g.get("tokenizer.ggml.model").and_then(|v| v.as_str()).map(|m| format!("GGUF {m}")),
-            "vocab_size": tokens.len(),
-            "bos": tok("tokenizer.ggml.bos_token_id"),
-            "eos": tok("tokenizer.ggml.eos_token_id"),
-            "stop_tokens": stop,
-        },
+        "tokenizer": gguf_tokenizer(&g),
         "chat_template": if g.get("tokenizer.chat_template").is_some() { "present (tokenizer.chat_template)" } else { "none" },
         "generation": if sampling.is_empty() { Value::Null } else { sampling.insert("source".into(), json!("general.sampling.*")); Value::Object(sampling) },
         "verified": "never",
     }))
+}
+
+fn gguf_tokens(g: &GgufFile) -> &[crate::formats::gguf::Value] {
+    match g.get("tokenizer.ggml.tokens") {
+        Some(crate::formats::gguf::Value::Array(_, items)) => items,
+        _ => &[],
+    }
+}
+
+/// The tokenizer a GGUF file carries: kind, size, bos/eos and stop tokens with their text.
+fn gguf_tokenizer(g: &GgufFile) -> Value {
+    let tokens = gguf_tokens(g);
+    let text = |id: u64| {
+        tokens
+            .get(id as usize)
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    let tok = |k: &str| {
+        g.get(k)
+            .and_then(|v| v.as_u64())
+            .map(|id| json!({"id": id, "text": text(id)}))
+    };
+    let stop: Vec<Value> = ["eos", "eot", "eom"]
+        .iter()
+        .filter_map(|k| tok(&format!("tokenizer.ggml.{k}_token_id")))
+        .collect();
+    json!({
+        "kind": g.get("tokenizer.ggml.model").and_then(|v| v.as_str()).map(|m| format!("GGUF {m}")),
+        "vocab_size": tokens.len(),
+        "bos": tok("tokenizer.ggml.bos_token_id"),
+        "eos": tok("tokenizer.ggml.eos_token_id"),
+        "stop_tokens": stop,
+    })
 }
 
 /// A GGUF value as JSON; an f32 as the shortest decimal that reads back to it (0.9, not

@@ -331,19 +331,10 @@ fn prune_repo(roots: &Roots, root: &Path, opts: &PruneOptions, plan: &mut Plan) 
     let s = RepoScan::read(root);
     let folder = folder_name(root);
     let busy = |etag: &str| lock::hf_blob_lock_busy(&roots.hf_cache, &folder, Some(etag));
-    let mut detached: BTreeSet<String> = match opts.revisions {
-        true => s
-            .snapshots
-            .keys()
-            .filter(|c| s.refs_of(c).is_empty())
-            .cloned()
-            .collect(),
+    let detached = match opts.revisions {
+        true => detached(&s),
         false => BTreeSet::new(),
     };
-    // A repo no ref points into at all (pulled by commit) is not an old revision: keep it.
-    if detached.len() == s.snapshots.len() {
-        detached.clear();
-    }
     let before = plan.items.len();
     if !detached.is_empty() {
         plan.items.extend(
@@ -376,6 +367,21 @@ fn prune_repo(roots: &Roots, root: &Path, opts: &PruneOptions, plan: &mut Plan) 
     }
     if plan.items.len() > before {
         plan.locks.push(held);
+    }
+}
+
+/// Revisions no ref points at; none when no ref points into the repo at all (a repo pulled by
+/// commit is not an old revision).
+fn detached(s: &RepoScan) -> BTreeSet<String> {
+    let d: BTreeSet<String> = s
+        .snapshots
+        .keys()
+        .filter(|c| s.refs_of(c).is_empty())
+        .cloned()
+        .collect();
+    match d.len() == s.snapshots.len() {
+        true => BTreeSet::new(),
+        false => d,
     }
 }
 

@@ -587,65 +587,83 @@ fn hf_cache_repos(
         .collect()
 }
 
-fn hf_repo_entry(root: &Path, s: &RepoScan) -> Option<(Entry, Vec<std::fs::Metadata>)> {
-    let repo_id = repo_id_of(&file_name(root))?;
-    let blobs = root.join("blobs");
-    let mut repo_usage = Usage::default();
-    let mut metas = Vec::new();
-    let mut revisions = Vec::new();
-    for (commit, files) in &s.snapshots {
-        let snap = root.join("snapshots").join(commit);
-        let mut usage = Usage::default();
-        let mut rev_metas = Vec::new();
-        for (rel, blob) in files {
-            let p = if blob.is_empty() {
-                snap.join(rel)
-            } else {
-                blobs.join(blob)
-            };
-            if let Ok(m) = std::fs::metadata(&p) {
-                usage.add(&m);
-                if repo_usage.add(&m) > 0 {
-                    metas.push(m.clone());
-                }
-                rev_metas.push(m);
+/// One revision's files and bytes; the blobs it adds to the repo's count go into `repo`/`metas`.
+fn hf_revision(
+    root: &Path,
+    s: &RepoScan,
+    commit: &str,
+    repo: &mut Usage,
+    metas: &mut Vec<std::fs::Metadata>,
+) -> Revision {
+    let files = &s.snapshots[commit];
+    let snap = root.join("snapshots").join(commit);
+    let mut usage = Usage::default();
+    let mut rev_metas = Vec::new();
+    for (rel, blob) in files {
+        let p = match blob.is_empty() {
+            true => snap.join(rel),
+            false => root.join("blobs").join(blob),
+        };
+        if let Ok(m) = std::fs::metadata(&p) {
+            usage.add(&m);
+            if repo.add(&m) > 0 {
+                metas.push(m.clone());
             }
+            rev_metas.push(m);
         }
-        revisions.push(Revision {
-            commit: commit.clone(),
-            refs: s.refs_of(commit),
-            path: snap.clone(),
-            formats: snapshot_formats(files),
-            files: files.len(),
-            bytes: usage.bytes,
-            // As scan_cache_dir: its newest blob, or the folder itself when empty.
-            modified: match latest(&rev_metas) {
-                0 => std::fs::metadata(&snap)
-                    .ok()
-                    .and_then(|m| m.modified().ok())
-                    .map_or(0, secs),
-                t => t,
-            },
-        });
     }
-    // The revision `main` points at (else the newest) speaks for the repo's dtype.
+    // As scan_cache_dir: its newest blob, or the folder itself when empty.
+    let modified = match latest(&rev_metas) {
+        0 => std::fs::metadata(&snap)
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .map_or(0, secs),
+        t => t,
+    };
+    Revision {
+        commit: commit.to_string(),
+        refs: s.refs_of(commit),
+        path: snap,
+        formats: snapshot_formats(files),
+        files: files.len(),
+        bytes: usage.bytes,
+        modified,
+    }
+}
+
+/// The dtype and MP of the revision `main` points at (else the newest).
+fn head_facts(s: &RepoScan, revisions: &[Revision]) -> (Option<String>, Option<usize>) {
     let head = s
         .refs
         .get("main")
         .and_then(|c| revisions.iter().find(|r| &r.commit == c))
         .or_else(|| revisions.iter().max_by_key(|r| r.modified));
-    let dtype = head.and_then(|r| {
-        hf_dtype(&r.path).or_else(|| {
-            r.formats
-                .contains(&Format::Gguf)
-                .then(|| first_gguf_dtype(&r.path))
-                .flatten()
-        })
+    let Some(r) = head else {
+        return (None, None);
+    };
+    let dtype = hf_dtype(&r.path).or_else(|| {
+        r.formats
+            .contains(&Format::Gguf)
+            .then(|| first_gguf_dtype(&r.path))
+            .flatten()
     });
-    let mp = head.and_then(|r| {
-        let n = shard_count(&r.path.join("original"));
-        (n > 0).then_some(n)
-    });
+    let mp = [r.path.clone(), r.path.join("original")]
+        .iter()
+        .map(|d| shard_count(d))
+        .find(|n| *n > 0);
+    (dtype, mp)
+}
+
+fn hf_repo_entry(root: &Path, s: &RepoScan) -> Option<(Entry, Vec<std::fs::Metadata>)> {
+    let repo_id = repo_id_of(&file_name(root))?;
+    let mut repo_usage = Usage::default();
+    let mut metas = Vec::new();
+    let revisions: Vec<Revision> = s
+        .snapshots
+        .keys()
+        .map(|c| hf_revision(root, s, c, &mut repo_usage, &mut metas))
+        .collect();
+    let (dtype, mp) = head_facts(s, &revisions);
     let formats: BTreeSet<Format> = revisions.iter().flat_map(|r| r.formats.clone()).collect();
     let partial = s
         .blobs
