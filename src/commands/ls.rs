@@ -49,14 +49,6 @@ pub fn run(args: &LsArgs) -> Result<i32> {
     Ok(if failed { 1 } else { 0 })
 }
 
-fn format_label(e: &Entry) -> String {
-    e.formats
-        .iter()
-        .map(|f| f.label())
-        .collect::<Vec<_>>()
-        .join("+")
-}
-
 fn place_label(e: &Entry) -> String {
     match e.place {
         Place::Store => "store".into(),
@@ -92,7 +84,7 @@ fn ago(secs: u64) -> String {
 fn row(e: &Entry) -> [String; 9] {
     [
         e.name.clone(),
-        format_label(e),
+        e.formats_label(),
         e.dtype.clone().unwrap_or_else(|| "-".into()),
         e.mp.map_or("-".into(), |m| m.to_string()),
         human_bytes(e.bytes),

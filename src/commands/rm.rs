@@ -28,7 +28,7 @@ pub fn run(args: &RmArgs) -> Result<i32> {
         }
         _ if entry.path.is_dir() => vec![Item::tree(
             entry.path.clone(),
-            format!("{} folder", format_label(&entry)),
+            format!("{} folder", entry.formats_label()),
             entry.bytes,
             crate::util::parent_or_dot(&entry.path),
         )],
@@ -50,14 +50,6 @@ pub fn run(args: &RmArgs) -> Result<i32> {
     let freed = plan.execute()?;
     report(args, &plan, false, freed);
     Ok(0)
-}
-
-fn format_label(e: &Entry) -> String {
-    e.formats
-        .iter()
-        .map(|f| f.label())
-        .collect::<Vec<_>>()
-        .join("+")
 }
 
 /// The one model `args.model` names, and the revision asked for.

@@ -9,6 +9,7 @@
 //! locked. Python `huggingface_hub` holds `.locks/{repo folder}/{etag}.lock` while it writes a
 //! blob; [`hf_blob_lock_busy`] tests those.
 use super::Roots;
+use crate::util::{flock_exclusive, flock_shared};
 use anyhow::{Context, Result};
 use std::fs::{File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
@@ -18,23 +19,6 @@ use std::path::{Path, PathBuf};
 #[derive(Debug)]
 pub struct Held {
     _file: File,
-}
-
-/// `flock(op | LOCK_NB)`, or blocking without `LOCK_NB`; `Ok(false)` = someone else holds it.
-fn flock(file: &File, op: i32) -> std::io::Result<bool> {
-    use std::os::fd::AsRawFd;
-    loop {
-        // SAFETY: flock on a descriptor we own; no memory is passed.
-        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
-            return Ok(true);
-        }
-        let err = std::io::Error::last_os_error();
-        match err.kind() {
-            std::io::ErrorKind::Interrupted => continue,
-            std::io::ErrorKind::WouldBlock => return Ok(false),
-            _ => return Err(err),
-        }
-    }
 }
 
 /// FNV-1a, 64 bits: a stable name for a path (not a security boundary).
@@ -84,12 +68,12 @@ fn open(path: &Path) -> Result<File> {
 pub fn hold(target: &Path) -> Option<Held> {
     let roots = Roots::from_env().ok()?;
     let file = open(&lock_path(&roots, target).ok()?).ok()?;
-    if !flock(&file, libc::LOCK_SH | libc::LOCK_NB).ok()? {
+    if !flock_shared(&file, false).ok()? {
         eprintln!(
             "{}: being removed by another llamactl; waiting",
             target.display()
         );
-        flock(&file, libc::LOCK_SH).ok()?;
+        flock_shared(&file, true).ok()?;
     }
     Some(Held { _file: file })
 }
@@ -102,7 +86,7 @@ pub fn hold_all(targets: &[&Path]) -> Vec<Held> {
 /// `target` exclusively, or `Ok(None)` when a running command holds it.
 pub fn try_exclusive(roots: &Roots, target: &Path) -> Result<Option<Held>> {
     let file = open(&lock_path(roots, target)?)?;
-    let got = flock(&file, libc::LOCK_EX | libc::LOCK_NB)
+    let got = flock_exclusive(&file, false)
         .with_context(|| format!("{}: cannot lock", target.display()))?;
     Ok(got.then_some(Held { _file: file }))
 }
@@ -117,7 +101,7 @@ pub fn file_locked(path: &Path) -> bool {
     let Ok(f) = File::open(path) else {
         return false;
     };
-    matches!(flock(&f, libc::LOCK_EX | libc::LOCK_NB), Ok(false))
+    matches!(flock_exclusive(&f, false), Ok(false))
 }
 
 /// huggingface_hub (or llamactl's `pull`) is writing a blob of the repo in `repo_folder`
@@ -155,7 +139,7 @@ mod tests {
             lock_path(&roots, &other_spelling).unwrap()
         );
         let f = open(&lock_path(&roots, &model).unwrap()).unwrap();
-        assert!(flock(&f, libc::LOCK_SH | libc::LOCK_NB).unwrap());
+        assert!(flock_shared(&f, false).unwrap());
         assert!(busy(&roots, &other_spelling));
         drop(f);
         let held = try_exclusive(&roots, &model).unwrap();

@@ -84,6 +84,14 @@ pub struct Entry {
     pub partial_files: usize,
 }
 
+impl Entry {
+    /// Its formats as the table shows them: `Meta`, `HF`, `GGUF`, `Meta+HF`.
+    pub fn formats_label(&self) -> String {
+        let labels: Vec<&str> = self.formats.iter().map(|f| f.label()).collect();
+        labels.join("+")
+    }
+}
+
 /// Everything found, and what looked wrong on the way.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Inventory {
