@@ -1,6 +1,7 @@
 //! A MODEL argument to a path. Commands that take a model (`run`, `verify`, `show`, `convert`,
 //! `reshard`) accept, in this order:
-//! 1. a path that exists (a Meta or HF folder, a `.gguf` file);
+//! 1. a path that exists (a Meta or HF folder, a `.gguf` file), or anything spelled as a path
+//!    (absolute, `./`, `../`, more than one `/`), left for the command to judge;
 //! 2. a catalog name or llama-models descriptor (`8B-instruct`, `Llama3.1-8B-Instruct`): its store
 //!    folder, else its Hub repo in the HF cache, else its download.sh folder in the current dir;
 //! 3. a Hub repo id, optionally `@REVISION` (`meta-llama/Llama-3.2-1B@main`), from the HF cache;
@@ -45,6 +46,11 @@ pub fn resolve(arg: &Path, want: Want) -> Result<(PathBuf, Option<String>)> {
     let Some(s) = arg.to_str() else {
         bail!("{}: no such file or directory", arg.display());
     };
+    // Spelled as a path (absolute, ./, ../, more than ORG/NAME): no name to look up; the command
+    // says what is wrong with the path itself.
+    if arg.is_absolute() || s.starts_with('.') || s.matches('/').count() > 1 {
+        return Ok((arg.to_path_buf(), None));
+    }
     let roots = Roots::from_env()?;
     if let Some(m) = catalog::find_any(s) {
         return catalog_model(&roots, m, want);
