@@ -113,7 +113,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::create_dir_all(parent)
         .with_context(|| format!("{}: cannot create", parent.display()))?;
     let name = path.file_name().unwrap_or_default().to_string_lossy();
+    // 0666 less the umask, like any file the user creates (tempfile's default is 0600, which hides
+    // the output from other users, containers and upload jobs).
+    use std::os::unix::fs::PermissionsExt;
     let mut tmp = tempfile::Builder::new()
+        .permissions(std::fs::Permissions::from_mode(0o666))
         .prefix(&format!(".{name}.tmp-"))
         .tempfile_in(parent)
         .with_context(|| format!("{}: cannot create a temp file", parent.display()))?;

@@ -333,3 +333,36 @@ fn a_missing_last_shard_is_named() {
         "are shards missing?",
     );
 }
+
+#[test]
+fn outputs_honour_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = testdata().join("tiny-mp1");
+    let bin = env!("CARGO_BIN_EXE_llamactl");
+    let script = format!(
+        "umask 022 && {bin} convert --to hf {s} hf && {bin} reshard --mp 1 {s} mp1 \
+         && {bin} convert --to gguf {s} m.gguf && {bin} convert --to meta hf meta",
+        s = src.display()
+    );
+    let out = Command::new("sh")
+        .current_dir(tmp.path())
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    succeeds(&out);
+    let mut files = vec![tmp.path().join("m.gguf")];
+    for dir in ["hf", "mp1", "meta"] {
+        for e in std::fs::read_dir(tmp.path().join(dir)).unwrap() {
+            files.push(e.unwrap().path());
+        }
+    }
+    for dir in ["hf", "mp1", "meta"] {
+        files.push(tmp.path().join(dir));
+    }
+    for f in files {
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+        let want = if f.is_dir() { 0o755 } else { 0o644 };
+        assert_eq!(mode, want, "{}: mode {mode:o}", f.display());
+    }
+}
