@@ -7,6 +7,11 @@ and regular files, then:
       snapshot from A (hf_hub_download, snapshot_download, try_to_load_from_cache, scan_cache_dir);
   (b) huggingface_hub.snapshot_download fills cache B from the same server; `llamactl pull` with
       HF_HUB_OFFLINE=1 resolves the snapshot from B.
+  (c) two revisions that share a blob (v1, then main with new config and .pth): `llamactl ls --json`
+      reports the repos, revisions, refs, file counts and sizes scan_cache_dir() reports;
+  (d) after `llamactl rm --revision v1`, `llamactl prune` (an orphan blob, a dead run's temp dir) and
+      `llamactl prune --revisions`, scan_cache_dir() has no warnings and every file of what remains
+      loads with hf_hub_download(local_files_only=True); `llamactl rm REPO` leaves no trace.
 Exits non-zero on the first disagreement.
 
 Usage (needs huggingface_hub, e.g. /root/venvs/ref/bin/python):
@@ -22,8 +27,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LLAMACTL = ROOT / "target" / "release" / "llamactl"
-SERVER = ROOT / "target" / "release" / "examples" / "hub_server"
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+LLAMACTL = TARGET / "release" / "llamactl"
+SERVER = TARGET / "release" / "examples" / "hub_server"
 REPO = "meta-llama/Compat-Llama"
 COMMIT = "c0ffee00" * 5
 
@@ -81,6 +87,65 @@ import sys
 from huggingface_hub import snapshot_download
 print(snapshot_download(sys.argv[1]))
 """
+
+
+PY_SCAN = r"""
+import json, sys
+from huggingface_hub import scan_cache_dir
+info = scan_cache_dir()
+print(json.dumps({
+    "warnings": [str(w) for w in info.warnings],
+    "repos": {r.repo_id: {
+        "size_on_disk": r.size_on_disk,
+        "nb_files": r.nb_files,
+        "revisions": {v.commit_hash: {"refs": sorted(v.refs), "nb_files": v.nb_files,
+                                      "size_on_disk": v.size_on_disk} for v in r.revisions},
+    } for r in info.repos},
+}))
+"""
+
+PY_LOAD = r"""
+import json, sys
+from huggingface_hub import hf_hub_download
+repo, rev, files = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+print(json.dumps({f: open(hf_hub_download(repo, f, revision=rev, local_files_only=True), "rb").read().hex()
+                  for f in files}))
+"""
+
+
+def py(code: str, env: dict, *args: str) -> dict:
+    run = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True)
+    if run.returncode != 0:
+        sys.exit(f"python failed: {run.stderr.strip()[-800:]}")
+    return json.loads(run.stdout)
+
+
+def llamactl(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(LLAMACTL), *args], env=env, capture_output=True, text=True)
+
+
+def serve(src: Path, commit: str, branch: str):
+    server = subprocess.Popen(
+        [str(SERVER), "--repo", REPO, "--dir", str(src), "--commit", commit, "--branch", branch],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    return server, server.stdout.readline().strip().split("=", 1)[1]
+
+
+def our_table(env: dict) -> dict:
+    run = llamactl(env, "ls", "--json")
+    check(run.returncode == 0, "llamactl ls --json exits 0", run.stderr.strip())
+    doc = json.loads(run.stdout)
+    return {
+        m["name"]: {
+            "size_on_disk": m["bytes"],
+            "nb_files": m["files"],
+            "revisions": {r["commit"]: {"refs": sorted(r["refs"]), "nb_files": r["files"],
+                                        "size_on_disk": r["bytes"]} for r in m["revisions"]},
+        }
+        for m in doc["models"] if m["place"] == "hf-cache"
+    }
 
 
 def check(cond: bool, what: str, detail: str = "") -> None:
@@ -169,7 +234,68 @@ def main() -> None:
         finally:
             server.kill()
             server.wait()
-    print("\nall checks passed: one cache, both directions")
+        store_checks(tmp, src)
+    print("\nall checks passed: one cache, both directions, and one view of it")
+
+
+def store_checks(tmp: Path, src: Path) -> None:
+    commit_v1, commit_main = "1111aaaa" * 5, "2222bbbb" * 5
+    home = tmp / "hf-c"
+    base = clean_env(HF_HOME=str(home), HOME=str(tmp / "home"))
+    base.pop("LLAMA_STACK_CONFIG_DIR", None)
+    print("\n(c) two revisions sharing a blob: `llamactl ls` vs scan_cache_dir()")
+    for commit, branch in ((commit_v1, "v1"), (commit_main, "main")):
+        if branch == "main":
+            (src / "config.json").write_bytes(b'{"model_type": "llama", "hidden_size": 64, "v": 2}\n')
+            (src / "original" / "consolidated.00.pth").write_bytes(os.urandom(2 << 20))
+        server, endpoint = serve(src, commit, branch)
+        try:
+            run = pull(dict(base, HF_ENDPOINT=endpoint), "--revision", branch)
+            check(run.returncode == 0, f"llamactl pull --revision {branch} exits 0", run.stderr.strip())
+        finally:
+            server.kill()
+            server.wait()
+    offline = dict(base, HF_HUB_OFFLINE="1")
+    theirs = py(PY_SCAN, offline)
+    ours = our_table(offline)
+    print(f"        scan_cache_dir: {json.dumps(theirs['repos'])}")
+    print(f"        llamactl ls:    {json.dumps(ours)}")
+    check(theirs["warnings"] == [], "scan_cache_dir reports no warnings", str(theirs["warnings"]))
+    check(ours == theirs["repos"], "same repos, revisions, refs, file counts and sizes")
+    shared = [r for r in theirs["repos"][REPO]["revisions"].values()]
+    check(sum(r["size_on_disk"] for r in shared) > theirs["repos"][REPO]["size_on_disk"],
+          "the shared blob counts once in the repo size (both revisions hold it)")
+
+    print("\n(d) after llamactl rm / prune: no warnings, what remains loads offline")
+    names = sorted(FILES)
+    run = llamactl(offline, "rm", REPO, "--revision", "v1", "--yes")
+    check(run.returncode == 0, "llamactl rm REPO --revision v1 exits 0", run.stderr.strip())
+    print("        " + run.stdout.strip().replace("\n", "\n        "))
+    after = py(PY_SCAN, offline)
+    check(after["warnings"] == [], "scan_cache_dir: no warnings after rm --revision", str(after["warnings"]))
+    check(list(after["repos"][REPO]["revisions"]) == [commit_main], "only main's revision is left")
+    check(our_table(offline) == after["repos"], "llamactl ls still agrees with scan_cache_dir")
+    loaded = py(PY_LOAD, offline, REPO, "main", json.dumps(names))
+    check(bytes.fromhex(loaded["model.safetensors"]) == FILES["model.safetensors"],
+          "hf_hub_download(local_files_only=True) loads every file of main; the shared blob survived")
+    repo_root = home / "hub" / ("models--" + REPO.replace("/", "--"))
+    (repo_root / "blobs" / "0123456789abcdef").write_bytes(b"orphan")
+    dead = home / "hub" / ".locks" / ".x.tmp-4294967295-1-aa"
+    dead.mkdir(parents=True)
+    (dead / "f").write_bytes(b"left by a killed run")
+    run = llamactl(offline, "prune", "--revisions")
+    check(run.returncode == 0, "llamactl prune --revisions exits 0", run.stderr.strip())
+    print("        " + run.stdout.strip().replace("\n", "\n        "))
+    check(not (repo_root / "blobs" / "0123456789abcdef").exists() and not dead.exists(),
+          "prune removed the orphan blob and the dead run's temp dir")
+    after = py(PY_SCAN, offline)
+    check(after["warnings"] == [], "scan_cache_dir: no warnings after prune", str(after["warnings"]))
+    loaded = py(PY_LOAD, offline, REPO, "main", json.dumps(names))
+    check(len(loaded) == len(names), "every file of main still loads with local_files_only=True")
+    run = llamactl(offline, "rm", REPO, "--yes")
+    check(run.returncode == 0, "llamactl rm REPO exits 0", run.stderr.strip())
+    after = py(PY_SCAN, offline)
+    check(after["warnings"] == [] and REPO not in after["repos"], "scan_cache_dir: the repo is gone, no warnings")
 
 
 if __name__ == "__main__":

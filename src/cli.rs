@@ -19,8 +19,12 @@ const VERSION: &str = if cfg!(feature = "cuda") {
 #[command(
     name = "llamactl",
     version = VERSION,
-    about = "Download, verify, inspect, reshard, convert, tokenize and run Llama 3 weights.",
-    after_help = "Exit codes: 0 ok, 1 a check failed, 2 bad usage or input, 3 refused by the remote side, 4 network failure.\nBuilt with Meta Llama 3."
+    about = "Download, verify, inspect, reshard, convert, tokenize and run Llama 3 weights, and manage the models on disk.",
+    after_help = "Models live in Meta's checkpoint folder ($LLAMA_STACK_CONFIG_DIR/checkpoints, default ~/.llama/checkpoints,\n\
+shared with Meta's `llama` CLI) and the Hugging Face cache ($HF_HUB_CACHE or $HF_HOME/hub). Commands that take\n\
+a model accept a catalog name or descriptor (8B-instruct, Llama3.1-8B-Instruct), a Hub repo id\n\
+(meta-llama/Llama-3.2-1B[@REV], from the cache) or a path.\n\n\
+Exit codes: 0 ok, 1 a check failed, 2 bad usage or input, 3 refused by the remote side, 4 network failure.\nBuilt with Meta Llama 3."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -45,8 +49,16 @@ pub enum Command {
     Tokenize(TokenizeArgs),
     /// Run the model: completion, chat, or a CI inference check.
     Run(RunArgs),
-    /// The catalog of known models and what is present locally.
+    /// The catalog of known models and what is present locally (--downloaded: what is on disk).
     List(ListArgs),
+    /// What is on disk: every model in the store, the HF cache and --dir folders, sizes, verified state.
+    Ls(LsArgs),
+    /// One model in detail: params, dtypes, shards, tokenizer, stop tokens, chat template, defaults.
+    Show(ShowArgs),
+    /// Remove a model: a store folder, an HF repo or one revision of it, a GGUF file.
+    Rm(RmArgs),
+    /// Remove what interrupted runs and old revisions leave behind.
+    Prune(PruneArgs),
     /// The whole pipeline on the tiny checkpoint shipped in testdata/.
     Demo(DemoArgs),
 }
@@ -72,9 +84,10 @@ pub struct DownloadArgs {
     /// Comma-separated model names (8B,8B-instruct,70B,70B-instruct); asked for when absent.
     #[arg(long)]
     pub models: Option<String>,
-    /// Target directory.
-    #[arg(long, default_value = ".")]
-    pub dir: PathBuf,
+    /// Target directory, in download.sh's layout (`--dir .` is what download.sh does). Default:
+    /// Meta's store, $LLAMA_STACK_CONFIG_DIR/checkpoints/<descriptor> (~/.llama/checkpoints).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
     /// Files fetched in parallel.
     #[arg(long, default_value_t = 4)]
     pub jobs: usize,
@@ -334,11 +347,100 @@ pub struct RunArgs {
 }
 
 #[derive(Args, Debug, Clone)]
-#[command(after_help = "Example:\n  llamactl list --dir ~/llama --json")]
+#[command(
+    after_help = "Example:\n  llamactl list --dir ~/llama --json\n  llamactl list --downloaded   (the same as `llamactl ls --dir .`)"
+)]
 pub struct ListArgs {
     /// Where to look for local copies.
     #[arg(long, default_value = ".")]
     pub dir: PathBuf,
+    /// Print a JSON document.
+    #[arg(long)]
+    pub json: bool,
+    /// List what is on disk (store, HF cache and --dir) instead of the catalog, as `llamactl ls`.
+    #[arg(long)]
+    pub downloaded: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  llamactl ls\n  llamactl ls --dir ~/llama --revisions\n  llamactl ls --json | jq '.models[] | select(.verified != \"verified\")'\n\n\
+Looks in $LLAMA_STACK_CONFIG_DIR/checkpoints (default ~/.llama/checkpoints), the Hugging Face cache\n\
+($HF_HUB_CACHE, else $HF_HOME/hub) and each --dir. Reads directory entries and headers only;\n\
+--verify hashes every file."
+)]
+pub struct LsArgs {
+    /// Also look in this folder (a model folder, a .gguf file, or a folder of them); repeatable.
+    #[arg(long)]
+    pub dir: Vec<PathBuf>,
+    /// Print a JSON document.
+    #[arg(long)]
+    pub json: bool,
+    /// One line per HF cache revision under its repo.
+    #[arg(long)]
+    pub revisions: bool,
+    /// Re-check every model: md5s against checklist.chk (recorded when they pass), HF blob
+    /// sha256s, GGUF layout. Reads every byte.
+    #[arg(long)]
+    pub verify: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  llamactl show 8B-instruct\n  llamactl show meta-llama/Llama-3.2-1B --json\n  llamactl show ./model-q8_0.gguf"
+)]
+pub struct ShowArgs {
+    /// A catalog name or descriptor, a Hub repo id (from the HF cache) or a path.
+    pub model: PathBuf,
+    /// Print a JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  llamactl rm Llama3.2-1B --dry-run\n  llamactl rm meta-llama/Llama-3.2-1B --revision v1 --yes\n  llamactl rm ~/models/llama-q8_0.gguf\n\n\
+On a terminal it asks before removing; --yes does not ask. Refused (exit 2) while a download,\n\
+pull or convert of the model runs, and for any path that is not a model."
+)]
+pub struct RmArgs {
+    /// A name from `llamactl ls` (descriptor, repo id, file name), a catalog name, or a path.
+    pub model: String,
+    /// HF cache repos: remove only this revision (a branch, tag, commit or commit prefix); blobs
+    /// another revision uses stay.
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// Print what would be removed and the bytes freed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Print a JSON document of what was (or would be) removed.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  llamactl prune --dry-run\n  llamactl prune --partials --revisions\n\n\
+Always: temp dirs of dead llamactl runs, HF cache blobs no snapshot uses. Never a running\n\
+command's files (its lock, or its part file's lock, is held)."
+)]
+pub struct PruneArgs {
+    /// Also `.part` / `.incomplete` files of downloads whose process is gone (they let a download
+    /// resume, so only on request).
+    #[arg(long)]
+    pub partials: bool,
+    /// Also HF revisions no branch or tag points at (in repos where one still does).
+    #[arg(long)]
+    pub revisions: bool,
+    /// Also look in this folder; repeatable.
+    #[arg(long)]
+    pub dir: Vec<PathBuf>,
+    /// List each item and its bytes; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Print a JSON document.
     #[arg(long)]
     pub json: bool,

@@ -10,6 +10,9 @@
 //! - [`tokenizer`]: Meta's tiktoken and Hugging Face tokenizers at run time, and the Hugging Face
 //!   tokenizer files `convert` writes. Needs nothing above `formats`.
 //! - [`runner`]: chat format, the transformer, generation (uses `tokenizer`).
+//! - [`store`]: the models on this machine (Meta's checkpoint folder, the HF cache, GGUF files):
+//!   listing, resolving a MODEL argument, locks, removal. Uses `checkpoint`, `net::hub`,
+//!   `tokenizer`.
 //! - [`commands`]: one module per subcommand; a command never imports another. Their one
 //!   progress display (bars or plain lines) is `commands::reporters`.
 pub mod checkpoint;
@@ -21,5 +24,6 @@ pub mod net;
 pub mod progress;
 pub mod runner;
 pub mod signal;
+pub mod store;
 pub mod tokenizer;
 pub(crate) mod util;

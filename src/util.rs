@@ -79,12 +79,18 @@ pub fn sync_dir(dir: &Path) {
 /// process dies, so a killed run never leaves a stale lock. With `wait`, blocks until the holder
 /// lets go; without, `Ok(false)` says another process holds it.
 pub fn flock_exclusive(file: &std::fs::File, wait: bool) -> std::io::Result<bool> {
+    flock(file, libc::LOCK_EX, wait)
+}
+
+/// A shared `flock`, as [`flock_exclusive`]: any number of holders, but none while an exclusive
+/// one is held.
+pub fn flock_shared(file: &std::fs::File, wait: bool) -> std::io::Result<bool> {
+    flock(file, libc::LOCK_SH, wait)
+}
+
+fn flock(file: &std::fs::File, mode: i32, wait: bool) -> std::io::Result<bool> {
     use std::os::fd::AsRawFd;
-    let op = if wait {
-        libc::LOCK_EX
-    } else {
-        libc::LOCK_EX | libc::LOCK_NB
-    };
+    let op = if wait { mode } else { mode | libc::LOCK_NB };
     loop {
         // SAFETY: flock on a descriptor we own; no memory is passed.
         if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
@@ -265,7 +271,7 @@ fn process_start(pid: u32) -> Option<u64> {
 }
 
 /// The temp-dir name for `name`: `.NAME.tmp-PID-START-RANDOM`.
-fn temp_name(name: &str, owner: Owner) -> String {
+pub(crate) fn temp_name(name: &str, owner: Owner) -> String {
     format!(
         ".{name}.tmp-{}-{}-{:08x}",
         owner.pid,

@@ -978,3 +978,47 @@ fn userinfo_in_the_url_is_redacted() {
         assert_no_secrets(&o, u);
     }
 }
+
+#[test]
+fn without_dir_fills_metas_store_where_llama_stack_says() {
+    let (cdn, files) = cdn_with_8b(100_000);
+    let url = cdn.link(3600, None);
+    let home = tempfile::tempdir().unwrap();
+    let run = |root: Option<&Path>, args: &[&str]| {
+        let mut c = llamactl(args);
+        c.env("HOME", home.path())
+            .env_remove("HF_HOME")
+            .env_remove("HF_HUB_CACHE")
+            .env_remove("LLAMA_STACK_CONFIG_DIR");
+        if let Some(r) = root {
+            c.env("LLAMA_STACK_CONFIG_DIR", r);
+        }
+        c.output().unwrap()
+    };
+    let o = run(None, &["download", "--url", &url, "--models", "8B"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // llama-stack's folder for descriptor Llama-3-8B; the license files beside checkpoints/.
+    let folder = home.path().join(".llama/checkpoints/Llama-3-8B");
+    for (name, data) in &files {
+        assert_eq!(&std::fs::read(folder.join(name)).unwrap(), data, "{name}");
+    }
+    assert!(home.path().join(".llama/LICENSE").is_file());
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        folder.to_str().unwrap()
+    );
+
+    let root = home.path().join("stack");
+    let o = run(Some(&root), &["download", "--url", &url, "--models", "8B"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(root
+        .join("checkpoints/Llama-3-8B/consolidated.00.pth")
+        .is_file());
+    let o = run(Some(&root), &["ls", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let models = doc["models"].as_array().unwrap();
+    assert_eq!(models.len(), 1, "{doc:#}");
+    assert_eq!(models[0]["name"], "Llama-3-8B");
+    assert_eq!(models[0]["catalog"], "8B");
+    assert_eq!(models[0]["verified"], "verified");
+}

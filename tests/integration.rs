@@ -12,5 +12,6 @@ mod pull;
 mod reshard;
 mod run;
 mod safety;
+mod store;
 mod tokenize;
 mod verify;

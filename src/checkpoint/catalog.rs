@@ -24,6 +24,9 @@ pub enum Source {
 pub struct Model {
     /// The name users type (case-insensitive), e.g. `8B-instruct`, `Llama3.1-405B:bf16-mp16`.
     pub name: &'static str,
+    /// llama-models' descriptor (`Llama-3-8B-Instruct`, `Llama3.1-405B:bf16-mp16`): what Meta's
+    /// `llama` CLI calls the model and, with `:` as `-`, its folder under `checkpoints/`.
+    pub descriptor: &'static str,
     pub family: &'static str,
     pub source: Source,
     /// The Hugging Face repository holding the same weights.
@@ -49,6 +52,7 @@ const LLAMA31_405B_FP8: u64 = 8 * 60_903_742_309;
 /// A Llama 3 model from download.sh's list: a Hub model that Meta's signed URL also serves.
 const fn signed(
     name: &'static str,
+    descriptor: &'static str,
     remote_folder: &'static str,
     hf_repo: &'static str,
     local_folder: &'static str,
@@ -56,6 +60,7 @@ const fn signed(
     approx_bytes: u64,
 ) -> Model {
     Model {
+        descriptor,
         source: Source::MetaSignedUrl { remote_folder },
         ..hub(name, "Llama 3", hf_repo, local_folder, shards, approx_bytes)
     }
@@ -72,6 +77,7 @@ const fn hub(
 ) -> Model {
     Model {
         name,
+        descriptor: name,
         family,
         source: Source::HuggingFace,
         hf_repo,
@@ -91,6 +97,7 @@ const fn fp8(m: Model) -> Model {
 pub const MODELS: &[Model] = &[
     signed(
         "8B",
+        "Llama-3-8B",
         "8b_pre_trained",
         "meta-llama/Meta-Llama-3-8B",
         "Meta-Llama-3-8B",
@@ -99,6 +106,7 @@ pub const MODELS: &[Model] = &[
     ),
     signed(
         "8B-instruct",
+        "Llama-3-8B-Instruct",
         "8b_instruction_tuned",
         "meta-llama/Meta-Llama-3-8B-Instruct",
         "Meta-Llama-3-8B-Instruct",
@@ -107,6 +115,7 @@ pub const MODELS: &[Model] = &[
     ),
     signed(
         "70B",
+        "Llama-3-70B",
         "70b_pre_trained",
         "meta-llama/Meta-Llama-3-70B",
         "Meta-Llama-3-70B",
@@ -115,6 +124,7 @@ pub const MODELS: &[Model] = &[
     ),
     signed(
         "70B-instruct",
+        "Llama-3-70B-Instruct",
         "70b_instruction_tuned",
         "meta-llama/Meta-Llama-3-70B-Instruct",
         "Meta-Llama-3-70B-Instruct",
@@ -250,6 +260,21 @@ pub fn find(name: &str) -> Option<&'static Model> {
     MODELS.iter().find(|m| m.name.eq_ignore_ascii_case(name))
 }
 
+/// Look a model up by name or descriptor (either spelling of its store folder), ignoring case.
+pub fn find_any(name: &str) -> Option<&'static Model> {
+    let name = name.trim();
+    find(name).or_else(|| {
+        MODELS.iter().find(|m| {
+            m.descriptor.eq_ignore_ascii_case(name) || m.store_folder().eq_ignore_ascii_case(name)
+        })
+    })
+}
+
+/// The model whose store folder is `folder` (exact, as Meta's CLI names it).
+pub fn by_store_folder(folder: &str) -> Option<&'static Model> {
+    MODELS.iter().find(|m| m.store_folder() == folder)
+}
+
 /// The models a Meta signed URL can fetch (download.sh's list, in its order).
 pub fn signed_url_models() -> impl Iterator<Item = &'static Model> {
     MODELS
@@ -264,6 +289,12 @@ pub const TOP_LEVEL_FILES: [&str; 2] = ["LICENSE", "USE_POLICY"];
 const VERIFIED_MARKER: &str = ".llamactl-verified.json";
 
 impl Model {
+    /// Its folder under Meta's `checkpoints/` dir: the descriptor with `:` as `-` (llama-stack's
+    /// `model_local_dir`).
+    pub fn store_folder(&self) -> String {
+        self.descriptor.replace(':', "-")
+    }
+
     /// Shard file names: `consolidated.00.pth` ….
     pub fn shard_files(&self) -> Vec<String> {
         (0..self.shards)
@@ -376,7 +407,11 @@ pub struct LocalStatus {
 
 /// Look at `dir/<local_folder>` and say what is there.
 pub fn local_status(model: &Model, dir: &Path) -> LocalStatus {
-    let folder = dir.join(model.local_folder);
+    folder_status(model, &dir.join(model.local_folder))
+}
+
+/// Say what of `model` is in `folder`.
+pub fn folder_status(model: &Model, folder: &Path) -> LocalStatus {
     let files = model.files();
     let mut present = 0;
     let mut bytes = 0;
@@ -393,7 +428,7 @@ pub fn local_status(model: &Model, dir: &Path) -> LocalStatus {
         "absent"
     } else if present < files.len() {
         "partial"
-    } else if is_verified(&folder) {
+    } else if is_verified(folder) {
         "verified"
     } else {
         "present"
@@ -403,6 +438,18 @@ pub fn local_status(model: &Model, dir: &Path) -> LocalStatus {
         files_present: present,
         files_expected: files.len(),
         bytes_on_disk: bytes,
+    }
+}
+
+/// `verified` (see [`is_verified`]), `changed` (a marker exists but a file or the checklist
+/// changed since) or `never` (no marker).
+pub fn verified_state(folder: &Path) -> &'static str {
+    if !folder.join(VERIFIED_MARKER).exists() {
+        "never"
+    } else if is_verified(folder) {
+        "verified"
+    } else {
+        "changed"
     }
 }
 

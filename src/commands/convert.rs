@@ -5,6 +5,7 @@ use crate::checkpoint::convert::{self, Options, Summary};
 use crate::checkpoint::{fp8, hf_config, Params};
 use crate::cli::{CastDtype, ConvertArgs, ConvertTo};
 use crate::formats::DType;
+use crate::store::{lock, resolve, resolve::Want};
 use crate::tokenizer::hf_files::{tiktoken_model_from_tokenizer_json, write_hf_tokenizer_files};
 use crate::util::{check_dst_outside_src, human_bytes, AtomicDir};
 use anyhow::{anyhow, bail, Result};
@@ -20,6 +21,17 @@ const HF_TOKENIZER_FILES: [&str; 3] = [
 ];
 
 pub fn run(args: &ConvertArgs) -> Result<i32> {
+    let want = match args.to {
+        ConvertTo::Hf => Want::Meta,
+        ConvertTo::Meta => Want::Hf,
+        ConvertTo::Gguf => Want::Any,
+    };
+    let args = &ConvertArgs {
+        src_dir: resolve::model_path(&args.src_dir, want)?,
+        ..args.clone()
+    };
+    // `rm` and `prune` leave both alone while this runs.
+    let _locks = lock::hold_all(&[&args.src_dir, &args.dst_dir]);
     let src = &args.src_dir;
     crate::checkpoint::require_dir(src)?;
     fp8::refuse(src, "convert")?;

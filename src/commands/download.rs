@@ -121,24 +121,29 @@ pub fn run(args: &DownloadArgs) -> Result<i32> {
         bail!("--jobs and --connections must be at least 1");
     }
     let (links, models) = inputs(args)?;
+    let dest = Dest::new(args.dir.as_deref())?;
     // Every URL must exist before the first request, so a bad manifest fails early.
-    let plan = plan(&links, &models, &args.dir)?;
+    let plan = plan(&links, &models, &dest)?;
     eprintln!("link: {}", links.display());
     announce_expiry(&links)?;
 
-    std::fs::create_dir_all(&args.dir)
-        .with_context(|| format!("{}: cannot create", args.dir.display()))?;
+    std::fs::create_dir_all(&dest.models)
+        .with_context(|| format!("{}: cannot create", dest.models.display()))?;
+    // `rm` and `prune` leave these folders alone while this runs.
+    let folders: Vec<PathBuf> = models.iter().map(|m| dest.folder(m)).collect();
+    let _locks =
+        crate::store::lock::hold_all(&folders.iter().map(|f| f.as_path()).collect::<Vec<_>>());
     // On SIGINT/SIGTERM the parts stay (a re-run resumes them); say so in the one line.
-    let parts_dir = args.dir.clone();
+    let parts_dir = dest.models.clone();
     let _kept = crate::signal::register_kept(move || kept_parts_note(&parts_dir, ".part"));
-    space_estimate(&models, &args.dir);
+    space_estimate(&models, &dest);
     let n_files = plan.first.len() + plan.rest.iter().map(|v| v.len()).sum::<usize>();
     // More workers than files would only idle (each holds a client and its I/O thread).
     let jobs = args.jobs.min(n_files.max(1));
     eprintln!(
         "downloading {} into {} ({} at a time)",
         models.iter().map(|m| m.name).collect::<Vec<_>>().join(", "),
-        args.dir.display(),
+        dest.models.display(),
         jobs
     );
 
@@ -161,7 +166,7 @@ pub fn run(args: &DownloadArgs) -> Result<i32> {
     let checklists = state.fetch_checklists(&plan.first, models.len());
     let jobs = state.checked_jobs(&plan.rest, &checklists);
     let ok = state.run_pool(&jobs);
-    let verified = state.record_verified(&models, &args.dir, &checklists, &jobs, &ok);
+    let verified = state.record_verified(&models, &dest, &checklists, &jobs, &ok);
 
     let failures = state
         .failures
@@ -303,13 +308,50 @@ struct Plan {
     rest: Vec<Vec<Job>>,
 }
 
-fn plan(links: &Links, models: &[&'static Model], dir: &Path) -> Result<Plan> {
+/// Where the files go. `--dir DIR` is download.sh's layout (`DIR/LICENSE`,
+/// `DIR/Meta-Llama-3-8B/...`); without it, Meta's store, as `llama download` fills it:
+/// `{llama_home}/checkpoints/{descriptor}/...`, with the license files in `{llama_home}` (Meta's
+/// CLI lists every entry of `checkpoints/` as a model).
+struct Dest {
+    top: PathBuf,
+    models: PathBuf,
+    store: bool,
+}
+
+impl Dest {
+    fn new(dir: Option<&Path>) -> Result<Dest> {
+        Ok(match dir {
+            Some(d) => Dest {
+                top: d.to_path_buf(),
+                models: d.to_path_buf(),
+                store: false,
+            },
+            None => {
+                let roots = crate::store::Roots::from_env()?;
+                Dest {
+                    top: roots.llama_home,
+                    models: roots.checkpoints,
+                    store: true,
+                }
+            }
+        })
+    }
+
+    fn folder(&self, m: &Model) -> PathBuf {
+        match self.store {
+            true => self.models.join(m.store_folder()),
+            false => self.models.join(m.local_folder),
+        }
+    }
+}
+
+fn plan(links: &Links, models: &[&'static Model], dest: &Dest) -> Result<Plan> {
     let mut first = Vec::new();
     for name in catalog::TOP_LEVEL_FILES {
         first.push(Job {
             label: name.to_string(),
             url: links.url(name, name)?,
-            dest: dir.join(name),
+            dest: dest.top.join(name),
             md5: None,
             size: links.size(name, name),
             model: None,
@@ -327,7 +369,7 @@ fn plan(links: &Links, models: &[&'static Model], dir: &Path) -> Result<Plan> {
             let job = Job {
                 url: links.url(&local, &remote_path)?,
                 size: links.size(&local, &remote_path),
-                dest: dir.join(m.local_folder).join(&f),
+                dest: dest.folder(m).join(&f),
                 label: local,
                 md5: None,
                 model: Some(mi),
@@ -477,12 +519,13 @@ fn prompt(question: &str) -> Result<String> {
 
 /// Warn early when the catalog's sizes exceed the free space; each file re-checks with its real
 /// size before its first byte (see `FileRequest::check_space`), which is the check that refuses.
-fn space_estimate(models: &[&'static Model], dir: &Path) {
+fn space_estimate(models: &[&'static Model], dest: &Dest) {
+    let dir = &dest.models;
     let need: u64 = models
         .iter()
         .map(|m| {
             m.approx_bytes
-                .saturating_sub(catalog::local_status(m, dir).bytes_on_disk)
+                .saturating_sub(catalog::folder_status(m, &dest.folder(m)).bytes_on_disk)
         })
         .sum();
     if let Ok(free) = crate::util::free_disk_bytes(dir) {
@@ -596,7 +639,7 @@ impl RunState<'_> {
     fn record_verified(
         &self,
         models: &[&'static Model],
-        dir: &Path,
+        dest: &Dest,
         checklists: &[Option<BTreeMap<String, String>>],
         jobs: &[Job],
         ok: &[bool],
@@ -606,7 +649,7 @@ impl RunState<'_> {
             let Some(list) = &checklists[mi] else {
                 continue;
             };
-            let folder = dir.join(model.local_folder);
+            let folder = dest.folder(model);
             let mut marker = catalog::read_marker(&folder);
             let mut all_ok = true;
             for (job, ok) in jobs.iter().zip(ok).filter(|(j, _)| j.model == Some(mi)) {

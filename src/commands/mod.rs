@@ -8,10 +8,14 @@ pub(crate) mod demo;
 pub(crate) mod download;
 pub(crate) mod inspect;
 pub(crate) mod list;
+pub(crate) mod ls;
+pub(crate) mod prune;
 pub(crate) mod pull;
 pub(crate) mod reporters;
 pub(crate) mod reshard;
+pub(crate) mod rm;
 pub(crate) mod run;
+pub(crate) mod show;
 pub(crate) mod tokenize;
 pub(crate) mod verify;
 
@@ -43,7 +47,18 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Convert(a) => convert::run(&a),
         Command::Tokenize(a) => tokenize::run(&a),
         Command::Run(a) => run::run(&a),
+        // Meta's `llama model list --downloaded` is `ls` here.
+        Command::List(a) if a.downloaded => ls::run(&crate::cli::LsArgs {
+            dir: vec![a.dir],
+            json: a.json,
+            revisions: false,
+            verify: false,
+        }),
         Command::List(a) => list::run(&a),
+        Command::Ls(a) => ls::run(&a),
+        Command::Show(a) => show::run(&a),
+        Command::Rm(a) => rm::run(&a),
+        Command::Prune(a) => prune::run(&a),
         Command::Demo(a) => demo::run(&a),
     }
 }

@@ -148,6 +148,8 @@ fn online(args: &PullArgs, env: &HubEnv, filter: &Filter) -> Result<PathBuf> {
     // Listing messages (retries) before the file count is known.
     let (commit, files) = list(&client, args, filter, &ProgressReporter::stderr(shown()))?;
     let cache = RepoCache::new(&env.cache_dir, &args.repo_id);
+    // `rm` and `prune` leave the repo alone while this runs.
+    let _lock = crate::store::lock::hold(local_dir.as_deref().unwrap_or(&cache.root()));
     let folder = match &local_dir {
         Some(d) => d.clone(),
         None => {

@@ -5,6 +5,7 @@ use crate::checkpoint::checklist::{self, Entry};
 use crate::checkpoint::fp8;
 use crate::checkpoint::reshard::{copy_listed, Plan};
 use crate::cli::ReshardArgs;
+use crate::store::{lock, resolve, resolve::Want};
 use crate::util::{check_dst_outside_src, ensure_free_disk, human_bytes, AtomicDir};
 use anyhow::{bail, Context, Result};
 use std::time::Instant;
@@ -19,7 +20,13 @@ pub fn run(args: &ReshardArgs) -> Result<i32> {
     if args.jobs == Some(0) {
         bail!("--jobs must be at least 1");
     }
+    let args = &ReshardArgs {
+        src_dir: resolve::model_path(&args.src_dir, Want::Meta)?,
+        ..args.clone()
+    };
     crate::checkpoint::require_dir(&args.src_dir)?;
+    // `rm` and `prune` leave both alone while this runs.
+    let _locks = lock::hold_all(&[&args.src_dir, &args.dst_dir]);
     check_dst_outside_src(&args.src_dir, &args.dst_dir)?;
     fp8::refuse(&args.src_dir, "reshard")?;
     let started = Instant::now();

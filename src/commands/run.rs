@@ -45,6 +45,17 @@ struct Session {
 }
 
 pub fn run(args: &RunArgs) -> Result<i32> {
+    let resolved = match &args.ckpt_dir {
+        Some(d) => Some(crate::store::resolve::model_path(
+            d,
+            crate::store::resolve::Want::Any,
+        )?),
+        None => None,
+    };
+    let args = &RunArgs {
+        ckpt_dir: resolved,
+        ..args.clone()
+    };
     let Some(dir) = args.ckpt_dir.as_deref() else {
         bail!("--ckpt-dir is required: a Meta checkpoint dir (params.json) or an HF dir (config.json)");
     };

@@ -4,10 +4,15 @@ use super::reporters::{FinishLines, Options as Shown, ProgressReporter};
 use crate::checkpoint::verify::{self, Check, CheckState, Kind, Options, Problem, Report};
 use crate::cli::VerifyArgs;
 use crate::formats::gguf::{self, GgufFile};
+use crate::store::{resolve, resolve::Want};
 use crate::util::human_bytes;
 use anyhow::{bail, Result};
 
 pub fn run(args: &VerifyArgs) -> Result<i32> {
+    let args = &VerifyArgs {
+        dir: resolve::model_path(&args.dir, Want::Any)?,
+        ..args.clone()
+    };
     if args.jobs == Some(0) {
         bail!("--jobs must be at least 1");
     }

@@ -476,6 +476,74 @@ impl<R: Read> Cursor<R> {
     }
 }
 
+impl<R: Read> Cursor<R> {
+    /// Pass over a value of type `t` without keeping it (no allocation per string).
+    fn skip(&mut self, t: u32, depth: usize) -> Result<()> {
+        let fixed = match t {
+            vt::U8 | vt::I8 | vt::BOOL => 1,
+            vt::U16 | vt::I16 => 2,
+            vt::U32 | vt::I32 | vt::F32 => 4,
+            vt::U64 | vt::I64 | vt::F64 => 8,
+            vt::STRING => self.u64()?,
+            vt::ARRAY if depth < 4 => {
+                let et = self.u32()?;
+                let n = self.count(1, "array items")?;
+                for _ in 0..n {
+                    self.skip(et, depth + 1)?;
+                }
+                return Ok(());
+            }
+            _ => return self.value(t, depth).map(|_| ()),
+        };
+        if fixed > self.len.saturating_sub(self.pos) {
+            bail!(
+                "at byte {}: a field of {fixed} bytes runs past the end of the file",
+                self.pos
+            );
+        }
+        std::io::copy(&mut (&mut self.r).take(fixed), &mut std::io::sink())?;
+        self.pos += fixed;
+        Ok(())
+    }
+}
+
+/// The values of `keys` from a GGUF file's metadata, reading only as far as the last of them
+/// (a listing wants `general.file_type`, not the tokenizer's hundreds of thousands of strings).
+pub fn peek_kvs(path: &Path, keys: &[&str]) -> Result<Vec<(String, Value)>> {
+    let f =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let len = f.metadata()?.len();
+    let mut c = Cursor {
+        r: BufReader::with_capacity(64 << 10, f),
+        pos: 0,
+        len,
+    };
+    let mut found = Vec::new();
+    let mut read = || -> Result<()> {
+        if &c.array::<4>()? != MAGIC || !(2..=3).contains(&c.u32()?) {
+            bail!("not a GGUF file of version 2 or 3");
+        }
+        c.u64()?;
+        let n_kv = c.count(13, "metadata entries")?;
+        for _ in 0..n_kv {
+            if found.len() == keys.len() {
+                break;
+            }
+            let key = c.string()?;
+            let t = c.u32()?;
+            if keys.contains(&key.as_str()) {
+                let v = c.value(t, 0)?;
+                found.push((key, v));
+            } else {
+                c.skip(t, 0)?;
+            }
+        }
+        Ok(())
+    };
+    read().with_context(|| format!("{}: not a valid GGUF file", path.display()))?;
+    Ok(found)
+}
+
 impl GgufFile {
     /// Read the header of a GGUF file (version 2 or 3).
     pub fn open(path: &Path) -> Result<GgufFile> {
