@@ -10,5 +10,6 @@ mod interrupt;
 mod pull;
 mod reshard;
 mod run;
+mod run_gguf;
 mod tokenize;
 mod verify;

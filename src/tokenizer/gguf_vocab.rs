@@ -36,15 +36,14 @@ fn pre_tokenizer(name: &str) -> Option<Pre> {
         })
     };
     match name {
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" => pre(&[LLAMA3], true),
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
+        | "lfm2" => pre(&[LLAMA3], true),
         "dbrx" | "smaug-bpe" => pre(&[LLAMA3], false),
-        "gpt-2" | "phi-2" | "roberta-bpe" | "gigachat" | "mpt" | "olmo" | "jais" => {
-            pre(&[GPT2], false)
-        }
-        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => {
-            pre(&[r"\p{N}", GPT2], false)
-        }
-        "qwen2" | "stablelm2" | "megrez" => pre(&[QWEN2], false),
+        "gpt-2" | "phi-2" | "roberta-bpe" | "gigachat" | "mpt" | "olmo" | "jais" | "exaone4"
+        | "a.x-4.0" | "mellum" | "trillion" | "granite-docling" => pre(&[GPT2], false),
+        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b"
+        | "mellum2" => pre(&[r"\p{N}", GPT2], false),
+        "qwen2" | "stablelm2" | "megrez" | "deepseek-r1-qwen" | "kormo" => pre(&[QWEN2], false),
         "tekken" => pre(&[TEKKEN], true),
         "default" => pre(
             &[r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", "[0-9][0-9][0-9]"],
@@ -55,21 +54,25 @@ fn pre_tokenizer(name: &str) -> Option<Pre> {
 }
 
 /// The names [`pre_tokenizer`] knows, for the error message.
-const KNOWN_PRE: &str = "llama-bpe llama3 llama-v3 falcon3 dbrx smaug-bpe gpt-2 phi-2 roberta-bpe gigachat mpt olmo jais smollm starcoder refact command-r codeshell exaone minerva-7b qwen2 stablelm2 megrez tekken default";
+const KNOWN_PRE: &str = "llama-bpe, llama3, llama-v3, falcon3, falcon-h1, pixtral, midm-2.0, lfm2, dbrx, smaug-bpe, gpt-2, phi-2, roberta-bpe, gigachat, mpt, olmo, jais, exaone4, a.x-4.0, mellum, trillion, granite-docling, smollm, starcoder, refact, command-r, codeshell, exaone, minerva-7b, mellum2, qwen2, stablelm2, megrez, deepseek-r1-qwen, kormo, tekken, default";
 
 /// `tokenizer.ggml.token_type` values.
 const CONTROL: i64 = 3;
 const USER_DEFINED: i64 = 4;
 
-/// Texts llama.cpp treats as end of generation wherever they appear in a vocabulary.
-const EOG_TEXTS: [&str; 8] = [
+/// Texts llama.cpp treats as end of generation wherever they appear in a vocabulary (those of the
+/// model families that use the llama architecture).
+const EOG_TEXTS: [&str; 11] = [
     "<|eot_id|>",
+    "<|eom_id|>",
+    "<|end_of_text|>",
     "<|im_end|>",
     "<|end|>",
     "<end_of_turn>",
     "<|endoftext|>",
-    "<|eom_id|>",
     "<EOT>",
+    "_<EOT>",
+    "</s>",
     "<｜end▁of▁sentence｜>",
 ];
 
