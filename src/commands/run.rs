@@ -1,4 +1,4 @@
-//! `llamactl run` (see CLI.md): load a Meta or HF checkpoint and generate, the way Meta's
+//! `llamactl run` (see CLI.md): load a Meta or HF checkpoint or a GGUF file and generate, the way Meta's
 //! example_text_completion.py / example_chat_completion.py do, plus an interactive chat and a CI check.
 use crate::checkpoint::ModelDir;
 use crate::cli::{DeviceChoice, RunArgs, RunDtype};
