@@ -175,13 +175,13 @@ impl Acts {
         };
         let kinds: Vec<ActKind> = types.into_iter().map(Quant::act).collect();
         if kinds.contains(&ActKind::Q8_0) {
-            a.q8_0 = quantize_rows(x, cols);
+            a.q8_0 = quantize_rows(x, cols, q8_0_block);
         }
         if kinds.contains(&ActKind::Q8_1) {
-            a.q8_1 = quantize_rows(x, cols);
+            a.q8_1 = quantize_rows(x, cols, q8_1_block);
         }
         if kinds.contains(&ActKind::Q8K) {
-            a.q8k = quantize_rows(x, cols);
+            a.q8k = quantize_rows(x, cols, q8k_block);
         }
         a
     }
@@ -200,13 +200,88 @@ impl Acts {
     }
 }
 
-fn quantize_rows<T: Block>(x: &[f32], cols: usize) -> Vec<T> {
-    let per_row = cols / T::BLCK_SIZE;
-    let mut out = vec![T::zeros(); x.len() / T::BLCK_SIZE];
-    out.par_chunks_mut(per_row.max(1))
+/// Rows of `x` quantized to activation blocks `T` by `quantize_block` (one block's values into its
+/// bytes).
+fn quantize_rows<T: Block>(
+    x: &[f32],
+    cols: usize,
+    quantize_block: fn(&[f32], &mut [u8]),
+) -> Vec<T> {
+    let n = T::BLCK_SIZE;
+    let mut out = vec![T::zeros(); x.len() / n];
+    let size = std::mem::size_of::<T>();
+    // SAFETY: the blocks are plain bytes (see `blocks`), written as such.
+    let bytes =
+        unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), out.len() * size) };
+    let row_bytes = cols / n * size;
+    bytes
+        .par_chunks_mut(row_bytes.max(1))
         .zip(x.par_chunks(cols))
-        .for_each(|(o, x)| T::from_float(x, o));
+        .for_each(|(o, x)| {
+            for (ob, xb) in o.chunks_exact_mut(size).zip(x.chunks_exact(n)) {
+                quantize_block(xb, ob);
+            }
+        });
     out
+}
+
+/// ggml's Q8_0 / Q8_1 activation block as llama.cpp computes it on x86 (and the same on every other
+/// path up to rounding ties): d = max|x| / 127 stored as f16, q = round-half-even(x * (127 / max|x|));
+/// Q8_1 also stores s = f16(d * Σq) before the quants. candle's own quantizer differs in the last
+/// bit of some products (1/d instead of 127/max) and computes s in f16, which moved greedy choices.
+fn q8_block(x: &[f32], out: &mut [u8], with_sum: bool) {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    out[..2].copy_from_slice(&half::f16::from_f32(d).to_le_bytes());
+    let qs_at = if with_sum { 4 } else { 2 };
+    let mut sum = 0i32;
+    for (q, v) in out[qs_at..].iter_mut().zip(x) {
+        let r = (v * id).round_ties_even() as i32;
+        sum += r;
+        *q = r as i8 as u8;
+    }
+    if with_sum {
+        out[2..4].copy_from_slice(&half::f16::from_f32(d * sum as f32).to_le_bytes());
+    }
+}
+
+fn q8_0_block(x: &[f32], out: &mut [u8]) {
+    q8_block(x, out, false)
+}
+
+fn q8_1_block(x: &[f32], out: &mut [u8]) {
+    q8_block(x, out, true)
+}
+
+/// ggml's Q8_K block (`quantize_row_q8_K_ref`, which llama.cpp runs on x86): the value of largest
+/// magnitude maps to -127, q = nearest_int(-127 / max * x) (ties to even), f32 d = 1 / scale, and
+/// the sums of each 16 quants.
+fn q8k_block(x: &[f32], out: &mut [u8]) {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    out.fill(0);
+    if amax == 0.0 {
+        return;
+    }
+    let iscale = -127.0 / max;
+    let (qs, sums) = out[4..].split_at_mut(x.len());
+    for (q, v) in qs.iter_mut().zip(x) {
+        *q = ((iscale * v).round_ties_even() as i32).min(127) as i8 as u8;
+    }
+    for (j, s) in sums.chunks_exact_mut(2).enumerate() {
+        let sum: i32 = qs[j * 16..j * 16 + 16]
+            .iter()
+            .map(|&q| q as i8 as i32)
+            .sum();
+        s.copy_from_slice(&(sum as i16).to_le_bytes());
+    }
+    out[..4].copy_from_slice(&(1.0 / iscale).to_le_bytes());
 }
 
 /// Activation rows per inner tile of [`dot_block`]: their quantized blocks stay in L2 while the
@@ -299,6 +374,42 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The activation quantizers written for ggml's rounding: every value comes back within half a
+    /// step, and Q8_1's sum is d times the sum of the quants.
+    #[test]
+    fn activation_blocks_round_trip() {
+        let x = values(512, 3);
+        fn back<T: Block>(b: &[T]) -> Vec<f32> {
+            let mut out = vec![0f32; b.len() * T::BLCK_SIZE];
+            T::to_float(b, &mut out);
+            out
+        }
+        let steps = [
+            (back(&quantize_rows::<BlockQ8_0>(&x, 256, q8_0_block)), 32),
+            (back(&quantize_rows::<BlockQ8_1>(&x, 256, q8_1_block)), 32),
+            (back(&quantize_rows::<BlockQ8K>(&x, 256, q8k_block)), 256),
+        ];
+        for (y, n) in steps {
+            for (xb, yb) in x.chunks(n).zip(y.chunks(n)) {
+                let step = xb.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                for (a, b) in xb.iter().zip(yb) {
+                    assert!(
+                        (a - b).abs() <= step * 0.5 + 1e-3 * step,
+                        "{a} vs {b} ({n})"
+                    );
+                }
+            }
+        }
+        let mut blk = [0u8; 36];
+        q8_1_block(&x[..32], &mut blk);
+        let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+        let s = half::f16::from_le_bytes([blk[2], blk[3]]).to_f32();
+        let sum: i32 = blk[4..].iter().map(|&q| q as i8 as i32).sum();
+        let amax = x[..32].iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert_eq!(s, half::f16::from_f32(amax / 127.0 * sum as f32).to_f32());
+        assert_eq!(d, half::f16::from_f32(amax / 127.0).to_f32());
     }
 
     #[test]
