@@ -376,8 +376,8 @@ mod tests {
         }
     }
 
-    /// The activation quantizers written for ggml's rounding: every value comes back within half a
-    /// step, and Q8_1's sum is d times the sum of the quants.
+    /// The activation quantizers written for ggml's rounding: every value comes back within about
+    /// half a step, and Q8_1's sum is d times the sum of the quants.
     #[test]
     fn activation_blocks_round_trip() {
         let x = values(512, 3);
@@ -395,10 +395,8 @@ mod tests {
             for (xb, yb) in x.chunks(n).zip(y.chunks(n)) {
                 let step = xb.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
                 for (a, b) in xb.iter().zip(yb) {
-                    assert!(
-                        (a - b).abs() <= step * 0.5 + 1e-3 * step,
-                        "{a} vs {b} ({n})"
-                    );
+                    // Half a step, plus up to 127 times the f16 rounding of the step itself.
+                    assert!((a - b).abs() <= step * 0.57, "{a} vs {b} ({n})");
                 }
             }
         }
