@@ -11,5 +11,6 @@ mod pull;
 mod reshard;
 mod run;
 mod run_gguf;
+mod safety;
 mod tokenize;
 mod verify;

@@ -3,7 +3,7 @@
 use super::reporters::{FinishLines, Options as Shown, ProgressReporter};
 use crate::checkpoint::checklist::{self, Entry};
 use crate::checkpoint::fp8;
-use crate::checkpoint::reshard::{copy_hashed, Plan};
+use crate::checkpoint::reshard::{copy_listed, Plan};
 use crate::cli::ReshardArgs;
 use crate::util::{check_dst_outside_src, ensure_free_disk, human_bytes, AtomicDir};
 use anyhow::{bail, Context, Result};
@@ -67,13 +67,9 @@ pub fn run(args: &ReshardArgs) -> Result<i32> {
     progress.finish();
     let mut entries = entries?;
 
-    entries.push(copy_hashed(
-        &args.src_dir.join("params.json"),
-        out.path(),
-        "params.json",
-    )?);
+    entries.push(copy_listed(src, "params.json", out.path())?);
     match &tokenizer {
-        Some(t) => entries.push(copy_hashed(t, out.path(), "tokenizer.model")?),
+        Some(_) => entries.push(copy_listed(src, "tokenizer.model", out.path())?),
         None => eprintln!(
             "note: {} has no tokenizer.model; the output has none either",
             args.src_dir.display()

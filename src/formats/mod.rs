@@ -2,6 +2,7 @@
 //! No CLI, no network, no model knowledge.
 pub mod copy;
 pub mod gguf;
+pub mod integrity;
 pub(crate) mod md5;
 pub mod pickle;
 pub mod pth;

@@ -31,7 +31,7 @@ pub fn run(args: &ConvertArgs, instruct: bool) -> Result<i32> {
         CastDtype::F32 => FileType::F32,
         CastDtype::Q8_0 => FileType::Q8_0,
     });
-    refuse_source_file_as_output(src, dst)?;
+    crate::util::check_file_dst_outside_src(src, dst)?;
     let out = AtomicFile::create(dst, args.force)?;
     let layout = checkpoint::detect(src)?;
     let (docs, tok) = match layout {
@@ -81,20 +81,6 @@ pub fn run(args: &ConvertArgs, instruct: bool) -> Result<i32> {
     );
     println!("{}", dst.display());
     Ok(0)
-}
-
-/// `--force` may replace an old .gguf, never a file the conversion reads.
-fn refuse_source_file_as_output(src: &Path, dst: &Path) -> Result<()> {
-    let (Ok(s), Ok(d)) = (src.canonicalize(), dst.canonicalize()) else {
-        return Ok(());
-    };
-    if d.parent() == Some(s.as_path()) && d.extension().and_then(|e| e.to_str()) != Some("gguf") {
-        bail!(
-            "{}: is a file of the source directory; write the GGUF elsewhere",
-            dst.display()
-        );
-    }
-    Ok(())
 }
 
 /// The HF files of a Meta checkpoint, as `convert --to hf` would write them.
