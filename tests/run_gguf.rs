@@ -223,6 +223,9 @@ fn replace(bytes: &mut [u8], from: &str, to: &str) {
     bytes[at..at + to.len()].copy_from_slice(to.as_bytes());
 }
 
+/// A change made to a good file's bytes.
+type Edit = dyn Fn(&mut Vec<u8>);
+
 #[test]
 fn bad_gguf_files_fail_with_exit_2_and_one_line() {
     let d = tempfile::tempdir().unwrap();
@@ -233,7 +236,7 @@ fn bad_gguf_files_fail_with_exit_2_and_one_line() {
         &["--dtype", "q8_0"],
     );
     let bytes = std::fs::read(&good).unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>, &str)> = vec![
+    let cases: Vec<(&str, Box<Edit>, &str)> = vec![
         (
             "truncated",
             Box::new(|b| b.truncate(b.len() * 2 / 3)),

@@ -86,7 +86,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
 
 /// What `--ckpt-dir` names: a checkpoint directory or a GGUF file.
 enum Checkpoint {
-    Dir(ModelDir),
+    Dir(Box<ModelDir>),
     Gguf(Box<GgufModel>),
 }
 
@@ -101,7 +101,7 @@ impl Checkpoint {
                 path.display()
             );
         }
-        Ok(Checkpoint::Dir(ModelDir::open(path)?))
+        Ok(Checkpoint::Dir(Box::new(ModelDir::open(path)?)))
     }
 
     fn config(&self) -> Result<Config> {

@@ -155,7 +155,7 @@ impl GgufModel {
             Some(t) => bail!("rope_freqs.weight is {}, expected F32", t.ggml_type.name()),
         };
         Ok(match (stored, linear) {
-            (None, l) if l == 1.0 => None,
+            (None, 1.0) => None,
             (None, l) => Some(vec![l; half]),
             (Some(v), l) => Some(v.into_iter().map(|x| x * l).collect()),
         })

@@ -78,7 +78,7 @@ impl Config {
             bail!("head_dim {} is odd; rotary needs pairs", self.head_dim);
         }
         if let Some(f) = &self.rope_freq_factors {
-            if f.len() != self.head_dim / 2 || f.iter().any(|v| !(*v > 0.0)) {
+            if f.len() != self.head_dim / 2 || !f.iter().all(|v| *v > 0.0) {
                 bail!(
                     "rope_freqs: {} factors, need {} positive ones (head_dim / 2)",
                     f.len(),
@@ -426,7 +426,7 @@ fn host_tensor(t: &StoredTensor, name: &str) -> Result<Tensor> {
         let cols = t.shape.last().copied().unwrap_or(1);
         let rows = t.shape.iter().product::<usize>() / cols.max(1);
         let m =
-            cpu::Matrix::new(q, rows, cols, t.bytes.clone()).with_context(|| format!("{name}"))?;
+            cpu::Matrix::new(q, rows, cols, t.bytes.clone()).with_context(|| name.to_string())?;
         return Ok(Tensor::from_vec(
             m.to_f32(),
             t.shape.as_slice(),
@@ -607,7 +607,7 @@ impl Llama {
         if by_type.is_empty() {
             return super::device::dtype_name(self.weight_dtype).to_string();
         }
-        by_type.sort_by(|a, b| b.1.cmp(&a.1));
+        by_type.sort_by_key(|t| std::cmp::Reverse(t.1));
         let names: Vec<String> = by_type
             .iter()
             .map(|(t, _)| t.name().to_lowercase())
