@@ -91,7 +91,7 @@ impl MetaDir {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned());
             if let Some(md5) = name.and_then(|n| listed.get(&n)) {
-                expect = expect.with_md5(md5, &chk);
+                expect = expect.with_md5(src.file(), md5, &chk)?;
             }
             src.check_reads(expect);
         }

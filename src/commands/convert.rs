@@ -21,9 +21,7 @@ const HF_TOKENIZER_FILES: [&str; 3] = [
 
 pub fn run(args: &ConvertArgs) -> Result<i32> {
     let src = &args.src_dir;
-    if !src.is_dir() {
-        bail!("{}: not a directory", src.display());
-    }
+    crate::checkpoint::require_dir(src)?;
     fp8::refuse(src, "convert")?;
     let instruct = match (args.instruct, args.base) {
         (true, _) => true,

@@ -19,6 +19,7 @@ pub fn run(args: &ReshardArgs) -> Result<i32> {
     if args.jobs == Some(0) {
         bail!("--jobs must be at least 1");
     }
+    crate::checkpoint::require_dir(&args.src_dir)?;
     check_dst_outside_src(&args.src_dir, &args.dst_dir)?;
     fp8::refuse(&args.src_dir, "reshard")?;
     let started = Instant::now();

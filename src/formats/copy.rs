@@ -99,7 +99,7 @@ impl Source {
             )
         })?;
         match self.lock_expect().as_mut() {
-            Some(e) => e.observe(&self.file, offset, buf),
+            Some(e) => e.observe(offset, buf),
             None => Ok(()),
         }
     }

@@ -8,9 +8,9 @@
 //! Reads arrive in any order (a split reads half of every row, two threads read one file) and may
 //! repeat (replicated kv heads), so each record keeps the byte ranges seen so far with their CRC
 //! states and joins neighbours with `crc32fast`'s combine; a record is judged the moment it is
-//! covered. md5 cannot be combined, so it rides along only while reads come in file order (small
-//! gaps, such as the zip headers between records, are read to close them); [`Expect::finish`]
-//! reads whatever the work did not cover, in order, and gives the verdicts.
+//! covered. md5 cannot be combined and costs ten times a CRC, so it runs beside the work on a
+//! thread of its own that reads the file in order (mostly from the page cache the work fills);
+//! [`Expect::finish`] reads whatever records the work did not cover and gives the verdicts.
 use super::md5::Md5;
 use crate::error::check_failed;
 use anyhow::Result;
@@ -18,10 +18,9 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-
-/// A gap up to this size in front of a read is read to keep the md5 going; larger ones are left
-/// for [`Expect::finish`].
-const MAX_GAP: u64 = 1 << 20;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
 /// One checksummed byte range of a file (a zip record).
 #[derive(Debug, Clone)]
@@ -39,12 +38,20 @@ struct RecordState {
     seen: Option<BTreeMap<u64, (u64, crc32fast::Hasher)>>,
 }
 
-struct Md5State {
+/// The whole file's md5, computed by a thread of its own, and what it must be.
+struct Md5Check {
     want: String,
-    /// Where the checklist's md5 came from, for the error.
+    /// Where the md5 was listed, for the error.
     origin: PathBuf,
-    hasher: Md5,
-    next: u64,
+    job: Option<JoinHandle<Result<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Md5Check {
+    fn drop(&mut self) {
+        // An abandoned run need not read the rest of the file.
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// The checksums of one file and what has been checked of them so far.
@@ -52,7 +59,7 @@ pub struct Expect {
     path: PathBuf,
     len: u64,
     records: Vec<RecordState>,
-    md5: Option<Md5State>,
+    md5: Option<Md5Check>,
 }
 
 impl Expect {
@@ -73,21 +80,31 @@ impl Expect {
         }
     }
 
-    /// Also check the whole file's md5 against `want` (hex), as listed in `origin`.
-    pub fn with_md5(mut self, want: &str, origin: &Path) -> Self {
-        self.md5 = Some(Md5State {
+    /// Also check the whole file's md5 against `want` (hex), as listed in `origin`: starts reading
+    /// `file` (this file) in order on a thread of its own.
+    pub fn with_md5(mut self, file: &File, want: &str, origin: &Path) -> Result<Self> {
+        use anyhow::Context;
+        let file = file
+            .try_clone()
+            .with_context(|| format!("{}: cannot reopen", self.path.display()))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (path, len, halt) = (self.path.clone(), self.len, stop.clone());
+        let job = std::thread::Builder::new()
+            .name("md5-check".into())
+            .spawn(move || md5_of(&file, &path, len, &halt))
+            .context("cannot start a thread")?;
+        self.md5 = Some(Md5Check {
             want: want.to_ascii_lowercase(),
             origin: origin.to_path_buf(),
-            hasher: Md5::new(),
-            next: 0,
+            job: Some(job),
+            stop,
         });
-        self
+        Ok(self)
     }
 
-    /// `bytes` were read at `offset` of `file` (this file): fold them into every check. An error
-    /// names the file and the record whose bytes do not match.
-    pub fn observe(&mut self, file: &File, offset: u64, bytes: &[u8]) -> Result<()> {
-        self.observe_md5(file, offset, bytes)?;
+    /// `bytes` were read at `offset` of this file: fold them into every record they touch. An
+    /// error names the file and the record whose bytes do not match.
+    pub fn observe(&mut self, offset: u64, bytes: &[u8]) -> Result<()> {
         let end = offset + bytes.len() as u64;
         let first = self
             .records
@@ -101,26 +118,6 @@ impl Expect {
             let slice = &bytes[(a - offset) as usize..(b - offset) as usize];
             r.add(a, slice);
             r.judge(&self.path)?;
-        }
-        Ok(())
-    }
-
-    fn observe_md5(&mut self, file: &File, offset: u64, bytes: &[u8]) -> Result<()> {
-        let Some(m) = &mut self.md5 else {
-            return Ok(());
-        };
-        if offset > m.next && offset - m.next <= MAX_GAP {
-            let mut gap = vec![0u8; (offset - m.next) as usize];
-            // A failed gap read only means the md5 waits for finish().
-            if file.read_exact_at(&mut gap, m.next).is_ok() {
-                m.hasher.update(&gap);
-                m.next = offset;
-            }
-        }
-        let end = offset + bytes.len() as u64;
-        if offset <= m.next && m.next < end {
-            m.hasher.update(&bytes[(m.next - offset) as usize..]);
-            m.next = end;
         }
         Ok(())
     }
@@ -142,19 +139,13 @@ impl Expect {
             }
             self.records[i].judge(&self.path)?;
         }
-        let Some(next) = self.md5.as_ref().map(|m| m.next) else {
+        let Some(mut m) = self.md5.take() else {
             return Ok(());
         };
-        let mut at = next;
-        while at < self.len {
-            crate::signal::check()?;
-            let n = (self.len - at).min(buf.len() as u64) as usize;
-            self.read(file, &mut buf[..n], at)?;
-            self.observe_md5(file, at, &buf[..n])?;
-            at += n as u64;
-        }
-        let m = self.md5.take().expect("checked above");
-        let got = m.hasher.hex();
+        let got = match m.job.take().map(JoinHandle::join) {
+            Some(Ok(r)) => r?,
+            _ => anyhow::bail!("{}: the md5 check stopped", self.path.display()),
+        };
         if got != m.want {
             return Err(check_failed(format!(
                 "{}: md5 {got} does not match {} ({}): the file is corrupt or was changed",
@@ -176,6 +167,29 @@ impl Expect {
             )
         })
     }
+}
+
+/// The md5 of `file`'s first `len` bytes, read in order; stops early when `stop` is set.
+fn md5_of(file: &File, path: &Path, len: u64, stop: &AtomicBool) -> Result<String> {
+    use anyhow::Context;
+    let mut buf = vec![0u8; super::copy::CHUNK];
+    let mut md5 = Md5::new();
+    let mut at = 0u64;
+    while at < len {
+        if stop.load(Ordering::Relaxed) {
+            anyhow::bail!("{}: md5 check abandoned", path.display());
+        }
+        let n = (len - at).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], at).with_context(|| {
+            format!(
+                "{}: cannot read {n} bytes at offset {at} (truncated?)",
+                path.display()
+            )
+        })?;
+        md5.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(md5.hex())
 }
 
 impl RecordState {
@@ -309,8 +323,9 @@ mod tests {
             m.update(&data);
             m.hex()
         };
-        let mut e =
-            expect_for(tmp.path(), &data, &[(100, 3000), (3100, 4000)]).with_md5(&md5, tmp.path());
+        let mut e = expect_for(tmp.path(), &data, &[(100, 3000), (3100, 4000)])
+            .with_md5(&file, &md5, tmp.path())
+            .unwrap();
         // Second half of each "row" first, then the first halves, one read twice.
         for (a, b) in [
             (1600, 3100),
@@ -319,7 +334,7 @@ mod tests {
             (3100, 5100),
             (3100, 4000),
         ] {
-            e.observe(&file, a, &data[a as usize..b as usize]).unwrap();
+            e.observe(a, &data[a as usize..b as usize]).unwrap();
         }
         assert!(e.records.iter().all(|r| r.seen.is_none()), "both judged");
         e.finish(&file).unwrap();
@@ -328,12 +343,12 @@ mod tests {
     #[test]
     fn a_flipped_byte_fails_on_the_read_that_completes_its_record() {
         let data: Vec<u8> = (0..4096u32).map(|i| (i % 256) as u8).collect();
-        let (tmp, file) = file_with(&data);
+        let (tmp, _file) = file_with(&data);
         let mut e = expect_for(tmp.path(), &data, &[(0, 4096)]);
         let mut bad = data.clone();
         bad[1234] ^= 0x10;
-        e.observe(&file, 2048, &bad[2048..]).unwrap();
-        let err = e.observe(&file, 0, &bad[..2048]).unwrap_err().to_string();
+        e.observe(2048, &bad[2048..]).unwrap();
+        let err = e.observe(0, &bad[..2048]).unwrap_err().to_string();
         assert!(
             err.contains("record at 0") && err.contains("CRC-32"),
             "{err}"
@@ -344,11 +359,14 @@ mod tests {
     fn finish_reads_what_was_not_read_and_checks_the_md5() {
         let data: Vec<u8> = (0..5000u32).map(|i| (i % 13) as u8).collect();
         let (tmp, file) = file_with(&data);
-        let mut e = expect_for(tmp.path(), &data, &[(10, 2000)]).with_md5(
-            "00000000000000000000000000000000",
-            Path::new("checklist.chk"),
-        );
-        e.observe(&file, 500, &data[500..800]).unwrap();
+        let mut e = expect_for(tmp.path(), &data, &[(10, 2000)])
+            .with_md5(
+                &file,
+                "00000000000000000000000000000000",
+                Path::new("checklist.chk"),
+            )
+            .unwrap();
+        e.observe(500, &data[500..800]).unwrap();
         let err = e.finish(&file).unwrap_err().to_string();
         assert!(
             err.contains("md5") && err.contains("checklist.chk"),

@@ -7,6 +7,7 @@ pub(crate) mod md5;
 pub mod pickle;
 pub mod pth;
 pub mod safetensors;
+pub mod sniff;
 
 /// Element types, named as safetensors spells them (the names `inspect --json` prints).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -61,7 +61,7 @@ impl PthFile {
             bail!("legacy (pre-1.6) torch serialization, which cannot be read without running its pickle; re-save it with a trusted torch: torch.save(torch.load(path, weights_only=True), path)");
         }
         if bytes.len() < 4 || &bytes[..4] != b"PK\x03\x04" {
-            bail!("not a torch zip checkpoint (no zip header)");
+            bail!("{}", super::sniff::refusal(path, "a torch zip checkpoint"));
         }
         // The zip crate scans for directory signatures; reading through the map would count every
         // page it looks at in our RSS (~110 MB on a 3 GB shard), so it reads with pread instead.
