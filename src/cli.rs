@@ -47,7 +47,7 @@ pub enum Command {
     Convert(ConvertArgs),
     /// Encode or decode text, or format a chat dialog, with the model's tokenizer.
     Tokenize(TokenizeArgs),
-    /// Run the model: completion, chat, or a CI inference check.
+    /// Run the model (checkpoint dir or GGUF file, quantized too): completion, chat, or a CI check.
     Run(RunArgs),
     /// The catalog of known models and what is present locally (--downloaded: what is on disk).
     List(ListArgs),
@@ -284,10 +284,11 @@ pub enum RunDtype {
 
 #[derive(Args, Debug, Clone)]
 #[command(
-    after_help = "Examples:\n  llamactl run --ckpt-dir Meta-Llama-3-8B --prompt \"The capital of France is\" --temperature 0\n  llamactl run --ckpt-dir Meta-Llama-3-8B-Instruct --chat\n  llamactl run --ckpt-dir Meta-Llama-3-8B --check"
+    after_help = "Examples:\n  llamactl run --ckpt-dir Meta-Llama-3-8B --prompt \"The capital of France is\" --temperature 0\n  llamactl run --ckpt-dir Meta-Llama-3-8B-Instruct --chat\n  llamactl run --ckpt-dir Meta-Llama-3-8B --check\n  llamactl run --ckpt-dir llama3-8b-instruct.Q4_K_M.gguf --chat"
 )]
 pub struct RunArgs {
-    /// A Meta dir (any number of shards) or an HF dir.
+    /// A Meta dir (any number of shards), an HF dir, or a llama-architecture .gguf file (F32, F16,
+    /// BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K; tokenizer and chat template from its metadata).
     #[arg(long)]
     pub ckpt_dir: Option<PathBuf>,
     /// Tokenizer file (default: the one inside the checkpoint dir).
@@ -323,8 +324,8 @@ pub struct RunArgs {
     /// auto: GPU 0 when this build has CUDA and a GPU answers, else the CPU (with a note).
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
-    /// Weight type. auto: on the CPU each matrix stays in its stored type (bf16, f16 or f32),
-    /// used from the file's memory map where the layout allows; on CUDA, bf16. Activations are f32
+    /// Weight type. auto: on the CPU each matrix stays in its stored type (bf16, f16, f32 or a GGUF
+    /// block type), used from the file's memory map where the layout allows; on CUDA, bf16. Activations are f32
     /// on the CPU whatever the choice; f32 is the exactness reference (weights widened in memory).
     #[arg(long, value_enum, default_value_t = RunDtype::Auto)]
     pub dtype: RunDtype,

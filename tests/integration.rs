@@ -11,6 +11,7 @@ mod manners;
 mod pull;
 mod reshard;
 mod run;
+mod run_gguf;
 mod safety;
 mod store;
 mod tokenize;

@@ -12,6 +12,11 @@
 # Memory: llamactl's peak RssAnon (process memory) and RssFile (mapped checkpoint pages), sampled from
 # /proc every 20 ms, for the Meta MP 1 dir and the HF dir.
 #
+# Quantized rows: the bf16 GGUF quantized by llama.cpp's `llama-quantize` to each of $GGUF_TYPES (default
+# Q8_0 and Q4_K_M); `llamactl run` and `llama-bench` on the same file. For decode, the GB/s of weights read
+# per second (every matrix once per token; the embedding table only one row) against the machine's read
+# bandwidth, measured by a small multi-threaded C reader of a 1 GiB array (cc -O3 -march=native -fopenmp).
+#
 #   LLAMA_CPP=/path/to/llama.cpp  (source tree, with build/bin/llama-bench; see docs/DESIGN.md)
 #   PYTHON=/path/to/python        (with numpy, torch, safetensors, sentencepiece for the converter)
 #   scripts/bench/cpu_vs_llamacpp.sh [WORK_DIR]
@@ -67,7 +72,7 @@ ours() { # DIR THREADS -> "prefill decode anon_kB file_kB"
 }
 
 theirs() { # THREADS -> "prefill decode"
-  "$LLAMA_CPP/build/bin/llama-bench" -m "$GGUF" -t "$1" -p 64 -n 32 -r 1 -o json > "$W/lb.json" 2>/dev/null
+  "$LLAMA_CPP/build/bin/llama-bench" -m "${2:-$GGUF}" -t "$1" -p 64 -n 32 -r 1 -o json > "$W/lb.json" 2>/dev/null
   "$PY" - "$W/lb.json" <<'PY'
 import json, sys
 rows = json.load(open(sys.argv[1]))
@@ -76,6 +81,11 @@ tg = [r["avg_ts"] for r in rows if r["n_gen"] > 0 and r["n_prompt"] == 0][0]
 print(f"{pp:.2f} {tg:.2f}")
 PY
 }
+
+GGUF_TYPES=${GGUF_TYPES:-"Q8_0 Q4_K_M"}
+for q in $GGUF_TYPES; do
+  [ -f "$W/1b-$q.gguf" ] || "$LLAMA_CPP/build/bin/llama-quantize" "$GGUF" "$W/1b-$q.gguf" "$q" > /dev/null 2>&1
+done
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
@@ -89,6 +99,12 @@ for r in $(seq "$ROUNDS"); do
     echo "llamacpp $t $lpf $ldc" >> "$W/results"
     read -r pf dc anon file <<<"$(ours "$HF" "$t")"
     echo "hf $t $pf $dc $anon $file" >> "$W/results"
+    for q in $GGUF_TYPES; do
+      read -r pf dc anon file <<<"$(ours "$W/1b-$q.gguf" "$t")"
+      echo "ours-$q $t $pf $dc $anon $file" >> "$W/results"
+      read -r lpf ldc <<<"$(theirs "$t" "$W/1b-$q.gguf")"
+      echo "theirs-$q $t $lpf $ldc" >> "$W/results"
+    done
   done
 done
 
@@ -117,4 +133,64 @@ for t in $THREADS; do
   printf '%-8s ratios (Meta dir / llama.cpp): prefill %.2fx (target >= 0.8), decode %.2fx (target >= 1.0); RssAnon %.1f%% of weights (target <= 25%%)\n' \
     "$t" "$(echo "$mp / $lp" | bc -l)" "$(echo "$md / $ld" | bc -l)" "$(echo "$an * 1024 * 100 / $weights" | bc -l)"
 done
-[ "${KEEP:-0}" = 1 ] || rm -rf "$META" "$HF" "$GGUF"
+
+# Read bandwidth: each thread sums its share of a 1 GiB array, best of 5 passes.
+cat > "$W/bw.c" <<'C'
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+int main(int argc, char **argv) {
+  size_t n = (size_t)1 << 27; double *a = malloc(n * sizeof *a), best = 0;
+  int threads = atoi(argv[1]);
+  #pragma omp parallel for num_threads(threads)
+  for (size_t i = 0; i < n; i++) a[i] = (double)i;
+  for (int r = 0; r < 5; r++) {
+    double s = 0, t0 = omp_get_wtime();
+    #pragma omp parallel for reduction(+:s) num_threads(threads)
+    for (size_t i = 0; i < n; i++) s += a[i];
+    double gbs = n * sizeof *a / (omp_get_wtime() - t0) / 1e9;
+    if (gbs > best) best = gbs;
+    if (s < 0) puts("");
+  }
+  printf("%.1f\n", best);
+}
+C
+cc -O3 -march=native -fopenmp "$W/bw.c" -o "$W/bw"
+echo
+echo "GGUF files quantized by llama-quantize from the bf16 GGUF; decode GB/s = weight bytes read per token x tok/s"
+printf '%-8s %-24s %10s %10s %10s %12s\n' threads run prefill/s decode/s "GB/s" "RssAnon MiB"
+for t in $THREADS; do
+  bw=$("$W/bw" "$t")
+  for q in $GGUF_TYPES; do
+    f="$W/1b-$q.gguf"
+    # Bytes one token reads: every tensor but the embedding table (one row of it).
+    per_token=$("$BIN" inspect --json "$f" | "$PY" -c '
+import json, sys
+d = json.load(sys.stdin)
+ts = sorted(d["tensors"], key=lambda t: t["offset"])
+ends = [t["offset"] for t in ts[1:]] + [d["total_bytes"]]
+embd = [e - t["offset"] for t, e in zip(ts, ends) if t["name"] == "token_embd.weight"][0]
+print(d["total_bytes"] - embd)')
+    size=$(du -b "$f" | cut -f1)
+    for who in ours theirs; do
+      pf=$(awk -v w=$who-$q -v t=$t '$1==w && $2==t {print $3}' "$W/results" | median)
+      dc=$(awk -v w=$who-$q -v t=$t '$1==w && $2==t {print $4}' "$W/results" | median)
+      gbs=$(echo "$per_token * $dc / 1000000000" | bc -l)
+      if [ $who = ours ]; then
+        an=$(awk -v w=$who-$q -v t=$t '$1==w && $2==t {print $5}' "$W/results" | median)
+        printf '%-8s %-24s %10.1f %10.1f %10.1f %12.0f\n' "$t" "llamactl $q" "$pf" "$dc" "$gbs" "$(echo "$an / 1024" | bc -l)"
+      else
+        printf '%-8s %-24s %10.1f %10.1f %10.1f\n' "$t" "llama.cpp $q" "$pf" "$dc" "$gbs"
+      fi
+    done
+    op=$(awk -v w=ours-$q -v t=$t '$1==w && $2==t {print $3}' "$W/results" | median)
+    od=$(awk -v w=ours-$q -v t=$t '$1==w && $2==t {print $4}' "$W/results" | median)
+    tp=$(awk -v w=theirs-$q -v t=$t '$1==w && $2==t {print $3}' "$W/results" | median)
+    td=$(awk -v w=theirs-$q -v t=$t '$1==w && $2==t {print $4}' "$W/results" | median)
+    an=$(awk -v w=ours-$q -v t=$t '$1==w && $2==t {print $5}' "$W/results" | median)
+    printf '%-8s %s ratios (llamactl / llama.cpp): prefill %.2fx, decode %.2fx (targets >= 1.0); RssAnon %.1f%% of the file (target <= 25%%); read bandwidth %s GB/s\n' \
+      "$t" "$q" "$(echo "$op / $tp" | bc -l)" "$(echo "$od / $td" | bc -l)" "$(echo "$an * 1024 * 100 / $size" | bc -l)" "$bw"
+  done
+done
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+[ "${KEEP:-0}" = 1 ] || rm -rf "$META" "$HF" "$GGUF" "$W"/1b-*.gguf

@@ -1,15 +1,17 @@
-//! `llamactl run` (see CLI.md): load a Meta or HF checkpoint and generate, the way Meta's
+//! `llamactl run` (see CLI.md): load a Meta or HF checkpoint or a GGUF file and generate, the way Meta's
 //! example_text_completion.py / example_chat_completion.py do, plus an interactive chat and a CI check.
 use crate::checkpoint::ModelDir;
 use crate::cli::{DeviceChoice, RunArgs, RunDtype};
+use crate::formats::gguf::is_gguf;
 use crate::formats::DType as FDType;
 use crate::runner::chat::{parse_dialog, ChatFormat, Message};
 use crate::runner::device::{self, DeviceRequest, DtypeRequest, PeakMemory};
 use crate::runner::generate::{generate, GenParams, Generation, Stats};
+use crate::runner::gguf::GgufModel;
 use crate::runner::kv_cache::KvCache;
 use crate::runner::memory::MemoryPlan;
 use crate::runner::model::{stored_dtype, Config, Llama, Precision, RopeLayout};
-use crate::runner::weights::{weight_bytes, DirWeights};
+use crate::runner::weights::{weight_bytes, DirWeights, WeightBytes};
 use crate::tokenizer::{AllowedSpecial, Tokenizer};
 use crate::util::human_bytes;
 use anyhow::{anyhow, bail, Context, Result};
@@ -41,6 +43,8 @@ struct Session {
     tok: Tokenizer,
     ckpt_dir: PathBuf,
     tokenizer_path: Option<PathBuf>,
+    /// The chat format a GGUF file carries (None: from the directory or tokenizer file).
+    chat: Option<ChatFormat>,
     memory: PeakMemory,
 }
 
@@ -57,7 +61,7 @@ pub fn run(args: &RunArgs) -> Result<i32> {
         ..args.clone()
     };
     let Some(dir) = args.ckpt_dir.as_deref() else {
-        bail!("--ckpt-dir is required: a Meta checkpoint dir (params.json) or an HF dir (config.json)");
+        bail!("--ckpt-dir is required: a Meta checkpoint dir (params.json), an HF dir (config.json) or a .gguf file");
     };
     if args.max_seq_len < 2 {
         bail!("--max-seq-len must be at least 2");
@@ -99,13 +103,62 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     complete(&mut s, args)
 }
 
+/// What `--ckpt-dir` names: a checkpoint directory or a GGUF file.
+enum Checkpoint {
+    Dir(Box<ModelDir>),
+    Gguf(Box<GgufModel>),
+}
+
+impl Checkpoint {
+    fn open(path: &Path) -> Result<Checkpoint> {
+        if path.is_file() && is_gguf(path) {
+            return Ok(Checkpoint::Gguf(Box::new(GgufModel::open(path)?)));
+        }
+        if path.is_file() {
+            bail!(
+                "{}: a file that is not GGUF; --ckpt-dir takes a checkpoint directory or a .gguf file",
+                path.display()
+            );
+        }
+        Ok(Checkpoint::Dir(Box::new(ModelDir::open(path)?)))
+    }
+
+    fn config(&self) -> Result<Config> {
+        match self {
+            Checkpoint::Dir(d) => Config::from_model_dir(d),
+            Checkpoint::Gguf(g) => g.config(),
+        }
+    }
+
+    /// The tokenizer inside the checkpoint, and for a GGUF file its chat format.
+    fn tokenizer(&self, path: &Path) -> Result<(Tokenizer, Option<ChatFormat>)> {
+        match self {
+            Checkpoint::Dir(_) => Ok((Tokenizer::from_model_dir(path)?, None)),
+            Checkpoint::Gguf(g) => {
+                let tok = Tokenizer::from_gguf(&g.file)?;
+                let chat = ChatFormat::for_gguf(&g.file, &tok);
+                Ok((tok, Some(chat)))
+            }
+        }
+    }
+
+    fn weight_bytes(&self, target: Option<FDType>, map: bool) -> Result<WeightBytes> {
+        match self {
+            Checkpoint::Dir(d) => weight_bytes(d, target, map),
+            Checkpoint::Gguf(g) => Ok(g.weight_bytes(target, map)),
+        }
+    }
+}
+
 fn load(dir: &Path, args: &RunArgs) -> Result<Session> {
     let started = Instant::now();
-    let mdir = ModelDir::open(dir)?;
-    let cfg = Config::from_model_dir(&mdir).with_context(|| format!("{}", dir.display()))?;
-    let tok = match &args.tokenizer_path {
-        Some(p) => Tokenizer::from_file(p)?,
-        None => Tokenizer::from_model_dir(dir)?,
+    let ckpt = Checkpoint::open(dir)?;
+    let cfg = ckpt
+        .config()
+        .with_context(|| format!("{}", dir.display()))?;
+    let (tok, chat) = match &args.tokenizer_path {
+        Some(p) => (Tokenizer::from_file(p)?, None),
+        None => ckpt.tokenizer(dir)?,
     };
     if tok.n_vocab() > cfg.vocab_size {
         bail!(
@@ -132,9 +185,10 @@ fn load(dir: &Path, args: &RunArgs) -> Result<Session> {
     eprintln!(
         "loading {} ({} layout, {} layers, dim {}, {} heads / {} kv heads) on {}",
         dir.display(),
-        match cfg.rope_layout {
-            RopeLayout::AdjacentPairs => "Meta",
-            RopeLayout::Halves => "HF",
+        match (&ckpt, cfg.rope_layout) {
+            (Checkpoint::Gguf(_), _) => "GGUF",
+            (_, RopeLayout::AdjacentPairs) => "Meta",
+            (_, RopeLayout::Halves) => "HF",
         },
         cfg.n_layers,
         cfg.dim,
@@ -142,17 +196,25 @@ fn load(dir: &Path, args: &RunArgs) -> Result<Session> {
         cfg.n_kv_heads,
         device::device_name(&device),
     );
-    preflight(&mdir, &cfg, &device, precision, args)?;
-    let weights = DirWeights::new(&mdir)?;
-    let model = Llama::load(cfg, &weights, &device, precision, args.max_seq_len)
-        .with_context(|| format!("{}", dir.display()))?;
+    preflight(&ckpt, &cfg, &device, precision, args)?;
+    let model = match &ckpt {
+        Checkpoint::Dir(d) => Llama::load(
+            cfg,
+            &DirWeights::new(d)?,
+            &device,
+            precision,
+            args.max_seq_len,
+        ),
+        Checkpoint::Gguf(g) => Llama::load(cfg, g.as_ref(), &device, precision, args.max_seq_len),
+    }
+    .with_context(|| format!("{}", dir.display()))?;
     let cache = model.new_cache(args.max_batch_size, args.max_seq_len)?;
     let memory = PeakMemory::new(&device);
     eprintln!(
         "loaded {:.1}M parameters in {:.2} s: {} weights{}, {} activations, KV cache {}",
         model.config().param_count(model.tied_embeddings()) as f64 / 1e6,
         started.elapsed().as_secs_f64(),
-        device::dtype_name(model.weight_dtype()),
+        model.weight_label(),
         match model.mapped_bytes() {
             0 => String::new(),
             n => format!(" ({} mapped from the checkpoint)", human_bytes(n)),
@@ -166,13 +228,14 @@ fn load(dir: &Path, args: &RunArgs) -> Result<Session> {
         tok,
         ckpt_dir: dir.to_path_buf(),
         tokenizer_path: args.tokenizer_path.clone(),
+        chat,
         memory,
     })
 }
 
 /// Estimate what the run needs before loading anything, and refuse (exit 2) rather than be killed.
 fn preflight(
-    dir: &ModelDir,
+    ckpt: &Checkpoint,
     cfg: &Config,
     device: &Device,
     precision: Precision,
@@ -184,7 +247,7 @@ fn preflight(
         (Precision::Auto, false) => (Some(FDType::BF16), 2),
         (Precision::Fixed(d), false) => (Some(stored_dtype(d)), d.size_in_bytes()),
     };
-    let weights = weight_bytes(dir, target, device.is_cpu())?;
+    let weights = ckpt.weight_bytes(target, device.is_cpu())?;
     let plan = MemoryPlan::new(
         cfg,
         weights,
@@ -258,7 +321,7 @@ fn run_batches(
 fn stats_json(s: &mut Session, st: &Stats) -> Value {
     json!({
         "device": device::device_name(s.model.device()),
-        "dtype": device::dtype_name(s.model.weight_dtype()),
+        "dtype": s.model.weight_label(),
         "activations": device::dtype_name(s.model.dtype()),
         "kernels": device::kernels_name(s.model.device()),
         "threads": rayon::current_num_threads(),
@@ -360,6 +423,9 @@ fn generate_and_report(
 }
 
 fn chat_format(s: &Session) -> Result<ChatFormat> {
+    if let Some(c) = &s.chat {
+        return Ok(c.clone());
+    }
     match &s.tokenizer_path {
         Some(_) => ChatFormat::for_tokenizer(&s.tok),
         None => ChatFormat::for_model_dir(&s.ckpt_dir),
@@ -730,7 +796,7 @@ fn check(s: &mut Session, args: &RunArgs) -> Result<i32> {
             prompts.len(),
             generated,
             device::device_name(s.model.device()),
-            device::dtype_name(s.model.weight_dtype()),
+            s.model.weight_label(),
             if ok {
                 "identical and finite".to_string()
             } else {

@@ -132,6 +132,24 @@ impl ChatFormat {
         }
     }
 
+    /// A GGUF file's `tokenizer.chat_template`, else the Llama 3 format.
+    pub fn for_gguf(f: &crate::formats::gguf::GgufFile, tok: &Tokenizer) -> ChatFormat {
+        use crate::formats::gguf::Value;
+        let Some(source) = f.get("tokenizer.chat_template").and_then(Value::as_str) else {
+            return ChatFormat::Llama3;
+        };
+        let text = |id: Option<u32>| {
+            id.and_then(|i| tok.token_bytes(i))
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        };
+        ChatFormat::Template {
+            source: source.to_string(),
+            bos_token: text(tok.bos_id()),
+            eos_token: text(tok.eos_id()),
+        }
+    }
+
     fn from_hf_dir(dir: &Path) -> Result<ChatFormat> {
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: serde_json::Value = if cfg_path.is_file() {

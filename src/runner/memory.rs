@@ -181,6 +181,7 @@ mod tests {
             norm_eps: 1e-5,
             rope_theta: 500000.0,
             rope_scaling: None,
+            rope_freq_factors: None,
             rope_layout: RopeLayout::AdjacentPairs,
         }
     }

@@ -3,6 +3,7 @@ pub mod chat;
 pub(crate) mod cpu;
 pub(crate) mod device;
 pub(crate) mod generate;
+pub(crate) mod gguf;
 pub(crate) mod kv_cache;
 pub(crate) mod memory;
 pub(crate) mod model;

@@ -4,7 +4,7 @@
 //! model needs is how q/k rows are ordered, which decides the rotary flavour (adjacent pairs for Meta,
 //! halves for Hugging Face). Attention reads grouped K/V heads straight from the preallocated cache
 //! without repeating them: the query heads of one group are folded into the row dimension instead.
-use super::cpu::{self, kernels::WeightType};
+use super::cpu::{self, kernels::WeightType, quant::Quant, MatType};
 use super::kv_cache::KvCache;
 use super::weights::{StoredTensor, WeightSource};
 use crate::checkpoint::hf::rope_from_config;
@@ -56,6 +56,9 @@ pub struct Config {
     pub norm_eps: f64,
     pub rope_theta: f64,
     pub rope_scaling: Option<RopeScaling>,
+    /// Per-frequency divisors (a GGUF file's `rope_freqs.weight`, Llama 3.1 scaling precomputed);
+    /// applied after `rope_scaling`, which such files leave out.
+    pub rope_freq_factors: Option<Vec<f32>>,
     pub rope_layout: RopeLayout,
 }
 
@@ -74,6 +77,15 @@ impl Config {
         if !self.head_dim.is_multiple_of(2) {
             bail!("head_dim {} is odd; rotary needs pairs", self.head_dim);
         }
+        if let Some(f) = &self.rope_freq_factors {
+            if f.len() != self.head_dim / 2 || !f.iter().all(|v| *v > 0.0) {
+                bail!(
+                    "rope_freqs: {} factors, need {} positive ones (head_dim / 2)",
+                    f.len(),
+                    self.head_dim / 2
+                );
+            }
+        }
         Ok(())
     }
 
@@ -82,9 +94,13 @@ impl Config {
         let hd = self.head_dim;
         let theta = self.rope_theta as f32;
         let freqs = (0..hd / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / hd as f32));
-        match self.rope_scaling {
+        let freqs: Vec<f32> = match self.rope_scaling {
             None => freqs.collect(),
             Some(s) => freqs.map(|f| scale_freq(f, &s)).collect(),
+        };
+        match &self.rope_freq_factors {
+            None => freqs,
+            Some(d) => freqs.iter().zip(d).map(|(f, d)| f / d).collect(),
         }
     }
 
@@ -153,6 +169,7 @@ impl Config {
             norm_eps: p.norm_eps,
             rope_theta: p.rope_theta(),
             rope_scaling,
+            rope_freq_factors: None,
             rope_layout: match dir.layout() {
                 Layout::Meta => RopeLayout::AdjacentPairs,
                 Layout::Hf => RopeLayout::Halves,
@@ -321,6 +338,11 @@ impl Loader<'_> {
 
     fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<cpu::Matrix> {
         let t = self.stored(name, &[rows, cols])?;
+        if let Some(q) = t.quant {
+            return self
+                .quant_matrix(t.bytes, q, rows, cols)
+                .with_context(|| format!("weight {name}"));
+        }
         let to = match self.cpu_type {
             Some(to) => to,
             // f64 (or any wider float) checkpoints are computed as f32.
@@ -330,23 +352,27 @@ impl Loader<'_> {
         let bytes = if to == t.dtype {
             t.bytes
         } else {
-            let mut out = Vec::new();
-            cast(
-                t.bytes.as_slice(),
-                t.dtype,
-                to,
-                &mut out,
-                &mut CastStats::default(),
-            )
-            .with_context(|| format!("weight {name}"))?;
-            cpu::Bytes::Owned(out.into())
+            cast_bytes(t.bytes.as_slice(), t.dtype, to).with_context(|| format!("weight {name}"))?
         };
-        let wt = match to {
-            FDType::BF16 => WeightType::Bf16,
-            FDType::F16 => WeightType::F16,
-            _ => WeightType::F32,
+        cpu::Matrix::new(weight_type(to), rows, cols, bytes)
+            .with_context(|| format!("weight {name}"))
+    }
+
+    /// Blocks as stored (`--dtype auto`), else dequantized and held in the asked type.
+    fn quant_matrix(
+        &self,
+        bytes: cpu::Bytes,
+        q: Quant,
+        rows: usize,
+        cols: usize,
+    ) -> Result<cpu::Matrix> {
+        let m = cpu::Matrix::new(q, rows, cols, bytes)?;
+        let Some(to) = self.cpu_type else {
+            return Ok(m);
         };
-        cpu::Matrix::new(wt, rows, cols, bytes).with_context(|| format!("weight {name}"))
+        let wide = m.to_f32();
+        let bytes = cast_bytes(bytemuck::cast_slice(&wide), FDType::F32, to)?;
+        cpu::Matrix::new(weight_type(to), rows, cols, bytes)
     }
 
     /// One linear layer from `names` stacked along the output rows, each [rows, cols].
@@ -374,8 +400,39 @@ impl Loader<'_> {
     }
 }
 
-/// A candle tensor over a copy of the stored bytes (host side, for small tensors and uploads).
+/// The float kernels' element type for a stored type (anything else is held as f32).
+fn weight_type(d: FDType) -> WeightType {
+    match d {
+        FDType::BF16 => WeightType::Bf16,
+        FDType::F16 => WeightType::F16,
+        _ => WeightType::F32,
+    }
+}
+
+/// `bytes` of type `from` converted to `to`, in a buffer of our own.
+fn cast_bytes(bytes: &[u8], from: FDType, to: FDType) -> Result<cpu::Bytes> {
+    if from == to {
+        return Ok(cpu::Bytes::Owned(bytes.into()));
+    }
+    let mut out = Vec::new();
+    cast(bytes, from, to, &mut out, &mut CastStats::default())?;
+    Ok(cpu::Bytes::Owned(out.into()))
+}
+
+/// A candle tensor over a copy of the stored bytes (host side, for small tensors and uploads);
+/// block-quantized tensors are dequantized to f32.
 fn host_tensor(t: &StoredTensor, name: &str) -> Result<Tensor> {
+    if let Some(q) = t.quant {
+        let cols = t.shape.last().copied().unwrap_or(1);
+        let rows = t.shape.iter().product::<usize>() / cols.max(1);
+        let m =
+            cpu::Matrix::new(q, rows, cols, t.bytes.clone()).with_context(|| name.to_string())?;
+        return Ok(Tensor::from_vec(
+            m.to_f32(),
+            t.shape.as_slice(),
+            &Device::Cpu,
+        )?);
+    }
     let dtype = match t.dtype {
         FDType::BF16 => DType::BF16,
         FDType::F16 => DType::F16,
@@ -477,10 +534,10 @@ impl Llama {
             (_, false) => ld.linear(&[("output.weight", cfg.vocab_size)], d)?,
         };
         let weight_dtype = match &output {
-            Linear::Cpu(l) => match l.parts()[0].wt {
-                WeightType::Bf16 => DType::BF16,
-                WeightType::F16 => DType::F16,
-                WeightType::F32 => DType::F32,
+            Linear::Cpu(l) => match l.parts()[0].ty {
+                MatType::Float(WeightType::Bf16) => DType::BF16,
+                MatType::Float(WeightType::F16) => DType::F16,
+                MatType::Float(WeightType::F32) | MatType::Quant(_) => DType::F32,
             },
             Linear::Device(t) => t.dtype(),
         };
@@ -507,8 +564,8 @@ impl Llama {
     pub fn dtype(&self) -> DType {
         self.dtype
     }
-    /// Weight bytes used straight from checkpoint file maps (CPU).
-    pub fn mapped_bytes(&self) -> u64 {
+    /// The matrices held for the CPU kernels, each once.
+    fn cpu_matrices(&self) -> Vec<&cpu::Matrix> {
         let mut mats: Vec<&cpu::Matrix> = Vec::new();
         if let Embedding::Cpu(m) = &self.embed {
             mats.push(m);
@@ -525,15 +582,39 @@ impl Llama {
         if let (Linear::Cpu(l), false) = (&self.output, self.tied) {
             mats.extend(l.parts());
         }
-        mats.iter()
+        mats
+    }
+
+    /// Weight bytes used straight from checkpoint file maps (CPU).
+    pub fn mapped_bytes(&self) -> u64 {
+        self.cpu_matrices()
+            .iter()
             .filter(|m| m.bytes().is_mapped())
             .map(|m| m.bytes().as_slice().len() as u64)
             .sum()
     }
-    /// The dtype the weight matrices are held in.
-    pub fn weight_dtype(&self) -> DType {
-        self.weight_dtype
+
+    /// What the weight matrices are held as: "bf16", or the GGML types of a quantized file from the
+    /// most parameters to the fewest ("q4_k+q6_k").
+    pub fn weight_label(&self) -> String {
+        let mut by_type: Vec<(MatType, usize)> = Vec::new();
+        for m in self.cpu_matrices() {
+            match by_type.iter_mut().find(|(t, _)| *t == m.ty) {
+                Some((_, n)) => *n += m.rows * m.cols,
+                None => by_type.push((m.ty, m.rows * m.cols)),
+            }
+        }
+        if by_type.is_empty() {
+            return super::device::dtype_name(self.weight_dtype).to_string();
+        }
+        by_type.sort_by_key(|t| std::cmp::Reverse(t.1));
+        let names: Vec<String> = by_type
+            .iter()
+            .map(|(t, _)| t.name().to_lowercase())
+            .collect();
+        names.join("+")
     }
+
     pub fn device(&self) -> &Device {
         &self.device
     }
@@ -772,6 +853,7 @@ mod tests {
             let (shape, v) = self.0.get(name).context("absent")?;
             Ok(StoredTensor {
                 dtype: FDType::F32,
+                quant: None,
                 shape: shape.clone(),
                 bytes: cpu::Bytes::Owned(bytemuck::cast_slice::<f32, u8>(v).into()),
             })
@@ -790,6 +872,7 @@ mod tests {
             norm_eps: 1e-5,
             rope_theta: 10000.0,
             rope_scaling: None,
+            rope_freq_factors: None,
             rope_layout: layout,
         }
     }

@@ -4,6 +4,7 @@
 //! safetensors) is handed out as a range of that file's memory map: no copy, and its pages are
 //! file-backed, so they count as page cache rather than process memory. Tensors split across Meta
 //! shards are merged once into a buffer of their own, in their stored type.
+use super::cpu::quant::Quant;
 use super::cpu::Bytes;
 use crate::checkpoint::{stream::FullTensor, ModelDir};
 use crate::formats::DType;
@@ -15,7 +16,10 @@ use std::sync::{Arc, Mutex};
 
 /// A tensor as stored: type, shape and bytes.
 pub struct StoredTensor {
+    /// The element type; `U8` when `quant` is set.
     pub dtype: DType,
+    /// GGML blocks of this type (GGUF files), one row after another.
+    pub quant: Option<Quant>,
     pub shape: Vec<usize>,
     pub bytes: Bytes,
 }
@@ -90,6 +94,7 @@ impl WeightSource for DirWeights<'_> {
         };
         Ok(StoredTensor {
             dtype: t.dtype,
+            quant: None,
             shape: t.shape,
             bytes,
         })

@@ -7,6 +7,8 @@
 //! - `tiktoken`: Meta's backend, built from `bpe` (the merge loop) and `split` (Llama 3's
 //!   pre-split pattern, hand-written).
 //! - `hf_backend`: the runtime backend for a `tokenizer.json`, run by the `tokenizers` crate.
+//! - `gguf_vocab`: a GGUF file's vocabulary (`tokenizer.ggml.*`) turned into a `tokenizer.json`
+//!   for that backend.
 //! - [`hf_files`]: the Hugging Face tokenizer *files* that `convert` writes (and reads back into
 //!   a `tokenizer.model`); not used at run time.
 //! - `byte_alphabet`: GPT-2's byte <-> printable-char map, shared by the last two.
@@ -20,6 +22,7 @@
 //! ```
 mod bpe;
 mod byte_alphabet;
+mod gguf_vocab;
 mod hf_backend;
 pub mod hf_files;
 mod split;
@@ -69,6 +72,8 @@ pub struct Tokenizer {
     bos: Option<u32>,
     eos: Option<u32>,
     stop: Vec<u32>,
+    /// Whether `encode(bos = true)` adds `bos` (false for GGUF vocabularies that say so).
+    add_bos: bool,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -122,6 +127,7 @@ impl Tokenizer {
             bos,
             eos,
             stop,
+            add_bos: true,
         })
     }
 
@@ -165,6 +171,22 @@ impl Tokenizer {
             bos: ids.bos,
             eos: ids.eos,
             stop: ids.stop,
+            add_bos: true,
+        })
+    }
+
+    /// The vocabulary in a GGUF file's metadata, tokenizing as llama.cpp does (see `gguf_vocab`).
+    pub fn from_gguf(f: &crate::formats::gguf::GgufFile) -> Result<Tokenizer> {
+        let v = gguf_vocab::GgufVocab::read(f)
+            .with_context(|| format!("{}: tokenizer", f.path.display()))?;
+        let h = hf_backend::Hf::parse(&v.json, &f.path)?;
+        Ok(Tokenizer {
+            backend: Backend::Hf(Box::new(h)),
+            source: f.path.clone(),
+            bos: v.bos,
+            eos: v.eos,
+            stop: v.stop,
+            add_bos: v.add_bos,
         })
     }
 
@@ -196,7 +218,8 @@ impl Tokenizer {
         }
     }
 
-    /// Meta's `Tokenizer.encode(text, bos=, eos=, allowed_special=)`.
+    /// Meta's `Tokenizer.encode(text, bos=, eos=, allowed_special=)`; `bos` is skipped for a GGUF
+    /// vocabulary whose `add_bos_token` is false, as llama.cpp skips it.
     pub fn encode(
         &self,
         text: &str,
@@ -205,7 +228,7 @@ impl Tokenizer {
         allowed_special: AllowedSpecial,
     ) -> Result<Vec<u32>> {
         let mut ids = Vec::new();
-        if bos {
+        if bos && self.add_bos {
             ids.push(self.bos.ok_or_else(|| {
                 anyhow!(
                     "{}: this tokenizer has no beginning-of-text token",

@@ -1,21 +1,25 @@
-//! CPU inference on weights kept in their stored type (bf16, f16 or f32), read straight from the
-//! checkpoint's memory map where the file layout allows it.
+//! CPU inference on weights kept in their stored type (bf16, f16, f32 or a GGML block type), read
+//! straight from the checkpoint's memory map where the file layout allows it.
 //!
 //! candle computes everything else (norms, rotary, attention, softmax) in f32; the linear layers,
 //! which are nearly all of the work, go through [`Linear`], a candle custom op over our own kernels:
 //! - decode (a few activation rows): each weight row is read once and dotted with every row, so a
 //!   token costs one pass over the weight bytes — memory bandwidth is the limit;
 //! - prefill (many rows): blocks of weight rows are widened to f32 in a per-thread buffer and
-//!   multiplied with the `gemm` crate's kernels, which run near the FMA limit.
+//!   multiplied with the `gemm` crate's kernels, which run near the FMA limit;
+//! - block-quantized weights ([`quant`]): activations are quantized once per call and every output
+//!   is an integer dot product of blocks, for decode and prefill alike (as ggml does).
 //!
 //! Work is split across rayon's threads by blocks of output rows; every output element is summed by
 //! one thread in a fixed order, so results do not depend on the thread count.
 pub mod kernels;
+pub mod quant;
 
 use anyhow::{bail, Result};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use kernels::WeightType;
 use memmap2::Mmap;
+use quant::{Acts, Quant};
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -33,6 +37,18 @@ pub enum Bytes {
     Owned(Arc<[u8]>),
 }
 
+impl From<WeightType> for MatType {
+    fn from(w: WeightType) -> MatType {
+        MatType::Float(w)
+    }
+}
+
+impl From<Quant> for MatType {
+    fn from(q: Quant) -> MatType {
+        MatType::Quant(q)
+    }
+}
+
 impl Bytes {
     pub fn as_slice(&self) -> &[u8] {
         match self {
@@ -46,27 +62,60 @@ impl Bytes {
     }
 }
 
+/// How a matrix stores its elements: one float per element, or GGML blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatType {
+    Float(WeightType),
+    Quant(Quant),
+}
+
+impl MatType {
+    pub fn name(self) -> &'static str {
+        match self {
+            MatType::Float(w) => w.name(),
+            MatType::Quant(q) => q.name(),
+        }
+    }
+
+    /// Bytes of one row of `cols` values (None: not whole blocks).
+    pub fn row_bytes(self, cols: usize) -> Option<usize> {
+        match self {
+            MatType::Float(w) => Some(cols * w.size()),
+            MatType::Quant(q) => q.row_bytes(cols),
+        }
+    }
+}
+
 /// A row-major weight matrix [rows, cols] in its stored type. Cloning shares the bytes.
 #[derive(Clone)]
 pub struct Matrix {
-    pub wt: WeightType,
+    pub ty: MatType,
     pub rows: usize,
     pub cols: usize,
     bytes: Bytes,
 }
 
 impl Matrix {
-    pub fn new(wt: WeightType, rows: usize, cols: usize, bytes: Bytes) -> Result<Matrix> {
-        let want = rows * cols * wt.size();
+    pub fn new(ty: impl Into<MatType>, rows: usize, cols: usize, bytes: Bytes) -> Result<Matrix> {
+        let ty = ty.into();
+        let Some(row) = ty.row_bytes(cols) else {
+            bail!("rows of {cols} values are not whole {} blocks", ty.name());
+        };
+        let want = rows * row;
         if bytes.as_slice().len() != want {
             bail!(
                 "a {rows}x{cols} {} matrix needs {want} bytes, got {}",
-                wt.name(),
+                ty.name(),
                 bytes.as_slice().len()
             );
         }
+        if let MatType::Quant(q) = ty {
+            if !quant::aligned(q, bytes.as_slice()) {
+                bail!("{} blocks at an odd address", q.name());
+            }
+        }
         Ok(Matrix {
-            wt,
+            ty,
             rows,
             cols,
             bytes,
@@ -78,8 +127,36 @@ impl Matrix {
     }
 
     fn row_bytes(&self, rows: std::ops::Range<usize>) -> &[u8] {
-        let rb = self.cols * self.wt.size();
+        let rb = self.ty.row_bytes(self.cols).expect("checked by new");
         &self.bytes.as_slice()[rows.start * rb..rows.end * rb]
+    }
+
+    /// The element type of a float matrix (the float kernels are only handed those).
+    fn float_type(&self) -> WeightType {
+        match self.ty {
+            MatType::Float(w) => w,
+            MatType::Quant(q) => unreachable!("{} rows in a float kernel", q.name()),
+        }
+    }
+
+    /// Rows `rows` as f32 into `out`.
+    fn widen_rows(&self, rows: std::ops::Range<usize>, out: &mut [f32]) {
+        match self.ty {
+            MatType::Float(wt) => kernels::widen(wt, self.row_bytes(rows), out),
+            MatType::Quant(q) => quant::dequantize(q, self.row_bytes(rows), out),
+        }
+    }
+
+    /// The whole matrix as f32 (`--dtype f32` on a quantized file).
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        out.par_chunks_mut(self.cols.max(1) * 64)
+            .enumerate()
+            .for_each(|(i, o)| {
+                let r0 = i * 64;
+                self.widen_rows(r0..r0 + o.len() / self.cols.max(1), o)
+            });
+        out
     }
 
     /// Rows `ids` widened to f32, one after another (the embedding lookup).
@@ -93,7 +170,7 @@ impl Matrix {
                     self.rows
                 );
             }
-            kernels::widen(self.wt, self.row_bytes(id..id + 1), o);
+            self.widen_rows(id..id + 1, o);
         }
         Ok(out)
     }
@@ -113,6 +190,8 @@ const MATVEC_MAX_ROWS: usize = 8;
 const MATVEC_BLOCK: usize = 32;
 /// Output rows per prefill task with the tile kernels (a multiple of `TILE_R`).
 const TILE_BLOCK: usize = 16 * kernels::TILE_R;
+/// Output rows per task for block-quantized weights.
+const QUANT_BLOCK: usize = 16;
 /// Bytes of widened f32 weights per task in prefill (stays in L2 while `gemm` uses it).
 const GEMM_BLOCK_BYTES: usize = 512 * 1024;
 
@@ -137,18 +216,27 @@ impl Linear {
     pub fn forward(&self, x: &[f32], out: &mut [f32]) {
         let t = x.len() / self.cols;
         assert_eq!(out.len(), t * self.rows, "linear: output size");
-        // (part, first output column of the part, row range inside the part)
+        let quants = self.parts.iter().filter_map(|m| match m.ty {
+            MatType::Quant(q) => Some(q),
+            MatType::Float(_) => None,
+        });
+        let acts = Acts::new(x, self.cols, quants);
         let tiles = kernels::has_tiles();
-        let block = if t <= MATVEC_MAX_ROWS {
+        let float_block = if t <= MATVEC_MAX_ROWS {
             MATVEC_BLOCK
         } else if tiles {
             TILE_BLOCK
         } else {
             (GEMM_BLOCK_BYTES / (4 * self.cols)).max(16) / 16 * 16
         };
+        // (part, first output column of the part, row range inside the part)
         let mut tasks = Vec::new();
         let mut col0 = 0;
         for (p, m) in self.parts.iter().enumerate() {
+            let block = match m.ty {
+                MatType::Quant(_) => QUANT_BLOCK,
+                MatType::Float(_) => float_block,
+            };
             for start in (0..m.rows).step_by(block) {
                 tasks.push((p, col0, start..(start + block).min(m.rows)));
             }
@@ -160,12 +248,11 @@ impl Linear {
             let m = &self.parts[p];
             // SAFETY: tasks cover disjoint output columns, so no two threads write one element.
             let out = unsafe { OutView::new(dst, total, col0 + rows.start) };
-            if t <= MATVEC_MAX_ROWS {
-                matvec_block(m, rows, x, &out);
-            } else if tiles {
-                tile_block(m, rows, x, &out);
-            } else {
-                gemm_block(m, rows, x, &out);
+            match m.ty {
+                MatType::Quant(q) => quant_block(m, q, rows, &acts, t, &out),
+                MatType::Float(_) if t <= MATVEC_MAX_ROWS => matvec_block(m, rows, x, &out),
+                MatType::Float(_) if tiles => tile_block(m, rows, x, &out),
+                MatType::Float(_) => gemm_block(m, rows, x, &out),
             }
         });
     }
@@ -198,6 +285,23 @@ impl OutView {
     }
 }
 
+fn quant_block(
+    m: &Matrix,
+    q: Quant,
+    rows: std::ops::Range<usize>,
+    acts: &Acts,
+    t: usize,
+    out: &OutView,
+) {
+    let mut res = vec![0f32; rows.len() * t];
+    quant::dot_block(q, m.row_bytes(rows.clone()), rows.len(), acts, &mut res);
+    for (j, r) in res.chunks_exact(t).enumerate() {
+        for (i, v) in r.iter().enumerate() {
+            out.set(i, j, *v);
+        }
+    }
+}
+
 fn matvec_block(m: &Matrix, rows: std::ops::Range<usize>, x: &[f32], out: &OutView) {
     let cols = m.cols;
     let xs: Vec<&[f32]> = x.chunks(cols).collect();
@@ -205,7 +309,7 @@ fn matvec_block(m: &Matrix, rows: std::ops::Range<usize>, x: &[f32], out: &OutVi
     for (j, r) in rows.clone().enumerate() {
         let w = m.row_bytes(r..r + 1);
         for (g, group) in xs.chunks(kernels::MAX_ROWS).enumerate() {
-            kernels::dot_row(m.wt, w, group, &mut res[..group.len()]);
+            kernels::dot_row(m.float_type(), w, group, &mut res[..group.len()]);
             for (k, v) in res[..group.len()].iter().enumerate() {
                 out.set(g * kernels::MAX_ROWS + k, j, *v);
             }
@@ -229,7 +333,7 @@ fn tile_block(m: &Matrix, rows: std::ops::Range<usize>, x: &[f32], out: &OutView
             // columns r0.. of this task's output view, which no other task writes.
             unsafe {
                 kernels::tile(
-                    m.wt,
+                    m.float_type(),
                     w,
                     rn,
                     &x[t0 * k..(t0 + tn) * k],
@@ -253,7 +357,7 @@ fn gemm_block(m: &Matrix, rows: std::ops::Range<usize>, x: &[f32], out: &OutView
     WIDE.with(|buf| {
         let mut buf = buf.borrow_mut();
         buf.resize(n * k, 0.0);
-        kernels::widen(m.wt, m.row_bytes(rows), &mut buf);
+        m.widen_rows(rows, &mut buf);
         // SAFETY: dst is [t, n] inside the output with row stride `total`; lhs is x [t, k]
         // row-major; rhs is the widened block read as [k, n] (element (i, j) at j*k + i).
         unsafe {

@@ -1,0 +1,421 @@
+//! GGML block-quantized weights (the types of GGUF files) on the CPU, computed the way ggml
+//! computes them: each activation row is quantized once per call to the block type the weight
+//! type pairs with (Q8_0 for Q4_0/Q5_0/Q8_0, Q8_1 for Q4_1/Q5_1, Q8_K for the k-quants), and every
+//! output element is one integer dot product of a weight row with an activation row, scaled per
+//! block. So results track llama.cpp's rather than those of the dequantized f32 model.
+//!
+//! The block layouts, quantizers and dot products are candle's `k_quants` (ports of ggml's): its
+//! dot products pick AVX2+FMA at run time on x86-64 (and NEON on aarch64), with a portable
+//! fallback. Weight rows are read in place from the file's memory map: a block is plain bytes
+//! (`u8`/`i8` arrays and f16 scales, alignment 2), so a row of blocks is a slice view of the map.
+use candle_core::quantized::k_quants::{
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+    BlockQ8K, BlockQ8_0, BlockQ8_1,
+};
+use candle_core::quantized::GgmlType as Block;
+use rayon::prelude::*;
+
+/// A block-quantized weight type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Quant {
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q2K,
+    Q3K,
+    Q4K,
+    Q5K,
+    Q6K,
+}
+
+/// The activation block type a weight type is dotted with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ActKind {
+    Q8_0,
+    Q8_1,
+    Q8K,
+}
+
+impl Quant {
+    pub const ALL: [Quant; 10] = [
+        Quant::Q4_0,
+        Quant::Q4_1,
+        Quant::Q5_0,
+        Quant::Q5_1,
+        Quant::Q8_0,
+        Quant::Q2K,
+        Quant::Q3K,
+        Quant::Q4K,
+        Quant::Q5K,
+        Quant::Q6K,
+    ];
+
+    /// The type by its GGML name ("Q4_K").
+    pub fn from_name(name: &str) -> Option<Quant> {
+        Self::ALL.into_iter().find(|q| q.name() == name)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Quant::Q4_0 => "Q4_0",
+            Quant::Q4_1 => "Q4_1",
+            Quant::Q5_0 => "Q5_0",
+            Quant::Q5_1 => "Q5_1",
+            Quant::Q8_0 => "Q8_0",
+            Quant::Q2K => "Q2_K",
+            Quant::Q3K => "Q3_K",
+            Quant::Q4K => "Q4_K",
+            Quant::Q5K => "Q5_K",
+            Quant::Q6K => "Q6_K",
+        }
+    }
+
+    /// (values per block, bytes per block).
+    pub fn block(self) -> (usize, usize) {
+        fn of<T: Block>() -> (usize, usize) {
+            (T::BLCK_SIZE, std::mem::size_of::<T>())
+        }
+        match self {
+            Quant::Q4_0 => of::<BlockQ4_0>(),
+            Quant::Q4_1 => of::<BlockQ4_1>(),
+            Quant::Q5_0 => of::<BlockQ5_0>(),
+            Quant::Q5_1 => of::<BlockQ5_1>(),
+            Quant::Q8_0 => of::<BlockQ8_0>(),
+            Quant::Q2K => of::<BlockQ2K>(),
+            Quant::Q3K => of::<BlockQ3K>(),
+            Quant::Q4K => of::<BlockQ4K>(),
+            Quant::Q5K => of::<BlockQ5K>(),
+            Quant::Q6K => of::<BlockQ6K>(),
+        }
+    }
+
+    /// Bytes of a row of `cols` values, or None when `cols` is not a whole number of blocks.
+    pub fn row_bytes(self, cols: usize) -> Option<usize> {
+        let (n, size) = self.block();
+        cols.is_multiple_of(n).then_some(cols / n * size)
+    }
+
+    fn act(self) -> ActKind {
+        match self {
+            Quant::Q4_0 | Quant::Q5_0 | Quant::Q8_0 => ActKind::Q8_0,
+            Quant::Q4_1 | Quant::Q5_1 => ActKind::Q8_1,
+            _ => ActKind::Q8K,
+        }
+    }
+}
+
+/// Calls `$f::<Block type of q>($args)`.
+macro_rules! by_type {
+    ($q:expr, $f:ident ( $($a:expr),* )) => {
+        match $q {
+            Quant::Q4_0 => $f::<BlockQ4_0>($($a),*),
+            Quant::Q4_1 => $f::<BlockQ4_1>($($a),*),
+            Quant::Q5_0 => $f::<BlockQ5_0>($($a),*),
+            Quant::Q5_1 => $f::<BlockQ5_1>($($a),*),
+            Quant::Q8_0 => $f::<BlockQ8_0>($($a),*),
+            Quant::Q2K => $f::<BlockQ2K>($($a),*),
+            Quant::Q3K => $f::<BlockQ3K>($($a),*),
+            Quant::Q4K => $f::<BlockQ4K>($($a),*),
+            Quant::Q5K => $f::<BlockQ5K>($($a),*),
+            Quant::Q6K => $f::<BlockQ6K>($($a),*),
+        }
+    };
+}
+
+/// Whether `bytes` can be viewed as blocks of `q` (their f16 fields need 2-byte alignment).
+pub fn aligned(q: Quant, bytes: &[u8]) -> bool {
+    fn ok<T: Block>(b: &[u8]) -> bool {
+        (b.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>())
+            && b.len().is_multiple_of(std::mem::size_of::<T>())
+    }
+    by_type!(q, ok(bytes))
+}
+
+/// `bytes` as blocks of `T`.
+fn blocks<T: Block>(bytes: &[u8]) -> &[T] {
+    let size = std::mem::size_of::<T>();
+    assert!(
+        (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>())
+            && bytes.len().is_multiple_of(size),
+        "quantized rows must be whole, aligned blocks"
+    );
+    // SAFETY: every GGML block type is a repr(C) struct of integer arrays and f16 values, for which
+    // any bit pattern is valid; length and alignment were checked above.
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / size) }
+}
+
+/// Dequantize whole rows (`bytes`) into `out`.
+pub fn dequantize(q: Quant, bytes: &[u8], out: &mut [f32]) {
+    fn go<T: Block>(b: &[u8], out: &mut [f32]) {
+        let bl = blocks::<T>(b);
+        assert_eq!(bl.len() * T::BLCK_SIZE, out.len(), "dequantize: lengths");
+        T::to_float(bl, out);
+    }
+    by_type!(q, go(bytes, out))
+}
+
+/// Activation rows quantized for the weight types of one linear layer.
+pub struct Acts {
+    cols: usize,
+    q8_0: Vec<BlockQ8_0>,
+    q8_1: Vec<BlockQ8_1>,
+    q8k: Vec<BlockQ8K>,
+}
+
+impl Acts {
+    /// Quantize the rows of `x` (each `cols` long) for every type in `types`.
+    pub fn new(x: &[f32], cols: usize, types: impl IntoIterator<Item = Quant>) -> Acts {
+        let mut a = Acts {
+            cols,
+            q8_0: Vec::new(),
+            q8_1: Vec::new(),
+            q8k: Vec::new(),
+        };
+        let kinds: Vec<ActKind> = types.into_iter().map(Quant::act).collect();
+        if kinds.contains(&ActKind::Q8_0) {
+            a.q8_0 = quantize_rows(x, cols, q8_0_block);
+        }
+        if kinds.contains(&ActKind::Q8_1) {
+            a.q8_1 = quantize_rows(x, cols, q8_1_block);
+        }
+        if kinds.contains(&ActKind::Q8K) {
+            a.q8k = quantize_rows(x, cols, q8k_block);
+        }
+        a
+    }
+
+    /// The rows as blocks of `T`, the vec-dot type of some weight type.
+    fn rows<T: 'static>(&self) -> &[T] {
+        let any: &dyn std::any::Any =
+            if std::any::TypeId::of::<T>() == std::any::TypeId::of::<BlockQ8_0>() {
+                &self.q8_0
+            } else if std::any::TypeId::of::<T>() == std::any::TypeId::of::<BlockQ8_1>() {
+                &self.q8_1
+            } else {
+                &self.q8k
+            };
+        any.downcast_ref::<Vec<T>>().expect("activation block type")
+    }
+}
+
+/// Rows of `x` quantized to activation blocks `T` by `quantize_block` (one block's values into its
+/// bytes).
+fn quantize_rows<T: Block>(
+    x: &[f32],
+    cols: usize,
+    quantize_block: fn(&[f32], &mut [u8]),
+) -> Vec<T> {
+    let n = T::BLCK_SIZE;
+    let mut out = vec![T::zeros(); x.len() / n];
+    let size = std::mem::size_of::<T>();
+    // SAFETY: the blocks are plain bytes (see `blocks`), written as such.
+    let bytes =
+        unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), out.len() * size) };
+    let row_bytes = cols / n * size;
+    bytes
+        .par_chunks_mut(row_bytes.max(1))
+        .zip(x.par_chunks(cols))
+        .for_each(|(o, x)| {
+            for (ob, xb) in o.chunks_exact_mut(size).zip(x.chunks_exact(n)) {
+                quantize_block(xb, ob);
+            }
+        });
+    out
+}
+
+/// ggml's Q8_0 / Q8_1 activation block as llama.cpp computes it on x86 (and the same on every other
+/// path up to rounding ties): d = max|x| / 127 stored as f16, q = round-half-even(x * (127 / max|x|));
+/// Q8_1 also stores s = f16(d * Σq) before the quants. candle's own quantizer differs in the last
+/// bit of some products (1/d instead of 127/max) and computes s in f16, which moved greedy choices.
+fn q8_block(x: &[f32], out: &mut [u8], with_sum: bool) {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    out[..2].copy_from_slice(&half::f16::from_f32(d).to_le_bytes());
+    let qs_at = if with_sum { 4 } else { 2 };
+    let mut sum = 0i32;
+    for (q, v) in out[qs_at..].iter_mut().zip(x) {
+        let r = (v * id).round_ties_even() as i32;
+        sum += r;
+        *q = r as i8 as u8;
+    }
+    if with_sum {
+        out[2..4].copy_from_slice(&half::f16::from_f32(d * sum as f32).to_le_bytes());
+    }
+}
+
+fn q8_0_block(x: &[f32], out: &mut [u8]) {
+    q8_block(x, out, false)
+}
+
+fn q8_1_block(x: &[f32], out: &mut [u8]) {
+    q8_block(x, out, true)
+}
+
+/// ggml's Q8_K block (`quantize_row_q8_K_ref`, which llama.cpp runs on x86): the value of largest
+/// magnitude maps to -127, q = nearest_int(-127 / max * x) (ties to even), f32 d = 1 / scale, and
+/// the sums of each 16 quants.
+fn q8k_block(x: &[f32], out: &mut [u8]) {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    out.fill(0);
+    if amax == 0.0 {
+        return;
+    }
+    let iscale = -127.0 / max;
+    let (qs, sums) = out[4..].split_at_mut(x.len());
+    for (q, v) in qs.iter_mut().zip(x) {
+        *q = ((iscale * v).round_ties_even() as i32).min(127) as i8 as u8;
+    }
+    for (j, s) in sums.chunks_exact_mut(2).enumerate() {
+        let sum: i32 = qs[j * 16..j * 16 + 16]
+            .iter()
+            .map(|&q| q as i8 as i32)
+            .sum();
+        s.copy_from_slice(&(sum as i16).to_le_bytes());
+    }
+    out[..4].copy_from_slice(&(1.0 / iscale).to_le_bytes());
+}
+
+/// Activation rows per inner tile of [`dot_block`]: their quantized blocks stay in L2 while the
+/// weight rows of the block pass over them.
+const ACT_TILE: usize = 16;
+
+/// `res[j * t + i] = w_j · x_i` for the `rn` weight rows in `w` and every activation row of `acts`
+/// (`t` of them).
+pub fn dot_block(q: Quant, w: &[u8], rn: usize, acts: &Acts, res: &mut [f32]) {
+    fn go<T: Block>(w: &[u8], rn: usize, acts: &Acts, res: &mut [f32])
+    where
+        T::VecDotType: 'static,
+    {
+        let cols = acts.cols;
+        let per_row = cols / T::BLCK_SIZE;
+        let w = blocks::<T>(w);
+        let x = acts.rows::<T::VecDotType>();
+        let act_per_row = cols / <T::VecDotType as Block>::BLCK_SIZE;
+        let t = x.len() / act_per_row.max(1);
+        assert!(w.len() == rn * per_row && res.len() == rn * t, "dot_block");
+        for i0 in (0..t).step_by(ACT_TILE) {
+            for (j, wr) in w.chunks_exact(per_row).enumerate() {
+                for i in i0..(i0 + ACT_TILE).min(t) {
+                    let xr = &x[i * act_per_row..(i + 1) * act_per_row];
+                    res[j * t + i] = T::vec_dot(cols, wr, xr);
+                }
+            }
+        }
+    }
+    by_type!(q, go(w, rn, acts, res))
+}
+
+/// Quantize `x` (whole rows of `cols`) to `q` with candle's quantizer (ggml's reference one):
+/// for building test files.
+#[cfg(test)]
+pub fn quantize(q: Quant, x: &[f32]) -> Vec<u8> {
+    fn go<T: Block>(x: &[f32]) -> Vec<u8> {
+        let mut out = vec![T::zeros(); x.len() / T::BLCK_SIZE];
+        T::from_float(x, &mut out);
+        let size = std::mem::size_of::<T>();
+        // SAFETY: the blocks are plain bytes (see `blocks`), read back as such.
+        unsafe { std::slice::from_raw_parts(out.as_ptr().cast::<u8>(), out.len() * size) }.to_vec()
+    }
+    by_type!(q, go(x))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    /// Every type: the integer dot product matches the dequantized weights dotted with the
+    /// dequantized activations, and both stay near the f32 product.
+    #[test]
+    fn dot_tracks_dequantized_product_for_every_type() {
+        let (cols, rn, t) = (512, 3, 5);
+        let w = values(rn * cols, 7);
+        let x = values(t * cols, 9);
+        for q in Quant::ALL {
+            let bytes = quantize(q, &w);
+            assert_eq!(bytes.len(), rn * q.row_bytes(cols).unwrap(), "{q:?}");
+            let mut deq = vec![0f32; w.len()];
+            dequantize(q, &bytes, &mut deq);
+            let acts = Acts::new(&x, cols, [q]);
+            let mut res = vec![0f32; rn * t];
+            dot_block(q, &bytes, rn, &acts, &mut res);
+            for j in 0..rn {
+                for i in 0..t {
+                    let dot = |a: &[f32]| -> f32 {
+                        (0..cols).map(|c| a[j * cols + c] * x[i * cols + c]).sum()
+                    };
+                    let (got, deq, exact) = (res[j * t + i], dot(&deq), dot(&w));
+                    // Only the activations' 8-bit rounding separates the first two.
+                    assert!((got - deq).abs() < 0.05, "{q:?} ({j},{i}): {got} vs {deq}");
+                    assert!(
+                        (got - exact).abs() < 2.0,
+                        "{q:?} ({j},{i}): {got} vs {exact}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The activation quantizers written for ggml's rounding: every value comes back within about
+    /// half a step, and Q8_1's sum is d times the sum of the quants.
+    #[test]
+    fn activation_blocks_round_trip() {
+        let x = values(512, 3);
+        fn back<T: Block>(b: &[T]) -> Vec<f32> {
+            let mut out = vec![0f32; b.len() * T::BLCK_SIZE];
+            T::to_float(b, &mut out);
+            out
+        }
+        let steps = [
+            (back(&quantize_rows::<BlockQ8_0>(&x, 256, q8_0_block)), 32),
+            (back(&quantize_rows::<BlockQ8_1>(&x, 256, q8_1_block)), 32),
+            (back(&quantize_rows::<BlockQ8K>(&x, 256, q8k_block)), 256),
+        ];
+        for (y, n) in steps {
+            for (xb, yb) in x.chunks(n).zip(y.chunks(n)) {
+                let step = xb.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                for (a, b) in xb.iter().zip(yb) {
+                    // Half a step, plus up to 127 times the f16 rounding of the step itself.
+                    assert!((a - b).abs() <= step * 0.57, "{a} vs {b} ({n})");
+                }
+            }
+        }
+        let mut blk = [0u8; 36];
+        q8_1_block(&x[..32], &mut blk);
+        let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+        let s = half::f16::from_le_bytes([blk[2], blk[3]]).to_f32();
+        let sum: i32 = blk[4..].iter().map(|&q| q as i8 as i32).sum();
+        let amax = x[..32].iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert_eq!(s, half::f16::from_f32(amax / 127.0 * sum as f32).to_f32());
+        assert_eq!(d, half::f16::from_f32(amax / 127.0).to_f32());
+    }
+
+    #[test]
+    fn names_and_sizes() {
+        assert_eq!(Quant::from_name("Q4_K"), Some(Quant::Q4K));
+        assert_eq!(Quant::Q4K.block(), (256, 144));
+        assert_eq!(Quant::Q6K.block(), (256, 210));
+        assert_eq!(Quant::Q8_0.row_bytes(64), Some(68));
+        assert_eq!(Quant::Q4K.row_bytes(64), None);
+    }
+}
