@@ -984,7 +984,7 @@ fn early_failures_exit_without_waiting_for_the_progress_interval() {
 }
 
 /// A GGUF file (or any file that is not what the command reads) is named for what it is, not
-/// reported as "not a directory" or "not a torch zip checkpoint".
+/// reported as "not a directory" or "not a torch zip checkpoint". (`run` takes GGUF files.)
 #[test]
 fn a_gguf_or_other_file_is_named_for_what_it_is() {
     let tmp = tempfile::tempdir().unwrap();
@@ -998,7 +998,6 @@ fn a_gguf_or_other_file_is_named_for_what_it_is() {
     for args in [
         vec!["reshard", "--mp", "1", g, o],
         vec!["convert", "--to", "hf", g, o],
-        vec!["run", "--ckpt-dir", g, "--prompt", "x"],
     ] {
         let (code, _, err) = llamactl(&args, &[]);
         assert_eq!(code, 2, "{args:?}: {err}");
