@@ -1,9 +1,10 @@
 //! Checking a file's bytes against the checksums it carries while they are read for other work.
 //!
 //! A torch zip stores a CRC-32 per record, and a Meta directory's `checklist.chk` an md5 per file.
-//! Reshard and convert read every tensor byte anyway, so [`Expect`] attached to a
-//! [`super::copy::Source`] sees each read as it passes and checks it there: a corrupt shard fails
-//! the command instead of being rearranged into a fresh-looking output with a fresh checklist.
+//! Reshard and convert read every tensor byte anyway, so [`Expect`] attached to a `Source` (the
+//! positional reader every stream goes through) sees each read as it passes and checks it there:
+//! a corrupt shard fails the command instead of being rearranged into a fresh-looking output with
+//! a fresh checklist.
 //!
 //! Reads arrive in any order (a split reads half of every row, two threads read one file) and may
 //! repeat (replicated kv heads), so each record keeps the byte ranges seen so far with their CRC
@@ -21,6 +22,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+
+/// Bytes per read of the checks' own reads: small enough to stay in the CPU cache between the
+/// read and the hash.
+const READ_BLOCK: usize = 256 << 10;
 
 /// One checksummed byte range of a file (a zip record).
 #[derive(Debug, Clone)]
@@ -125,7 +130,7 @@ impl Expect {
     /// Read what the work did not (records never or partly read, the md5's remainder), then give
     /// the verdicts: every record's CRC-32 and the file's md5.
     pub fn finish(&mut self, file: &File) -> Result<()> {
-        let mut buf = vec![0u8; super::copy::CHUNK];
+        let mut buf = vec![0u8; READ_BLOCK];
         for i in 0..self.records.len() {
             for (a, b) in self.records[i].gaps() {
                 let mut at = a;
@@ -172,7 +177,7 @@ impl Expect {
 /// The md5 of `file`'s first `len` bytes, read in order; stops early when `stop` is set.
 fn md5_of(file: &File, path: &Path, len: u64, stop: &AtomicBool) -> Result<String> {
     use anyhow::Context;
-    let mut buf = vec![0u8; super::copy::CHUNK];
+    let mut buf = vec![0u8; READ_BLOCK];
     let mut md5 = Md5::new();
     let mut at = 0u64;
     while at < len {
