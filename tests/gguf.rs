@@ -3,7 +3,8 @@
 //! table (names, order, GGML types, dims, offsets) and each tensor's sha256. From the Meta dir
 //! (MP 1 and MP 2) and from the HF dir `convert --to hf` makes. Plus refusals, and `inspect` /
 //! `verify` on the written file.
-use llamactl::formats::gguf::{quantize_q8_0, GgufFile};
+use llamactl::formats::gguf::GgufFile;
+use llamactl::formats::quant::quantize_q8_0;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Seek, SeekFrom};

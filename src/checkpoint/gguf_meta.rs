@@ -3,7 +3,8 @@
 //! defaults (generation_config.json), hyper-parameters (config.json), file type, then the
 //! tokenizer (tokenizer.json vocabulary and merges; special ids, add-bos/eos/sep flags and chat
 //! template from tokenizer_config.json, the post-processor and config.json).
-use super::gguf_export::{FileType, HfDocs};
+use super::gguf_export::HfDocs;
+use super::gguf_types::FileType;
 use super::hf::rope_from_config;
 use crate::formats::gguf::Value;
 use anyhow::{anyhow, bail, Result};

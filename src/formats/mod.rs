@@ -1,10 +1,12 @@
-//! Bytes <-> tensors: the restricted unpickler, torch zip checkpoints, safetensors.
+//! Bytes <-> tensors: the restricted unpickler, torch zip checkpoints, safetensors, GGUF and
+//! ggml's block quantizers (`quant`).
 //! No CLI, no network, no model knowledge.
 pub mod copy;
 pub mod gguf;
 pub(crate) mod md5;
 pub mod pickle;
 pub mod pth;
+pub mod quant;
 pub mod safetensors;
 
 /// Element types, named as safetensors spells them (the names `inspect --json` prints).

@@ -5,7 +5,7 @@
 use crate::checkpoint::gguf_export::{self, FileType, HfDocs, Options};
 use crate::checkpoint::hf_config::{self, ModelKind};
 use crate::checkpoint::{self, Layout, ModelDir};
-use crate::cli::{CastDtype, ConvertArgs};
+use crate::cli::ConvertArgs;
 use crate::commands::reporters::{Options as Shown, ProgressReporter};
 use crate::formats::DType;
 use crate::tokenizer::hf_files::{tokenizer_config_json, tokenizer_json};
@@ -25,12 +25,11 @@ const LLAMA_BPE_HASH: &str = "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097ab
 pub fn run(args: &ConvertArgs, instruct: bool) -> Result<i32> {
     let src = &args.src_dir;
     let dst = &args.dst_dir;
-    let file_type = args.dtype.map(|d| match d {
-        CastDtype::Bf16 => FileType::BF16,
-        CastDtype::F16 => FileType::F16,
-        CastDtype::F32 => FileType::F32,
-        CastDtype::Q8_0 => FileType::Q8_0,
-    });
+    let file_type = args
+        .dtype
+        .as_ref()
+        .map(|d| FileType::parse(&d.0))
+        .transpose()?;
     refuse_source_file_as_output(src, dst)?;
     let out = AtomicFile::create(dst, args.force)?;
     let layout = checkpoint::detect(src)?;
