@@ -304,6 +304,68 @@ pub fn requantize(
     Ok(plan)
 }
 
+/// Re-quantize an f32/f16/bf16 GGUF file of a Llama model as llama-quantize does.
+pub fn plan_from_gguf(src: &gguf::GgufFile, ft: FileType) -> Result<Plan> {
+    let arch = src.get("general.architecture").and_then(Value::as_str);
+    if arch != Some("llama") {
+        bail!("general.architecture is {arch:?}; only Llama models (\"llama\") are supported");
+    }
+    let num = |k: &str| {
+        src.get(k)
+            .and_then(Value::as_u64)
+            .map(|v| v as usize)
+            .ok_or_else(|| anyhow!("metadata key {k} is missing"))
+    };
+    let (n_layers, n_heads) = (
+        num("llama.block_count")?,
+        num("llama.attention.head_count")?,
+    );
+    let n_kv = num("llama.attention.head_count_kv").unwrap_or(n_heads);
+    let source = std::sync::Arc::new(copy::Source::open(&src.path)?);
+    let mut items = Vec::new();
+    for t in &src.tensors {
+        let dtype = match t.ggml_type {
+            GgmlType::F32 => DType::F32,
+            GgmlType::F16 => DType::F16,
+            GgmlType::BF16 => DType::BF16,
+            other => bail!(
+                "tensor {}: is {}; only f32, f16 and bf16 tensors can be quantized (as llama-quantize without --allow-requantize)",
+                t.name,
+                other.name()
+            ),
+        };
+        let shape: Vec<usize> = t.shape().iter().map(|&d| d as usize).collect();
+        let (rows, cols) = match shape.as_slice() {
+            [] => (1, 1),
+            [n] => (1, *n),
+            [r, rest @ ..] => (*r, rest.iter().product()),
+        };
+        let piece = stream::Piece {
+            src: source.clone(),
+            offset: src.data_offset + t.offset,
+            rows: 0..rows,
+            cols: 0..cols,
+        };
+        items.push(Planned {
+            entry: TensorEntry {
+                name: t.name.clone(),
+                shape: t.shape(),
+                ggml_type: t.ggml_type,
+            },
+            payload: Payload::Tensor(FullTensor::new(&t.name, dtype, shape, vec![piece])?, None),
+        });
+    }
+    let plan = Plan {
+        header: Header {
+            kvs: src.kvs.clone(),
+            tensors: Vec::new(),
+        },
+        file_type: ft,
+        items,
+    };
+    requantize(plan, ft, n_layers, n_heads, n_kv)
+}
+
 /// Llama 3.1's `rope_freqs.weight` when config.json asks for `llama3` rope scaling: per
 /// frequency 1 (short wavelengths), `factor` (long ones), or the smooth blend between, computed
 /// in f32 the way the converter's torch code does (x / y as reciprocal(y) * x).

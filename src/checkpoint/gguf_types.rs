@@ -196,6 +196,9 @@ impl QuantRules {
         if !may_quantize(name, shape) {
             return stored;
         }
+        if !self.ft.weight_type().is_quantized() {
+            return self.ft.weight_type();
+        }
         let ncols = *shape.last().expect("2-D");
         let t = self.mix_type(name, ncols);
         fallback(t, ncols)

@@ -20,6 +20,9 @@ const HF_TOKENIZER_FILES: [&str; 3] = [
 
 pub fn run(args: &ConvertArgs) -> Result<i32> {
     let src = &args.src_dir;
+    if args.to == ConvertTo::Gguf && src.is_file() {
+        return gguf::run_from_gguf(args);
+    }
     if !src.is_dir() {
         bail!("{}: not a directory", src.display());
     }

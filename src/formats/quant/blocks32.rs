@@ -10,141 +10,50 @@
 //!
 //! The symmetric types take d from the value of largest magnitude with its sign (Q4_0:
 //! d = max / -8, so that value maps to code 0); codes are `trunc(x / d + offset + 0.5)` clamped,
-//! computed as ggml does, with x multiplied by the f32 reciprocal of d.
-use super::{f16_bytes, GgmlType};
+//! with x multiplied by the f32 reciprocal of d. Q8_0 rounds x / d half away from zero.
+//!
+//! candle's ports of these five (`candle_core::quantized::k_quants`) perform the same operations
+//! in the same order as ggml's reference code and give identical bytes (checked against ggml in
+//! tests/gguf_quant.rs), so they are used as they are; this module only lays their blocks out as
+//! bytes.
+use candle_core::quantized::k_quants::{
+    BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, GgmlType as CandleBlock,
+};
 
 const QK: usize = 32;
 
-/// (value of largest magnitude, keeping its sign) of a block; the first one wins ties.
-fn signed_max(x: &[f32]) -> f32 {
-    let (mut amax, mut max) = (0f32, 0f32);
-    for &v in x {
-        if amax < v.abs() {
-            amax = v.abs();
-            max = v;
-        }
-    }
-    max
-}
-
-fn min_max(x: &[f32]) -> (f32, f32) {
-    let (mut min, mut max) = (f32::MAX, -f32::MAX);
-    for &v in x {
-        if v < min {
-            min = v;
-        }
-        if v > max {
-            max = v;
-        }
-    }
-    (min, max)
-}
-
-fn inverse(d: f32) -> f32 {
-    if d != 0.0 {
-        1.0 / d
-    } else {
-        0.0
-    }
-}
-
-/// Float to code as C's `(int8_t)` conversion does for in-range values: truncate toward zero.
-#[inline]
-fn trunc_i8(v: f32) -> u8 {
-    (v as i8).max(0) as u8
-}
-
-fn blocks<'a>(
-    x: &'a [f32],
-    out: &'a mut [u8],
-    t: GgmlType,
-) -> impl Iterator<Item = (&'a [f32], &'a mut [u8])> {
-    let size = t.row_bytes(QK as u64).expect("32-value type") as usize;
-    x.chunks_exact(QK).zip(out.chunks_exact_mut(size))
+/// Quantize whole blocks of `x` with candle's block type `T` into `out` (their bytes).
+fn with_candle<T: CandleBlock>(x: &[f32], out: &mut [u8]) {
+    let n = x.len() / T::BLCK_SIZE;
+    let size = std::mem::size_of::<T>();
+    assert_eq!(out.len(), n * size, "output holds whole blocks");
+    let mut blocks = vec![T::zeros(); n];
+    T::from_float(&x[..n * T::BLCK_SIZE], &mut blocks);
+    // SAFETY: candle's blocks are `repr(C)` structs of u8 arrays and f16 fields with no padding
+    // (candle asserts each size against ggml's), so their memory is exactly ggml's block bytes on
+    // a little-endian machine; the slice covers the `n` initialized blocks and nothing more.
+    let bytes = unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), n * size) };
+    out.copy_from_slice(bytes);
 }
 
 pub fn q4_0(x: &[f32], out: &mut [u8]) {
-    for (b, y) in blocks(x, out, GgmlType::Q4_0) {
-        let d = signed_max(b) / -8.0;
-        let id = inverse(d);
-        y[..2].copy_from_slice(&f16_bytes(d));
-        for j in 0..QK / 2 {
-            let lo = trunc_i8(b[j] * id + 8.5).min(15);
-            let hi = trunc_i8(b[j + QK / 2] * id + 8.5).min(15);
-            y[2 + j] = lo | (hi << 4);
-        }
-    }
+    with_candle::<BlockQ4_0>(x, out)
 }
 
 pub fn q4_1(x: &[f32], out: &mut [u8]) {
-    for (b, y) in blocks(x, out, GgmlType::Q4_1) {
-        let (min, max) = min_max(b);
-        let d = (max - min) / 15.0;
-        let id = inverse(d);
-        y[..2].copy_from_slice(&f16_bytes(d));
-        y[2..4].copy_from_slice(&f16_bytes(min));
-        for j in 0..QK / 2 {
-            let lo = trunc_i8((b[j] - min) * id + 0.5).min(15);
-            let hi = trunc_i8((b[j + QK / 2] - min) * id + 0.5).min(15);
-            y[4 + j] = lo | (hi << 4);
-        }
-    }
-}
-
-/// Nibbles and fifth bits of 5-bit codes, as Q5_0 and Q5_1 store them.
-fn pack5(codes: &[u8; QK], qh: &mut [u8], qs: &mut [u8]) {
-    let mut bits = 0u32;
-    for j in 0..QK / 2 {
-        let (a, b) = (codes[j], codes[j + QK / 2]);
-        qs[j] = (a & 0x0F) | ((b & 0x0F) << 4);
-        bits |= u32::from((a & 0x10) >> 4) << j;
-        bits |= u32::from((b & 0x10) >> 4) << (j + QK / 2);
-    }
-    qh.copy_from_slice(&bits.to_le_bytes());
+    with_candle::<BlockQ4_1>(x, out)
 }
 
 pub fn q5_0(x: &[f32], out: &mut [u8]) {
-    for (b, y) in blocks(x, out, GgmlType::Q5_0) {
-        let d = signed_max(b) / -16.0;
-        let id = inverse(d);
-        y[..2].copy_from_slice(&f16_bytes(d));
-        let mut codes = [0u8; QK];
-        for (c, &v) in codes.iter_mut().zip(b) {
-            *c = trunc_i8(v * id + 16.5).min(31);
-        }
-        let (qh, qs) = y[2..].split_at_mut(4);
-        pack5(&codes, qh, qs);
-    }
+    with_candle::<BlockQ5_0>(x, out)
 }
 
 pub fn q5_1(x: &[f32], out: &mut [u8]) {
-    for (b, y) in blocks(x, out, GgmlType::Q5_1) {
-        let (min, max) = min_max(b);
-        let d = (max - min) / 31.0;
-        let id = inverse(d);
-        y[..2].copy_from_slice(&f16_bytes(d));
-        y[2..4].copy_from_slice(&f16_bytes(min));
-        let mut codes = [0u8; QK];
-        for (c, &v) in codes.iter_mut().zip(b) {
-            // ggml converts to uint8_t here without a clamp; in-range values truncate the same.
-            *c = ((v - min) * id + 0.5) as u8;
-        }
-        let (qh, qs) = y[4..].split_at_mut(4);
-        pack5(&codes, qh, qs);
-    }
+    with_candle::<BlockQ5_1>(x, out)
 }
 
 pub fn q8_0(x: &[f32], out: &mut [u8]) {
-    for (b, y) in blocks(x, out, GgmlType::Q8_0) {
-        let amax = b.iter().fold(0f32, |m, &v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let id = inverse(d);
-        y[..2].copy_from_slice(&f16_bytes(d));
-        for (q, &v) in y[2..].iter_mut().zip(b) {
-            // f32::round rounds half away from zero, as C's roundf.
-            *q = (v * id).round() as i8 as u8;
-        }
-    }
+    with_candle::<BlockQ8_0>(x, out)
 }
 
 /// Quantize whole Q8_0 blocks of `src`, appending to `out`.
