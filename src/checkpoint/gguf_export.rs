@@ -340,12 +340,8 @@ pub fn plan_from_gguf(src: &gguf::GgufFile, ft: FileType) -> Result<Plan> {
             [n] => (1, *n),
             [r, rest @ ..] => (*r, rest.iter().product()),
         };
-        let piece = stream::Piece {
-            src: source.clone(),
-            offset: src.data_offset + t.offset,
-            rows: 0..rows,
-            cols: 0..cols,
-        };
+        let piece =
+            stream::Piece::plain(source.clone(), src.data_offset + t.offset, 0..rows, 0..cols);
         items.push(Planned {
             entry: TensorEntry {
                 name: t.name.clone(),
@@ -532,7 +528,7 @@ fn write_tensor(item: &Planned, out: &mut Out) -> Result<(u64, u64)> {
     // Unchanged bytes in one piece: let the kernel copy them.
     if let ([p], None) = (t.pieces.as_slice(), unpermute) {
         let whole = p.rows == (0..t.rows()) && p.cols == (0..t.cols());
-        if whole && to == t.dtype && !ty.is_quantized() {
+        if whole && to == t.dtype && !ty.is_quantized() && p.fp8_scales.is_none() {
             out.w.flush()?;
             copy::copy_file_range_all(&p.src, p.offset, t.nbytes(), out.file, out.copy_buf)?;
             return Ok((0, 0));

@@ -26,7 +26,11 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
     if !src.is_dir() {
         bail!("{}: not a directory", src.display());
     }
-    fp8::refuse(src, "convert")?;
+    // fp8 weights can be dequantized into a float or GGUF file; moved as they are, never.
+    if args.to == ConvertTo::Meta || args.to == ConvertTo::Hf && args.dtype.is_none() {
+        fp8::refuse(src, "convert without --dtype")
+            .map_err(|e| anyhow!("{e}, or dequantize it: --to hf --dtype bf16, or --to gguf"))?;
+    }
     let instruct = match (args.instruct, args.base) {
         (true, _) => true,
         (_, true) => false,
