@@ -20,7 +20,7 @@ const GROUP_MAX_EPS: f32 = 1e-15;
 /// Symmetric codes in [-nmax, nmax) for `x` with weights x² (ggml's `make_qx_quants`, rmse type 1,
 /// no importance weights): the best of 19 candidate scales around nmax / max by weighted error.
 /// Writes `l + nmax` into `out` and returns the scale.
-fn make_qx_quants(nmax: i32, x: &[f32], out: &mut [i8]) -> f32 {
+fn make_qx_quants(nmax: i32, x: &[f32; 16], out: &mut [i8; 16]) -> f32 {
     let (mut max, mut amax) = (0f32, 0f32);
     for &v in x {
         if v.abs() > amax {
@@ -133,15 +133,41 @@ struct Qkx2 {
     use_mad: bool,
 }
 
+/// Weighted error of codes `l` with `scale` and `min` (squared, or absolute with `use_mad`),
+/// summed in index order.
+#[inline(always)]
+fn fit_error<const N: usize>(
+    x: &[f32; N],
+    w: &[f32; N],
+    l: &[u8; N],
+    scale: f32,
+    min: f32,
+    use_mad: bool,
+) -> f32 {
+    let mut e = 0f32;
+    for i in 0..N {
+        let diff = scale * l[i] as f32 + min - x[i];
+        let diff = if use_mad { diff.abs() } else { diff * diff };
+        e += w[i] * diff;
+    }
+    e
+}
+
 /// Asymmetric codes in [0, nmax] with a scale and a (non-positive) minimum, chosen among
 /// `nstep + 1` candidate scales by weighted squared (or absolute) error (`make_qkx2_quants`).
-/// Returns (scale, -min); codes go to `out`.
-fn make_qkx2_quants(p: &Qkx2, x: &[f32], weights: &[f32], out: &mut [u8]) -> (f32, f32) {
-    let n = x.len();
+/// Returns (scale, -min); codes go to `out`. Inlined so that each caller's constant parameters
+/// specialize the loops.
+#[inline(always)]
+fn make_qkx2_quants<const N: usize>(
+    p: &Qkx2,
+    x: &[f32; N],
+    weights: &[f32; N],
+    out: &mut [u8; N],
+) -> (f32, f32) {
     let (mut min, mut max) = (x[0], x[0]);
     let mut sum_w = weights[0];
     let mut sum_x = sum_w * x[0];
-    for i in 1..n {
+    for i in 1..N {
         if x[i] < min {
             min = x[i];
         }
@@ -156,30 +182,21 @@ fn make_qkx2_quants(p: &Qkx2, x: &[f32], weights: &[f32], out: &mut [u8]) -> (f3
         min = 0.0;
     }
     if max == min {
-        out[..n].fill(0);
+        out.fill(0);
         return (0.0, -min);
     }
     let nmax = p.nmax as f32;
-    let error = |scale: f32, min: f32, codes: &[u8]| {
-        let mut e = 0f32;
-        for i in 0..n {
-            let diff = scale * codes[i] as f32 + min - x[i];
-            let diff = if p.use_mad { diff.abs() } else { diff * diff };
-            e += weights[i] * diff;
-        }
-        e
-    };
     let mut iscale = nmax / (max - min);
     let mut scale = 1.0 / iscale;
-    for i in 0..n {
+    for i in 0..N {
         out[i] = nearest_int(iscale * (x[i] - min)).clamp(0, p.nmax) as u8;
     }
-    let mut best_error = error(scale, min, out);
-    let mut aux = [0u8; 32];
+    let mut best_error = fit_error(x, weights, out, scale, min, p.use_mad);
+    let mut aux = [0u8; N];
     for is in 0..=p.nstep {
         iscale = (p.rmin + p.rdelta * is as f32 + nmax) / (max - min);
         let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
-        for i in 0..n {
+        for i in 0..N {
             let l = nearest_int(iscale * (x[i] - min)).clamp(0, p.nmax);
             aux[i] = l as u8;
             let (w, l) = (weights[i], l as f32);
@@ -195,9 +212,9 @@ fn make_qkx2_quants(p: &Qkx2, x: &[f32], weights: &[f32], out: &mut [u8]) -> (f3
                 this_min = 0.0;
                 this_scale = sum_xl / sum_l2;
             }
-            let cur_error = error(this_scale, this_min, &aux[..n]);
+            let cur_error = fit_error(x, weights, &aux, this_scale, this_min, p.use_mad);
             if cur_error < best_error {
-                out[..n].copy_from_slice(&aux[..n]);
+                *out = aux;
                 best_error = cur_error;
                 scale = this_scale;
                 min = this_min;
@@ -205,6 +222,17 @@ fn make_qkx2_quants(p: &Qkx2, x: &[f32], weights: &[f32], out: &mut [u8]) -> (f3
         }
     }
     (scale, -min)
+}
+
+/// `N` values of `s` starting at `at`, as an array reference.
+#[inline(always)]
+fn arr<const N: usize, T>(s: &[T], at: usize) -> &[T; N] {
+    s[at..at + N].try_into().expect("in range")
+}
+
+#[inline(always)]
+fn arr_mut<const N: usize, T>(s: &mut [T], at: usize) -> &mut [T; N] {
+    (&mut s[at..at + N]).try_into().expect("in range")
 }
 
 /// The 6-bit scale and min of sub-block `j` from Q4_K/Q5_K's 12 packed bytes.
@@ -222,6 +250,7 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 /// Q4_K/Q5_K's shared part: per 32-value sub-block a scale and min from `make_qkx2_quants`
 /// (weights rms + |x|), both quantized to 6 bits against f16 `d`/`dmin` written at `y[0..4]`,
 /// packed into `y[4..16]`; then every code recomputed from the stored scales. Returns the codes.
+#[inline(always)]
 fn scales_mins_k(x: &[f32], y: &mut [u8], p: &Qkx2) -> [u8; QK_K] {
     let mut l = [0u8; QK_K];
     let (mut scales, mut mins) = ([0f32; 8], [0f32; 8]);
@@ -237,7 +266,8 @@ fn scales_mins_k(x: &[f32], y: &mut [u8], p: &Qkx2) -> [u8; QK_K] {
         for (w, &v) in weights.iter_mut().zip(xs) {
             *w = av_x + v.abs();
         }
-        (scales[j], mins[j]) = make_qkx2_quants(p, xs, &weights, &mut l[32 * j..32 * j + 32]);
+        (scales[j], mins[j]) =
+            make_qkx2_quants(p, arr(x, 32 * j), &weights, arr_mut(&mut l, 32 * j));
         if scales[j] > max_scale {
             max_scale = scales[j];
         }
@@ -347,11 +377,7 @@ pub fn q6_k(x: &[f32], out: &mut [u8]) {
         let mut scales = [0f32; 16];
         let (mut max_scale, mut max_abs) = (0f32, 0f32);
         for ib in 0..16 {
-            let s = make_qx_quants(
-                32,
-                &xb[16 * ib..16 * ib + 16],
-                &mut l[16 * ib..16 * ib + 16],
-            );
+            let s = make_qx_quants(32, arr(xb, 16 * ib), arr_mut(&mut l, 16 * ib));
             scales[ib] = s;
             if s.abs() > max_abs {
                 max_abs = s.abs();
@@ -474,7 +500,8 @@ pub fn q2_k(x: &[f32], out: &mut [u8]) {
             for (w, &v) in weights.iter_mut().zip(xs) {
                 *w = v.abs();
             }
-            (scales[j], mins[j]) = make_qkx2_quants(&p, xs, &weights, &mut l[16 * j..16 * j + 16]);
+            (scales[j], mins[j]) =
+                make_qkx2_quants(&p, arr(xb, 16 * j), &weights, arr_mut(&mut l, 16 * j));
             if scales[j] > max_scale {
                 max_scale = scales[j];
             }
