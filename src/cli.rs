@@ -26,7 +26,8 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Change a Meta checkpoint's model-parallel size, streamed and bit-exact.
     Reshard(ReshardArgs),
-    /// Convert between Meta checkpoints and Hugging Face safetensors.
+    /// Convert between Meta checkpoints and Hugging Face safetensors, or to one GGUF file (f32, f16,
+    /// bf16 or a llama-quantize type such as q4_k_m).
     Convert(ConvertArgs),
     /// Encode or decode text, or format a chat dialog, with the model's tokenizer.
     Tokenize(TokenizeArgs),
@@ -194,7 +195,8 @@ pub struct ConvertArgs {
     /// Target layout.
     #[arg(long, value_enum)]
     pub to: ConvertTo,
-    /// Source dir (Meta for --to hf, HF for --to meta, either for --to gguf).
+    /// Source dir (Meta for --to hf, HF for --to meta, either for --to gguf); for --to gguf also
+    /// an f32/f16/bf16 GGUF file to quantize.
     pub src_dir: PathBuf,
     /// Destination dir (must not exist or be empty unless --force); for --to gguf the .gguf file
     /// (must not exist unless --force).
