@@ -201,24 +201,7 @@ pub fn dequantize_on_read<'a>(
     Ok(())
 }
 
-/// Decode one float8 byte to f32 (e4m3fn: bias 7, no infinities, S.1111.111 is NaN; e5m2: the top
-/// byte of an f16).
-pub fn to_f32(dtype: DType, b: u8) -> f32 {
-    match dtype {
-        DType::F8E5M2 => half::f16::from_bits(u16::from(b) << 8).to_f32(),
-        _ => {
-            let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
-            let (e, m) = (i32::from((b >> 3) & 0x0f), f32::from(b & 0x07));
-            if e == 0x0f && m == 7.0 {
-                f32::NAN
-            } else if e == 0 {
-                sign * m / 8.0 * 2f32.powi(-6)
-            } else {
-                sign * (1.0 + m / 8.0) * 2f32.powi(e - 7)
-            }
-        }
-    }
-}
+pub use crate::formats::fp8_to_f32 as to_f32;
 
 /// The f32 row scales of one rank, by key, read whole (a few KiB per layer).
 pub fn read_scales(path: &Path) -> Result<Vec<(TensorInfo, Option<Vec<f32>>)>> {

@@ -23,20 +23,8 @@ use serde_json::Value as Json;
 use std::fs::File;
 use std::io::Write;
 
+pub use super::gguf_meta::HfDocs;
 pub use super::gguf_types::FileType;
-
-/// The Hugging Face files the metadata comes from.
-#[derive(Debug, Clone)]
-pub struct HfDocs {
-    pub config: Json,
-    pub generation: Option<Json>,
-    pub tokenizer: Json,
-    pub tokenizer_config: Option<Json>,
-    /// The chat template(s) of the files beside tokenizer_config.json (`chat_template.jinja`, with
-    /// `additional_chat_templates/*.jinja` as a list of `{name, template}`, or `chat_template.json`),
-    /// used when tokenizer_config.json has no `chat_template`.
-    pub chat_template_files: Option<Json>,
-}
 
 #[derive(Debug, Clone)]
 pub struct Options {

@@ -273,7 +273,8 @@ fn assemble(
 /// One float8_e4m3fn value, exactly (a table of the 256 values).
 fn fp8_e4m3(b: u8) -> f32 {
     static TABLE: std::sync::OnceLock<[f32; 256]> = std::sync::OnceLock::new();
-    TABLE.get_or_init(|| std::array::from_fn(|i| super::fp8::to_f32(DType::F8E4M3, i as u8)))
+    TABLE
+        .get_or_init(|| std::array::from_fn(|i| crate::formats::fp8_to_f32(DType::F8E4M3, i as u8)))
         [b as usize]
 }
 

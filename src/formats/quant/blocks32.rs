@@ -78,7 +78,7 @@ mod tests {
         q4_0(&x, &mut out);
         // d = -8 / -8 = 1, so code = trunc(x + 8.5): -8 -> 0, 4 -> 12, 0 -> 8, 8 -> 16 -> 15.
         assert_eq!(super::super::f16_value(&out[..2]), 1.0);
-        assert_eq!(out[2], 0 | (8 << 4));
+        assert_eq!(out[2], 8 << 4);
         assert_eq!(out[3] & 0xF, 12);
         assert_eq!(out[3] >> 4, 15);
     }
@@ -110,7 +110,7 @@ mod tests {
         // min 0, d = 1: codes equal the values; values 16..31 have the fifth bit.
         let qh = u32::from_le_bytes(out[4..8].try_into().unwrap());
         assert_eq!(qh, 0xFFFF_0000);
-        assert_eq!(out[8], 0 | (0 << 4));
+        assert_eq!(out[8], 0);
         assert_eq!(out[9], 1 | (1 << 4));
     }
 }

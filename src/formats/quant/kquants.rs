@@ -376,9 +376,9 @@ pub fn q6_k(x: &[f32], out: &mut [u8]) {
         let mut l = [0i8; QK_K];
         let mut scales = [0f32; 16];
         let (mut max_scale, mut max_abs) = (0f32, 0f32);
-        for ib in 0..16 {
+        for (ib, scale) in scales.iter_mut().enumerate() {
             let s = make_qx_quants(32, arr(xb, 16 * ib), arr_mut(&mut l, 16 * ib));
-            scales[ib] = s;
+            *scale = s;
             if s.abs() > max_abs {
                 max_abs = s.abs();
                 max_scale = s;
@@ -519,18 +519,18 @@ pub fn q2_k(x: &[f32], out: &mut [u8]) {
         }
         if max_min > 0.0 {
             let iscale = 15.0 / max_min;
-            for j in 0..16 {
-                y[j] |= (nearest_int(iscale * mins[j]) << 4) as u8;
+            for (sc, &m) in y[..16].iter_mut().zip(&mins) {
+                *sc |= (nearest_int(iscale * m) << 4) as u8;
             }
             y[82..84].copy_from_slice(&f16_bytes(max_min / 15.0));
         }
         let (d_all, dmin_all) = (f16_value(&y[80..82]), f16_value(&y[82..84]));
-        for j in 0..16 {
-            let d = d_all * (y[j] & 0xF) as f32;
+        for (j, &sc) in y[..16].iter().enumerate() {
+            let d = d_all * (sc & 0xF) as f32;
             if d == 0.0 {
                 continue;
             }
-            let dm = dmin_all * (y[j] >> 4) as f32;
+            let dm = dmin_all * (sc >> 4) as f32;
             for i in 16 * j..16 * j + 16 {
                 l[i] = nearest_int((xb[i] + dm) / d).clamp(0, 3) as u8;
             }
