@@ -2,8 +2,7 @@
 //! against golden files that scripts/check_gguf.py wrote with llama.cpp: the block quantizers
 //! against ggml's own (`ggml_quantize_chunk`) on rows chosen to hit ties, zero blocks, constant
 //! rows and outliers, and whole files against `llama-quantize` run on the converter's output.
-use llamactl::formats::gguf::GgmlType;
-use llamactl::formats::quant::quantize_rows;
+use llamactl::formats::quant::{self, quantize_rows};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -28,21 +27,10 @@ fn quantizers_equal_ggml_byte_for_byte() {
     let types = g["quantized_hex"].as_object().unwrap();
     assert_eq!(types.len(), 10);
     for (name, want) in types {
-        let t = [
-            GgmlType::Q4_0,
-            GgmlType::Q4_1,
-            GgmlType::Q5_0,
-            GgmlType::Q5_1,
-            GgmlType::Q8_0,
-            GgmlType::Q2_K,
-            GgmlType::Q3_K,
-            GgmlType::Q4_K,
-            GgmlType::Q5_K,
-            GgmlType::Q6_K,
-        ]
-        .into_iter()
-        .find(|t| t.name() == *name)
-        .unwrap();
+        let t = quant::TYPES
+            .into_iter()
+            .find(|t| t.name() == *name)
+            .unwrap();
         let want = hex::decode(want.as_str().unwrap()).unwrap();
         let mut got = vec![0u8; want.len()];
         quantize_rows(t, &x, cols, &mut got);

@@ -17,10 +17,8 @@ use super::{f16_bytes, f16_value, nearest_int, QK_K};
 /// ggml's threshold under which a group counts as all zeros.
 const GROUP_MAX_EPS: f32 = 1e-15;
 
-/// Symmetric codes in [-nmax, nmax) for `x` with weights x² (ggml's `make_qx_quants`, rmse type 1,
-/// no importance weights): the best of 19 candidate scales around nmax / max by weighted error.
-/// Writes `l + nmax` into `out` and returns the scale.
-fn make_qx_quants(nmax: i32, x: &[f32; 16], out: &mut [i8; 16]) -> f32 {
+/// The value of largest magnitude (the first one on ties) and that magnitude.
+fn signed_max(x: &[f32]) -> (f32, f32) {
     let (mut max, mut amax) = (0f32, 0f32);
     for &v in x {
         if v.abs() > amax {
@@ -28,6 +26,14 @@ fn make_qx_quants(nmax: i32, x: &[f32; 16], out: &mut [i8; 16]) -> f32 {
             max = v;
         }
     }
+    (max, amax)
+}
+
+/// Symmetric codes in [-nmax, nmax) for `x` with weights x² (ggml's `make_qx_quants`, rmse type 1,
+/// no importance weights): the best of 19 candidate scales around nmax / max by weighted error.
+/// Writes `l + nmax` into `out` and returns the scale.
+fn make_qx_quants(nmax: i32, x: &[f32; 16], out: &mut [i8; 16]) -> f32 {
+    let (max, amax) = signed_max(x);
     if amax < GROUP_MAX_EPS {
         out.fill(0);
         return 0.0;
@@ -70,13 +76,7 @@ fn make_qx_quants(nmax: i32, x: &[f32; 16], out: &mut [i8; 16]) -> f32 {
 /// Q3_K's sub-block search (ggml's `make_q3_quants` with rmse): start from nmax / max, then move
 /// single codes while the weighted fit improves, up to five passes. Writes `l + nmax`.
 fn make_q3_quants(nmax: i32, x: &[f32], out: &mut [i8]) -> f32 {
-    let (mut max, mut amax) = (0f32, 0f32);
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
+    let (max, amax) = signed_max(x);
     if amax < GROUP_MAX_EPS {
         out.fill(0);
         return 0.0;

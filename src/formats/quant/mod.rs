@@ -20,6 +20,20 @@ pub use blocks32::quantize_q8_0;
 /// Values per k-quant super-block.
 pub const QK_K: usize = 256;
 
+/// Every type [`quantize_rows`] writes.
+pub const TYPES: [GgmlType; 10] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
+
 /// Whether [`quantize_rows`] can write `t`.
 pub fn can_quantize(t: GgmlType) -> bool {
     quantizer(t).is_some()
@@ -99,18 +113,7 @@ mod tests {
         let x: Vec<f32> = (0..512)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
             .collect();
-        for t in [
-            GgmlType::Q4_0,
-            GgmlType::Q4_1,
-            GgmlType::Q5_0,
-            GgmlType::Q5_1,
-            GgmlType::Q8_0,
-            GgmlType::Q2_K,
-            GgmlType::Q3_K,
-            GgmlType::Q4_K,
-            GgmlType::Q5_K,
-            GgmlType::Q6_K,
-        ] {
+        for t in TYPES {
             let n = t.row_bytes(256).unwrap() as usize;
             let mut out = vec![0u8; 2 * n];
             quantize_rows(t, &x, 256, &mut out);
