@@ -50,6 +50,7 @@ Environment: LLAMACTL_PROGRESS_INTERVAL_MS (ms between plain progress lines off 
 Network settings, shared with pull (docs/CLI.md):\n  \
 LLAMACTL_NET_RETRIES (8)  LLAMACTL_NET_TIMEOUT_S (stall, 60)  LLAMACTL_NET_CONNECT_TIMEOUT_S (10)\n  \
 LLAMACTL_NET_BACKOFF_MS (1000)  LLAMACTL_NET_BACKOFF_MAX_MS (60000)\n  \
+LLAMACTL_NET_MIN_RATE_BYTES (floor, bytes/s, 16384)  LLAMACTL_NET_MIN_RATE_WINDOW_S (60)\n  \
 LLAMACTL_NET_SEGMENT_MIN_BYTES (smallest --connections segment, 67108864)"
 )]
 pub struct DownloadArgs {
@@ -83,7 +84,8 @@ pub struct DownloadArgs {
 Environment (read as huggingface_hub reads them):\n  HF_TOKEN, HF_HOME, HF_HUB_CACHE, HF_ENDPOINT, HF_HUB_OFFLINE=1\n\
 Network settings, shared with download (docs/CLI.md):\n  \
 LLAMACTL_NET_RETRIES (8)  LLAMACTL_NET_TIMEOUT_S (stall, 60)  LLAMACTL_NET_CONNECT_TIMEOUT_S (10)\n  \
-LLAMACTL_NET_BACKOFF_MS (1000)  LLAMACTL_NET_BACKOFF_MAX_MS (60000)"
+LLAMACTL_NET_BACKOFF_MS (1000)  LLAMACTL_NET_BACKOFF_MAX_MS (60000)\n  \
+LLAMACTL_NET_MIN_RATE_BYTES (floor, bytes/s, 16384)  LLAMACTL_NET_MIN_RATE_WINDOW_S (60)"
 )]
 pub struct PullArgs {
     /// Repository id, e.g. meta-llama/Meta-Llama-3-8B.
@@ -298,7 +300,7 @@ pub struct RunArgs {
     /// Prompts run together; the KV cache is allocated for this many sequences.
     #[arg(long, default_value_t = 4)]
     pub max_batch_size: usize,
-    /// Tokens to generate at most (default: max_seq_len - 1).
+    /// Tokens to generate at most, 1 or more (default: max_seq_len - 1).
     #[arg(long)]
     pub max_gen_len: Option<usize>,
     /// Sampling temperature; 0 is greedy.
@@ -318,7 +320,7 @@ pub struct RunArgs {
     /// on the CPU whatever the choice; f32 is the exactness reference (weights widened in memory).
     #[arg(long, value_enum, default_value_t = RunDtype::Auto)]
     pub dtype: RunDtype,
-    /// CPU threads (default: all cores).
+    /// CPU threads (default: all cores; more than the cores is clamped to them, with a note).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Keep generating past stop tokens, up to --max-gen-len (for benchmarks).
@@ -330,7 +332,8 @@ pub struct RunArgs {
     /// Print a JSON document.
     #[arg(long)]
     pub json: bool,
-    /// CI inference check: fixed prompts, greedy twice, identical and finite.
+    /// CI inference check: its own prompts (or the --prompt ones), greedy twice, --max-gen-len
+    /// tokens each (default 24); identical and finite, else exit 1. Not with --chat.
     #[arg(long)]
     pub check: bool,
 }

@@ -816,3 +816,165 @@ fn sigint_keeps_resumable_parts_and_exits_130() {
         .join("Meta-Llama-3-8B/consolidated.00.pth")
         .exists());
 }
+
+/// Run `c` with stdout and stderr piped; `None` when it is still running after `limit` (then
+/// killed), so that a regression fails the test instead of hanging it.
+fn output_within(c: &mut Command, limit: Duration) -> Option<Output> {
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn llamactl");
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(child.wait_with_output().unwrap())
+}
+
+/// A server that sends a few bytes and then stalls, on every request: each try's bytes are far
+/// below the floor rate, so they count toward the retry budget and the command gives up (exit 4),
+/// naming the rate, instead of starting the count over after every few bytes.
+#[test]
+fn few_bytes_then_a_stall_on_every_request_is_given_up() {
+    let (cdn, _) = cdn_with_8b(50_000);
+    for _ in 0..12 {
+        cdn.fault(PTH, Fault::Stall(100, Duration::from_secs(5)));
+    }
+    let url = cdn.link(3600, None);
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let o = output_within(
+        &mut download_cmd(&url, "8B", dir.path(), &[]),
+        Duration::from_secs(30),
+    )
+    .expect("download still running after 30 s");
+    let took = started.elapsed();
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    let line = last_line(&o);
+    assert!(line.contains("network failure after 4 attempts"), "{line}");
+    assert!(
+        line.contains("below the floor rate of 16.0 KiB/s"),
+        "{line}"
+    );
+    assert!(line.contains("its part (400 B) is kept"), "{line}");
+    let tries = cdn.requests().iter().filter(|r| r.path == PTH).count();
+    assert_eq!(tries, 4, "{}", text(&o));
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    assert_no_secrets(&o, &url);
+}
+
+/// A body that never stalls but moves below the floor rate is cut after the rate window, and
+/// those tries count as failures too.
+#[test]
+fn a_trickle_below_the_floor_rate_is_cut_and_given_up() {
+    let (cdn, _) = cdn_with_8b(50_000);
+    for _ in 0..6 {
+        cdn.fault(PTH, Fault::Trickle(2000));
+    }
+    let url = cdn.link(3600, None);
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = download_cmd(&url, "8B", dir.path(), &[]);
+    c.env("LLAMACTL_NET_MIN_RATE_BYTES", "8192")
+        .env("LLAMACTL_NET_MIN_RATE_WINDOW_S", "0.5");
+    // At 2 kB/s the 50 kB shard would take 25 s.
+    let o = output_within(&mut c, Duration::from_secs(15)).expect("still running after 15 s");
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    let line = last_line(&o);
+    assert!(line.contains("too slow"), "{line}");
+    assert!(line.contains("below the floor rate of 8.0 KiB/s"), "{line}");
+    // Each try resumed where the last one stopped.
+    let tries: Vec<_> = cdn
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == PTH)
+        .collect();
+    assert_eq!(tries.len(), 4, "{tries:?}");
+    assert!(tries[1..].iter().all(|r| r.range.is_some()), "{tries:?}");
+
+    // A bad value for the new settings is refused like the others.
+    let mut c = download_cmd(&url, "8B", dir.path(), &[]);
+    c.env("LLAMACTL_NET_MIN_RATE_WINDOW_S", "0");
+    let o = c.output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        last_line(&o).contains("LLAMACTL_NET_MIN_RATE_WINDOW_S"),
+        "{}",
+        text(&o)
+    );
+}
+
+/// LICENSE and USE_POLICY are held to the same rule as the weights: an HTML page served with 200
+/// is the CDN's error page, never saved under the file's name nor reported ok.
+#[test]
+fn html_page_for_license_or_use_policy_is_not_saved() {
+    for name in ["LICENSE", "USE_POLICY"] {
+        let (cdn, _) = cdn_with_8b(20_000);
+        cdn.fault(name, Fault::Html);
+        let url = cdn.link(3600, None);
+        let dir = tempfile::tempdir().unwrap();
+        let o = download(&url, "8B", dir.path(), &[]);
+        assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+        assert!(
+            last_line(&o).contains(&format!("{name}: "))
+                && last_line(&o).contains("page instead of the file"),
+            "{}",
+            text(&o)
+        );
+        assert!(!dir.path().join(name).exists(), "{name} saved");
+        assert!(!text(&o).contains(&format!("ok    {name}")), "{}", text(&o));
+    }
+}
+
+/// A failure that left no part does not claim to have kept one.
+#[test]
+fn a_failure_without_a_part_says_nothing_was_kept() {
+    let (cdn, _) = cdn_with_8b(50_000);
+    for _ in 0..10 {
+        cdn.fault(PTH, Fault::Status500);
+    }
+    let url = cdn.link(3600, None);
+    let dir = tempfile::tempdir().unwrap();
+    let o = download(&url, "8B", dir.path(), &[]);
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    let line = last_line(&o);
+    assert!(!line.contains("is kept"), "{line}");
+    assert!(line.contains("nothing of it was kept"), "{line}");
+    assert!(parts_under(dir.path()).is_empty());
+}
+
+/// `http://user:PASS@host/…`: the password (any userinfo) never appears in what is printed.
+#[test]
+fn userinfo_in_the_url_is_redacted() {
+    let (cdn, files) = cdn_with_8b(20_000);
+    let link = cdn.link(3600, None);
+    let url = link.replacen("http://", "http://alice:S3cretPass@", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let o = download(&url, "8B", dir.path(), &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_model(dir.path(), "Meta-Llama-3-8B", &files);
+    assert!(
+        text(&o).contains("http://REDACTED@127.0.0.1"),
+        "{}",
+        text(&o)
+    );
+    // Failures print the URL too: a 404 behind the link and a host that refuses connections.
+    cdn.remove("LICENSE");
+    let dead = url.replace(
+        &cdn.addr.port().to_string(),
+        &child::refused_port().to_string(),
+    );
+    for u in [&url, &dead] {
+        let dir = tempfile::tempdir().unwrap();
+        let o = download(u, "8B", dir.path(), &[]);
+        assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+        assert!(!text(&o).contains("S3cretPass"), "{}", text(&o));
+        assert!(!text(&o).contains("alice"), "{}", text(&o));
+        assert_no_secrets(&o, u);
+    }
+}

@@ -11,5 +11,6 @@ mod interrupt;
 mod pull;
 mod reshard;
 mod run;
+mod safety;
 mod tokenize;
 mod verify;

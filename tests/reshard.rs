@@ -410,7 +410,7 @@ fn refuses_bad_requests_before_writing() {
     refused(reshard(0, &src, &dst, &[]), "--mp must be at least 1");
     refused(
         reshard(2, &tmp.path().join("nope"), &dst, &[]),
-        "cannot open source directory",
+        "nope: no such file or directory",
     );
     assert!(!dst.exists());
 

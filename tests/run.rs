@@ -680,3 +680,115 @@ fn cuda_build_runs_on_the_cpu_without_a_driver() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("cannot load libcuda"), "{stderr}");
 }
+
+/// `--max-seq-len` from 2^56 to 2^64 - 1: sizes past 64 bits are the preflight's exit 2 with one
+/// clear line, never an allocation abort (134) or a capacity-overflow panic (101).
+#[test]
+fn max_seq_len_past_64_bit_sizes_is_refused_by_the_preflight() {
+    for v in [
+        "72057594037927936",
+        "1152921504606846976",
+        "9223372036854775808",
+        "18446744073709551615",
+    ] {
+        let out = llamactl(&[
+            "run",
+            "--ckpt-dir",
+            "testdata/tiny-mp1",
+            "--max-seq-len",
+            v,
+            "--prompt",
+            "x",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{v}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{err}");
+        assert!(errors[0].contains("more than 16 EiB"), "{err}");
+        assert!(errors[0].contains("lower --max-seq-len"), "{err}");
+    }
+}
+
+/// `--threads` above the cores is clamped to them with a note (the pool really has that many).
+#[test]
+fn threads_above_the_cores_are_clamped_with_a_note() {
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let asked = (cores * 512).to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_llamactl"))
+        .args([
+            "run",
+            "--ckpt-dir",
+            "testdata/tiny-mp1",
+            "--check",
+            "--json",
+            "--threads",
+            &asked,
+        ])
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("run --threads {asked} still running after 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "note: --threads {asked} is more than the {cores} cores"
+        )),
+        "{err}"
+    );
+    let doc = ok_json(&out);
+    assert_eq!(doc["stats"]["threads"], cores, "{doc}");
+
+    let out = llamactl(&["run", "--ckpt-dir", "testdata/tiny-mp1", "--threads", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// `--check --prompt P`: the CI check runs on the prompts given (greedy, twice), `--max-gen-len`
+/// tokens each; `--check --chat` and `--max-gen-len 0` are refused.
+#[test]
+fn check_uses_the_given_prompts_and_refuses_chat() {
+    let doc = ok_json(&llamactl(&[
+        "run",
+        "--ckpt-dir",
+        "testdata/tiny-mp1",
+        "--check",
+        "--json",
+        "--prompt",
+        "Paris is the capital of",
+        "--prompt",
+        "One, two,",
+        "--max-gen-len",
+        "5",
+    ]));
+    assert_eq!(doc["ok"], true, "{doc}");
+    let results = doc["results"].as_array().unwrap();
+    let prompts: Vec<&str> = results
+        .iter()
+        .map(|r| r["prompt"].as_str().unwrap())
+        .collect();
+    assert_eq!(prompts, ["Paris is the capital of", "One, two,"]);
+    for r in results {
+        assert_eq!(r["tokens"].as_array().unwrap().len(), 5, "{r}");
+    }
+    for (extra, says) in [
+        (&["--chat"][..], "--check"),
+        (&["--max-gen-len", "0"][..], "--max-gen-len"),
+    ] {
+        let mut args = vec!["run", "--ckpt-dir", "testdata/tiny-mp1", "--check"];
+        args.extend_from_slice(extra);
+        let out = llamactl(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.contains(says), "{err}");
+    }
+}

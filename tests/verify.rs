@@ -213,7 +213,7 @@ fn unusable_input_exits_2() {
     );
     assert_eq!(code, 2);
     assert!(
-        err.contains("absent") && err.contains("not a directory"),
+        err.contains("absent") && err.contains("no such file or directory"),
         "{err}"
     );
     std::fs::write(tmp.path().join("notes.txt"), "hi").unwrap();
@@ -921,4 +921,145 @@ fn params_that_disagree_with_every_shard_say_so_once() {
             && text.contains("wq [32, 32]"),
         "{text}"
     );
+}
+
+/// Spawn `args` with stderr piped (so progress is plain lines) and a 30 s progress interval; the
+/// exit code and stderr, or a failure when it has not exited within 10 s: a command that fails
+/// early must not wait for the progress thread's next tick (30 s away; the margin below it is for
+/// a loaded machine running the suite in parallel, not a speed target).
+fn exits_promptly(args: &[&str]) -> (i32, String) {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_llamactl"))
+        .args(args)
+        .env("LLAMACTL_PROGRESS_INTERVAL_MS", "30000")
+        .env_remove("GITHUB_ACTIONS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(10) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("{args:?} still running after 10 s (the progress interval is 30 s)");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The plain progress reporter never delays an exit: a stop that arrives before its thread first
+/// waits must be seen (several runs, since the race is lost only sometimes).
+#[test]
+fn early_failures_exit_without_waiting_for_the_progress_interval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    // A Meta dir whose shard is cut short: convert fails on its first read.
+    let cut = copy_fixture("tiny-mp1");
+    let shard = cut.path().join("consolidated.00.pth");
+    let bytes = std::fs::read(&shard).unwrap();
+    std::fs::write(&shard, &bytes[..3000]).unwrap();
+    let out = tmp.path().join("hf");
+    for _ in 0..3 {
+        let (code, err) = exits_promptly(&["verify", empty.to_str().unwrap()]);
+        assert_eq!(code, 2, "{err}");
+        let (code, err) = exits_promptly(&[
+            "convert",
+            "--to",
+            "hf",
+            cut.path().to_str().unwrap(),
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("consolidated.00.pth"), "{err}");
+    }
+}
+
+/// A GGUF file (or any file that is not what the command reads) is named for what it is, not
+/// reported as "not a directory" or "not a torch zip checkpoint".
+#[test]
+fn a_gguf_or_other_file_is_named_for_what_it_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = tmp.path().join("m.gguf");
+    let g = gguf.to_str().unwrap();
+    let src = testdata("tiny-mp1");
+    let (code, _, err) = llamactl(&["convert", "--to", "gguf", src.to_str().unwrap(), g], &[]);
+    assert_eq!(code, 0, "{err}");
+    let out = tmp.path().join("out");
+    let o = out.to_str().unwrap();
+    for args in [
+        vec!["reshard", "--mp", "1", g, o],
+        vec!["convert", "--to", "hf", g, o],
+        vec!["run", "--ckpt-dir", g, "--prompt", "x"],
+    ] {
+        let (code, _, err) = llamactl(&args, &[]);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains("m.gguf: is a GGUF file, not a model directory"),
+            "{args:?}: {err}"
+        );
+    }
+    // The same file in place of a shard of a Meta dir.
+    let d = copy_fixture("tiny-mp1");
+    let shard = d.path().join("consolidated.00.pth");
+    std::fs::copy(&gguf, &shard).unwrap();
+    for args in [
+        vec!["reshard", "--mp", "1", d.path().to_str().unwrap(), o],
+        vec!["convert", "--to", "hf", d.path().to_str().unwrap(), o],
+    ] {
+        let (code, _, err) = llamactl(&args, &[]);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains("consolidated.00.pth: is a GGUF file, not a torch zip checkpoint"),
+            "{args:?}: {err}"
+        );
+    }
+    let (code, report) = verify(d.path(), &["--no-md5"]);
+    assert_eq!(code, 1, "{report}");
+    assert!(
+        report["problems"]
+            .to_string()
+            .contains("is a GGUF file, not a torch zip checkpoint"),
+        "{report}"
+    );
+    // A GGUF whose magic is damaged: named by its extension and first bytes.
+    let mut bytes = std::fs::read(&gguf).unwrap();
+    bytes[2] = b'X';
+    std::fs::write(&gguf, &bytes).unwrap();
+    let (code, _, err) = llamactl(&["verify", g], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(
+            "m.gguf: a GGUF file without the GGUF magic (it starts with bytes 47 47 58 46)"
+        ),
+        "{err}"
+    );
+}
+
+/// `verify --jobs 0` is refused, as `reshard --jobs 0` is; a huge `--jobs` starts no more threads
+/// than there is work and cores for.
+#[test]
+fn verify_jobs_are_checked() {
+    let d = testdata("tiny-mp1");
+    let d = d.to_str().unwrap();
+    for cmd in [
+        vec!["verify", d, "--jobs", "0"],
+        vec!["reshard", "--mp", "1", d, "/nonexistent/out", "--jobs", "0"],
+    ] {
+        let (code, _, err) = llamactl(&cmd, &[]);
+        assert_eq!(code, 2, "{cmd:?}: {err}");
+        assert!(err.contains("--jobs must be at least 1"), "{cmd:?}: {err}");
+    }
+    let started = std::time::Instant::now();
+    let (code, _, err) = llamactl(&["verify", d, "--deep", "--jobs", "20000"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(started.elapsed().as_secs() < 20, "{:?}", started.elapsed());
 }

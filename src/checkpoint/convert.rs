@@ -251,7 +251,7 @@ pub struct MetaSource {
 
 /// Open `src` as a Meta Llama 3 checkpoint (see [`MetaSource`]).
 pub fn open_meta_llama3(src: &Path) -> Result<MetaSource> {
-    let m = MetaDir::open(src)?;
+    let m = MetaDir::open_checked(src)?;
     let p = &m.params;
     let Some(vocab) = p.vocab() else {
         bail!(
@@ -335,6 +335,7 @@ pub fn meta_to_hf(
             weight_map.insert(o.hf_name.clone(), file.clone());
         }
     }
+    stream::finish_checks(plan.iter().map(|o| &o.src))?;
     if names.len() > 1 {
         let index = Index {
             metadata: IndexMetadata { total_size: total },

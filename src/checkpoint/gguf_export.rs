@@ -475,6 +475,10 @@ pub fn write(plan: &Plan, file: &File, progress: &dyn Reporter) -> Result<Vec<(S
     }
     w.flush()?;
     drop(w);
+    stream::finish_checks(plan.items.iter().filter_map(|i| match &i.payload {
+        Payload::Tensor(t, _) => Some(t),
+        Payload::F32(_) => None,
+    }))?;
     let size = file.metadata()?.len();
     let expect = plan.file_size()?;
     if size != expect {

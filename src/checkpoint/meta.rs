@@ -1,13 +1,15 @@
 //! A Meta checkpoint directory: `params.json`, `consolidated.NN.pth` (one per model-parallel rank),
 //! `tokenizer.model`, `checklist.chk`.
+use super::checklist;
 use super::layout::{self, Role, Split, Weight};
 use super::params::Params;
 use super::stream::{FullTensor, Piece};
 use crate::formats::copy::CHUNK;
+use crate::formats::integrity::Expect;
 use crate::formats::pth::PthFile;
 use crate::formats::TensorInfo;
 use anyhow::{anyhow, bail, Context, Result};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 pub struct MetaDir {
@@ -67,6 +69,43 @@ impl MetaDir {
             params,
             shards,
         })
+    }
+
+    /// [`MetaDir::open`], then check every byte later read from a shard against its zip CRC-32
+    /// and, where `checklist.chk` lists the shard, its md5 (see [`crate::formats::integrity`]);
+    /// `stream::finish_checks` gives the verdicts once the work is done.
+    pub fn open_checked(dir: &Path) -> Result<Self> {
+        let m = Self::open(dir)?;
+        let chk = dir.join("checklist.chk");
+        let listed: HashMap<String, String> = if chk.exists() {
+            let (entries, _) = checklist::read(&chk)?;
+            entries.into_iter().map(|e| (e.name, e.md5)).collect()
+        } else {
+            HashMap::new()
+        };
+        for s in &m.shards {
+            let src = s.source();
+            let mut expect = Expect::new(s.path(), src.len(), s.record_checks());
+            let name = s
+                .path()
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned());
+            if let Some(md5) = name.and_then(|n| listed.get(&n)) {
+                expect = expect.with_md5(src.file(), md5, &chk)?;
+            }
+            src.check_reads(expect);
+        }
+        Ok(m)
+    }
+
+    /// The md5 `checklist.chk` lists for `name`, if it lists one.
+    pub fn listed_md5(&self, name: &str) -> Result<Option<String>> {
+        let chk = self.dir.join("checklist.chk");
+        if !chk.exists() {
+            return Ok(None);
+        }
+        let (entries, _) = checklist::read(&chk)?;
+        Ok(entries.into_iter().find(|e| e.name == name).map(|e| e.md5))
     }
 
     pub fn mp(&self) -> usize {
@@ -188,9 +227,10 @@ impl MetaDir {
             let want = layout::shard_shape(&w, &self.params, mp);
             if t.shape != want {
                 bail!(
-                    "{}: {name} has shape {:?}, expected {want:?} for MP {mp}",
+                    "{}: {name} has shape {:?}, expected {want:?} for MP {mp}{}",
                     self.shards[rank].path().display(),
-                    t.shape
+                    t.shape,
+                    self.missing_shards_hint(&t.shape, &want)
                 );
             }
             let range = layout::shard_range(&w, &self.params, mp, rank);
@@ -218,6 +258,36 @@ impl MetaDir {
             ));
         }
         FullTensor::new(name, dtype, w.full_shape.clone(), pieces)
+    }
+
+    /// Why a shard's shape may not fit: shards that checklist.chk lists but the directory lacks,
+    /// or a shape that is a whole fraction of the expected one (the rest of the shards missing).
+    fn missing_shards_hint(&self, got: &[usize], want: &[usize]) -> String {
+        let listed = checklist::read(&self.dir.join("checklist.chk")).map_or(Vec::new(), |r| r.0);
+        let missing: Vec<String> = listed
+            .into_iter()
+            .map(|e| e.name)
+            .filter(|n| n.starts_with("consolidated.") && !self.dir.join(n).exists())
+            .collect();
+        if !missing.is_empty() {
+            return format!(
+                "; checklist.chk lists {}, missing from the directory",
+                missing.join(", ")
+            );
+        }
+        let ratios: Vec<usize> = got
+            .iter()
+            .zip(want)
+            .filter(|(g, w)| g != w)
+            .map(|(&g, &w)| if g > 0 && w % g == 0 { w / g } else { 0 })
+            .collect();
+        match ratios[..] {
+            [k] if k > 1 => format!(
+                "; it is 1/{k} of that, as in a checkpoint of {} shards: are shards missing?",
+                k * self.mp()
+            ),
+            _ => String::new(),
+        }
     }
 
     /// Groups of ranks that must hold byte-identical copies of `name`: every rank for replicated

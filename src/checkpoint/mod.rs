@@ -47,11 +47,21 @@ pub enum ModelDir {
     Hf(hf::HfDir),
 }
 
+/// Refuse a source that is not a directory, saying what it is instead (a GGUF file, a shard...).
+pub fn require_dir(dir: &Path) -> Result<()> {
+    if !dir.is_dir() {
+        bail!(
+            "{}: {}",
+            dir.display(),
+            crate::formats::sniff::refusal(dir, "a model directory")
+        );
+    }
+    Ok(())
+}
+
 /// What kind of directory `dir` looks like, without opening any weights.
 pub fn detect(dir: &Path) -> Result<Layout> {
-    if !dir.is_dir() {
-        bail!("{}: not a directory", dir.display());
-    }
+    require_dir(dir)?;
     if dir.join("params.json").exists() {
         Ok(Layout::Meta)
     } else if dir.join("config.json").exists() {

@@ -9,7 +9,7 @@
 use super::checklist::Entry;
 use super::layout::{self, Split, Weight};
 use super::meta::{shard_name, MetaDir};
-use super::stream::{write_region, Buffers, CastStats, FullTensor, Region};
+use super::stream::{self, write_region, Buffers, CastStats, FullTensor, Region};
 use crate::formats::copy::HashingFile;
 use crate::formats::pth::{PthWriter, TensorSpec};
 use crate::progress::{Reporter, Task};
@@ -38,7 +38,7 @@ impl Plan {
     /// that every shard has the same tensor names, dtypes and the shapes its MP implies, and that
     /// replicated tensors (and repeated kv heads) are byte-identical wherever they occur.
     pub fn new(src_dir: &Path, mp: usize) -> Result<Self> {
-        let src = MetaDir::open(src_dir)?;
+        let src = MetaDir::open_checked(src_dir)?;
         let vocab = src.vocab()?;
         let p = &src.params;
         if !p.is_valid_mp(mp, vocab) {
@@ -54,6 +54,7 @@ impl Plan {
             );
         }
         check_names(&src)?;
+        check_against_params(&src)?;
         let mut tensors = Vec::new();
         for name in src.names() {
             let weight = src.weight(&name)?;
@@ -182,6 +183,8 @@ impl Plan {
         if let Some(e) = lock(&first_err).take() {
             return Err(e);
         }
+        // Every source byte was read once; a corrupt one fails here, before any checklist.
+        stream::finish_checks(self.tensors.iter().map(|t| &t.full))?;
         written
             .into_iter()
             .enumerate()
@@ -234,6 +237,45 @@ fn check_names(src: &MetaDir) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The shards must hold exactly the weights params.json describes: a missing layer (or an empty
+/// state dict) would otherwise reshard into a model that cannot load.
+fn check_against_params(src: &MetaDir) -> Result<()> {
+    let expected = src.expected()?;
+    let names: HashSet<String> = src.names().into_iter().collect();
+    let shard0 = src.shards[0].path().display();
+    let layers = src.params.n_layers;
+    if let Some(w) = expected.iter().find(|w| !names.contains(&w.name)) {
+        bail!(
+            "{shard0}: tensor {} is missing (params.json describes {layers} layers; the shard holds {} tensors)",
+            w.name,
+            names.len()
+        );
+    }
+    let known: HashSet<&str> = expected.iter().map(|w| w.name.as_str()).collect();
+    if let Some(n) = src.names().iter().find(|n| !known.contains(n.as_str())) {
+        bail!("{shard0}: tensor {n} is not a weight of the model params.json describes ({layers} layers)");
+    }
+    Ok(())
+}
+
+/// [`copy_hashed`] a small file of the source dir, and refuse it when it does not match what the
+/// source's checklist.chk lists for it (the output's checklist must not bless changed bytes).
+pub fn copy_listed(src: &MetaDir, name: &str, dir: &Path) -> Result<Entry> {
+    let from = src.dir.join(name);
+    let entry = copy_hashed(&from, dir, name)?;
+    if let Some(want) = src.listed_md5(name)? {
+        if want != entry.md5 {
+            return Err(crate::error::check_failed(format!(
+                "{}: md5 {} does not match {} (checklist.chk): the file is corrupt or was changed",
+                from.display(),
+                entry.md5,
+                want
+            )));
+        }
+    }
+    Ok(entry)
 }
 
 /// Copy `src` (following symlinks) to `dir/name`, hashing while copying.

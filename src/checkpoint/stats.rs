@@ -475,8 +475,9 @@ pub struct ScanItem {
     pub scales: Option<Arc<RowScales>>,
 }
 
-/// Scan every item in parallel on `jobs` threads; one result per item, in order. `progress` gets
-/// the byte count of each piece scanned.
+/// Scan every item in parallel on `jobs` threads (at most the cores and the pieces: the scan is
+/// compute-bound, and `--jobs 20000` must not start 20000 threads); one result per item, in
+/// order. `progress` gets the byte count of each piece scanned.
 pub fn scan_all(
     items: &[ScanItem],
     jobs: usize,
@@ -494,8 +495,9 @@ pub fn scan_all(
             off += n;
         }
     }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(jobs.max(1))
+        .num_threads(jobs.min(cores).min(pieces.len()).max(1))
         .build()?;
     let results: Vec<Result<Stats>> = pool.install(|| {
         pieces

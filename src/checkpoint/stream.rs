@@ -99,6 +99,20 @@ impl FullTensor {
     }
 }
 
+/// Give the verdicts of the read checks on every file the tensors were read from (see
+/// [`crate::formats::integrity`]), each file once, reading only what the work did not.
+pub fn finish_checks<'a>(tensors: impl IntoIterator<Item = &'a FullTensor>) -> Result<()> {
+    use rayon::prelude::*;
+    let mut seen = std::collections::HashSet::new();
+    let sources: Vec<&Arc<Source>> = tensors
+        .into_iter()
+        .flat_map(|t| &t.pieces)
+        .map(|p| &p.src)
+        .filter(|s| seen.insert(Arc::as_ptr(s)))
+        .collect();
+    sources.par_iter().try_for_each(|s| s.finish_checks())
+}
+
 /// Rows permuted inside consecutive groups of `group` rows: output row j of a group comes from
 /// source row `map(j)` of the same group.
 #[derive(Clone, Copy)]

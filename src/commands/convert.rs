@@ -23,9 +23,7 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
     if args.to == ConvertTo::Gguf && src.is_file() {
         return gguf::run_from_gguf(args);
     }
-    if !src.is_dir() {
-        bail!("{}: not a directory", src.display());
-    }
+    crate::checkpoint::require_dir(src)?;
     // fp8 weights can be dequantized into a float or GGUF file; moved as they are, never.
     if args.to == ConvertTo::Meta || args.to == ConvertTo::Hf && args.dtype.is_none() {
         fp8::refuse(src, "convert without --dtype")

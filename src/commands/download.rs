@@ -11,7 +11,7 @@ use crate::checkpoint::hashing::md5_file;
 use crate::cli::DownloadArgs;
 use crate::error::{self, Fail};
 use crate::net::config::NetConfig;
-use crate::net::download::{kept_parts_note, FileRequest, HashKind, Http, HttpError};
+use crate::net::download::{kept_parts_note, part_path, FileRequest, HashKind, Http, HttpError};
 use crate::net::signed_url::{self, human_duration, redact, SignedUrl};
 use crate::progress::{Reporter, Task};
 use crate::util::{human_bytes, work_queue};
@@ -132,19 +132,21 @@ pub fn run(args: &DownloadArgs) -> Result<i32> {
     let parts_dir = args.dir.clone();
     let _kept = crate::signal::register_kept(move || kept_parts_note(&parts_dir, ".part"));
     space_estimate(&models, &args.dir);
+    let n_files = plan.first.len() + plan.rest.iter().map(|v| v.len()).sum::<usize>();
+    // More workers than files would only idle (each holds a client and its I/O thread).
+    let jobs = args.jobs.min(n_files.max(1));
     eprintln!(
         "downloading {} into {} ({} at a time)",
         models.iter().map(|m| m.name).collect::<Vec<_>>().join(", "),
         args.dir.display(),
-        args.jobs
+        jobs
     );
 
     // One client per worker: each has its own I/O thread, so parallel streams do not share one.
     let cfg = NetConfig::from_env()?;
-    let clients = (0..args.jobs)
+    let clients = (0..jobs)
         .map(|_| Http::new(cfg.clone()))
         .collect::<Result<Vec<_>>>()?;
-    let n_files = plan.first.len() + plan.rest.iter().map(|v| v.len()).sum::<usize>();
     let mut progress = ProgressReporter::stderr(Shown::new("progress").count(n_files, "files"));
     let state = RunState {
         clients,
@@ -283,8 +285,6 @@ struct Job {
     size: Option<u64>,
     /// Index into the chosen models (None for top-level files).
     model: Option<usize>,
-    /// Files that can never legitimately be an HTML/XML page.
-    reject_markup: bool,
 }
 
 impl Job {
@@ -313,7 +313,6 @@ fn plan(links: &Links, models: &[&'static Model], dir: &Path) -> Result<Plan> {
             md5: None,
             size: links.size(name, name),
             model: None,
-            reject_markup: false,
         });
     }
     let mut rest = Vec::new();
@@ -332,7 +331,6 @@ fn plan(links: &Links, models: &[&'static Model], dir: &Path) -> Result<Plan> {
                 label: local,
                 md5: None,
                 model: Some(mi),
-                reject_markup: true,
             };
             if f == "checklist.chk" {
                 first.push(job);
@@ -679,7 +677,9 @@ impl RunState<'_> {
         req.expected_digest = md5.cloned();
         req.expected_size = job.size;
         req.connections = self.connections;
-        req.reject_markup = job.reject_markup;
+        // No file behind a download link is a web page (LICENSE and USE_POLICY are plain
+        // text): an HTML/XML body is the CDN's error page, never saved under the file's name.
+        req.reject_markup = true;
         match http.download_to_file(&req, fp) {
             Ok(d) => {
                 let mut line = format!("ok    {} ({})", job.label, human_bytes(d.size));
@@ -720,7 +720,8 @@ impl RunState<'_> {
         Ok(None)
     }
 
-    /// One line saying what went wrong with a file, and the exit code it implies.
+    /// One line saying what went wrong with a file, and the exit code it implies. A kept part is
+    /// mentioned only when there is one (the engine removes a part that stayed empty).
     fn explain(&self, job: &Job, e: HttpError) -> Failure {
         let code = e.exit_code();
         let stops_all = matches!(
@@ -729,8 +730,15 @@ impl RunState<'_> {
         );
         let message = match &e {
             HttpError::Refused { status, detail, .. } => format!(
-                "{}: HTTP {status}{detail}: the download link has expired or its download count is used up; partial files are kept, and re-running with a new link from Meta resumes where this stopped",
-                job.label
+                "{}: HTTP {status}{detail}: the download link has expired or its download count is used up; {}",
+                job.label,
+                match kept_part(job) {
+                    Some(n) => format!(
+                        "its part ({}) is kept, and re-running with a new link from Meta resumes it",
+                        human_bytes(n)
+                    ),
+                    None => "re-run with a new link from Meta".to_string(),
+                }
             ),
             HttpError::NotFound { .. } => match job.model {
                 Some(_) => format!(
@@ -742,8 +750,12 @@ impl RunState<'_> {
             // The same for every file: no file name, so it is said once.
             HttpError::Unreachable(u) => u.to_string(),
             HttpError::Network { attempts, last, .. } => format!(
-                "{}: network failure after {attempts} attempts ({last}); the part is kept, re-run to resume",
-                job.label
+                "{}: network failure after {attempts} attempts ({last}); {}",
+                job.label,
+                match kept_part(job) {
+                    Some(n) => format!("its part ({}) is kept, re-run to resume", human_bytes(n)),
+                    None => "nothing of it was kept".to_string(),
+                }
             ),
             HttpError::Mismatch {
                 expected, actual, ..
@@ -759,6 +771,14 @@ impl RunState<'_> {
             stops_all,
         }
     }
+}
+
+/// The size of the part a failed file left for the next run, if it left one.
+fn kept_part(job: &Job) -> Option<u64> {
+    std::fs::metadata(part_path(&job.dest))
+        .ok()
+        .map(|m| m.len())
+        .filter(|n| *n > 0)
 }
 
 #[cfg(test)]

@@ -220,8 +220,11 @@ impl PlainThread {
             let (flag, cv) = &*stop2;
             let mut stopped = flag.lock().unwrap_or_else(|e| e.into_inner());
             loop {
+                // The flag is read under the lock before every wait: a stop set before this
+                // thread first waits (a command that fails at once) is seen at once, not after
+                // an interval, and spurious wake-ups wait again.
                 let (guard, _) = cv
-                    .wait_timeout(stopped, shared.interval)
+                    .wait_timeout_while(stopped, shared.interval, |stop| !*stop)
                     .unwrap_or_else(|e| e.into_inner());
                 stopped = guard;
                 if *stopped {

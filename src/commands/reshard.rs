@@ -3,7 +3,7 @@
 use super::reporters::{FinishLines, Options as Shown, ProgressReporter};
 use crate::checkpoint::checklist::{self, Entry};
 use crate::checkpoint::fp8;
-use crate::checkpoint::reshard::{copy_hashed, Plan};
+use crate::checkpoint::reshard::{copy_listed, Plan};
 use crate::cli::ReshardArgs;
 use crate::util::{check_dst_outside_src, ensure_free_disk, human_bytes, AtomicDir};
 use anyhow::{bail, Context, Result};
@@ -19,6 +19,7 @@ pub fn run(args: &ReshardArgs) -> Result<i32> {
     if args.jobs == Some(0) {
         bail!("--jobs must be at least 1");
     }
+    crate::checkpoint::require_dir(&args.src_dir)?;
     check_dst_outside_src(&args.src_dir, &args.dst_dir)?;
     fp8::refuse(&args.src_dir, "reshard")?;
     let started = Instant::now();
@@ -67,13 +68,9 @@ pub fn run(args: &ReshardArgs) -> Result<i32> {
     progress.finish();
     let mut entries = entries?;
 
-    entries.push(copy_hashed(
-        &args.src_dir.join("params.json"),
-        out.path(),
-        "params.json",
-    )?);
+    entries.push(copy_listed(src, "params.json", out.path())?);
     match &tokenizer {
-        Some(t) => entries.push(copy_hashed(t, out.path(), "tokenizer.model")?),
+        Some(_) => entries.push(copy_listed(src, "tokenizer.model", out.path())?),
         None => eprintln!(
             "note: {} has no tokenizer.model; the output has none either",
             args.src_dir.display()

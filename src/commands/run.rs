@@ -66,6 +66,14 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     if args.chat && !args.prompt.is_empty() {
         bail!("--prompt and --chat are exclusive: use --dialogs FILE for batch chat");
     }
+    if args.check && args.chat {
+        bail!(
+            "--check runs text completions (its own prompts, or --prompt); it does not take --chat"
+        );
+    }
+    if args.max_gen_len == Some(0) {
+        bail!("--max-gen-len must be at least 1 (leave it out to fill --max-seq-len)");
+    }
     set_threads(args.threads)?;
     let mut s = load(dir, args)?;
     if args.check {
@@ -182,10 +190,17 @@ fn preflight(
 }
 
 /// Size rayon's pool (our kernels and candle's CPU ops share it) once, before any work starts.
+/// More threads than cores only take turns on them (and every kernel splits its work per
+/// thread), so a larger count is clamped to the cores with a note.
 fn set_threads(threads: Option<usize>) -> Result<()> {
-    let Some(n) = threads else { return Ok(()) };
-    if n == 0 {
+    let Some(asked) = threads else { return Ok(()) };
+    if asked == 0 {
         bail!("--threads must be at least 1");
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let n = asked.min(cores);
+    if n < asked {
+        eprintln!("note: --threads {asked} is more than the {cores} cores this process may use; using {cores}");
     }
     rayon::ThreadPoolBuilder::new()
         .num_threads(n)
@@ -606,41 +621,13 @@ mod interrupt {
     }
 }
 
-/// The CI inference check: fixed prompts as one batch, greedy, twice; the two runs must agree token
-/// for token and in every logprob bit, and every logit must be finite.
-fn check(s: &mut Session, args: &RunArgs) -> Result<i32> {
-    let texts: Vec<&str> = CHECK_PROMPTS
-        .iter()
-        .take(s.cache.max_batch())
-        .copied()
-        .collect();
-    let prompts = texts
-        .iter()
-        .map(|t| s.tok.encode(t, true, false, AllowedSpecial::None))
-        .collect::<Result<Vec<_>>>()?;
-    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    if longest + 1 >= s.cache.max_seq() {
-        bail!(
-            "--check needs --max-seq-len above {} (its longest prompt is {longest} tokens)",
-            longest + 1
-        );
-    }
-    let params = GenParams {
-        max_gen_len: Some(CHECK_GEN_LEN.min(s.cache.max_seq() - longest)),
-        temperature: 0.0,
-        top_p: 1.0,
-        seed: args.seed,
-        logprobs: true,
-        // Generate the full length, so that both runs exercise every step.
-        stop_ids: Vec::new(),
-    };
-    let (first, st1) = run_batches(s, &prompts, &params)?;
-    let (second, st2) = run_batches(s, &prompts, &params)?;
+/// What differs between the check's two runs, or is not finite, or is empty.
+fn compare_runs(first: &[Generation], second: &[Generation], non_finite: bool) -> Vec<String> {
     let mut problems = Vec::new();
-    if st1.non_finite || st2.non_finite {
+    if non_finite {
         problems.push("non-finite logits".to_string());
     }
-    for (i, (a, b)) in first.iter().zip(&second).enumerate() {
+    for (i, (a, b)) in first.iter().zip(second).enumerate() {
         if a.tokens != b.tokens {
             problems.push(format!("prompt {}: tokens differ between runs", i + 1));
         } else if a
@@ -658,6 +645,46 @@ fn check(s: &mut Session, args: &RunArgs) -> Result<i32> {
             problems.push(format!("prompt {}: nothing generated", i + 1));
         }
     }
+    problems
+}
+
+/// The CI inference check: fixed prompts as one batch (or the `--prompt`s, `--max-batch-size` at a
+/// time), greedy, twice; the two runs must agree token for token and in every logprob bit, and
+/// every logit must be finite.
+fn check(s: &mut Session, args: &RunArgs) -> Result<i32> {
+    let texts: Vec<&str> = if args.prompt.is_empty() {
+        CHECK_PROMPTS
+            .iter()
+            .take(s.cache.max_batch())
+            .copied()
+            .collect()
+    } else {
+        args.prompt.iter().map(String::as_str).collect()
+    };
+    let prompts = texts
+        .iter()
+        .map(|t| s.tok.encode(t, true, false, AllowedSpecial::None))
+        .collect::<Result<Vec<_>>>()?;
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    if longest + 1 >= s.cache.max_seq() {
+        bail!(
+            "--check needs --max-seq-len above {} (its longest prompt is {longest} tokens)",
+            longest + 1
+        );
+    }
+    let gen_len = args.max_gen_len.unwrap_or(CHECK_GEN_LEN);
+    let params = GenParams {
+        max_gen_len: Some(gen_len.min(s.cache.max_seq() - longest)),
+        temperature: 0.0,
+        top_p: 1.0,
+        seed: args.seed,
+        logprobs: true,
+        // Generate the full length, so that both runs exercise every step.
+        stop_ids: Vec::new(),
+    };
+    let (first, st1) = run_batches(s, &prompts, &params)?;
+    let (second, st2) = run_batches(s, &prompts, &params)?;
+    let problems = compare_runs(&first, &second, st1.non_finite || st2.non_finite);
     let ok = problems.is_empty();
     let stats = Stats {
         prefill_tokens: st1.prefill_tokens + st2.prefill_tokens,

@@ -5,14 +5,23 @@ use crate::checkpoint::verify::{self, Check, CheckState, Kind, Options, Problem,
 use crate::cli::VerifyArgs;
 use crate::formats::gguf::{self, GgufFile};
 use crate::util::human_bytes;
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 pub fn run(args: &VerifyArgs) -> Result<i32> {
+    if args.jobs == Some(0) {
+        bail!("--jobs must be at least 1");
+    }
+    if args.dir.is_file() && !gguf::is_gguf(&args.dir) {
+        bail!(
+            "{}: {}",
+            args.dir.display(),
+            crate::formats::sniff::refusal(&args.dir, "a model directory or a GGUF file")
+        );
+    }
     super::note_stale(&crate::util::stale_temps_of(&args.dir));
     let jobs = args
         .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let opts = Options {
         md5: !args.no_md5,
         deep: args.deep,

@@ -4,12 +4,13 @@
 //! Bulk bytes are read with `pread` into a reusable buffer rather than through the mmap: touching a
 //! mapped 16 GB shard would count every page in the process's RSS, while pread keeps the data in the
 //! page cache only, so peak RSS stays at the buffer size whatever the model size.
+use super::integrity::Expect;
 use anyhow::{bail, Context, Result};
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::thread;
 
 /// Bytes moved per read when streaming. Small enough that a block is still in the CPU cache when
@@ -19,11 +20,18 @@ use std::thread;
 pub const CHUNK: usize = 256 << 10;
 
 /// A file opened for positional reads, shareable between threads.
-#[derive(Debug)]
 pub struct Source {
     file: File,
     path: PathBuf,
     len: u64,
+    /// Checksums the bytes must match, checked as they are read (see [`super::integrity`]).
+    expect: Mutex<Option<Expect>>,
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source").field("path", &self.path).finish()
+    }
 }
 
 impl Source {
@@ -37,7 +45,31 @@ impl Source {
             file,
             path: path.to_path_buf(),
             len,
+            expect: Mutex::new(None),
         })
+    }
+
+    /// From now on every read is checked against `expect`.
+    pub fn check_reads(&self, expect: Expect) {
+        *self.lock_expect() = Some(expect);
+    }
+
+    /// Whether reads are being checked (kernel-side copies would bypass the check).
+    pub fn checks_reads(&self) -> bool {
+        self.lock_expect().is_some()
+    }
+
+    /// Read what the work did not and give the checks' verdicts (see [`Expect::finish`]).
+    pub fn finish_checks(&self) -> Result<()> {
+        match self.lock_expect().as_mut() {
+            Some(e) => e.finish(&self.file),
+            None => Ok(()),
+        }
+    }
+
+    fn lock_expect(&self) -> std::sync::MutexGuard<'_, Option<Expect>> {
+        // A panicking reader already fails the run; the state behind the lock is still usable.
+        self.expect.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn path(&self) -> &Path {
@@ -65,7 +97,11 @@ impl Source {
                 buf.len(),
                 self.len
             )
-        })
+        })?;
+        match self.lock_expect().as_mut() {
+            Some(e) => e.observe(offset, buf),
+            None => Ok(()),
+        }
     }
 
     /// A range that runs past the end of the file is an error naming the file.
@@ -115,6 +151,10 @@ pub fn copy_file_range_all(
 ) -> Result<()> {
     use std::os::fd::AsRawFd;
     src.check_range(offset, len)?;
+    if src.checks_reads() {
+        let mut w = dst;
+        return src.copy_range(offset, len, buf, &mut w);
+    }
     let mut off_in = offset as libc::loff_t;
     let mut left = len;
     while left > 0 {

@@ -3,11 +3,13 @@
 //! No CLI, no network, no model knowledge.
 pub mod copy;
 pub mod gguf;
+pub mod integrity;
 pub(crate) mod md5;
 pub mod pickle;
 pub mod pth;
 pub mod quant;
 pub mod safetensors;
+pub mod sniff;
 
 /// Element types, named as safetensors spells them (the names `inspect --json` prints).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -7,6 +7,7 @@
 //! storages in place. torch 2.x writes each record with a data descriptor (flag bit 3) and always ends
 //! with a ZIP64 end record; we do the same, so the CRC can be computed while streaming.
 use super::copy::{CrcWriter, Source};
+use super::integrity;
 use super::pickle::{self, EmitTensor, StateDict};
 use super::{DType, TensorInfo};
 use anyhow::{anyhow, bail, Context, Result};
@@ -24,6 +25,8 @@ struct Record {
     /// Absolute file offset of the first data byte.
     start: u64,
     len: u64,
+    /// The zip's CRC-32 of the record's bytes.
+    crc: u32,
 }
 
 /// A torch zip checkpoint, opened lazily: only the zip directory and `data.pkl` are read.
@@ -33,6 +36,7 @@ pub struct PthFile {
     mmap: memmap2::Mmap,
     prefix: String,
     records: HashMap<String, Record>,
+    pickle: Record,
     state: StateDict,
 }
 
@@ -57,7 +61,7 @@ impl PthFile {
             bail!("legacy (pre-1.6) torch serialization, which cannot be read without running its pickle; re-save it with a trusted torch: torch.save(torch.load(path, weights_only=True), path)");
         }
         if bytes.len() < 4 || &bytes[..4] != b"PK\x03\x04" {
-            bail!("not a torch zip checkpoint (no zip header)");
+            bail!("{}", super::sniff::refusal(path, "a torch zip checkpoint"));
         }
         // The zip crate scans for directory signatures; reading through the map would count every
         // page it looks at in our RSS (~110 MB on a 3 GB shard), so it reads with pread instead.
@@ -91,6 +95,7 @@ impl PthFile {
             let rec = Record {
                 start: f.data_start(),
                 len: f.compressed_size(),
+                crc: f.crc32(),
             };
             if rec
                 .start
@@ -147,6 +152,7 @@ impl PthFile {
             mmap,
             prefix,
             records,
+            pickle: pk,
             state,
         })
     }
@@ -176,6 +182,34 @@ impl PthFile {
 
     pub fn source(&self) -> &Arc<Source> {
         &self.source
+    }
+
+    /// The zip's CRC-32 of `data.pkl` and of every storage record, labelled with the tensors
+    /// that live in it, for checking reads (see [`crate::formats::integrity`]).
+    pub fn record_checks(&self) -> Vec<integrity::Record> {
+        let mut tensors: HashMap<&str, Vec<&str>> = HashMap::new();
+        for t in &self.state.tensors {
+            tensors.entry(&t.storage_key).or_default().push(&t.name);
+        }
+        let mut out = vec![integrity::Record {
+            start: self.pickle.start,
+            len: self.pickle.len,
+            crc: self.pickle.crc,
+            label: format!("record {}/data.pkl", self.prefix),
+        }];
+        for (key, r) in &self.records {
+            let label = match tensors.get(key.as_str()) {
+                Some(names) => format!("record data/{key} (tensor {})", names.join(", ")),
+                None => format!("record data/{key}"),
+            };
+            out.push(integrity::Record {
+                start: r.start,
+                len: r.len,
+                crc: r.crc,
+                label,
+            });
+        }
+        out
     }
 
     fn record(&self, t: &TensorInfo) -> Result<Record> {

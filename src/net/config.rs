@@ -3,12 +3,14 @@
 //!
 //! | variable | meaning | default |
 //! |---|---|---|
-//! | `LLAMACTL_NET_RETRIES` | tries after a failure, counted since the last byte received | 8 |
+//! | `LLAMACTL_NET_RETRIES` | tries after a failure, counted since the last try that moved bytes at the floor rate | 8 |
 //! | `LLAMACTL_NET_TIMEOUT_S` | no byte for this long (or no response headers) is a stall, retried | 60 |
 //! | `LLAMACTL_NET_CONNECT_TIMEOUT_S` | a connection not made within this long failed | 10 |
 //! | `LLAMACTL_NET_BACKOFF_MS` | first wait before a retry; doubled per failure, ±50 % jitter | 1000 |
 //! | `LLAMACTL_NET_BACKOFF_MAX_MS` | longest wait between retries | 60000 |
 //! | `LLAMACTL_NET_SEGMENT_MIN_BYTES` | smallest segment of a file fetched over several connections | 64 MiB |
+//! | `LLAMACTL_NET_MIN_RATE_BYTES` | floor rate in bytes per second: a try slower than this counts as failed (0: none) | 16384 |
+//! | `LLAMACTL_NET_MIN_RATE_WINDOW_S` | the span over which a running transfer is held to the floor rate | 60 |
 //!
 //! The names used before these (`LLAMACTL_RETRIES`, `LLAMACTL_READ_TIMEOUT_MS`,
 //! `LLAMACTL_CONNECT_TIMEOUT_MS`, `LLAMACTL_RETRY_BASE_MS`, `LLAMACTL_RETRY_MAX_MS`,
@@ -30,6 +32,11 @@ pub struct NetConfig {
     pub retry_max: Duration,
     /// Smallest segment when a file is fetched over several connections.
     pub segment_min: u64,
+    /// Floor rate in bytes per second (0: none). A try whose bytes came slower than this, its
+    /// waits included, is a failure towards `retries` rather than progress; a transfer that stays
+    /// below it for `rate_window` is cut and retried.
+    pub min_rate: u64,
+    pub rate_window: Duration,
 }
 
 impl Default for NetConfig {
@@ -41,6 +48,8 @@ impl Default for NetConfig {
             retry_base: Duration::from_millis(1000),
             retry_max: Duration::from_secs(60),
             segment_min: 64 << 20,
+            min_rate: 16 << 10,
+            rate_window: Duration::from_secs(60),
         }
     }
 }
@@ -54,7 +63,13 @@ enum Unit {
 
 /// The value of `name`, else of its old alias; a value that does not parse is an error.
 fn read(name: &str, alias: &str, unit: Unit) -> Result<Option<f64>> {
-    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    // An empty alias: the setting has no older name.
+    let get = |k: &str| {
+        (!k.is_empty())
+            .then(|| std::env::var(k).ok())
+            .flatten()
+            .filter(|v| !v.trim().is_empty())
+    };
     let (key, unit, text) = match (get(name), get(alias)) {
         (Some(v), _) => (name, unit, v),
         // The old names held milliseconds for every duration.
@@ -123,9 +138,21 @@ impl NetConfig {
                 d.segment_min,
             )?
             .max(1),
+            min_rate: count("LLAMACTL_NET_MIN_RATE_BYTES", "", d.min_rate)?,
+            rate_window: dur(
+                "LLAMACTL_NET_MIN_RATE_WINDOW_S",
+                "",
+                Unit::Seconds,
+                d.rate_window,
+            )?,
         };
         if cfg.read_timeout.is_zero() || cfg.connect_timeout.is_zero() {
             return Err(anyhow!("LLAMACTL_NET_*TIMEOUT*: a timeout must be above 0"));
+        }
+        if cfg.min_rate > 0 && cfg.rate_window.is_zero() {
+            return Err(anyhow!(
+                "LLAMACTL_NET_MIN_RATE_WINDOW_S: must be above 0 (set LLAMACTL_NET_MIN_RATE_BYTES=0 for no floor rate)"
+            ));
         }
         Ok(cfg)
     }

@@ -19,6 +19,7 @@ use crate::net::config::NetConfig;
 use crate::net::download::{FileRequest, HashKind, Http, HttpError};
 use crate::net::reach::{self, ConnectFailure};
 use crate::net::retry::{Next, Tries};
+use crate::net::signed_url::redact;
 use crate::progress::{Reporter, Task};
 use crate::util::{flock_exclusive, write_atomic};
 use anyhow::{anyhow, bail, Context, Result};
@@ -72,7 +73,8 @@ impl HubEnv {
             .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string())
             .trim_end_matches('/')
             .to_string();
-        Url::parse(&endpoint).with_context(|| format!("HF_ENDPOINT={endpoint}: not a URL"))?;
+        Url::parse(&endpoint)
+            .with_context(|| format!("HF_ENDPOINT={}: not a URL", redact(&endpoint)))?;
         let offline = ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"]
             .iter()
             .any(|k| var(k).is_some_and(|v| is_true(&v)));
@@ -246,11 +248,13 @@ fn quote(s: &str, keep_slash: bool) -> String {
     out
 }
 
-/// A URL for messages: the query (where signed CDN URLs keep their credentials) is cut off.
+/// A URL for messages: the query (where signed CDN URLs keep their credentials) is cut off and
+/// any userinfo redacted.
 pub fn redact_url(url: &str) -> String {
+    let url = redact(url);
     match url.find(['?', '#']) {
         Some(i) => format!("{}?…", &url[..i]),
-        None => url.to_string(),
+        None => url,
     }
 }
 
@@ -586,7 +590,7 @@ impl HubClient {
     }
 
     pub fn model_page(&self, repo_id: &str) -> String {
-        format!("{}/{repo_id}", self.endpoint)
+        redact(&format!("{}/{repo_id}", self.endpoint))
     }
 
     pub fn resolve_url(&self, repo_id: &str, revision: &str, path: &str) -> String {
@@ -747,7 +751,7 @@ impl HubClient {
             (_, "EntryNotFound") => anyhow!("{}: no such file in {repo_id}", redact_url(url)),
             (StatusCode::NOT_FOUND, _) | (_, "RepoNotFound") => anyhow!(
                 "{repo_id}: repository not found on {} (check the name)",
-                self.endpoint
+                redact(&self.endpoint)
             ),
             _ => anyhow!("{}: HTTP {status}", redact_url(url)),
         })

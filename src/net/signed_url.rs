@@ -122,8 +122,37 @@ pub fn policy_expiry(url: &str) -> Result<Option<SystemTime>> {
 }
 
 /// Replace the values of credential parameters (`Policy=`, `Signature=`, `Key-Pair-Id=`, any
-/// case) wherever they occur in `text`, including inside error messages that embed a URL.
+/// case) and the userinfo of any URL (`http://user:PASS@host/` becomes `http://REDACTED@host/`)
+/// wherever they occur in `text`, including inside error messages that embed a URL.
 pub fn redact(text: &str) -> String {
+    redact_params(&redact_userinfo(text))
+}
+
+/// `scheme://USERINFO@host...` → `scheme://REDACTED@host...`, for every URL in `text`.
+fn redact_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        // The authority ends where the path, query or fragment starts, or where the URL ends.
+        let end = tail
+            .find(|c: char| matches!(c, '/' | '?' | '#') || is_value_end_char(c))
+            .unwrap_or(tail.len());
+        match tail[..end].rfind('@') {
+            Some(at) => {
+                out.push_str("REDACTED");
+                out.push_str(&tail[at..end]);
+            }
+            None => out.push_str(&tail[..end]),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn redact_params(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let bytes = text.as_bytes();
     let lower = text.to_ascii_lowercase();
@@ -148,6 +177,10 @@ pub fn redact(text: &str) -> String {
         i += ch.len_utf8().max(1);
     }
     out
+}
+
+fn is_value_end_char(c: char) -> bool {
+    c.is_ascii() && is_value_end(c as u8)
 }
 
 fn is_value_end(b: u8) -> bool {
@@ -222,6 +255,20 @@ mod tests {
             redact("https://b.s3/x?X-Amz-Credential=AKIA1&X-Amz-Signature=f00d&x-id=GetObject");
         assert!(!s3.contains("AKIA1") && !s3.contains("f00d") && s3.contains("x-id=GetObject"));
         assert_eq!(redact("héllo"), "héllo");
+    }
+
+    #[test]
+    fn userinfo_is_redacted() {
+        assert_eq!(
+            redact("GET http://alice:s3cr3t@h.example:8080/a/*?x=1 failed"),
+            "GET http://REDACTED@h.example:8080/a/*?x=1 failed"
+        );
+        assert_eq!(
+            redact("(https://TOKEN@h/x) and https://h/y"),
+            "(https://REDACTED@h/x) and https://h/y"
+        );
+        assert_eq!(redact("mail alice@h.example"), "mail alice@h.example");
+        assert_eq!(redact("https://h/a@b"), "https://h/a@b");
     }
 
     #[test]

@@ -17,7 +17,9 @@ pub struct MemoryPlan {
 }
 
 impl MemoryPlan {
-    /// `act_bytes`: bytes per activation / cache element (4 on the CPU).
+    /// `act_bytes`: bytes per activation / cache element (4 on the CPU). The sizes come from
+    /// user numbers (`--max-seq-len` up to 2^64 - 1), so every product saturates: a run whose
+    /// size does not fit in 64 bits needs "more than 16 EiB" and is refused like any run too big.
     pub fn new(
         cfg: &Config,
         weights: WeightBytes,
@@ -27,28 +29,37 @@ impl MemoryPlan {
     ) -> MemoryPlan {
         let (b, s) = (max_batch as u64, max_seq as u64);
         let e = act_bytes as u64;
-        let kv = 2 * cfg.n_layers as u64 * b * s * (cfg.n_kv_heads * cfg.head_dim) as u64 * e;
+        let kv_row = (cfg.n_kv_heads * cfg.head_dim) as u64;
+        let kv = product(&[2, cfg.n_layers as u64, b, s, kv_row, e]);
         let chunk = s.min(PREFILL_CHUNK as u64);
-        let rows = b * chunk;
         let heads = cfg.n_heads as u64;
         // Scores, the masked copy and the probabilities of one layer; the residual stream and its
         // norm, the q/k/v projections and their rotated copies, gate/up/product of the FFN; logits
         // of the last position. Dropped buffers are reused by the allocator, so one layer counts.
-        let scores = 3 * b * heads * chunk * s * e;
+        let scores = product(&[3, b, heads, chunk, s, e]);
         let per_row = 6 * cfg.dim
             + 3 * (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
             + 4 * cfg.hidden_dim;
-        let logits = b * cfg.vocab_size as u64 * 4;
+        let rows = product(&[b, chunk, per_row as u64, e]);
+        let logits = product(&[b, cfg.vocab_size as u64, 4]);
+        // The rotary tables: f32 angles, then their cos and sin, for every position.
+        let rotary = product(&[3, s, (cfg.head_dim / 2) as u64, 4]);
         MemoryPlan {
             weights,
             kv_cache: kv,
-            activations: scores + rows * per_row as u64 * e + logits,
+            activations: scores
+                .saturating_add(rows)
+                .saturating_add(logits)
+                .saturating_add(rotary),
         }
     }
 
     /// Bytes the process itself must hold (everything but the mapped weights).
     pub fn owned(&self) -> u64 {
-        self.weights.owned + self.kv_cache + self.activations
+        self.weights
+            .owned
+            .saturating_add(self.kv_cache)
+            .saturating_add(self.activations)
     }
 
     /// Fail when the process memory the run needs exceeds `available`; `Ok(Some(note))` when it fits
@@ -57,14 +68,17 @@ impl MemoryPlan {
         let need = self.owned();
         if need > available {
             bail!(
-                "this run needs about {} of {where_} memory ({}) but {} is available; lower {}",
-                human_bytes(need),
+                "this run needs {} of {where_} memory ({}) but {} is available; lower {}",
+                match need {
+                    u64::MAX => size(need),
+                    n => format!("about {}", human_bytes(n)),
+                },
                 self.breakdown(),
                 human_bytes(available),
                 self.advice()
             );
         }
-        if self.weights.mapped > 0 && need + self.weights.mapped > total {
+        if self.weights.mapped > 0 && need.saturating_add(self.weights.mapped) > total {
             return Ok(Some(format!(
                 "note: the mapped weights ({}) and the run's own memory ({}) exceed this machine's {}: \
                  weight pages will be re-read from disk and the run will be slow",
@@ -79,10 +93,10 @@ impl MemoryPlan {
     fn breakdown(&self) -> String {
         let mut parts = Vec::new();
         if self.weights.owned > 0 {
-            parts.push(format!("weights {}", human_bytes(self.weights.owned)));
+            parts.push(format!("weights {}", size(self.weights.owned)));
         }
-        parts.push(format!("KV cache {}", human_bytes(self.kv_cache)));
-        parts.push(format!("activations {}", human_bytes(self.activations)));
+        parts.push(format!("KV cache {}", size(self.kv_cache)));
+        parts.push(format!("activations {}", size(self.activations)));
         parts.join(", ")
     }
 
@@ -93,6 +107,20 @@ impl MemoryPlan {
         } else {
             "--max-seq-len or --max-batch-size"
         }
+    }
+}
+
+/// The product of `factors`, or `u64::MAX` when it does not fit.
+fn product(factors: &[u64]) -> u64 {
+    factors.iter().fold(1u64, |acc, &f| acc.saturating_mul(f))
+}
+
+/// A size for a message; a saturated one is said to be past 64 bits, not given a false figure.
+fn size(bytes: u64) -> String {
+    if bytes == u64::MAX {
+        "more than 16 EiB".to_string()
+    } else {
+        human_bytes(bytes)
     }
 }
 
@@ -188,6 +216,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--dtype"), "{err}");
+    }
+
+    #[test]
+    fn sizes_past_64_bits_are_refused_not_wrapped() {
+        let w = WeightBytes {
+            mapped: 16 << 30,
+            owned: 0,
+        };
+        for max_seq in [1usize << 56, 1 << 60, usize::MAX] {
+            let p = MemoryPlan::new(&cfg_8b(), w, max_seq, 4, 4);
+            let err = p
+                .check(u64::MAX - 1, u64::MAX, "host")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("more than 16 EiB"), "{max_seq}: {err}");
+            assert!(err.contains("--max-seq-len"), "{err}");
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::checkpoint::hf::rope_from_config;
 use crate::checkpoint::stream::{cast, CastStats};
 use crate::checkpoint::{Layout, ModelDir};
 use crate::formats::DType as FDType;
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
 
 /// Llama 3.1-style frequency scaling (`use_scaled_rope`, HF `rope_scaling.rope_type = "llama3"`).
@@ -723,7 +723,12 @@ impl Llama {
 fn rotary_tables(cfg: &Config, max_positions: usize, device: &Device) -> Result<(Tensor, Tensor)> {
     let inv = cfg.inv_freqs();
     let half = inv.len();
-    let mut angles = Vec::with_capacity(max_positions * half);
+    // The run's preflight refuses sizes this large first; this keeps a library caller from a
+    // wrapped capacity.
+    let len = max_positions.checked_mul(half).ok_or_else(|| {
+        anyhow!("{max_positions} positions: the rotary tables would not fit in memory")
+    })?;
+    let mut angles = Vec::with_capacity(len);
     for pos in 0..max_positions {
         // f32 products, like torch.outer on f32 tensors.
         angles.extend(inv.iter().map(|f| pos as f32 * f));

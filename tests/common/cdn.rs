@@ -7,7 +7,8 @@
 //! - `Range: bytes=N-` → 206 with `Content-Range`; `If-Range` with a stale validator → 200; a range
 //!   at or past the end → 416 `bytes */LEN`. Unknown paths → 404 with an XML body.
 //! - Faults, consumed one per matching request: drop the connection after N body bytes (reset), one
-//!   500, a stall, a short body (clean close), a Content-Length larger than the body, an HTML page.
+//!   500, a stall, a short body (clean close), a Content-Length larger than the body, an HTML page,
+//!   a body trickled slowly.
 //! - Counters: body bytes served per path and a log of requests.
 #![allow(dead_code)]
 
@@ -49,6 +50,8 @@ pub enum Fault {
     LongerLength(u64),
     /// 200 with an HTML page where the file should be.
     Html,
+    /// Send the body in pieces of 64 bytes at this many bytes per second: never a stall, always slow.
+    Trickle(u64),
 }
 
 struct Link {
@@ -316,7 +319,10 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
         .iter()
         .position(|(p, _)| *p == path)
         .map(|i| st.faults.remove(i).1);
-    let throttle = st.throttle;
+    let throttle = match &fault {
+        Some(Fault::Trickle(rate)) => Some(*rate),
+        _ => st.throttle,
+    };
     let len = body.len();
     let mut start = 0u64;
     let mut end = len; // exclusive
@@ -402,10 +408,10 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
         // A small send buffer keeps "served" close to what the client has actually taken in.
         set_sndbuf(&conn, 32 << 10);
     }
-    let chunk = if throttle.is_some() {
-        16 << 10
-    } else {
-        256 << 10
+    let chunk = match (&fault, throttle) {
+        (Some(Fault::Trickle(_)), _) => 64,
+        (_, Some(_)) => 16 << 10,
+        _ => 256 << 10,
     };
     let mut buf = vec![0u8; chunk];
     let mut sent = 0u64;

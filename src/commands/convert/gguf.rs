@@ -30,7 +30,7 @@ pub fn run(args: &ConvertArgs, instruct: bool) -> Result<i32> {
         .as_ref()
         .map(|d| FileType::parse(&d.0))
         .transpose()?;
-    refuse_source_file_as_output(src, dst)?;
+    crate::util::check_file_dst_outside_src(src, dst)?;
     let out = AtomicFile::create(dst, args.force)?;
     let layout = checkpoint::detect(src)?;
     let (docs, tok) = match layout {
@@ -74,11 +74,7 @@ pub fn run_from_gguf(args: &ConvertArgs) -> Result<i32> {
         );
     };
     let ft = FileType::parse(&d.0)?;
-    if let (Ok(s), Ok(d)) = (src.canonicalize(), dst.canonicalize()) {
-        if s == d {
-            bail!("{}: is the source; write the GGUF elsewhere", dst.display());
-        }
-    }
+    crate::util::check_file_dst_outside_src(src, dst)?;
     let file = gguf::GgufFile::open(src)?;
     if let Some(p) = file.problems().first() {
         bail!("{}: {p}", src.display());
@@ -122,20 +118,6 @@ fn write_plan(
     );
     println!("{}", dst.display());
     Ok(0)
-}
-
-/// `--force` may replace an old .gguf, never a file the conversion reads.
-fn refuse_source_file_as_output(src: &Path, dst: &Path) -> Result<()> {
-    let (Ok(s), Ok(d)) = (src.canonicalize(), dst.canonicalize()) else {
-        return Ok(());
-    };
-    if d.parent() == Some(s.as_path()) && d.extension().and_then(|e| e.to_str()) != Some("gguf") {
-        bail!(
-            "{}: is a file of the source directory; write the GGUF elsewhere",
-            dst.display()
-        );
-    }
-    Ok(())
 }
 
 /// The HF files of a Meta checkpoint, as `convert --to hf` would write them.

@@ -12,7 +12,7 @@ use super::part::{self, PartMeta, Reservation, Segment};
 use super::range::{self, Ranged, Span};
 use super::request::{FileRequest, PartDone};
 use super::response::{classify_status, io_reason, markup_type};
-use crate::net::retry::Tries;
+use crate::net::retry::{Pace, Tries};
 use crate::net::signed_url::redact;
 use crate::progress::Task;
 use reqwest::blocking::Response;
@@ -287,6 +287,7 @@ fn fetch_segment(
         if sh.stopping() {
             return Err(SegError::Http(HttpError::Cancelled));
         }
+        let mut pace = Pace::start(sh.http.config());
         let sent = pre.take().map_or_else(|| sh.ask(from, seg.end), Ok);
         let (reason, connect) = match sent {
             Err(failed) => (failed.reason, failed.connect),
@@ -299,13 +300,13 @@ fn fetch_segment(
                         ))
                     }
                 }
-                let stopped = read_segment(sh, seg, done, resp, &mut buf)?;
-                if done.load(Ordering::SeqCst) > from {
+                let stopped = read_segment(sh, seg, done, resp, &mut buf, &mut pace)?;
+                if pace.progressed() {
                     tries.progressed();
                 }
                 match stopped {
                     None => continue,
-                    Some(reason) => (reason, None),
+                    Some(reason) => (pace.explain(reason), None),
                 }
             }
             Ok(resp) if resp.status() == StatusCode::OK => {
@@ -326,13 +327,15 @@ fn fetch_segment(
 }
 
 /// Write a 206 body at its offset until the segment is full (`None`), the workers stop (`None`;
-/// the caller's loop sees why) or the connection fails (its reason).
+/// the caller's loop sees why), the connection fails or the bytes come slower than the floor
+/// rate (the reason).
 fn read_segment(
     sh: &Shared,
     seg: &Segment,
     done: &AtomicU64,
     mut resp: Response,
     buf: &mut [u8],
+    pace: &mut Pace,
 ) -> Result<Option<String>, SegError> {
     let mut pos = done.load(Ordering::SeqCst);
     while pos < seg.end {
@@ -350,6 +353,9 @@ fn read_segment(
                 done.store(pos, Ordering::SeqCst);
                 sh.fetched.fetch_add(n as u64, Ordering::SeqCst);
                 sh.progress.advance(n as u64);
+                if let Some(slow) = pace.add(n as u64) {
+                    return Ok(Some(slow));
+                }
             }
             Err(e) => return Ok(Some(io_reason(&e))),
         }

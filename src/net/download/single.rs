@@ -7,7 +7,7 @@ use super::range::{self, Ranged, Span};
 use super::request::{FileRequest, PartDone};
 use super::response::{classify_status, content_length, io_reason, looks_like_markup, markup_type};
 use crate::net::reach::ConnectFailure;
-use crate::net::retry::Tries;
+use crate::net::retry::{Pace, Tries};
 use crate::net::signed_url::redact;
 use crate::progress::Task;
 use reqwest::blocking::Response;
@@ -19,8 +19,8 @@ use std::io::{Read, Seek, SeekFrom, Write};
 enum Attempt {
     /// The part is complete at this size.
     Complete(u64),
-    /// Transient trouble; `progressed` when bytes were written in this attempt; `connect` when
-    /// the request got no answer at all.
+    /// Transient trouble; `progressed` when this attempt's bytes came at the floor rate or above
+    /// (see [`Pace`]); `connect` when the request got no answer at all.
     Retry {
         reason: String,
         progressed: bool,
@@ -183,6 +183,7 @@ impl<'a> Stream<'a> {
 
     /// One request (unless `pre` is already open) and its body, until it ends or fails.
     fn attempt(&mut self, pre: Option<Response>) -> Result<Attempt, HttpError> {
+        let mut pace = Pace::start(self.http.config());
         let resp = match pre {
             Some(r) => r,
             None => {
@@ -207,21 +208,18 @@ impl<'a> Stream<'a> {
             Err(instead) => return Ok(instead),
         };
         let total = self.check_start(&resp)?;
-        let start = self.offset;
-        let stopped = self.copy_body(resp, total)?;
-        let progressed = self.offset > start;
-        Ok(match (stopped, total) {
-            (Some(reason), _) => Attempt::Retry {
-                reason,
-                progressed,
-                connect: None,
-            },
-            (None, Some(t)) if self.offset < t => Attempt::Retry {
-                reason: format!("connection closed at byte {} of {t}", self.offset),
-                progressed,
-                connect: None,
-            },
-            (None, _) => Attempt::Complete(self.offset),
+        let stopped = self.copy_body(resp, total, &mut pace)?;
+        let reason = match (stopped, total) {
+            (Some(reason), _) => reason,
+            (None, Some(t)) if self.offset < t => {
+                format!("connection closed at byte {} of {t}", self.offset)
+            }
+            (None, _) => return Ok(Attempt::Complete(self.offset)),
+        };
+        Ok(Attempt::Retry {
+            reason: pace.explain(reason),
+            progressed: pace.progressed(),
+            connect: None,
         })
     }
 
@@ -300,11 +298,13 @@ impl<'a> Stream<'a> {
         Ok(total)
     }
 
-    /// Copy the body to the part until it ends (`None`) or a read fails (its reason).
+    /// Copy the body to the part until it ends (`None`), a read fails or the bytes come slower
+    /// than the floor rate (the reason).
     fn copy_body(
         &mut self,
         mut resp: Response,
         total: Option<u64>,
+        pace: &mut Pace,
     ) -> Result<Option<String>, HttpError> {
         let need = total.map_or(0, |t| t.saturating_sub(self.offset));
         let mut reservation = match total {
@@ -345,6 +345,9 @@ impl<'a> Stream<'a> {
             self.offset += n as u64;
             self.fetched += n as u64;
             self.progress.advance(n as u64);
+            if let Some(slow) = pace.add(n as u64) {
+                break Some(slow);
+            }
         };
         self.hasher.submit(buf, filled);
         Ok(stopped)
