@@ -43,7 +43,8 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Change a Meta checkpoint's model-parallel size, streamed and bit-exact.
     Reshard(ReshardArgs),
-    /// Convert between Meta checkpoints and Hugging Face safetensors.
+    /// Convert between Meta checkpoints and Hugging Face safetensors, or to one GGUF file (f32, f16,
+    /// bf16 or a llama-quantize type such as q4_k_m).
     Convert(ConvertArgs),
     /// Encode or decode text, or format a chat dialog, with the model's tokenizer.
     Tokenize(TokenizeArgs),
@@ -190,31 +191,48 @@ pub enum ConvertTo {
     Gguf,
 }
 
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CastDtype {
-    Bf16,
-    F16,
-    F32,
-    /// --to gguf only: 8-bit blocks of 32 with an f16 scale (llama.cpp's Q8_0).
-    #[value(name = "q8_0")]
-    Q8_0,
+/// `--dtype`: a float type, or (--to gguf only) one of llama-quantize's file types, by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CastDtype(pub String);
+
+impl CastDtype {
+    /// The float type this names, if it is one.
+    pub fn float(&self) -> Option<crate::formats::DType> {
+        use crate::formats::DType;
+        match self.0.to_ascii_lowercase().as_str() {
+            "bf16" => Some(DType::BF16),
+            "f16" => Some(DType::F16),
+            "f32" => Some(DType::F32),
+            _ => None,
+        }
+    }
+}
+
+impl std::str::FromStr for CastDtype {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(CastDtype(s.to_string()))
+    }
 }
 
 #[derive(Args, Debug, Clone)]
 #[command(
-    after_help = "Examples:\n  llamactl convert --to hf Meta-Llama-3-8B Meta-Llama-3-8B-hf\n  llamactl convert --to gguf Meta-Llama-3-8B-Instruct llama3-8b-instruct.gguf --dtype q8_0"
+    after_help = "Examples:\n  llamactl convert --to hf Meta-Llama-3-8B Meta-Llama-3-8B-hf\n  llamactl convert --to gguf Meta-Llama-3-8B-Instruct llama3-8b-instruct.gguf --dtype q4_k_m"
 )]
 pub struct ConvertArgs {
     /// Target layout.
     #[arg(long, value_enum)]
     pub to: ConvertTo,
-    /// Source dir (Meta for --to hf, HF for --to meta, either for --to gguf).
+    /// Source dir (Meta for --to hf, HF for --to meta, either for --to gguf); for --to gguf also
+    /// an f32/f16/bf16 GGUF file to quantize.
     pub src_dir: PathBuf,
     /// Destination dir (must not exist or be empty unless --force); for --to gguf the .gguf file
     /// (must not exist unless --force).
     pub dst_dir: PathBuf,
-    /// Cast while streaming (default: keep the source dtype); q8_0 only with --to gguf.
-    #[arg(long, value_enum)]
+    /// Cast while streaming (default: keep the source dtype): bf16, f16, f32; with --to gguf also
+    /// llama-quantize's types (any case): q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_s, q3_k_m,
+    /// q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k.
+    #[arg(long)]
     pub dtype: Option<CastDtype>,
     /// Replace a non-empty destination.
     #[arg(long)]

@@ -3,7 +3,8 @@
 //! table (names, order, GGML types, dims, offsets) and each tensor's sha256. From the Meta dir
 //! (MP 1 and MP 2) and from the HF dir `convert --to hf` makes. Plus refusals, and `inspect` /
 //! `verify` on the written file.
-use llamactl::formats::gguf::{quantize_q8_0, GgufFile};
+use llamactl::formats::gguf::GgufFile;
+use llamactl::formats::quant::quantize_q8_0;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Seek, SeekFrom};
@@ -15,7 +16,7 @@ fn testdata() -> PathBuf {
 }
 
 /// Run llamactl; returns (exit code, stdout, stderr).
-fn llamactl(args: &[&dyn AsRef<std::ffi::OsStr>]) -> (i32, String, String) {
+pub(crate) fn llamactl(args: &[&dyn AsRef<std::ffi::OsStr>]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_llamactl"))
         .args(args)
         .output()
@@ -27,7 +28,7 @@ fn llamactl(args: &[&dyn AsRef<std::ffi::OsStr>]) -> (i32, String, String) {
     )
 }
 
-fn convert(to: &str, src: &Path, dst: &Path, extra: &[&str]) {
+pub(crate) fn convert(to: &str, src: &Path, dst: &Path, extra: &[&str]) {
     let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"convert", &"--to", &to, &src, &dst];
     for e in extra {
         args.push(e);
@@ -49,7 +50,7 @@ const NAMING: [&str; 7] = [
 
 /// The file's structure in the golden's terms: [key, type, value | {"sha256"}] and
 /// [name, type, dims, offset, sha256].
-fn structure(path: &Path) -> (Vec<Value>, Vec<Value>) {
+pub(crate) fn structure(path: &Path) -> (Vec<Value>, Vec<Value>) {
     let g = GgufFile::open(path).unwrap();
     let kvs = g
         .kvs
@@ -80,7 +81,7 @@ fn structure(path: &Path) -> (Vec<Value>, Vec<Value>) {
     (kvs, tensors)
 }
 
-fn golden(name: &str) -> (Vec<Value>, Vec<Value>) {
+pub(crate) fn golden(name: &str) -> (Vec<Value>, Vec<Value>) {
     let text = std::fs::read_to_string(testdata().join("gguf").join(name)).unwrap();
     let doc: Value = serde_json::from_str(&text).unwrap();
     let kvs = doc["kvs"]
@@ -93,7 +94,7 @@ fn golden(name: &str) -> (Vec<Value>, Vec<Value>) {
     (kvs, doc["tensors"].as_array().unwrap().clone())
 }
 
-fn assert_matches_golden(file: &Path, golden_name: &str) {
+pub(crate) fn assert_matches_golden(file: &Path, golden_name: &str) {
     let (kvs, tensors) = structure(file);
     let (gk, gt) = golden(golden_name);
     let keys = |v: &[Value]| -> Vec<String> { v.iter().map(|x| x[0].to_string()).collect() };

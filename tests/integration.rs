@@ -6,6 +6,7 @@ mod convert;
 mod download;
 mod formats;
 mod gguf;
+mod gguf_quant;
 mod interrupt;
 mod manners;
 mod pull;

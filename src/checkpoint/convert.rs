@@ -283,6 +283,7 @@ pub fn open_meta_llama3(src: &Path) -> Result<MetaSource> {
     for w in &expected {
         full.insert(w.name.clone(), (m.full(&w.name)?, w.role));
     }
+    super::fp8::dequantize_on_read(src, p.n_layers, full.values_mut().map(|(t, _)| t))?;
     let (embed, _) = &full["tok_embeddings.weight"];
     let (output, _) = &full["output.weight"];
     let tied = same_bytes(output, embed)?;

@@ -5,6 +5,7 @@
 //! w1/w3 are split by rows, so their scales split with them; w2 is split by columns and each rank
 //! computed its own row scales over its own columns, so no exact merge of w2 exists. That is why
 //! reshard and convert refuse these directories instead of producing something approximate.
+use super::stream::FullTensor;
 use crate::formats::pth::PthFile;
 use crate::formats::safetensors::SafetensorsFile;
 use crate::formats::{DType, TensorInfo};
@@ -142,24 +143,65 @@ pub fn refuse(dir: &Path, command: &str) -> Result<()> {
     )
 }
 
-/// Decode one float8 byte to f32 (e4m3fn: bias 7, no infinities, S.1111.111 is NaN; e5m2: the top
-/// byte of an f16).
-pub fn to_f32(dtype: DType, b: u8) -> f32 {
-    match dtype {
-        DType::F8E5M2 => half::f16::from_bits(u16::from(b) << 8).to_f32(),
-        _ => {
-            let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
-            let (e, m) = (i32::from((b >> 3) & 0x0f), f32::from(b & 0x07));
-            if e == 0x0f && m == 7.0 {
-                f32::NAN
-            } else if e == 0 {
-                sign * m / 8.0 * 2f32.powi(-6)
-            } else {
-                sign * (1.0 + m / 8.0) * 2f32.powi(e - 7)
-            }
+/// Make the fp8 weights of a Meta checkpoint read as f32: each rank's block of an fp8 tensor gets
+/// that rank's row scales from `fp8_scales_{rank}.pt` (see `stream::Piece::fp8_scales`), so
+/// streaming it yields `w.float() * scale[row]`. `full` maps Meta names to tensors whose pieces
+/// are in rank order, one per rank.
+pub fn dequantize_on_read<'a>(
+    dir: &Path,
+    n_layers: usize,
+    full: impl Iterator<Item = &'a mut FullTensor>,
+) -> Result<()> {
+    let mut by_rank: Vec<Option<std::collections::HashMap<String, Vec<f32>>>> = Vec::new();
+    for t in full.filter(|t| t.dtype.is_fp8()) {
+        if t.dtype != DTYPE || !is_fp8_weight(&t.name, n_layers) {
+            bail!(
+                "tensor {} is {}; only the FFN weights of layers 1..n-2 as float8_e4m3fn (Meta's fp8 release) can be dequantized",
+                t.name,
+                t.dtype
+            );
         }
+        let name = t.name.clone();
+        for (rank, p) in t.pieces.iter_mut().enumerate() {
+            if by_rank.len() <= rank {
+                by_rank.resize(rank + 1, None);
+            }
+            if by_rank[rank].is_none() {
+                let path = dir.join(scales_name(rank));
+                if !path.is_file() {
+                    bail!(
+                        "{}: not found; the fp8 weights of rank {rank} need it",
+                        path.display()
+                    );
+                }
+                let scales = read_scales(&path)?
+                    .into_iter()
+                    .filter_map(|(t, v)| Some((t.name, v?)))
+                    .collect();
+                by_rank[rank] = Some(scales);
+            }
+            let key = scale_key(&name, rank).expect("an fp8 FFN weight");
+            let path = || dir.join(scales_name(rank)).display().to_string();
+            let scales = by_rank[rank]
+                .as_ref()
+                .and_then(|m| m.get(&key))
+                .ok_or_else(|| anyhow!("{}: no f32 row scales {key} for {name}", path()))?;
+            if scales.len() != p.rows.len() {
+                bail!(
+                    "{}: {key} has {} scales, but rank {rank}'s block of {name} has {} rows",
+                    path(),
+                    scales.len(),
+                    p.rows.len()
+                );
+            }
+            p.fp8_scales = Some(std::sync::Arc::new(scales.clone()));
+        }
+        t.dtype = DType::F32;
     }
+    Ok(())
 }
+
+pub use crate::formats::fp8_to_f32 as to_f32;
 
 /// The f32 row scales of one rank, by key, read whole (a few KiB per layer).
 pub fn read_scales(path: &Path) -> Result<Vec<(TensorInfo, Option<Vec<f32>>)>> {

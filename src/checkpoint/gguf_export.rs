@@ -8,12 +8,14 @@
 //! other weight in the file type. Each tensor streams through [`stream::write_region`]: memory
 //! stays at a few blocks whatever the model size.
 use super::convert::{self as conv, DEFAULT_MAX_SHARD};
+use super::gguf_types::{quantize_order, ModelFacts, QuantRules};
 use super::hf::{rope_from_config, HfDir};
 use super::layout::{self, Permute, Role, Split};
 use super::stream::{self, Buffers, CastStats, FullTensor, Region, RowPermute};
 use super::ModelDir;
 use crate::formats::copy::{self, CHUNK};
-use crate::formats::gguf::{self, GgmlType, Header, TensorEntry};
+use crate::formats::gguf::{self, GgmlType, Header, TensorEntry, Value};
+use crate::formats::quant;
 use crate::formats::DType;
 use crate::progress::Reporter;
 use anyhow::{anyhow, bail, Context, Result};
@@ -21,57 +23,8 @@ use serde_json::Value as Json;
 use std::fs::File;
 use std::io::Write;
 
-/// `general.file_type`: what the weights (2-D tensors) are stored as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileType {
-    F32,
-    F16,
-    BF16,
-    Q8_0,
-}
-
-impl FileType {
-    /// llama.cpp's `LlamaFileType` number.
-    pub fn code(self) -> u32 {
-        match self {
-            FileType::F32 => 0,
-            FileType::F16 => 1,
-            FileType::Q8_0 => 7,
-            FileType::BF16 => 32,
-        }
-    }
-
-    fn weight_type(self) -> GgmlType {
-        match self {
-            FileType::F32 => GgmlType::F32,
-            FileType::F16 => GgmlType::F16,
-            FileType::BF16 => GgmlType::BF16,
-            FileType::Q8_0 => GgmlType::Q8_0,
-        }
-    }
-
-    pub fn from_dtype(d: DType) -> Option<FileType> {
-        match d {
-            DType::F32 => Some(FileType::F32),
-            DType::F16 => Some(FileType::F16),
-            DType::BF16 => Some(FileType::BF16),
-            _ => None,
-        }
-    }
-}
-
-/// The Hugging Face files the metadata comes from.
-#[derive(Debug, Clone)]
-pub struct HfDocs {
-    pub config: Json,
-    pub generation: Option<Json>,
-    pub tokenizer: Json,
-    pub tokenizer_config: Option<Json>,
-    /// The chat template(s) of the files beside tokenizer_config.json (`chat_template.jinja`, with
-    /// `additional_chat_templates/*.jinja` as a list of `{name, template}`, or `chat_template.json`),
-    /// used when tokenizer_config.json has no `chat_template`.
-    pub chat_template_files: Option<Json>,
-}
+pub use super::gguf_meta::HfDocs;
+pub use super::gguf_types::FileType;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -232,24 +185,28 @@ fn tensor_type(shape: &[usize], name: &str, ft: FileType) -> GgmlType {
     t
 }
 
-/// Decide the whole file: metadata and tensor table.
+/// Decide the whole file: metadata and tensor table. A llama-quantize file type is planned as
+/// the converter's file in the source's own dtype, then [`requantize`]d.
 pub fn plan(dir: &ModelDir, docs: &HfDocs, opts: &Options) -> Result<Plan> {
     let srcs = sources(dir)?;
-    let file_type = match opts.file_type {
-        Some(f) => f,
-        None => {
-            let first = srcs
-                .iter()
-                .find(|s| s.1.shape.len() >= 2)
-                .ok_or_else(|| anyhow!("{}: no weight matrices", dir.dir().display()))?;
-            FileType::from_dtype(first.1.dtype).ok_or_else(|| {
-                anyhow!(
-                    "tensor {}: {} weights need an explicit --dtype",
-                    first.0,
-                    first.1.dtype
-                )
-            })?
-        }
+    let first = srcs
+        .iter()
+        .find(|s| s.1.shape.len() >= 2)
+        .ok_or_else(|| anyhow!("{}: no weight matrices", dir.dir().display()))?;
+    let source_type = FileType::from_dtype(first.1.dtype);
+    let file_type = match (opts.file_type, source_type) {
+        (Some(f), _) => f,
+        (None, Some(f)) => f,
+        (None, None) => bail!(
+            "tensor {}: {} weights need an explicit --dtype",
+            first.0,
+            first.1.dtype
+        ),
+    };
+    let direct = if file_type.is_llama_quantize() {
+        source_type.unwrap_or(FileType::F32)
+    } else {
+        file_type
     };
     let head_dim = dir.params().head_dim();
     let mut items = Vec::new();
@@ -268,7 +225,7 @@ pub fn plan(dir: &ModelDir, docs: &HfDocs, opts: &Options) -> Result<Plan> {
             bail!("tensor {meta}: {} is not a floating-point type", t.dtype);
         }
         let name = gguf_name(&meta).ok_or_else(|| anyhow!("tensor {meta}: no GGUF name"))?;
-        let ggml_type = tensor_type(&t.shape, &name, file_type);
+        let ggml_type = tensor_type(&t.shape, &name, direct);
         items.push(Planned {
             entry: TensorEntry {
                 name,
@@ -282,15 +239,115 @@ pub fn plan(dir: &ModelDir, docs: &HfDocs, opts: &Options) -> Result<Plan> {
         .iter()
         .map(|i| i.entry.shape.iter().product::<u64>())
         .sum();
-    let kvs = super::gguf_meta::metadata(docs, file_type, &opts.name, params, &opts.pre_tokenizer)?;
-    Ok(Plan {
+    let kvs = super::gguf_meta::metadata(docs, direct, &opts.name, params, &opts.pre_tokenizer)?;
+    let plan = Plan {
         header: Header {
             kvs,
             tensors: items.iter().map(|i| i.entry.clone()).collect(),
         },
-        file_type,
+        file_type: direct,
         items,
-    })
+    };
+    if !file_type.is_llama_quantize() {
+        return Ok(plan);
+    }
+    let p = dir.params();
+    requantize(plan, file_type, p.n_layers, p.n_heads, p.kv_heads())
+}
+
+/// What llama-quantize makes of a planned file: tensors in its order with its per-tensor types,
+/// the same metadata with `general.quantization_version` and then `general.file_type` moved to
+/// the end (it sets both, and setting a key re-appends it).
+pub fn requantize(
+    mut plan: Plan,
+    ft: FileType,
+    n_layers: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+) -> Result<Plan> {
+    plan.items
+        .sort_by(|a, b| quantize_order(&a.entry.name, &b.entry.name));
+    let has = |f: &dyn Fn(&str) -> bool| plan.items.iter().filter(|i| f(&i.entry.name)).count();
+    let facts = ModelFacts {
+        n_layers,
+        n_heads,
+        n_kv_heads,
+        tied: has(&|n| n == "output.weight") == 0,
+        n_attn_v: has(&|n| n.contains("attn_v.weight")),
+    };
+    let mut rules = QuantRules::new(ft, facts);
+    for it in &mut plan.items {
+        let e = &mut it.entry;
+        e.ggml_type = rules.tensor_type(&e.name, &e.shape, e.ggml_type);
+        if e.ggml_type.is_quantized() && !quant::can_quantize(e.ggml_type) {
+            bail!("tensor {}: cannot write {}", e.name, e.ggml_type.name());
+        }
+    }
+    let kvs = &mut plan.header.kvs;
+    kvs.retain(|(k, _)| k != "general.quantization_version" && k != "general.file_type");
+    kvs.push(("general.quantization_version".into(), Value::U32(2)));
+    kvs.push(("general.file_type".into(), Value::U32(ft.code())));
+    plan.header.tensors = plan.items.iter().map(|i| i.entry.clone()).collect();
+    plan.file_type = ft;
+    Ok(plan)
+}
+
+/// Re-quantize an f32/f16/bf16 GGUF file of a Llama model as llama-quantize does.
+pub fn plan_from_gguf(src: &gguf::GgufFile, ft: FileType) -> Result<Plan> {
+    let arch = src.get("general.architecture").and_then(Value::as_str);
+    if arch != Some("llama") {
+        bail!("general.architecture is {arch:?}; only Llama models (\"llama\") are supported");
+    }
+    let num = |k: &str| {
+        src.get(k)
+            .and_then(Value::as_u64)
+            .map(|v| v as usize)
+            .ok_or_else(|| anyhow!("metadata key {k} is missing"))
+    };
+    let (n_layers, n_heads) = (
+        num("llama.block_count")?,
+        num("llama.attention.head_count")?,
+    );
+    let n_kv = num("llama.attention.head_count_kv").unwrap_or(n_heads);
+    let source = std::sync::Arc::new(copy::Source::open(&src.path)?);
+    let mut items = Vec::new();
+    for t in &src.tensors {
+        let dtype = match t.ggml_type {
+            GgmlType::F32 => DType::F32,
+            GgmlType::F16 => DType::F16,
+            GgmlType::BF16 => DType::BF16,
+            other => bail!(
+                "tensor {}: is {}; only f32, f16 and bf16 tensors can be quantized (as llama-quantize without --allow-requantize)",
+                t.name,
+                other.name()
+            ),
+        };
+        let shape: Vec<usize> = t.shape().iter().map(|&d| d as usize).collect();
+        let (rows, cols) = match shape.as_slice() {
+            [] => (1, 1),
+            [n] => (1, *n),
+            [r, rest @ ..] => (*r, rest.iter().product()),
+        };
+        let piece =
+            stream::Piece::plain(source.clone(), src.data_offset + t.offset, 0..rows, 0..cols);
+        items.push(Planned {
+            entry: TensorEntry {
+                name: t.name.clone(),
+                shape: t.shape(),
+                ggml_type: t.ggml_type,
+            },
+            payload: Payload::Tensor(FullTensor::new(&t.name, dtype, shape, vec![piece])?, None),
+        });
+    }
+    let plan = Plan {
+        header: Header {
+            kvs: src.kvs.clone(),
+            tensors: Vec::new(),
+        },
+        file_type: ft,
+        items,
+    };
+    requantize(plan, ft, n_layers, n_heads, n_kv)
 }
 
 /// Llama 3.1's `rope_freqs.weight` when config.json asks for `llama3` rope scaling: per
@@ -335,28 +392,49 @@ pub fn rope_factors(config: &Json, head_dim: usize) -> Result<Option<Vec<f32>>> 
     Ok(Some(factors))
 }
 
-/// Quantizes the f32 values written into it to Q8_0, block by block.
-struct Q8Writer<'a> {
+/// f32 values per quantization batch (as bytes): rows are quantized in parallel a batch at a time.
+const QUANT_BATCH: usize = 8 << 20;
+
+/// Quantizes the f32 rows written into it (as little-endian bytes) to `ty`, a batch of whole rows
+/// at a time, the rows of a batch spread over the rayon pool.
+struct QuantWriter<'a> {
     inner: &'a mut dyn Write,
+    ty: GgmlType,
+    ncols: usize,
     pending: Vec<u8>,
     vals: Vec<f32>,
     out: Vec<u8>,
+    task: &'a dyn crate::progress::Task,
 }
 
-impl Write for Q8Writer<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.pending.extend_from_slice(buf);
-        let whole = self.pending.len() / (4 * gguf::Q8_0_BLOCK) * (4 * gguf::Q8_0_BLOCK);
+impl QuantWriter<'_> {
+    /// Quantize the whole rows pending (only once a batch is full unless `all`).
+    fn quantize(&mut self, all: bool) -> std::io::Result<()> {
+        let row = self.ncols * 4;
+        let whole = self.pending.len() / row * row;
+        if whole == 0 || (!all && whole < QUANT_BATCH) {
+            return Ok(());
+        }
         self.vals.clear();
         self.vals.extend(
             self.pending[..whole]
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
         );
-        self.out.clear();
-        gguf::quantize_q8_0(&self.vals, &mut self.out);
+        let row_bytes = self.ty.row_bytes(self.ncols as u64).expect("planned") as usize;
+        self.out.resize(whole / row * row_bytes, 0);
+        quant::quantize_rows(self.ty, &self.vals, self.ncols, &mut self.out);
         self.inner.write_all(&self.out)?;
+        self.task.advance(self.out.len() as u64);
         self.pending.drain(..whole);
+        Ok(())
+    }
+}
+
+impl Write for QuantWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.pending.extend_from_slice(buf);
+        self.quantize(false)?;
         Ok(buf.len())
     }
 
@@ -380,13 +458,20 @@ pub fn write(plan: &Plan, file: &File, progress: &dyn Reporter) -> Result<Vec<(S
     for item in &plan.items {
         let want = item.entry.nbytes()?;
         let ctx = || format!("tensor {}", item.entry.name);
-        let n = write_tensor(item, &mut w, file, &mut bufs, &mut copy_buf).with_context(ctx)?;
+        let mut out = Out {
+            w: &mut w,
+            file,
+            bufs: &mut bufs,
+            copy_buf: &mut copy_buf,
+            task: &*task,
+        };
+        let (n, advanced) = write_tensor(item, &mut out).with_context(ctx)?;
         if n > 0 {
             clamped.push((item.entry.name.clone(), n));
         }
         let pad = gguf::pad_to(want, align) - want;
         w.write_all(&vec![0u8; pad as usize])?;
-        task.advance(want);
+        task.advance(want - advanced);
     }
     w.flush()?;
     drop(w);
@@ -402,37 +487,43 @@ pub fn write(plan: &Plan, file: &File, progress: &dyn Reporter) -> Result<Vec<(S
     Ok(clamped)
 }
 
-/// One tensor's bytes; returns how many values an f16 cast clamped.
-fn write_tensor(
-    item: &Planned,
-    w: &mut std::io::BufWriter<&File>,
-    file: &File,
-    bufs: &mut Buffers,
-    copy_buf: &mut Vec<u8>,
-) -> Result<u64> {
+/// Where a tensor goes: the buffered file writer (and the file, for kernel copies), with
+/// reusable buffers and the progress task.
+struct Out<'a, 'b> {
+    w: &'a mut std::io::BufWriter<&'b File>,
+    file: &'b File,
+    bufs: &'a mut Buffers,
+    copy_buf: &'a mut Vec<u8>,
+    task: &'a dyn crate::progress::Task,
+}
+
+/// One tensor's bytes; returns how many values an f16 cast clamped and how many bytes were
+/// already reported to the progress task.
+fn write_tensor(item: &Planned, out: &mut Out) -> Result<(u64, u64)> {
     let (t, unpermute) = match &item.payload {
         Payload::F32(v) => {
             for x in v {
-                w.write_all(&x.to_le_bytes())?;
+                out.w.write_all(&x.to_le_bytes())?;
             }
-            return Ok(0);
+            return Ok((0, 0));
         }
         Payload::Tensor(t, u) => (t, *u),
     };
     let ty = item.entry.ggml_type;
     let to = match ty {
-        GgmlType::F32 | GgmlType::Q8_0 => DType::F32,
+        GgmlType::F32 => DType::F32,
         GgmlType::F16 => DType::F16,
         GgmlType::BF16 => DType::BF16,
+        q if quant::can_quantize(q) => DType::F32,
         other => bail!("cannot write {}", other.name()),
     };
     // Unchanged bytes in one piece: let the kernel copy them.
     if let ([p], None) = (t.pieces.as_slice(), unpermute) {
         let whole = p.rows == (0..t.rows()) && p.cols == (0..t.cols());
-        if whole && to == t.dtype && ty != GgmlType::Q8_0 {
-            w.flush()?;
-            copy::copy_file_range_all(&p.src, p.offset, t.nbytes(), file, copy_buf)?;
-            return Ok(0);
+        if whole && to == t.dtype && !ty.is_quantized() && p.fp8_scales.is_none() {
+            out.w.flush()?;
+            copy::copy_file_range_all(&p.src, p.offset, t.nbytes(), out.file, out.copy_buf)?;
+            return Ok((0, 0));
         }
     }
     let map = move |j: usize| Permute::HfToMeta.source_row(j, unpermute.unwrap_or(1));
@@ -444,21 +535,25 @@ fn write_tensor(
         });
     }
     let mut stats = CastStats::default();
-    if ty == GgmlType::Q8_0 {
-        let mut q = Q8Writer {
-            inner: w,
-            pending: Vec::with_capacity(CHUNK),
-            vals: Vec::new(),
-            out: Vec::new(),
-        };
-        stream::write_region(t, &region, Some(to), bufs, &mut q, &mut stats)?;
-        if !q.pending.is_empty() {
-            bail!("rows are not whole Q8_0 blocks");
-        }
-    } else {
-        stream::write_region(t, &region, Some(to), bufs, w, &mut stats)?;
+    if !ty.is_quantized() {
+        stream::write_region(t, &region, Some(to), out.bufs, out.w, &mut stats)?;
+        return Ok((stats.overflowed, 0));
     }
-    Ok(stats.overflowed)
+    let mut q = QuantWriter {
+        inner: out.w,
+        ty,
+        ncols: t.cols(),
+        pending: Vec::with_capacity(QUANT_BATCH + CHUNK),
+        vals: Vec::new(),
+        out: Vec::new(),
+        task: out.task,
+    };
+    stream::write_region(t, &region, Some(to), out.bufs, &mut q, &mut stats)?;
+    q.quantize(true)?;
+    if !q.pending.is_empty() {
+        bail!("rows are not whole {} blocks", ty.name());
+    }
+    Ok((0, item.entry.nbytes()?))
 }
 
 #[cfg(test)]

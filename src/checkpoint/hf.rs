@@ -267,12 +267,12 @@ impl HfDir {
             hf_name,
             t.dtype,
             t.shape.clone(),
-            vec![Piece {
-                src: f.source().clone(),
-                offset: f.data_offset(hf_name)?,
-                rows: 0..rows,
-                cols: 0..cols,
-            }],
+            vec![Piece::plain(
+                f.source().clone(),
+                f.data_offset(hf_name)?,
+                0..rows,
+                0..cols,
+            )],
         )
     }
 

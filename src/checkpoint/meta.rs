@@ -250,12 +250,12 @@ impl MetaDir {
                 Split::Cols => (0..rows_full, range),
                 Split::Replicated => (0..rows_full, 0..cols_full),
             };
-            pieces.push(Piece {
-                src: self.shards[rank].source().clone(),
-                offset: self.shards[rank].data_offset(t)?,
+            pieces.push(Piece::plain(
+                self.shards[rank].source().clone(),
+                self.shards[rank].data_offset(t)?,
                 rows,
                 cols,
-            });
+            ));
         }
         FullTensor::new(name, dtype, w.full_shape.clone(), pieces)
     }

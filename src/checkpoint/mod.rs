@@ -6,6 +6,7 @@ pub(crate) mod convert;
 pub(crate) mod fp8;
 pub(crate) mod gguf_export;
 pub(crate) mod gguf_meta;
+pub mod gguf_types;
 pub mod hashing;
 pub(crate) mod hf;
 pub mod hf_config;

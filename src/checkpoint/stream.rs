@@ -19,6 +19,23 @@ pub struct Piece {
     pub rows: Range<usize>,
     /// Full-tensor columns this block covers.
     pub cols: Range<usize>,
+    /// Meta's fp8 release: the block stores float8_e4m3fn bytes, and value (r, c) is
+    /// `f32(byte) * scales[r - rows.start]` computed in f32 (torch's `w.float() * scale[:, None]`);
+    /// the tensor's dtype is then F32, the dequantized type.
+    pub fp8_scales: Option<Arc<Vec<f32>>>,
+}
+
+impl Piece {
+    /// A block stored in the tensor's own dtype.
+    pub fn plain(src: Arc<Source>, offset: u64, rows: Range<usize>, cols: Range<usize>) -> Piece {
+        Piece {
+            src,
+            offset,
+            rows,
+            cols,
+            fp8_scales: None,
+        }
+    }
 }
 
 /// A tensor seen whole, viewed as a 2-D matrix (1-D tensors are one row; higher dims fold into
@@ -161,11 +178,12 @@ pub fn write_region(
         let r1 = (r0 + block).min(region.rows.end);
         // Fast path: one piece holds exactly these columns, so the block is one contiguous range.
         if region.permute.is_none() && to.is_none() {
-            if let Some(p) = t
-                .pieces
-                .iter()
-                .find(|p| p.rows.start <= r0 && r1 <= p.rows.end && p.cols == region.cols)
-            {
+            if let Some(p) = t.pieces.iter().find(|p| {
+                p.rows.start <= r0
+                    && r1 <= p.rows.end
+                    && p.cols == region.cols
+                    && p.fp8_scales.is_none()
+            }) {
                 let off = p.offset + ((r0 - p.rows.start) * p.cols.len() * es) as u64;
                 p.src
                     .copy_range(off, ((r1 - r0) * row_bytes) as u64, &mut bufs.read, w)?;
@@ -216,11 +234,13 @@ fn assemble(
         if pr.is_empty() || pc.is_empty() {
             continue;
         }
-        let pw = p.cols.len() * es;
+        // Bytes per stored element (fp8 blocks store one byte per value).
+        let ses = if p.fp8_scales.is_some() { 1 } else { es };
+        let pw = p.cols.len() * ses;
         let (src_c, dst_c, len) = (
-            (pc.start - p.cols.start) * es,
+            (pc.start - p.cols.start) * ses,
             (pc.start - cols.start) * es,
-            pc.len() * es,
+            pc.len() * ses,
         );
         // A piece may be much wider than the wanted columns (MP 1 -> 8 of a dim-1 split reads
         // 1/8 of each row): read it in sub-blocks so the read buffer stays at CHUNK, not
@@ -239,7 +259,17 @@ fn assemble(
             for (i, r) in (r0..r1).enumerate() {
                 let s = i * pw;
                 let d = (r - rows.start) * ncols * es + dst_c;
-                bufs.asm[d..d + len].copy_from_slice(&bufs.read[s..s + len]);
+                let src = &bufs.read[s..s + len];
+                match &p.fp8_scales {
+                    None => bufs.asm[d..d + len].copy_from_slice(src),
+                    Some(scales) => {
+                        let scale = scales[r - p.rows.start];
+                        let dst = &mut bufs.asm[d..d + len * 4];
+                        for (o, &b) in dst.chunks_exact_mut(4).zip(src) {
+                            o.copy_from_slice(&(fp8_e4m3(b) * scale).to_le_bytes());
+                        }
+                    }
+                }
             }
             r0 = r1;
         }
@@ -252,6 +282,14 @@ fn assemble(
         );
     }
     Ok(())
+}
+
+/// One float8_e4m3fn value, exactly (a table of the 256 values).
+fn fp8_e4m3(b: u8) -> f32 {
+    static TABLE: std::sync::OnceLock<[f32; 256]> = std::sync::OnceLock::new();
+    TABLE
+        .get_or_init(|| std::array::from_fn(|i| crate::formats::fp8_to_f32(DType::F8E4M3, i as u8)))
+        [b as usize]
 }
 
 /// Convert a little-endian float buffer between BF16, F16 and F32.
@@ -313,18 +351,8 @@ mod tests {
             DType::U8,
             vec![4, 4],
             vec![
-                Piece {
-                    src: s.clone(),
-                    offset: 0,
-                    rows: 0..4,
-                    cols: 0..2,
-                },
-                Piece {
-                    src: s,
-                    offset: 8,
-                    rows: 0..4,
-                    cols: 2..4,
-                },
+                Piece::plain(s.clone(), 0, 0..4, 0..2),
+                Piece::plain(s, 8, 0..4, 2..4),
             ],
         )
         .unwrap();
@@ -365,12 +393,7 @@ mod tests {
             "w",
             DType::U8,
             vec![rows, cols],
-            vec![Piece {
-                src: s,
-                offset: 0,
-                rows: 0..rows,
-                cols: 0..cols,
-            }],
+            vec![Piece::plain(s, 0, 0..rows, 0..cols)],
         )
         .unwrap();
         let region = Region {

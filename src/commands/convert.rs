@@ -3,8 +3,7 @@
 use super::reporters::{Options as Shown, ProgressReporter};
 use crate::checkpoint::convert::{self, Options, Summary};
 use crate::checkpoint::{fp8, hf_config, Params};
-use crate::cli::{CastDtype, ConvertArgs, ConvertTo};
-use crate::formats::DType;
+use crate::cli::{ConvertArgs, ConvertTo};
 use crate::store::{lock, resolve, resolve::Want};
 use crate::tokenizer::hf_files::{tiktoken_model_from_tokenizer_json, write_hf_tokenizer_files};
 use crate::util::{check_dst_outside_src, human_bytes, AtomicDir};
@@ -33,8 +32,15 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
     // `rm` and `prune` leave both alone while this runs.
     let _locks = lock::hold_all(&[&args.src_dir, &args.dst_dir]);
     let src = &args.src_dir;
+    if args.to == ConvertTo::Gguf && src.is_file() {
+        return gguf::run_from_gguf(args);
+    }
     crate::checkpoint::require_dir(src)?;
-    fp8::refuse(src, "convert")?;
+    // fp8 weights can be dequantized into a float or GGUF file; moved as they are, never.
+    if args.to == ConvertTo::Meta || args.to == ConvertTo::Hf && args.dtype.is_none() {
+        fp8::refuse(src, "convert without --dtype")
+            .map_err(|e| anyhow!("{e}, or dequantize it: --to hf --dtype bf16, or --to gguf"))?;
+    }
     let instruct = match (args.instruct, args.base) {
         (true, _) => true,
         (_, true) => false,
@@ -45,12 +51,14 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
     }
     check_dst_outside_src(src, &args.dst_dir)?;
     let opts = Options {
-        dtype: match args.dtype {
+        dtype: match &args.dtype {
             None => None,
-            Some(CastDtype::Bf16) => Some(DType::BF16),
-            Some(CastDtype::F16) => Some(DType::F16),
-            Some(CastDtype::F32) => Some(DType::F32),
-            Some(CastDtype::Q8_0) => bail!("--dtype q8_0 is for --to gguf only"),
+            Some(d) => Some(d.float().ok_or_else(|| {
+                anyhow!(
+                    "--dtype {}: --to hf and --to meta write bf16, f16 or f32; quantized types are for --to gguf",
+                    d.0
+                )
+            })?),
         },
         instruct,
         max_shard_size: convert::parse_size(&args.max_shard_size)?,

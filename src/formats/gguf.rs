@@ -3,8 +3,8 @@
 //! the data section), padding to the alignment, then each tensor's bytes at an aligned offset.
 //!
 //! [`Header`] lays a file out (the writer streams the tensor bytes itself), [`GgufFile`] reads one
-//! back with every count and length checked against the file size, and [`quantize_q8_0`] is the
-//! Q8_0 block quantizer llama.cpp's converter uses.
+//! back with every count and length checked against the file size. [`GgmlType`] holds every
+//! type's block size and bytes; `formats::quant` writes the quantized ones.
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -13,8 +13,6 @@ pub const MAGIC: &[u8; 4] = b"GGUF";
 pub const VERSION: u32 = 3;
 /// Data alignment when `general.alignment` is absent.
 pub const DEFAULT_ALIGNMENT: u64 = 32;
-/// Values per Q8_0 block.
-pub const Q8_0_BLOCK: usize = 32;
 
 /// A GGML tensor type, by its number in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -23,7 +21,16 @@ pub struct GgmlType(pub u32);
 impl GgmlType {
     pub const F32: GgmlType = GgmlType(0);
     pub const F16: GgmlType = GgmlType(1);
+    pub const Q4_0: GgmlType = GgmlType(2);
+    pub const Q4_1: GgmlType = GgmlType(3);
+    pub const Q5_0: GgmlType = GgmlType(6);
+    pub const Q5_1: GgmlType = GgmlType(7);
     pub const Q8_0: GgmlType = GgmlType(8);
+    pub const Q2_K: GgmlType = GgmlType(10);
+    pub const Q3_K: GgmlType = GgmlType(11);
+    pub const Q4_K: GgmlType = GgmlType(12);
+    pub const Q5_K: GgmlType = GgmlType(13);
+    pub const Q6_K: GgmlType = GgmlType(14);
     pub const BF16: GgmlType = GgmlType(30);
 
     /// (name, values per block, bytes per block) of the types llama.cpp writes.
@@ -69,6 +76,22 @@ impl GgmlType {
     pub fn name(self) -> String {
         self.entry()
             .map_or_else(|| format!("type{}", self.0), |e| e.1.to_string())
+    }
+
+    /// Values per block (1 for the float and integer types).
+    pub fn block_size(self) -> Option<u64> {
+        self.entry().map(|e| e.2)
+    }
+
+    /// Bytes of one block.
+    pub fn block_bytes(self) -> Option<u64> {
+        self.entry().map(|e| e.3)
+    }
+
+    /// Whether values are stored in blocks with scales (everything but the plain float and
+    /// integer types).
+    pub fn is_quantized(self) -> bool {
+        self.block_size().is_some_and(|b| b > 1)
     }
 
     /// Bytes of `n` values laid out along a row, or None when the type is unknown or `n` is not
@@ -675,22 +698,6 @@ impl GgufFile {
     }
 }
 
-/// Quantize `src` (a whole number of 32-value blocks) to Q8_0 as llama.cpp does: per block
-/// d = max|x| / 127 in f32, stored as f16, and q = x * (1/d) rounded half away from zero
-/// (all zeros when d is 0).
-pub fn quantize_q8_0(src: &[f32], out: &mut Vec<u8>) {
-    debug_assert!(src.len().is_multiple_of(Q8_0_BLOCK));
-    out.reserve(src.len() / Q8_0_BLOCK * 34);
-    for block in src.chunks_exact(Q8_0_BLOCK) {
-        let amax = block.iter().fold(0f32, |m, &x| m.max(x.abs()));
-        let d = amax / 127.0;
-        let id = if d == 0.0 { 0.0 } else { 1.0 / d };
-        out.extend_from_slice(&half::f16::from_f32(d).to_le_bytes());
-        // f32::round rounds half away from zero; the products lie within [-127, 127] (+ulps).
-        out.extend(block.iter().map(|&x| (x * id).round() as i8 as u8));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -760,24 +767,5 @@ mod tests {
         std::fs::write(&p, &b).unwrap();
         let e = format!("{:#}", GgufFile::open(&p).unwrap_err());
         assert!(e.contains("cannot fit"), "{e}");
-    }
-
-    #[test]
-    fn q8_0_rounds_half_away_from_zero() {
-        // max 127 -> d = 1: 0.5 -> 1, -2.5 -> -3, 1.49 -> 1.
-        let mut block = vec![0f32; 32];
-        block[0] = 127.0;
-        block[1] = 0.5;
-        block[2] = -2.5;
-        block[3] = 1.49;
-        let mut out = Vec::new();
-        quantize_q8_0(&block, &mut out);
-        assert_eq!(out.len(), 34);
-        assert_eq!(half::f16::from_le_bytes([out[0], out[1]]).to_f32(), 1.0);
-        assert_eq!(&out[2..6], &[127u8, 1, (-3i8) as u8, 1]);
-        // An all-zero block has d = 0 and zero quants.
-        out.clear();
-        quantize_q8_0(&[0.0; 32], &mut out);
-        assert!(out.iter().all(|&b| b == 0));
     }
 }

@@ -1,4 +1,5 @@
-//! Bytes <-> tensors: the restricted unpickler, torch zip checkpoints, safetensors.
+//! Bytes <-> tensors: the restricted unpickler, torch zip checkpoints, safetensors, GGUF and
+//! ggml's block quantizers (`quant`).
 //! No CLI, no network, no model knowledge.
 pub mod copy;
 pub mod gguf;
@@ -6,6 +7,7 @@ pub mod integrity;
 pub(crate) mod md5;
 pub mod pickle;
 pub mod pth;
+pub mod quant;
 pub mod safetensors;
 pub mod sniff;
 
@@ -212,5 +214,24 @@ impl TensorInfo {
             .iter()
             .zip(self.stride.iter().zip(&want))
             .all(|(&d, (&s, &w))| d <= 1 || s == w)
+    }
+}
+
+/// Decode one float8 byte to f32 (e4m3fn: bias 7, no infinities, S.1111.111 is NaN; e5m2: the top
+/// byte of an f16).
+pub fn fp8_to_f32(dtype: DType, b: u8) -> f32 {
+    match dtype {
+        DType::F8E5M2 => half::f16::from_bits(u16::from(b) << 8).to_f32(),
+        _ => {
+            let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
+            let (e, m) = (i32::from((b >> 3) & 0x0f), f32::from(b & 0x07));
+            if e == 0x0f && m == 7.0 {
+                f32::NAN
+            } else if e == 0 {
+                sign * m / 8.0 * 2f32.powi(-6)
+            } else {
+                sign * (1.0 + m / 8.0) * 2f32.powi(e - 7)
+            }
+        }
     }
 }

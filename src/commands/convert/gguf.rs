@@ -5,9 +5,9 @@
 use crate::checkpoint::gguf_export::{self, FileType, HfDocs, Options};
 use crate::checkpoint::hf_config::{self, ModelKind};
 use crate::checkpoint::{self, Layout, ModelDir};
-use crate::cli::{CastDtype, ConvertArgs};
+use crate::cli::ConvertArgs;
 use crate::commands::reporters::{Options as Shown, ProgressReporter};
-use crate::formats::DType;
+use crate::formats::{gguf, DType};
 use crate::tokenizer::hf_files::{tokenizer_config_json, tokenizer_json};
 use crate::tokenizer::{AllowedSpecial, SpecialNames, Tokenizer};
 use crate::util::{human_bytes, AtomicFile};
@@ -25,12 +25,11 @@ const LLAMA_BPE_HASH: &str = "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097ab
 pub fn run(args: &ConvertArgs, instruct: bool) -> Result<i32> {
     let src = &args.src_dir;
     let dst = &args.dst_dir;
-    let file_type = args.dtype.map(|d| match d {
-        CastDtype::Bf16 => FileType::BF16,
-        CastDtype::F16 => FileType::F16,
-        CastDtype::F32 => FileType::F32,
-        CastDtype::Q8_0 => FileType::Q8_0,
-    });
+    let file_type = args
+        .dtype
+        .as_ref()
+        .map(|d| FileType::parse(&d.0))
+        .transpose()?;
     crate::util::check_file_dst_outside_src(src, dst)?;
     let out = AtomicFile::create(dst, args.force)?;
     let layout = checkpoint::detect(src)?;
@@ -51,23 +50,61 @@ pub fn run(args: &ConvertArgs, instruct: bool) -> Result<i32> {
         pre_tokenizer: "llama-bpe".into(),
     };
     let plan = gguf_export::plan(&dir, &docs, &opts)?;
+    let kind = if layout == Layout::Meta {
+        "Meta"
+    } else {
+        "Hugging Face"
+    };
+    write_plan(&plan, out, src, kind, dst)
+}
+
+/// `convert --to gguf IN.gguf OUT.gguf --dtype TYPE`: re-quantize an f32/f16/bf16 GGUF file.
+pub fn run_from_gguf(args: &ConvertArgs) -> Result<i32> {
+    let (src, dst) = (&args.src_dir, &args.dst_dir);
+    if !gguf::is_gguf(src) {
+        bail!(
+            "{}: a file, but not a GGUF file; the source is a model directory or a GGUF file",
+            src.display()
+        );
+    }
+    let Some(d) = &args.dtype else {
+        bail!(
+            "{}: a GGUF source needs --dtype (the type to quantize to)",
+            src.display()
+        );
+    };
+    let ft = FileType::parse(&d.0)?;
+    crate::util::check_file_dst_outside_src(src, dst)?;
+    let file = gguf::GgufFile::open(src)?;
+    if let Some(p) = file.problems().first() {
+        bail!("{}: {p}", src.display());
+    }
+    let out = AtomicFile::create(dst, args.force)?;
+    let plan =
+        gguf_export::plan_from_gguf(&file, ft).with_context(|| format!("{}", src.display()))?;
+    write_plan(&plan, out, src, "GGUF", dst)
+}
+
+/// Preflight free space, stream the file into `DEST.part`, rename, report.
+fn write_plan(
+    plan: &gguf_export::Plan,
+    out: AtomicFile,
+    src: &Path,
+    kind: &str,
+    dst: &Path,
+) -> Result<i32> {
     let size = plan.file_size()?;
     crate::util::ensure_free_disk(out.part_path(), size)?;
     eprintln!(
-        "converting {} ({}) -> {} (GGUF {:?}, {})",
+        "converting {} ({kind}) -> {} (GGUF {}, {})",
         src.display(),
-        if layout == Layout::Meta {
-            "Meta"
-        } else {
-            "Hugging Face"
-        },
         dst.display(),
-        plan.file_type,
+        plan.file_type.name(),
         human_bytes(size)
     );
     let start = Instant::now();
     let mut progress = ProgressReporter::stderr(Shown::new("progress"));
-    let clamped = gguf_export::write(&plan, out.file(), &progress)
+    let clamped = gguf_export::write(plan, out.file(), &progress)
         .with_context(|| format!("{}", out.part_path().display()))?;
     progress.finish();
     let dst = out.commit()?;
