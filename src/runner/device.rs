@@ -103,14 +103,7 @@ pub fn device_name(device: &Device) -> String {
     }
 }
 
-pub fn dtype_name(dtype: DType) -> &'static str {
-    match dtype {
-        DType::F32 => "f32",
-        DType::F16 => "f16",
-        DType::BF16 => "bf16",
-        _ => "other",
-    }
-}
+pub use super::model::dtype_name;
 
 /// Peak memory of a run, sampled whenever `sample` is called (after each forward pass): on the CPU
 /// the process's anonymous resident memory (what the run itself holds) and, apart, its file-backed

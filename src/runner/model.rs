@@ -605,7 +605,7 @@ impl Llama {
             }
         }
         if by_type.is_empty() {
-            return super::device::dtype_name(self.weight_dtype).to_string();
+            return dtype_name(self.weight_dtype).to_string();
         }
         by_type.sort_by_key(|t| std::cmp::Reverse(t.1));
         let names: Vec<String> = by_type
@@ -837,6 +837,15 @@ fn causal_mask(t: usize, start_pos: usize, device: &Device) -> Result<Tensor> {
         })
         .collect();
     Ok(Tensor::from_vec(mask, (t, total), device)?)
+}
+
+pub fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "f32",
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        _ => "other",
+    }
 }
 
 #[cfg(test)]
