@@ -122,30 +122,7 @@ impl PthFile {
         let state =
             pickle::load_state_dict(&bytes[pk.start as usize..(pk.start + pk.len) as usize])
                 .context("data.pkl")?;
-        for (key, (dtype, numel)) in &state.storages {
-            let rec = records.get(key).ok_or_else(|| {
-                anyhow!("storage data/{key} is referenced by data.pkl but missing")
-            })?;
-            let want = (*numel as u64).checked_mul(dtype.size() as u64);
-            if want != Some(rec.len) {
-                bail!(
-                    "storage data/{key} holds {} bytes but data.pkl declares {numel} x {dtype}",
-                    rec.len
-                );
-            }
-        }
-        for t in &state.tensors {
-            let (_, numel) = state.storages[&t.storage_key];
-            if t.numel() > 0 && extent(t).is_none_or(|e| e > numel) {
-                bail!(
-                    "tensor {}: view (offset {}, size {:?}, stride {:?}) runs past its storage of {numel} elements",
-                    t.name,
-                    t.storage_offset,
-                    t.shape,
-                    t.stride
-                );
-            }
-        }
+        check_storages(&state, &records)?;
         Ok(Self {
             path: path.to_path_buf(),
             source: Arc::new(source),
@@ -263,6 +240,36 @@ impl PthFile {
         }
         Ok(Cow::Owned(out))
     }
+}
+
+/// Every storage data.pkl names exists with the bytes it declares, and every tensor's view stays
+/// inside its storage.
+fn check_storages(state: &StateDict, records: &HashMap<String, Record>) -> Result<()> {
+    for (key, (dtype, numel)) in &state.storages {
+        let rec = records
+            .get(key)
+            .ok_or_else(|| anyhow!("storage data/{key} is referenced by data.pkl but missing"))?;
+        let want = (*numel as u64).checked_mul(dtype.size() as u64);
+        if want != Some(rec.len) {
+            bail!(
+                "storage data/{key} holds {} bytes but data.pkl declares {numel} x {dtype}",
+                rec.len
+            );
+        }
+    }
+    for t in &state.tensors {
+        let (_, numel) = state.storages[&t.storage_key];
+        if t.numel() > 0 && extent(t).is_none_or(|e| e > numel) {
+            bail!(
+                "tensor {}: view (offset {}, size {:?}, stride {:?}) runs past its storage of {numel} elements",
+                t.name,
+                t.storage_offset,
+                t.shape,
+                t.stride
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `Read + Seek` over a [`Source`] with positional reads (no shared file cursor, no mapping).
