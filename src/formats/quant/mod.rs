@@ -11,6 +11,8 @@
 //! share.
 mod blocks32;
 mod kquants;
+mod lanes;
+mod search;
 
 use crate::formats::gguf::GgmlType;
 use rayon::prelude::*;

@@ -1,0 +1,347 @@
+//! The k-quant sub-block searches over many sub-blocks at once: ggml's `make_qkx2_quants` (Q2_K,
+//! Q4_K, Q5_K) and `make_qx_quants` (Q6_K), each SIMD lane running one sub-block.
+//!
+//! Each search tries about twenty candidate scales per sub-block, and a candidate depends on the
+//! ones before it (`make_qkx2_quants` moves the minimum it measures from whenever a candidate
+//! wins), so the parallelism is across sub-blocks: lane k of every vector belongs to sub-block k,
+//! and performs the scalar port's operations in its order, the scalar `if` becoming a per-lane
+//! select. Results are therefore bit-identical to the scalar port, which stays the portable path
+//! (and the reference the tests compare against).
+use super::kquants::{make_qkx2_quants, make_qx_quants, Qkx2};
+use super::lanes::Lanes;
+use crate::isa::{isa, Isa};
+
+/// How `make_qkx2_quants` weighs the values of a sub-block.
+#[derive(Clone, Copy)]
+pub enum Weights {
+    /// Q4_K, Q5_K: rms of the sub-block + |x|.
+    RmsAbs,
+    /// Q2_K: |x|.
+    Abs,
+}
+
+/// One sub-block's importance weights (the scalar rule, index order).
+#[inline(always)]
+pub fn weights<const N: usize>(kind: Weights, x: &[f32; N]) -> [f32; N] {
+    let av_x = match kind {
+        Weights::RmsAbs => {
+            let mut sum_x2 = 0f32;
+            for &v in x {
+                sum_x2 += v * v;
+            }
+            (sum_x2 / N as f32).sqrt()
+        }
+        Weights::Abs => 0.0,
+    };
+    x.map(|v| match kind {
+        Weights::RmsAbs => av_x + v.abs(),
+        Weights::Abs => v.abs(),
+    })
+}
+
+/// Searches every `N`-value sub-block of `x`: `scales[k]`, `mins[k]` (as `make_qkx2_quants`
+/// returns them: the minimum negated) and codes `codes[N * k..][..N]` of sub-block `k`.
+pub fn qkx2<const N: usize>(
+    p: &Qkx2,
+    kind: Weights,
+    x: &[f32],
+    scales: &mut [f32],
+    mins: &mut [f32],
+    codes: &mut [u8],
+) {
+    match isa() {
+        // SAFETY: `isa` reports AVX-512F / AVX2 only where the CPU has them.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { qkx2_avx512::<N>(p, kind, x, scales, mins, codes) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { qkx2_avx2::<N>(p, kind, x, scales, mins, codes) },
+        _ => {
+            for (k, xs) in x.chunks_exact(N).enumerate() {
+                let xs: &[f32; N] = xs.try_into().expect("N values");
+                let out = (&mut codes[N * k..N * k + N]).try_into().expect("N codes");
+                (scales[k], mins[k]) = make_qkx2_quants(p, xs, &weights(kind, xs), out);
+            }
+        }
+    }
+}
+
+/// Searches every 16-value sub-block of `x` with `make_qx_quants(nmax)`: `scales[k]` and codes
+/// (`l + nmax`) `codes[16 * k..][..16]`.
+pub fn qx(nmax: i32, x: &[f32], scales: &mut [f32], codes: &mut [i8]) {
+    match isa() {
+        // SAFETY: as in `qkx2`.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { qx_avx512(nmax, x, scales, codes) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { qx_avx2(nmax, x, scales, codes) },
+        _ => {
+            for (k, xs) in x.chunks_exact(16).enumerate() {
+                let out = (&mut codes[16 * k..16 * k + 16])
+                    .try_into()
+                    .expect("16 codes");
+                scales[k] = make_qx_quants(nmax, xs.try_into().expect("16 values"), out);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn qkx2_avx512<const N: usize>(
+    p: &Qkx2,
+    kind: Weights,
+    x: &[f32],
+    scales: &mut [f32],
+    mins: &mut [f32],
+    codes: &mut [u8],
+) {
+    qkx2_all::<super::lanes::Avx512, N>(p, kind, x, scales, mins, codes)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn qkx2_avx2<const N: usize>(
+    p: &Qkx2,
+    kind: Weights,
+    x: &[f32],
+    scales: &mut [f32],
+    mins: &mut [f32],
+    codes: &mut [u8],
+) {
+    qkx2_all::<super::lanes::Avx2, N>(p, kind, x, scales, mins, codes)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn qx_avx512(nmax: i32, x: &[f32], scales: &mut [f32], codes: &mut [i8]) {
+    qx_all::<super::lanes::Avx512>(nmax, x, scales, codes)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn qx_avx2(nmax: i32, x: &[f32], scales: &mut [f32], codes: &mut [i8]) {
+    qx_all::<super::lanes::Avx2>(nmax, x, scales, codes)
+}
+
+/// Most lanes of any vector type.
+const MAX_LANES: usize = 16;
+
+/// Sub-blocks `s0..s0 + V::N` of `x` (`N` values each; missing ones read as zeros) transposed:
+/// vector `i` holds value `i` of every sub-block.
+#[inline(always)]
+fn transpose<V: Lanes, const N: usize>(x: &[f32], s0: usize) -> [V; N] {
+    let subs = x.len() / N;
+    let mut t = [[0f32; MAX_LANES]; N];
+    for k in 0..V::N.min(subs - s0) {
+        for (i, &v) in x[(s0 + k) * N..(s0 + k + 1) * N].iter().enumerate() {
+            t[i][k] = v;
+        }
+    }
+    std::array::from_fn(|i| V::load(&t[i]))
+}
+
+/// The first `n` lanes of `v`.
+#[inline(always)]
+fn lanes_of<V: Lanes>(v: V, n: usize) -> impl Iterator<Item = f32> {
+    let mut t = [0f32; MAX_LANES];
+    v.store(&mut t);
+    t.into_iter().take(n)
+}
+
+/// Writes the codes of the first `n` lanes of `l` (sub-blocks `s0..`) into `codes`.
+#[inline(always)]
+fn untranspose<V: Lanes, const N: usize, T>(
+    l: &[V; N],
+    s0: usize,
+    n: usize,
+    codes: &mut [T],
+    cast: impl Fn(f32) -> T,
+) {
+    for (i, &v) in l.iter().enumerate() {
+        for (k, c) in lanes_of(v, n).enumerate() {
+            codes[(s0 + k) * N + i] = cast(c);
+        }
+    }
+}
+
+#[inline(always)]
+fn qkx2_all<V: Lanes, const N: usize>(
+    p: &Qkx2,
+    kind: Weights,
+    x: &[f32],
+    scales: &mut [f32],
+    mins: &mut [f32],
+    codes: &mut [u8],
+) {
+    let subs = x.len() / N;
+    for s0 in (0..subs).step_by(V::N) {
+        let n = V::N.min(subs - s0);
+        let xs = transpose::<V, N>(x, s0);
+        let ws = weights_lanes(kind, &xs);
+        let mut l = [V::splat(0.0); N];
+        let (scale, min) = qkx2_lanes(p, &xs, &ws, &mut l);
+        for (k, s) in lanes_of(scale, n).enumerate() {
+            scales[s0 + k] = s;
+        }
+        for (k, m) in lanes_of(min, n).enumerate() {
+            mins[s0 + k] = -m;
+        }
+        untranspose(&l, s0, n, codes, |c| c as u8);
+    }
+}
+
+#[inline(always)]
+fn qx_all<V: Lanes>(nmax: i32, x: &[f32], scales: &mut [f32], codes: &mut [i8]) {
+    let subs = x.len() / 16;
+    for s0 in (0..subs).step_by(V::N) {
+        let n = V::N.min(subs - s0);
+        let xs = transpose::<V, 16>(x, s0);
+        let mut l = [V::splat(0.0); 16];
+        let scale = qx_lanes(nmax, &xs, &mut l);
+        for (k, s) in lanes_of(scale, n).enumerate() {
+            scales[s0 + k] = s;
+        }
+        untranspose(&l, s0, n, codes, |c| (c as i32 + nmax) as i8);
+    }
+}
+
+/// [`weights`], lane by lane.
+#[inline(always)]
+fn weights_lanes<V: Lanes, const N: usize>(kind: Weights, x: &[V; N]) -> [V; N] {
+    match kind {
+        Weights::RmsAbs => {
+            let mut sum_x2 = V::splat(0.0);
+            for &v in x {
+                sum_x2 = sum_x2.add(v.mul(v));
+            }
+            let av_x = sum_x2.div(V::splat(N as f32)).sqrt();
+            x.map(|v| av_x.add(v.abs()))
+        }
+        Weights::Abs => x.map(|v| v.abs()),
+    }
+}
+
+/// `kquants::fit_error`, lane by lane.
+#[inline(always)]
+fn fit_error_lanes<V: Lanes, const N: usize>(
+    x: &[V; N],
+    w: &[V; N],
+    l: &[V; N],
+    scale: V,
+    min: V,
+    use_mad: bool,
+) -> V {
+    let mut e = V::splat(0.0);
+    for i in 0..N {
+        let diff = scale.mul(l[i]).add(min).sub(x[i]);
+        let diff = if use_mad { diff.abs() } else { diff.mul(diff) };
+        e = e.add(w[i].mul(diff));
+    }
+    e
+}
+
+/// `kquants::make_qkx2_quants`, lane by lane: returns (scale, min) with the minimum not negated;
+/// codes (as f32) in `l`.
+#[inline(always)]
+fn qkx2_lanes<V: Lanes, const N: usize>(
+    p: &Qkx2,
+    x: &[V; N],
+    w: &[V; N],
+    l: &mut [V; N],
+) -> (V, V) {
+    let zero = V::splat(0.0);
+    let (mut min, mut max) = (x[0], x[0]);
+    let mut sum_w = w[0];
+    let mut sum_x = sum_w.mul(x[0]);
+    for i in 1..N {
+        min = V::select(x[i].lt(min), x[i], min);
+        max = V::select(x[i].gt(max), x[i], max);
+        sum_w = sum_w.add(w[i]);
+        sum_x = sum_x.add(w[i].mul(x[i]));
+    }
+    min = V::select(min.gt(zero), zero, min);
+    let (min0, live) = (min, max.ne(min));
+    let nmax = p.nmax as f32;
+    let iscale = V::splat(nmax).div(max.sub(min));
+    let mut scale = V::splat(1.0).div(iscale);
+    for i in 0..N {
+        l[i] = iscale.mul(x[i].sub(min)).round_clamp(0, p.nmax);
+    }
+    let mut best = fit_error_lanes(x, w, l, scale, min, p.use_mad);
+    let mut aux = [zero; N];
+    for is in 0..=p.nstep {
+        let iscale = V::splat(p.rmin + p.rdelta * is as f32 + nmax).div(max.sub(min));
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (zero, zero, zero);
+        for i in 0..N {
+            let li = iscale.mul(x[i].sub(min)).round_clamp(0, p.nmax);
+            aux[i] = li;
+            let wl = w[i].mul(li);
+            sum_l = sum_l.add(wl);
+            sum_l2 = sum_l2.add(wl.mul(li));
+            sum_xl = sum_xl.add(wl.mul(x[i]));
+        }
+        let d = sum_w.mul(sum_l2).sub(sum_l.mul(sum_l));
+        let mut this_scale = sum_w.mul(sum_xl).sub(sum_x.mul(sum_l)).div(d);
+        let mut this_min = sum_l2.mul(sum_x).sub(sum_l.mul(sum_xl)).div(d);
+        let positive = this_min.gt(zero);
+        this_min = V::select(positive, zero, this_min);
+        this_scale = V::select(positive, sum_xl.div(sum_l2), this_scale);
+        let cur = fit_error_lanes(x, w, &aux, this_scale, this_min, p.use_mad);
+        let better = V::and(d.gt(zero), cur.lt(best));
+        for (li, &a) in l.iter_mut().zip(&aux) {
+            *li = V::select(better, a, *li);
+        }
+        best = V::select(better, cur, best);
+        scale = V::select(better, this_scale, scale);
+        min = V::select(better, this_min, min);
+    }
+    for li in l.iter_mut() {
+        *li = V::select(live, *li, zero);
+    }
+    (V::select(live, scale, zero), V::select(live, min, min0))
+}
+
+/// `kquants::make_qx_quants` for 16 values, lane by lane: returns the scale; codes `l` (not yet
+/// offset by `nmax`, as f32).
+#[inline(always)]
+fn qx_lanes<V: Lanes>(nmax: i32, x: &[V; 16], l: &mut [V; 16]) -> V {
+    let zero = V::splat(0.0);
+    let (mut max, mut amax) = (zero, zero);
+    for &v in x {
+        let bigger = v.abs().gt(amax);
+        amax = V::select(bigger, v.abs(), amax);
+        max = V::select(bigger, v, max);
+    }
+    let dead = amax.lt(V::splat(super::kquants::GROUP_MAX_EPS));
+    // Sums of w·x·l and w·l² (w = x²) for the codes at `iscale`, the codes into `codes`.
+    let sums = |iscale: V, codes: &mut [V; 16]| {
+        let (mut sumlx, mut suml2) = (zero, zero);
+        for (c, &v) in codes.iter_mut().zip(x) {
+            let li = iscale.mul(v).round_clamp(-nmax, nmax - 1);
+            *c = li;
+            let w = v.mul(v);
+            sumlx = sumlx.add(w.mul(v).mul(li));
+            suml2 = suml2.add(w.mul(li).mul(li));
+        }
+        (sumlx, suml2)
+    };
+    let (sumlx, suml2) = sums(V::splat(-(nmax as f32)).div(max), l);
+    let mut scale = V::select(suml2.ne(zero), sumlx.div(suml2), zero);
+    let mut best = scale.mul(sumlx);
+    let mut aux = [zero; 16];
+    for is in (-9..=9).filter(|&is| is != 0) {
+        let iscale = V::splat(-(nmax as f32 + 0.1 * is as f32)).div(max);
+        let (sumlx, suml2) = sums(iscale, &mut aux);
+        let better = V::and(suml2.gt(zero), sumlx.mul(sumlx).gt(best.mul(suml2)));
+        for (li, &a) in l.iter_mut().zip(&aux) {
+            *li = V::select(better, a, *li);
+        }
+        scale = V::select(better, sumlx.div(suml2), scale);
+        best = V::select(better, scale.mul(sumlx), best);
+    }
+    let floor = V::splat(-(nmax as f32));
+    for li in l.iter_mut() {
+        *li = V::select(dead, floor, *li);
+    }
+    V::select(dead, zero, scale)
+}
