@@ -137,7 +137,11 @@ fn transpose<V: Lanes, const N: usize>(x: &[f32], s0: usize) -> [V; N] {
             t[i][k] = v;
         }
     }
-    std::array::from_fn(|i| V::load(&t[i]))
+    let mut xs = [V::splat(0.0); N];
+    for (v, row) in xs.iter_mut().zip(&t) {
+        *v = V::load(row);
+    }
+    xs
 }
 
 /// The first `n` lanes of `v`.
@@ -215,9 +219,19 @@ fn weights_lanes<V: Lanes, const N: usize>(kind: Weights, x: &[V; N]) -> [V; N] 
                 sum_x2 = sum_x2.add(v.mul(v));
             }
             let av_x = sum_x2.div(V::splat(N as f32)).sqrt();
-            x.map(|v| av_x.add(v.abs()))
+            let mut w = *x;
+            for v in w.iter_mut() {
+                *v = av_x.add(v.abs());
+            }
+            w
         }
-        Weights::Abs => x.map(|v| v.abs()),
+        Weights::Abs => {
+            let mut w = *x;
+            for v in w.iter_mut() {
+                *v = v.abs();
+            }
+            w
+        }
     }
 }
 
@@ -313,25 +327,13 @@ fn qx_lanes<V: Lanes>(nmax: i32, x: &[V; 16], l: &mut [V; 16]) -> V {
         max = V::select(bigger, v, max);
     }
     let dead = amax.lt(V::splat(super::kquants::GROUP_MAX_EPS));
-    // Sums of w·x·l and w·l² (w = x²) for the codes at `iscale`, the codes into `codes`.
-    let sums = |iscale: V, codes: &mut [V; 16]| {
-        let (mut sumlx, mut suml2) = (zero, zero);
-        for (c, &v) in codes.iter_mut().zip(x) {
-            let li = iscale.mul(v).round_clamp(-nmax, nmax - 1);
-            *c = li;
-            let w = v.mul(v);
-            sumlx = sumlx.add(w.mul(v).mul(li));
-            suml2 = suml2.add(w.mul(li).mul(li));
-        }
-        (sumlx, suml2)
-    };
-    let (sumlx, suml2) = sums(V::splat(-(nmax as f32)).div(max), l);
+    let (sumlx, suml2) = qx_sums(nmax, x, V::splat(-(nmax as f32)).div(max), l);
     let mut scale = V::select(suml2.ne(zero), sumlx.div(suml2), zero);
     let mut best = scale.mul(sumlx);
     let mut aux = [zero; 16];
     for is in (-9..=9).filter(|&is| is != 0) {
         let iscale = V::splat(-(nmax as f32 + 0.1 * is as f32)).div(max);
-        let (sumlx, suml2) = sums(iscale, &mut aux);
+        let (sumlx, suml2) = qx_sums(nmax, x, iscale, &mut aux);
         let better = V::and(suml2.gt(zero), sumlx.mul(sumlx).gt(best.mul(suml2)));
         for (li, &a) in l.iter_mut().zip(&aux) {
             *li = V::select(better, a, *li);
@@ -344,4 +346,21 @@ fn qx_lanes<V: Lanes>(nmax: i32, x: &[V; 16], l: &mut [V; 16]) -> V {
         *li = V::select(dead, floor, *li);
     }
     V::select(dead, zero, scale)
+}
+
+/// `make_qx_quants`' sums of w·x·l and w·l² (w = x²) for the codes at `iscale`, lane by lane;
+/// the codes go to `codes`. (A function, not a closure: closures do not inherit the caller's
+/// inlining into the `#[target_feature]` entry point, and the intrinsics would become calls.)
+#[inline(always)]
+fn qx_sums<V: Lanes>(nmax: i32, x: &[V; 16], iscale: V, codes: &mut [V; 16]) -> (V, V) {
+    let zero = V::splat(0.0);
+    let (mut sumlx, mut suml2) = (zero, zero);
+    for (c, &v) in codes.iter_mut().zip(x) {
+        let li = iscale.mul(v).round_clamp(-nmax, nmax - 1);
+        *c = li;
+        let w = v.mul(v);
+        sumlx = sumlx.add(w.mul(v).mul(li));
+        suml2 = suml2.add(w.mul(li).mul(li));
+    }
+    (sumlx, suml2)
 }
