@@ -15,6 +15,7 @@ mod lanes;
 mod search;
 
 use crate::formats::gguf::GgmlType;
+use crate::formats::DType;
 use rayon::prelude::*;
 
 pub use blocks32::quantize_q8_0;
@@ -73,6 +74,32 @@ pub fn quantize_rows(t: GgmlType, src: &[f32], n_per_row: usize, dst: &mut [u8])
     dst.par_chunks_mut(rows_per_task * row_bytes)
         .zip(src.par_chunks(rows_per_task * n_per_row))
         .for_each(|(out, vals)| f(vals, out));
+}
+
+/// [`quantize_rows`] for rows stored as little-endian `dtype` values (f32, f16 or bf16, all exact
+/// in f32), decoded task by task on the pool. Panics on another dtype: callers plan it.
+pub fn quantize_raw_rows(t: GgmlType, dtype: DType, src: &[u8], n_per_row: usize, dst: &mut [u8]) {
+    use half::{bf16, f16};
+    let f = quantizer(t).unwrap_or_else(|| panic!("no quantizer for {}", t.name()));
+    let read: fn(&[u8]) -> f32 = match dtype {
+        DType::F32 => |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        DType::BF16 => |b| bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+        DType::F16 => |b| f16::from_le_bytes([b[0], b[1]]).to_f32(),
+        other => panic!("cannot quantize {other} values"),
+    };
+    let row_bytes = t
+        .row_bytes(n_per_row as u64)
+        .expect("rows are whole blocks") as usize;
+    let es = dtype.size();
+    assert_eq!(src.len() / (n_per_row * es) * row_bytes, dst.len());
+    let rows_per_task = (16384 / n_per_row).max(1);
+    dst.par_chunks_mut(rows_per_task * row_bytes)
+        .zip(src.par_chunks(rows_per_task * n_per_row * es))
+        .for_each_init(Vec::new, |vals, (out, raw)| {
+            vals.clear();
+            vals.extend(raw.chunks_exact(es).map(read));
+            f(vals, out)
+        });
 }
 
 /// ggml's `nearest_int`: round to nearest, ties to even, by adding 1.5 * 2^23 and reading the
