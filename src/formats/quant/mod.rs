@@ -79,14 +79,7 @@ pub fn quantize_rows(t: GgmlType, src: &[f32], n_per_row: usize, dst: &mut [u8])
 /// [`quantize_rows`] for rows stored as little-endian `dtype` values (f32, f16 or bf16, all exact
 /// in f32), decoded task by task on the pool. Panics on another dtype: callers plan it.
 pub fn quantize_raw_rows(t: GgmlType, dtype: DType, src: &[u8], n_per_row: usize, dst: &mut [u8]) {
-    use half::{bf16, f16};
     let f = quantizer(t).unwrap_or_else(|| panic!("no quantizer for {}", t.name()));
-    let read: fn(&[u8]) -> f32 = match dtype {
-        DType::F32 => |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-        DType::BF16 => |b| bf16::from_le_bytes([b[0], b[1]]).to_f32(),
-        DType::F16 => |b| f16::from_le_bytes([b[0], b[1]]).to_f32(),
-        other => panic!("cannot quantize {other} values"),
-    };
     let row_bytes = t
         .row_bytes(n_per_row as u64)
         .expect("rows are whole blocks") as usize;
@@ -96,10 +89,31 @@ pub fn quantize_raw_rows(t: GgmlType, dtype: DType, src: &[u8], n_per_row: usize
     dst.par_chunks_mut(rows_per_task * row_bytes)
         .zip(src.par_chunks(rows_per_task * n_per_row * es))
         .for_each_init(Vec::new, |vals, (out, raw)| {
-            vals.clear();
-            vals.extend(raw.chunks_exact(es).map(read));
+            decode(dtype, raw, vals);
             f(vals, out)
         });
+}
+
+/// `raw` (little-endian f32, f16 or bf16 values) as f32 into `vals`. One loop per type (a closure
+/// each, not a function pointer), so that each compiles to a vector loop.
+fn decode(dtype: DType, raw: &[u8], vals: &mut Vec<f32>) {
+    use half::{bf16, f16};
+    vals.clear();
+    match dtype {
+        DType::F32 => vals.extend(
+            raw.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        ),
+        DType::BF16 => vals.extend(
+            raw.chunks_exact(2)
+                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+        ),
+        DType::F16 => vals.extend(
+            raw.chunks_exact(2)
+                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()),
+        ),
+        other => panic!("cannot quantize {other} values"),
+    }
 }
 
 /// ggml's `nearest_int`: round to nearest, ties to even, by adding 1.5 * 2^23 and reading the
