@@ -94,24 +94,27 @@ pub fn quantize_raw_rows(t: GgmlType, dtype: DType, src: &[u8], n_per_row: usize
         });
 }
 
-/// `raw` (little-endian f32, f16 or bf16 values) as f32 into `vals`. One loop per type (a closure
-/// each, not a function pointer), so that each compiles to a vector loop.
+/// `raw` (little-endian f32, f16 or bf16 values) as f32 into `vals`. One loop per type, so that
+/// each compiles to a vector loop.
 fn decode(dtype: DType, raw: &[u8], vals: &mut Vec<f32>) {
-    use half::{bf16, f16};
     vals.clear();
+    vals.resize(raw.len() / dtype.size(), 0.0);
     match dtype {
-        DType::F32 => vals.extend(
-            raw.chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        ),
-        DType::BF16 => vals.extend(
-            raw.chunks_exact(2)
-                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()),
-        ),
-        DType::F16 => vals.extend(
-            raw.chunks_exact(2)
-                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()),
-        ),
+        DType::F32 => {
+            for (v, b) in vals.iter_mut().zip(raw.chunks_exact(4)) {
+                *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        DType::BF16 => {
+            for (v, b) in vals.iter_mut().zip(raw.chunks_exact(2)) {
+                *v = half::bf16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+        }
+        DType::F16 => {
+            for (v, b) in vals.iter_mut().zip(raw.chunks_exact(2)) {
+                *v = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+        }
         other => panic!("cannot quantize {other} values"),
     }
 }

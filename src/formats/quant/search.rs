@@ -364,3 +364,144 @@ fn qx_sums<V: Lanes>(nmax: i32, x: &[V; 16], iscale: V, codes: &mut [V; 16]) -> 
     }
     (sumlx, suml2)
 }
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// xorshift64*: reproducible values without a dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        /// Uniform in [-1, 1).
+        fn unit(&mut self) -> f32 {
+            (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        }
+    }
+
+    /// Sub-blocks of `n` values: sums of uniforms at several scales, and the adversarial shapes
+    /// (all zero, constant, one spike, ties on a grid, one sign only, values under ggml's zero
+    /// threshold), at magnitudes from 1e-20 to 1e30.
+    fn blocks(n: usize, count: usize) -> Vec<f32> {
+        let mut r = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut x = Vec::with_capacity(n * count);
+        for b in 0..count {
+            let scale = [1.0, 0.02, 3e-5, 1e4, 1e-20, 1e30][b % 6];
+            for i in 0..n {
+                let u = r.unit();
+                let v = match (b / 6) % 9 {
+                    0 => (u + r.unit() + r.unit()) * scale,
+                    1 => 0.0,
+                    2 => scale,
+                    3 => {
+                        if i == b % n {
+                            scale
+                        } else {
+                            0.0
+                        }
+                    }
+                    4 => (u * 4.0).round() * 0.25 * scale,
+                    5 => u.abs() * scale,
+                    6 => -u.abs() * scale,
+                    7 => (u * 8.0).round() / 8.0,
+                    _ => u * 1e-16,
+                };
+                x.push(v);
+            }
+        }
+        x
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    type Qkx2Fn = fn(&[f32], &mut [f32], &mut [f32], &mut [u8]);
+
+    fn check_qkx2<const N: usize>(p: &Qkx2, kind: Weights, x: &[f32], simd: Qkx2Fn) {
+        let subs = x.len() / N;
+        let (mut s0, mut m0, mut l0) = (vec![0f32; subs], vec![0f32; subs], vec![0u8; x.len()]);
+        for (k, xs) in x.chunks_exact(N).enumerate() {
+            let xs: &[f32; N] = xs.try_into().unwrap();
+            let out = (&mut l0[N * k..N * k + N]).try_into().unwrap();
+            (s0[k], m0[k]) = make_qkx2_quants(p, xs, &weights(kind, xs), out);
+        }
+        let (mut s1, mut m1, mut l1) = (vec![0f32; subs], vec![0f32; subs], vec![0u8; x.len()]);
+        simd(x, &mut s1, &mut m1, &mut l1);
+        assert_eq!(bits(&s0), bits(&s1), "scales");
+        assert_eq!(bits(&m0), bits(&m1), "mins");
+        assert_eq!(l0, l1, "codes");
+    }
+
+    fn check_qx(x: &[f32], simd: fn(&[f32], &mut [f32], &mut [i8])) {
+        let subs = x.len() / 16;
+        let (mut s0, mut l0) = (vec![0f32; subs], vec![0i8; x.len()]);
+        for (k, xs) in x.chunks_exact(16).enumerate() {
+            let out = (&mut l0[16 * k..16 * k + 16]).try_into().unwrap();
+            s0[k] = make_qx_quants(32, xs.try_into().unwrap(), out);
+        }
+        let (mut s1, mut l1) = (vec![0f32; subs], vec![0i8; x.len()]);
+        simd(x, &mut s1, &mut l1);
+        assert_eq!(bits(&s0), bits(&s1), "scales");
+        assert_eq!(l0, l1, "codes");
+    }
+
+    const Q4: Qkx2 = Qkx2 {
+        nmax: 15,
+        rmin: -1.0,
+        rdelta: 0.1,
+        nstep: 20,
+        use_mad: false,
+    };
+    const Q5: Qkx2 = Qkx2 {
+        nmax: 31,
+        rmin: -0.5,
+        rdelta: 0.1,
+        nstep: 15,
+        use_mad: false,
+    };
+    const Q2: Qkx2 = Qkx2 {
+        nmax: 3,
+        rmin: -0.5,
+        rdelta: 0.1,
+        nstep: 15,
+        use_mad: true,
+    };
+
+    #[test]
+    fn simd_searches_equal_the_scalar_port() {
+        // 999 sub-blocks: the last vector is partly empty.
+        let (x32, x16) = (blocks(32, 999), blocks(16, 999));
+        // SAFETY (every `unsafe` below): each path runs only where the CPU has its features.
+        if is_x86_feature_detected!("avx512f") {
+            check_qkx2::<32>(&Q4, Weights::RmsAbs, &x32, |x, s, m, l| unsafe {
+                qkx2_avx512::<32>(&Q4, Weights::RmsAbs, x, s, m, l)
+            });
+            check_qkx2::<32>(&Q5, Weights::RmsAbs, &x32, |x, s, m, l| unsafe {
+                qkx2_avx512::<32>(&Q5, Weights::RmsAbs, x, s, m, l)
+            });
+            check_qkx2::<16>(&Q2, Weights::Abs, &x16, |x, s, m, l| unsafe {
+                qkx2_avx512::<16>(&Q2, Weights::Abs, x, s, m, l)
+            });
+            check_qx(&x16, |x, s, l| unsafe { qx_avx512(32, x, s, l) });
+        }
+        if is_x86_feature_detected!("avx2") {
+            check_qkx2::<32>(&Q4, Weights::RmsAbs, &x32, |x, s, m, l| unsafe {
+                qkx2_avx2::<32>(&Q4, Weights::RmsAbs, x, s, m, l)
+            });
+            check_qkx2::<32>(&Q5, Weights::RmsAbs, &x32, |x, s, m, l| unsafe {
+                qkx2_avx2::<32>(&Q5, Weights::RmsAbs, x, s, m, l)
+            });
+            check_qkx2::<16>(&Q2, Weights::Abs, &x16, |x, s, m, l| unsafe {
+                qkx2_avx2::<16>(&Q2, Weights::Abs, x, s, m, l)
+            });
+            check_qx(&x16, |x, s, l| unsafe { qx_avx2(32, x, s, l) });
+        }
+    }
+}
