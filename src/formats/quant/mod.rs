@@ -2,6 +2,10 @@
 //!
 //! - `blocks32`: the 32-value types Q4_0, Q4_1, Q5_0, Q5_1, Q8_0.
 //! - `kquants`: the 256-value super-block types Q2_K .. Q6_K and the helpers they share.
+//! - `search`: the k-quant sub-block scale searches over many sub-blocks at once, one per SIMD
+//!   lane (AVX-512 or AVX2, picked at run time by [`crate::isa`]), bit-identical to the scalar
+//!   port in `kquants`, which is the portable path.
+//! - `lanes`: the f32 vector types `search` runs on.
 //!
 //! These are ports of ggml's reference quantizers (the ones llama-quantize runs when no importance
 //! matrix is given). ggml builds them without architecture flags, so each is a fixed sequence of
