@@ -1,5 +1,7 @@
-//! The k-quant sub-block searches over many sub-blocks at once: ggml's `make_qkx2_quants` (Q2_K,
-//! Q4_K, Q5_K) and `make_qx_quants` (Q6_K), each SIMD lane running one sub-block.
+//! The k-quant sub-block searches: ggml's `make_qkx2_quants` (Q2_K, Q4_K, Q5_K), `make_qx_quants`
+//! (Q6_K) and `make_q3_quants` (Q3_K), ported operation for operation (integer codes enter float
+//! products as floats at the same place, sums accumulate in the same order), and the first two
+//! again over many sub-blocks at once, each SIMD lane running one sub-block.
 //!
 //! Each search tries about twenty candidate scales per sub-block, and a candidate depends on the
 //! ones before it (`make_qkx2_quants` moves the minimum it measures from whenever a candidate
@@ -7,9 +9,219 @@
 //! and performs the scalar port's operations in its order, the scalar `if` becoming a per-lane
 //! select. Results are therefore bit-identical to the scalar port, which stays the portable path
 //! (and the reference the tests compare against).
-use super::kquants::{make_qkx2_quants, make_qx_quants, Qkx2};
 use super::lanes::Lanes;
+use super::nearest_int;
 use crate::isa::{isa, Isa};
+
+/// ggml's threshold under which a group counts as all zeros.
+pub const GROUP_MAX_EPS: f32 = 1e-15;
+
+/// The value of largest magnitude (the first one on ties) and that magnitude.
+fn signed_max(x: &[f32]) -> (f32, f32) {
+    let (mut max, mut amax) = (0f32, 0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    (max, amax)
+}
+
+/// Symmetric codes in [-nmax, nmax) for `x` with weights x² (ggml's `make_qx_quants`, rmse type 1,
+/// no importance weights): the best of 19 candidate scales around nmax / max by weighted error.
+/// Writes `l + nmax` into `out` and returns the scale.
+pub fn make_qx_quants(nmax: i32, x: &[f32; 16], out: &mut [i8; 16]) -> f32 {
+    let (max, amax) = signed_max(x);
+    if amax < GROUP_MAX_EPS {
+        out.fill(0);
+        return 0.0;
+    }
+    let code = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
+    let sums = |iscale: f32| {
+        let (mut sumlx, mut suml2) = (0f32, 0f32);
+        for &v in x {
+            let l = code(iscale, v) as f32;
+            let w = v * v;
+            sumlx += w * v * l;
+            suml2 += w * l * l;
+        }
+        (sumlx, suml2)
+    };
+    let mut iscale = -(nmax as f32) / max;
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = (code(iscale, v) + nmax) as i8;
+    }
+    let (sumlx, suml2) = sums(iscale);
+    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    let mut best = scale * sumlx;
+    for is in -9..=9 {
+        if is == 0 {
+            continue;
+        }
+        iscale = -(nmax as f32 + 0.1 * is as f32) / max;
+        let (sumlx, suml2) = sums(iscale);
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+            for (o, &v) in out.iter_mut().zip(x) {
+                *o = (code(iscale, v) + nmax) as i8;
+            }
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    scale
+}
+
+/// Q3_K's sub-block search (ggml's `make_q3_quants` with rmse): start from nmax / max, then move
+/// single codes while the weighted fit improves, up to five passes. Writes `l + nmax`.
+pub fn make_q3_quants(nmax: i32, x: &[f32], out: &mut [i8]) -> f32 {
+    let (max, amax) = signed_max(x);
+    if amax < GROUP_MAX_EPS {
+        out.fill(0);
+        return 0.0;
+    }
+    let iscale = -(nmax as f32) / max;
+    let mut l = [0i32; 16];
+    let (mut sumlx, mut suml2) = (0f32, 0f32);
+    for (li, &v) in l.iter_mut().zip(x) {
+        *li = nearest_int(iscale * v).clamp(-nmax, nmax - 1);
+        let w = v * v;
+        sumlx += w * v * *li as f32;
+        suml2 += w * *li as f32 * *li as f32;
+    }
+    for _ in 0..5 {
+        let mut changed = 0;
+        for (li, &v) in l.iter_mut().zip(x) {
+            let w = v * v;
+            let mut slx = sumlx - w * v * *li as f32;
+            if slx > 0.0 {
+                let mut sl2 = suml2 - w * *li as f32 * *li as f32;
+                let new_l = nearest_int(v * sl2 / slx).clamp(-nmax, nmax - 1);
+                if new_l != *li {
+                    slx += w * v * new_l as f32;
+                    sl2 += w * new_l as f32 * new_l as f32;
+                    if sl2 > 0.0 && slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        *li = new_l;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        changed += 1;
+                    }
+                }
+            }
+        }
+        if changed == 0 {
+            break;
+        }
+    }
+    for (o, li) in out.iter_mut().zip(l) {
+        *o = (li + nmax) as i8;
+    }
+    if suml2 > 0.0 {
+        sumlx / suml2
+    } else {
+        0.0
+    }
+}
+
+/// Search parameters of ggml's `make_qkx2_quants`.
+pub struct Qkx2 {
+    pub nmax: i32,
+    pub rmin: f32,
+    pub rdelta: f32,
+    pub nstep: i32,
+    pub use_mad: bool,
+}
+
+/// Weighted error of codes `l` with `scale` and `min` (squared, or absolute with `use_mad`),
+/// summed in index order.
+#[inline(always)]
+fn fit_error<const N: usize>(
+    x: &[f32; N],
+    w: &[f32; N],
+    l: &[u8; N],
+    scale: f32,
+    min: f32,
+    use_mad: bool,
+) -> f32 {
+    let mut e = 0f32;
+    for i in 0..N {
+        let diff = scale * l[i] as f32 + min - x[i];
+        let diff = if use_mad { diff.abs() } else { diff * diff };
+        e += w[i] * diff;
+    }
+    e
+}
+
+/// Asymmetric codes in [0, nmax] with a scale and a (non-positive) minimum, chosen among
+/// `nstep + 1` candidate scales by weighted squared (or absolute) error (`make_qkx2_quants`).
+/// Returns (scale, -min); codes go to `out`. Inlined so that each caller's constant parameters
+/// specialize the loops.
+#[inline(always)]
+pub fn make_qkx2_quants<const N: usize>(
+    p: &Qkx2,
+    x: &[f32; N],
+    weights: &[f32; N],
+    out: &mut [u8; N],
+) -> (f32, f32) {
+    let (mut min, mut max) = (x[0], x[0]);
+    let mut sum_w = weights[0];
+    let mut sum_x = sum_w * x[0];
+    for i in 1..N {
+        if x[i] < min {
+            min = x[i];
+        }
+        if x[i] > max {
+            max = x[i];
+        }
+        let w = weights[i];
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max == min {
+        out.fill(0);
+        return (0.0, -min);
+    }
+    let nmax = p.nmax as f32;
+    let mut iscale = nmax / (max - min);
+    let mut scale = 1.0 / iscale;
+    for i in 0..N {
+        out[i] = nearest_int(iscale * (x[i] - min)).clamp(0, p.nmax) as u8;
+    }
+    let mut best_error = fit_error(x, weights, out, scale, min, p.use_mad);
+    let mut aux = [0u8; N];
+    for is in 0..=p.nstep {
+        iscale = (p.rmin + p.rdelta * is as f32 + nmax) / (max - min);
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
+        for i in 0..N {
+            let l = nearest_int(iscale * (x[i] - min)).clamp(0, p.nmax);
+            aux[i] = l as u8;
+            let (w, l) = (weights[i], l as f32);
+            sum_l += w * l;
+            sum_l2 += w * l * l;
+            sum_xl += w * l * x[i];
+        }
+        let d = sum_w * sum_l2 - sum_l * sum_l;
+        if d > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let cur_error = fit_error(x, weights, &aux, this_scale, this_min, p.use_mad);
+            if cur_error < best_error {
+                *out = aux;
+                best_error = cur_error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    (scale, -min)
+}
 
 /// How `make_qkx2_quants` weighs the values of a sub-block.
 #[derive(Clone, Copy)]
@@ -326,7 +538,7 @@ fn qx_lanes<V: Lanes>(nmax: i32, x: &[V; 16], l: &mut [V; 16]) -> V {
         amax = V::select(bigger, v.abs(), amax);
         max = V::select(bigger, v, max);
     }
-    let dead = amax.lt(V::splat(super::kquants::GROUP_MAX_EPS));
+    let dead = amax.lt(V::splat(GROUP_MAX_EPS));
     let (sumlx, suml2) = qx_sums(nmax, x, V::splat(-(nmax as f32)).div(max), l);
     let mut scale = V::select(suml2.ne(zero), sumlx.div(suml2), zero);
     let mut best = scale.mul(sumlx);
