@@ -17,7 +17,7 @@
 //! tests/gguf_quant.rs), so four are used as they are; this module only lays their blocks out as
 //! bytes. Q8_0, the type whose quantizer is nearly all of a run's work, has its own loop here:
 //! candle's calls the C library's `roundf` per value, while compiled for AVX2 or AVX-512 the same
-//! rounding (half away from zero) is a vector instruction sequence, about 3x faster.
+//! rounding (half away from zero) is a vector instruction sequence (numbers in docs/DESIGN.md).
 use crate::isa::{isa, Isa};
 use candle_core::quantized::k_quants::{
     BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, GgmlType as CandleBlock,
