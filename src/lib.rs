@@ -1,6 +1,7 @@
 //! llamactl: one toolkit for people who hold Llama 3 weights.
 //!
 //! The layers, bottom up (data flows one way):
+//! - [`isa`] (the floor too): which SIMD instruction set the kernels use.
 //! - [`progress`] (beside `util`, the floor): the traits long work reports through; it draws
 //!   nothing.
 //! - [`formats`]: bytes <-> tensors (pickle, torch zip `.pth`, safetensors). No model knowledge.
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod commands;
 pub mod error;
 pub mod formats;
+pub mod isa;
 pub mod net;
 pub mod progress;
 pub mod runner;

@@ -71,7 +71,7 @@ for n in "${!WALLS[@]}"; do WALL[$n]=$(echo "${WALLS[$n]}" | median); done
 
 echo
 echo "host: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $NPROC cores; load avg at the end $(cut -d' ' -f1-3 /proc/loadavg) (shared machine)"
-echo "checkpoint: $SRC ($(du -sh "$SRC" | cut -f1)); median of $ROUNDS round(s); converter (HF -> bf16 GGUF): ${WALL[converter]} s, peak RSS $((RSS[converter] / 1024)) MiB"
+echo "checkpoint: $SRC ($(du -shL "$SRC" | cut -f1)); median of $ROUNDS round(s); converter (HF -> bf16 GGUF): ${WALL[converter]} s, peak RSS $((RSS[converter] / 1024)) MiB"
 printf "%-8s %10s %12s %8s %12s %10s %14s %14s %10s\n" type ours_s pipeline_s ratio ours_gguf_s lq_s ratio_vs_lq ours_RSS_MiB lq_RSS_MiB
 ok=1
 for t in $TYPES; do

@@ -13,7 +13,7 @@ use super::hf::{rope_from_config, HfDir};
 use super::layout::{self, Permute, Role, Split};
 use super::stream::{self, Buffers, CastStats, FullTensor, Region, RowPermute};
 use super::ModelDir;
-use crate::formats::copy::{self, CHUNK};
+use crate::formats::copy;
 use crate::formats::gguf::{self, GgmlType, Header, TensorEntry, Value};
 use crate::formats::quant;
 use crate::formats::DType;
@@ -392,41 +392,69 @@ pub fn rope_factors(config: &Json, head_dim: usize) -> Result<Option<Vec<f32>>> 
     Ok(Some(factors))
 }
 
-/// f32 values per quantization batch (as bytes): rows are quantized in parallel a batch at a time.
-const QUANT_BATCH: usize = 8 << 20;
+/// Source values per quantization batch. A batch is quantized on the rayon pool in the background
+/// while the next one is read and the one before it written, so every core stays busy; small
+/// enough that the pipeline's fill and drain at each tensor's ends cost little.
+const QUANT_BATCH: usize = 1 << 20;
 
-/// Quantizes the f32 rows written into it (as little-endian bytes) to `ty`, a batch of whole rows
-/// at a time, the rows of a batch spread over the rayon pool.
+/// A batch of whole rows being quantized: its source bytes and, once joined, its output.
+type Batch = std::thread::JoinHandle<(Vec<u8>, Vec<u8>)>;
+
+/// Quantizes the rows written into it (little-endian `dtype` values) to `ty`, a batch of whole
+/// rows at a time, one batch in flight while the next is filled.
 struct QuantWriter<'a> {
     inner: &'a mut dyn Write,
     ty: GgmlType,
+    dtype: DType,
     ncols: usize,
     pending: Vec<u8>,
-    vals: Vec<f32>,
-    out: Vec<u8>,
+    in_flight: Option<Batch>,
+    /// Buffers of finished batches, reused.
+    spare: Vec<Vec<u8>>,
     task: &'a dyn crate::progress::Task,
 }
 
 impl QuantWriter<'_> {
-    /// Quantize the whole rows pending (only once a batch is full unless `all`).
+    /// Start quantizing the whole rows pending (only once a batch is full unless `all`), then
+    /// write the batch before it.
     fn quantize(&mut self, all: bool) -> std::io::Result<()> {
-        let row = self.ncols * 4;
+        let row = self.ncols * self.dtype.size();
         let whole = self.pending.len() / row * row;
-        if whole == 0 || (!all && whole < QUANT_BATCH) {
-            return Ok(());
+        if whole == 0 || (!all && whole < QUANT_BATCH * self.dtype.size()) {
+            return if all { self.finish_in_flight() } else { Ok(()) };
         }
-        self.vals.clear();
-        self.vals.extend(
-            self.pending[..whole]
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        );
-        let row_bytes = self.ty.row_bytes(self.ncols as u64).expect("planned") as usize;
-        self.out.resize(whole / row * row_bytes, 0);
-        quant::quantize_rows(self.ty, &self.vals, self.ncols, &mut self.out);
-        self.inner.write_all(&self.out)?;
-        self.task.advance(self.out.len() as u64);
-        self.pending.drain(..whole);
+        let mut next = self.spare.pop().unwrap_or_default();
+        next.clear();
+        next.extend_from_slice(&self.pending[whole..]);
+        let mut src = std::mem::replace(&mut self.pending, next);
+        src.truncate(whole);
+        let mut out = self.spare.pop().unwrap_or_default();
+        let (ty, dtype, ncols) = (self.ty, self.dtype, self.ncols);
+        let batch = std::thread::spawn(move || {
+            let row_bytes = ty.row_bytes(ncols as u64).expect("planned") as usize;
+            out.resize(src.len() / row * row_bytes, 0);
+            quant::quantize_raw_rows(ty, dtype, &src, ncols, &mut out);
+            (src, out)
+        });
+        self.finish_in_flight()?;
+        self.in_flight = Some(batch);
+        if all {
+            self.finish_in_flight()?;
+        }
+        Ok(())
+    }
+
+    /// Wait for the batch in flight and write its bytes.
+    fn finish_in_flight(&mut self) -> std::io::Result<()> {
+        let Some(batch) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let (src, out) = batch
+            .join()
+            .map_err(|_| std::io::Error::other("quantizer thread panicked"))?;
+        self.inner.write_all(&out)?;
+        self.task.advance(out.len() as u64);
+        self.spare.extend([src, out]);
         Ok(())
     }
 }
@@ -539,16 +567,19 @@ fn write_tensor(item: &Planned, out: &mut Out) -> Result<(u64, u64)> {
         stream::write_region(t, &region, Some(to), out.bufs, out.w, &mut stats)?;
         return Ok((stats.overflowed, 0));
     }
+    // The source's own values (bf16, f16 or f32; fp8 pieces arrive dequantized to f32): the
+    // batches decode them to f32 on the rayon pool.
     let mut q = QuantWriter {
         inner: out.w,
         ty,
+        dtype: t.dtype,
         ncols: t.cols(),
-        pending: Vec::with_capacity(QUANT_BATCH + CHUNK),
-        vals: Vec::new(),
-        out: Vec::new(),
+        pending: Vec::new(),
+        in_flight: None,
+        spare: Vec::new(),
         task: out.task,
     };
-    stream::write_region(t, &region, Some(to), out.bufs, &mut q, &mut stats)?;
+    stream::write_region(t, &region, None, out.bufs, &mut q, &mut stats)?;
     q.quantize(true)?;
     if !q.pending.is_empty() {
         bail!("rows are not whole {} blocks", ty.name());

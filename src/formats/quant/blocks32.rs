@@ -14,10 +14,13 @@
 //!
 //! candle's ports of these five (`candle_core::quantized::k_quants`) perform the same operations
 //! in the same order as ggml's reference code and give identical bytes (checked against ggml in
-//! tests/gguf_quant.rs), so they are used as they are; this module only lays their blocks out as
-//! bytes.
+//! tests/gguf_quant.rs), so four are used as they are; this module only lays their blocks out as
+//! bytes. Q8_0, the type whose quantizer is nearly all of a run's work, has its own loop here:
+//! candle's calls the C library's `roundf` per value, while compiled for AVX2 or AVX-512 the same
+//! rounding (half away from zero) is a vector instruction sequence (numbers in docs/DESIGN.md).
+use crate::isa::{isa, Isa};
 use candle_core::quantized::k_quants::{
-    BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, GgmlType as CandleBlock,
+    BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, GgmlType as CandleBlock,
 };
 
 const QK: usize = 32;
@@ -53,7 +56,44 @@ pub fn q5_1(x: &[f32], out: &mut [u8]) {
 }
 
 pub fn q8_0(x: &[f32], out: &mut [u8]) {
-    with_candle::<BlockQ8_0>(x, out)
+    assert_eq!(out.len(), x.len() / QK * 34, "output holds whole blocks");
+    match isa() {
+        // SAFETY: `isa` reports AVX-512F / AVX2 only where the CPU has them.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { q8_0_avx512(x, out) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { q8_0_avx2(x, out) },
+        _ => q8_0_blocks(x, out),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn q8_0_avx512(x: &[f32], out: &mut [u8]) {
+    q8_0_blocks(x, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn q8_0_avx2(x: &[f32], out: &mut [u8]) {
+    q8_0_blocks(x, out)
+}
+
+/// ggml's Q8_0: d = max |x| / 127 (stored as f16), codes round(x * (1 / d)) half away from zero.
+#[inline(always)]
+fn q8_0_blocks(x: &[f32], out: &mut [u8]) {
+    for (x, y) in x.chunks_exact(QK).zip(out.chunks_exact_mut(34)) {
+        let mut amax = 0f32;
+        for &v in x {
+            amax = amax.max(v.abs());
+        }
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        y[..2].copy_from_slice(&super::f16_bytes(d));
+        for (q, &v) in y[2..].iter_mut().zip(x) {
+            *q = (v * id).round() as i8 as u8;
+        }
+    }
 }
 
 /// Quantize whole Q8_0 blocks of `src`, appending to `out`.

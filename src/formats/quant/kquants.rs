@@ -9,220 +9,9 @@
 //! | Q5_K | 176 | d, dmin, 12 B scales and mins, 32 B fifth bits, 128 B nibbles |
 //! | Q6_K | 210 | 128 B low nibbles, 64 B high 2 bits, 16 signed 8-bit scales, d |
 //!
-//! The searches for the best sub-block scale (`make_qx_quants`, `make_q3_quants`,
-//! `make_qkx2_quants`) decide every code, so they are ported operation for operation: integer
-//! codes enter float products as floats at the same place, sums accumulate in the same order.
+//! The searches for the best sub-block scales, which decide every code, live in `search`.
+use super::search::{self, make_q3_quants, Qkx2, Weights, GROUP_MAX_EPS};
 use super::{f16_bytes, f16_value, nearest_int, QK_K};
-
-/// ggml's threshold under which a group counts as all zeros.
-const GROUP_MAX_EPS: f32 = 1e-15;
-
-/// The value of largest magnitude (the first one on ties) and that magnitude.
-fn signed_max(x: &[f32]) -> (f32, f32) {
-    let (mut max, mut amax) = (0f32, 0f32);
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
-    (max, amax)
-}
-
-/// Symmetric codes in [-nmax, nmax) for `x` with weights x² (ggml's `make_qx_quants`, rmse type 1,
-/// no importance weights): the best of 19 candidate scales around nmax / max by weighted error.
-/// Writes `l + nmax` into `out` and returns the scale.
-fn make_qx_quants(nmax: i32, x: &[f32; 16], out: &mut [i8; 16]) -> f32 {
-    let (max, amax) = signed_max(x);
-    if amax < GROUP_MAX_EPS {
-        out.fill(0);
-        return 0.0;
-    }
-    let code = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
-    let sums = |iscale: f32| {
-        let (mut sumlx, mut suml2) = (0f32, 0f32);
-        for &v in x {
-            let l = code(iscale, v) as f32;
-            let w = v * v;
-            sumlx += w * v * l;
-            suml2 += w * l * l;
-        }
-        (sumlx, suml2)
-    };
-    let mut iscale = -(nmax as f32) / max;
-    for (o, &v) in out.iter_mut().zip(x) {
-        *o = (code(iscale, v) + nmax) as i8;
-    }
-    let (sumlx, suml2) = sums(iscale);
-    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
-    let mut best = scale * sumlx;
-    for is in -9..=9 {
-        if is == 0 {
-            continue;
-        }
-        iscale = -(nmax as f32 + 0.1 * is as f32) / max;
-        let (sumlx, suml2) = sums(iscale);
-        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
-            for (o, &v) in out.iter_mut().zip(x) {
-                *o = (code(iscale, v) + nmax) as i8;
-            }
-            scale = sumlx / suml2;
-            best = scale * sumlx;
-        }
-    }
-    scale
-}
-
-/// Q3_K's sub-block search (ggml's `make_q3_quants` with rmse): start from nmax / max, then move
-/// single codes while the weighted fit improves, up to five passes. Writes `l + nmax`.
-fn make_q3_quants(nmax: i32, x: &[f32], out: &mut [i8]) -> f32 {
-    let (max, amax) = signed_max(x);
-    if amax < GROUP_MAX_EPS {
-        out.fill(0);
-        return 0.0;
-    }
-    let iscale = -(nmax as f32) / max;
-    let mut l = [0i32; 16];
-    let (mut sumlx, mut suml2) = (0f32, 0f32);
-    for (li, &v) in l.iter_mut().zip(x) {
-        *li = nearest_int(iscale * v).clamp(-nmax, nmax - 1);
-        let w = v * v;
-        sumlx += w * v * *li as f32;
-        suml2 += w * *li as f32 * *li as f32;
-    }
-    for _ in 0..5 {
-        let mut changed = 0;
-        for (li, &v) in l.iter_mut().zip(x) {
-            let w = v * v;
-            let mut slx = sumlx - w * v * *li as f32;
-            if slx > 0.0 {
-                let mut sl2 = suml2 - w * *li as f32 * *li as f32;
-                let new_l = nearest_int(v * sl2 / slx).clamp(-nmax, nmax - 1);
-                if new_l != *li {
-                    slx += w * v * new_l as f32;
-                    sl2 += w * new_l as f32 * new_l as f32;
-                    if sl2 > 0.0 && slx * slx * suml2 > sumlx * sumlx * sl2 {
-                        *li = new_l;
-                        sumlx = slx;
-                        suml2 = sl2;
-                        changed += 1;
-                    }
-                }
-            }
-        }
-        if changed == 0 {
-            break;
-        }
-    }
-    for (o, li) in out.iter_mut().zip(l) {
-        *o = (li + nmax) as i8;
-    }
-    if suml2 > 0.0 {
-        sumlx / suml2
-    } else {
-        0.0
-    }
-}
-
-/// Search parameters of ggml's `make_qkx2_quants`.
-struct Qkx2 {
-    nmax: i32,
-    rmin: f32,
-    rdelta: f32,
-    nstep: i32,
-    use_mad: bool,
-}
-
-/// Weighted error of codes `l` with `scale` and `min` (squared, or absolute with `use_mad`),
-/// summed in index order.
-#[inline(always)]
-fn fit_error<const N: usize>(
-    x: &[f32; N],
-    w: &[f32; N],
-    l: &[u8; N],
-    scale: f32,
-    min: f32,
-    use_mad: bool,
-) -> f32 {
-    let mut e = 0f32;
-    for i in 0..N {
-        let diff = scale * l[i] as f32 + min - x[i];
-        let diff = if use_mad { diff.abs() } else { diff * diff };
-        e += w[i] * diff;
-    }
-    e
-}
-
-/// Asymmetric codes in [0, nmax] with a scale and a (non-positive) minimum, chosen among
-/// `nstep + 1` candidate scales by weighted squared (or absolute) error (`make_qkx2_quants`).
-/// Returns (scale, -min); codes go to `out`. Inlined so that each caller's constant parameters
-/// specialize the loops.
-#[inline(always)]
-fn make_qkx2_quants<const N: usize>(
-    p: &Qkx2,
-    x: &[f32; N],
-    weights: &[f32; N],
-    out: &mut [u8; N],
-) -> (f32, f32) {
-    let (mut min, mut max) = (x[0], x[0]);
-    let mut sum_w = weights[0];
-    let mut sum_x = sum_w * x[0];
-    for i in 1..N {
-        if x[i] < min {
-            min = x[i];
-        }
-        if x[i] > max {
-            max = x[i];
-        }
-        let w = weights[i];
-        sum_w += w;
-        sum_x += w * x[i];
-    }
-    if min > 0.0 {
-        min = 0.0;
-    }
-    if max == min {
-        out.fill(0);
-        return (0.0, -min);
-    }
-    let nmax = p.nmax as f32;
-    let mut iscale = nmax / (max - min);
-    let mut scale = 1.0 / iscale;
-    for i in 0..N {
-        out[i] = nearest_int(iscale * (x[i] - min)).clamp(0, p.nmax) as u8;
-    }
-    let mut best_error = fit_error(x, weights, out, scale, min, p.use_mad);
-    let mut aux = [0u8; N];
-    for is in 0..=p.nstep {
-        iscale = (p.rmin + p.rdelta * is as f32 + nmax) / (max - min);
-        let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
-        for i in 0..N {
-            let l = nearest_int(iscale * (x[i] - min)).clamp(0, p.nmax);
-            aux[i] = l as u8;
-            let (w, l) = (weights[i], l as f32);
-            sum_l += w * l;
-            sum_l2 += w * l * l;
-            sum_xl += w * l * x[i];
-        }
-        let d = sum_w * sum_l2 - sum_l * sum_l;
-        if d > 0.0 {
-            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
-            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
-            if this_min > 0.0 {
-                this_min = 0.0;
-                this_scale = sum_xl / sum_l2;
-            }
-            let cur_error = fit_error(x, weights, &aux, this_scale, this_min, p.use_mad);
-            if cur_error < best_error {
-                *out = aux;
-                best_error = cur_error;
-                scale = this_scale;
-                min = this_min;
-            }
-        }
-    }
-    (scale, -min)
-}
 
 /// `N` values of `s` starting at `at`, as an array reference.
 #[inline(always)]
@@ -247,27 +36,19 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
-/// Q4_K/Q5_K's shared part: per 32-value sub-block a scale and min from `make_qkx2_quants`
-/// (weights rms + |x|), both quantized to 6 bits against f16 `d`/`dmin` written at `y[0..4]`,
-/// packed into `y[4..16]`; then every code recomputed from the stored scales. Returns the codes.
-#[inline(always)]
-fn scales_mins_k(x: &[f32], y: &mut [u8], p: &Qkx2) -> [u8; QK_K] {
-    let mut l = [0u8; QK_K];
-    let (mut scales, mut mins) = ([0f32; 8], [0f32; 8]);
+/// Q4_K/Q5_K's scales: the 8 sub-block scales and mins the search found, quantized to 6 bits
+/// against f16 `d`/`dmin` written at `y[0..4]`, packed into `y[4..16]` (zeroed by the caller);
+/// then every code in `l` (the search's) recomputed from the stored scales.
+fn scales_mins_k(
+    x: &[f32],
+    y: &mut [u8],
+    nmax: i32,
+    scales: &[f32; 8],
+    mins: &[f32; 8],
+    l: &mut [u8; QK_K],
+) {
     let (mut max_scale, mut max_min) = (0f32, 0f32);
-    let mut weights = [0f32; 32];
     for j in 0..QK_K / 32 {
-        let xs = &x[32 * j..32 * j + 32];
-        let mut sum_x2 = 0f32;
-        for &v in xs {
-            sum_x2 += v * v;
-        }
-        let av_x = (sum_x2 / 32.0).sqrt();
-        for (w, &v) in weights.iter_mut().zip(xs) {
-            *w = av_x + v.abs();
-        }
-        (scales[j], mins[j]) =
-            make_qkx2_quants(p, arr(x, 32 * j), &weights, arr_mut(&mut l, 32 * j));
         if scales[j] > max_scale {
             max_scale = scales[j];
         }
@@ -305,10 +86,35 @@ fn scales_mins_k(x: &[f32], y: &mut [u8], p: &Qkx2) -> [u8; QK_K] {
         }
         let dm = dmin_all * m as f32;
         for i in 32 * j..32 * j + 32 {
-            l[i] = nearest_int((x[i] + dm) / d).clamp(0, p.nmax) as u8;
+            l[i] = nearest_int((x[i] + dm) / d).clamp(0, nmax) as u8;
         }
     }
-    l
+}
+
+/// Values whose sub-blocks are searched in one go (then finished super-block by super-block).
+const PIECE: usize = 16 * QK_K;
+
+/// Q4_K and Q5_K: the sub-block search with `p` over a piece, then per super-block its scales and
+/// `pack(codes, block)` for the codes.
+fn k4_family(
+    x: &[f32],
+    out: &mut [u8],
+    size: usize,
+    p: &Qkx2,
+    pack: impl Fn(&[u8; QK_K], &mut [u8]),
+) {
+    let (mut scales, mut mins, mut l) = ([0f32; PIECE / 32], [0f32; PIECE / 32], [0u8; PIECE]);
+    for (xp, op) in x.chunks(PIECE).zip(out.chunks_mut(PIECE / QK_K * size)) {
+        let subs = xp.len() / 32;
+        let (sc, mn) = (&mut scales[..subs], &mut mins[..subs]);
+        search::qkx2::<32>(p, Weights::RmsAbs, xp, sc, mn, &mut l[..xp.len()]);
+        for (b, (xb, y)) in super_blocks(xp, op, size).enumerate() {
+            y.fill(0);
+            let lb = arr_mut(&mut l, QK_K * b);
+            scales_mins_k(xb, y, p.nmax, arr(&scales, 8 * b), arr(&mins, 8 * b), lb);
+            pack(lb, y);
+        }
+    }
 }
 
 fn super_blocks<'a>(
@@ -327,16 +133,14 @@ pub fn q4_k(x: &[f32], out: &mut [u8]) {
         nstep: 20,
         use_mad: false,
     };
-    for (xb, y) in super_blocks(x, out, 144) {
-        y[4..16].fill(0);
-        let l = scales_mins_k(xb, y, &p);
+    k4_family(x, out, 144, &p, |l, y| {
         let q = &mut y[16..];
         for (n, chunk) in (0..QK_K).step_by(64).zip(q.chunks_exact_mut(32)) {
             for i in 0..32 {
                 chunk[i] = l[n + i] | (l[n + i + 32] << 4);
             }
         }
-    }
+    });
 }
 
 pub fn q5_k(x: &[f32], out: &mut [u8]) {
@@ -347,9 +151,7 @@ pub fn q5_k(x: &[f32], out: &mut [u8]) {
         nstep: 15,
         use_mad: false,
     };
-    for (xb, y) in super_blocks(x, out, 176) {
-        y[4..48].fill(0);
-        let l = scales_mins_k(xb, y, &p);
+    k4_family(x, out, 176, &p, |l, y| {
         let (qh, ql) = y[16..].split_at_mut(32);
         let (mut m1, mut m2) = (1u8, 2u8);
         for (n, chunk) in (0..QK_K).step_by(64).zip(ql.chunks_exact_mut(32)) {
@@ -368,51 +170,57 @@ pub fn q5_k(x: &[f32], out: &mut [u8]) {
             m1 <<= 2;
             m2 <<= 2;
         }
-    }
+    });
 }
 
 pub fn q6_k(x: &[f32], out: &mut [u8]) {
-    for (xb, y) in super_blocks(x, out, 210) {
-        let mut l = [0i8; QK_K];
-        let mut scales = [0f32; 16];
-        let (mut max_scale, mut max_abs) = (0f32, 0f32);
-        for (ib, scale) in scales.iter_mut().enumerate() {
-            let s = make_qx_quants(32, arr(xb, 16 * ib), arr_mut(&mut l, 16 * ib));
-            *scale = s;
-            if s.abs() > max_abs {
-                max_abs = s.abs();
-                max_scale = s;
-            }
+    let (mut scales, mut l) = ([0f32; PIECE / 16], [0i8; PIECE]);
+    for (xp, op) in x.chunks(PIECE).zip(out.chunks_mut(PIECE / QK_K * 210)) {
+        let subs = xp.len() / 16;
+        search::qx(32, xp, &mut scales[..subs], &mut l[..xp.len()]);
+        for (b, (xb, y)) in super_blocks(xp, op, 210).enumerate() {
+            q6_k_block(xb, y, arr(&scales, 16 * b), arr_mut(&mut l, QK_K * b));
         }
-        y.fill(0);
-        if max_abs < GROUP_MAX_EPS {
+    }
+}
+
+/// One Q6_K super-block from its sub-blocks' searched scales and codes (`l + 32`).
+fn q6_k_block(xb: &[f32], y: &mut [u8], scales: &[f32; 16], l: &mut [i8; QK_K]) {
+    let (mut max_scale, mut max_abs) = (0f32, 0f32);
+    for &s in scales {
+        if s.abs() > max_abs {
+            max_abs = s.abs();
+            max_scale = s;
+        }
+    }
+    y.fill(0);
+    if max_abs < GROUP_MAX_EPS {
+        return;
+    }
+    let iscale = -128.0 / max_scale;
+    y[208..210].copy_from_slice(&f16_bytes(1.0 / iscale));
+    let d_all = f16_value(&y[208..210]);
+    for ib in 0..16 {
+        y[192 + ib] = nearest_int(iscale * scales[ib]).min(127) as i8 as u8;
+    }
+    for j in 0..16 {
+        let d = d_all * (y[192 + j] as i8) as f32;
+        if d == 0.0 {
             continue;
         }
-        let iscale = -128.0 / max_scale;
-        y[208..210].copy_from_slice(&f16_bytes(1.0 / iscale));
-        let d_all = f16_value(&y[208..210]);
-        for ib in 0..16 {
-            y[192 + ib] = nearest_int(iscale * scales[ib]).min(127) as i8 as u8;
+        for i in 16 * j..16 * j + 16 {
+            l[i] = (nearest_int(xb[i] / d).clamp(-32, 31) + 32) as i8;
         }
-        for j in 0..16 {
-            let d = d_all * (y[192 + j] as i8) as f32;
-            if d == 0.0 {
-                continue;
-            }
-            for i in 16 * j..16 * j + 16 {
-                l[i] = (nearest_int(xb[i] / d).clamp(-32, 31) + 32) as i8;
-            }
-        }
-        let (ql, rest) = y.split_at_mut(128);
-        let qh = &mut rest[..64];
-        for (half, j) in (0..QK_K).step_by(128).enumerate() {
-            let (ql, qh) = (&mut ql[64 * half..], &mut qh[32 * half..]);
-            for i in 0..32 {
-                let q = |k: usize| l[j + i + 32 * k] as u8;
-                ql[i] = (q(0) & 0xF) | ((q(2) & 0xF) << 4);
-                ql[i + 32] = (q(1) & 0xF) | ((q(3) & 0xF) << 4);
-                qh[i] = (q(0) >> 4) | ((q(1) >> 4) << 2) | ((q(2) >> 4) << 4) | ((q(3) >> 4) << 6);
-            }
+    }
+    let (ql, rest) = y.split_at_mut(128);
+    let qh = &mut rest[..64];
+    for (half, j) in (0..QK_K).step_by(128).enumerate() {
+        let (ql, qh) = (&mut ql[64 * half..], &mut qh[32 * half..]);
+        for i in 0..32 {
+            let q = |k: usize| l[j + i + 32 * k] as u8;
+            ql[i] = (q(0) & 0xF) | ((q(2) & 0xF) << 4);
+            ql[i + 32] = (q(1) & 0xF) | ((q(3) & 0xF) << 4);
+            qh[i] = (q(0) >> 4) | ((q(1) >> 4) << 2) | ((q(2) >> 4) << 4) | ((q(3) >> 4) << 6);
         }
     }
 }
@@ -490,51 +298,54 @@ pub fn q2_k(x: &[f32], out: &mut [u8]) {
         nstep: 15,
         use_mad: true,
     };
-    for (xb, y) in super_blocks(x, out, 84) {
-        let mut l = [0u8; QK_K];
-        let (mut scales, mut mins) = ([0f32; 16], [0f32; 16]);
-        let (mut max_scale, mut max_min) = (0f32, 0f32);
-        for j in 0..16 {
-            let xs = &xb[16 * j..16 * j + 16];
-            let mut weights = [0f32; 16];
-            for (w, &v) in weights.iter_mut().zip(xs) {
-                *w = v.abs();
-            }
-            (scales[j], mins[j]) =
-                make_qkx2_quants(&p, arr(xb, 16 * j), &weights, arr_mut(&mut l, 16 * j));
-            if scales[j] > max_scale {
-                max_scale = scales[j];
-            }
-            if mins[j] > max_min {
-                max_min = mins[j];
-            }
+    let (mut scales, mut mins, mut l) = ([0f32; PIECE / 16], [0f32; PIECE / 16], [0u8; PIECE]);
+    for (xp, op) in x.chunks(PIECE).zip(out.chunks_mut(PIECE / QK_K * 84)) {
+        let subs = xp.len() / 16;
+        let (sc, mn) = (&mut scales[..subs], &mut mins[..subs]);
+        search::qkx2::<16>(&p, Weights::Abs, xp, sc, mn, &mut l[..xp.len()]);
+        for (b, (xb, y)) in super_blocks(xp, op, 84).enumerate() {
+            let lb = arr_mut(&mut l, QK_K * b);
+            q2_k_block(xb, y, arr(&scales, 16 * b), arr(&mins, 16 * b), lb);
         }
-        y.fill(0);
-        if max_scale > 0.0 {
-            let iscale = 15.0 / max_scale;
-            for j in 0..16 {
-                y[j] = nearest_int(iscale * scales[j]) as u8;
-            }
-            y[80..82].copy_from_slice(&f16_bytes(max_scale / 15.0));
-        }
-        if max_min > 0.0 {
-            let iscale = 15.0 / max_min;
-            for (sc, &m) in y[..16].iter_mut().zip(&mins) {
-                *sc |= (nearest_int(iscale * m) << 4) as u8;
-            }
-            y[82..84].copy_from_slice(&f16_bytes(max_min / 15.0));
-        }
-        let (d_all, dmin_all) = (f16_value(&y[80..82]), f16_value(&y[82..84]));
-        for (j, &sc) in y[..16].iter().enumerate() {
-            let d = d_all * (sc & 0xF) as f32;
-            if d == 0.0 {
-                continue;
-            }
-            let dm = dmin_all * (sc >> 4) as f32;
-            for i in 16 * j..16 * j + 16 {
-                l[i] = nearest_int((xb[i] + dm) / d).clamp(0, 3) as u8;
-            }
-        }
-        pack2(&l, &mut y[16..80]);
     }
+}
+
+/// One Q2_K super-block from its sub-blocks' searched scales, mins and codes.
+fn q2_k_block(xb: &[f32], y: &mut [u8], scales: &[f32; 16], mins: &[f32; 16], l: &mut [u8; QK_K]) {
+    let (mut max_scale, mut max_min) = (0f32, 0f32);
+    for j in 0..16 {
+        if scales[j] > max_scale {
+            max_scale = scales[j];
+        }
+        if mins[j] > max_min {
+            max_min = mins[j];
+        }
+    }
+    y.fill(0);
+    if max_scale > 0.0 {
+        let iscale = 15.0 / max_scale;
+        for j in 0..16 {
+            y[j] = nearest_int(iscale * scales[j]) as u8;
+        }
+        y[80..82].copy_from_slice(&f16_bytes(max_scale / 15.0));
+    }
+    if max_min > 0.0 {
+        let iscale = 15.0 / max_min;
+        for (sc, &m) in y[..16].iter_mut().zip(mins) {
+            *sc |= (nearest_int(iscale * m) << 4) as u8;
+        }
+        y[82..84].copy_from_slice(&f16_bytes(max_min / 15.0));
+    }
+    let (d_all, dmin_all) = (f16_value(&y[80..82]), f16_value(&y[82..84]));
+    for (j, &sc) in y[..16].iter().enumerate() {
+        let d = d_all * (sc & 0xF) as f32;
+        if d == 0.0 {
+            continue;
+        }
+        let dm = dmin_all * (sc >> 4) as f32;
+        for i in 16 * j..16 * j + 16 {
+            l[i] = nearest_int((xb[i] + dm) / d).clamp(0, 3) as u8;
+        }
+    }
+    pack2(l, &mut y[16..80]);
 }

@@ -2,6 +2,10 @@
 //!
 //! - `blocks32`: the 32-value types Q4_0, Q4_1, Q5_0, Q5_1, Q8_0.
 //! - `kquants`: the 256-value super-block types Q2_K .. Q6_K and the helpers they share.
+//! - `search`: the k-quant sub-block scale searches over many sub-blocks at once, one per SIMD
+//!   lane (AVX-512 or AVX2, picked at run time by [`crate::isa`]), bit-identical to the scalar
+//!   port in `kquants`, which is the portable path.
+//! - `lanes`: the f32 vector types `search` runs on.
 //!
 //! These are ports of ggml's reference quantizers (the ones llama-quantize runs when no importance
 //! matrix is given). ggml builds them without architecture flags, so each is a fixed sequence of
@@ -11,8 +15,11 @@
 //! share.
 mod blocks32;
 mod kquants;
+mod lanes;
+mod search;
 
 use crate::formats::gguf::GgmlType;
+use crate::formats::DType;
 use rayon::prelude::*;
 
 pub use blocks32::quantize_q8_0;
@@ -71,6 +78,49 @@ pub fn quantize_rows(t: GgmlType, src: &[f32], n_per_row: usize, dst: &mut [u8])
     dst.par_chunks_mut(rows_per_task * row_bytes)
         .zip(src.par_chunks(rows_per_task * n_per_row))
         .for_each(|(out, vals)| f(vals, out));
+}
+
+/// [`quantize_rows`] for rows stored as little-endian `dtype` values (f32, f16 or bf16, all exact
+/// in f32), decoded task by task on the pool. Panics on another dtype: callers plan it.
+pub fn quantize_raw_rows(t: GgmlType, dtype: DType, src: &[u8], n_per_row: usize, dst: &mut [u8]) {
+    let f = quantizer(t).unwrap_or_else(|| panic!("no quantizer for {}", t.name()));
+    let row_bytes = t
+        .row_bytes(n_per_row as u64)
+        .expect("rows are whole blocks") as usize;
+    let es = dtype.size();
+    assert_eq!(src.len() / (n_per_row * es) * row_bytes, dst.len());
+    let rows_per_task = (16384 / n_per_row).max(1);
+    dst.par_chunks_mut(rows_per_task * row_bytes)
+        .zip(src.par_chunks(rows_per_task * n_per_row * es))
+        .for_each_init(Vec::new, |vals, (out, raw)| {
+            decode(dtype, raw, vals);
+            f(vals, out)
+        });
+}
+
+/// `raw` (little-endian f32, f16 or bf16 values) as f32 into `vals`. One loop per type, so that
+/// each compiles to a vector loop.
+fn decode(dtype: DType, raw: &[u8], vals: &mut Vec<f32>) {
+    vals.clear();
+    vals.resize(raw.len() / dtype.size(), 0.0);
+    match dtype {
+        DType::F32 => {
+            for (v, b) in vals.iter_mut().zip(raw.chunks_exact(4)) {
+                *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        DType::BF16 => {
+            for (v, b) in vals.iter_mut().zip(raw.chunks_exact(2)) {
+                *v = half::bf16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+        }
+        DType::F16 => {
+            for (v, b) in vals.iter_mut().zip(raw.chunks_exact(2)) {
+                *v = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+        }
+        other => panic!("cannot quantize {other} values"),
+    }
 }
 
 /// ggml's `nearest_int`: round to nearest, ties to even, by adding 1.5 * 2^23 and reading the

@@ -9,7 +9,7 @@
 //! The instruction set is picked once at run time: AVX-512F, AVX2+FMA+F16C, or portable Rust written
 //! with eight independent lanes, which LLVM turns into SSE2 on x86-64 and NEON on aarch64 (NEON is part
 //! of every aarch64 CPU, so the baseline build already vectorizes there).
-use std::sync::OnceLock;
+pub use crate::isa::{isa, Isa};
 
 /// How a weight matrix stores its elements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,60 +34,6 @@ impl WeightType {
             WeightType::Bf16 => "bf16",
         }
     }
-}
-
-/// The SIMD flavour in use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isa {
-    Avx512,
-    Avx2,
-    Portable,
-}
-
-impl Isa {
-    pub fn name(self) -> &'static str {
-        match self {
-            Isa::Avx512 => "avx512",
-            Isa::Avx2 => "avx2",
-            Isa::Portable => {
-                if cfg!(target_arch = "aarch64") {
-                    "neon"
-                } else {
-                    "portable"
-                }
-            }
-        }
-    }
-}
-
-/// The best instruction set this CPU has; `LLAMACTL_CPU_ISA=avx2|portable` lowers it (for tests
-/// and benchmarks that compare the paths).
-pub fn isa() -> Isa {
-    static ISA: OnceLock<Isa> = OnceLock::new();
-    *ISA.get_or_init(|| {
-        let best = detect();
-        match std::env::var("LLAMACTL_CPU_ISA").as_deref() {
-            Ok("portable") => Isa::Portable,
-            Ok("avx2") if best == Isa::Avx512 => Isa::Avx2,
-            _ => best,
-        }
-    })
-}
-
-fn detect() -> Isa {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") {
-            return Isa::Avx512;
-        }
-        if is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-        {
-            return Isa::Avx2;
-        }
-    }
-    Isa::Portable
 }
 
 /// Most activation rows one call of [`dot_row`] handles (each needs its own accumulators).
