@@ -122,10 +122,28 @@ fn inspect_reports_dirs_and_files() {
     assert_eq!(doc["format"], "meta");
     assert_eq!(doc["shards"], 2);
     assert_eq!(doc["params"]["n_kv_heads"], 2);
+    // The model's tensors, once each and whole; --shards: each shard's own.
     let t = &doc["tensors"][0];
     assert_eq!(t["name"], "tok_embeddings.weight");
-    assert_eq!(t["shape"], serde_json::json!([128, 32]));
+    assert_eq!(t["shape"], serde_json::json!([256, 32]));
+    assert_eq!(t["split"], "rows");
     assert_eq!(t["dtype"], "BF16");
+    let n = doc["tensors"].as_array().unwrap().len();
+    let per_shard = |args: &[&str]| -> serde_json::Value {
+        let out = llamactl().args(args).output().unwrap();
+        assert!(out.status.success());
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let mp2 = testdata().join("small-mp2");
+    let shards = per_shard(&["inspect", "--json", "--shards", mp2.to_str().unwrap()]);
+    assert_eq!(shards["tensors"].as_array().unwrap().len(), 2 * n);
+    assert_eq!(shards["tensors"][0]["shape"], serde_json::json!([128, 32]));
+    assert_eq!(shards["tensors"][n]["shard"], 1);
+    assert_eq!(shards["stored_bytes"], doc["stored_bytes"]);
+    // One shard file is its own rank.
+    let one = mp2.join("consolidated.01.pth");
+    let one = per_shard(&["inspect", "--json", one.to_str().unwrap()]);
+    assert_eq!(one["tensors"][0]["shard"], 1);
     let out = llamactl()
         .args(["inspect", "--json"])
         .arg(testdata().join("misc/f32.pth"))

@@ -245,3 +245,104 @@ fn chat_messages_span_lines() {
     let v: serde_json::Value = serde_json::from_slice(&tok.stdout).unwrap();
     assert_eq!(new + reused, v["count"].as_u64().unwrap() as usize, "{err}");
 }
+
+/// The GGUF summary counts the tensors of each type, as the file holds them, and says why some are
+/// not of the asked type (the tiny model's rows of 16 are not whole Q8_0 blocks).
+#[test]
+fn gguf_summary_counts_tensor_types() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("m.gguf");
+    let conv = llamactl()
+        .args(["convert", "--to", "gguf", "testdata/tiny-mp1"])
+        .arg(&out)
+        .args(["--dtype", "q8_0"])
+        .output()
+        .unwrap();
+    succeeds(&conv);
+    let err = String::from_utf8_lossy(&conv.stderr);
+    let line = err
+        .lines()
+        .find_map(|l| l.strip_prefix("tensor types: "))
+        .unwrap_or_else(|| panic!("{err}"));
+    let doc = llamactl().arg("inspect").arg(&out).arg("--json").output().unwrap();
+    succeeds(&doc);
+    let doc: serde_json::Value = serde_json::from_slice(&doc.stdout).unwrap();
+    let mut want = std::collections::BTreeMap::new();
+    for t in doc["tensors"].as_array().unwrap() {
+        *want.entry(t["dtype"].as_str().unwrap().to_string()).or_insert(0) += 1;
+    }
+    let got: std::collections::BTreeMap<String, i32> = line
+        .split(", ")
+        .map(|p| {
+            let (n, t) = p.split_once(' ').unwrap();
+            (t.to_string(), n.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(got, want, "{err}");
+    assert!(want.contains_key("F16") && want.contains_key("Q8_0"), "{want:?}");
+    assert!(err.contains("F16: rows of 16 values are not whole Q8_0 blocks of 32"), "{err}");
+    assert!(err.contains("F32: 1-D tensors"), "{err}");
+}
+
+/// `tokenize --chat` shows the prompt as the model reads it, then its ids; the dialog can come
+/// from a file.
+#[test]
+fn tokenize_chat_shows_the_prompt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("dialog.json");
+    std::fs::write(&file, r#"[{"role": "user", "content": "hi there"}]"#).unwrap();
+    let run = |extra: &[&str]| {
+        let o = llamactl()
+            .args(["tokenize", "--model", "testdata/run/hf-mha", "--chat"])
+            .arg(&file)
+            .args(extra)
+            .output()
+            .unwrap();
+        succeeds(&o);
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let json: serde_json::Value = serde_json::from_str(&run(&["--json"])).unwrap();
+    let text = run(&[]);
+    let prompt = json["text"].as_str().unwrap();
+    assert!(prompt.contains("hi there"), "{prompt}");
+    assert!(text.starts_with(prompt), "{text}");
+    let ids: Vec<String> = json["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    let last = text.lines().last().unwrap();
+    assert_eq!(last, ids.join(" "));
+    assert!(text.contains(&format!("--- {} tokens:", ids.len())), "{text}");
+}
+
+/// download against a host that refuses: the message counts the tries LLAMACTL_NET_RETRIES
+/// allowed, and the model folder it made is gone again.
+#[test]
+fn download_counts_its_tries_and_leaves_no_empty_folder() {
+    let policy = r#"{"Statement":[{"Condition":{"DateLessThan":{"AWS:EpochTime":4102444800}}}]}"#;
+    let port = crate::common::child::refused_port();
+    let url = format!(
+        "http://127.0.0.1:{port}/*?Policy={}&Signature=SIGx~&Key-Pair-Id=APKATEST",
+        crate::common::cdn::cloudfront_b64(policy.as_bytes())
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    for (retries, want) in [("0", "after 1 try "), ("1", "after 2 tries "), ("8", "after 3 tries ")] {
+        let o = llamactl()
+            .args(["download", "--url", &url, "--models", "8B", "--dir"])
+            .arg(tmp.path().join("new/models"))
+            .env("LLAMACTL_NET_RETRIES", retries)
+            .env_remove("LLAMACTL_RETRIES")
+            .env_remove("http_proxy")
+            .env_remove("HTTP_PROXY")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(4));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(want), "{retries}: {err}");
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+}

@@ -84,6 +84,9 @@ pub fn run(args: &InspectArgs) -> Result<i32> {
     println!("path     {}", args.path.display());
     println!("format   {}", r.format);
     println!("shards   {}", r.files.len());
+    if let Some(rank) = Some(&args.path).filter(|p| p.is_file()).and_then(|p| rank_of(p)) {
+        println!("rank     {rank} (of a model-parallel set, by the file name)");
+    }
     if let Some(p) = &r.params {
         println!("params   {p}");
     }
