@@ -48,7 +48,8 @@ pub enum Command {
     Convert(ConvertArgs),
     /// Encode or decode text, or format a chat dialog, with the model's tokenizer.
     Tokenize(TokenizeArgs),
-    /// Run the model (checkpoint dir or GGUF file, quantized too): completion, chat, or a CI check.
+    /// Run a model (checkpoint dir or GGUF file, quantized too): streamed completion, a chat REPL,
+    /// or a CI check.
     Run(RunArgs),
     /// The catalog of known models and what is present locally (--downloaded: what is on disk).
     List(ListArgs),

@@ -117,7 +117,7 @@ fn check_args(args: &RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// What `--ckpt-dir` names: a checkpoint directory or a GGUF file.
+/// What MODEL names: a checkpoint directory or a GGUF file.
 enum Checkpoint {
     Dir(Box<ModelDir>),
     Gguf(Box<GgufModel>),
@@ -130,7 +130,7 @@ impl Checkpoint {
         }
         if path.is_file() {
             bail!(
-                "{}: a file that is not GGUF; --ckpt-dir takes a checkpoint directory or a .gguf file",
+                "{}: a file that is not GGUF; MODEL is a checkpoint directory or a .gguf file",
                 path.display()
             );
         }
