@@ -145,7 +145,8 @@ pub struct VerifyArgs {
     /// Print the JSON report on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Also scan every value for NaN/Inf and report per-tensor stats.
+    /// Also scan every value for NaN/Inf (the --json report adds each tensor's min, max, mean and
+    /// std).
     #[arg(long)]
     pub deep: bool,
     /// Skip the checklist.chk md5 pass.
