@@ -100,7 +100,8 @@ fn signal_name(sig: i32) -> &'static str {
 
 extern "C" fn on_signal(sig: libc::c_int) {
     // Only async-signal-safe work: atomics and write(2).
-    if sig == libc::SIGINT && SOFT.load(Ordering::SeqCst) && !SOFT_HIT.swap(true, Ordering::SeqCst) {
+    if sig == libc::SIGINT && SOFT.load(Ordering::SeqCst) && !SOFT_HIT.swap(true, Ordering::SeqCst)
+    {
         return;
     }
     RECEIVED.store(sig, Ordering::SeqCst);

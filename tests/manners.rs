@@ -80,7 +80,12 @@ fn llamactl() -> Command {
 fn completion_streams_to_a_pipe() {
     use std::io::Read;
     let mut child = llamactl()
-        .args(["run", "testdata/tiny-mp1", "--prompt", "The capital of France is"])
+        .args([
+            "run",
+            "testdata/tiny-mp1",
+            "--prompt",
+            "The capital of France is",
+        ])
         .args(["--max-gen-len", "12", "--ignore-eos", "--temperature", "0"])
         .env("LLAMACTL_TEST_SLOW_MS", "150")
         .stdout(std::process::Stdio::piped())
@@ -114,7 +119,15 @@ fn completion_streams_to_a_pipe() {
 #[test]
 fn run_takes_the_model_as_an_argument() {
     let run = |args: &[&str]| llamactl().arg("run").args(args).output().unwrap();
-    let gen = ["--prompt", "Hello", "--max-gen-len", "4", "--temperature", "0", "--json"];
+    let gen = [
+        "--prompt",
+        "Hello",
+        "--max-gen-len",
+        "4",
+        "--temperature",
+        "0",
+        "--json",
+    ];
     let positional = run(&[&["testdata/tiny-mp1"][..], &gen].concat());
     succeeds(&positional);
     let flag = run(&[&["--ckpt-dir", "testdata/tiny-mp1"][..], &gen].concat());
@@ -136,12 +149,20 @@ fn run_takes_the_model_as_an_argument() {
 
     let none = run(&["--prompt", "x"]);
     assert_eq!(none.status.code(), Some(2));
-    let both = run(&["testdata/tiny-mp1", "--ckpt-dir", "testdata/tiny-mp1", "--check"]);
+    let both = run(&[
+        "testdata/tiny-mp1",
+        "--ckpt-dir",
+        "testdata/tiny-mp1",
+        "--check",
+    ]);
     assert_eq!(both.status.code(), Some(2));
 
     let help = run(&["--help"]);
     let help = String::from_utf8_lossy(&help.stdout);
-    assert!(help.contains("run [OPTIONS] <MODEL>") || help.contains("[MODEL]"), "{help}");
+    assert!(
+        help.contains("run [OPTIONS] <MODEL>") || help.contains("[MODEL]"),
+        "{help}"
+    );
     assert!(help.contains("--examples"), "{help}");
 }
 
@@ -185,7 +206,10 @@ fn chat_repl_on_a_terminal() {
     pty.expect("user> ", long);
     pty.send("What is the capital of France?\r");
     let (_, reused2) = turn_stats(&pty.expect(" reused from the cache", long));
-    assert!(reused2 >= new1, "turn 2 reused {reused2} of turn 1's {new1} tokens");
+    assert!(
+        reused2 >= new1,
+        "turn 2 reused {reused2} of turn 1's {new1} tokens"
+    );
     // Up four times: the /system line, typed first.
     pty.expect("user> ", long);
     pty.send("\x1b[A\x1b[A\x1b[A\x1b[A\r");
@@ -230,7 +254,13 @@ fn chat_messages_span_lines() {
     assert_eq!(turns.len(), 2, "{err}");
     let (new, reused) = turn_stats(turns[0]);
     let mut tok = llamactl()
-        .args(["tokenize", "--model", "testdata/run/hf-mha", "--chat", "--json"])
+        .args([
+            "tokenize",
+            "--model",
+            "testdata/run/hf-mha",
+            "--chat",
+            "--json",
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -264,12 +294,19 @@ fn gguf_summary_counts_tensor_types() {
         .lines()
         .find_map(|l| l.strip_prefix("tensor types: "))
         .unwrap_or_else(|| panic!("{err}"));
-    let doc = llamactl().arg("inspect").arg(&out).arg("--json").output().unwrap();
+    let doc = llamactl()
+        .arg("inspect")
+        .arg(&out)
+        .arg("--json")
+        .output()
+        .unwrap();
     succeeds(&doc);
     let doc: serde_json::Value = serde_json::from_slice(&doc.stdout).unwrap();
     let mut want = std::collections::BTreeMap::new();
     for t in doc["tensors"].as_array().unwrap() {
-        *want.entry(t["dtype"].as_str().unwrap().to_string()).or_insert(0) += 1;
+        *want
+            .entry(t["dtype"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
     }
     let got: std::collections::BTreeMap<String, i32> = line
         .split(", ")
@@ -279,8 +316,14 @@ fn gguf_summary_counts_tensor_types() {
         })
         .collect();
     assert_eq!(got, want, "{err}");
-    assert!(want.contains_key("F16") && want.contains_key("Q8_0"), "{want:?}");
-    assert!(err.contains("F16: rows of 16 values are not whole Q8_0 blocks of 32"), "{err}");
+    assert!(
+        want.contains_key("F16") && want.contains_key("Q8_0"),
+        "{want:?}"
+    );
+    assert!(
+        err.contains("F16: rows of 16 values are not whole Q8_0 blocks of 32"),
+        "{err}"
+    );
     assert!(err.contains("F32: 1-D tensors"), "{err}");
 }
 
@@ -314,7 +357,10 @@ fn tokenize_chat_shows_the_prompt() {
         .collect();
     let last = text.lines().last().unwrap();
     assert_eq!(last, ids.join(" "));
-    assert!(text.contains(&format!("--- {} tokens:", ids.len())), "{text}");
+    assert!(
+        text.contains(&format!("--- {} tokens:", ids.len())),
+        "{text}"
+    );
 }
 
 /// download against a host that refuses: the message counts the tries LLAMACTL_NET_RETRIES
@@ -328,7 +374,11 @@ fn download_counts_its_tries_and_leaves_no_empty_folder() {
         crate::common::cdn::cloudfront_b64(policy.as_bytes())
     );
     let tmp = tempfile::tempdir().unwrap();
-    for (retries, want) in [("0", "after 1 try "), ("1", "after 2 tries "), ("8", "after 3 tries ")] {
+    for (retries, want) in [
+        ("0", "after 1 try "),
+        ("1", "after 2 tries "),
+        ("8", "after 3 tries "),
+    ] {
         let o = llamactl()
             .args(["download", "--url", &url, "--models", "8B", "--dir"])
             .arg(tmp.path().join("new/models"))

@@ -84,7 +84,10 @@ pub fn run(args: &InspectArgs) -> Result<i32> {
     println!("path     {}", args.path.display());
     println!("format   {}", r.format);
     println!("shards   {}", r.files.len());
-    if let Some(rank) = Some(&args.path).filter(|p| p.is_file()).and_then(|p| rank_of(p)) {
+    if let Some(rank) = Some(&args.path)
+        .filter(|p| p.is_file())
+        .and_then(|p| rank_of(p))
+    {
         println!("rank     {rank} (of a model-parallel set, by the file name)");
     }
     if let Some(p) = &r.params {
@@ -128,7 +131,10 @@ fn print_table(r: &Report) {
     let merged = matches!(r.tensors.first(), Some((_, Place::Merged(_))));
     let last = if merged { "split over shards" } else { "shard" };
     println!();
-    println!("{:<width$}  {:<7}  {:<18}  {last}", "name", "dtype", "shape");
+    println!(
+        "{:<width$}  {:<7}  {:<18}  {last}",
+        "name", "dtype", "shape"
+    );
     for (t, p) in &r.tensors {
         let place = match p {
             Place::Shard(i) => i.to_string(),
@@ -231,7 +237,10 @@ fn collect(path: &Path, per_shard: bool) -> Result<Report> {
         ("pth", PthFile::open(path)?.tensors().to_vec())
     };
     let rank = rank_of(path).unwrap_or(0);
-    let tensors: Vec<_> = tensors.into_iter().map(|t| (t, Place::Shard(rank))).collect();
+    let tensors: Vec<_> = tensors
+        .into_iter()
+        .map(|t| (t, Place::Shard(rank)))
+        .collect();
     Ok(Report {
         format,
         params: None,
@@ -280,7 +289,10 @@ fn collect_meta(path: &Path, per_shard: bool) -> Result<Report> {
         });
         match whole {
             Ok(t) => tensors = t,
-            Err(e) => eprintln!("note: {}; listing each shard's tensors", crate::error::one_line(&e)),
+            Err(e) => eprintln!(
+                "note: {}; listing each shard's tensors",
+                crate::error::one_line(&e)
+            ),
         }
     }
     Ok(Report {

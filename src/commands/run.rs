@@ -86,7 +86,9 @@ fn check_args(args: &RunArgs) -> Result<()> {
         bail!("nothing to do: give {MODES}");
     }
     if args.examples && (args.chat || args.check || !args.prompt.is_empty()) {
-        bail!("--examples runs Meta's example prompts; it does not take --prompt, --chat or --check");
+        bail!(
+            "--examples runs Meta's example prompts; it does not take --prompt, --chat or --check"
+        );
     }
     if args.max_seq_len < 2 {
         bail!("--max-seq-len must be at least 2");
@@ -454,7 +456,15 @@ fn generate_and_report(
         .into_iter()
         .zip(prompts)
         .zip(&gens)
-        .map(|((i, p), g)| Ok(result_json(i, p, g, &s.tok.decode(&g.tokens)?, args.logprobs)))
+        .map(|((i, p), g)| {
+            Ok(result_json(
+                i,
+                p,
+                g,
+                &s.tok.decode(&g.tokens)?,
+                args.logprobs,
+            ))
+        })
         .collect::<Result<Vec<Value>>>()?;
     let doc = json!({"results": results, "stats": stats_json(s, &st)});
     println!("{}", serde_json::to_string_pretty(&doc)?);

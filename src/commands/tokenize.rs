@@ -67,7 +67,11 @@ pub fn run(args: &TokenizeArgs) -> Result<i32> {
     };
     let ids = tok.encode(&input, args.bos, args.eos, allowed)?;
     if args.json {
-        writeln!(out, "{}", serde_json::json!({"ids": ids, "count": ids.len()}))?;
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({"ids": ids, "count": ids.len()})
+        )?;
     } else {
         writeln!(out, "{}", id_line(&ids))?;
     }

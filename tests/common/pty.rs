@@ -29,7 +29,15 @@ impl Pty {
             ws_ypixel: 0,
         };
         // SAFETY: openpty fills two descriptors that we then own.
-        let rc = unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), &size) };
+        let rc = unsafe {
+            libc::openpty(
+                &mut m,
+                &mut s,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                &size,
+            )
+        };
         assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
         let (master, slave) = unsafe { (File::from_raw_fd(m), File::from_raw_fd(s)) };
         cmd.stdin(slave.try_clone().unwrap())
@@ -110,7 +118,10 @@ impl Pty {
             }
             if Instant::now() > end {
                 let _ = self.child.kill();
-                panic!("the child did not exit; the terminal showed:\n{}", self.all());
+                panic!(
+                    "the child did not exit; the terminal showed:\n{}",
+                    self.all()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -296,7 +296,9 @@ fn type_summary(plan: &gguf_export::Plan) -> Vec<String> {
 fn wider_reason(shape: &[u64], base: gguf::GgmlType, file_type: &str) -> String {
     let cols = shape.last().copied().unwrap_or(1);
     match base.block_size() {
-        _ if shape.len() <= 1 => "1-D tensors (norms, rope factors) are F32 in every GGUF file".into(),
+        _ if shape.len() <= 1 => {
+            "1-D tensors (norms, rope factors) are F32 in every GGUF file".into()
+        }
         Some(b) if !cols.is_multiple_of(b) => format!(
             "rows of {cols} values are not whole {} blocks of {b}",
             base.name()

@@ -49,7 +49,10 @@ impl Source {
             // A first run has no file yet; an unreadable one only loses the recall.
             if path.exists() {
                 if let Err(e) = editor.load_history(path) {
-                    eprintln!("note: {}: cannot read the chat history ({e})", path.display());
+                    eprintln!(
+                        "note: {}: cannot read the chat history ({e})",
+                        path.display()
+                    );
                 }
             }
         }
@@ -87,7 +90,10 @@ impl Source {
                 let _ = editor.add_history_entry(text.trim());
                 if let Some(path) = history {
                     if let Err(e) = editor.append_history(path) {
-                        eprintln!("note: {}: cannot save the chat history ({e})", path.display());
+                        eprintln!(
+                            "note: {}: cannot save the chat history ({e})",
+                            path.display()
+                        );
                         *history = None;
                     }
                 }
@@ -161,7 +167,10 @@ fn history_path() -> Option<PathBuf> {
     };
     let dir = base.join("llamactl");
     if let Err(e) = std::fs::create_dir_all(&dir) {
-        eprintln!("note: {}: cannot keep the chat history there ({e})", dir.display());
+        eprintln!(
+            "note: {}: cannot keep the chat history there ({e})",
+            dir.display()
+        );
         return None;
     }
     Some(dir.join("chat_history"))

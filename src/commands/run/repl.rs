@@ -30,7 +30,10 @@ pub fn chat_repl(s: &mut Session, args: &RunArgs) -> Result<i32> {
     if input.interactive() {
         eprintln!("chatting with {}\n{REPL_HELP}", s.ckpt_dir.display());
         if let Some(path) = input.history() {
-            eprintln!("Up/Down recall earlier messages (kept in {})", path.display());
+            eprintln!(
+                "Up/Down recall earlier messages (kept in {})",
+                path.display()
+            );
         }
     }
     loop {
