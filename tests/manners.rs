@@ -396,3 +396,35 @@ fn download_counts_its_tries_and_leaves_no_empty_folder() {
         assert!(left.is_empty(), "{left:?}");
     }
 }
+
+/// Ctrl-C on the terminal while a reply is written stops that reply (the REPL goes on, the turn's
+/// line says "stopped"); Ctrl-C at the prompt leaves with 130, as the default SIGINT would.
+#[test]
+fn chat_ctrl_c_stops_a_reply_then_leaves() {
+    use std::time::Duration;
+    let long = Duration::from_secs(120);
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = llamactl();
+    cmd.args(["run", "testdata/run/hf-mha", "--chat", "--ignore-eos"])
+        .args(["--max-gen-len", "100", "--max-seq-len", "256"])
+        .env("XDG_DATA_HOME", data.path())
+        .env("TERM", "xterm")
+        .env("LLAMACTL_TEST_SLOW_MS", "100");
+    let mut pty = crate::common::pty::Pty::spawn(cmd);
+    pty.expect("user> ", long);
+    pty.send("Tell me a long story\r");
+    pty.expect("assistant> ", long);
+    std::thread::sleep(Duration::from_millis(500));
+    pty.send("\x03");
+    let turn = pty.expect(" tokens/s)", long);
+    assert!(turn.contains("(stopped; "), "{turn}");
+    let (generated, _) = turn
+        .rsplit_once("cache; ")
+        .and_then(|(_, r)| r.split_once(" generated"))
+        .unwrap();
+    let generated: usize = generated.trim().parse().unwrap_or_else(|_| panic!("{turn:?}"));
+    assert!(generated < 100, "{turn}");
+    pty.expect("user> ", long);
+    pty.send("\x03");
+    assert_eq!(pty.wait(long), Some(130));
+}
