@@ -422,7 +422,10 @@ fn chat_ctrl_c_stops_a_reply_then_leaves() {
         .rsplit_once("cache; ")
         .and_then(|(_, r)| r.split_once(" generated"))
         .unwrap();
-    let generated: usize = generated.trim().parse().unwrap_or_else(|_| panic!("{turn:?}"));
+    let generated: usize = generated
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{turn:?}"));
     assert!(generated < 100, "{turn}");
     pty.expect("user> ", long);
     pty.send("\x03");

@@ -85,7 +85,12 @@ fn id_line(ids: &[u32]) -> String {
 }
 
 fn read_file(path: &std::path::Path) -> Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| {
+        format!(
+            "--chat {}: cannot read the dialog file (a dialog as text goes on stdin, or after `--chat --`)",
+            path.display()
+        )
+    })?;
     String::from_utf8(bytes).map_err(|e| {
         anyhow!(
             "{}: not valid UTF-8 (first bad byte at offset {})",
