@@ -47,9 +47,10 @@ struct Report {
     format: &'static str,
     params: Option<Value>,
     files: Vec<PathBuf>,
+    /// Every shard's tensors, as stored.
     tensors: Vec<(TensorInfo, Place)>,
-    /// Bytes in the files (a merged view counts each replica and split once per shard).
-    stored_bytes: u64,
+    /// A Meta dir of several shards: each tensor once, whole (`Place::Merged`).
+    merged: Option<Vec<(TensorInfo, Place)>>,
     /// `fp8_scales_{rank}.pt` beside the shards (Meta's fp8 release).
     fp8_scales: Vec<String>,
 }
@@ -58,29 +59,48 @@ pub fn run(args: &InspectArgs) -> Result<i32> {
     if args.path.is_file() && gguf::is_gguf(&args.path) {
         return inspect_gguf(args);
     }
-    let r = collect(&args.path, args.shards)?;
-    let total: u64 = r.tensors.iter().map(|(t, _)| t.nbytes() as u64).sum();
+    let r = collect(&args.path)?;
     if args.json {
-        let tensors: Vec<Value> = r
-            .tensors
-            .iter()
-            .map(|(t, p)| {
-                let (k, v) = p.json();
-                json!({"name": t.name, "dtype": t.dtype.name(), "shape": t.shape, k: v})
-            })
-            .collect();
-        let doc = json!({
-            "format": r.format,
-            "params": r.params,
-            "shards": r.files.len(),
-            "tensors": tensors,
-            "total_bytes": total,
-            "stored_bytes": r.stored_bytes,
-            "fp8_scales": r.fp8_scales,
-        });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
-        return Ok(0);
+        print_json(&r)?;
+    } else {
+        print_text(args, &r);
     }
+    Ok(0)
+}
+
+fn bytes(tensors: &[(TensorInfo, Place)]) -> u64 {
+    tensors.iter().map(|(t, _)| t.nbytes() as u64).sum()
+}
+
+fn tensors_json(tensors: &[(TensorInfo, Place)]) -> Vec<Value> {
+    tensors
+        .iter()
+        .map(|(t, p)| {
+            let (k, v) = p.json();
+            json!({"name": t.name, "dtype": t.dtype.name(), "shape": t.shape, k: v})
+        })
+        .collect()
+}
+
+/// The CLI.md document; a multi-shard Meta dir adds `merged` and `merged_bytes`.
+fn print_json(r: &Report) -> Result<()> {
+    let mut doc = json!({
+        "format": r.format,
+        "params": r.params,
+        "shards": r.files.len(),
+        "tensors": tensors_json(&r.tensors),
+        "total_bytes": bytes(&r.tensors),
+        "fp8_scales": r.fp8_scales,
+    });
+    if let Some(m) = &r.merged {
+        doc["merged"] = json!(tensors_json(m));
+        doc["merged_bytes"] = json!(bytes(m));
+    }
+    println!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(())
+}
+
+fn print_text(args: &InspectArgs, r: &Report) {
     println!("path     {}", args.path.display());
     println!("format   {}", r.format);
     println!("shards   {}", r.files.len());
@@ -104,38 +124,37 @@ pub fn run(args: &InspectArgs) -> Result<i32> {
             }
         );
     }
-    let mut dtypes: Vec<&str> = r.tensors.iter().map(|(t, _)| t.dtype.name()).collect();
+    let shown = match &r.merged {
+        Some(m) if !args.shards => m,
+        _ => &r.tensors,
+    };
+    let mut dtypes: Vec<&str> = shown.iter().map(|(t, _)| t.dtype.name()).collect();
     dtypes.sort();
     dtypes.dedup();
-    let stored = match r.stored_bytes == total {
+    let (total, stored) = (bytes(shown), bytes(&r.tensors));
+    let in_shards = match stored == total {
         true => String::new(),
-        false => format!(" ({} in the shards)", human_bytes(r.stored_bytes)),
+        false => format!(" ({} in the shards)", human_bytes(stored)),
     };
     println!(
-        "tensors  {} ({}), {} of tensor data{stored}",
-        r.tensors.len(),
+        "tensors  {} ({}), {} of tensor data{in_shards}",
+        shown.len(),
         dtypes.join(", "),
         human_bytes(total)
     );
-    print_table(&r);
-    Ok(0)
+    print_table(shown);
 }
 
-fn print_table(r: &Report) {
-    let width = r
-        .tensors
-        .iter()
-        .map(|(t, _)| t.name.len())
-        .max()
-        .unwrap_or(4);
-    let merged = matches!(r.tensors.first(), Some((_, Place::Merged(_))));
+fn print_table(tensors: &[(TensorInfo, Place)]) {
+    let width = tensors.iter().map(|(t, _)| t.name.len()).max().unwrap_or(4);
+    let merged = matches!(tensors.first(), Some((_, Place::Merged(_))));
     let last = if merged { "split over shards" } else { "shard" };
     println!();
     println!(
         "{:<width$}  {:<7}  {:<18}  {last}",
         "name", "dtype", "shape"
     );
-    for (t, p) in &r.tensors {
+    for (t, p) in tensors {
         let place = match p {
             Place::Shard(i) => i.to_string(),
             Place::Merged(s) => split_name(*s).to_string(),
@@ -194,10 +213,10 @@ fn inspect_gguf(args: &InspectArgs) -> Result<i32> {
     Ok(0)
 }
 
-fn collect(path: &Path, per_shard: bool) -> Result<Report> {
+fn collect(path: &Path) -> Result<Report> {
     if path.is_dir() {
         return match checkpoint::detect(path)? {
-            Layout::Meta => collect_meta(path, per_shard),
+            Layout::Meta => collect_meta(path),
             Layout::Hf => {
                 let config: Value = read_json(&path.join("config.json"))?;
                 let index = path.join("model.safetensors.index.json");
@@ -219,8 +238,8 @@ fn collect(path: &Path, per_shard: bool) -> Result<Report> {
                     format: "hf",
                     params: Some(config),
                     files,
-                    stored_bytes: stored(&tensors),
                     tensors,
+                    merged: None,
                     fp8_scales: Vec::new(),
                 })
             }
@@ -245,8 +264,8 @@ fn collect(path: &Path, per_shard: bool) -> Result<Report> {
         format,
         params: None,
         files: vec![path.to_path_buf()],
-        stored_bytes: stored(&tensors),
         tensors,
+        merged: None,
         fp8_scales: Vec::new(),
     })
 }
@@ -260,13 +279,9 @@ fn rank_of(path: &Path) -> Option<usize> {
         .ok()
 }
 
-fn stored(tensors: &[(TensorInfo, Place)]) -> u64 {
-    tensors.iter().map(|(t, _)| t.nbytes() as u64).sum()
-}
-
-/// A Meta dir: with one shard (or `per_shard`) every shard's tensors, else each tensor once,
-/// whole, with the rule that splits it among the ranks.
-fn collect_meta(path: &Path, per_shard: bool) -> Result<Report> {
+/// A Meta dir: every shard's tensors and, with more than one shard, each tensor once, whole,
+/// with the rule that splits it among the ranks.
+fn collect_meta(path: &Path) -> Result<Report> {
     let params: Value = read_json(&path.join("params.json"))?;
     let files = meta::shard_paths(path)?;
     if files.is_empty() {
@@ -277,18 +292,18 @@ fn collect_meta(path: &Path, per_shard: bool) -> Result<Report> {
         let p = PthFile::open(f)?;
         tensors.extend(p.tensors().iter().cloned().map(|t| (t, Place::Shard(i))));
     }
-    let stored_bytes = stored(&tensors);
-    if files.len() > 1 && !per_shard {
+    let mut merged = None;
+    if files.len() > 1 {
         // A dir whose shards do not merge (an unknown tensor, shapes that fit no split) is
         // still worth listing: shard by shard, with the reason.
         let whole = MetaDir::open(path).and_then(|dir| {
             dir.names()
                 .into_iter()
-                .map(|name| merged(&dir, &name))
+                .map(|name| merged_tensor(&dir, &name))
                 .collect::<Result<Vec<_>>>()
         });
         match whole {
-            Ok(t) => tensors = t,
+            Ok(t) => merged = Some(t),
             Err(e) => eprintln!(
                 "note: {}; listing each shard's tensors",
                 crate::error::one_line(&e)
@@ -300,13 +315,13 @@ fn collect_meta(path: &Path, per_shard: bool) -> Result<Report> {
         params: Some(params),
         files,
         tensors,
-        stored_bytes,
+        merged,
         fp8_scales: fp8::scale_files(path),
     })
 }
 
 /// One tensor of a multi-shard dir as the model sees it: shard 0's entry with the whole shape.
-fn merged(dir: &MetaDir, name: &str) -> Result<(TensorInfo, Place)> {
+fn merged_tensor(dir: &MetaDir, name: &str) -> Result<(TensorInfo, Place)> {
     let w = dir.weight(name)?;
     let mut info = dir.shards[0]
         .get(name)

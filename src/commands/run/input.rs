@@ -29,14 +29,22 @@ pub enum Source {
         editor: Box<Editor<(), DefaultHistory>>,
         history: Option<PathBuf>,
     },
-    Piped(std::io::Lines<std::io::StdinLock<'static>>),
+    /// Lines of stdin; `prompt`: stdin is a terminal (stdout is not), so prompts go to stderr.
+    Piped {
+        lines: std::io::Lines<std::io::StdinLock<'static>>,
+        prompt: bool,
+    },
 }
 
 impl Source {
     /// The line editor when stdin and stdout are terminals, else plain lines of stdin.
     pub fn open() -> Result<Source> {
-        if !(std::io::stdin().is_terminal() && std::io::stdout().is_terminal()) {
-            return Ok(Source::Piped(std::io::stdin().lock().lines()));
+        let tty_in = std::io::stdin().is_terminal();
+        if !(tty_in && std::io::stdout().is_terminal()) {
+            return Ok(Source::Piped {
+                lines: std::io::stdin().lock().lines(),
+                prompt: tty_in,
+            });
         }
         let config = Config::builder()
             .max_history_size(1000)?
@@ -59,15 +67,19 @@ impl Source {
         Ok(Source::Terminal { editor, history })
     }
 
+    /// Someone types the input: prompts and notes are shown.
     pub fn interactive(&self) -> bool {
-        matches!(self, Source::Terminal { .. })
+        match self {
+            Source::Terminal { .. } => true,
+            Source::Piped { prompt, .. } => *prompt,
+        }
     }
 
     /// Where the history is kept, if anywhere.
     pub fn history(&self) -> Option<&PathBuf> {
         match self {
             Source::Terminal { history, .. } => history.as_ref(),
-            Source::Piped(_) => None,
+            Source::Piped { .. } => None,
         }
     }
 
@@ -137,18 +149,23 @@ impl Source {
         Ok(Some(lines.join("\n")))
     }
 
-    fn line(&mut self, prompt: &str) -> Result<Option<Line>> {
+    fn line(&mut self, prompt_text: &str) -> Result<Option<Line>> {
         match self {
-            Source::Terminal { editor, .. } => match editor.readline(prompt) {
+            Source::Terminal { editor, .. } => match editor.readline(prompt_text) {
                 Ok(l) => Ok(Some(Line::Text(l))),
                 Err(ReadlineError::Eof) => Ok(None),
                 Err(ReadlineError::Interrupted) => Ok(Some(Line::Interrupted)),
                 Err(e) => Err(e).context("reading the terminal"),
             },
-            Source::Piped(lines) => match lines.next() {
-                Some(l) => Ok(Some(Line::Text(l.context("reading stdin")?))),
-                None => Ok(None),
-            },
+            Source::Piped { lines, prompt } => {
+                if *prompt {
+                    prompt_stderr(prompt_text);
+                }
+                match lines.next() {
+                    Some(l) => Ok(Some(Line::Text(l.context("reading stdin")?))),
+                    None => Ok(None),
+                }
+            }
         }
     }
 }
