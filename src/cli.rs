@@ -48,7 +48,8 @@ pub enum Command {
     Convert(ConvertArgs),
     /// Encode or decode text, or format a chat dialog, with the model's tokenizer.
     Tokenize(TokenizeArgs),
-    /// Run the model (checkpoint dir or GGUF file, quantized too): completion, chat, or a CI check.
+    /// Run a model (checkpoint dir or GGUF file, quantized too): streamed completion, a chat REPL,
+    /// or a CI check.
     Run(RunArgs),
     /// The catalog of known models and what is present locally (--downloaded: what is on disk).
     List(ListArgs),
@@ -144,7 +145,8 @@ pub struct VerifyArgs {
     /// Print the JSON report on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Also scan every value for NaN/Inf and report per-tensor stats.
+    /// Also scan every value for NaN/Inf (the --json report adds each tensor's min, max, mean and
+    /// std).
     #[arg(long)]
     pub deep: bool,
     /// Skip the checklist.chk md5 pass.
@@ -156,13 +158,20 @@ pub struct VerifyArgs {
 }
 
 #[derive(Args, Debug, Clone)]
-#[command(after_help = "Example:\n  llamactl inspect Meta-Llama-3-8B/consolidated.00.pth --json")]
+#[command(
+    after_help = "Examples:\n  llamactl inspect Meta-Llama-3-70B\n  llamactl inspect Meta-Llama-3-8B/consolidated.00.pth --json\n\n\
+A Meta dir of several shards is listed as the model's tensors, each once with its whole shape and\n\
+how the ranks split it (rows, cols, replicated); --shards lists every shard's own tensors."
+)]
 pub struct InspectArgs {
-    /// A Meta checkpoint dir, an HF dir, or one .pth / .safetensors file.
+    /// A Meta checkpoint dir, an HF dir, a GGUF file, or one .pth / .safetensors file.
     pub path: PathBuf,
     /// Print a JSON document instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// A multi-shard Meta dir: every shard's tensors with their own shapes.
+    #[arg(long)]
+    pub shards: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -253,7 +262,7 @@ pub struct ConvertArgs {
 
 #[derive(Args, Debug, Clone)]
 #[command(
-    after_help = "Examples:\n  llamactl tokenize --model Meta-Llama-3-8B \"This is a test sentence.\"\n  echo '[{\"role\":\"user\",\"content\":\"hi\"}]' | llamactl tokenize --tokenizer tokenizer.model --chat\n  llamactl tokenize --tokenizer tokenizer.model --decode 2028 374 264 1296"
+    after_help = "Examples:\n  llamactl tokenize --model Meta-Llama-3-8B \"This is a test sentence.\"\n  llamactl tokenize --model Meta-Llama-3-8B-Instruct --chat dialog.json\n  echo '[{\"role\":\"user\",\"content\":\"hi\"}]' | llamactl tokenize --tokenizer tokenizer.model --chat\n  llamactl tokenize --tokenizer tokenizer.model --decode 2028 374 264 1296"
 )]
 pub struct TokenizeArgs {
     /// A tokenizer.model (tiktoken) or tokenizer.json file.
@@ -262,13 +271,14 @@ pub struct TokenizeArgs {
     /// A model dir; its tokenizer is used.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Input is a JSON dialog; output is the prompt `run --chat` would feed the model.
-    #[arg(long)]
-    pub chat: bool,
+    /// Input is a JSON dialog (from FILE, else TEXT or stdin); output is the prompt `run --chat`
+    /// would feed the model: its text, then its ids.
+    #[arg(long, value_name = "FILE", num_args = 0..=1)]
+    pub chat: Option<Option<PathBuf>>,
     /// Input is ids (spaces/commas, or a JSON list); output is the text exactly, no newline added.
     #[arg(long)]
     pub decode: bool,
-    /// Print {"ids": [...], "count": N} (with --decode: {"text", "ids", "count"}).
+    /// Print {"ids": [...], "count": N} (with --decode or --chat also "text").
     #[arg(long)]
     pub json: bool,
     /// Prepend <|begin_of_text|> (as Meta's encode(bos=True) and a completion prompt do).
@@ -302,12 +312,20 @@ pub enum RunDtype {
 
 #[derive(Args, Debug, Clone)]
 #[command(
-    after_help = "Examples:\n  llamactl run --ckpt-dir Meta-Llama-3-8B --prompt \"The capital of France is\" --temperature 0\n  llamactl run --ckpt-dir Meta-Llama-3-8B-Instruct --chat\n  llamactl run --ckpt-dir Meta-Llama-3-8B --check\n  llamactl run --ckpt-dir llama3-8b-instruct.Q4_K_M.gguf --chat"
+    after_help = "Examples:\n  llamactl run Meta-Llama-3-8B --prompt \"The capital of France is\" --temperature 0\n  llamactl run Meta-Llama-3-8B-Instruct --chat\n  llamactl run Meta-Llama-3-8B --check\n  llamactl run llama3-8b-instruct.Q4_K_M.gguf --chat\n\n\
+Completions are printed as they are generated (a batch in order: each waits for the ones before\n\
+it); --json prints one document at the end. In --chat, Up/Down recall earlier messages (kept in\n\
+$XDG_DATA_HOME/llamactl/chat_history, default ~/.local/share/llamactl/chat_history), a line ending\n\
+in \\ continues on the next, and /help lists the commands."
 )]
 pub struct RunArgs {
-    /// A Meta dir (any number of shards), an HF dir, or a llama-architecture .gguf file (F32, F16,
-    /// BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K; tokenizer and chat template from its metadata).
-    #[arg(long)]
+    /// The model: a catalog name, a Hub repo id from the cache, a Meta dir (any number of
+    /// shards), an HF dir, or a llama-architecture .gguf file (F32, F16, BF16, Q4_0, Q4_1, Q5_0,
+    /// Q5_1, Q8_0, Q2_K..Q6_K; tokenizer and chat template from its metadata).
+    #[arg(value_name = "MODEL", required_unless_present = "ckpt_dir")]
+    pub model: Option<PathBuf>,
+    /// The same as MODEL (the name Meta's scripts use).
+    #[arg(long, value_name = "MODEL", conflicts_with = "model")]
     pub ckpt_dir: Option<PathBuf>,
     /// Tokenizer file (default: the one inside the checkpoint dir).
     #[arg(long)]
@@ -363,6 +381,9 @@ pub struct RunArgs {
     /// tokens each (default 24); identical and finite, else exit 1. Not with --chat.
     #[arg(long)]
     pub check: bool,
+    /// Complete the four example prompts of Meta's example_text_completion.py.
+    #[arg(long)]
+    pub examples: bool,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -7,11 +7,15 @@
 //! is still running after [`GRACE`] (a read blocked on a dead connection, a command that never
 //! polls), so every command stops in about a second.
 //!
+//! An interactive loop (the chat REPL) can take the first SIGINT as "stop what you are doing"
+//! instead: while a [`SoftStop`] is held, one SIGINT only sets its flag; a second one takes the
+//! usual way.
+//!
 //! Temporary outputs and "kept" notes live in one registry behind one lock. Whoever removes or
 //! renames a registered path holds the lock while doing it, and [`finish`] prints its one line and
 //! exits while holding it, so a temp dir is never half removed nor reported twice.
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, Once};
 use std::time::Duration;
 
@@ -19,6 +23,9 @@ use std::time::Duration;
 pub const GRACE: Duration = Duration::from_millis(600);
 
 static RECEIVED: AtomicI32 = AtomicI32::new(0);
+/// A [`SoftStop`] is held: the next SIGINT sets [`SOFT_HIT`] and goes no further.
+static SOFT: AtomicBool = AtomicBool::new(false);
+static SOFT_HIT: AtomicBool = AtomicBool::new(false);
 static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
@@ -92,7 +99,11 @@ fn signal_name(sig: i32) -> &'static str {
 }
 
 extern "C" fn on_signal(sig: libc::c_int) {
-    // Only async-signal-safe work: an atomic store and write(2).
+    // Only async-signal-safe work: atomics and write(2).
+    if sig == libc::SIGINT && SOFT.load(Ordering::SeqCst) && !SOFT_HIT.swap(true, Ordering::SeqCst)
+    {
+        return;
+    }
     RECEIVED.store(sig, Ordering::SeqCst);
     let fd = WAKE_FD.load(Ordering::SeqCst);
     if fd >= 0 {
@@ -145,6 +156,30 @@ fn watchdog(read_fd: libc::c_int) {
     std::thread::sleep(GRACE);
     if let Some(sig) = received() {
         finish(sig);
+    }
+}
+
+/// While held, the first SIGINT asks the holder to stop (see [`SoftStop::requested`]) instead of
+/// ending the process; a second SIGINT, or SIGTERM, ends it as usual. One at a time.
+#[derive(Debug)]
+pub struct SoftStop(());
+
+impl SoftStop {
+    pub fn begin() -> SoftStop {
+        SOFT_HIT.store(false, Ordering::SeqCst);
+        SOFT.store(true, Ordering::SeqCst);
+        SoftStop(())
+    }
+
+    /// Whether a SIGINT asked to stop since [`SoftStop::begin`].
+    pub fn requested(&self) -> bool {
+        SOFT_HIT.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for SoftStop {
+    fn drop(&mut self) {
+        SOFT.store(false, Ordering::SeqCst);
     }
 }
 

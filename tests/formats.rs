@@ -122,10 +122,40 @@ fn inspect_reports_dirs_and_files() {
     assert_eq!(doc["format"], "meta");
     assert_eq!(doc["shards"], 2);
     assert_eq!(doc["params"]["n_kv_heads"], 2);
+    // `tensors`: as each shard stores them; `merged`: the model's, once each and whole.
     let t = &doc["tensors"][0];
     assert_eq!(t["name"], "tok_embeddings.weight");
     assert_eq!(t["shape"], serde_json::json!([128, 32]));
+    assert_eq!(t["shard"], 0);
     assert_eq!(t["dtype"], "BF16");
+    let n = doc["merged"].as_array().unwrap().len();
+    assert_eq!(doc["tensors"].as_array().unwrap().len(), 2 * n);
+    assert_eq!(doc["tensors"][n]["shard"], 1);
+    let m = &doc["merged"][0];
+    assert_eq!(m["name"], "tok_embeddings.weight");
+    assert_eq!(m["shape"], serde_json::json!([256, 32]));
+    assert_eq!(m["split"], "rows");
+    let text = |args: &[&str]| {
+        let out = llamactl().args(args).output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let mp2 = testdata().join("small-mp2");
+    let mp2 = mp2.to_str().unwrap();
+    // The table: one row per tensor by default, one per shard and tensor with --shards.
+    let rows = |t: &str| {
+        t.lines()
+            .filter(|l| l.starts_with("layers.0.attention.wq"))
+            .count()
+    };
+    let merged = text(&["inspect", mp2]);
+    assert_eq!(rows(&merged), 1, "{merged}");
+    assert!(merged.contains("[256, 32]           rows"), "{merged}");
+    assert_eq!(rows(&text(&["inspect", "--shards", mp2])), 2);
+    // One shard file is its own rank.
+    let one = format!("{mp2}/consolidated.01.pth");
+    let one: serde_json::Value = serde_json::from_str(&text(&["inspect", "--json", &one])).unwrap();
+    assert_eq!(one["tensors"][0]["shard"], 1);
     let out = llamactl()
         .args(["inspect", "--json"])
         .arg(testdata().join("misc/f32.pth"))

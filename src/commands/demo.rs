@@ -145,17 +145,17 @@ pub fn run(args: &DemoArgs) -> Result<i32> {
         },
         Step {
             what: "run --check on the original: greedy twice, identical and finite",
-            args: vec!["run".into(), "--ckpt-dir".into(), s(&mp1), "--check".into()],
+            args: vec!["run".into(), s(&mp1), "--check".into()],
             needs: vec![],
         },
         Step {
             what: "run --check on the resharded checkpoint",
-            args: vec!["run".into(), "--ckpt-dir".into(), s(&mp2), "--check".into()],
+            args: vec!["run".into(), s(&mp2), "--check".into()],
             needs: vec![&mp2],
         },
         Step {
             what: "run --check on the converted HF dir",
-            args: vec!["run".into(), "--ckpt-dir".into(), s(&hf), "--check".into()],
+            args: vec!["run".into(), s(&hf), "--check".into()],
             needs: vec![&hf],
         },
     ];

@@ -127,10 +127,13 @@ pub fn run(args: &DownloadArgs) -> Result<i32> {
     eprintln!("link: {}", links.display());
     announce_expiry(&links)?;
 
+    let folders: Vec<PathBuf> = models.iter().map(|m| dest.folder(m)).collect();
+    // Folders this run makes go again if it ends with nothing in them (declared before the
+    // locks, so it acts after they are released).
+    let _made = NewFolders::before(folders.iter().chain([&dest.models]));
     std::fs::create_dir_all(&dest.models)
         .with_context(|| format!("{}: cannot create", dest.models.display()))?;
     // `rm` and `prune` leave these folders alone while this runs.
-    let folders: Vec<PathBuf> = models.iter().map(|m| dest.folder(m)).collect();
     let _locks =
         crate::store::lock::hold_all(&folders.iter().map(|f| f.as_path()).collect::<Vec<_>>());
     // On SIGINT/SIGTERM the parts stay (a re-run resumes them); say so in the one line.
@@ -181,6 +184,35 @@ pub fn run(args: &DownloadArgs) -> Result<i32> {
         println!("{}", folder.display());
     }
     outcome(&failures, verified.len(), !args.no_verify)
+}
+
+/// Folders (and their missing parents) that did not exist before the run; on drop, those left
+/// empty are removed, deepest first, so a failed first download leaves no empty model folder.
+struct NewFolders(Vec<PathBuf>);
+
+impl NewFolders {
+    fn before<'a>(paths: impl Iterator<Item = &'a PathBuf>) -> NewFolders {
+        let mut missing = Vec::new();
+        for p in paths {
+            let mut cur = Some(p.as_path());
+            while let Some(d) = cur.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+                missing.push(d.to_path_buf());
+                cur = d.parent();
+            }
+        }
+        missing.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        missing.dedup();
+        NewFolders(missing)
+    }
+}
+
+impl Drop for NewFolders {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            // Fails, as it should, on a folder that holds anything.
+            let _ = std::fs::remove_dir(d);
+        }
+    }
 }
 
 /// The links and the models, from the flags, the manifest or (on a terminal) prompts.

@@ -4,9 +4,9 @@ use crate::checkpoint::ModelDir;
 use crate::cli::{DeviceChoice, RunArgs, RunDtype};
 use crate::formats::gguf::is_gguf;
 use crate::formats::DType as FDType;
-use crate::runner::chat::{parse_dialog, ChatFormat, Message};
+use crate::runner::chat::{parse_dialog, ChatFormat};
 use crate::runner::device::{self, DeviceRequest, DtypeRequest, PeakMemory};
-use crate::runner::generate::{generate, GenParams, Generation, Stats};
+use crate::runner::generate::{generate, GenParams, Generation, Stats, Step};
 use crate::runner::gguf::GgufModel;
 use crate::runner::kv_cache::KvCache;
 use crate::runner::memory::MemoryPlan;
@@ -17,11 +17,14 @@ use crate::util::human_bytes;
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Device;
 use serde_json::{json, Value};
-use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Meta's example_text_completion.py prompts, used when no --prompt is given.
+mod input;
+mod repl;
+mod stream;
+
+/// Meta's example_text_completion.py prompts, for --examples.
 const EXAMPLE_PROMPTS: [&str; 4] = [
     "I believe the meaning of life is",
     "Simply put, the theory of relativity states that ",
@@ -49,20 +52,44 @@ struct Session {
 }
 
 pub fn run(args: &RunArgs) -> Result<i32> {
-    let resolved = match &args.ckpt_dir {
-        Some(d) => Some(crate::store::resolve::model_path(
-            d,
-            crate::store::resolve::Want::Any,
-        )?),
-        None => None,
+    let Some(given) = args.model.as_ref().or(args.ckpt_dir.as_ref()) else {
+        bail!("which model? `llamactl run MODEL --prompt TEXT`: a catalog name, a Hub repo id, a Meta or HF checkpoint dir, or a .gguf file");
     };
-    let args = &RunArgs {
-        ckpt_dir: resolved,
-        ..args.clone()
-    };
-    let Some(dir) = args.ckpt_dir.as_deref() else {
-        bail!("--ckpt-dir is required: a Meta checkpoint dir (params.json), an HF dir (config.json) or a .gguf file");
-    };
+    check_args(args)?;
+    let dir = &crate::store::resolve::model_path(given, crate::store::resolve::Want::Any)?;
+    set_threads(args.threads)?;
+    let mut s = load(dir, args)?;
+    if args.check {
+        return check(&mut s, args);
+    }
+    if args.chat {
+        return match &args.dialogs {
+            Some(file) => chat_batch(&mut s, args, file),
+            None => repl::chat_repl(&mut s, args),
+        };
+    }
+    complete(&mut s, args)
+}
+
+/// What `run` needs to be told besides the model: one way to use it.
+const MODES: &str = "--prompt TEXT (complete it), --chat (talk; --dialogs FILE for a batch), --check (the CI check) or --examples (Meta's example prompts)";
+
+/// Refuse contradictory or out-of-range options before anything is loaded.
+fn check_args(args: &RunArgs) -> Result<()> {
+    let modes = [
+        !args.prompt.is_empty() && !args.check,
+        args.chat,
+        args.check,
+        args.examples,
+    ];
+    if !modes.contains(&true) {
+        bail!("nothing to do: give {MODES}");
+    }
+    if args.examples && (args.chat || args.check || !args.prompt.is_empty()) {
+        bail!(
+            "--examples runs Meta's example prompts; it does not take --prompt, --chat or --check"
+        );
+    }
     if args.max_seq_len < 2 {
         bail!("--max-seq-len must be at least 2");
     }
@@ -89,21 +116,10 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     if args.max_gen_len == Some(0) {
         bail!("--max-gen-len must be at least 1 (leave it out to fill --max-seq-len)");
     }
-    set_threads(args.threads)?;
-    let mut s = load(dir, args)?;
-    if args.check {
-        return check(&mut s, args);
-    }
-    if args.chat {
-        return match &args.dialogs {
-            Some(file) => chat_batch(&mut s, args, file),
-            None => chat_repl(&mut s, args),
-        };
-    }
-    complete(&mut s, args)
+    Ok(())
 }
 
-/// What `--ckpt-dir` names: a checkpoint directory or a GGUF file.
+/// What MODEL names: a checkpoint directory or a GGUF file.
 enum Checkpoint {
     Dir(Box<ModelDir>),
     Gguf(Box<GgufModel>),
@@ -116,7 +132,7 @@ impl Checkpoint {
         }
         if path.is_file() {
             bail!(
-                "{}: a file that is not GGUF; --ckpt-dir takes a checkpoint directory or a .gguf file",
+                "{}: a file that is not GGUF; MODEL is a checkpoint directory or a .gguf file",
                 path.display()
             );
         }
@@ -297,17 +313,29 @@ fn gen_params(args: &RunArgs, s: &Session) -> GenParams {
     }
 }
 
-/// Generate for all prompts, --max-batch-size at a time, in order.
+/// The parts of a [`Session`] that generation changes.
+struct Engine<'a> {
+    model: &'a Llama,
+    cache: &'a mut KvCache,
+    memory: &'a mut PeakMemory,
+}
+
+/// Generate for all prompts, --max-batch-size at a time, in order; `on_step` sees every step
+/// with the prompt's index in `prompts`.
 fn run_batches(
-    s: &mut Session,
+    e: Engine,
     prompts: &[Vec<u32>],
     params: &GenParams,
+    on_step: &mut dyn FnMut(usize, Step) -> bool,
 ) -> Result<(Vec<Generation>, Stats)> {
     let mut all = Vec::with_capacity(prompts.len());
     let mut total = Stats::default();
-    for chunk in prompts.chunks(s.cache.max_batch()) {
-        let (gens, st) = generate(&s.model, &mut s.cache, chunk, 0, params, &mut |_, _| true)?;
-        s.memory.sample();
+    let per_batch = e.cache.max_batch();
+    for (k, chunk) in prompts.chunks(per_batch).enumerate() {
+        let base = k * per_batch;
+        let on_chunk = &mut |i: usize, step: Step| on_step(base + i, step);
+        let (gens, st) = generate(e.model, e.cache, chunk, 0, params, on_chunk)?;
+        e.memory.sample();
         all.extend(gens);
         total.prefill_tokens += st.prefill_tokens;
         total.prefill_secs += st.prefill_secs;
@@ -367,8 +395,18 @@ fn print_stats_line(s: &mut Session, st: &Stats) {
     );
 }
 
+impl Session {
+    fn engine(&mut self) -> Engine<'_> {
+        Engine {
+            model: &self.model,
+            cache: &mut self.cache,
+            memory: &mut self.memory,
+        }
+    }
+}
+
 fn complete(s: &mut Session, args: &RunArgs) -> Result<i32> {
-    let texts: Vec<String> = if args.prompt.is_empty() {
+    let texts: Vec<String> = if args.examples {
         EXAMPLE_PROMPTS.iter().map(|p| p.to_string()).collect()
     } else {
         args.prompt.clone()
@@ -378,47 +416,58 @@ fn complete(s: &mut Session, args: &RunArgs) -> Result<i32> {
         .map(|t| s.tok.encode(t, true, false, AllowedSpecial::None))
         .collect::<Result<Vec<_>>>()?;
     let inputs: Vec<Value> = texts.iter().map(|t| json!(t)).collect();
-    generate_and_report(s, args, inputs, &prompts, &|out, i, d| {
-        writeln!(out, "{}", texts[i])?;
-        writeln!(out, "> {d}")
+    generate_and_report(s, args, inputs, &prompts, &|out, i| {
+        write!(out, "{}\n> ", texts[i])
     })
 }
 
-/// Generate for every prompt and report: the CLI.md JSON document, or for each input the lines
-/// `show` prints (which end with the completion), logprobs when asked, and a separator.
+/// Generate for every prompt and report: the CLI.md JSON document at the end, or each input's
+/// `head` and its completion streamed as it is generated, logprobs when asked, and a separator.
 fn generate_and_report(
     s: &mut Session,
     args: &RunArgs,
     inputs: Vec<Value>,
     prompts: &[Vec<u32>],
-    show: &dyn Fn(&mut dyn Write, usize, &str) -> std::io::Result<()>,
+    head: stream::Head,
 ) -> Result<i32> {
     let params = gen_params(args, s);
-    let (gens, st) = run_batches(s, prompts, &params)?;
-    let decoded = gens
-        .iter()
-        .map(|g| s.tok.decode(&g.tokens))
-        .collect::<Result<Vec<_>>>()?;
-    if args.json {
-        let results: Vec<Value> = inputs
-            .into_iter()
-            .zip(prompts)
-            .zip(gens.iter().zip(&decoded))
-            .map(|((i, p), (g, d))| result_json(i, p, g, d, args.logprobs))
-            .collect();
-        let doc = json!({"results": results, "stats": stats_json(s, &st)});
-        println!("{}", serde_json::to_string_pretty(&doc)?);
-    } else {
-        let mut out = std::io::stdout().lock();
-        for (i, (g, d)) in gens.iter().zip(&decoded).enumerate() {
-            show(&mut out, i, d)?;
-            if args.logprobs {
-                writeln!(out, "  logprobs: {:?}", g.logprobs)?;
-            }
-            writeln!(out, "\n==================================\n")?;
+    if !args.json {
+        let mut out = stream::OrderedStream::new(&s.tok, prompts.len(), head, args.logprobs);
+        let mut failed = None;
+        let engine = Engine {
+            model: &s.model,
+            cache: &mut s.cache,
+            memory: &mut s.memory,
+        };
+        let (_, st) = run_batches(engine, prompts, &params, &mut |i, step| {
+            let res = out.step(i, step);
+            let ok = res.is_ok();
+            failed = failed.take().or(res.err());
+            ok
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
         }
         print_stats_line(s, &st);
+        return Ok(0);
     }
+    let (gens, st) = run_batches(s.engine(), prompts, &params, &mut |_, _| true)?;
+    let results = inputs
+        .into_iter()
+        .zip(prompts)
+        .zip(&gens)
+        .map(|((i, p), g)| {
+            Ok(result_json(
+                i,
+                p,
+                g,
+                &s.tok.decode(&g.tokens)?,
+                args.logprobs,
+            ))
+        })
+        .collect::<Result<Vec<Value>>>()?;
+    let doc = json!({"results": results, "stats": stats_json(s, &st)});
+    println!("{}", serde_json::to_string_pretty(&doc)?);
     Ok(0)
 }
 
@@ -461,11 +510,11 @@ fn chat_batch(s: &mut Session, args: &RunArgs, file: &Path) -> Result<i32> {
         })
         .collect::<Result<Vec<_>>>()?;
     let inputs: Vec<Value> = dialogs.iter().map(|d| json!(d)).collect();
-    generate_and_report(s, args, inputs, &prompts, &|out, i, t| {
+    generate_and_report(s, args, inputs, &prompts, &|out, i| {
         for m in &dialogs[i] {
             writeln!(out, "{}: {}\n", capitalize(&m.role), m.content)?;
         }
-        writeln!(out, "> Assistant: {t}")
+        write!(out, "> Assistant: ")
     })
 }
 
@@ -474,227 +523,6 @@ fn capitalize(s: &str) -> String {
     match c.next() {
         Some(f) => f.to_uppercase().chain(c).collect(),
         None => String::new(),
-    }
-}
-
-const REPL_HELP: &str = "commands: /system TEXT (set the system prompt and start over), /reset (forget the dialog), /quit";
-
-/// Interactive chat: one user message per line of stdin, the reply streamed as it is generated.
-/// Prompts and help appear only on a terminal, so the same loop serves piped input.
-///
-/// The KV cache carries over between turns: each turn's prompt is the whole dialog in the chat
-/// format, and only the part after what the cache already holds is run, so turn N costs its new
-/// tokens. Ctrl-C stops the reply being written; at the prompt (or pressed twice) it leaves.
-fn chat_repl(s: &mut Session, args: &RunArgs) -> Result<i32> {
-    let interactive = std::io::stdin().is_terminal();
-    let format = chat_format(s)?;
-    let mut chat = Chat {
-        system: None,
-        dialog: Vec::new(),
-        cached: Vec::new(),
-        turn: 0,
-    };
-    if interactive {
-        eprintln!("chatting with {} — {REPL_HELP}", s.ckpt_dir.display());
-    }
-    interrupt::install();
-    let stdin = std::io::stdin();
-    let mut lines = stdin.lock().lines();
-    loop {
-        if interactive {
-            eprint!("\nuser> ");
-            std::io::stderr().flush().ok();
-        }
-        let Some(line) = lines.next() else { break };
-        let line = line.context("reading stdin")?;
-        let input = line.trim();
-        if input.is_empty() {
-            continue;
-        }
-        if let Some(cmd) = input.strip_prefix('/') {
-            if !chat.command(cmd) {
-                break;
-            }
-            continue;
-        }
-        chat.dialog.push(Message::new("user", input));
-        let Some(prompt) = chat.prompt(s, &format)? else {
-            continue;
-        };
-        if interactive {
-            eprint!("assistant> ");
-            std::io::stderr().flush().ok();
-        }
-        chat.reply(s, args, prompt)?;
-    }
-    Ok(0)
-}
-
-/// The state of a REPL chat.
-struct Chat {
-    system: Option<String>,
-    dialog: Vec<Message>,
-    /// The tokens whose keys and values the cache holds, position by position.
-    cached: Vec<u32>,
-    turn: u64,
-}
-
-impl Chat {
-    /// Run a `/command`; false means leave.
-    fn command(&mut self, cmd: &str) -> bool {
-        let (name, rest) = cmd.split_once(' ').unwrap_or((cmd, ""));
-        match name {
-            "quit" | "exit" | "q" => return false,
-            "reset" => {
-                self.dialog.clear();
-                eprintln!("(dialog cleared)");
-            }
-            "system" => {
-                let text = rest.trim();
-                self.system = (!text.is_empty()).then(|| text.to_string());
-                self.dialog.clear();
-                eprintln!(
-                    "{}",
-                    if self.system.is_some() {
-                        "(system prompt set; dialog cleared)"
-                    } else {
-                        "(system prompt removed; dialog cleared)"
-                    }
-                );
-            }
-            "help" => eprintln!("{REPL_HELP}"),
-            other => eprintln!("unknown command /{other}; {REPL_HELP}"),
-        }
-        true
-    }
-
-    /// The dialog as prompt ids, dropping the oldest exchanges (never the system prompt) until it
-    /// leaves room for a reply; None when the last message alone does not fit.
-    fn prompt(&mut self, s: &Session, format: &ChatFormat) -> Result<Option<Vec<u32>>> {
-        let max_seq = s.cache.max_seq();
-        loop {
-            let mut full: Vec<Message> = self
-                .system
-                .iter()
-                .map(|t| Message::new("system", t))
-                .collect();
-            full.extend(self.dialog.iter().cloned());
-            let ids = format.encode(&s.tok, &full)?;
-            if ids.len() + 1 < max_seq {
-                return Ok(Some(ids));
-            }
-            if self.dialog.len() <= 1 {
-                eprintln!(
-                    "that message is {} tokens with the chat format; it does not fit --max-seq-len {max_seq}",
-                    ids.len()
-                );
-                self.dialog.pop();
-                return Ok(None);
-            }
-            self.dialog.drain(..2.min(self.dialog.len() - 1));
-            eprintln!("(the dialog outgrew --max-seq-len {max_seq}: dropped the oldest exchange)");
-        }
-    }
-
-    /// Generate and stream the reply to `prompt`, reusing the cached prefix, and record it.
-    fn reply(&mut self, s: &mut Session, args: &RunArgs, prompt: Vec<u32>) -> Result<()> {
-        let mut params = gen_params(args, s);
-        params.logprobs = false;
-        // A different sampling stream per turn, reproducible from --seed.
-        params.seed = args.seed.wrapping_add(self.turn);
-        self.turn += 1;
-        let reuse = self
-            .cached
-            .iter()
-            .zip(&prompt)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(prompt.len() - 1);
-        let mut decoder = s.tok.stream_decoder();
-        let mut out = std::io::stdout();
-        interrupt::begin();
-        let result = generate(
-            &s.model,
-            &mut s.cache,
-            std::slice::from_ref(&prompt),
-            reuse,
-            &params,
-            &mut |_, id| {
-                if let Ok(text) = decoder.push(id) {
-                    let _ = out.write_all(text.as_bytes());
-                    let _ = out.flush();
-                }
-                !interrupt::requested()
-            },
-        );
-        let stopped = interrupt::end();
-        let (gens, st) = result?;
-        s.memory.sample();
-        let tail = decoder.finish().unwrap_or_default();
-        writeln!(out, "{tail}")?;
-        out.flush()?;
-        let g = gens.into_iter().next().unwrap_or_default();
-        let mut row = prompt;
-        row.extend(&g.tokens);
-        row.truncate(st.cache_len);
-        self.cached = row;
-        eprintln!(
-            "({}{} new prompt tokens, {} reused from the cache; {} generated, {:.1} tokens/s)",
-            if stopped { "stopped; " } else { "" },
-            st.prefill_tokens,
-            reuse,
-            g.tokens.len(),
-            st.decode_tokens_per_s()
-        );
-        let reply = s.tok.decode(&g.tokens)?;
-        self.dialog.push(Message::new("assistant", &reply));
-        Ok(())
-    }
-}
-
-/// Ctrl-C in the chat REPL: while a reply is generated the first press stops it; a press at the
-/// prompt, or a second one during a reply, ends the program with 130 as a default SIGINT would.
-mod interrupt {
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    static GENERATING: AtomicBool = AtomicBool::new(false);
-    static STOP: AtomicBool = AtomicBool::new(false);
-
-    extern "C" fn on_sigint(_: libc::c_int) {
-        if GENERATING.load(Ordering::SeqCst) && !STOP.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        // Only async-signal-safe calls here: finish the terminal line and leave.
-        unsafe {
-            libc::write(2, b"\n".as_ptr().cast(), 1);
-            libc::_exit(130);
-        }
-    }
-
-    pub fn install() {
-        // SAFETY: the handler only touches atomics and calls write/_exit.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_sigint as extern "C" fn(libc::c_int) as usize;
-            sa.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
-        }
-    }
-
-    pub fn begin() {
-        STOP.store(false, Ordering::SeqCst);
-        GENERATING.store(true, Ordering::SeqCst);
-    }
-
-    pub fn requested() -> bool {
-        STOP.load(Ordering::SeqCst)
-    }
-
-    /// Whether the reply was stopped.
-    pub fn end() -> bool {
-        GENERATING.store(false, Ordering::SeqCst);
-        STOP.swap(false, Ordering::SeqCst)
     }
 }
 
@@ -759,8 +587,8 @@ fn check(s: &mut Session, args: &RunArgs) -> Result<i32> {
         // Generate the full length, so that both runs exercise every step.
         stop_ids: Vec::new(),
     };
-    let (first, st1) = run_batches(s, &prompts, &params)?;
-    let (second, st2) = run_batches(s, &prompts, &params)?;
+    let (first, st1) = run_batches(s.engine(), &prompts, &params, &mut |_, _| true)?;
+    let (second, st2) = run_batches(s.engine(), &prompts, &params, &mut |_, _| true)?;
     let problems = compare_runs(&first, &second, st1.non_finite || st2.non_finite);
     let ok = problems.is_empty();
     let stats = Stats {

@@ -1,6 +1,7 @@
 //! `llamactl tokenize` (see CLI.md): encode text, decode ids, or show a chat prompt.
 //!
-//! Input is the TEXT arguments (joined by spaces) or, without them, all of stdin. Stdin must be
+//! Input is the TEXT arguments (joined by spaces) or, without them, all of stdin (`--chat FILE`:
+//! the file). Stdin must be
 //! UTF-8: Meta's tokenizer encodes text, not bytes, and replacing bad bytes would silently change
 //! the ids, so invalid UTF-8 is refused with the offset of the first bad byte.
 use crate::cli::TokenizeArgs;
@@ -10,13 +11,17 @@ use anyhow::{anyhow, bail, Context, Result};
 use std::io::{Read, Write};
 
 pub fn run(args: &TokenizeArgs) -> Result<i32> {
-    if args.chat && args.decode {
+    if args.chat.is_some() && args.decode {
         bail!(
             "--chat and --decode cannot be combined (decode the ids a --chat run printed instead)"
         );
     }
     let (tok, chat_format) = load(args)?;
-    let input = read_input(args)?;
+    // A dialog file is the whole input: stdin is not read.
+    let input = match &args.chat {
+        Some(Some(_)) => String::new(),
+        _ => read_input(args)?,
+    };
     let mut out = std::io::stdout().lock();
     if args.decode {
         let ids = parse_ids(&input)?;
@@ -30,34 +35,69 @@ pub fn run(args: &TokenizeArgs) -> Result<i32> {
         out.flush()?;
         return Ok(0);
     }
-    let ids = if args.chat {
-        let what = if args.text.is_empty() {
-            "stdin"
-        } else {
-            "TEXT"
+    if let Some(file) = &args.chat {
+        let (what, input) = match file {
+            Some(f) if !args.text.is_empty() => bail!(
+                "--chat {} and TEXT both give a dialog; give one",
+                f.display()
+            ),
+            Some(f) => (f.display().to_string(), read_file(f)?),
+            None if args.text.is_empty() => ("stdin".to_string(), input),
+            None => ("TEXT".to_string(), input),
         };
-        let dialog = parse_dialog(&input, what)?;
-        chat_format.encode(&tok, &dialog)?
-    } else {
-        let allowed = if args.special {
-            AllowedSpecial::All
+        let dialog = parse_dialog(&input, &what)?;
+        let ids = chat_format.encode(&tok, &dialog)?;
+        let text = tok.decode(&ids)?;
+        if args.json {
+            let doc = serde_json::json!({"ids": ids, "count": ids.len(), "text": text});
+            writeln!(out, "{doc}")?;
         } else {
-            AllowedSpecial::None
-        };
-        tok.encode(&input, args.bos, args.eos, allowed)?
-    };
-    if args.json {
-        let mut doc = serde_json::json!({"ids": ids, "count": ids.len()});
-        if args.chat {
-            doc["text"] = serde_json::Value::String(tok.decode(&ids)?);
+            // The prompt as the model reads it, then its ids (a line of its own, as without --chat).
+            let sep = if text.ends_with('\n') { "" } else { "\n" };
+            writeln!(out, "{text}{sep}--- {} tokens:", ids.len())?;
+            writeln!(out, "{}", id_line(&ids))?;
         }
-        writeln!(out, "{doc}")?;
+        out.flush()?;
+        return Ok(0);
+    }
+    let allowed = if args.special {
+        AllowedSpecial::All
     } else {
-        let line: Vec<String> = ids.iter().map(u32::to_string).collect();
-        writeln!(out, "{}", line.join(" "))?;
+        AllowedSpecial::None
+    };
+    let ids = tok.encode(&input, args.bos, args.eos, allowed)?;
+    if args.json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({"ids": ids, "count": ids.len()})
+        )?;
+    } else {
+        writeln!(out, "{}", id_line(&ids))?;
     }
     out.flush()?;
     Ok(0)
+}
+
+fn id_line(ids: &[u32]) -> String {
+    let line: Vec<String> = ids.iter().map(u32::to_string).collect();
+    line.join(" ")
+}
+
+fn read_file(path: &std::path::Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| {
+        format!(
+            "--chat {}: cannot read the dialog file (a dialog as text goes on stdin, or after `--chat --`)",
+            path.display()
+        )
+    })?;
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow!(
+            "{}: not valid UTF-8 (first bad byte at offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })
 }
 
 fn load(args: &TokenizeArgs) -> Result<(Tokenizer, ChatFormat)> {

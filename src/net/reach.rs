@@ -1,7 +1,8 @@
 //! Failures before the first byte: a host that does not resolve, refuses the connection, fails
 //! the TLS handshake or never answers. Until a host has answered once in this run, such a failure
 //! is most likely permanent (offline, a typo, a firewall), so it gets [`FirstContact::TRIES`] quick
-//! tries within [`FirstContact::BUDGET`] and then one line naming the host and the cause (exit 4).
+//! tries (fewer when `LLAMACTL_NET_RETRIES` allows fewer tries in all) within
+//! [`FirstContact::BUDGET`] and then one line naming the host, the cause and the tries (exit 4).
 //! Once bytes have flowed from a host, the engine's patient retry and resume apply instead.
 use crate::net::signed_url::redact;
 use std::collections::HashSet;
@@ -124,17 +125,25 @@ fn origin_reached(origin: &str) -> bool {
 
 /// Gave up on a host that never answered.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("cannot reach {}: {} ({}); gave up after {tries} tries in {:.1}s", .failure.host, .failure.cause, .failure.detail, .elapsed.as_secs_f64())]
+#[error("cannot reach {}: {} ({}); gave up after {} in {:.1}s", .failure.host, .failure.cause, .failure.detail, tries_phrase(*.tries), .elapsed.as_secs_f64())]
 pub struct Unreachable {
     pub failure: ConnectFailure,
     pub tries: u32,
     pub elapsed: Duration,
 }
 
+fn tries_phrase(n: u32) -> String {
+    match n {
+        1 => "1 try".to_string(),
+        n => format!("{n} tries"),
+    }
+}
+
 /// The quick retry policy for a host that has not answered yet.
 #[derive(Debug)]
 pub struct FirstContact {
     tries: u32,
+    limit: u32,
     started: Instant,
 }
 
@@ -151,8 +160,14 @@ impl FirstContact {
     pub const BUDGET: Duration = Duration::from_secs(15);
 
     pub fn new() -> Self {
+        Self::at_most(Self::TRIES)
+    }
+
+    /// At most `tries` tries (at least one; never more than [`Self::TRIES`]).
+    pub fn at_most(tries: u32) -> Self {
         Self {
             tries: 0,
+            limit: tries.clamp(1, Self::TRIES),
             started: Instant::now(),
         }
     }
@@ -171,7 +186,7 @@ impl FirstContact {
         self.tries += 1;
         let wait = Duration::from_millis(250 << (self.tries - 1).min(4));
         let elapsed = self.started.elapsed();
-        if self.tries >= Self::TRIES || elapsed + wait + connect_timeout > Self::BUDGET {
+        if self.tries >= self.limit || elapsed + wait + connect_timeout > Self::BUDGET {
             return Err(Unreachable {
                 failure: f.clone(),
                 tries: self.tries,

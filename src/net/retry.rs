@@ -33,7 +33,8 @@ impl<'a> Tries<'a> {
         Self {
             cfg,
             failures: 0,
-            first: FirstContact::new(),
+            // A first try and `retries` more is the most any request gets.
+            first: FirstContact::at_most(cfg.retries.saturating_add(1)),
         }
     }
 

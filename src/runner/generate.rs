@@ -62,8 +62,19 @@ fn rate(n: usize, secs: f64) -> f64 {
     }
 }
 
-/// Generate a continuation for each prompt. `on_token(i, id)` sees each generated (non-stop) token of
-/// sequence `i` as soon as it exists, for streaming; returning false stops the whole batch there.
+/// What [`generate`] tells its caller about sequence `i` as it happens, for streaming.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step<'a> {
+    /// A generated (non-stop) token.
+    Token(u32),
+    /// The sequence is finished (a stop token, its length limit, the end of the run, or a stop
+    /// asked for): what it generated. Comes exactly once per sequence, after its last token.
+    Done(&'a Generation),
+}
+
+/// Generate a continuation for each prompt. `on_step(i, step)` sees each generated token of
+/// sequence `i` as soon as it exists and then its end; returning false stops the whole batch
+/// there. Polls [`crate::signal::check`] between positions, so SIGINT/SIGTERM end a long run.
 ///
 /// `cached` positions of every prompt are already in `cache` (a chat's earlier turns, all prompts
 /// sharing them): prefill starts after them.
@@ -73,7 +84,7 @@ pub fn generate(
     prompts: &[Vec<u32>],
     cached: usize,
     params: &GenParams,
-    on_token: &mut dyn FnMut(usize, u32) -> bool,
+    on_step: &mut dyn FnMut(usize, Step) -> bool,
 ) -> Result<(Vec<Generation>, Stats)> {
     let (min_prompt, max_prompt) = check_prompts(model, cache, prompts, cached)?;
     let max_seq_len = cache.max_seq();
@@ -89,6 +100,7 @@ pub fn generate(
     let mut prev_pos = cached;
     let mut filled = min_prompt;
     for cur_pos in min_prompt..total_len {
+        crate::signal::check()?;
         let started = Instant::now();
         let input = Tensor::from_vec(
             batch.window(prev_pos, cur_pos),
@@ -109,7 +121,7 @@ pub fn generate(
             stats.decode_secs += secs;
         }
         stats.non_finite |= rows.iter().flatten().any(|v| !v.is_finite());
-        let stopped_early = batch.take(&rows, cur_pos, on_token);
+        let stopped_early = batch.take(&rows, cur_pos, on_step);
         filled = cur_pos + 1;
         prev_pos = cur_pos;
         if stopped_early || batch.eos.iter().all(|&e| e) {
@@ -117,7 +129,15 @@ pub fn generate(
         }
     }
     stats.cache_len = prev_pos;
-    Ok((batch.generations(filled), stats))
+    let gens: Vec<Generation> = (0..prompts.len())
+        .map(|i| batch.generation(i, filled))
+        .collect();
+    for (i, g) in gens.iter().enumerate() {
+        if !batch.done[i] {
+            on_step(i, Step::Done(g));
+        }
+    }
+    Ok((gens, stats))
 }
 
 /// Refuse a batch the cache cannot hold or the model cannot read; returns the shortest and the
@@ -180,6 +200,8 @@ struct Batch<'a> {
     tokens: Vec<Vec<u32>>,
     logprobs: Vec<Vec<f32>>,
     eos: Vec<bool>,
+    /// Whether the caller was told the sequence is done.
+    done: Vec<bool>,
     sampler: Sampler,
 }
 
@@ -205,6 +227,7 @@ impl<'a> Batch<'a> {
             tokens,
             logprobs: vec![vec![0f32; total_len]; prompts.len()],
             eos: vec![false; prompts.len()],
+            done: vec![false; prompts.len()],
             sampler: Sampler::new(params.temperature, params.top_p, params.seed),
         }
     }
@@ -218,12 +241,12 @@ impl<'a> Batch<'a> {
     }
 
     /// Put position `cur_pos` of each row: its prompt token while it has one, else a sampled
-    /// token. Returns true when `on_token` asked to stop.
+    /// token. Returns true when `on_step` asked to stop.
     fn take(
         &mut self,
         rows: &[Vec<f32>],
         cur_pos: usize,
-        on_token: &mut dyn FnMut(usize, u32) -> bool,
+        on_step: &mut dyn FnMut(usize, Step) -> bool,
     ) -> bool {
         let mut stop = false;
         for (i, row) in rows.iter().enumerate() {
@@ -240,38 +263,36 @@ impl<'a> Batch<'a> {
             if self.params.logprobs {
                 self.logprobs[i][cur_pos] = log_prob(row, next);
             }
-            if self.params.stop_ids.contains(&next) {
-                self.eos[i] = true;
-            } else if cur_pos - self.prompts[i].len() < self.max_gen_len && !on_token(i, next) {
+            let index = cur_pos - self.prompts[i].len();
+            let is_stop = self.params.stop_ids.contains(&next);
+            self.eos[i] |= is_stop;
+            if !is_stop && index < self.max_gen_len && !on_step(i, Step::Token(next)) {
                 stop = true;
+            }
+            if (is_stop || index + 1 == self.max_gen_len) && !self.done[i] {
+                self.done[i] = true;
+                stop |= !on_step(i, Step::Done(&self.generation(i, cur_pos + 1)));
             }
         }
         stop
     }
 
-    /// What each row generated in positions before `filled`, cut at its first stop token.
-    fn generations(&self, filled: usize) -> Vec<Generation> {
-        let stop_ids = &self.params.stop_ids;
-        self.prompts
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let start = p.len();
-                let end = filled.min(start + self.max_gen_len).max(start);
-                let gen = &self.tokens[i][start..end];
-                let cut = gen.iter().position(|t| stop_ids.contains(t));
-                let n = cut.unwrap_or(gen.len());
-                Generation {
-                    tokens: gen[..n].to_vec(),
-                    logprobs: if self.params.logprobs {
-                        self.logprobs[i][start..start + n].to_vec()
-                    } else {
-                        Vec::new()
-                    },
-                    stopped: cut.is_some(),
-                }
-            })
-            .collect()
+    /// What row `i` generated in positions before `filled`, cut at its first stop token.
+    fn generation(&self, i: usize, filled: usize) -> Generation {
+        let start = self.prompts[i].len();
+        let end = filled.min(start + self.max_gen_len).max(start);
+        let gen = &self.tokens[i][start..end];
+        let cut = gen.iter().position(|t| self.params.stop_ids.contains(t));
+        let n = cut.unwrap_or(gen.len());
+        Generation {
+            tokens: gen[..n].to_vec(),
+            logprobs: if self.params.logprobs {
+                self.logprobs[i][start..start + n].to_vec()
+            } else {
+                Vec::new()
+            },
+            stopped: cut.is_some(),
+        }
     }
 }
 
@@ -325,8 +346,13 @@ mod tests {
             stop_ids: vec![128001, 128009],
         };
         let mut streamed = vec![Vec::new(); prompts.len()];
-        let (gens, stats) = generate(&model, &mut cache, &prompts, 0, &params, &mut |i, t| {
-            streamed[i].push(t);
+        let mut done = vec![None; prompts.len()];
+        let (gens, stats) = generate(&model, &mut cache, &prompts, 0, &params, &mut |i, step| {
+            assert!(done[i].is_none(), "prompt {i}: a step after Done");
+            match step {
+                Step::Token(t) => streamed[i].push(t),
+                Step::Done(g) => done[i] = Some(g.clone()),
+            }
             true
         })
         .unwrap();
@@ -334,6 +360,7 @@ mod tests {
         for (i, (r, gen)) in results.iter().zip(&gens).enumerate() {
             assert_eq!(gen.tokens, ids(&r["tokens"]), "prompt {i}");
             assert_eq!(streamed[i], gen.tokens, "prompt {i} streaming");
+            assert_eq!(done[i].as_ref(), Some(gen), "prompt {i} done");
             for (k, (a, b)) in gen
                 .logprobs
                 .iter()
@@ -411,7 +438,7 @@ mod tests {
             logprobs: false,
             stop_ids: vec![],
         };
-        let mut none = |_: usize, _: u32| true;
+        let mut none = |_: usize, _: Step| true;
         let err = generate(&model, &mut cache, &[vec![1; 8]], 0, &params, &mut none).unwrap_err();
         assert!(err.to_string().contains("--max-seq-len 8"), "{err}");
         let err = generate(

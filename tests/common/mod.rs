@@ -2,3 +2,4 @@ pub mod cdn;
 pub mod child;
 pub mod hub;
 pub mod noise;
+pub mod pty;

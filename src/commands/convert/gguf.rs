@@ -116,6 +116,9 @@ fn write_plan(
         human_bytes(size),
         human_bytes((size as f64 / secs.max(1e-3)) as u64)
     );
+    for line in type_summary(plan) {
+        eprintln!("{line}");
+    }
     println!("{}", dst.display());
     Ok(0)
 }
@@ -248,6 +251,60 @@ fn check_llama3_pretokenizer(tok: &Tokenizer) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// How many tensors of each GGML type the file holds and, for every type but the file type's
+/// own, why those tensors have it.
+fn type_summary(plan: &gguf_export::Plan) -> Vec<String> {
+    let base = plan.file_type.weight_type();
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    let mut why: Vec<(String, String, Vec<&str>)> = Vec::new();
+    for t in &plan.header.tensors {
+        let name = t.ggml_type.name();
+        match counts.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, c)) => *c += 1,
+            None => counts.push((name.clone(), 1)),
+        }
+        if t.ggml_type == base {
+            continue;
+        }
+        let reason = wider_reason(&t.shape, base, plan.file_type.name());
+        match why.iter_mut().find(|(n, r, _)| *n == name && *r == reason) {
+            Some((_, _, names)) => names.push(&t.name),
+            None => why.push((name, reason, vec![&t.name])),
+        }
+    }
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let list: Vec<String> = counts.iter().map(|(n, c)| format!("{c} {n}")).collect();
+    let mut lines = vec![format!("tensor types: {}", list.join(", "))];
+    for (name, reason, names) in why {
+        let shown: Vec<&str> = names.iter().take(3).copied().collect();
+        let more = match names.len() {
+            n if n > 3 => format!(", and {} more", n - 3),
+            _ => String::new(),
+        };
+        lines.push(format!(
+            "  {} {name}: {reason} ({}{more})",
+            names.len(),
+            shown.join(", ")
+        ));
+    }
+    lines
+}
+
+/// Why a tensor of this shape is not of the file type's own tensor type.
+fn wider_reason(shape: &[u64], base: gguf::GgmlType, file_type: &str) -> String {
+    let cols = shape.last().copied().unwrap_or(1);
+    match base.block_size() {
+        _ if shape.len() <= 1 => {
+            "1-D tensors (norms, rope factors) are F32 in every GGUF file".into()
+        }
+        Some(b) if !cols.is_multiple_of(b) => format!(
+            "rows of {cols} values are not whole {} blocks of {b}",
+            base.name()
+        ),
+        _ => format!("llama-quantize's rule for {file_type} gives these more bits"),
+    }
 }
 
 fn report_clamped(clamped: &[(String, u64)]) {
