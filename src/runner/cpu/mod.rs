@@ -13,6 +13,7 @@
 //! Work is split across rayon's threads by blocks of output rows; every output element is summed by
 //! one thread in a fixed order, so results do not depend on the thread count.
 pub mod kernels;
+pub mod qdot;
 pub mod quant;
 
 use anyhow::{bail, Result};

@@ -13,6 +13,7 @@ use candle_core::quantized::k_quants::{
     BlockQ8K, BlockQ8_0, BlockQ8_1,
 };
 use candle_core::quantized::GgmlType as Block;
+use super::qdot;
 use rayon::prelude::*;
 
 /// A block-quantized weight type.
@@ -159,6 +160,7 @@ pub fn dequantize(q: Quant, bytes: &[u8], out: &mut [f32]) {
 /// Activation rows quantized for the weight types of one linear layer.
 pub struct Acts {
     cols: usize,
+    rows: usize,
     q8_0: Vec<BlockQ8_0>,
     q8_1: Vec<BlockQ8_1>,
     q8k: Vec<BlockQ8K>,
@@ -169,6 +171,7 @@ impl Acts {
     pub fn new(x: &[f32], cols: usize, types: impl IntoIterator<Item = Quant>) -> Acts {
         let mut a = Acts {
             cols,
+            rows: x.len() / cols.max(1),
             q8_0: Vec::new(),
             q8_1: Vec::new(),
             q8k: Vec::new(),
@@ -184,6 +187,19 @@ impl Acts {
             a.q8k = quantize_rows(x, cols, q8k_block);
         }
         a
+    }
+
+    /// The rows quantized for weight type `q`, as bytes.
+    pub(super) fn bytes_for(&self, q: Quant) -> &[u8] {
+        fn raw<T>(v: &[T]) -> &[u8] {
+            // SAFETY: the blocks are plain bytes (see `blocks`), read as such.
+            unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+        }
+        match q.act() {
+            ActKind::Q8_0 => raw(&self.q8_0),
+            ActKind::Q8_1 => raw(&self.q8_1),
+            ActKind::Q8K => raw(&self.q8k),
+        }
     }
 
     /// The rows as blocks of `T`, the vec-dot type of some weight type.
@@ -289,8 +305,15 @@ fn q8k_block(x: &[f32], out: &mut [u8]) {
 const ACT_TILE: usize = 16;
 
 /// `res[j * t + i] = w_j · x_i` for the `rn` weight rows in `w` and every activation row of `acts`
-/// (`t` of them).
+/// (`t` of them): our own kernels ([`super::qdot`]) where the type has one, else candle's.
 pub fn dot_block(q: Quant, w: &[u8], rn: usize, acts: &Acts, res: &mut [f32]) {
+    if !qdot::dot_block(q, w, rn, acts.bytes_for(q), acts.rows, res) {
+        candle_dot_block(q, w, rn, acts, res)
+    }
+}
+
+/// [`dot_block`] with candle's `vec_dot`, one call per (weight row, activation row).
+pub(super) fn candle_dot_block(q: Quant, w: &[u8], rn: usize, acts: &Acts, res: &mut [f32]) {
     fn go<T: Block>(w: &[u8], rn: usize, acts: &Acts, res: &mut [f32])
     where
         T::VecDotType: 'static,
