@@ -119,6 +119,19 @@ unsafe fn f16(p: *const u8) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
+/// Asks for the same block `R` rows further on (the next tile's rows, which follow this tile's in
+/// memory): decode streams the weights once, and the hardware prefetcher alone left the loops
+/// waiting on memory.
+#[inline(always)]
+unsafe fn prefetch<const R: usize>(g: &Geom, block: *const u8, bytes: usize) {
+    let ahead = block.wrapping_add(R * g.ws);
+    let mut off = 0;
+    while off < bytes {
+        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(off).cast());
+        off += 64;
+    }
+}
+
 #[inline(always)]
 unsafe fn load(p: *const u8) -> __m256i {
     _mm256_loadu_si256(p.cast())
@@ -150,6 +163,7 @@ unsafe fn q8_0<P: Prim, const T: usize, const R: usize>(g: &Geom) -> [[f32; R]; 
     let mut acc = [[_mm256_setzero_ps(); R]; T];
     for b in 0..g.nb {
         let wp: [*const u8; R] = std::array::from_fn(|r| g.w.add(r * g.ws + b * Q8_0_BYTES));
+        wp.iter().for_each(|&p| prefetch::<R>(g, p, Q8_0_BYTES));
         let wv: [P::W; R] = std::array::from_fn(|r| P::prep_w(load(wp[r].add(2))));
         let dw: [f32; R] = std::array::from_fn(|r| f16(wp[r]));
         for (t, row) in acc.iter_mut().enumerate() {
@@ -193,6 +207,7 @@ unsafe fn q4k<P: Prim, const T: usize, const R: usize>(g: &Geom) -> [[f32; R]; T
         });
         for r in 0..R {
             let wb = g.w.add(r * g.ws + b * Q4K_BYTES);
+            prefetch::<R>(g, wb, Q4K_BYTES);
             let (sc, mn) = super::q4k_scales(&*wb.add(4).cast::<[u8; 12]>());
             let sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
             let mn32 = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(mn as i64));
@@ -244,6 +259,7 @@ unsafe fn q6k<P: Prim, const T: usize, const R: usize>(g: &Geom) -> [[f32; R]; T
         let (xb, dx) = q8k_rows::<T>(g, b);
         for r in 0..R {
             let wb = g.w.add(r * g.ws + b * Q6K_BYTES);
+            prefetch::<R>(g, wb, Q6K_BYTES);
             let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wb.add(192).cast()));
             let mut isum = [_mm256_setzero_si256(); T];
             for n in 0..2 {
