@@ -151,9 +151,17 @@ unsafe fn reduce(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
+/// (Loops, not closures: a closure is compiled without the caller's target features, and the
+/// intrinsics inside it were left as calls.)
 #[inline(always)]
 unsafe fn finish<const T: usize, const R: usize>(acc: [[__m256; R]; T]) -> [[f32; R]; T] {
-    acc.map(|row| row.map(|v| reduce(v)))
+    let mut out = [[0f32; R]; T];
+    for (o, a) in out.iter_mut().zip(&acc) {
+        for (o, a) in o.iter_mut().zip(a) {
+            *o = reduce(*a);
+        }
+    }
+    out
 }
 
 /// Q8_0 x Q8_0: per block, every weight row's quants are prepared once and dotted with each
@@ -164,8 +172,12 @@ unsafe fn q8_0<P: Prim, const T: usize, const R: usize>(g: &Geom) -> [[f32; R]; 
     for b in 0..g.nb {
         let wp: [*const u8; R] = std::array::from_fn(|r| g.w.add(r * g.ws + b * Q8_0_BYTES));
         wp.iter().for_each(|&p| prefetch::<R>(g, p, Q8_0_BYTES));
-        let wv: [P::W; R] = std::array::from_fn(|r| P::prep_w(load(wp[r].add(2))));
-        let dw: [f32; R] = std::array::from_fn(|r| f16(wp[r]));
+        let mut wv = [P::prep_w(_mm256_setzero_si256()); R];
+        let mut dw = [0f32; R];
+        for r in 0..R {
+            wv[r] = P::prep_w(load(wp[r].add(2)));
+            dw[r] = f16(wp[r]);
+        }
         for (t, row) in acc.iter_mut().enumerate() {
             let xp = g.x.add(t * g.xs + b * Q8_0_BYTES);
             let xv = P::prep_x(load(xp.add(2)));
@@ -190,7 +202,7 @@ unsafe fn pick16(lo: usize, hi: usize) -> __m256i {
 #[inline(always)]
 unsafe fn q8k_rows<const T: usize>(g: &Geom, b: usize) -> ([*const u8; T], [f32; T]) {
     let xb: [*const u8; T] = std::array::from_fn(|t| g.x.add(t * g.xs + b * Q8K_BYTES));
-    let dx = std::array::from_fn(|t| xb[t].cast::<f32>().read_unaligned());
+    let dx = xb.map(|p| p.cast::<f32>().read_unaligned());
     (xb, dx)
 }
 
@@ -202,9 +214,10 @@ unsafe fn q4k<P: Prim, const T: usize, const R: usize>(g: &Geom) -> [[f32; R]; T
     let nib = _mm256_set1_epi8(0x0f);
     for b in 0..g.nb {
         let (xb, dx) = q8k_rows::<T>(g, b);
-        let sums: [__m256i; T] = std::array::from_fn(|t| {
-            _mm256_madd_epi16(load(xb[t].add(Q8K_SUMS)), _mm256_set1_epi16(1))
-        });
+        let mut sums = [_mm256_setzero_si256(); T];
+        for (s, x) in sums.iter_mut().zip(xb) {
+            *s = _mm256_madd_epi16(load(x.add(Q8K_SUMS)), _mm256_set1_epi16(1));
+        }
         for r in 0..R {
             let wb = g.w.add(r * g.ws + b * Q4K_BYTES);
             prefetch::<R>(g, wb, Q4K_BYTES);
