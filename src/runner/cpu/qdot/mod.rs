@@ -10,15 +10,21 @@
 //!
 //! Exactness: every block dot is integer arithmetic, exact in any order. What is fixed is the
 //! float part, identical on every path (AVX-512 VNNI, AVX2, portable), so the three agree bit for
-//! bit: an output keeps 8 f32 lanes; lane `l` holds the integer sum over bytes `4l..4l+3` of each
-//! 32-byte group of the block (with the block's integer sub-scales applied), and per block, in
-//! block order, `lane = fma(lane_sum as f32, d_w * d_x, lane)` (Q4_K then adds its mins term,
-//! `fma(mins_l as f32, -(dmin_w * d_x), lane)` with lane `l` = sub-block `l`). The 8 lanes are
-//! then summed as `((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))`. One output is always computed by
-//! one call, so nothing depends on the thread count.
-mod portable;
+//! bit. An output keeps 16 f32 lanes in two halves of 8 (one 512-bit register, or two 256-bit
+//! ones). Each group of 32 weight values goes to one half: Q8_0 block `b` to half `b % 2`, Q4_K
+//! sub-block `k` to half `k % 2`, Q6_K's 32-value chunk `c` of each 128 to half `c % 2`. Lane `l`
+//! of the half takes the integer sum over values `4l..4l+3` of the group (times its integer
+//! sub-block scale for the k-quants). Per block, in block order, each touched lane becomes
+//! `fma(lane_sum as f32, d_w * d_x, lane)` (for the k-quants after summing the whole 256-value
+//! block in integers; Q6_K's `-32 x sums` offset is subtracted in lanes 0-7 of half 0 first, and
+//! Q4_K then adds `fma(m_l * sum_l as f32, -(dmin_w * d_x), lane l)` for its sub-block `l`, l < 8,
+//! to half 0). At the end `h_l = lane_l + lane_{l+8}`, summed as `((h0+h4) + (h2+h6)) + ((h1+h5) +
+//! (h3+h7))`. One output is always computed by one call, so nothing depends on the thread count.
 #[cfg(target_arch = "x86_64")]
-mod x86;
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod portable;
 
 use super::kernels::{self, Isa};
 use super::quant::Quant;
@@ -172,9 +178,9 @@ fn tile(path: Path, kind: Kind, tn: usize, r: usize, g: &Geom, out: &mut [f32], 
     match path {
         // SAFETY: the path was detected at run time; `g` addresses whole rows checked by the caller.
         #[cfg(target_arch = "x86_64")]
-        Path::Vnni => unsafe { x86::tile_vnni(kind, tn, r, g, out, os) },
+        Path::Vnni => unsafe { avx512::tile(kind, tn, r, g, out, os) },
         #[cfg(target_arch = "x86_64")]
-        Path::Avx2 => unsafe { x86::tile_avx2(kind, tn, r, g, out, os) },
+        Path::Avx2 => unsafe { avx2::tile(kind, tn, r, g, out, os) },
         _ => {
             for j in 0..r {
                 for i in 0..tn {
@@ -212,11 +218,22 @@ fn q4k_scales(b: &[u8; 12]) -> (u64, u64) {
     (sc, mn)
 }
 
-/// The fixed reduction of an output's 8 lanes (see the module doc).
+/// The fixed reduction of an output's 16 lanes (see the module doc).
 #[inline(always)]
-fn reduce(l: [f32; 8]) -> f32 {
-    let s: [f32; 4] = std::array::from_fn(|i| l[i] + l[i + 4]);
+fn reduce(l: [f32; 16]) -> f32 {
+    let h: [f32; 8] = std::array::from_fn(|i| l[i] + l[i + 8]);
+    let s: [f32; 4] = std::array::from_fn(|i| h[i] + h[i + 4]);
     (s[0] + s[2]) + (s[1] + s[3])
+}
+
+/// A tile's results (`res[t][r]`) into `out[r * os + t]`.
+#[inline(always)]
+fn store<const T: usize, const R: usize>(res: &[[f32; R]; T], out: &mut [f32], os: usize) {
+    for (t, row) in res.iter().enumerate() {
+        for (j, v) in row.iter().enumerate() {
+            out[j * os + t] = *v;
+        }
+    }
 }
 
 #[cfg(test)]

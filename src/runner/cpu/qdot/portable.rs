@@ -3,7 +3,9 @@
 //! over fixed arrays of 8 so LLVM vectorizes them (SSE2 on x86-64, NEON on aarch64).
 use super::{q4k_scales, reduce, Kind, Q4K_BYTES, Q6K_BYTES, Q8K_BYTES, Q8K_QS, Q8K_SUMS, Q8_0_BYTES};
 
-const LANES: usize = 8;
+/// Lanes of an output, in two halves of 8.
+const LANES: usize = 16;
+const HALF: usize = 8;
 
 fn f16(b: &[u8]) -> f32 {
     half::f16::from_le_bytes([b[0], b[1]]).to_f32()
@@ -17,7 +19,7 @@ pub fn dot(kind: Kind, w: &[u8], x: &[u8], nb: usize) -> f32 {
             Kind::Q8_0 => q8_0_block(
                 &w[b * Q8_0_BYTES..][..Q8_0_BYTES],
                 &x[b * Q8_0_BYTES..][..Q8_0_BYTES],
-                &mut acc,
+                &mut acc[HALF * (b % 2)..][..HALF],
             ),
             Kind::Q4K => q4k_block(
                 &w[b * Q4K_BYTES..][..Q4K_BYTES],
@@ -34,28 +36,28 @@ pub fn dot(kind: Kind, w: &[u8], x: &[u8], nb: usize) -> f32 {
     reduce(acc)
 }
 
-/// `acc[l] = fma(v[l] as f32, scale, acc[l])`.
-fn fold(acc: &mut [f32; LANES], v: &[i32; LANES], scale: f32) {
+/// `acc[l] = fma(v[l] as f32, scale, acc[l])` for the lanes of `v` (all, or half 0).
+fn fold(acc: &mut [f32], v: &[i32], scale: f32) {
     for (a, &s) in acc.iter_mut().zip(v) {
         *a = (s as f32).mul_add(scale, *a);
     }
 }
 
-/// Adds to `lanes` the products of 32 weights and activations, `scale(i)` applied per byte `i`,
-/// lane `l` taking bytes `4l..4l+3`.
+/// Adds to the 8 lanes of `half` the products of 32 weights and activations, `scale(i)` applied
+/// per value `i`, lane `l` taking values `4l..4l+3`.
 #[inline(always)]
-fn group(lanes: &mut [i32; LANES], q: impl Fn(usize) -> i32, x: &[u8], scale: impl Fn(usize) -> i32) {
-    for (l, s) in lanes.iter_mut().enumerate() {
+fn group(half: &mut [i32], q: impl Fn(usize) -> i32, x: &[u8], scale: impl Fn(usize) -> i32) {
+    for (l, s) in half[..HALF].iter_mut().enumerate() {
         for i in 4 * l..4 * l + 4 {
             *s += scale(i) * q(i) * x[i] as i8 as i32;
         }
     }
 }
 
-fn q8_0_block(w: &[u8], x: &[u8], acc: &mut [f32; LANES]) {
-    let mut lanes = [0i32; LANES];
+fn q8_0_block(w: &[u8], x: &[u8], half: &mut [f32]) {
+    let mut lanes = [0i32; HALF];
     group(&mut lanes, |i| w[2 + i] as i8 as i32, &x[2..], |_| 1);
-    fold(acc, &lanes, f16(w) * f16(x));
+    fold(half, &lanes, f16(w) * f16(x));
 }
 
 fn q8k_d(x: &[u8]) -> f32 {
@@ -75,11 +77,11 @@ fn q4k_block(w: &[u8], x: &[u8], acc: &mut [f32; LANES]) {
     for k in 0..8 {
         let sck = (sc >> (8 * k)) as u8 as i32;
         let q = |i: usize| (qs[32 * (k / 2) + i] >> (4 * (k % 2)) & 0x0f) as i32;
-        group(&mut lanes, q, &x[Q8K_QS + 32 * k..], |_| sck);
+        group(&mut lanes[HALF * (k % 2)..], q, &x[Q8K_QS + 32 * k..], |_| sck);
     }
     let dx = q8k_d(x);
     fold(acc, &lanes, f16(w) * dx);
-    let mins: [i32; LANES] = std::array::from_fn(|k| {
+    let mins: [i32; HALF] = std::array::from_fn(|k| {
         ((mn >> (8 * k)) as u8 as i32) * (q8k_sum(x, 2 * k) + q8k_sum(x, 2 * k + 1))
     });
     fold(acc, &mins, -(f16(&w[2..]) * dx));
@@ -100,11 +102,12 @@ fn q6k_block(w: &[u8], x: &[u8], acc: &mut [f32; LANES]) {
                 (lo | hi << 4) as i32
             };
             let first = 8 * n + 2 * c;
-            group(&mut lanes, q, &x[Q8K_QS + 128 * n + 32 * c..], |i| sc(first + i / 16));
+            let x = &x[Q8K_QS + 128 * n + 32 * c..];
+            group(&mut lanes[HALF * (c % 2)..], q, x, |i| sc(first + i / 16));
         }
     }
-    // The -32 offset of every value, by the activation sums of 16.
-    for (l, s) in lanes.iter_mut().enumerate() {
+    // The -32 offset of every value, by the activation sums of 16, in half 0.
+    for (l, s) in lanes[..HALF].iter_mut().enumerate() {
         *s -= 32 * (sc(2 * l) * q8k_sum(x, 2 * l) + sc(2 * l + 1) * q8k_sum(x, 2 * l + 1));
     }
     fold(acc, &lanes, f16(&w[208..]) * q8k_d(x));
