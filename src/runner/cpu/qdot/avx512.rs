@@ -83,11 +83,11 @@ unsafe fn q8_0_quants(p: *const u8, pair: bool) -> __m512i {
     join(load256(p.add(2)), hi)
 }
 
-/// The scales of the Q8_0 block at `p` and of the next one when `pair` (else 0).
+/// The scales of the Q8_0 block at `p` and of the next one when `pair` (else 0), as [d0 x 8, d1 x 8].
 #[inline(always)]
-unsafe fn q8_0_scales(p: *const u8, pair: bool) -> (f32, f32) {
+unsafe fn q8_0_scales(p: *const u8, pair: bool) -> __m512 {
     let hi = if pair { f16(p.add(Q8_0_BYTES)) } else { 0.0 };
-    (f16(p), hi)
+    two(f16(p), hi)
 }
 
 /// Q8_0 x Q8_0, two blocks per step (a last odd block goes to half 0 alone).
@@ -100,7 +100,7 @@ unsafe fn q8_0<const T: usize, const R: usize>(g: &Geom) -> [[f32; R]; T] {
         let pair = b + 1 < g.nb;
         // Lanes of half 1 stay untouched for a lone block.
         let mask: __mmask16 = if pair { 0xffff } else { 0x00ff };
-        let (mut wq, mut neg, mut dw) = ([zero; R], [zero; R], [(0f32, 0f32); R]);
+        let (mut wq, mut neg, mut dw) = ([zero; R], [zero; R], [_mm512_setzero_ps(); R]);
         for r in 0..R {
             let wp = g.w.add(r * g.ws + b * Q8_0_BYTES);
             prefetch::<R>(g, wp, 2 * Q8_0_BYTES);
@@ -113,7 +113,7 @@ unsafe fn q8_0<const T: usize, const R: usize>(g: &Geom) -> [[f32; R]; T] {
             let xu = _mm512_xor_si512(q8_0_quants(xp, pair), bias);
             let dx = q8_0_scales(xp, pair);
             for r in 0..R {
-                let s = two(dw[r].0 * dx.0, dw[r].1 * dx.1);
+                let s = _mm512_mul_ps(dw[r], dx);
                 let i = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(neg[r], xu, wq[r]));
                 row[r] = _mm512_mask3_fmadd_ps(i, s, row[r], mask);
             }
