@@ -49,16 +49,6 @@ unsafe fn join(lo: __m256i, hi: __m256i) -> __m512i {
     _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
 }
 
-/// [a x 8, b x 8].
-#[inline(always)]
-unsafe fn two(a: f32, b: f32) -> __m512 {
-    let lo = _mm512_castps256_ps512(_mm256_set1_ps(a));
-    _mm512_castpd_ps(_mm512_insertf64x4::<1>(
-        _mm512_castps_pd(lo),
-        _mm256_castps_pd(_mm256_set1_ps(b)),
-    ))
-}
-
 #[inline(always)]
 unsafe fn finish<const T: usize, const R: usize>(acc: [[__m512; R]; T]) -> [[f32; R]; T] {
     let mut out = [[0f32; R]; T];
@@ -86,8 +76,11 @@ unsafe fn q8_0_quants(p: *const u8, pair: bool) -> __m512i {
 /// The scales of the Q8_0 block at `p` and of the next one when `pair` (else 0), as [d0 x 8, d1 x 8].
 #[inline(always)]
 unsafe fn q8_0_scales(p: *const u8, pair: bool) -> __m512 {
-    let hi = if pair { f16(p.add(Q8_0_BYTES)) } else { 0.0 };
-    two(f16(p), hi)
+    let bits = |p: *const u8| p.cast::<u16>().read_unaligned() as i16;
+    let hi = if pair { bits(p.add(Q8_0_BYTES)) } else { 0 };
+    let both = _mm_cvtph_ps(_mm_insert_epi16::<1>(_mm_cvtsi32_si128(bits(p) as i32), hi as i32));
+    let idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(both))
 }
 
 /// Q8_0 x Q8_0, two blocks per step (a last odd block goes to half 0 alone).

@@ -238,4 +238,3 @@ fn store<const T: usize, const R: usize>(res: &[[f32; R]; T], out: &mut [f32], o
 
 #[cfg(test)]
 mod tests;
-#[cfg(test)] mod bench_local;
