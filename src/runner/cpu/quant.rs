@@ -8,12 +8,12 @@
 //! dot products pick AVX2+FMA at run time on x86-64 (and NEON on aarch64), with a portable
 //! fallback. Weight rows are read in place from the file's memory map: a block is plain bytes
 //! (`u8`/`i8` arrays and f16 scales, alignment 2), so a row of blocks is a slice view of the map.
+use super::{kernels, qdot};
 use candle_core::quantized::k_quants::{
     BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
     BlockQ8K, BlockQ8_0, BlockQ8_1,
 };
 use candle_core::quantized::GgmlType as Block;
-use super::{kernels, qdot};
 use rayon::prelude::*;
 
 /// A block-quantized weight type.
@@ -441,8 +441,14 @@ mod tests {
             out
         }
         let steps = [
-            (back(&quantize_rows::<BlockQ8_0, _>(&x, 256, q8_0_block)), 32),
-            (back(&quantize_rows::<BlockQ8_1, _>(&x, 256, q8_1_block)), 32),
+            (
+                back(&quantize_rows::<BlockQ8_0, _>(&x, 256, q8_0_block)),
+                32,
+            ),
+            (
+                back(&quantize_rows::<BlockQ8_1, _>(&x, 256, q8_1_block)),
+                32,
+            ),
             (back(&quantize_rows::<BlockQ8K, _>(&x, 256, q8k_block)), 256),
         ];
         for (y, n) in steps {

@@ -100,7 +100,11 @@ unsafe fn q8_0<const T: usize, const R: usize>(g: &Geom) -> [[f32; R]; T] {
     let mut acc = [[[_mm256_setzero_ps(); 2]; R]; T];
     for b in 0..g.nb {
         let wp: [*const u8; R] = std::array::from_fn(|r| g.w.add(r * g.ws + b * Q8_0_BYTES));
-        let (mut wv, mut abs, mut dw) = ([_mm256_setzero_si256(); R], [_mm256_setzero_si256(); R], [0f32; R]);
+        let (mut wv, mut abs, mut dw) = (
+            [_mm256_setzero_si256(); R],
+            [_mm256_setzero_si256(); R],
+            [0f32; R],
+        );
         for r in 0..R {
             prefetch::<R>(g, wp[r], Q8_0_BYTES);
             wv[r] = load(wp[r].add(2));

@@ -78,7 +78,10 @@ unsafe fn q8_0_quants(p: *const u8, pair: bool) -> __m512i {
 unsafe fn q8_0_scales(p: *const u8, pair: bool) -> __m512 {
     let bits = |p: *const u8| p.cast::<u16>().read_unaligned() as i16;
     let hi = if pair { bits(p.add(Q8_0_BYTES)) } else { 0 };
-    let both = _mm_cvtph_ps(_mm_insert_epi16::<1>(_mm_cvtsi32_si128(bits(p) as i32), hi as i32));
+    let both = _mm_cvtph_ps(_mm_insert_epi16::<1>(
+        _mm_cvtsi32_si128(bits(p) as i32),
+        hi as i32,
+    ));
     let idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(both))
 }
@@ -215,7 +218,8 @@ unsafe fn q6k<const T: usize, const R: usize>(g: &Geom) -> [[f32; R]; T] {
                 let offset = _mm256_madd_epi16(load256(xb[t].add(Q8K_SUMS)), sc16);
                 let off = _mm512_castsi256_si512(_mm256_slli_epi32::<5>(offset));
                 let i = _mm512_mask_sub_epi32(isum[t], 0x00ff, isum[t], off);
-                acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_set1_ps(d * dx[t]), acc[t][r]);
+                acc[t][r] =
+                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_set1_ps(d * dx[t]), acc[t][r]);
             }
         }
     }

@@ -1,7 +1,9 @@
 //! The kernels in plain Rust, lane for lane what the SIMD paths compute (see the parent doc), so
 //! they are also the reference the SIMD paths are tested against. The per-lane loops are written
 //! over fixed arrays of 8 so LLVM vectorizes them (SSE2 on x86-64, NEON on aarch64).
-use super::{q4k_scales, reduce, Kind, Q4K_BYTES, Q6K_BYTES, Q8K_BYTES, Q8K_QS, Q8K_SUMS, Q8_0_BYTES};
+use super::{
+    q4k_scales, reduce, Kind, Q4K_BYTES, Q6K_BYTES, Q8K_BYTES, Q8K_QS, Q8K_SUMS, Q8_0_BYTES,
+};
 
 /// Lanes of an output, in two halves of 8.
 const LANES: usize = 16;
@@ -77,7 +79,12 @@ fn q4k_block(w: &[u8], x: &[u8], acc: &mut [f32; LANES]) {
     for k in 0..8 {
         let sck = (sc >> (8 * k)) as u8 as i32;
         let q = |i: usize| (qs[32 * (k / 2) + i] >> (4 * (k % 2)) & 0x0f) as i32;
-        group(&mut lanes[HALF * (k % 2)..], q, &x[Q8K_QS + 32 * k..], |_| sck);
+        group(
+            &mut lanes[HALF * (k % 2)..],
+            q,
+            &x[Q8K_QS + 32 * k..],
+            |_| sck,
+        );
     }
     let dx = q8k_d(x);
     fold(acc, &lanes, f16(w) * dx);

@@ -62,16 +62,33 @@ fn check(q: Quant, w: &[u8], rn: usize, x: &[f32], cols: usize) {
     let mut want = vec![0f32; rn * t];
     quant::candle_dot_block(q, w, rn, &acts, &mut want);
     let mut port = vec![0f32; rn * t];
-    assert!(dot_block_on(Path::Portable, q, w, rn, acts.bytes_for(q), t, &mut port));
+    assert!(dot_block_on(
+        Path::Portable,
+        q,
+        w,
+        rn,
+        acts.bytes_for(q),
+        t,
+        &mut port
+    ));
     for (i, (a, b)) in port.iter().zip(&want).enumerate() {
         let tol = 1e-5 * (1.0 + b.abs()) + 1e-6 * cols as f32;
-        assert!((a - b).abs() <= tol, "{q:?} portable [{i}] {a} vs candle {b}");
+        assert!(
+            (a - b).abs() <= tol,
+            "{q:?} portable [{i}] {a} vs candle {b}"
+        );
     }
     for p in paths() {
         let mut got = vec![f32::NAN; rn * t];
         assert!(dot_block_on(p, q, w, rn, acts.bytes_for(q), t, &mut got));
-        let same = got.iter().zip(&port).all(|(a, b)| a.to_bits() == b.to_bits());
-        assert!(same, "{q:?} {p:?} differs from portable: {got:?} vs {port:?}");
+        let same = got
+            .iter()
+            .zip(&port)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(
+            same,
+            "{q:?} {p:?} differs from portable: {got:?} vs {port:?}"
+        );
     }
 }
 
@@ -81,8 +98,18 @@ fn every_path_matches_portable_and_candle() {
     // height and the decode shape.
     for q in [Quant::Q8_0, Quant::Q4K, Quant::Q6K] {
         // Q8_0 also with an odd block count (the lone last block of the 2-block steps).
-        let odd: &[_] = if q == Quant::Q8_0 { &[(96, 5, 3), (160, 4, 1)] } else { &[] };
-        let shapes = [(256, 1, 1), (512, 6, 1), (512, 9, 5), (768, 4, 8), (256, 5, 3)];
+        let odd: &[_] = if q == Quant::Q8_0 {
+            &[(96, 5, 3), (160, 4, 1)]
+        } else {
+            &[]
+        };
+        let shapes = [
+            (256, 1, 1),
+            (512, 6, 1),
+            (512, 9, 5),
+            (768, 4, 8),
+            (256, 5, 3),
+        ];
         for &(cols, rn, t) in shapes.iter().chain(odd) {
             let x = values(t * cols, 11 + t as u64);
             let w = random_blocks(q, rn, cols, 3 + rn as u64);
