@@ -3,6 +3,8 @@
 //! onto the activation (`|w|`, `sign(x, w)`) and multiplies with `vpmaddubsw` + `vpmaddwd`; the
 //! k-quants' weight quants are unsigned already, so `vpmaddubsw` gives exact 16-bit pair sums (at
 //! most 2 * 63 * 127) and `vpmaddwd` applies the sub-block scales.
+// A tile's loops index several arrays (row pointers, scales, accumulators) by one counter.
+#![allow(clippy::needless_range_loop)]
 use super::{Geom, Kind, Q4K_BYTES, Q6K_BYTES, Q8K_BYTES, Q8K_QS, Q8K_SUMS, Q8_0_BYTES};
 use std::arch::x86_64::*;
 
@@ -127,7 +129,7 @@ unsafe fn q8_0<const T: usize, const R: usize>(g: &Geom) -> [[f32; R]; T] {
 /// high one.
 #[inline(always)]
 unsafe fn pick16(lo: usize, hi: usize) -> __m256i {
-    let p = |k: usize| ((2 * k + 1) << 8 | 2 * k) as i16;
+    let p = |k: usize| (((2 * k + 1) << 8) | (2 * k)) as i16;
     _mm256_setr_m128i(_mm_set1_epi16(p(lo)), _mm_set1_epi16(p(hi)))
 }
 

@@ -6,6 +6,8 @@
 //! per weight block: one `vpdpbusd` per (weight, activation) pair. The k-quants' weight quants are
 //! unsigned: `vpmaddubsw` gives exact 16-bit pair sums (at most 2 * 63 * 127) and `vpdpwssd`
 //! applies the sub-block scales and accumulates.
+// A tile's loops index several arrays (row pointers, scales, accumulators) by one counter.
+#![allow(clippy::needless_range_loop)]
 use super::avx2::{f16, prefetch, q8k_rows, reduce8};
 use super::{Geom, Kind, Q4K_BYTES, Q6K_BYTES, Q8K_QS, Q8K_SUMS, Q8_0_BYTES};
 use std::arch::x86_64::*;

@@ -50,9 +50,9 @@ fn fold(acc: &mut [f32], v: &[i32], scale: f32) {
 #[inline(always)]
 fn group(half: &mut [i32], q: impl Fn(usize) -> i32, x: &[u8], scale: impl Fn(usize) -> i32) {
     for (l, s) in half[..HALF].iter_mut().enumerate() {
-        for i in 4 * l..4 * l + 4 {
-            *s += scale(i) * q(i) * x[i] as i8 as i32;
-        }
+        *s += (4 * l..4 * l + 4)
+            .map(|i| scale(i) * q(i) * x[i] as i8 as i32)
+            .sum::<i32>();
     }
 }
 
