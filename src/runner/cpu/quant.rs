@@ -4,10 +4,11 @@
 //! output element is one integer dot product of a weight row with an activation row, scaled per
 //! block. So results track llama.cpp's rather than those of the dequantized f32 model.
 //!
-//! The block layouts, quantizers and dot products are candle's `k_quants` (ports of ggml's): its
-//! dot products pick AVX2+FMA at run time on x86-64 (and NEON on aarch64), with a portable
-//! fallback. Weight rows are read in place from the file's memory map: a block is plain bytes
-//! (`u8`/`i8` arrays and f16 scales, alignment 2), so a row of blocks is a slice view of the map.
+//! Q8_0, Q4_K and Q6_K weights go through our own tile kernels ([`super::qdot`]); the other types
+//! through candle's `k_quants` (ports of ggml's block layouts, quantizers and dot products, AVX2+FMA
+//! picked at run time on x86-64, NEON on aarch64, a portable fallback). Weight rows are read in
+//! place from the file's memory map: a block is plain bytes (`u8`/`i8` arrays and f16 scales,
+//! alignment 2), so a row of blocks is a slice view of the map.
 use super::{kernels, qdot};
 use candle_core::quantized::k_quants::{
     BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
@@ -96,6 +97,16 @@ impl Quant {
     pub fn row_bytes(self, cols: usize) -> Option<usize> {
         let (n, size) = self.block();
         cols.is_multiple_of(n).then_some(cols / n * size)
+    }
+
+    /// Our own kernel for this type, if there is one ([`qdot`]).
+    fn kernel(self) -> Option<qdot::Kind> {
+        match self {
+            Quant::Q8_0 => Some(qdot::Kind::Q8_0),
+            Quant::Q4K => Some(qdot::Kind::Q4K),
+            Quant::Q6K => Some(qdot::Kind::Q6K),
+            _ => None,
+        }
     }
 
     fn act(self) -> ActKind {
@@ -190,7 +201,7 @@ impl Acts {
     }
 
     /// The rows quantized for weight type `q`, as bytes.
-    pub(super) fn bytes_for(&self, q: Quant) -> &[u8] {
+    fn bytes_for(&self, q: Quant) -> &[u8] {
         fn raw<T>(v: &[T]) -> &[u8] {
             // SAFETY: the blocks are plain bytes (see `blocks`), read as such.
             unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
@@ -338,13 +349,14 @@ const ACT_TILE: usize = 16;
 /// `res[j * t + i] = w_j · x_i` for the `rn` weight rows in `w` and every activation row of `acts`
 /// (`t` of them): our own kernels ([`super::qdot`]) where the type has one, else candle's.
 pub fn dot_block(q: Quant, w: &[u8], rn: usize, acts: &Acts, res: &mut [f32]) {
-    if !qdot::dot_block(q, w, rn, acts.bytes_for(q), acts.rows, res) {
-        candle_dot_block(q, w, rn, acts, res)
+    match q.kernel() {
+        Some(kind) => qdot::dot_block(kind, w, rn, acts.bytes_for(q), acts.rows, res),
+        None => candle_dot_block(q, w, rn, acts, res),
     }
 }
 
 /// [`dot_block`] with candle's `vec_dot`, one call per (weight row, activation row).
-pub(super) fn candle_dot_block(q: Quant, w: &[u8], rn: usize, acts: &Acts, res: &mut [f32]) {
+fn candle_dot_block(q: Quant, w: &[u8], rn: usize, acts: &Acts, res: &mut [f32]) {
     fn go<T: Block>(w: &[u8], rn: usize, acts: &Acts, res: &mut [f32])
     where
         T::VecDotType: 'static,
@@ -384,7 +396,113 @@ pub fn quantize(q: Quant, x: &[f32]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use super::qdot::{dot_block_on, Path};
     use super::*;
+
+    fn rng(seed: u64) -> impl FnMut() -> u64 {
+        let mut s = seed;
+        move || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            s >> 33
+        }
+    }
+
+    /// Random bytes for `rows` rows of `cols` values of `q`, with every f16 scale set to a small value.
+    fn random_blocks(q: Quant, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+        let mut r = rng(seed);
+        let (_, size) = q.block();
+        let mut bytes: Vec<u8> = (0..rows * q.row_bytes(cols).unwrap())
+            .map(|_| r() as u8)
+            .collect();
+        let scale_at: &[usize] = match q {
+            Quant::Q8_0 => &[0],
+            Quant::Q4K => &[0, 2],
+            _ => &[208],
+        };
+        for blk in bytes.chunks_exact_mut(size) {
+            for &at in scale_at {
+                let v = half::f16::from_f32((r() % 1000) as f32 / 50000.0 + 1e-4);
+                blk[at..at + 2].copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        bytes
+    }
+
+    fn paths() -> Vec<Path> {
+        let mut p = vec![Path::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                p.push(Path::Avx2);
+            }
+            if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+                p.push(Path::Vnni);
+            }
+        }
+        p
+    }
+
+    fn check(q: Quant, w: &[u8], rn: usize, x: &[f32], cols: usize) {
+        let t = x.len() / cols;
+        let acts = Acts::new(x, cols, [q]);
+        let mut want = vec![0f32; rn * t];
+        candle_dot_block(q, w, rn, &acts, &mut want);
+        let mut port = vec![0f32; rn * t];
+        let kind = q.kernel().unwrap();
+        dot_block_on(Path::Portable, kind, w, rn, acts.bytes_for(q), t, &mut port);
+        for (i, (a, b)) in port.iter().zip(&want).enumerate() {
+            let tol = 1e-5 * (1.0 + b.abs()) + 1e-6 * cols as f32;
+            assert!(
+                (a - b).abs() <= tol,
+                "{q:?} portable [{i}] {a} vs candle {b}"
+            );
+        }
+        for p in paths() {
+            let mut got = vec![f32::NAN; rn * t];
+            dot_block_on(p, kind, w, rn, acts.bytes_for(q), t, &mut got);
+            let same = got
+                .iter()
+                .zip(&port)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{q:?} {p:?} differs from portable: {got:?} vs {port:?}"
+            );
+        }
+    }
+
+    #[test]
+    /// Our kernels ([`qdot`]) on every path against the portable one (bit for bit) and against
+    /// candle's `vec_dot` (up to float summation order), on random blocks: quantized values and raw
+    /// random bytes (every bit pattern of the quants, negative and 6-bit scales) with sane scales.
+    fn qdot_paths_match_portable_and_candle() {
+        // Row counts that take the 4-row tiles and the single-row tail; token counts for every tile
+        // height and the decode shape.
+        for q in [Quant::Q8_0, Quant::Q4K, Quant::Q6K] {
+            // Q8_0 also with an odd block count (the lone last block of the 2-block steps).
+            let odd: &[_] = if q == Quant::Q8_0 {
+                &[(96, 5, 3), (160, 4, 1)]
+            } else {
+                &[]
+            };
+            let shapes = [
+                (256, 1, 1),
+                (512, 6, 1),
+                (512, 9, 5),
+                (768, 4, 8),
+                (256, 5, 3),
+            ];
+            for &(cols, rn, t) in shapes.iter().chain(odd) {
+                let x = values(t * cols, 11 + t as u64);
+                let w = random_blocks(q, rn, cols, 3 + rn as u64);
+                check(q, &w, rn, &x, cols);
+                let w = quantize(q, &values(rn * cols, 5));
+                check(q, &w, rn, &x, cols);
+            }
+        }
+    }
 
     fn values(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed;

@@ -27,7 +27,6 @@ mod avx512;
 mod portable;
 
 use super::kernels::{self, Isa};
-use super::quant::Quant;
 use std::sync::OnceLock;
 
 /// A weight type with a kernel here, and the activation block it is dotted with.
@@ -42,15 +41,6 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub fn of(q: Quant) -> Option<Kind> {
-        match q {
-            Quant::Q8_0 => Some(Kind::Q8_0),
-            Quant::Q4K => Some(Kind::Q4K),
-            Quant::Q6K => Some(Kind::Q6K),
-            _ => None,
-        }
-    }
-
     /// Bytes of one weight block and of one activation block.
     fn sizes(self) -> (usize, usize) {
         match self {
@@ -120,26 +110,24 @@ pub struct Geom {
     nb: usize,
 }
 
-/// `res[j * t + i] = w_j · x_i` for the `rn` weight rows in `w` (blocks of `q`) and the `t`
-/// activation rows in `x` (the blocks `q` pairs with). False when `q` has no kernel here.
-pub fn dot_block(q: Quant, w: &[u8], rn: usize, x: &[u8], t: usize, res: &mut [f32]) -> bool {
-    dot_block_on(path(), q, w, rn, x, t, res)
+/// `res[j * t + i] = w_j · x_i` for the `rn` weight rows in `w` (blocks of `kind`) and the `t`
+/// activation rows in `x` (the blocks `kind` pairs with).
+pub fn dot_block(kind: Kind, w: &[u8], rn: usize, x: &[u8], t: usize, res: &mut [f32]) {
+    dot_block_on(path(), kind, w, rn, x, t, res)
 }
 
-fn dot_block_on(
+/// [`dot_block`] on a given path (tests compare the paths).
+pub fn dot_block_on(
     path: Path,
-    q: Quant,
+    kind: Kind,
     w: &[u8],
     rn: usize,
     x: &[u8],
     t: usize,
     res: &mut [f32],
-) -> bool {
-    let Some(kind) = Kind::of(q) else {
-        return false;
-    };
+) {
     if rn == 0 || t == 0 {
-        return true;
+        return;
     }
     let (wb, xb) = kind.sizes();
     let (ws, xs) = (w.len() / rn, x.len() / t);
@@ -169,7 +157,6 @@ fn dot_block_on(
         }
         r0 += r;
     }
-    true
 }
 
 /// One tile: `out[r * os + i]` for its `r` weight rows and `tn` activation rows.
