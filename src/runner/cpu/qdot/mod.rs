@@ -1,7 +1,7 @@
 //! Our own integer dot-product kernels for the block types that carry nearly all the bytes of the
 //! usual quantized checkpoints: Q8_0 (against Q8_0 activations), Q4_K and Q6_K (against Q8_K
 //! activations; a Q4_K_M file is Q4_K plus Q6_K). The other types go through candle's `vec_dot`
-//! (see `super::quant`).
+//! (see the `quant` module beside this one).
 //!
 //! One kernel shape serves decode and prefill: a tile of up to `T` activation rows by `R` weight
 //! rows. Each weight block is read from the memory map and unpacked into registers once, then
