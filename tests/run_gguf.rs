@@ -382,3 +382,42 @@ fn quantized_files_from_llama_quantize_give_llama_cpp_tokens() {
         "{whole} of {total} continuations equal llama.cpp's"
     );
 }
+
+/// The quantized kernels' float order is fixed and the same on every instruction set (see
+/// `runner::cpu::qdot`), and each output is summed by one thread: a Q4_K_M file (Q4_K and Q6_K
+/// matrices; prompts long enough for full prefill tiles) gives the same tokens and log-probs bit
+/// for bit on AVX-512, AVX2 and the portable path, with 1 thread and 2.
+#[test]
+fn quantized_results_do_not_depend_on_isa_or_threads() {
+    let file = root().join("testdata/gguf/run/tiny-q4_k_m.gguf");
+    let run = |isa: &str, threads: &str| -> Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_llamactl"))
+            .args([
+                "run",
+                "--ckpt-dir",
+                file.to_str().unwrap(),
+                "--temperature",
+                "0",
+            ])
+            .args([
+                "--max-gen-len",
+                "6",
+                "--json",
+                "--logprobs",
+                "--threads",
+                threads,
+            ])
+            .args(["--prompt", "Once upon a time there was a little fox who"])
+            .args(["--prompt", "The capital of France"])
+            .env("LLAMACTL_CPU_ISA", isa)
+            .current_dir(root())
+            .output()
+            .expect("run llamactl");
+        let v: Value = serde_json::from_str(&ok(&out)).unwrap();
+        v["results"].clone()
+    };
+    let want = run("native", "1");
+    for (isa, threads) in [("native", "2"), ("avx2", "1"), ("portable", "2")] {
+        assert_eq!(run(isa, threads), want, "{isa} with {threads} threads");
+    }
+}

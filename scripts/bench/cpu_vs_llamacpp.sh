@@ -108,7 +108,7 @@ for r in $(seq "$ROUNDS"); do
   done
 done
 
-weights=$(du -b "$META/consolidated.00.pth" | cut -f1)
+weights=$(du -bL "$META/consolidated.00.pth" | cut -f1)
 echo
 echo "1B-shaped bf16 checkpoint ($((weights / 1048576)) MiB), $ROUNDS interleaved rounds, medians; $(nproc) cores"
 printf '%-8s %-26s %10s %10s %12s %12s\n' threads run prefill/s decode/s "RssAnon MiB" "RssFile MiB"
@@ -171,7 +171,7 @@ ts = sorted(d["tensors"], key=lambda t: t["offset"])
 ends = [t["offset"] for t in ts[1:]] + [d["total_bytes"]]
 embd = [e - t["offset"] for t, e in zip(ts, ends) if t["name"] == "token_embd.weight"][0]
 print(d["total_bytes"] - embd)')
-    size=$(du -b "$f" | cut -f1)
+    size=$(du -bL "$f" | cut -f1)
     for who in ours theirs; do
       pf=$(awk -v w=$who-$q -v t=$t '$1==w && $2==t {print $3}' "$W/results" | median)
       dc=$(awk -v w=$who-$q -v t=$t '$1==w && $2==t {print $4}' "$W/results" | median)

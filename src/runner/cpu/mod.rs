@@ -8,11 +8,13 @@
 //! - prefill (many rows): blocks of weight rows are widened to f32 in a per-thread buffer and
 //!   multiplied with the `gemm` crate's kernels, which run near the FMA limit;
 //! - block-quantized weights ([`quant`]): activations are quantized once per call and every output
-//!   is an integer dot product of blocks, for decode and prefill alike (as ggml does).
+//!   is an integer dot product of blocks, for decode and prefill alike (as ggml does); [`qdot`] holds
+//!   our own tile kernels for Q8_0, Q4_K and Q6_K, candle's `vec_dot` serves the other types.
 //!
 //! Work is split across rayon's threads by blocks of output rows; every output element is summed by
 //! one thread in a fixed order, so results do not depend on the thread count.
 pub mod kernels;
+pub mod qdot;
 pub mod quant;
 
 use anyhow::{bail, Result};
