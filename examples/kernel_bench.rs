@@ -31,7 +31,13 @@ fn main() {
         .flat_map(|_| half::bf16::from_f32(next()).to_le_bytes())
         .collect();
     let x: Vec<f32> = (0..t * cols).map(|_| next()).collect();
-    let m = Matrix::new(kernels::WeightType::Bf16, rows, cols, Bytes::Owned(w.into())).unwrap();
+    let m = Matrix::new(
+        kernels::WeightType::Bf16,
+        rows,
+        cols,
+        Bytes::Owned(w.into()),
+    )
+    .unwrap();
     let lin = Linear::new(vec![m]).unwrap();
     let mut out = vec![0f32; t * rows];
     let pool = rayon::ThreadPoolBuilder::new()
@@ -50,5 +56,7 @@ fn main() {
     let isa = kernels::isa().name();
     let gflops = 2.0 * (t * rows * cols) as f64 / best / 1e9;
     let gbs = (2 * rows * cols) as f64 / best / 1e9;
-    println!("{isa} t={t} {rows}x{cols}: {best:.4} s CPU, {gflops:.1} GFLOP/s, {gbs:.1} GB/s of weights");
+    println!(
+        "{isa} t={t} {rows}x{cols}: {best:.4} s CPU, {gflops:.1} GFLOP/s, {gbs:.1} GB/s of weights"
+    );
 }

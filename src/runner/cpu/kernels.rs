@@ -176,7 +176,10 @@ unsafe fn tile_on(
 ) {
     let k = x.len() / tn;
     let (mt, mr) = shape_on(isa);
-    assert!(w.len() == rn * k * wt.size() && tn <= mt && rn <= mr, "tile: bad operands");
+    assert!(
+        w.len() == rn * k * wt.size() && tn <= mt && rn <= mr,
+        "tile: bad operands"
+    );
     let (wp, xp) = (w.as_ptr(), x.as_ptr());
     macro_rules! go {
         ($m:ident::$f:ident; $($t:literal, $r:literal);*) => {
@@ -311,7 +314,9 @@ mod portable {
         }
         for (t, a) in acc.iter().enumerate() {
             for (r, v) in a.iter().enumerate() {
-                let tail: f32 = (full..k).map(|j| elem(wt, w, r * k + j) * x[t * k + j]).sum();
+                let tail: f32 = (full..k)
+                    .map(|j| elem(wt, w, r * k + j) * x[t * k + j])
+                    .sum();
                 *out.add(t * out_stride + r) = v.iter().sum::<f32>() + tail;
             }
         }
