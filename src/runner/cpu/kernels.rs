@@ -1,6 +1,7 @@
-//! The two inner loops of CPU inference, for weights stored as bf16, f16 or f32 against f32
-//! activations: the dot product of one weight row with a few activation rows (decode), and the
-//! widening of weight rows to f32 (the packing step of prefill's matrix-matrix product).
+//! The inner loops of CPU inference, for weights stored as bf16, f16 or f32 against f32 activations:
+//! the dot product of one weight row with a few activation rows (decode), the prefill tile (a few
+//! weight rows x a few activation rows, each weight vector widened once in registers and used for
+//! every activation row), and the widening of weight rows to f32 (embedding lookups, `--dtype f32`).
 //!
 //! Weights are read as raw little-endian bytes with unaligned loads, so rows can sit at any offset
 //! of a memory-mapped file. Products and sums are f32: bf16 -> f32 is exact, f16 -> f32 is exact, so
