@@ -214,9 +214,11 @@ for t in $THREADS; do
   printf '%-8s RssAnon of the Meta dir run: %.1f%% of the weights (target <= 25%%)\n' "$t" \
     "$(echo "$(col "meta-$I0-$P0" "$t" 5) * 1024 * 100 / $weights" | bc -l)"
 done
-echo
-echo "GGUF files quantized by llama-quantize from the bf16 GGUF; decode GB/s = weight bytes read per token x tok/s"
-printf '%-8s %-24s %10s %10s %10s %12s\n' threads run prefill/s decode/s "GB/s" "RssAnon MiB"
+if [ -n "$GGUF_TYPES" ]; then
+  echo
+  echo "GGUF files quantized by llama-quantize from the bf16 GGUF; decode GB/s = weight bytes read per token x tok/s"
+  printf '%-8s %-24s %10s %10s %10s %12s\n' threads run prefill/s decode/s "GB/s" "RssAnon MiB"
+fi
 for t in $THREADS; do
   bw=${BW[$t]}
   for q in $GGUF_TYPES; do
