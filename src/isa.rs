@@ -41,7 +41,9 @@ pub fn isa() -> Isa {
     })
 }
 
-fn detect() -> Isa {
+/// The best instruction set this CPU has, ignoring `LLAMACTL_CPU_ISA` (tests use it to know
+/// which paths they can run).
+pub fn detect() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx512f") {

@@ -792,3 +792,69 @@ fn check_uses_the_given_prompts_and_refuses_chat() {
         assert!(err.contains(says), "{err}");
     }
 }
+
+/// Each kernel path this CPU can run (`LLAMACTL_CPU_ISA`) gives the golden greedy tokens, the same
+/// tokens as every other path on a prompt long enough for the prefill tiles, and bit-identical
+/// logprobs at 1 and 2 threads (every output element is summed by one thread in a fixed order).
+#[test]
+fn every_kernel_path_gives_the_same_tokens_at_any_thread_count() {
+    let g = read_json("testdata/run/meta_golden.json");
+    let results = g["results"].as_array().unwrap();
+    let long = "the quick brown fox jumps over a lazy dog while ".repeat(4);
+    let mut prompts: Vec<&str> = results
+        .iter()
+        .map(|r| r["prompt"].as_str().unwrap())
+        .collect();
+    prompts.push(&long);
+    let run = |isa: &str, threads: &str| -> Value {
+        let mut args = vec![
+            "run",
+            "--ckpt-dir",
+            "testdata/tiny-mp1",
+            "--temperature",
+            "0",
+            "--max-gen-len",
+            "16",
+            "--max-batch-size",
+            "6",
+            "--max-seq-len",
+            "128",
+            "--threads",
+            threads,
+            "--logprobs",
+            "--json",
+        ];
+        for p in &prompts {
+            args.push("--prompt");
+            args.push(p);
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_llamactl"))
+            .args(&args)
+            .env("LLAMACTL_CPU_ISA", isa)
+            .current_dir(root())
+            .output()
+            .expect("run llamactl");
+        ok_json(&out)
+    };
+    let mut first: Option<(String, Vec<Vec<u64>>)> = None;
+    for isa in ["native", "avx2", "portable"] {
+        let one = run(isa, "1");
+        let two = run(isa, "2");
+        let kernels = one["stats"]["kernels"].as_str().unwrap().to_string();
+        assert_eq!(one["results"], two["results"], "{kernels}: 1 vs 2 threads");
+        let tokens: Vec<Vec<u64>> = one["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| ids(&r["tokens"]))
+            .collect();
+        for (want, got) in results.iter().zip(&tokens) {
+            let want = ids(&want["tokens"]);
+            assert_eq!(got[..], want[..got.len()], "{kernels}: golden tokens");
+        }
+        match &first {
+            None => first = Some((kernels, tokens)),
+            Some((k0, t0)) => assert_eq!(&tokens, t0, "{kernels} vs {k0}"),
+        }
+    }
+}

@@ -6,8 +6,15 @@
 # ffn_dim_multiplier 1.5, multiple_of 256, vocab 128256, untied output), written by
 # `examples/bench_checkpoint.rs` as a Meta MP 1 dir, converted by `llamactl convert --to hf`, and by
 # llama.cpp's own `convert_hf_to_gguf.py` to a bf16 GGUF. Workloads as `llama-bench -p 64 -n 32`: a
-# 64-token prompt (prefill tok/s) and 32 generated tokens (decode tok/s); llamactl ignores stop tokens so
-# it always decodes 32.
+# 64-token and a 512-token prompt (prefill tok/s; `-p 64 -n 32` and `-p 512 -n 32`) and 32 generated
+# tokens (decode tok/s); llamactl ignores stop tokens so it always decodes 32.
+#
+# Kernel paths: the bf16 runs repeat for every instruction set this CPU can run (`LLAMACTL_CPU_ISA`:
+# avx512, avx2, portable), each against llama.cpp built for that same instruction set: the native build
+# (`$LLAMA_CPP/build`) for the best one, and `$LLAMA_CPP/build-avx2` (configured with GGML_NATIVE=OFF,
+# GGML_AVX2/FMA/F16C=ON, GGML_AVX512=OFF; see docs/DESIGN.md) for AVX2 on an AVX-512 machine. The
+# portable path has no llama.cpp counterpart here (its row shows llamactl alone) unless
+# LLAMA_CPP_PORTABLE names a build dir of llama.cpp without AVX.
 #
 # Memory: llamactl's peak RssAnon (process memory) and RssFile (mapped checkpoint pages), sampled from
 # /proc every 20 ms, for the Meta MP 1 dir and the HF dir.
@@ -20,13 +27,30 @@
 #   LLAMA_CPP=/path/to/llama.cpp  (source tree, with build/bin/llama-bench; see docs/DESIGN.md)
 #   PYTHON=/path/to/python        (with numpy, torch, safetensors, sentencepiece for the converter)
 #   scripts/bench/cpu_vs_llamacpp.sh [WORK_DIR]
-# Env: ROUNDS (default 3), THREADS (default "1 <nproc>"), KEEP=1 keeps WORK_DIR's model files.
+# Env: ROUNDS (default 3), THREADS (default "1 <nproc>"), PROMPTS (default "64 512"), ISAS (default:
+# every path this CPU has), GGUF_TYPES (default "Q8_0 Q4_K_M"; "" skips them), KEEP=1 keeps WORK_DIR's
+# model files.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 LLAMA_CPP=${LLAMA_CPP:?set LLAMA_CPP to a llama.cpp source tree with build/bin/llama-bench}
 PY=${PYTHON:-python3}
 ROUNDS=${ROUNDS:-3}
 THREADS=${THREADS:-"1 $(nproc)"}
+PROMPTS=${PROMPTS:-"64 512"}
+flags=$(grep -m1 '^flags' /proc/cpuinfo)
+has() { [[ " $flags " == *" $1 "* ]]; }
+if has avx512f; then BEST=avx512; elif has avx2 && has fma && has f16c; then BEST=avx2; else BEST=portable; fi
+case $BEST in
+  avx512) ISAS=${ISAS:-"avx512 avx2 portable"} ;;
+  avx2) ISAS=${ISAS:-"avx2 portable"} ;;
+  *) ISAS=${ISAS:-"portable"} ;;
+esac
+# The llama.cpp build for each path (empty: none).
+llama_build() {
+  if [ "$1" = "$BEST" ]; then echo "$LLAMA_CPP/build"
+  elif [ "$1" = avx2 ]; then echo "${LLAMA_CPP_AVX2:-$LLAMA_CPP/build-avx2}"
+  else echo "${LLAMA_CPP_PORTABLE:-}"; fi
+}
 W=${1:-/tmp/llamactl-cpu-bench}
 mkdir -p "$W"
 T=${CARGO_TARGET_DIR:-$PWD/target}
@@ -44,14 +68,21 @@ fi
 [ -f "$GGUF" ] || PYTHONPATH="$LLAMA_CPP/gguf-py" "$PY" "$LLAMA_CPP/convert_hf_to_gguf.py" "$HF" \
   --outtype bf16 --outfile "$GGUF" >&2
 
-# A prompt of exactly 64 tokens (with <|begin_of_text|>): words are added until the count is reached.
-PROMPT=""
-for w in $(yes "the quick brown fox jumps over a lazy dog while" | head -n 40 | tr '\n' ' '); do
-  PROMPT="$PROMPT $w"
-  n=$("$BIN" tokenize --model "$META" --bos --json "$PROMPT" | grep -o '"count": *[0-9]*' | grep -o '[0-9]*$')
-  [ "$n" -ge 64 ] && break
-done
-[ "$n" -eq 64 ] || { echo "could not build a 64-token prompt (got $n)" >&2; exit 1; }
+# Prompts of exactly N tokens (with <|begin_of_text|>): words are added until the count is reached.
+prompt_of() {
+  local p="" n=0 w
+  for w in $(yes "the quick brown fox jumps over a lazy dog while" | head -n $(($1 / 5 + 8)) | tr '\n' ' '); do
+    p="$p $w"
+    n=$("$BIN" tokenize --model "$META" --bos --json "$p" | grep -o '"count": *[0-9]*' | grep -o '[0-9]*$')
+    [ "$n" -ge "$1" ] && break
+  done
+  [ "$n" -eq "$1" ] || { echo "could not build a $1-token prompt (got $n)" >&2; exit 1; }
+  echo "$p"
+}
+declare -A PROMPT
+for p in $PROMPTS; do PROMPT[$p]=$(prompt_of "$p"); done
+P0=${PROMPTS%% *} # the HF-dir, memory and GGUF rows: the first prompt size and the first path
+I0=${ISAS%% *}
 
 # Run a command, sampling its peak RssAnon / RssFile (kB) into $W/mem.
 source scripts/bench/peak_rss.sh
@@ -62,17 +93,20 @@ sampled() {
   wait "$pid" || { cat "$W/err.log" >&2; return 1; }
 }
 
-ours() { # DIR THREADS -> "prefill decode anon_kB file_kB"
-  sampled "$BIN" run --ckpt-dir "$1" --threads "$2" --prompt "$PROMPT" --max-gen-len 32 --max-batch-size 1 \
-    --max-seq-len 128 --temperature 0 --ignore-eos --json
+ours() { # DIR THREADS [ISA] [PROMPT_TOKENS] -> "prefill decode anon_kB file_kB"
+  local isa=${3:-$BEST} p=${4:-64}
+  LLAMACTL_CPU_ISA=$isa sampled "$BIN" run --ckpt-dir "$1" --threads "$2" --prompt "${PROMPT[$p]}" \
+    --max-gen-len 32 --max-batch-size 1 --max-seq-len $((p + 64)) --temperature 0 --ignore-eos --json
+  grep -q "\"kernels\": *\"$isa\"" "$W/out.json" || { echo "LLAMACTL_CPU_ISA=$isa did not run $isa kernels" >&2; exit 1; }
   local pf dc
   pf=$(grep -o '"prefill_tokens_per_s": *[0-9.]*' "$W/out.json" | grep -o '[0-9.]*$')
   dc=$(grep -o '"decode_tokens_per_s": *[0-9.]*' "$W/out.json" | grep -o '[0-9.]*$')
   echo "$pf $dc $(cat "$W/mem")"
 }
 
-theirs() { # THREADS -> "prefill decode"
-  "$LLAMA_CPP/build/bin/llama-bench" -m "${2:-$GGUF}" -t "$1" -p 64 -n 32 -r 1 -o json > "$W/lb.json" 2>/dev/null
+theirs() { # THREADS [FILE] [BUILD] [PROMPT_TOKENS] -> "prefill decode"
+  local build=${3:-$LLAMA_CPP/build}
+  "$build/bin/llama-bench" -m "${2:-$GGUF}" -t "$1" -p "${4:-64}" -n 32 -r 1 -o json > "$W/lb.json" 2>/dev/null
   "$PY" - "$W/lb.json" <<'PY'
 import json, sys
 rows = json.load(open(sys.argv[1]))
@@ -82,7 +116,7 @@ print(f"{pp:.2f} {tg:.2f}")
 PY
 }
 
-GGUF_TYPES=${GGUF_TYPES:-"Q8_0 Q4_K_M"}
+GGUF_TYPES=${GGUF_TYPES-"Q8_0 Q4_K_M"}
 for q in $GGUF_TYPES; do
   [ -f "$W/1b-$q.gguf" ] || "$LLAMA_CPP/build/bin/llama-quantize" "$GGUF" "$W/1b-$q.gguf" "$q" > /dev/null 2>&1
 done
@@ -92,47 +126,30 @@ median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a
 : > "$W/results"
 for r in $(seq "$ROUNDS"); do
   for t in $THREADS; do
-    echo "round $r, $t thread(s)" >&2
-    read -r pf dc anon file <<<"$(ours "$META" "$t")"
-    echo "meta $t $pf $dc $anon $file" >> "$W/results"
-    read -r lpf ldc <<<"$(theirs "$t")"
-    echo "llamacpp $t $lpf $ldc" >> "$W/results"
-    read -r pf dc anon file <<<"$(ours "$HF" "$t")"
+    for isa in $ISAS; do
+      for p in $PROMPTS; do
+        echo "round $r, $t thread(s), $isa, $p-token prompt" >&2
+        read -r pf dc anon file <<<"$(ours "$META" "$t" "$isa" "$p")"
+        echo "meta-$isa-$p $t $pf $dc $anon $file" >> "$W/results"
+        lb=$(llama_build "$isa")
+        if [ -n "$lb" ]; then
+          read -r lpf ldc <<<"$(theirs "$t" "$GGUF" "$lb" "$p")"
+          echo "llamacpp-$isa-$p $t $lpf $ldc" >> "$W/results"
+        fi
+      done
+    done
+    read -r pf dc anon file <<<"$(ours "$HF" "$t" "$I0" "$P0")"
     echo "hf $t $pf $dc $anon $file" >> "$W/results"
     for q in $GGUF_TYPES; do
-      read -r pf dc anon file <<<"$(ours "$W/1b-$q.gguf" "$t")"
+      read -r pf dc anon file <<<"$(ours "$W/1b-$q.gguf" "$t" "$BEST" "$P0")"
       echo "ours-$q $t $pf $dc $anon $file" >> "$W/results"
-      read -r lpf ldc <<<"$(theirs "$t" "$W/1b-$q.gguf")"
+      read -r lpf ldc <<<"$(theirs "$t" "$W/1b-$q.gguf" "" "$P0")"
       echo "theirs-$q $t $lpf $ldc" >> "$W/results"
     done
   done
 done
-
-weights=$(du -bL "$META/consolidated.00.pth" | cut -f1)
-echo
-echo "1B-shaped bf16 checkpoint ($((weights / 1048576)) MiB), $ROUNDS interleaved rounds, medians; $(nproc) cores"
-printf '%-8s %-26s %10s %10s %12s %12s\n' threads run prefill/s decode/s "RssAnon MiB" "RssFile MiB"
-for t in $THREADS; do
-  for who in meta hf llamacpp; do
-    pf=$(awk -v w=$who -v t=$t '$1==w && $2==t {print $3}' "$W/results" | median)
-    dc=$(awk -v w=$who -v t=$t '$1==w && $2==t {print $4}' "$W/results" | median)
-    if [ $who = llamacpp ]; then
-      printf '%-8s %-26s %10.1f %10.1f\n' "$t" "llama.cpp bf16 GGUF" "$pf" "$dc"
-    else
-      an=$(awk -v w=$who -v t=$t '$1==w && $2==t {print $5}' "$W/results" | median)
-      fi=$(awk -v w=$who -v t=$t '$1==w && $2==t {print $6}' "$W/results" | median)
-      printf '%-8s %-26s %10.1f %10.1f %12.0f %12.0f\n' "$t" "llamactl ($who dir)" "$pf" "$dc" \
-        "$(echo "$an / 1024" | bc -l)" "$(echo "$fi / 1024" | bc -l)"
-    fi
-  done
-  mp=$(awk -v t=$t '$1=="meta" && $2==t {print $3}' "$W/results" | median)
-  md=$(awk -v t=$t '$1=="meta" && $2==t {print $4}' "$W/results" | median)
-  lp=$(awk -v t=$t '$1=="llamacpp" && $2==t {print $3}' "$W/results" | median)
-  ld=$(awk -v t=$t '$1=="llamacpp" && $2==t {print $4}' "$W/results" | median)
-  an=$(awk -v t=$t '$1=="meta" && $2==t {print $5}' "$W/results" | median)
-  printf '%-8s ratios (Meta dir / llama.cpp): prefill %.2fx (target >= 0.8), decode %.2fx (target >= 1.0); RssAnon %.1f%% of weights (target <= 25%%)\n' \
-    "$t" "$(echo "$mp / $lp" | bc -l)" "$(echo "$md / $ld" | bc -l)" "$(echo "$an * 1024 * 100 / $weights" | bc -l)"
-done
+col() { awk -v w="$1" -v t="$2" -v c="$3" '$1==w && $2==t {print $c}' "$W/results" | median; }
+mib() { echo "$1 / 1024" | bc -l; }
 
 # Read bandwidth: each thread sums its share of a 1 GiB array, best of 5 passes.
 cat > "$W/bw.c" <<'C'
@@ -156,11 +173,54 @@ int main(int argc, char **argv) {
 }
 C
 cc -O3 -march=native -fopenmp "$W/bw.c" -o "$W/bw"
+declare -A BW
+for t in $THREADS; do BW[$t]=$("$W/bw" "$t"); done
+
+# bf16: bytes one token reads = every matrix once, the embedding table only one row.
+weights=$(du -bL "$META/consolidated.00.pth" | cut -f1)
+read -r dim vocab <<<"$("$PY" -c 'import json,sys; p=json.load(open(sys.argv[1])); print(p["dim"], p["vocab_size"])' "$META/params.json")"
+per_token=$((weights - 2 * dim * vocab))
 echo
-echo "GGUF files quantized by llama-quantize from the bf16 GGUF; decode GB/s = weight bytes read per token x tok/s"
-printf '%-8s %-24s %10s %10s %10s %12s\n' threads run prefill/s decode/s "GB/s" "RssAnon MiB"
+echo "1B-shaped bf16 checkpoint ($((weights / 1048576)) MiB, $((per_token / 1048576)) MiB read per token), $ROUNDS interleaved rounds, medians; $(nproc) cores"
+echo "each kernel path against llama.cpp built for the same instruction set; decode GB/s = bytes per token x tok/s"
+printf '%-7s %-9s %6s %12s %12s %12s %12s %9s %9s %13s\n' threads kernels prompt "prefill/s" "decode/s" \
+  "llama.cpp pf" "llama.cpp dc" "prefill x" "decode x" "decode GB/s"
 for t in $THREADS; do
-  bw=$("$W/bw" "$t")
+  for isa in $ISAS; do
+    for p in $PROMPTS; do
+      pf=$(col "meta-$isa-$p" "$t" 3)
+      dc=$(col "meta-$isa-$p" "$t" 4)
+      gbs=$(echo "$per_token * $dc / 1000000000" | bc -l)
+      if grep -q "^llamacpp-$isa-$p " "$W/results"; then
+        lp=$(col "llamacpp-$isa-$p" "$t" 3)
+        ld=$(col "llamacpp-$isa-$p" "$t" 4)
+        printf '%-7s %-9s %6s %12.1f %12.2f %12.1f %12.2f %8.2fx %8.2fx %6.1f of %4.1f\n' "$t" "$isa" "$p" "$pf" "$dc" \
+          "$lp" "$ld" "$(echo "$pf / $lp" | bc -l)" "$(echo "$dc / $ld" | bc -l)" "$gbs" "${BW[$t]}"
+      else
+        printf '%-7s %-9s %6s %12.1f %12.2f %12s %12s %9s %9s %6.1f of %4.1f\n' "$t" "$isa" "$p" "$pf" "$dc" - - - - \
+          "$gbs" "${BW[$t]}"
+      fi
+    done
+  done
+done
+echo "(targets: prefill and decode >= 1.0x of llama.cpp on every path; read bandwidth from a 1 GiB array)"
+echo
+printf '%-8s %-26s %10s %10s %12s %12s\n' threads run prefill/s decode/s "RssAnon MiB" "RssFile MiB"
+for t in $THREADS; do
+  for who in "meta-$I0-$P0" hf; do
+    printf '%-8s %-26s %10.1f %10.2f %12.0f %12.0f\n' "$t" "llamactl (${who%%-*} dir)" "$(col "$who" "$t" 3)" \
+      "$(col "$who" "$t" 4)" "$(mib "$(col "$who" "$t" 5)")" "$(mib "$(col "$who" "$t" 6)")"
+  done
+  printf '%-8s RssAnon of the Meta dir run: %.1f%% of the weights (target <= 25%%)\n' "$t" \
+    "$(echo "$(col "meta-$I0-$P0" "$t" 5) * 1024 * 100 / $weights" | bc -l)"
+done
+if [ -n "$GGUF_TYPES" ]; then
+  echo
+  echo "GGUF files quantized by llama-quantize from the bf16 GGUF; decode GB/s = weight bytes read per token x tok/s"
+  printf '%-8s %-24s %10s %10s %10s %12s\n' threads run prefill/s decode/s "GB/s" "RssAnon MiB"
+fi
+for t in $THREADS; do
+  bw=${BW[$t]}
   for q in $GGUF_TYPES; do
     f="$W/1b-$q.gguf"
     # Bytes one token reads: every tensor but the embedding table (one row of it).

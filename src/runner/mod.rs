@@ -1,6 +1,6 @@
 //! Chat format, the transformer (candle), KV cache, sampling, generation.
 pub mod chat;
-pub(crate) mod cpu;
+pub mod cpu;
 pub(crate) mod device;
 pub(crate) mod generate;
 pub(crate) mod gguf;

@@ -1,6 +1,7 @@
-//! The two inner loops of CPU inference, for weights stored as bf16, f16 or f32 against f32
-//! activations: the dot product of one weight row with a few activation rows (decode), and the
-//! widening of weight rows to f32 (the packing step of prefill's matrix-matrix product).
+//! The inner loops of CPU inference, for weights stored as bf16, f16 or f32 against f32 activations:
+//! the dot product of one weight row with a few activation rows (decode), the prefill tile (a few
+//! weight rows x a few activation rows, each weight vector widened once in registers and used for
+//! every activation row), and the widening of weight rows to f32 (embedding lookups, `--dtype f32`).
 //!
 //! Weights are read as raw little-endian bytes with unaligned loads, so rows can sit at any offset
 //! of a memory-mapped file. Products and sums are f32: bf16 -> f32 is exact, f16 -> f32 is exact, so
@@ -71,22 +72,31 @@ fn dispatch_dot<const R: usize>(wt: WeightType, w: &[u8], xs: &[&[f32]], out: &m
     out.copy_from_slice(&res);
 }
 
-/// Token rows per prefill tile and weight rows per prefill tile (AVX-512: 4 x 6 accumulators of 16
-/// lanes plus 6 weight vectors fill 30 of the 32 vector registers).
-pub const TILE_T: usize = 4;
-pub const TILE_R: usize = 6;
-
-/// Whether [`tile`] has a kernel on this CPU (else prefill widens blocks for `gemm`).
-pub fn has_tiles() -> bool {
-    isa() == Isa::Avx512
+/// Activation rows x weight rows of one prefill tile on the ISA in use, chosen so the accumulators
+/// (one vector per pair), the widened weight vectors and one activation vector fit the register file:
+/// AVX-512 4 x 6 (24 accumulators + 6 weights of the 32 zmm), AVX2 4 x 3 (12 + 3 + 1 of the 16 ymm),
+/// portable 4 x 3 as well (two 4-lane registers per 8-lane vector: 24 + 6 + 2 of NEON's 32).
+pub fn tile_shape() -> (usize, usize) {
+    shape_on(isa())
 }
 
-/// A prefill tile without packing: `out[tt * out_stride + r] = Σ_i w_r[i] * x_tt[i]` for `tn <=
-/// TILE_T` activation rows (`x`, row stride `k`) and `rn <= TILE_R` weight rows (`w`, `k` elements
-/// each, row after row). Each weight vector is widened once and used for every activation row.
+fn shape_on(isa: Isa) -> (usize, usize) {
+    match isa {
+        Isa::Avx512 => (4, 6),
+        Isa::Avx2 | Isa::Portable => (4, 3),
+    }
+}
+
+/// Weight rows of every prefill task: a multiple of each ISA's tile rows.
+pub const TILE_ROWS_LCM: usize = 12;
+
+/// A prefill tile without packing: `out[tt * out_stride + r] = Σ_i w_r[i] * x_tt[i]` for `tn` activation
+/// rows (`x`, row stride `k`) and `rn` weight rows (`w`, `k` elements each, row after row), `tn` and `rn`
+/// at most [`tile_shape`]. Each weight vector is widened once, in registers, and used for every
+/// activation row. Each output is one accumulator over `k` in a fixed order, whatever the tile's size.
 ///
 /// # Safety
-/// `has_tiles()` must be true; `w` holds `rn * k` elements, `x` `tn` rows of `k`, `out` `tn` rows.
+/// `w` holds `rn * k` elements, `x` `tn` rows of `k`, `out` `tn` rows of `out_stride` with `rn` columns.
 pub unsafe fn tile(
     wt: WeightType,
     w: &[u8],
@@ -96,23 +106,44 @@ pub unsafe fn tile(
     out: *mut f32,
     out_stride: usize,
 ) {
+    tile_on(isa(), wt, w, rn, x, tn, out, out_stride)
+}
+
+/// [`tile`] with the kernels of `isa`, which the CPU must have.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_on(
+    isa: Isa,
+    wt: WeightType,
+    w: &[u8],
+    rn: usize,
+    x: &[f32],
+    tn: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
     let k = x.len() / tn;
-    debug_assert!(w.len() == rn * k * wt.size() && tn <= TILE_T && rn <= TILE_R);
-    #[cfg(target_arch = "x86_64")]
-    {
-        let (w, x) = (w.as_ptr(), x.as_ptr());
-        macro_rules! go {
-            ($($t:literal, $r:literal);*) => {
-                match (tn, rn) {
-                    $(($t, $r) => x86::tile_avx512::<$t, $r>(wt, w, x, k, out, out_stride),)*
-                    _ => {}
-                }
-            };
-        }
-        go!(1,1;1,2;1,3;1,4;1,5;1,6;2,1;2,2;2,3;2,4;2,5;2,6;3,1;3,2;3,3;3,4;3,5;3,6;4,1;4,2;4,3;4,4;4,5;4,6);
+    let (mt, mr) = shape_on(isa);
+    assert!(
+        w.len() == rn * k * wt.size() && tn <= mt && rn <= mr,
+        "tile: bad operands"
+    );
+    let (wp, xp) = (w.as_ptr(), x.as_ptr());
+    macro_rules! go {
+        ($m:ident::$f:ident; $($t:literal, $r:literal);*) => {
+            match (tn, rn) {
+                $(($t, $r) => $m::$f::<$t, $r>(wt, wp, xp, k, out, out_stride),)*
+                _ => {}
+            }
+        };
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (wt, w, rn, x, out, out_stride);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => go!(x86::tile_avx512; 1,1;1,2;1,3;1,4;1,5;1,6;2,1;2,2;2,3;2,4;2,5;2,6;
+            3,1;3,2;3,3;3,4;3,5;3,6;4,1;4,2;4,3;4,4;4,5;4,6),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => go!(x86::tile_avx2; 1,1;1,2;1,3;2,1;2,2;2,3;3,1;3,2;3,3;4,1;4,2;4,3),
+        _ => go!(portable::tile; 1,1;1,2;1,3;2,1;2,2;2,3;3,1;3,2;3,3;4,1;4,2;4,3),
+    }
 }
 
 /// Widen `w` (elements of type `wt`) into `out` as f32.
@@ -193,6 +224,47 @@ mod portable {
                 use half::slice::HalfFloatSliceExt;
                 let h: &[half::f16] = bytemuck::cast_slice(&bits);
                 h.convert_to_f32_slice(lanes);
+            }
+        }
+    }
+
+    /// T activation rows x R weight rows, eight lanes per accumulator; see `super::tile`. Written
+    /// like `dot`, so LLVM keeps the lanes apart and vectorizes (NEON on aarch64, SSE2 on x86-64).
+    ///
+    /// # Safety
+    /// `w` holds `R * k` elements, `x` `T` rows of `k`, `out` `T` rows of `out_stride`.
+    pub unsafe fn tile<const T: usize, const R: usize>(
+        wt: WeightType,
+        w: *const u8,
+        x: *const f32,
+        k: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        let w = std::slice::from_raw_parts(w, R * k * wt.size());
+        let x = std::slice::from_raw_parts(x, T * k);
+        let mut acc = [[[0f32; LANES]; R]; T];
+        let mut wv = [[0f32; LANES]; R];
+        let full = k / LANES * LANES;
+        for base in (0..full).step_by(LANES) {
+            for (r, v) in wv.iter_mut().enumerate() {
+                load(wt, w, r * k + base, v);
+            }
+            for (t, a) in acc.iter_mut().enumerate() {
+                let xv = &x[t * k + base..t * k + base + LANES];
+                for r in 0..R {
+                    for l in 0..LANES {
+                        a[r][l] += wv[r][l] * xv[l];
+                    }
+                }
+            }
+        }
+        for (t, a) in acc.iter().enumerate() {
+            for (r, v) in a.iter().enumerate() {
+                let tail: f32 = (full..k)
+                    .map(|j| elem(wt, w, r * k + j) * x[t * k + j])
+                    .sum();
+                *out.add(t * out_stride + r) = v.iter().sum::<f32>() + tail;
             }
         }
     }
@@ -370,6 +442,42 @@ mod x86 {
         })
     }
 
+    /// T activation rows x R weight rows, one 8-lane accumulator each; see `super::tile`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn tile_avx2<const T: usize, const R: usize>(
+        wt: WeightType,
+        w: *const u8,
+        x: *const f32,
+        k: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        let es = wt.size();
+        let mut acc = [[_mm256_setzero_ps(); R]; T];
+        let full = k / 8 * 8;
+        let mut i = 0;
+        while i < full {
+            let wv: [__m256; R] = std::array::from_fn(|r| load8(wt, w.add((r * k + i) * es)));
+            for (t, a) in acc.iter_mut().enumerate() {
+                let xv = _mm256_loadu_ps(x.add(t * k + i));
+                for r in 0..R {
+                    a[r] = _mm256_fmadd_ps(wv[r], xv, a[r]);
+                }
+            }
+            i += 8;
+        }
+        let wall = std::slice::from_raw_parts(w, R * k * es);
+        for (t, a) in acc.iter().enumerate() {
+            for (r, v) in a.iter().enumerate() {
+                let mut s = hsum256(*v);
+                for j in full..k {
+                    s += elem(wt, wall, r * k + j) * *x.add(t * k + j);
+                }
+                *out.add(t * out_stride + r) = s;
+            }
+        }
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn widen_avx2(wt: WeightType, w: *const u8, out: &mut [f32]) {
         let n = out.len();
@@ -406,26 +514,48 @@ mod tests {
             .collect()
     }
 
+    /// The instruction sets this CPU can run: the detected one and every lower one.
+    fn runnable() -> Vec<Isa> {
+        match crate::isa::detect() {
+            Isa::Avx512 => vec![Isa::Avx512, Isa::Avx2, Isa::Portable],
+            Isa::Avx2 => vec![Isa::Avx2, Isa::Portable],
+            Isa::Portable => vec![Isa::Portable],
+        }
+    }
+
+    /// Every tile size of every runnable ISA against an f64 reference; and each output bit for bit
+    /// the same whatever tile it is computed in (so the split of rows into tiles cannot change it).
     #[test]
     fn tiles_match_the_reference() {
-        if !has_tiles() {
-            return;
-        }
-        for wt in [WeightType::F32, WeightType::F16, WeightType::Bf16] {
-            for k in [16, 40, 64] {
-                for (tn, rn) in [(1, 1), (4, 6), (3, 5), (2, 6)] {
-                    let wv = values(rn * k, 3);
-                    let w = encode(wt, &wv);
-                    let x = values(tn * k, 9);
-                    let mut out = vec![0f32; tn * 7];
-                    unsafe { tile(wt, &w, rn, &x, tn, out.as_mut_ptr(), 7) };
-                    for t in 0..tn {
-                        for r in 0..rn {
-                            let want: f64 = (0..k)
-                                .map(|i| elem(wt, &w, r * k + i) as f64 * x[t * k + i] as f64)
-                                .sum();
-                            let got = out[t * 7 + r] as f64;
-                            assert!((got - want).abs() < 1e-4, "{wt:?} k {k} t {t} r {r}");
+        for isa in runnable() {
+            let (mt, mr) = shape_on(isa);
+            for wt in [WeightType::F32, WeightType::F16, WeightType::Bf16] {
+                for k in [16, 40, 64, 67] {
+                    let w = encode(wt, &values(mr * k, 3));
+                    let x = values(mt * k, 9);
+                    let row = |r: usize| &w[r * k * wt.size()..(r + 1) * k * wt.size()];
+                    let mut single = vec![0f32; mt * mr];
+                    for t in 0..mt {
+                        for r in 0..mr {
+                            let xt = &x[t * k..(t + 1) * k];
+                            let o = &mut single[t * mr + r];
+                            unsafe { tile_on(isa, wt, row(r), 1, xt, 1, o, mr) };
+                        }
+                    }
+                    for (tn, rn) in [(mt, mr), (mt - 1, mr), (mt, mr - 1), (1, mr)] {
+                        let mut out = vec![0f32; tn * 7];
+                        let wb = &w[..rn * k * wt.size()];
+                        unsafe { tile_on(isa, wt, wb, rn, &x[..tn * k], tn, out.as_mut_ptr(), 7) };
+                        for t in 0..tn {
+                            for r in 0..rn {
+                                let want: f64 = (0..k)
+                                    .map(|i| elem(wt, &w, r * k + i) as f64 * x[t * k + i] as f64)
+                                    .sum();
+                                let got = out[t * 7 + r];
+                                let at = format!("{isa:?} {wt:?} k {k} tile {tn}x{rn} t {t} r {r}");
+                                assert!((got as f64 - want).abs() < 1e-4, "{at}");
+                                assert_eq!(got.to_bits(), single[t * mr + r].to_bits(), "{at}");
+                            }
                         }
                     }
                 }

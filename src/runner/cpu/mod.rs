@@ -5,8 +5,8 @@
 //! which are nearly all of the work, go through [`Linear`], a candle custom op over our own kernels:
 //! - decode (a few activation rows): each weight row is read once and dotted with every row, so a
 //!   token costs one pass over the weight bytes — memory bandwidth is the limit;
-//! - prefill (many rows): blocks of weight rows are widened to f32 in a per-thread buffer and
-//!   multiplied with the `gemm` crate's kernels, which run near the FMA limit;
+//! - prefill (many rows): tiles of a few weight rows x a few activation rows, each weight vector
+//!   widened once in registers and used for every activation row of the tile (no packing copies);
 //! - block-quantized weights ([`quant`]): activations are quantized once per call and every output
 //!   is an integer dot product of blocks, for decode and prefill alike (as ggml does); [`qdot`] holds
 //!   our own tile kernels for Q8_0, Q4_K and Q6_K, candle's `vec_dot` serves the other types.
@@ -23,7 +23,6 @@ use kernels::WeightType;
 use memmap2::Mmap;
 use quant::{Acts, Quant};
 use rayon::prelude::*;
-use std::cell::RefCell;
 use std::sync::Arc;
 
 /// Where a weight's bytes live. Cloning shares them.
@@ -186,16 +185,14 @@ pub struct Linear {
     rows: usize,
 }
 
-/// Activation rows up to which decode's one-pass kernel beats widening blocks for `gemm`.
+/// Activation rows up to which decode's one-pass kernel is used (above it, the prefill tiles).
 const MATVEC_MAX_ROWS: usize = 8;
 /// Output rows per task in decode: large enough to amortize scheduling, small enough to balance.
 const MATVEC_BLOCK: usize = 32;
-/// Output rows per prefill task with the tile kernels (a multiple of `TILE_R`).
-const TILE_BLOCK: usize = 16 * kernels::TILE_R;
+/// Output rows per prefill task (a multiple of every ISA's tile rows).
+const TILE_BLOCK: usize = 8 * kernels::TILE_ROWS_LCM;
 /// Output rows per task for block-quantized weights.
 const QUANT_BLOCK: usize = 16;
-/// Bytes of widened f32 weights per task in prefill (stays in L2 while `gemm` uses it).
-const GEMM_BLOCK_BYTES: usize = 512 * 1024;
 
 impl Linear {
     pub fn new(parts: Vec<Matrix>) -> Result<Linear> {
@@ -223,13 +220,10 @@ impl Linear {
             MatType::Float(_) => None,
         });
         let acts = Acts::new(x, self.cols, quants);
-        let tiles = kernels::has_tiles();
         let float_block = if t <= MATVEC_MAX_ROWS {
             MATVEC_BLOCK
-        } else if tiles {
-            TILE_BLOCK
         } else {
-            (GEMM_BLOCK_BYTES / (4 * self.cols)).max(16) / 16 * 16
+            TILE_BLOCK
         };
         // (part, first output column of the part, row range inside the part)
         let mut tasks = Vec::new();
@@ -253,8 +247,7 @@ impl Linear {
             match m.ty {
                 MatType::Quant(q) => quant_block(m, q, rows, &acts, t, &out),
                 MatType::Float(_) if t <= MATVEC_MAX_ROWS => matvec_block(m, rows, x, &out),
-                MatType::Float(_) if tiles => tile_block(m, rows, x, &out),
-                MatType::Float(_) => gemm_block(m, rows, x, &out),
+                MatType::Float(_) => tile_block(m, rows, x, &out),
             }
         });
     }
@@ -319,20 +312,21 @@ fn matvec_block(m: &Matrix, rows: std::ops::Range<usize>, x: &[f32], out: &OutVi
     }
 }
 
-/// Prefill with the tile kernels: for each group of `TILE_R` weight rows (which then stay in L1),
-/// every group of `TILE_T` activation rows. Widening in the kernel beat widening each row group to
+/// Prefill with the tile kernels: for each group of tile-rows weight rows (which then stay in L1),
+/// every group of tile-rows activation rows. Widening in the kernel beat widening each row group to
 /// an f32 buffer first (1.7 s vs 2.0 s of CPU for a 64-token prefill of the 1B model): the buffer
 /// doubles the bytes the inner loop loads.
 fn tile_block(m: &Matrix, rows: std::ops::Range<usize>, x: &[f32], out: &OutView) {
     let k = m.cols;
     let t = x.len() / k;
-    for r0 in rows.clone().step_by(kernels::TILE_R) {
-        let rn = kernels::TILE_R.min(rows.end - r0);
+    let (tile_t, tile_r) = kernels::tile_shape();
+    for r0 in rows.clone().step_by(tile_r) {
+        let rn = tile_r.min(rows.end - r0);
         let w = m.row_bytes(r0..r0 + rn);
-        for t0 in (0..t).step_by(kernels::TILE_T) {
-            let tn = kernels::TILE_T.min(t - t0);
-            // SAFETY: has_tiles() was checked by the caller; the pointer addresses rows t0..t0+tn,
-            // columns r0.. of this task's output view, which no other task writes.
+        for t0 in (0..t).step_by(tile_t) {
+            let tn = tile_t.min(t - t0);
+            // SAFETY: the pointer addresses rows t0..t0+tn, columns r0..r0+rn of this task's
+            // output view, which no other task writes.
             unsafe {
                 kernels::tile(
                     m.float_type(),
@@ -346,46 +340,6 @@ fn tile_block(m: &Matrix, rows: std::ops::Range<usize>, x: &[f32], out: &OutView
             };
         }
     }
-}
-
-thread_local! {
-    /// Each thread's buffer of widened weight rows for `gemm`.
-    static WIDE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-fn gemm_block(m: &Matrix, rows: std::ops::Range<usize>, x: &[f32], out: &OutView) {
-    let (k, n) = (m.cols, rows.len());
-    let t = x.len() / k;
-    WIDE.with(|buf| {
-        let mut buf = buf.borrow_mut();
-        buf.resize(n * k, 0.0);
-        m.widen_rows(rows, &mut buf);
-        // SAFETY: dst is [t, n] inside the output with row stride `total`; lhs is x [t, k]
-        // row-major; rhs is the widened block read as [k, n] (element (i, j) at j*k + i).
-        unsafe {
-            gemm::gemm(
-                t,
-                n,
-                k,
-                out.ptr,
-                1,
-                out.total as isize,
-                false,
-                x.as_ptr(),
-                1,
-                k as isize,
-                buf.as_ptr(),
-                k as isize,
-                1,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            )
-        }
-    });
 }
 
 /// `x @ W.T` as a candle op on CPU f32 tensors of any leading shape.
