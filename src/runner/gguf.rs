@@ -54,10 +54,7 @@ impl GgufModel {
         check_file(&file).map_err(at)?;
         let f = std::fs::File::open(path)
             .with_context(|| format!("{}: cannot open", path.display()))?;
-        // SAFETY: read-only map of a file we do not modify (see DirWeights::map). Populated up
-        // front, as llama.cpp maps its files.
-        let map = unsafe { memmap2::MmapOptions::new().populate().map(&f) }
-            .with_context(|| format!("{}: cannot map", path.display()))?;
+        let map = super::weights::map_weights(&f, path)?;
         let by_name = file
             .tensors
             .iter()

@@ -53,16 +53,20 @@ impl<'a> DirWeights<'a> {
         if let Some(m) = maps.get(src.path()) {
             return Ok(m.clone());
         }
-        // SAFETY: the map is read-only; a checkpoint rewritten while we run is outside what any
-        // reader of it can guard against (torch.load(mmap=True) makes the same assumption).
-        // Populated up front, as llama.cpp maps its files: the first forward pass would otherwise take
-        // a page fault per 4 KiB of weights.
-        let map = unsafe { memmap2::MmapOptions::new().populate().map(src.file()) }
-            .with_context(|| format!("{}: cannot map", src.path().display()))?;
+        let map = map_weights(src.file(), src.path())?;
         let map = Arc::new(map);
         maps.insert(src.path().to_path_buf(), map.clone());
         Ok(map)
     }
+}
+
+/// A read-only map of a weight file, populated up front as llama.cpp maps its files: the first
+/// forward pass would otherwise take a page fault per 4 KiB of weights.
+pub fn map_weights(file: &std::fs::File, path: &std::path::Path) -> Result<Mmap> {
+    // SAFETY: the map is read-only; a checkpoint rewritten while we run is outside what any reader
+    // of it can guard against (torch.load(mmap=True) makes the same assumption).
+    unsafe { memmap2::MmapOptions::new().populate().map(file) }
+        .with_context(|| format!("{}: cannot map", path.display()))
 }
 
 /// Whether a tensor lies whole and contiguous in one file, so it can be used from the map.
