@@ -6,7 +6,7 @@
 //! One kernel shape serves decode and prefill: a tile of up to `T` activation rows by `R` weight
 //! rows. Each weight block is read from the memory map and unpacked into registers once, then
 //! dotted with every activation row of the tile (in prefill the activations stay in L1/L2 while
-//! the weights stream past; in decode `T` is 1 and the `R` rows are independent streams).
+//! the weights stream past; in decode the tile is 1 x 1, one sequential stream of weight rows).
 //!
 //! Exactness: every block dot is integer arithmetic, exact in any order. What is fixed is the
 //! float part, identical on every path (AVX-512 VNNI, AVX2, portable), so the three agree bit for
@@ -139,7 +139,15 @@ pub fn dot_block_on(
     assert_eq!(res.len(), rn * t, "qdot: result size");
     let mut r0 = 0;
     while r0 < rn {
-        let r = if rn - r0 >= TILE_R { TILE_R } else { 1 };
+        // Decode (one activation row) streams one weight row at a time: a single sequential stream
+        // kept the memory system busier than four interleaved ones (1-thread decode of the 1B-shaped
+        // files: Q8_0 8.3 -> 11.5 tok/s, Q4_K_M 12.5 -> 17.7). Prefill reuses each unpacked block
+        // for the activation rows of the tile, so there `TILE_R` rows share the work.
+        let r = if rn - r0 >= TILE_R && t > 1 {
+            TILE_R
+        } else {
+            1
+        };
         let mut t0 = 0;
         while t0 < t {
             let tn = path.max_t().min(t - t0);
