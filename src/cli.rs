@@ -1,4 +1,5 @@
 //! Command-line definitions (the contract in CLI.md). One args struct per command; no logic here.
+use crate::net::config::NetConfig;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -65,20 +66,17 @@ pub enum Command {
     Demo(DemoArgs),
 }
 
-#[derive(Args, Debug, Clone)]
-#[command(
-    after_help = "Example:\n  llamactl download --url \"$URL\" --models 8B-instruct --dir ~/llama\n\n\
+/// `download --help`'s text above the network settings (rendered from their defaults).
+const DOWNLOAD_HELP: &str = "Example:\n  llamactl download --url \"$URL\" --models 8B-instruct --dir ~/llama\n\n\
 Re-running with the same or a new link resumes: partial files are kept as NAME.part and each file\n\
 gets its final name only after its md5 matches checklist.chk.\n\n\
 Manifest (--manifest FILE): {\"models\": [\"8B\"], \"url\": \"https://.../*?Policy=...\",\n\
   \"files\": {\"Meta-Llama-3-8B/params.json\": \"https://...\"}, \"sizes\": {...}, \"expires_on\": \"2026-05-01T00:00:00Z\"}\n\n\
 Environment: LLAMACTL_PROGRESS_INTERVAL_MS (ms between plain progress lines off a terminal, 10000).\n\
-Network settings, shared with pull (docs/CLI.md):\n  \
-LLAMACTL_NET_RETRIES (8)  LLAMACTL_NET_TIMEOUT_S (stall, 60)  LLAMACTL_NET_CONNECT_TIMEOUT_S (10)\n  \
-LLAMACTL_NET_BACKOFF_MS (1000)  LLAMACTL_NET_BACKOFF_MAX_MS (60000)\n  \
-LLAMACTL_NET_MIN_RATE_BYTES (floor, bytes/s, 16384)  LLAMACTL_NET_MIN_RATE_WINDOW_S (60)\n  \
-LLAMACTL_NET_SEGMENT_MIN_BYTES (smallest --connections segment, 67108864)"
-)]
+Network settings, shared with pull (docs/CLI.md):\n";
+
+#[derive(Args, Debug, Clone)]
+#[command(after_help = format!("{DOWNLOAD_HELP}{}", NetConfig::env_help(true)))]
 pub struct DownloadArgs {
     /// The signed URL from Meta's email (or env LLAMA_DOWNLOAD_URL); prompted for when absent.
     #[arg(long, env = "LLAMA_DOWNLOAD_URL", hide_env_values = true)]
@@ -105,15 +103,13 @@ pub struct DownloadArgs {
     pub no_verify: bool,
 }
 
-#[derive(Args, Debug, Clone)]
-#[command(
-    after_help = "Example:\n  llamactl pull meta-llama/Meta-Llama-3-8B-Instruct --include 'original/*'\n\n\
+/// `pull --help`'s text above the network settings.
+const PULL_HELP: &str = "Example:\n  llamactl pull meta-llama/Meta-Llama-3-8B-Instruct --include 'original/*'\n\n\
 Environment (read as huggingface_hub reads them):\n  HF_TOKEN, HF_HOME, HF_HUB_CACHE, HF_ENDPOINT, HF_HUB_OFFLINE=1\n\
-Network settings, shared with download (docs/CLI.md):\n  \
-LLAMACTL_NET_RETRIES (8)  LLAMACTL_NET_TIMEOUT_S (stall, 60)  LLAMACTL_NET_CONNECT_TIMEOUT_S (10)\n  \
-LLAMACTL_NET_BACKOFF_MS (1000)  LLAMACTL_NET_BACKOFF_MAX_MS (60000)\n  \
-LLAMACTL_NET_MIN_RATE_BYTES (floor, bytes/s, 16384)  LLAMACTL_NET_MIN_RATE_WINDOW_S (60)"
-)]
+Network settings, shared with download (docs/CLI.md):\n";
+
+#[derive(Args, Debug, Clone)]
+#[command(after_help = format!("{PULL_HELP}{}", NetConfig::env_help(false)))]
 pub struct PullArgs {
     /// Repository id, e.g. meta-llama/Meta-Llama-3-8B.
     pub repo_id: String,

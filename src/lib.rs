@@ -1,9 +1,13 @@
 //! llamactl: one toolkit for people who hold Llama 3 weights.
 //!
 //! The layers, bottom up (data flows one way):
+//! - `human` (the floor): sizes and durations as people read them; uses nothing of the crate.
+//! - `util` (on `human`): disk space, directory fsync, flock, path resolution, the I/O work queue.
 //! - [`isa`] (the floor too): which SIMD instruction set the kernels use.
 //! - [`progress`] (beside `util`, the floor): the traits long work reports through; it draws
 //!   nothing.
+//! - [`signal`] (on `human`): SIGINT/SIGTERM, the registry of temporary outputs to remove.
+//! - `output` (on `signal` and `util`): atomic files and directories, stale temporary outputs.
 //! - [`formats`]: bytes <-> tensors (pickle, torch zip `.pth`, safetensors). No model knowledge.
 //! - [`checkpoint`]: a model directory as a thing (params.json, checklist.chk, shards, split rules,
 //!   Meta <-> HF names).
@@ -21,8 +25,10 @@ pub mod cli;
 pub mod commands;
 pub mod error;
 pub mod formats;
+pub(crate) mod human;
 pub mod isa;
 pub mod net;
+pub(crate) mod output;
 pub mod progress;
 pub mod runner;
 pub mod signal;

@@ -271,7 +271,7 @@ fn remove_tree(path: &Path) -> Option<String> {
         true => format!(
             "removed {} ({})",
             path.display(),
-            crate::util::human_bytes(bytes)
+            crate::human::human_bytes(bytes)
         ),
         false => format!("could not remove {}", path.display()),
     })

@@ -391,7 +391,7 @@ pub fn read_marker(folder: &Path) -> BTreeMap<String, VerifiedFile> {
 /// Write a model folder's verified marker atomically.
 pub fn write_marker(folder: &Path, files: &BTreeMap<String, VerifiedFile>) -> Result<()> {
     let text = serde_json::to_string_pretty(files)?;
-    crate::util::write_atomic(&folder.join(VERIFIED_MARKER), text.as_bytes())
+    crate::output::write_atomic(&folder.join(VERIFIED_MARKER), text.as_bytes())
 }
 
 /// What is on disk for one model.

@@ -12,6 +12,7 @@ use super::hf_config::{self, ModelKind};
 use super::layout::{self, Permute, Role, Split};
 use super::meta::{self, MetaDir};
 use super::stream::{self, Buffers, CastStats, FullTensor, Region, RowPermute};
+use super::tensors::{self, Part};
 use crate::formats::copy::{self, HashingFile, CHUNK};
 use crate::formats::pth::{PthWriter, TensorSpec};
 use crate::formats::safetensors::{self as st, Index, IndexMetadata};
@@ -200,30 +201,6 @@ pub fn same_bytes(a: &FullTensor, b: &FullTensor) -> Result<bool> {
     Ok(true)
 }
 
-/// HF tensor names of a Llama model in `LlamaForCausalLM.state_dict()` order (module registration
-/// order: q, k, v, o, gate, up, down, the two norms), which is the order transformers shards in.
-pub fn hf_order(n_layers: usize) -> Vec<String> {
-    let mut out = vec!["model.embed_tokens.weight".to_string()];
-    for l in 0..n_layers {
-        for t in [
-            "self_attn.q_proj",
-            "self_attn.k_proj",
-            "self_attn.v_proj",
-            "self_attn.o_proj",
-            "mlp.gate_proj",
-            "mlp.up_proj",
-            "mlp.down_proj",
-            "input_layernorm",
-            "post_attention_layernorm",
-        ] {
-            out.push(format!("model.layers.{l}.{t}.weight"));
-        }
-    }
-    out.push("model.norm.weight".into());
-    out.push("lm_head.weight".into());
-    out
-}
-
 struct HfOut {
     hf_name: String,
     src: FullTensor,
@@ -261,8 +238,9 @@ pub fn open_meta_llama3(src: &Path) -> Result<MetaSource> {
     };
     if m.embed_split()? != Split::Rows {
         bail!(
-            "{}: tok_embeddings.weight is split by columns (Llama 2 layout); convert handles Llama 3 models only",
-            m.shards[0].path().display()
+            "{}: {} is split by columns (Llama 2 layout); convert handles Llama 3 models only",
+            m.shards[0].path().display(),
+            Part::Embedding.meta_name()
         );
     }
     let expected = m.expected()?;
@@ -284,8 +262,8 @@ pub fn open_meta_llama3(src: &Path) -> Result<MetaSource> {
         full.insert(w.name.clone(), (m.full(&w.name)?, w.role));
     }
     super::fp8::dequantize_on_read(src, p.n_layers, full.values_mut().map(|(t, _)| t))?;
-    let (embed, _) = &full["tok_embeddings.weight"];
-    let (output, _) = &full["output.weight"];
+    let (embed, _) = &full[Part::Embedding.meta_name()];
+    let (output, _) = &full[Part::Output.meta_name()];
     let tied = same_bytes(output, embed)?;
     Ok(MetaSource {
         dir: m,
@@ -366,7 +344,7 @@ pub fn meta_to_hf(
     Ok(summary)
 }
 
-/// Every HF tensor in `hf_order`, taken out of `full` (Meta names), with its output dtype.
+/// Every HF tensor in `tensors::hf_order`, taken out of `full` (Meta names), with its output dtype.
 fn hf_plan(
     src: &Path,
     full: &mut HashMap<String, (FullTensor, Role)>,
@@ -375,8 +353,8 @@ fn hf_plan(
     opts: &Options,
 ) -> Result<Vec<HfOut>> {
     let mut plan = Vec::new();
-    for hf_name in hf_order(n_layers) {
-        if tied && hf_name == "lm_head.weight" {
+    for hf_name in tensors::hf_order(n_layers) {
+        if tied && hf_name == Part::Output.hf_name() {
             continue;
         }
         let meta_name = layout::hf_to_meta(&hf_name).expect("hf_order names map back");
@@ -577,8 +555,8 @@ fn meta_sources(
     let tied = h.tied();
     let mut sources = Vec::with_capacity(expected.len());
     for w in expected {
-        let hf_name = if tied && w.name == "output.weight" {
-            "model.embed_tokens.weight".to_string()
+        let hf_name = if tied && w.name == Part::Output.meta_name() {
+            Part::Embedding.hf_name().to_string()
         } else {
             layout::meta_to_hf(&w.name).expect("Llama names map")
         };

@@ -6,6 +6,7 @@
 //! computed its own row scales over its own columns, so no exact merge of w2 exists. That is why
 //! reshard and convert refuse these directories instead of producing something approximate.
 use super::stream::FullTensor;
+use super::tensors::{find, Naming, Part};
 use crate::formats::pth::PthFile;
 use crate::formats::safetensors::SafetensorsFile;
 use crate::formats::{DType, TensorInfo};
@@ -20,14 +21,11 @@ pub fn scales_name(rank: usize) -> String {
     format!("fp8_scales_{rank}.pt")
 }
 
-/// Layer and projection (`w1`, `w2`, `w3`) of an FFN weight name.
-fn ffn_parts(name: &str) -> Option<(usize, &str)> {
-    let rest = name.strip_prefix("layers.")?;
-    let (layer, tail) = rest.split_once('.')?;
-    let w = tail
-        .strip_prefix("feed_forward.")?
-        .strip_suffix(".weight")?;
-    matches!(w, "w1" | "w2" | "w3").then_some((layer.parse().ok()?, w))
+/// Layer and in-block Meta name (`feed_forward.w1`, `.w2`, `.w3`) of an FFN weight name.
+fn ffn_parts(name: &str) -> Option<(usize, &'static str)> {
+    let f = find(Naming::Meta, name)?;
+    let ffn = matches!(f.entry.part, Part::W1 | Part::W2 | Part::W3);
+    Some((f.layer.filter(|_| ffn)?, f.entry.meta))
 }
 
 /// Whether Meta's fp8 release stores this weight as fp8: FFN w1/w2/w3 of layers 1..n-2.
@@ -38,7 +36,7 @@ pub fn is_fp8_weight(name: &str, n_layers: usize) -> bool {
 /// The key of a weight's row scales in rank `rank`'s scales file.
 pub fn scale_key(name: &str, rank: usize) -> Option<String> {
     let (layer, w) = ffn_parts(name)?;
-    Some(format!("{layer}_feed_forward.{w}_{rank}"))
+    Some(format!("{layer}_{w}_{rank}"))
 }
 
 /// `fp8_scales_*.pt` files in a directory, sorted by name.
@@ -230,15 +228,14 @@ mod tests {
 
     #[test]
     fn names_and_keys() {
-        assert!(is_fp8_weight("layers.1.feed_forward.w2.weight", 4));
-        assert!(is_fp8_weight("layers.2.feed_forward.w1.weight", 4));
-        assert!(!is_fp8_weight("layers.0.feed_forward.w1.weight", 4));
-        assert!(!is_fp8_weight("layers.3.feed_forward.w3.weight", 4));
-        assert!(!is_fp8_weight("layers.1.attention.wq.weight", 4));
-        assert_eq!(
-            scale_key("layers.7.feed_forward.w3.weight", 5).unwrap(),
-            "7_feed_forward.w3_5"
-        );
+        assert!(is_fp8_weight(&Part::W2.at(1), 4));
+        assert!(is_fp8_weight(&Part::W1.at(2), 4));
+        assert!(!is_fp8_weight(&Part::W1.at(0), 4));
+        assert!(!is_fp8_weight(&Part::W3.at(3), 4));
+        assert!(!is_fp8_weight(&Part::Wq.at(1), 4));
+        // The key Meta's scales files use: layer, in-block name, rank.
+        let w3 = Part::W3.entry().meta;
+        assert_eq!(scale_key(&Part::W3.at(7), 5).unwrap(), format!("7_{w3}_5"));
         assert_eq!(scales_name(3), "fp8_scales_3.pt");
     }
 

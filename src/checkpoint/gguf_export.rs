@@ -9,9 +9,11 @@
 //! stays at a few blocks whatever the model size.
 use super::convert::{self as conv, DEFAULT_MAX_SHARD};
 use super::gguf_types::{quantize_order, ModelFacts, QuantRules};
-use super::hf::{rope_from_config, HfDir};
+use super::hf::HfDir;
 use super::layout::{self, Permute, Role, Split};
+use super::rope::{rope_from_config, RopeScaling};
 use super::stream::{self, Buffers, CastStats, FullTensor, Region, RowPermute};
+use super::tensors::{self, part_of, rename, Naming, Part, GGUF_ROPE_FACTORS};
 use super::ModelDir;
 use crate::formats::copy;
 use crate::formats::gguf::{self, GgmlType, Header, TensorEntry, Value};
@@ -69,28 +71,7 @@ impl Plan {
 
 /// GGUF name of a Meta weight name.
 pub fn gguf_name(meta: &str) -> Option<String> {
-    Some(match meta {
-        "tok_embeddings.weight" => "token_embd.weight".into(),
-        "norm.weight" => "output_norm.weight".into(),
-        "output.weight" => "output.weight".into(),
-        _ => {
-            let rest = meta.strip_prefix("layers.")?;
-            let (n, tail) = rest.split_once('.')?;
-            let g = match tail {
-                "attention.wq.weight" => "attn_q",
-                "attention.wk.weight" => "attn_k",
-                "attention.wv.weight" => "attn_v",
-                "attention.wo.weight" => "attn_output",
-                "feed_forward.w1.weight" => "ffn_gate",
-                "feed_forward.w2.weight" => "ffn_down",
-                "feed_forward.w3.weight" => "ffn_up",
-                "attention_norm.weight" => "attn_norm",
-                "ffn_norm.weight" => "ffn_norm",
-                _ => return None,
-            };
-            format!("blk.{n}.{g}.weight")
-        }
-    })
+    rename(Naming::Meta, Naming::Gguf, meta)
 }
 
 /// Source tensors in the order the converter meets them, as (Meta name, tensor, un-permute?).
@@ -105,9 +86,9 @@ fn sources(dir: &ModelDir) -> Result<Vec<(String, FullTensor, Role, bool)>> {
 /// shards of at most 5 GB, names sorted inside each (the order the converter reads them).
 fn meta_sources(src: &std::path::Path) -> Result<Vec<(String, FullTensor, Role, bool)>> {
     let mut s = conv::open_meta_llama3(src)?;
-    let names: Vec<String> = conv::hf_order(s.dir.params.n_layers)
+    let names: Vec<String> = tensors::hf_order(s.dir.params.n_layers)
         .into_iter()
-        .filter(|n| !(s.tied && n == "lm_head.weight"))
+        .filter(|n| !(s.tied && n == Part::Output.hf_name()))
         .collect();
     let meta: Vec<String> = names
         .iter()
@@ -174,7 +155,7 @@ fn hf_sources(h: &HfDir) -> Result<Vec<(String, FullTensor, Role, bool)>> {
 /// The GGML type a tensor is stored as: 1-D tensors and norms stay F32; a Q8_0 matrix whose rows
 /// are not whole blocks falls back to F16 (as the converter does).
 fn tensor_type(shape: &[usize], name: &str, ft: FileType) -> GgmlType {
-    if shape.len() <= 1 || name.ends_with("_norm.weight") {
+    if shape.len() <= 1 || part_of(Naming::Gguf, name).is_some_and(Part::is_norm) {
         return GgmlType::F32;
     }
     let t = ft.weight_type();
@@ -213,7 +194,7 @@ pub fn plan(dir: &ModelDir, docs: &HfDocs, opts: &Options) -> Result<Plan> {
     if let Some(factors) = rope_factors(&docs.config, head_dim)? {
         items.push(Planned {
             entry: TensorEntry {
-                name: "rope_freqs.weight".into(),
+                name: GGUF_ROPE_FACTORS.into(),
                 shape: vec![factors.len() as u64],
                 ggml_type: GgmlType::F32,
             },
@@ -272,8 +253,8 @@ pub fn requantize(
         n_layers,
         n_heads,
         n_kv_heads,
-        tied: has(&|n| n == "output.weight") == 0,
-        n_attn_v: has(&|n| n.contains("attn_v.weight")),
+        tied: has(&|n| n == Part::Output.gguf_name()) == 0,
+        n_attn_v: has(&|n| part_of(Naming::Gguf, n) == Some(Part::Wv)),
     };
     let mut rules = QuantRules::new(ft, facts);
     for it in &mut plan.items {
@@ -350,46 +331,11 @@ pub fn plan_from_gguf(src: &gguf::GgufFile, ft: FileType) -> Result<Plan> {
     requantize(plan, ft, n_layers, n_heads, n_kv)
 }
 
-/// Llama 3.1's `rope_freqs.weight` when config.json asks for `llama3` rope scaling: per
-/// frequency 1 (short wavelengths), `factor` (long ones), or the smooth blend between, computed
-/// in f32 the way the converter's torch code does (x / y as reciprocal(y) * x).
+/// Llama 3.1's `rope_freqs.weight` when config.json asks for `llama3` rope scaling (see
+/// [`RopeScaling::divisors`]).
 pub fn rope_factors(config: &Json, head_dim: usize) -> Result<Option<Vec<f32>>> {
-    let (theta, scaling) = rope_from_config(config);
-    let Some(s) = scaling else { return Ok(None) };
-    let kind = s
-        .get("rope_type")
-        .or_else(|| s.get("type"))
-        .and_then(Json::as_str);
-    if !kind.is_some_and(|k| k.eq_ignore_ascii_case("llama3")) {
-        bail!("config.json: rope scaling {kind:?} is not supported (only llama3)");
-    }
-    let num = |k: &str, d: f64| s.get(k).and_then(Json::as_f64).unwrap_or(d);
-    let (factor, low, high) = (
-        num("factor", 8.0),
-        num("low_freq_factor", 1.0),
-        num("high_freq_factor", 4.0),
-    );
-    let old_ctx = num("original_max_position_embeddings", 8192.0);
-    let (low_wl, high_wl) = ((old_ctx / low) as f32, (old_ctx / high) as f32);
-    let two_pi = std::f64::consts::TAU as f32;
-    let base = theta as f32 as f64;
-    let factors = (0..head_dim)
-        .step_by(2)
-        .map(|i| {
-            let e = i as f32 / head_dim as f32;
-            let freq = 1.0 / (base.powf(f64::from(e)) as f32);
-            let wavelen = (1.0 / freq) * two_pi;
-            if wavelen < high_wl {
-                1.0
-            } else if wavelen > low_wl {
-                factor as f32
-            } else {
-                let smooth = ((1.0 / wavelen) * old_ctx as f32 - low as f32) / (high - low) as f32;
-                1.0 / ((1.0 - smooth) / factor as f32 + smooth)
-            }
-        })
-        .collect();
-    Ok(Some(factors))
+    let (theta, _) = rope_from_config(config);
+    Ok(RopeScaling::from_hf_config(config)?.map(|s| s.divisors(theta, head_dim)))
 }
 
 /// Source values per quantization batch. A batch is quantized on the rayon pool in the background
@@ -592,36 +538,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_follow_llama_cpp() {
-        assert_eq!(
-            gguf_name("tok_embeddings.weight").unwrap(),
-            "token_embd.weight"
-        );
-        assert_eq!(
-            gguf_name("layers.3.feed_forward.w1.weight").unwrap(),
-            "blk.3.ffn_gate.weight"
-        );
-        assert_eq!(
-            gguf_name("layers.0.attention_norm.weight").unwrap(),
-            "blk.0.attn_norm.weight"
-        );
-        assert!(gguf_name("rope.freqs").is_none());
-    }
-
-    #[test]
     fn types_per_tensor() {
+        let wq = gguf_name(&Part::Wq.at(0)).unwrap();
         assert_eq!(tensor_type(&[64], "x", FileType::Q8_0), GgmlType::F32);
-        assert_eq!(
-            tensor_type(&[8, 64], "blk.0.attn_q.weight", FileType::Q8_0),
-            GgmlType::Q8_0
-        );
+        assert_eq!(tensor_type(&[8, 64], &wq, FileType::Q8_0), GgmlType::Q8_0);
         // Rows of 16 values are not whole Q8_0 blocks: F16, like the converter.
+        assert_eq!(tensor_type(&[8, 16], &wq, FileType::Q8_0), GgmlType::F16);
         assert_eq!(
-            tensor_type(&[8, 16], "blk.0.attn_q.weight", FileType::Q8_0),
-            GgmlType::F16
-        );
-        assert_eq!(
-            tensor_type(&[8, 16], "token_embd.weight", FileType::BF16),
+            tensor_type(&[8, 16], Part::Embedding.gguf_name(), FileType::BF16),
             GgmlType::BF16
         );
     }

@@ -4,7 +4,7 @@
 //! tokenizer (tokenizer.json vocabulary and merges; special ids, add-bos/eos/sep flags and chat
 //! template from tokenizer_config.json, the post-processor and config.json).
 use super::gguf_types::FileType;
-use super::hf::rope_from_config;
+use super::rope::rope_from_config;
 use crate::formats::gguf::Value;
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value as Json;

@@ -18,6 +18,7 @@
 //! - `attn_output`: Q2_K -> Q3_K, Q3_K_M -> Q4_K, Q3_K_L -> Q5_K.
 //! - Finally a type whose block does not divide the row length falls back: Q2_K/Q3_K -> Q4_0,
 //!   Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0; if that still does not fit, F16.
+use super::tensors::{part_of, Naming, Part};
 use crate::formats::gguf::GgmlType;
 use crate::formats::DType;
 use anyhow::{bail, Result};
@@ -209,8 +210,9 @@ impl QuantRules {
         let ft = self.ft;
         let mut t = ft.weight_type();
         let blocks = |t: GgmlType| ncols.is_multiple_of(t.block_size().unwrap_or(1));
-        let is_output = name == "output.weight";
-        if is_output || (self.facts.tied && name == "token_embd.weight") {
+        let part = part_of(Naming::Gguf, name);
+        let is_output = part == Some(Part::Output);
+        if is_output || (self.facts.tied && part == Some(Part::Embedding)) {
             if !blocks(t) {
                 return GgmlType::Q8_0;
             }
@@ -220,7 +222,7 @@ impl QuantRules {
                 GgmlType::Q6_K
             };
         }
-        if name.contains("attn_v.weight") {
+        if part == Some(Part::Wv) {
             let i = self.i_attn_v;
             self.i_attn_v += 1;
             t = match ft {
@@ -236,7 +238,7 @@ impl QuantRules {
             if self.facts.is_70b() && matches!(t, GgmlType::Q3_K | GgmlType::Q4_K) {
                 t = GgmlType::Q5_K;
             }
-        } else if name.contains("ffn_down") {
+        } else if part == Some(Part::W2) {
             let (i, n) = (self.i_ffn_down, self.facts.n_layers);
             self.i_ffn_down += 1;
             t = match ft {
@@ -248,7 +250,7 @@ impl QuantRules {
                 F::Q4_K_S if i < n / 8 => GgmlType::Q5_K,
                 _ => t,
             };
-        } else if name.contains("attn_output.weight") {
+        } else if part == Some(Part::Wo) {
             t = match ft {
                 F::Q2_K => GgmlType::Q3_K,
                 F::Q3_K_M => GgmlType::Q4_K,
@@ -262,7 +264,8 @@ impl QuantRules {
 
 /// Whether llama-quantize changes a tensor's type at all: 2-D (or more) weights, not norms.
 fn may_quantize(name: &str, shape: &[u64]) -> bool {
-    shape.len() >= 2 && name.ends_with("weight") && !name.contains("_norm.weight")
+    let norm = part_of(Naming::Gguf, name).is_some_and(Part::is_norm);
+    shape.len() >= 2 && name.ends_with("weight") && !norm
 }
 
 /// The type used when `t`'s blocks do not divide the row length.
@@ -288,18 +291,18 @@ fn fallback(t: GgmlType, ncols: u64) -> GgmlType {
 /// The order llama-quantize writes tensors in: by layer number (tensors outside `blk.N.` first),
 /// then by name.
 pub fn quantize_order(a: &str, b: &str) -> std::cmp::Ordering {
-    fn layer(n: &str) -> i64 {
-        n.strip_prefix("blk.")
-            .and_then(|r| r.split('.').next())
-            .and_then(|d| d.parse().ok())
-            .unwrap_or(-1)
-    }
+    let layer = |n: &str| Naming::Gguf.layer_of(n).map_or(-1, |l| l as i64);
     layer(a).cmp(&layer(b)).then_with(|| a.cmp(b))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The GGUF name of `part` (in block `layer`).
+    fn g(part: Part, layer: usize) -> String {
+        part.name_at(Naming::Gguf, layer).unwrap()
+    }
 
     fn facts(n_layers: usize) -> ModelFacts {
         ModelFacts {
@@ -325,41 +328,41 @@ mod tests {
         let mut r = QuantRules::new(FileType::Q4_K_M, facts(32));
         let m = |cols| vec![64u64, cols];
         assert_eq!(
-            r.tensor_type("output.weight", &m(4096), GgmlType::BF16),
+            r.tensor_type(&g(Part::Output, 0), &m(4096), GgmlType::BF16),
             GgmlType::Q6_K
         );
         assert_eq!(
-            r.tensor_type("token_embd.weight", &m(4096), GgmlType::BF16),
+            r.tensor_type(&g(Part::Embedding, 0), &m(4096), GgmlType::BF16),
             GgmlType::Q4_K
         );
         assert_eq!(
-            r.tensor_type("blk.0.attn_norm.weight", &[4096], GgmlType::F32),
+            r.tensor_type(&g(Part::AttentionNorm, 0), &[4096], GgmlType::F32),
             GgmlType::F32
         );
         assert_eq!(
-            r.tensor_type("blk.0.attn_v.weight", &m(4096), GgmlType::BF16),
+            r.tensor_type(&g(Part::Wv, 0), &m(4096), GgmlType::BF16),
             GgmlType::Q6_K
         );
         assert_eq!(
-            r.tensor_type("blk.0.ffn_down.weight", &m(14336), GgmlType::BF16),
+            r.tensor_type(&g(Part::W2, 0), &m(14336), GgmlType::BF16),
             GgmlType::Q6_K
         );
         for _ in 1..4 {
-            r.tensor_type("blk.1.attn_v.weight", &m(4096), GgmlType::BF16);
+            r.tensor_type(&g(Part::Wv, 1), &m(4096), GgmlType::BF16);
         }
         // Layer 4 is not a more-bits layer.
         assert_eq!(
-            r.tensor_type("blk.4.attn_v.weight", &m(4096), GgmlType::BF16),
+            r.tensor_type(&g(Part::Wv, 4), &m(4096), GgmlType::BF16),
             GgmlType::Q4_K
         );
         // Rows of 64 values are not whole 256-blocks: Q4_K falls back to Q5_0.
         assert_eq!(
-            r.tensor_type("blk.4.attn_q.weight", &m(64), GgmlType::BF16),
+            r.tensor_type(&g(Part::Wq, 4), &m(64), GgmlType::BF16),
             GgmlType::Q5_0
         );
         // Rows of 16: even Q5_0 does not fit, so F16.
         assert_eq!(
-            r.tensor_type("blk.4.attn_q.weight", &m(16), GgmlType::BF16),
+            r.tensor_type(&g(Part::Wq, 4), &m(16), GgmlType::BF16),
             GgmlType::F16
         );
     }
@@ -368,16 +371,16 @@ mod tests {
     fn output_rules() {
         let mut r = QuantRules::new(FileType::Q8_0, facts(2));
         assert_eq!(
-            r.tensor_type("output.weight", &[8, 64], GgmlType::F32),
+            r.tensor_type(&g(Part::Output, 0), &[8, 64], GgmlType::F32),
             GgmlType::Q8_0
         );
         let mut r = QuantRules::new(FileType::Q4_0, facts(2));
         assert_eq!(
-            r.tensor_type("output.weight", &[8, 64], GgmlType::F32),
+            r.tensor_type(&g(Part::Output, 0), &[8, 64], GgmlType::F32),
             GgmlType::Q8_0
         );
         assert_eq!(
-            r.tensor_type("output.weight", &[8, 256], GgmlType::F32),
+            r.tensor_type(&g(Part::Output, 0), &[8, 256], GgmlType::F32),
             GgmlType::Q6_K
         );
         let tied = ModelFacts {
@@ -386,7 +389,7 @@ mod tests {
         };
         let mut r = QuantRules::new(FileType::Q4_0, tied);
         assert_eq!(
-            r.tensor_type("token_embd.weight", &[8, 256], GgmlType::F32),
+            r.tensor_type(&g(Part::Embedding, 0), &[8, 256], GgmlType::F32),
             GgmlType::Q6_K
         );
     }
@@ -403,23 +406,9 @@ mod tests {
 
     #[test]
     fn quantize_order_sorts_layers_numerically() {
-        let mut v = vec![
-            "blk.10.a",
-            "blk.2.b",
-            "output.weight",
-            "blk.2.a",
-            "token_embd.weight",
-        ];
+        let (output, embd) = (Part::Output.gguf_name(), Part::Embedding.gguf_name());
+        let mut v = vec!["blk.10.a", "blk.2.b", output, "blk.2.a", embd];
         v.sort_by(|a, b| quantize_order(a, b));
-        assert_eq!(
-            v,
-            [
-                "output.weight",
-                "token_embd.weight",
-                "blk.2.a",
-                "blk.2.b",
-                "blk.10.a"
-            ]
-        );
+        assert_eq!(v, [output, embd, "blk.2.a", "blk.2.b", "blk.10.a"]);
     }
 }

@@ -2,7 +2,9 @@
 //! `model-0000k-of-0000n.safetensors` + `model.safetensors.index.json`.
 use super::layout;
 use super::params::{ffn_hidden, Params};
+use super::rope::{rope_from_config, RopeScaling};
 use super::stream::{FullTensor, Piece};
+use super::tensors::Part;
 use crate::formats::safetensors::{Index, SafetensorsFile};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
@@ -13,6 +15,9 @@ pub struct HfDir {
     pub dir: PathBuf,
     pub config: Value,
     pub params: Params,
+    /// config.json's Llama 3.1 rope scaling, with its own values (Meta's params.json only says
+    /// whether there is one).
+    pub rope_scaling: Option<RopeScaling>,
     pub files: Vec<SafetensorsFile>,
     /// HF tensor name -> index into `files`.
     pub map: HashMap<String, usize>,
@@ -65,33 +70,6 @@ fn get_usize(c: &Value, key: &str) -> Result<usize> {
         .ok_or_else(|| anyhow!("config.json: `{key}` is missing or not a positive integer"))
 }
 
-/// rope_theta and the Llama 3.1 scaling flag from either config style (`rope_theta` +
-/// `rope_scaling`, or the newer `rope_parameters`).
-pub fn rope_from_config(c: &Value) -> (f64, Option<&Value>) {
-    let params = c.get("rope_parameters").filter(|v| v.is_object());
-    let theta = c
-        .get("rope_theta")
-        .and_then(Value::as_f64)
-        .or_else(|| {
-            params
-                .and_then(|p| p.get("rope_theta"))
-                .and_then(Value::as_f64)
-        })
-        .unwrap_or(10000.0);
-    let scaling = c
-        .get("rope_scaling")
-        .filter(|v| v.is_object())
-        .or(params)
-        .filter(|s| {
-            let t = s
-                .get("rope_type")
-                .or_else(|| s.get("type"))
-                .and_then(Value::as_str);
-            matches!(t, Some(t) if t != "default")
-        });
-    (theta, scaling)
-}
-
 /// Meta params for an HF `LlamaForCausalLM` config.
 pub fn params_from_config(c: &Value) -> Result<Params> {
     if let Some(archs) = c.get("architectures").and_then(Value::as_array) {
@@ -120,23 +98,8 @@ pub fn params_from_config(c: &Value) -> Result<Params> {
         .unwrap_or(n_heads);
     let inter = get_usize(c, "intermediate_size")?;
     let (multiple_of, ffn_dim_multiplier) = solve_ffn(dim, inter)?;
-    let (rope_theta, scaling) = rope_from_config(c);
-    let use_scaled_rope = scaling.and_then(|s| {
-        let t = s
-            .get("rope_type")
-            .or_else(|| s.get("type"))
-            .and_then(Value::as_str)?;
-        Some(t == "llama3")
-    });
-    if let Some(s) = scaling {
-        let t = s
-            .get("rope_type")
-            .or_else(|| s.get("type"))
-            .and_then(Value::as_str);
-        if t != Some("llama3") {
-            bail!("config.json: rope scaling type {t:?} is not supported (only llama3)");
-        }
-    }
+    let (rope_theta, _) = rope_from_config(c);
+    let scaling = RopeScaling::from_hf_config(c)?;
     let p = Params {
         dim,
         n_layers: get_usize(c, "num_hidden_layers")?,
@@ -150,7 +113,7 @@ pub fn params_from_config(c: &Value) -> Result<Params> {
             .and_then(Value::as_f64)
             .ok_or_else(|| anyhow!("config.json: `rms_norm_eps` is missing"))?,
         rope_theta: Some(rope_theta),
-        use_scaled_rope: use_scaled_rope.filter(|&s| s),
+        use_scaled_rope: scaling.is_some().then_some(true),
         extra: Default::default(),
     };
     p.validate().context("config.json")?;
@@ -170,6 +133,7 @@ impl HfDir {
         let config: Value = serde_json::from_str(&text)
             .with_context(|| format!("{}: invalid JSON", cfg_path.display()))?;
         let params = params_from_config(&config).with_context(|| format!("{}", dir.display()))?;
+        let rope_scaling = RopeScaling::from_hf_config(&config)?;
         let index_path = dir.join("model.safetensors.index.json");
         let (names, index) = if index_path.exists() {
             let index = Index::read(&index_path)?;
@@ -225,6 +189,7 @@ impl HfDir {
             dir: dir.to_path_buf(),
             config,
             params,
+            rope_scaling,
             files,
             map,
             index,
@@ -233,7 +198,7 @@ impl HfDir {
 
     /// True when `lm_head` is tied to the embedding (absent from the files).
     pub fn tied(&self) -> bool {
-        !self.map.contains_key("lm_head.weight")
+        !self.map.contains_key(Part::Output.hf_name())
             && self
                 .config
                 .get("tie_word_embeddings")

@@ -3,6 +3,7 @@
 //! (4.44.2) writes, plus the Llama 3.1 `rope_scaling` block that converter forgot. Keys are sorted,
 //! as `PretrainedConfig.to_json_string` sorts them.
 use super::params::Params;
+use super::rope::RopeScaling;
 use crate::formats::DType;
 use serde_json::{json, Map, Value};
 
@@ -46,17 +47,19 @@ fn torch_dtype_name(d: DType) -> &'static str {
     }
 }
 
-/// The scaling Meta's model.py applies when `use_scaled_rope` is set (factor 8, low 1, high 4,
-/// original context 8192), in transformers' `rope_scaling` spelling.
+/// The scaling Meta's model.py applies when `use_scaled_rope` is set, in transformers'
+/// `rope_scaling` spelling: Meta's constants (a `rope_scaling_factor` in params.json is not
+/// carried over).
 pub fn rope_scaling(p: &Params) -> Value {
     if !is_llama31(p) {
         return Value::Null;
     }
+    let d = RopeScaling::default();
     json!({
-        "factor": 8.0,
-        "high_freq_factor": 4.0,
-        "low_freq_factor": 1.0,
-        "original_max_position_embeddings": 8192,
+        "factor": d.factor,
+        "high_freq_factor": d.high_freq_factor,
+        "low_freq_factor": d.low_freq_factor,
+        "original_max_position_embeddings": d.original_max_position_embeddings as u64,
         "rope_type": "llama3"
     })
 }

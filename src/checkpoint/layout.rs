@@ -1,27 +1,11 @@
-//! The weights a Llama model has, how Meta's model-parallel layers split them across ranks, and
-//! the Meta <-> Hugging Face name map and q/k row permutation.
+//! The weights a Llama model of given params has (from the table in [`super::tensors`]), the slice
+//! of each that a model-parallel rank holds, and the q/k row permutation between Meta and Hugging
+//! Face.
 use super::params::Params;
+use super::tensors::{meta_order, rename, Found, Naming, Part, Sizes};
 use std::ops::Range;
 
-/// How a weight is divided between model-parallel ranks (fairscale Column/Row/VocabParallel).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Split {
-    /// Rank r holds the r-th contiguous block of rows (dim 0).
-    Rows,
-    /// Rank r holds the r-th contiguous block of columns (dim 1).
-    Cols,
-    /// Every rank holds the whole tensor.
-    Replicated,
-}
-
-/// Which attention projection a weight is, for GQA and the q/k permutation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Query,
-    Key,
-    Value,
-    Other,
-}
+pub use super::tensors::{rule_for, Role, Split};
 
 /// One expected weight of a Meta checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,64 +16,35 @@ pub struct Weight {
     pub role: Role,
 }
 
-/// The split rule for a Meta weight name (None for names Llama does not have).
-pub fn rule_for(name: &str, embed_split: Split) -> Option<(Split, Role)> {
-    if name == "tok_embeddings.weight" {
-        return Some((embed_split, Role::Other));
-    }
-    if name == "output.weight" {
-        return Some((Split::Rows, Role::Other));
-    }
-    if name == "norm.weight" || name == "rope.freqs" {
-        return Some((Split::Replicated, Role::Other));
-    }
-    let rest = name.strip_prefix("layers.")?;
-    let (n, tail) = rest.split_once('.')?;
-    n.parse::<usize>().ok()?;
-    Some(match tail {
-        "attention.wq.weight" => (Split::Rows, Role::Query),
-        "attention.wk.weight" => (Split::Rows, Role::Key),
-        "attention.wv.weight" => (Split::Rows, Role::Value),
-        "attention.wo.weight" => (Split::Cols, Role::Other),
-        "feed_forward.w1.weight" | "feed_forward.w3.weight" => (Split::Rows, Role::Other),
-        "feed_forward.w2.weight" => (Split::Cols, Role::Other),
-        "attention_norm.weight" | "ffn_norm.weight" => (Split::Replicated, Role::Other),
-        _ => return None,
-    })
-}
-
-/// All weights of a Llama model in Meta's state-dict order.
+/// All weights of a Llama model in Meta's state-dict order (`rope.freqs`, when the checkpoint has
+/// it, before `output.weight`).
 pub fn meta_weights(p: &Params, vocab: usize, embed_split: Split, rope_freqs: bool) -> Vec<Weight> {
-    let (dim, hd, hidden) = (p.dim, p.head_dim(), p.ffn_hidden());
-    let kv = p.kv_heads() * hd;
-    let mut out = Vec::new();
-    let mut push = |name: String, full_shape: Vec<usize>| {
-        let (split, role) = rule_for(&name, embed_split).expect("known name");
-        out.push(Weight {
+    let sizes = Sizes {
+        dim: p.dim,
+        n_heads: p.n_heads,
+        n_kv_heads: p.kv_heads(),
+        head_dim: p.head_dim(),
+        hidden: p.ffn_hidden(),
+        vocab,
+    };
+    let weight = |f: Found| {
+        let name = f.name(Naming::Meta).expect("Meta names every tensor");
+        let (split, role) = rule_for(&name, embed_split).expect("a table name");
+        Weight {
             name,
-            full_shape,
+            full_shape: sizes.shape(f.entry),
             split,
             role,
-        });
+        }
     };
-    push("tok_embeddings.weight".into(), vec![vocab, dim]);
-    for l in 0..p.n_layers {
-        let n = |s: &str| format!("layers.{l}.{s}");
-        push(n("attention.wq.weight"), vec![p.n_heads * hd, dim]);
-        push(n("attention.wk.weight"), vec![kv, dim]);
-        push(n("attention.wv.weight"), vec![kv, dim]);
-        push(n("attention.wo.weight"), vec![dim, p.n_heads * hd]);
-        push(n("feed_forward.w1.weight"), vec![hidden, dim]);
-        push(n("feed_forward.w2.weight"), vec![dim, hidden]);
-        push(n("feed_forward.w3.weight"), vec![hidden, dim]);
-        push(n("attention_norm.weight"), vec![dim]);
-        push(n("ffn_norm.weight"), vec![dim]);
-    }
-    push("norm.weight".into(), vec![dim]);
+    let mut out: Vec<Weight> = meta_order(p.n_layers).map(weight).collect();
     if rope_freqs {
-        push("rope.freqs".into(), vec![hd / 2]);
+        let rope = Found {
+            entry: Part::RopeFreqs.entry(),
+            layer: None,
+        };
+        out.insert(out.len() - 1, weight(rope));
     }
-    push("output.weight".into(), vec![vocab, dim]);
     out
 }
 
@@ -129,54 +84,12 @@ pub fn shard_shape(w: &Weight, p: &Params, mp: usize) -> Vec<usize> {
 
 /// Meta name -> Hugging Face name.
 pub fn meta_to_hf(name: &str) -> Option<String> {
-    Some(match name {
-        "tok_embeddings.weight" => "model.embed_tokens.weight".into(),
-        "norm.weight" => "model.norm.weight".into(),
-        "output.weight" => "lm_head.weight".into(),
-        _ => {
-            let rest = name.strip_prefix("layers.")?;
-            let (n, tail) = rest.split_once('.')?;
-            let hf = match tail {
-                "attention.wq.weight" => "self_attn.q_proj.weight",
-                "attention.wk.weight" => "self_attn.k_proj.weight",
-                "attention.wv.weight" => "self_attn.v_proj.weight",
-                "attention.wo.weight" => "self_attn.o_proj.weight",
-                "feed_forward.w1.weight" => "mlp.gate_proj.weight",
-                "feed_forward.w2.weight" => "mlp.down_proj.weight",
-                "feed_forward.w3.weight" => "mlp.up_proj.weight",
-                "attention_norm.weight" => "input_layernorm.weight",
-                "ffn_norm.weight" => "post_attention_layernorm.weight",
-                _ => return None,
-            };
-            format!("model.layers.{n}.{hf}")
-        }
-    })
+    rename(Naming::Meta, Naming::Hf, name)
 }
 
 /// Hugging Face name -> Meta name.
 pub fn hf_to_meta(name: &str) -> Option<String> {
-    Some(match name {
-        "model.embed_tokens.weight" => "tok_embeddings.weight".into(),
-        "model.norm.weight" => "norm.weight".into(),
-        "lm_head.weight" => "output.weight".into(),
-        _ => {
-            let rest = name.strip_prefix("model.layers.")?;
-            let (n, tail) = rest.split_once('.')?;
-            let meta = match tail {
-                "self_attn.q_proj.weight" => "attention.wq.weight",
-                "self_attn.k_proj.weight" => "attention.wk.weight",
-                "self_attn.v_proj.weight" => "attention.wv.weight",
-                "self_attn.o_proj.weight" => "attention.wo.weight",
-                "mlp.gate_proj.weight" => "feed_forward.w1.weight",
-                "mlp.down_proj.weight" => "feed_forward.w2.weight",
-                "mlp.up_proj.weight" => "feed_forward.w3.weight",
-                "input_layernorm.weight" => "attention_norm.weight",
-                "post_attention_layernorm.weight" => "ffn_norm.weight",
-                _ => return None,
-            };
-            format!("layers.{n}.{meta}")
-        }
-    })
+    rename(Naming::Hf, Naming::Meta, name)
 }
 
 /// Direction of the q/k row permutation.

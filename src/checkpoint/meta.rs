@@ -4,6 +4,7 @@ use super::checklist;
 use super::layout::{self, Role, Split, Weight};
 use super::params::Params;
 use super::stream::{FullTensor, Piece};
+use super::tensors::Part;
 use crate::formats::copy::CHUNK;
 use crate::formats::integrity::Expect;
 use crate::formats::pth::PthFile;
@@ -143,13 +144,14 @@ impl MetaDir {
                 Split::Rows
             });
         }
-        let t = self.info(0, "tok_embeddings.weight")?;
+        let t = self.info(0, Part::Embedding.meta_name())?;
         Ok(match t.shape.as_slice() {
             [_, d] if *d == self.params.dim => Split::Rows,
             [_, d] if d * self.mp() == self.params.dim => Split::Cols,
             s => bail!(
-                "{}: tok_embeddings.weight has shape {s:?}, which fits neither split of dim {} over {} shards",
+                "{}: {} has shape {s:?}, which fits neither split of dim {} over {} shards",
                 self.shards[0].path().display(),
+                Part::Embedding.meta_name(),
                 self.params.dim,
                 self.mp()
             ),
@@ -161,11 +163,11 @@ impl MetaDir {
         if let Some(v) = self.params.vocab() {
             return Ok(v);
         }
-        let t = self.info(0, "tok_embeddings.weight")?;
+        let t = self.info(0, Part::Embedding.meta_name())?;
         let rows = *t
             .shape
             .first()
-            .ok_or_else(|| anyhow!("tok_embeddings.weight is not 2-D"))?;
+            .ok_or_else(|| anyhow!("{} is not 2-D", Part::Embedding.meta_name()))?;
         Ok(match self.embed_split()? {
             Split::Rows => rows * self.mp(),
             _ => rows,
@@ -174,7 +176,7 @@ impl MetaDir {
 
     /// The expected weights of this model (Llama 2 files also carry `rope.freqs`).
     pub fn expected(&self) -> Result<Vec<Weight>> {
-        let rope = self.shards[0].get("rope.freqs").is_some();
+        let rope = self.shards[0].get(Part::RopeFreqs.meta_name()).is_some();
         Ok(layout::meta_weights(
             &self.params,
             self.vocab()?,

@@ -14,8 +14,10 @@ pub mod layout;
 pub mod meta;
 pub mod params;
 pub(crate) mod reshard;
+pub mod rope;
 pub(crate) mod stats;
 pub(crate) mod stream;
+pub mod tensors;
 pub(crate) mod verify;
 
 pub use params::Params;
@@ -100,6 +102,15 @@ impl ModelDir {
         match self {
             ModelDir::Meta(m) => &m.params,
             ModelDir::Hf(h) => &h.params,
+        }
+    }
+
+    /// Llama 3.1 rope scaling: config.json's values for Hugging Face directories, Meta's for
+    /// params.json's `use_scaled_rope`.
+    pub fn rope_scaling(&self) -> Option<rope::RopeScaling> {
+        match self {
+            ModelDir::Meta(m) => m.params.rope_scaling(),
+            ModelDir::Hf(h) => h.rope_scaling,
         }
     }
 

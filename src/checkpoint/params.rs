@@ -1,5 +1,6 @@
 //! `params.json`: Meta's model hyper-parameters, the sizes derived from them, and which
 //! model-parallel sizes they allow.
+use super::rope::{RopeScaling, DEFAULT_THETA};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -51,11 +52,25 @@ impl Params {
     }
 
     pub fn rope_theta(&self) -> f64 {
-        self.rope_theta.unwrap_or(10000.0)
+        self.rope_theta.unwrap_or(DEFAULT_THETA)
     }
 
     pub fn scaled_rope(&self) -> bool {
         self.use_scaled_rope.unwrap_or(false)
+    }
+
+    /// The scaling `use_scaled_rope` turns on: Meta's constants, with Llama 3.2's own factor
+    /// (`rope_scaling_factor`) when params.json carries one.
+    pub fn rope_scaling(&self) -> Option<RopeScaling> {
+        let d = RopeScaling::default();
+        self.scaled_rope().then(|| RopeScaling {
+            factor: self
+                .extra
+                .get("rope_scaling_factor")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(d.factor),
+            ..d
+        })
     }
 
     /// FFN hidden size by Meta's formula: int(2*4*dim/3), times ffn_dim_multiplier (int()),

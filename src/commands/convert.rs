@@ -2,11 +2,13 @@
 //! `checkpoint::convert`; this adds the tokenizer files, checklist, atomic output and the report.
 use super::reporters::{Options as Shown, ProgressReporter};
 use crate::checkpoint::convert::{self, Options, Summary};
+use crate::checkpoint::tensors::Part;
 use crate::checkpoint::{fp8, hf_config, Params};
 use crate::cli::{ConvertArgs, ConvertTo};
+use crate::human::human_bytes;
+use crate::output::{check_dst_outside_src, AtomicDir};
 use crate::store::{lock, resolve, resolve::Want};
 use crate::tokenizer::hf_files::{tiktoken_model_from_tokenizer_json, write_hf_tokenizer_files};
-use crate::util::{check_dst_outside_src, human_bytes, AtomicDir};
 use anyhow::{anyhow, bail, Result};
 use std::path::Path;
 use std::time::Instant;
@@ -180,11 +182,14 @@ fn report(s: &Summary, dst: &Path, to: ConvertTo, secs: f64) {
         match to {
             ConvertTo::Gguf => {}
             ConvertTo::Hf => eprintln!(
-                "output.weight equals tok_embeddings.weight: wrote tie_word_embeddings=true and no lm_head"
+                "{} equals {}: wrote tie_word_embeddings=true and no lm_head",
+                Part::Output.meta_name(),
+                Part::Embedding.meta_name()
             ),
-            ConvertTo::Meta => {
-                eprintln!("tied embeddings: wrote output.weight as a copy of embed_tokens")
-            }
+            ConvertTo::Meta => eprintln!(
+                "tied embeddings: wrote {} as a copy of embed_tokens",
+                Part::Output.meta_name()
+            ),
         }
     }
     if s.overflowed() > 0 {

@@ -12,7 +12,7 @@ use crate::formats::gguf::{self, GgufFile};
 use crate::formats::pth::PthFile;
 use crate::formats::safetensors::SafetensorsFile;
 use crate::formats::TensorInfo;
-use crate::util::human_bytes;
+use crate::human::human_bytes;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};

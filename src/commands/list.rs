@@ -4,11 +4,11 @@
 //! not known to be verified), `verified` (see `checkpoint::catalog` for the marker rule).
 use crate::checkpoint::catalog::{self, Source};
 use crate::cli::ListArgs;
-use crate::util::human_bytes;
+use crate::human::human_bytes;
 use anyhow::Result;
 
 pub fn run(args: &ListArgs) -> Result<i32> {
-    super::note_stale(&crate::util::stale_temps(&args.dir, None));
+    super::note_stale(&crate::output::stale_temps(&args.dir, None));
     let rows: Vec<_> = catalog::MODELS
         .iter()
         .map(|m| (m, catalog::local_status(m, &args.dir)))

@@ -1,9 +1,9 @@
 //! `llamactl ls` (and `list --downloaded`): one table of every model on disk, from
 //! `store::scan`; `--verify` re-checks each through `store::check`.
 use crate::cli::LsArgs;
+use crate::human::human_bytes;
 use crate::store::scan::{self, Entry, Inventory, Place};
 use crate::store::{check, Roots};
-use crate::util::human_bytes;
 use anyhow::Result;
 use serde_json::json;
 
@@ -23,7 +23,7 @@ pub fn run(args: &LsArgs) -> Result<i32> {
     let stale: Vec<_> = [roots.checkpoints.clone(), roots.hf_cache.join(".locks")]
         .iter()
         .chain(args.dir.iter())
-        .flat_map(|d| crate::util::stale_temps(d, None))
+        .flat_map(|d| crate::output::stale_temps(d, None))
         .collect();
     if !stale.is_empty() {
         let bytes = stale.iter().map(|s| s.bytes).sum();

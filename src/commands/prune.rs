@@ -1,9 +1,9 @@
 //! `llamactl prune [--partials] [--revisions] [--dir DIR]... [--dry-run] [--json]`: removes what
 //! interrupted runs and old revisions leave (`store::remove::plan_prune`), never a live run's.
 use crate::cli::PruneArgs;
+use crate::human::human_bytes;
 use crate::store::remove::{plan_prune, Plan, PruneOptions};
 use crate::store::Roots;
-use crate::util::human_bytes;
 use anyhow::Result;
 use std::path::PathBuf;
 

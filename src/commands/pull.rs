@@ -2,6 +2,7 @@
 //! uses (or into `--local-dir`), files in parallel, LFS files sha256-checked while streaming.
 use super::reporters::{Options as Shown, ProgressReporter};
 use crate::cli::PullArgs;
+use crate::human::human_bytes;
 use crate::net::config::NetConfig;
 use crate::net::download::kept_parts_note;
 use crate::net::hub::{
@@ -9,7 +10,7 @@ use crate::net::hub::{
     HubEnv, RepoCache, RepoFile, TokenSource,
 };
 use crate::progress::Reporter;
-use crate::util::{human_bytes, work_queue};
+use crate::util::work_queue;
 use anyhow::{bail, Context, Result};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use std::path::{Path, PathBuf};

@@ -6,9 +6,8 @@
 //! The status line: `HEAD: [N of M files, ][LABEL ]DONE of TOTAL[ known] (P%), RATE/s[, ETA T]`,
 //! where the label of the one running task is shown when the command counts nothing. A task's
 //! notes (a retry, a re-fetch) go on its bar, or become a line `LABEL: NOTE` without bars.
-use crate::net::signed_url::human_duration;
+use crate::human::{human_bytes, human_duration};
 use crate::progress::{Reporter, Task};
-use crate::util::human_bytes;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

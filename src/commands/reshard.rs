@@ -5,8 +5,10 @@ use crate::checkpoint::checklist::{self, Entry};
 use crate::checkpoint::fp8;
 use crate::checkpoint::reshard::{copy_listed, Plan};
 use crate::cli::ReshardArgs;
+use crate::human::human_bytes;
+use crate::output::{check_dst_outside_src, AtomicDir};
 use crate::store::{lock, resolve, resolve::Want};
-use crate::util::{check_dst_outside_src, ensure_free_disk, human_bytes, AtomicDir};
+use crate::util::ensure_free_disk;
 use anyhow::{bail, Context, Result};
 use std::time::Instant;
 

@@ -2,10 +2,10 @@
 //! (`store::scan`), plans its removal and carries it out (`store::remove`).
 use crate::cli::RmArgs;
 use crate::error::{Fail, USAGE};
+use crate::human::human_bytes;
 use crate::store::remove::{self, Item, Plan};
 use crate::store::scan::{self, Entry, Place, RepoScan};
 use crate::store::Roots;
-use crate::util::human_bytes;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
 use std::io::{BufRead, IsTerminal, Write};

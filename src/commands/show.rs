@@ -1,8 +1,8 @@
 //! `llamactl show MODEL [--json]`: one model in detail (`store::describe`), resolved from a
 //! catalog name, descriptor, Hub repo id or path (`store::resolve`).
 use crate::cli::ShowArgs;
+use crate::human::human_bytes;
 use crate::store::{describe, resolve};
-use crate::util::human_bytes;
 use anyhow::Result;
 use serde_json::Value;
 

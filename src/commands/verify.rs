@@ -4,8 +4,8 @@ use super::reporters::{FinishLines, Options as Shown, ProgressReporter};
 use crate::checkpoint::verify::{self, Check, CheckState, Kind, Options, Problem, Report};
 use crate::cli::VerifyArgs;
 use crate::formats::gguf::{self, GgufFile};
+use crate::human::human_bytes;
 use crate::store::{resolve, resolve::Want};
-use crate::util::human_bytes;
 use anyhow::{bail, Result};
 
 pub fn run(args: &VerifyArgs) -> Result<i32> {
@@ -23,7 +23,7 @@ pub fn run(args: &VerifyArgs) -> Result<i32> {
             crate::formats::sniff::refusal(&args.dir, "a model directory or a GGUF file")
         );
     }
-    super::note_stale(&crate::util::stale_temps_of(&args.dir));
+    super::note_stale(&crate::output::stale_temps_of(&args.dir));
     let jobs = args
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));

@@ -1,16 +1,7 @@
 //! Every network setting in one place, for the Meta CDN and the Hub alike: timeouts, the retry
-//! policy and segmenting. Tests (and users on odd links) override them through the environment:
-//!
-//! | variable | meaning | default |
-//! |---|---|---|
-//! | `LLAMACTL_NET_RETRIES` | tries after a failure, counted since the last try that moved bytes at the floor rate | 8 |
-//! | `LLAMACTL_NET_TIMEOUT_S` | no byte for this long (or no response headers) is a stall, retried | 60 |
-//! | `LLAMACTL_NET_CONNECT_TIMEOUT_S` | a connection not made within this long failed | 10 |
-//! | `LLAMACTL_NET_BACKOFF_MS` | first wait before a retry; doubled per failure, ±50 % jitter | 1000 |
-//! | `LLAMACTL_NET_BACKOFF_MAX_MS` | longest wait between retries | 60000 |
-//! | `LLAMACTL_NET_SEGMENT_MIN_BYTES` | smallest segment of a file fetched over several connections | 64 MiB |
-//! | `LLAMACTL_NET_MIN_RATE_BYTES` | floor rate in bytes per second: a try slower than this counts as failed (0: none) | 16384 |
-//! | `LLAMACTL_NET_MIN_RATE_WINDOW_S` | the span over which a running transfer is held to the floor rate | 60 |
+//! policy and segmenting. Tests (and users on odd links) override them through the environment
+//! variables listed in `SETTINGS`; their defaults are [`NetConfig::default`], and both `--help` and the
+//! table in docs/CLI.md are rendered from these two (a test holds the docs to them).
 //!
 //! The names used before these (`LLAMACTL_RETRIES`, `LLAMACTL_READ_TIMEOUT_MS`,
 //! `LLAMACTL_CONNECT_TIMEOUT_MS`, `LLAMACTL_RETRY_BASE_MS`, `LLAMACTL_RETRY_MAX_MS`,
@@ -55,6 +46,7 @@ impl Default for NetConfig {
 }
 
 /// How a variable's text becomes a value.
+#[derive(Debug, Clone, Copy)]
 enum Unit {
     Seconds,
     Millis,
@@ -94,58 +86,122 @@ fn read(name: &str, alias: &str, unit: Unit) -> Result<Option<f64>> {
     }))
 }
 
+/// The field of [`NetConfig`] a variable sets.
+#[derive(Debug, Clone, Copy)]
+enum Field {
+    ReadTimeout,
+    ConnectTimeout,
+    Retries,
+    RetryBase,
+    RetryMax,
+    SegmentMin,
+    MinRate,
+    RateWindow,
+}
+
+/// One environment variable: its names and unit, the field it sets, and how `--help` and
+/// docs/CLI.md describe it.
+struct Setting {
+    name: &'static str,
+    /// The older name, read when `name` is unset (empty: none).
+    alias: &'static str,
+    unit: Unit,
+    field: Field,
+    /// `--help`'s words before the default (`stall`), empty for none.
+    hint: &'static str,
+    /// Which `--help` line lists it; the last one only `download` shows.
+    line: u8,
+    /// docs/CLI.md's "meaning" column.
+    meaning: &'static str,
+}
+
+const fn setting(
+    name: &'static str,
+    alias: &'static str,
+    unit: Unit,
+    field: Field,
+    hint: &'static str,
+    line: u8,
+    meaning: &'static str,
+) -> Setting {
+    Setting {
+        name,
+        alias,
+        unit,
+        field,
+        hint,
+        line,
+        meaning,
+    }
+}
+
+/// The `--help` line that only `download` (the one command with `--connections`) shows.
+const SEGMENT_LINE: u8 = 3;
+
+/// Every network variable, in docs/CLI.md's order.
+#[rustfmt::skip]
+const SETTINGS: [Setting; 8] = [
+    setting("LLAMACTL_NET_RETRIES", "LLAMACTL_RETRIES", Unit::Count, Field::Retries, "", 0,
+        "tries after a failure, counted since the last try that moved bytes at the floor rate"),
+    setting("LLAMACTL_NET_TIMEOUT_S", "LLAMACTL_READ_TIMEOUT_MS", Unit::Seconds, Field::ReadTimeout, "stall", 0,
+        "no byte (or no response) for this long is a stall, retried"),
+    setting("LLAMACTL_NET_CONNECT_TIMEOUT_S", "LLAMACTL_CONNECT_TIMEOUT_MS", Unit::Seconds, Field::ConnectTimeout, "", 0,
+        "a connection not made within this long failed"),
+    setting("LLAMACTL_NET_BACKOFF_MS", "LLAMACTL_RETRY_BASE_MS", Unit::Millis, Field::RetryBase, "", 1,
+        "first wait before a retry; doubled per failure, ±50 % jitter"),
+    setting("LLAMACTL_NET_BACKOFF_MAX_MS", "LLAMACTL_RETRY_MAX_MS", Unit::Millis, Field::RetryMax, "", 1,
+        "longest wait between retries"),
+    setting("LLAMACTL_NET_SEGMENT_MIN_BYTES", "LLAMACTL_SEGMENT_MIN_BYTES", Unit::Count, Field::SegmentMin,
+        "smallest --connections segment", SEGMENT_LINE, "smallest segment with `download --connections N`"),
+    setting("LLAMACTL_NET_MIN_RATE_BYTES", "", Unit::Count, Field::MinRate, "floor, bytes/s", 2,
+        "floor rate, bytes per second; `0` turns it off"),
+    setting("LLAMACTL_NET_MIN_RATE_WINDOW_S", "", Unit::Seconds, Field::RateWindow, "", 2,
+        "how long a running transfer may stay below the floor rate"),
+];
+
 impl NetConfig {
-    /// Defaults, overridden by the variables in the module docs.
+    /// A field's value in its variable's unit (seconds, milliseconds or a count).
+    fn get(&self, f: Field, unit: Unit) -> f64 {
+        let d = |d: Duration| match unit {
+            Unit::Millis => d.as_secs_f64() * 1000.0,
+            _ => d.as_secs_f64(),
+        };
+        match f {
+            Field::ReadTimeout => d(self.read_timeout),
+            Field::ConnectTimeout => d(self.connect_timeout),
+            Field::Retries => self.retries.into(),
+            Field::RetryBase => d(self.retry_base),
+            Field::RetryMax => d(self.retry_max),
+            Field::SegmentMin => self.segment_min as f64,
+            Field::MinRate => self.min_rate as f64,
+            Field::RateWindow => d(self.rate_window),
+        }
+    }
+
+    /// Set a field from [`read`]'s value (seconds for durations, whatever unit the variable is
+    /// written in).
+    fn set(&mut self, f: Field, v: f64) {
+        let secs = Duration::from_secs_f64;
+        match f {
+            Field::ReadTimeout => self.read_timeout = secs(v),
+            Field::ConnectTimeout => self.connect_timeout = secs(v),
+            Field::Retries => self.retries = (v as u64).min(u32::MAX.into()) as u32,
+            Field::RetryBase => self.retry_base = secs(v),
+            Field::RetryMax => self.retry_max = secs(v),
+            Field::SegmentMin => self.segment_min = (v as u64).max(1),
+            Field::MinRate => self.min_rate = v as u64,
+            Field::RateWindow => self.rate_window = secs(v),
+        }
+    }
+
+    /// Defaults, overridden by the variables of `SETTINGS`.
     pub fn from_env() -> Result<Self> {
-        let d = Self::default();
-        // `read` gives durations in seconds whatever unit the variable is written in.
-        let dur = |name, alias, unit, default: Duration| -> Result<Duration> {
-            Ok(read(name, alias, unit)?.map_or(default, Duration::from_secs_f64))
-        };
-        let count = |name, alias, default: u64| -> Result<u64> {
-            Ok(read(name, alias, Unit::Count)?.map_or(default, |n| n as u64))
-        };
-        let cfg = Self {
-            read_timeout: dur(
-                "LLAMACTL_NET_TIMEOUT_S",
-                "LLAMACTL_READ_TIMEOUT_MS",
-                Unit::Seconds,
-                d.read_timeout,
-            )?,
-            connect_timeout: dur(
-                "LLAMACTL_NET_CONNECT_TIMEOUT_S",
-                "LLAMACTL_CONNECT_TIMEOUT_MS",
-                Unit::Seconds,
-                d.connect_timeout,
-            )?,
-            retries: count("LLAMACTL_NET_RETRIES", "LLAMACTL_RETRIES", d.retries.into())?
-                .min(u32::MAX.into()) as u32,
-            retry_base: dur(
-                "LLAMACTL_NET_BACKOFF_MS",
-                "LLAMACTL_RETRY_BASE_MS",
-                Unit::Millis,
-                d.retry_base,
-            )?,
-            retry_max: dur(
-                "LLAMACTL_NET_BACKOFF_MAX_MS",
-                "LLAMACTL_RETRY_MAX_MS",
-                Unit::Millis,
-                d.retry_max,
-            )?,
-            segment_min: count(
-                "LLAMACTL_NET_SEGMENT_MIN_BYTES",
-                "LLAMACTL_SEGMENT_MIN_BYTES",
-                d.segment_min,
-            )?
-            .max(1),
-            min_rate: count("LLAMACTL_NET_MIN_RATE_BYTES", "", d.min_rate)?,
-            rate_window: dur(
-                "LLAMACTL_NET_MIN_RATE_WINDOW_S",
-                "",
-                Unit::Seconds,
-                d.rate_window,
-            )?,
-        };
+        let mut cfg = Self::default();
+        for s in &SETTINGS {
+            if let Some(v) = read(s.name, s.alias, s.unit)? {
+                cfg.set(s.field, v);
+            }
+        }
         if cfg.read_timeout.is_zero() || cfg.connect_timeout.is_zero() {
             return Err(anyhow!("LLAMACTL_NET_*TIMEOUT*: a timeout must be above 0"));
         }
@@ -155,6 +211,46 @@ impl NetConfig {
             ));
         }
         Ok(cfg)
+    }
+
+    /// The `--help` lines naming each variable with its default; `segments` adds the line only
+    /// `download` has.
+    pub fn env_help(segments: bool) -> String {
+        let d = Self::default();
+        let lines = if segments {
+            SEGMENT_LINE + 1
+        } else {
+            SEGMENT_LINE
+        };
+        (0..lines)
+            .map(|line| {
+                let items: Vec<String> = SETTINGS
+                    .iter()
+                    .filter(|s| s.line == line)
+                    .map(|s| {
+                        let hint = if s.hint.is_empty() {
+                            String::new()
+                        } else {
+                            format!("{}, ", s.hint)
+                        };
+                        format!("{} ({hint}{})", s.name, d.get(s.field, s.unit))
+                    })
+                    .collect();
+                format!("  {}", items.join("  "))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// docs/CLI.md's table of the variables, their meaning and default.
+    pub fn env_table() -> String {
+        let d = Self::default();
+        let mut out = String::from("| variable | meaning | default |\n|---|---|---|\n");
+        for s in &SETTINGS {
+            let v = d.get(s.field, s.unit);
+            out.push_str(&format!("| `{}` | {} | {v} |\n", s.name, s.meaning));
+        }
+        out
     }
 
     /// Backoff before retry number `n` (1-based): base·2^(n-1), capped, times a jitter in [0.5, 1.5).
@@ -186,6 +282,16 @@ mod tests {
         assert_eq!(r(none, old, Unit::Count), Some(250.0));
         assert_eq!(r(none, none, Unit::Count), None);
         assert!(read(new, none, Unit::Count).is_err(), "0.5 is not a count");
+    }
+
+    #[test]
+    fn docs_list_every_variable_with_its_default() {
+        let table = NetConfig::env_table();
+        let docs = include_str!("../../docs/CLI.md");
+        assert!(docs.contains(&table), "docs/CLI.md should hold:\n{table}");
+        let help = NetConfig::env_help(true);
+        assert!(SETTINGS.iter().all(|s| help.contains(s.name)), "{help}");
+        assert!(!NetConfig::env_help(false).contains("SEGMENT"));
     }
 
     #[test]

@@ -5,9 +5,9 @@
 //! floor rate or above ([`Pace`]): a flaky link is not a dead one, but a server that sends a few
 //! bytes and then stalls, on every request, is. Callers keep their own words for the wait and the
 //! final error.
+use crate::human::human_bytes;
 use crate::net::config::NetConfig;
 use crate::net::reach::{ConnectFailure, FirstContact, Unreachable};
-use crate::util::human_bytes;
 use std::time::{Duration, Instant};
 
 /// The failed tries of one request or transfer.

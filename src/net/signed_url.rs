@@ -190,19 +190,6 @@ fn is_value_end(b: u8) -> bool {
     )
 }
 
-/// A duration as "23h 59m", "4m 10s" or "12s".
-pub fn human_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    let (h, m, sec) = (s / 3600, (s % 3600) / 60, s % 60);
-    if h > 0 {
-        format!("{h}h {m:02}m")
-    } else if m > 0 {
-        format!("{m}m {sec:02}s")
-    } else {
-        format!("{sec}s")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,12 +256,5 @@ mod tests {
         );
         assert_eq!(redact("mail alice@h.example"), "mail alice@h.example");
         assert_eq!(redact("https://h/a@b"), "https://h/a@b");
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(human_duration(Duration::from_secs(86399)), "23h 59m");
-        assert_eq!(human_duration(Duration::from_secs(250)), "4m 10s");
-        assert_eq!(human_duration(Duration::from_secs(5)), "5s");
     }
 }

@@ -9,6 +9,8 @@ use super::cpu::{quant::Quant, Bytes};
 use super::model::{Config, RopeLayout};
 use super::weights::{StoredTensor, WeightBytes, WeightSource};
 use crate::checkpoint::gguf_export::gguf_name;
+use crate::checkpoint::rope::DEFAULT_THETA;
+use crate::checkpoint::tensors::{Part, GGUF_ROPE_FACTORS};
 use crate::formats::gguf::{GgmlType, GgufFile, TensorInfo, Value};
 use crate::formats::DType;
 use anyhow::{anyhow, bail, Context, Result};
@@ -96,9 +98,12 @@ impl GgufModel {
         }
         let vocab_size = match opt_int("vocab_size") {
             Some(v) => v as usize,
-            None => match self.info("token_embd.weight") {
+            None => match self.info(Part::Embedding.gguf_name()) {
                 Some(t) if t.dims.len() == 2 => t.dims[1] as usize,
-                _ => bail!("llama.vocab_size is missing and token_embd.weight is not a matrix"),
+                _ => bail!(
+                    "llama.vocab_size is missing and {} is not a matrix",
+                    Part::Embedding.gguf_name()
+                ),
             },
         };
         let norm_eps = float("attention.layer_norm_rms_epsilon").ok_or_else(|| {
@@ -113,7 +118,7 @@ impl GgufModel {
             hidden_dim: int("feed_forward_length")?,
             vocab_size,
             norm_eps,
-            rope_theta: float("rope.freq_base").unwrap_or(10000.0),
+            rope_theta: float("rope.freq_base").unwrap_or(DEFAULT_THETA),
             rope_scaling: None,
             rope_freq_factors: self.freq_factors(head_dim / 2)?,
             rope_layout: RopeLayout::AdjacentPairs,
@@ -122,7 +127,7 @@ impl GgufModel {
         Ok(cfg)
     }
 
-    /// `rope_freqs.weight` (Llama 3.1 scaling) times the linear scaling factor, if any.
+    /// [`GGUF_ROPE_FACTORS`] (Llama 3.1 scaling) times the linear scaling factor, if any.
     fn freq_factors(&self, half: usize) -> Result<Option<Vec<f32>>> {
         let f = &self.file;
         let scaling = f.get("llama.rope.scaling.type").and_then(Value::as_str);
@@ -138,7 +143,7 @@ impl GgufModel {
                 bail!("rope scaling {other:?} is not supported (none, linear and rope_freqs are)")
             }
         };
-        let stored = match self.info("rope_freqs.weight") {
+        let stored = match self.info(GGUF_ROPE_FACTORS) {
             None => None,
             Some(t) if t.ggml_type == GgmlType::F32 => {
                 let b = self.bytes(t)?;
@@ -149,7 +154,10 @@ impl GgufModel {
                         .collect::<Vec<f32>>(),
                 )
             }
-            Some(t) => bail!("rope_freqs.weight is {}, expected F32", t.ggml_type.name()),
+            Some(t) => bail!(
+                "{GGUF_ROPE_FACTORS} is {}, expected F32",
+                t.ggml_type.name()
+            ),
         };
         Ok(match (stored, linear) {
             (None, 1.0) => None,
@@ -251,6 +259,7 @@ impl WeightSource for GgufModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::tensors::{Entry, Found, Naming, Sizes, LAYER_WEIGHTS};
     use crate::formats::gguf::{Header, TensorEntry};
     use crate::runner::cpu::quant;
     use crate::runner::model::{Llama, Precision};
@@ -308,41 +317,48 @@ mod tests {
             ("llama.rope.freq_base".into(), Value::F32(10000.0)),
             ("llama.vocab_size".into(), u(vocab)),
         ];
-        let mats: Vec<(&str, [u64; 2])> = vec![
-            ("token_embd.weight", [vocab, dim]),
-            ("blk.0.attn_q.weight", [dim, dim]),
-            ("blk.0.attn_k.weight", [128, dim]),
-            ("blk.0.attn_v.weight", [128, dim]),
-            ("blk.0.attn_output.weight", [dim, dim]),
-            ("blk.0.ffn_gate.weight", [hidden, dim]),
-            ("blk.0.ffn_up.weight", [hidden, dim]),
-            ("blk.0.ffn_down.weight", [dim, hidden]),
-            ("output.weight", [vocab, dim]),
-        ];
+        let sizes = Sizes {
+            dim: dim as usize,
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 64,
+            hidden: hidden as usize,
+            vocab: vocab as usize,
+        };
+        // The matrices in Hugging Face's order, then the norms.
+        let mut block: Vec<&Entry> = LAYER_WEIGHTS.iter().collect();
+        block.sort_by_key(|e| e.hf_rank);
+        let (norms, matrices): (Vec<&Entry>, Vec<&Entry>) =
+            block.into_iter().partition(|e| e.part.is_norm());
+        let top = |part: Part| Found {
+            entry: part.entry(),
+            layer: None,
+        };
+        let in_block = |entry| Found {
+            entry,
+            layer: Some(0),
+        };
+        let mats = [top(Part::Embedding)]
+            .into_iter()
+            .chain(matrices.into_iter().map(in_block))
+            .chain([top(Part::Output)])
+            .chain(norms.into_iter().map(in_block))
+            .chain([top(Part::Norm)]);
         let mut entries = Vec::new();
         let mut data = Vec::new();
-        for (i, (name, shape)) in mats.iter().enumerate() {
+        for (i, f) in mats.enumerate() {
+            let shape: Vec<u64> = sizes.shape(f.entry).iter().map(|&d| d as u64).collect();
+            let n = shape.iter().product::<u64>() as usize;
+            let (ggml_type, v) = match f.entry.part.is_norm() {
+                true => (GgmlType::F32, vec![1.0; n]),
+                false => (t, values(n, i as u64 + 1)),
+            };
             entries.push(TensorEntry {
-                name: name.to_string(),
-                shape: shape.to_vec(),
-                ggml_type: t,
+                name: f.name(Naming::Gguf).unwrap(),
+                shape,
+                ggml_type,
             });
-            data.push(encode(
-                t,
-                &values((shape[0] * shape[1]) as usize, i as u64 + 1),
-            ));
-        }
-        for name in [
-            "blk.0.attn_norm.weight",
-            "blk.0.ffn_norm.weight",
-            "output_norm.weight",
-        ] {
-            entries.push(TensorEntry {
-                name: name.into(),
-                shape: vec![dim],
-                ggml_type: GgmlType::F32,
-            });
-            data.push(encode(GgmlType::F32, &vec![1.0; dim as usize]));
+            data.push(encode(ggml_type, &v));
         }
         let h = Header {
             kvs,

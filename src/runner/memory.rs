@@ -2,7 +2,7 @@
 //! fails at once with the flag to lower instead of being killed half-way by the kernel.
 use super::model::{Config, PREFILL_CHUNK};
 use super::weights::WeightBytes;
-use crate::util::human_bytes;
+use crate::human::human_bytes;
 use anyhow::{bail, Result};
 
 /// The estimate for one run.

@@ -7,33 +7,13 @@
 use super::cpu::{self, kernels::WeightType, quant::Quant, MatType};
 use super::kv_cache::KvCache;
 use super::weights::{StoredTensor, WeightSource};
-use crate::checkpoint::hf::rope_from_config;
+pub use crate::checkpoint::rope::RopeScaling;
 use crate::checkpoint::stream::{cast, CastStats};
+use crate::checkpoint::tensors::{self, Naming, Part};
 use crate::checkpoint::{Layout, ModelDir};
 use crate::formats::DType as FDType;
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
-
-/// Llama 3.1-style frequency scaling (`use_scaled_rope`, HF `rope_scaling.rope_type = "llama3"`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RopeScaling {
-    pub factor: f64,
-    pub low_freq_factor: f64,
-    pub high_freq_factor: f64,
-    pub original_max_position_embeddings: f64,
-}
-
-impl Default for RopeScaling {
-    /// The values Meta's `apply_scaling` hard-codes for Llama 3.1.
-    fn default() -> Self {
-        RopeScaling {
-            factor: 8.0,
-            low_freq_factor: 1.0,
-            high_freq_factor: 4.0,
-            original_max_position_embeddings: 8192.0,
-        }
-    }
-}
 
 /// How the rows of wq/wk pair up the rotary components.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +76,7 @@ impl Config {
         let freqs = (0..hd / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / hd as f32));
         let freqs: Vec<f32> = match self.rope_scaling {
             None => freqs.collect(),
-            Some(s) => freqs.map(|f| scale_freq(f, &s)).collect(),
+            Some(s) => freqs.map(|f| s.scale(f)).collect(),
         };
         match &self.rope_freq_factors {
             None => freqs,
@@ -114,22 +94,6 @@ impl Config {
     }
 }
 
-fn scale_freq(freq: f32, s: &RopeScaling) -> f32 {
-    let old = s.original_max_position_embeddings as f32;
-    let low_wavelen = old / s.low_freq_factor as f32;
-    let high_wavelen = old / s.high_freq_factor as f32;
-    let wavelen = 2.0 * std::f32::consts::PI / freq;
-    if wavelen < high_wavelen {
-        freq
-    } else if wavelen > low_wavelen {
-        freq / s.factor as f32
-    } else {
-        let smooth = (old / wavelen - s.low_freq_factor as f32)
-            / (s.high_freq_factor - s.low_freq_factor) as f32;
-        (1.0 - smooth) * freq / s.factor as f32 + smooth * freq
-    }
-}
-
 impl Config {
     /// The model config of a checkpoint directory: params.json for Meta dirs, config.json (either
     /// rope style) for HF dirs.
@@ -143,21 +107,6 @@ impl Config {
                 p.vocab_size
             ),
         };
-        let rope_scaling = match dir.hf_config() {
-            Some(c) => hf_rope_scaling(c)?,
-            None => match p.scaled_rope() {
-                // Llama 3.2 params.json may carry its own factor; 3.1 relies on Meta's constants.
-                true => Some(RopeScaling {
-                    factor: p
-                        .extra
-                        .get("rope_scaling_factor")
-                        .and_then(|v| v.as_f64())
-                        .unwrap_or(8.0),
-                    ..RopeScaling::default()
-                }),
-                false => None,
-            },
-        };
         Ok(Config {
             dim: p.dim,
             n_layers: p.n_layers,
@@ -168,7 +117,7 @@ impl Config {
             vocab_size,
             norm_eps: p.norm_eps,
             rope_theta: p.rope_theta(),
-            rope_scaling,
+            rope_scaling: dir.rope_scaling(),
             rope_freq_factors: None,
             rope_layout: match dir.layout() {
                 Layout::Meta => RopeLayout::AdjacentPairs,
@@ -176,31 +125,6 @@ impl Config {
             },
         })
     }
-}
-
-/// The llama3 scaling block of an HF config, in either style; defaults as transformers applies them.
-fn hf_rope_scaling(c: &serde_json::Value) -> Result<Option<RopeScaling>> {
-    let (_, scaling) = rope_from_config(c);
-    let Some(s) = scaling else { return Ok(None) };
-    let num = |k: &str, default: f64| s.get(k).and_then(|v| v.as_f64()).unwrap_or(default);
-    let d = RopeScaling::default();
-    let factor = match s.get("factor").and_then(|v| v.as_f64()) {
-        Some(f) if f > 0.0 => f,
-        _ => bail!("config.json: llama3 rope scaling without a positive `factor`"),
-    };
-    let r = RopeScaling {
-        factor,
-        low_freq_factor: num("low_freq_factor", d.low_freq_factor),
-        high_freq_factor: num("high_freq_factor", d.high_freq_factor),
-        original_max_position_embeddings: num(
-            "original_max_position_embeddings",
-            d.original_max_position_embeddings,
-        ),
-    };
-    if r.high_freq_factor <= r.low_freq_factor {
-        bail!("config.json: rope scaling high_freq_factor must exceed low_freq_factor");
-    }
-    Ok(Some(r))
 }
 
 /// The weights of one linear layer and how `x @ W.T` is computed with them.
@@ -278,29 +202,10 @@ fn rms_norm(x: &Tensor, weight_f32: &Tensor, eps: f64) -> Result<Tensor> {
 
 /// The names every Llama checkpoint holds (`output.weight` only when not tied).
 fn required_names(cfg: &Config, tied: bool) -> Vec<String> {
-    let mut names = vec![
-        "tok_embeddings.weight".to_string(),
-        "norm.weight".to_string(),
-    ];
-    for l in 0..cfg.n_layers {
-        for n in [
-            "attention.wq",
-            "attention.wk",
-            "attention.wv",
-            "attention.wo",
-            "feed_forward.w1",
-            "feed_forward.w2",
-            "feed_forward.w3",
-            "attention_norm",
-            "ffn_norm",
-        ] {
-            names.push(format!("layers.{l}.{n}.weight"));
-        }
-    }
-    if !tied {
-        names.push("output.weight".to_string());
-    }
-    names
+    tensors::meta_order(cfg.n_layers)
+        .filter(|f| !(tied && f.entry.part == Part::Output))
+        .map(|f| f.name(Naming::Meta).expect("Meta names every tensor"))
+        .collect()
 }
 
 /// Reads weights from a source and puts them where the device computes with them.
@@ -478,7 +383,7 @@ impl Llama {
         max_positions: usize,
     ) -> Result<Llama> {
         cfg.validate()?;
-        let tied = !src.contains("output.weight");
+        let tied = !src.contains(Part::Output.meta_name());
         let missing: Vec<String> = required_names(&cfg, tied)
             .into_iter()
             .filter(|n| !src.contains(n))
@@ -508,30 +413,31 @@ impl Llama {
         };
         let (d, hd) = (cfg.dim, cfg.head_dim);
         let embed = if device.is_cpu() {
-            Embedding::Cpu(ld.matrix("tok_embeddings.weight", cfg.vocab_size, d)?)
+            Embedding::Cpu(ld.matrix(Part::Embedding.meta_name(), cfg.vocab_size, d)?)
         } else {
-            Embedding::Device(ld.device_matrix("tok_embeddings.weight", cfg.vocab_size, d)?)
+            let name = Part::Embedding.meta_name();
+            Embedding::Device(ld.device_matrix(name, cfg.vocab_size, d)?)
         };
         let mut blocks = Vec::with_capacity(cfg.n_layers);
         for l in 0..cfg.n_layers {
-            let p = |n: &str| format!("layers.{l}.{n}.weight");
-            let (q, k, v) = (p("attention.wq"), p("attention.wk"), p("attention.wv"));
-            let (w1, w3) = (p("feed_forward.w1"), p("feed_forward.w3"));
+            let p = |part: Part| part.at(l);
+            let (q, k, v) = (p(Part::Wq), p(Part::Wk), p(Part::Wv));
+            let (w1, w3) = (p(Part::W1), p(Part::W3));
             let kv_rows = cfg.n_kv_heads * hd;
             blocks.push(Block {
-                attention_norm: ld.vector(&p("attention_norm"), d)?,
+                attention_norm: ld.vector(&p(Part::AttentionNorm), d)?,
                 wqkv: ld.linear(&[(&q, cfg.n_heads * hd), (&k, kv_rows), (&v, kv_rows)], d)?,
-                wo: ld.linear(&[(&p("attention.wo"), d)], cfg.n_heads * hd)?,
-                ffn_norm: ld.vector(&p("ffn_norm"), d)?,
+                wo: ld.linear(&[(&p(Part::Wo), d)], cfg.n_heads * hd)?,
+                ffn_norm: ld.vector(&p(Part::FfnNorm), d)?,
                 w13: ld.linear(&[(&w1, cfg.hidden_dim), (&w3, cfg.hidden_dim)], d)?,
-                w2: ld.linear(&[(&p("feed_forward.w2"), d)], cfg.hidden_dim)?,
+                w2: ld.linear(&[(&p(Part::W2), d)], cfg.hidden_dim)?,
             });
         }
-        let norm = ld.vector("norm.weight", d)?;
+        let norm = ld.vector(Part::Norm.meta_name(), d)?;
         let output = match (&embed, tied) {
             (Embedding::Cpu(m), true) => Linear::Cpu(cpu::Linear::new(vec![m.clone()])?),
             (Embedding::Device(t), true) => Linear::Device(t.clone()),
-            (_, false) => ld.linear(&[("output.weight", cfg.vocab_size)], d)?,
+            (_, false) => ld.linear(&[(Part::Output.meta_name(), cfg.vocab_size)], d)?,
         };
         let weight_dtype = match &output {
             Linear::Cpu(l) => match l.parts()[0].ty {
@@ -851,6 +757,7 @@ pub fn dtype_name(dtype: DType) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::tensors::Sizes;
     use std::collections::HashMap;
 
     struct MapSource(HashMap<String, (Vec<usize>, Vec<f32>)>);
@@ -901,24 +808,29 @@ mod tests {
                 .collect();
             (shape.to_vec(), v)
         };
-        let (d, hd) = (cfg.dim, cfg.head_dim);
+        let sizes = Sizes {
+            dim: cfg.dim,
+            n_heads: cfg.n_heads,
+            n_kv_heads: cfg.n_kv_heads,
+            head_dim: cfg.head_dim,
+            hidden: cfg.hidden_dim,
+            vocab: cfg.vocab_size,
+        };
         let mut m = HashMap::new();
-        m.insert("tok_embeddings.weight".into(), rnd(&[cfg.vocab_size, d]));
-        m.insert("norm.weight".into(), rnd(&[d]));
+        let mut top = vec![Part::Embedding, Part::Norm];
         if !tied {
-            m.insert("output.weight".into(), rnd(&[cfg.vocab_size, d]));
+            top.push(Part::Output);
         }
+        for part in top {
+            m.insert(part.meta_name().into(), rnd(&sizes.shape(part.entry())));
+        }
+        // Drawn in Hugging Face's order, as before the table existed: the same weights each run.
+        let mut block: Vec<_> = tensors::LAYER_WEIGHTS.iter().collect();
+        block.sort_by_key(|e| e.hf_rank);
         for l in 0..cfg.n_layers {
-            let p = |n: &str| format!("layers.{l}.{n}.weight");
-            m.insert(p("attention.wq"), rnd(&[cfg.n_heads * hd, d]));
-            m.insert(p("attention.wk"), rnd(&[cfg.n_kv_heads * hd, d]));
-            m.insert(p("attention.wv"), rnd(&[cfg.n_kv_heads * hd, d]));
-            m.insert(p("attention.wo"), rnd(&[d, cfg.n_heads * hd]));
-            m.insert(p("feed_forward.w1"), rnd(&[cfg.hidden_dim, d]));
-            m.insert(p("feed_forward.w3"), rnd(&[cfg.hidden_dim, d]));
-            m.insert(p("feed_forward.w2"), rnd(&[d, cfg.hidden_dim]));
-            m.insert(p("attention_norm"), rnd(&[d]));
-            m.insert(p("ffn_norm"), rnd(&[d]));
+            for e in &block {
+                m.insert(e.part.at(l), rnd(&sizes.shape(e)));
+            }
         }
         MapSource(m)
     }
@@ -987,23 +899,21 @@ mod tests {
         assert!(m.tied_embeddings());
 
         let mut bad = random_weights(&cfg, false);
-        bad.0.insert(
-            "layers.1.attention.wk.weight".into(),
-            (vec![3, 16], vec![0.0; 48]),
-        );
+        let (wk, w2) = (Part::Wk.at(1), Part::W2.at(0));
+        bad.0.insert(wk.clone(), (vec![3, 16], vec![0.0; 48]));
         let err = Llama::load(cfg.clone(), &bad, &Device::Cpu, Precision::Auto, 8)
             .err()
             .unwrap()
             .to_string();
-        assert!(err.contains("layers.1.attention.wk.weight"), "{err}");
+        assert!(err.contains(&wk), "{err}");
         assert!(err.contains("[3, 16]"), "{err}");
 
-        bad.0.remove("layers.0.feed_forward.w2.weight");
+        bad.0.remove(&w2);
         let err = Llama::load(cfg, &bad, &Device::Cpu, Precision::Auto, 8)
             .err()
             .unwrap()
             .to_string();
-        assert!(err.contains("layers.0.feed_forward.w2.weight"), "{err}");
+        assert!(err.contains(&w2), "{err}");
     }
 
     /// Llama 3.1 scaling leaves high frequencies alone, divides low ones by the factor and blends

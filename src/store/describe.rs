@@ -1,7 +1,8 @@
 //! One model in detail, for `show`: hyper-parameters, dtype per tensor group, shards and files,
 //! tokenizer and stop tokens, chat template, generation defaults. Reads headers and small JSON
 //! files only (no tensor bytes), so it answers at once on any size.
-use crate::checkpoint::{hf, hf_config, layout, Params};
+use crate::checkpoint::tensors::{part_of, Naming, Part, GGUF_ROPE_FACTORS};
+use crate::checkpoint::{hf, hf_config, rope, Params};
 use crate::formats::gguf::GgufFile;
 use crate::formats::pth::PthFile;
 use crate::formats::safetensors::SafetensorsFile;
@@ -36,20 +37,16 @@ pub fn describe(path: &Path) -> Result<Value> {
 
 /// Which part of the model a tensor belongs to, from its Meta, HF or GGUF name.
 fn group(name: &str) -> &'static str {
-    let meta = layout::hf_to_meta(name).unwrap_or_else(|| name.to_string());
-    let n = meta.as_str();
-    if n.starts_with("tok_embeddings") || n.starts_with("token_embd") {
-        "embedding"
-    } else if n.ends_with("norm.weight") || n.contains("_norm") {
-        "norm"
-    } else if n.contains("attention.") || n.contains(".attn_") {
-        "attention"
-    } else if n.contains("feed_forward.") || n.contains(".ffn_") {
-        "feed_forward"
-    } else if n.starts_with("output") {
-        "output"
-    } else {
-        "other"
+    let part = [Naming::Meta, Naming::Hf, Naming::Gguf]
+        .into_iter()
+        .find_map(|naming| part_of(naming, name));
+    match part {
+        Some(Part::Embedding) => "embedding",
+        Some(p) if p.is_norm() => "norm",
+        Some(Part::Wq | Part::Wk | Part::Wv | Part::Wo) => "attention",
+        Some(Part::W1 | Part::W2 | Part::W3) => "feed_forward",
+        Some(Part::Output) => "output",
+        _ => "other",
     }
 }
 
@@ -109,7 +106,7 @@ fn hf_dir(dir: &Path) -> Result<Value> {
     let cfg = read_json(&dir.join("config.json"))
         .with_context(|| format!("{}: not valid JSON", dir.join("config.json").display()))?;
     let p = hf::params_from_config(&cfg).ok();
-    let (_, scaling) = hf::rope_from_config(&cfg);
+    let (_, scaling) = rope::rope_from_config(&cfg);
     let mut tensors = Vec::new();
     for f in files_with(dir, ".safetensors") {
         let st = SafetensorsFile::open(&f)?;
@@ -177,7 +174,7 @@ fn gguf(path: &Path) -> Result<Value> {
             sampling.insert(short.to_string(), number(v));
         }
     }
-    let has_scaling = g.tensors.iter().any(|t| t.name == "rope_freqs.weight");
+    let has_scaling = g.tensors.iter().any(|t| t.name == GGUF_ROPE_FACTORS);
     Ok(json!({
         "format": "gguf",
         "mp": null,
@@ -190,7 +187,7 @@ fn gguf(path: &Path) -> Result<Value> {
             "vocab_size": u("vocab_size").or(Some(gguf_tokens(&g).len() as u64).filter(|n| *n > 0)),
             "context_length": u("context_length"),
             "rope_theta": f("rope.freq_base"),
-            "rope_scaling": if has_scaling { json!("rope_freqs.weight (Llama 3.1 scaling)") } else { Value::Null },
+            "rope_scaling": if has_scaling { json!(format!("{GGUF_ROPE_FACTORS} (Llama 3.1 scaling)")) } else { Value::Null },
         },
         "dtypes": dtypes(g.tensors.iter().map(|t| (t.name.as_str(), t.ggml_type.name()))),
         "tokenizer": gguf_tokenizer(&g),

@@ -111,7 +111,10 @@ fn remove_tree_atomically(path: &Path, trash_dir: &Path) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
-    let trash = trash_dir.join(crate::util::temp_name(&name, crate::util::Owner::current()));
+    let trash = trash_dir.join(crate::output::temp_name(
+        &name,
+        crate::output::Owner::current(),
+    ));
     std::fs::rename(path, &trash).with_context(|| {
         format!(
             "{} -> {}: cannot move aside",
@@ -266,7 +269,7 @@ pub fn plan_prune(roots: &Roots, opts: &PruneOptions) -> Plan {
     let mut places = vec![roots.checkpoints.clone(), hf_trash_dir(roots)];
     places.extend(opts.dirs.iter().cloned());
     for place in &places {
-        for t in crate::util::stale_temps(place, None) {
+        for t in crate::output::stale_temps(place, None) {
             let what = format!("temp dir of a dead run (process {})", t.owner.pid);
             plan.items
                 .push(Item::tree(t.path.clone(), what, t.bytes, place));

@@ -6,7 +6,7 @@
 //! into two tokens whose parts and whole are all in the vocabulary, ordered by the parts' ranks.
 use super::byte_alphabet::{to_unicode, unicode_to_byte};
 use super::{special_names, SpecialNames, Tokenizer};
-use crate::util::write_atomic;
+use crate::output::write_atomic;
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
 use rustc_hash::FxHashMap;
@@ -192,7 +192,7 @@ pub fn special_tokens_map_json(instruct: bool) -> Value {
 
 /// Writes `tokenizer.json`, `tokenizer_config.json` and `special_tokens_map.json` for the
 /// tiktoken model at `tokenizer_model` into `dst_dir` (which must exist; e.g. the temp dir of an
-/// `crate::util::AtomicDir`). Each file appears whole or not at all ([`write_atomic`]).
+/// `crate::output::AtomicDir`). Each file appears whole or not at all ([`write_atomic`]).
 pub fn write_hf_tokenizer_files(
     tokenizer_model: &Path,
     dst_dir: &Path,

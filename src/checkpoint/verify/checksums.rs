@@ -2,8 +2,8 @@
 use super::{CheckState, FileState, FileStatus, Kind, Layout, Report};
 use crate::checkpoint::{checklist, hashing};
 use crate::error::one_line;
+use crate::human::human_bytes;
 use crate::progress::Reporter;
-use crate::util::human_bytes;
 use anyhow::Result;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};

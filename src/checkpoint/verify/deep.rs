@@ -2,8 +2,8 @@
 use super::{Kind, Report, Stored, TensorReport};
 use crate::checkpoint::stats::{self, Stats};
 use crate::error::one_line;
+use crate::human::human_bytes;
 use crate::progress::Reporter;
-use crate::util::human_bytes;
 use anyhow::Result;
 
 pub(super) fn deep(

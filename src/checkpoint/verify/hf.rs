@@ -4,6 +4,7 @@ use super::{check_tensors, tokenizer, CheckState, Kind, Report, Stored};
 use crate::checkpoint::hf as hf_dir;
 use crate::checkpoint::layout::{self, Split, Weight};
 use crate::checkpoint::stats::ScanItem;
+use crate::checkpoint::tensors::Part;
 use crate::checkpoint::Params;
 use crate::error::one_line;
 use crate::formats::safetensors::SafetensorsFile;
@@ -342,7 +343,7 @@ fn check_hf_tensors(p: &Params, c: &Value, index: Option<&Index>, opened: &Opene
         None => opened.files.len() < opened.attempted,
     };
     for w in &weights {
-        let optional = tied && w.name == "lm_head.weight";
+        let optional = tied && w.name == Part::Output.hf_name();
         if !optional && !opened.holder.contains_key(&w.name) && !lost(&w.name) {
             let detail = format!("tensor {} is in no safetensors file", w.name);
             r.problem(Kind::MissingTensor, None, Some(&w.name), detail);

@@ -4,6 +4,7 @@ use super::{check_tensors, fp8, join, tokenizer, CheckState, Kind, Report, Store
 use crate::checkpoint::layout::{self, Role, Split, Weight};
 use crate::checkpoint::meta::shard_name;
 use crate::checkpoint::stats::ScanItem;
+use crate::checkpoint::tensors::{Naming, Part};
 use crate::checkpoint::Params;
 use crate::error::one_line;
 use crate::formats::pth::PthFile;
@@ -127,7 +128,9 @@ fn open_shards(dir: &Path, r: &mut Report) -> Shards {
 /// vocabulary read from the first readable shard.
 fn expected_at(p: &Params, shards: &Shards, mp: usize) -> Option<Expected> {
     let first = shards.good().next()?.1;
-    let emb = first.get("tok_embeddings.weight").map(|t| t.shape.clone());
+    let emb = first
+        .get(Part::Embedding.meta_name())
+        .map(|t| t.shape.clone());
     let split = match emb.as_deref() {
         Some([_, d]) if mp > 1 && *d != p.dim && d * mp == p.dim => Split::Cols,
         _ => Split::Rows,
@@ -140,7 +143,9 @@ fn expected_at(p: &Params, shards: &Shards, mp: usize) -> Option<Expected> {
             rows
         })
     })?;
-    let rope = shards.good().any(|(_, s)| s.get("rope.freqs").is_some());
+    let rope = shards
+        .good()
+        .any(|(_, s)| s.get(Part::RopeFreqs.meta_name()).is_some());
     let weights = layout::meta_weights(p, vocab, split, rope);
     Some(Expected { weights, vocab, mp })
 }
@@ -170,7 +175,7 @@ fn settle_mp(p: &Params, shards: &mut Shards, r: &mut Report) -> Option<Expected
     }
     let first = shards.good().next()?.1;
     let implied = first
-        .get("layers.0.attention.wq.weight")
+        .get(&Part::Wq.at(0))
         .and_then(|t| t.shape.first().copied())
         .filter(|&rows| rows > 0 && (p.n_heads * p.head_dim()).is_multiple_of(rows))
         .map(|rows| p.n_heads * p.head_dim() / rows);
@@ -213,18 +218,18 @@ fn settle_mp(p: &Params, shards: &mut Shards, r: &mut Report) -> Option<Expected
 
 /// One problem naming the dims on both sides: what params.json implies and what the shard holds.
 fn params_disagree(p: &Params, first: &PthFile, e: &Expected, r: &mut Report) {
-    const PROBES: [(&str, &str); 5] = [
-        ("norm", "norm.weight"),
-        ("wq", "layers.0.attention.wq.weight"),
-        ("wk", "layers.0.attention.wk.weight"),
-        ("w1", "layers.0.feed_forward.w1.weight"),
-        ("output", "output.weight"),
+    const PROBES: [(&str, Part); 5] = [
+        ("norm", Part::Norm),
+        ("wq", Part::Wq),
+        ("wk", Part::Wk),
+        ("w1", Part::W1),
+        ("output", Part::Output),
     ];
     let side = |shape: &dyn Fn(&Weight) -> Option<Vec<usize>>| -> String {
         PROBES
             .iter()
-            .filter_map(|(short, name)| {
-                let w = e.weights.iter().find(|w| w.name == *name)?;
+            .filter_map(|(short, part)| {
+                let w = e.weights.iter().find(|w| w.name == part.at(0))?;
                 Some(format!("{short} {:?}", shape(w)?))
             })
             .collect::<Vec<_>>()
@@ -235,14 +240,7 @@ fn params_disagree(p: &Params, first: &PthFile, e: &Expected, r: &mut Report) {
     let layers = first
         .tensors()
         .iter()
-        .filter_map(|t| {
-            t.name
-                .strip_prefix("layers.")?
-                .split('.')
-                .next()?
-                .parse::<usize>()
-                .ok()
-        })
+        .filter_map(|t| Naming::Meta.layer_of(&t.name))
         .max()
         .map_or(0, |l| l + 1);
     let file = first
@@ -442,7 +440,10 @@ mod tests {
         let wk = ws.iter().find(|w| w.role == Role::Key).unwrap();
         assert_eq!(replica_sets(wk, &p, 4), vec![vec![0, 1], vec![2, 3]]);
         assert!(replica_sets(wk, &p, 2).is_empty());
-        let norm = ws.iter().find(|w| w.name == "norm.weight").unwrap();
+        let norm = ws
+            .iter()
+            .find(|w| w.name == Part::Norm.meta_name())
+            .unwrap();
         assert_eq!(replica_sets(norm, &p, 2), vec![vec![0, 1]]);
     }
 }

@@ -8,9 +8,10 @@ use crate::checkpoint::{self, Layout, ModelDir};
 use crate::cli::ConvertArgs;
 use crate::commands::reporters::{Options as Shown, ProgressReporter};
 use crate::formats::{gguf, DType};
+use crate::human::human_bytes;
+use crate::output::AtomicFile;
 use crate::tokenizer::hf_files::{tokenizer_config_json, tokenizer_json};
 use crate::tokenizer::{AllowedSpecial, SpecialNames, Tokenizer};
-use crate::util::{human_bytes, AtomicFile};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -30,7 +31,7 @@ pub fn run(args: &ConvertArgs, instruct: bool) -> Result<i32> {
         .as_ref()
         .map(|d| FileType::parse(&d.0))
         .transpose()?;
-    crate::util::check_file_dst_outside_src(src, dst)?;
+    crate::output::check_file_dst_outside_src(src, dst)?;
     let out = AtomicFile::create(dst, args.force)?;
     let layout = checkpoint::detect(src)?;
     let (docs, tok) = match layout {
@@ -74,7 +75,7 @@ pub fn run_from_gguf(args: &ConvertArgs) -> Result<i32> {
         );
     };
     let ft = FileType::parse(&d.0)?;
-    crate::util::check_file_dst_outside_src(src, dst)?;
+    crate::output::check_file_dst_outside_src(src, dst)?;
     let file = gguf::GgufFile::open(src)?;
     if let Some(p) = file.problems().first() {
         bail!("{}: {p}", src.display());

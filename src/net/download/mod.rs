@@ -171,7 +171,7 @@ pub fn kept_parts_note(dir: &Path, suffix: &str) -> Option<String> {
     (n > 0).then(|| {
         format!(
             "kept {n} partial download(s) ({}) under {} for the next run to resume",
-            crate::util::human_bytes(bytes),
+            crate::human::human_bytes(bytes),
             dir.display()
         )
     })
