@@ -174,6 +174,13 @@ pub fn widen(wt: WeightType, w: &[u8], out: &mut [f32]) {
     }
 }
 
+/// `s` plus the products of columns `from..` of weight row `w` and activation row `x` (the
+/// columns after the last whole vector of a tile or dot kernel), in column order.
+#[inline(always)]
+fn tail(wt: WeightType, w: &[u8], x: &[f32], from: usize, s: f32) -> f32 {
+    (from..x.len()).fold(s, |s, j| s + elem(wt, w, j) * x[j])
+}
+
 /// One element of `w` as f32.
 #[inline(always)]
 fn elem(wt: WeightType, w: &[u8], i: usize) -> f32 {
@@ -308,7 +315,7 @@ mod portable {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{chains, elem, WeightType};
+    use super::{chains, elem, tail, WeightType};
     use std::arch::x86_64::*;
 
     /// 16 weights at `p` as f32.
@@ -350,11 +357,9 @@ mod x86 {
         let wall = std::slice::from_raw_parts(w, R * k * es);
         for (t, a) in acc.iter().enumerate() {
             for (r, v) in a.iter().enumerate() {
-                let mut s = _mm512_reduce_add_ps(*v);
-                for j in full..k {
-                    s += elem(wt, wall, r * k + j) * *x.add(t * k + j);
-                }
-                *out.add(t * out_stride + r) = s;
+                let x = std::slice::from_raw_parts(x.add(t * k), k);
+                *out.add(t * out_stride + r) =
+                    tail(wt, &wall[r * k * es..], x, full, _mm512_reduce_add_ps(*v));
             }
         }
     }
@@ -427,14 +432,11 @@ mod x86 {
             }
             (i, c) = (i + 8, c + 1);
         }
-        let tail = std::slice::from_raw_parts(w, cols * es);
+        let w = std::slice::from_raw_parts(w, cols * es);
         std::array::from_fn(|r| {
             let [a0, a1, a2, a3] = acc[r];
-            let mut s = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-            for j in vfull..cols {
-                s += elem(wt, tail, j) * *xs[r].add(j);
-            }
-            s
+            let s = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+            tail(wt, w, std::slice::from_raw_parts(xs[r], cols), vfull, s)
         })
     }
 
@@ -465,11 +467,8 @@ mod x86 {
         let wall = std::slice::from_raw_parts(w, R * k * es);
         for (t, a) in acc.iter().enumerate() {
             for (r, v) in a.iter().enumerate() {
-                let mut s = hsum256(*v);
-                for j in full..k {
-                    s += elem(wt, wall, r * k + j) * *x.add(t * k + j);
-                }
-                *out.add(t * out_stride + r) = s;
+                let x = std::slice::from_raw_parts(x.add(t * k), k);
+                *out.add(t * out_stride + r) = tail(wt, &wall[r * k * es..], x, full, hsum256(*v));
             }
         }
     }
