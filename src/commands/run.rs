@@ -58,6 +58,14 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     check_args(args)?;
     let dir = &crate::store::resolve::model_path(given, crate::store::resolve::Want::Any)?;
     set_threads(args.threads)?;
+    // The session runs on one of the pool's own threads, so each parallel kernel starts inside the
+    // pool instead of handing its work across and sleeping until it is done: with one thread that
+    // handover was two context switches per matrix. Measured on 1-thread decode of the 1B-shaped
+    // files (3 interleaved rounds): Q4_K_M 13.3 -> 17.1 tok/s, Q8_0 9.3 -> 11.3, bf16 8.7 -> 9.5.
+    rayon::scope(|_| session(dir, args))
+}
+
+fn session(dir: &std::path::Path, args: &RunArgs) -> Result<i32> {
     let mut s = load(dir, args)?;
     if args.check {
         return check(&mut s, args);
@@ -279,21 +287,24 @@ fn preflight(
     Ok(())
 }
 
-/// Size rayon's pool (our kernels and candle's CPU ops share it) once, before any work starts.
-/// More threads than cores only take turns on them (and every kernel splits its work per
-/// thread), so a larger count is clamped to the cores with a note.
+/// Size rayon's pool (our kernels and candle's CPU ops share it) once, before any work starts:
+/// `--threads`, else one thread per core. More threads than cores only take turns on them (and
+/// every kernel splits its work per thread), so a larger count is clamped to the cores with a
+/// note. The session itself runs on a pool thread, which gets the main thread's stack size.
 fn set_threads(threads: Option<usize>) -> Result<()> {
-    let Some(asked) = threads else { return Ok(()) };
-    if asked == 0 {
-        bail!("--threads must be at least 1");
-    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let n = asked.min(cores);
-    if n < asked {
-        eprintln!("note: --threads {asked} is more than the {cores} cores this process may use; using {cores}");
-    }
+    let n = match threads {
+        Some(0) => bail!("--threads must be at least 1"),
+        Some(asked) if asked > cores => {
+            eprintln!("note: --threads {asked} is more than the {cores} cores this process may use; using {cores}");
+            cores
+        }
+        Some(asked) => asked,
+        None => cores,
+    };
     rayon::ThreadPoolBuilder::new()
         .num_threads(n)
+        .stack_size(8 << 20)
         .build_global()
         .map_err(|e| anyhow!("--threads {n}: {e}"))
 }
