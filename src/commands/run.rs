@@ -300,8 +300,17 @@ fn set_threads(threads: Option<usize>) -> Result<()> {
             cores
         }
         Some(asked) => asked,
-        None => cores,
+        None => std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(cores),
     };
+    // candle sizes its matrix products by this variable, read on every product; unset, it counts
+    // the physical cores by parsing /proc/cpuinfo each time (1% of a decode), and ignores --threads.
+    // Set before the pool starts (the only other thread, signal's watchdog, never reads the
+    // environment).
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     rayon::ThreadPoolBuilder::new()
         .num_threads(n)
         .stack_size(8 << 20)
