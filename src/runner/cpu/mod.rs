@@ -292,11 +292,14 @@ fn quant_block(
     t: usize,
     out: &OutView,
 ) {
-    let mut res = vec![0f32; rows.len() * t];
-    quant::dot_block(q, m.row_bytes(rows.clone()), rows.len(), acts, &mut res);
-    for (j, r) in res.chunks_exact(t).enumerate() {
-        for (i, v) in r.iter().enumerate() {
-            out.set(i, j, *v);
+    let n = rows.len();
+    let mut res = vec![0f32; n * t];
+    quant::dot_block(q, m.row_bytes(rows), n, acts, &mut res);
+    // Output row by output row: the other order strode across `t` rows of the output for every
+    // value (a TLB miss each in prefill; 9% of a 64-token prefill).
+    for i in 0..t {
+        for j in 0..n {
+            out.set(i, j, res[j * t + i]);
         }
     }
 }
