@@ -1,11 +1,11 @@
 //! `llamactl convert --to hf|meta SRC_DIR DST_DIR` (see CLI.md): the weights stream through
-//! `checkpoint::convert`; this adds the tokenizer files, checklist, atomic output and the report.
+//! `ops::convert`; this adds the tokenizer files, checklist, atomic output and the report.
 use super::reporters::{Options as Shown, ProgressReporter};
-use crate::checkpoint::convert::{self, Options, Summary};
 use crate::checkpoint::tensors::Part;
 use crate::checkpoint::{fp8, hf_config, Params};
 use crate::cli::{ConvertArgs, ConvertTo};
 use crate::human::human_bytes;
+use crate::ops::convert::{self, Options, Summary};
 use crate::output::{check_dst_outside_src, AtomicDir};
 use crate::store::{lock, resolve, resolve::Want};
 use crate::tokenizer::hf_files::{tiktoken_model_from_tokenizer_json, write_hf_tokenizer_files};

@@ -1,11 +1,11 @@
 //! `llamactl reshard` (see CLI.md): argument checks, the output directory, progress; the work is
-//! `checkpoint::reshard`.
+//! `ops::reshard`.
 use super::reporters::{FinishLines, Options as Shown, ProgressReporter};
 use crate::checkpoint::checklist::{self, Entry};
 use crate::checkpoint::fp8;
-use crate::checkpoint::reshard::{copy_listed, Plan};
 use crate::cli::ReshardArgs;
 use crate::human::human_bytes;
+use crate::ops::reshard::{copy_listed, Plan};
 use crate::output::{check_dst_outside_src, AtomicDir};
 use crate::store::{lock, resolve, resolve::Want};
 use crate::util::ensure_free_disk;

@@ -1,10 +1,10 @@
 //! `llamactl verify DIR [--json] [--deep] [--no-md5] [--jobs N]`: the checks live in
-//! `checkpoint::verify`; this renders them as a table, JSON, and GitHub Actions annotations.
+//! `ops::verify`; this renders them as a table, JSON, and GitHub Actions annotations.
 use super::reporters::{FinishLines, Options as Shown, ProgressReporter};
-use crate::checkpoint::verify::{self, Check, CheckState, Kind, Options, Problem, Report};
 use crate::cli::VerifyArgs;
 use crate::formats::gguf::{self, GgufFile};
 use crate::human::human_bytes;
+use crate::ops::verify::{self, Check, CheckState, Kind, Options, Problem, Report};
 use crate::store::{resolve, resolve::Want};
 use anyhow::{bail, Result};
 

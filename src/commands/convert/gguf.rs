@@ -1,14 +1,14 @@
 //! `llamactl convert --to gguf SRC_DIR DEST.gguf`: gathers the Hugging Face JSON files the GGUF
 //! metadata comes from (read from an HF dir, or built in memory from a Meta dir exactly as
 //! `convert --to hf` writes them), checks the tokenizer is Llama 3's, then streams the file
-//! through `checkpoint::gguf_export` into `DEST.gguf.part` and renames it when complete.
-use crate::checkpoint::gguf_export::{self, FileType, HfDocs, Options};
+//! through `ops::gguf` into `DEST.gguf.part` and renames it when complete.
 use crate::checkpoint::hf_config::{self, ModelKind};
 use crate::checkpoint::{self, Layout, ModelDir};
 use crate::cli::ConvertArgs;
 use crate::commands::reporters::{Options as Shown, ProgressReporter};
 use crate::formats::{gguf, DType};
 use crate::human::human_bytes;
+use crate::ops::gguf::{self as export, FileType, HfDocs, Options};
 use crate::output::AtomicFile;
 use crate::tokenizer::hf_files::{tokenizer_config_json, tokenizer_json};
 use crate::tokenizer::{AllowedSpecial, SpecialNames, Tokenizer};
@@ -50,7 +50,7 @@ pub fn run(args: &ConvertArgs, instruct: bool) -> Result<i32> {
         name,
         pre_tokenizer: "llama-bpe".into(),
     };
-    let plan = gguf_export::plan(&dir, &docs, &opts)?;
+    let plan = export::plan(&dir, &docs, &opts)?;
     let kind = if layout == Layout::Meta {
         "Meta"
     } else {
@@ -81,14 +81,13 @@ pub fn run_from_gguf(args: &ConvertArgs) -> Result<i32> {
         bail!("{}: {p}", src.display());
     }
     let out = AtomicFile::create(dst, args.force)?;
-    let plan =
-        gguf_export::plan_from_gguf(&file, ft).with_context(|| format!("{}", src.display()))?;
+    let plan = export::plan_from_gguf(&file, ft).with_context(|| format!("{}", src.display()))?;
     write_plan(&plan, out, src, "GGUF", dst)
 }
 
 /// Preflight free space, stream the file into `DEST.part`, rename, report.
 fn write_plan(
-    plan: &gguf_export::Plan,
+    plan: &export::Plan,
     out: AtomicFile,
     src: &Path,
     kind: &str,
@@ -105,7 +104,7 @@ fn write_plan(
     );
     let start = Instant::now();
     let mut progress = ProgressReporter::stderr(Shown::new("progress"));
-    let clamped = gguf_export::write(plan, out.file(), &progress)
+    let clamped = export::write(plan, out.file(), &progress)
         .with_context(|| format!("{}", out.part_path().display()))?;
     progress.finish();
     let dst = out.commit()?;
@@ -256,7 +255,7 @@ fn check_llama3_pretokenizer(tok: &Tokenizer) -> Result<()> {
 
 /// How many tensors of each GGML type the file holds and, for every type but the file type's
 /// own, why those tensors have it.
-fn type_summary(plan: &gguf_export::Plan) -> Vec<String> {
+fn type_summary(plan: &export::Plan) -> Vec<String> {
     let base = plan.file_type.weight_type();
     let mut counts: Vec<(String, usize)> = Vec::new();
     let mut why: Vec<(String, String, Vec<&str>)> = Vec::new();

@@ -7,14 +7,17 @@
 //! sorted), q/k rows in Meta's order (an HF source is un-permuted), 1-D tensors as F32, every
 //! other weight in the file type. Each tensor streams through [`stream::write_region`]: memory
 //! stays at a few blocks whatever the model size.
+mod meta;
+mod types;
+
+use self::types::{quantize_order, ModelFacts, QuantRules};
 use super::convert::{self as conv, DEFAULT_MAX_SHARD};
-use super::gguf_types::{quantize_order, ModelFacts, QuantRules};
-use super::hf::HfDir;
-use super::layout::{self, Permute, Role, Split};
-use super::rope::{rope_from_config, RopeScaling};
-use super::stream::{self, Buffers, CastStats, FullTensor, Region, RowPermute};
-use super::tensors::{self, part_of, rename, Naming, Part, GGUF_ROPE_FACTORS};
-use super::ModelDir;
+use crate::checkpoint::hf::HfDir;
+use crate::checkpoint::layout::{self, Permute, Role, Split};
+use crate::checkpoint::rope::{rope_from_config, RopeScaling};
+use crate::checkpoint::stream::{self, Buffers, CastStats, FullTensor, Region, RowPermute};
+use crate::checkpoint::tensors::{self, part_of, Naming, Part, GGUF_ROPE_FACTORS};
+use crate::checkpoint::ModelDir;
 use crate::formats::copy;
 use crate::formats::gguf::{self, GgmlType, Header, TensorEntry, Value};
 use crate::formats::quant;
@@ -25,8 +28,8 @@ use serde_json::Value as Json;
 use std::fs::File;
 use std::io::Write;
 
-pub use super::gguf_meta::HfDocs;
-pub use super::gguf_types::FileType;
+pub use meta::HfDocs;
+pub use types::FileType;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -67,11 +70,6 @@ impl Plan {
     pub fn tensor_bytes(&self) -> Result<u64> {
         self.items.iter().map(|i| i.entry.nbytes()).sum()
     }
-}
-
-/// GGUF name of a Meta weight name.
-pub fn gguf_name(meta: &str) -> Option<String> {
-    rename(Naming::Meta, Naming::Gguf, meta)
 }
 
 /// Source tensors in the order the converter meets them, as (Meta name, tensor, un-permute?).
@@ -205,7 +203,8 @@ pub fn plan(dir: &ModelDir, docs: &HfDocs, opts: &Options) -> Result<Plan> {
         if !t.dtype.is_float() {
             bail!("tensor {meta}: {} is not a floating-point type", t.dtype);
         }
-        let name = gguf_name(&meta).ok_or_else(|| anyhow!("tensor {meta}: no GGUF name"))?;
+        let name =
+            layout::meta_to_gguf(&meta).ok_or_else(|| anyhow!("tensor {meta}: no GGUF name"))?;
         let ggml_type = tensor_type(&t.shape, &name, direct);
         items.push(Planned {
             entry: TensorEntry {
@@ -220,7 +219,7 @@ pub fn plan(dir: &ModelDir, docs: &HfDocs, opts: &Options) -> Result<Plan> {
         .iter()
         .map(|i| i.entry.shape.iter().product::<u64>())
         .sum();
-    let kvs = super::gguf_meta::metadata(docs, direct, &opts.name, params, &opts.pre_tokenizer)?;
+    let kvs = meta::metadata(docs, direct, &opts.name, params, &opts.pre_tokenizer)?;
     let plan = Plan {
         header: Header {
             kvs,
@@ -539,7 +538,7 @@ mod tests {
 
     #[test]
     fn types_per_tensor() {
-        let wq = gguf_name(&Part::Wq.at(0)).unwrap();
+        let wq = layout::meta_to_gguf(&Part::Wq.at(0)).unwrap();
         assert_eq!(tensor_type(&[64], "x", FileType::Q8_0), GgmlType::F32);
         assert_eq!(tensor_type(&[8, 64], &wq, FileType::Q8_0), GgmlType::Q8_0);
         // Rows of 16 values are not whole Q8_0 blocks: F16, like the converter.

@@ -6,13 +6,13 @@
 //! cast. Nothing is ever held whole, so memory stays at a few 8 MB blocks whatever the model.
 //!
 //! The tokenizer files are not written here (they belong to the runner layer); the command adds them.
-use super::checklist;
-use super::hf::HfDir;
-use super::hf_config::{self, ModelKind};
-use super::layout::{self, Permute, Role, Split};
-use super::meta::{self, MetaDir};
-use super::stream::{self, Buffers, CastStats, FullTensor, Region, RowPermute};
-use super::tensors::{self, Part};
+use crate::checkpoint::checklist;
+use crate::checkpoint::hf::HfDir;
+use crate::checkpoint::hf_config::{self, ModelKind};
+use crate::checkpoint::layout::{self, Permute, Role, Split};
+use crate::checkpoint::meta::{self, MetaDir};
+use crate::checkpoint::stream::{self, Buffers, CastStats, FullTensor, Region, RowPermute};
+use crate::checkpoint::tensors::{self, Part};
 use crate::formats::copy::{self, HashingFile, CHUNK};
 use crate::formats::pth::{PthWriter, TensorSpec};
 use crate::formats::safetensors::{self as st, Index, IndexMetadata};
@@ -261,7 +261,7 @@ pub fn open_meta_llama3(src: &Path) -> Result<MetaSource> {
     for w in &expected {
         full.insert(w.name.clone(), (m.full(&w.name)?, w.role));
     }
-    super::fp8::dequantize_on_read(src, p.n_layers, full.values_mut().map(|(t, _)| t))?;
+    crate::checkpoint::fp8::dequantize_on_read(src, p.n_layers, full.values_mut().map(|(t, _)| t))?;
     let (embed, _) = &full[Part::Embedding.meta_name()];
     let (output, _) = &full[Part::Output.meta_name()];
     let tied = same_bytes(output, embed)?;
@@ -628,7 +628,7 @@ fn write_consolidated(
 }
 
 /// params.json spelled the way Meta's files are (Python's `json.dumps`: `{"dim": 4096, ...}`).
-pub fn params_json(p: &super::Params) -> Result<String> {
+pub fn params_json(p: &crate::checkpoint::Params) -> Result<String> {
     let v = serde_json::to_value(p)?;
     let obj = v
         .as_object()
@@ -692,7 +692,7 @@ mod tests {
 
     #[test]
     fn params_json_is_spelled_like_meta() {
-        let p: super::super::Params = serde_json::from_str(r#"{"dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256, "multiple_of": 1024, "ffn_dim_multiplier": 1.3, "norm_eps": 1e-05, "rope_theta": 500000.0}"#).unwrap();
+        let p: crate::checkpoint::Params = serde_json::from_str(r#"{"dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256, "multiple_of": 1024, "ffn_dim_multiplier": 1.3, "norm_eps": 1e-05, "rope_theta": 500000.0}"#).unwrap();
         assert_eq!(
             params_json(&p).unwrap(),
             r#"{"dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256, "multiple_of": 1024, "ffn_dim_multiplier": 1.3, "norm_eps": 1e-05, "rope_theta": 500000.0}"#

@@ -3,8 +3,8 @@
 //! defaults (generation_config.json), hyper-parameters (config.json), file type, then the
 //! tokenizer (tokenizer.json vocabulary and merges; special ids, add-bos/eos/sep flags and chat
 //! template from tokenizer_config.json, the post-processor and config.json).
-use super::gguf_types::FileType;
-use super::rope::rope_from_config;
+use super::types::FileType;
+use crate::checkpoint::rope::rope_from_config;
 use crate::formats::gguf::Value;
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value as Json;

@@ -6,10 +6,10 @@
 //! and [`write_region`] copies the output slice straight from those files — contiguous ranges for
 //! dim-0 splits, strided row pieces for dim-1 splits — so memory stays at a few buffers per
 //! writing thread whatever the model size, and any valid a -> b works, not only multiples.
-use super::checklist::Entry;
-use super::layout::{self, Split, Weight};
-use super::meta::{shard_name, MetaDir};
-use super::stream::{self, write_region, Buffers, CastStats, FullTensor, Region};
+use crate::checkpoint::checklist::Entry;
+use crate::checkpoint::layout::{self, Split, Weight};
+use crate::checkpoint::meta::{shard_name, MetaDir};
+use crate::checkpoint::stream::{self, write_region, Buffers, CastStats, FullTensor, Region};
 use crate::formats::copy::HashingFile;
 use crate::formats::pth::{PthWriter, TensorSpec};
 use crate::progress::{Reporter, Task};

@@ -15,9 +15,9 @@ mod tokenizer;
 
 pub use report::{Check, CheckState, FileState, FileStatus, Kind, Problem, Report, TensorReport};
 
-use super::layout::Weight;
 use super::stats::ScanItem;
-use super::Layout;
+use crate::checkpoint::layout::Weight;
+use crate::checkpoint::Layout;
 use crate::formats::{DType, TensorInfo};
 use crate::progress::Reporter;
 use anyhow::Result;
@@ -45,7 +45,7 @@ struct Stored {
 /// Verify a Meta or HF model directory. Err only when `dir` is not usable as a model directory.
 /// The md5 and scan passes report to `progress` as tasks "md5" and "scan".
 pub fn verify(dir: &Path, opts: &Options, progress: &dyn Reporter) -> Result<Report> {
-    let layout = super::detect(dir)?;
+    let layout = crate::checkpoint::detect(dir)?;
     let mut r = Report {
         ok: false,
         format: match layout {
