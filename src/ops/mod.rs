@@ -4,14 +4,18 @@
 //!
 //! ```text
 //! ops/
-//!   convert.rs     Meta <-> Hugging Face safetensors, streamed
-//!   reshard.rs     consolidated.*.pth from MP a to MP b, streamed
+//!   convert.rs     Meta <-> Hugging Face safetensors, streamed, with the tokenizer files beside
+//!                  the weights (and checklist.chk for Meta)
+//!   reshard.rs     consolidated.*.pth from MP a to MP b, streamed, with params.json,
+//!                  tokenizer.model and checklist.chk
 //!   gguf/          a model directory (or an f32/f16/bf16 GGUF file) -> one GGUF file
 //!     mod.rs         the plan (tensors, types, order) and the streaming writer; uses its children
+//!     docs.rs        the Hugging Face JSON files the metadata comes from (read, or built from a
+//!                    Meta checkpoint), and the check that the tokenizer is Llama 3's
 //!     meta.rs        the Hugging Face JSON files -> the GGUF key/values, as llama.cpp's converter
 //!     types.rs       which GGML type each tensor gets per file type (llama-quantize's rules)
-//!   verify/        checksums, structure, tokenizer files and values of a model directory,
-//!                  collected into one report (report.rs)
+//!   verify/        checksums, structure, tokenizer files and values of a model directory, or the
+//!                  layout of a GGUF file (gguf.rs), collected into one report (report.rs)
 //!   stats.rs       value statistics of stored tensors (NaN/Inf counts, min/max/mean/std)
 //! ```
 //!
