@@ -10,15 +10,19 @@
 //! - `output` (on `signal` and `util`): atomic files and directories, stale temporary outputs.
 //! - [`formats`]: bytes <-> tensors (pickle, torch zip `.pth`, safetensors). No model knowledge.
 //! - [`checkpoint`]: a model directory as a thing (params.json, checklist.chk, shards, split rules,
-//!   Meta <-> HF names).
+//!   Meta <-> HF <-> GGUF names, rope, fp8 facts, streaming of logical tensors, hashing).
 //! - [`net`]: HTTP with resume, retries, in-stream hashing, signed-URL handling.
 //! - [`tokenizer`]: Meta's tiktoken and Hugging Face tokenizers at run time, and the Hugging Face
 //!   tokenizer files `convert` writes. Needs nothing above `formats`.
+//! - [`ops`] (on `checkpoint`, `formats`, `tokenizer`): the operations on a model: convert to
+//!   Hugging Face or Meta, reshard, GGUF export, verify (with its report), value statistics. Each
+//!   reports through `progress` and prints nothing.
 //! - [`runner`]: chat format, the transformer, generation (uses `tokenizer`).
-//! - [`store`]: the models on this machine (Meta's checkpoint folder, the HF cache, GGUF files):
-//!   listing, resolving a MODEL argument, locks, removal. Uses `checkpoint`, `net::hub`,
-//!   `tokenizer`.
-//! - [`commands`]: one module per subcommand; a command never imports another. Their one
+//! - [`store`]: the models on this machine (Meta's checkpoint folder, the HF cache, GGUF files) and
+//!   the catalog of models llamactl knows: listing, resolving a MODEL argument, locks, removal.
+//!   Uses `checkpoint`, `net::hub`, `tokenizer`.
+//! - [`commands`]: one module per subcommand, on `ops`, `store`, `runner` and `net`; a command
+//!   resolves its flags, calls one operation and prints. A command never imports another. Their one
 //!   progress display (bars or plain lines) is `commands::reporters`.
 pub mod checkpoint;
 pub mod cli;
@@ -28,6 +32,7 @@ pub mod formats;
 pub(crate) mod human;
 pub mod isa;
 pub mod net;
+pub mod ops;
 pub(crate) mod output;
 pub mod progress;
 pub mod runner;

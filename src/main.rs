@@ -1,3 +1,5 @@
+//! The `llamactl` binary: install the signal handlers, parse the arguments, dispatch to the
+//! command, and turn an error into one line on stderr and its exit code.
 use clap::Parser;
 use llamactl::signal;
 

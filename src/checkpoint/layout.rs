@@ -92,6 +92,11 @@ pub fn hf_to_meta(name: &str) -> Option<String> {
     rename(Naming::Hf, Naming::Meta, name)
 }
 
+/// Meta name -> GGUF name.
+pub fn meta_to_gguf(name: &str) -> Option<String> {
+    rename(Naming::Meta, Naming::Gguf, name)
+}
+
 /// Direction of the q/k row permutation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Permute {

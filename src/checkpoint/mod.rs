@@ -1,24 +1,35 @@
 //! A model directory as a thing: params.json, checklist.chk, shard discovery, the per-weight split
-//! rules, the Meta <-> HF name map and permutation, and streaming of logical tensors.
-pub(crate) mod catalog;
+//! rules, the Meta <-> HF <-> GGUF name maps and permutation, and streaming of logical tensors.
+//!
+//! ```text
+//! checkpoint/
+//!   mod.rs        Layout, ModelDir (a Meta or HF directory), detect, require_dir
+//!   params.rs     params.json                   hf_config.rs  config.json and its siblings
+//!   checklist.rs  checklist.chk                 hashing.rs    md5 of files, in parallel
+//!   tensors.rs    the one table of a Llama model's tensors (names, split, role, shape, order)
+//!   layout.rs     what the table says for given params: weights, shapes, name maps, q/k permute
+//!   meta.rs       a Meta directory (consolidated.NN.pth shards)
+//!   hf.rs         a Hugging Face directory (safetensors and their index)
+//!   stream.rs     logical tensors streamed out of their shards, with permute and cast
+//!   rope.rs       rope_theta and Llama 3.1 scaling      fp8.rs  Meta's fp8 release
+//! ```
+//!
+//! Only facts about a model directory live here; what is done with one (convert, reshard, GGUF
+//! export, verify, statistics) is the `ops` layer above. The GGUF type rules (llama-quantize's
+//! choice of a type per tensor and file type) are an export policy, not a fact of the directory,
+//! so they are `ops::gguf::types`; the GGUF *names* of the tensors are facts and stay in
+//! `tensors`/`layout`.
 pub mod checklist;
-pub(crate) mod convert;
 pub(crate) mod fp8;
-pub(crate) mod gguf_export;
-pub(crate) mod gguf_meta;
-pub mod gguf_types;
 pub mod hashing;
 pub(crate) mod hf;
 pub mod hf_config;
 pub mod layout;
 pub mod meta;
 pub mod params;
-pub(crate) mod reshard;
 pub mod rope;
-pub(crate) mod stats;
 pub(crate) mod stream;
 pub mod tensors;
-pub(crate) mod verify;
 
 pub use params::Params;
 

@@ -1,25 +1,18 @@
-//! `llamactl convert --to hf|meta SRC_DIR DST_DIR` (see CLI.md): the weights stream through
-//! `checkpoint::convert`; this adds the tokenizer files, checklist, atomic output and the report.
+//! `llamactl convert --to hf|meta SRC_DIR DST_DIR` (see CLI.md): resolves the flags, runs
+//! `ops::convert` (weights, tokenizer files, checklist) into an atomic output, and prints the report.
 use super::reporters::{Options as Shown, ProgressReporter};
-use crate::checkpoint::convert::{self, Options, Summary};
+use crate::checkpoint::fp8;
 use crate::checkpoint::tensors::Part;
-use crate::checkpoint::{fp8, hf_config, Params};
 use crate::cli::{ConvertArgs, ConvertTo};
 use crate::human::human_bytes;
+use crate::ops::convert::{self, Options, Summary};
 use crate::output::{check_dst_outside_src, AtomicDir};
 use crate::store::{lock, resolve, resolve::Want};
-use crate::tokenizer::hf_files::{tiktoken_model_from_tokenizer_json, write_hf_tokenizer_files};
 use anyhow::{anyhow, bail, Result};
 use std::path::Path;
 use std::time::Instant;
 
 mod gguf;
-
-const HF_TOKENIZER_FILES: [&str; 3] = [
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-];
 
 pub fn run(args: &ConvertArgs) -> Result<i32> {
     let want = match args.to {
@@ -69,102 +62,49 @@ pub fn run(args: &ConvertArgs) -> Result<i32> {
     super::report_stale(&out);
     let start = Instant::now();
     let mut progress = ProgressReporter::stderr(Shown::new("progress"));
-    let summary = match args.to {
-        ConvertTo::Hf => to_hf(args, &out, &opts, &progress)?,
-        ConvertTo::Meta => to_meta(args, &out, &opts, &progress)?,
-        ConvertTo::Gguf => unreachable!("handled above"),
-    };
+    let summary = convert_dir(args, &out, &opts, &progress)?;
     progress.finish();
     let dst = out.commit()?;
     report(&summary, &dst, args.to, start.elapsed().as_secs_f64());
     Ok(0)
 }
 
-/// Meta -> HF: the weights and, beside them, the tokenizer files.
-fn to_hf(
+/// Check the source has the layout `--to` converts from, say what is converted, and run the
+/// operation: Meta -> HF (weights, tokenizer files) or HF -> Meta (weights, tokenizer.model,
+/// checklist).
+fn convert_dir(
     args: &ConvertArgs,
     out: &AtomicDir,
     opts: &Options,
     progress: &ProgressReporter,
 ) -> Result<Summary> {
-    let src = &args.src_dir;
-    if !src.join("params.json").exists() {
-        bail!(
-            "{}: no params.json; --to hf needs a Meta checkpoint directory",
+    let (src, dst) = (&args.src_dir, args.dst_dir.display());
+    let to_hf = args.to == ConvertTo::Hf;
+    let (needs, want) = if to_hf {
+        ("params.json", "--to hf needs a Meta checkpoint directory")
+    } else {
+        (
+            "config.json",
+            "--to meta needs a Hugging Face model directory",
+        )
+    };
+    if !src.join(needs).exists() {
+        bail!("{}: no {needs}; {want}", src.display());
+    }
+    if to_hf {
+        let kind = if opts.instruct { "instruct" } else { "base" };
+        eprintln!(
+            "converting {} (Meta) -> {dst} (Hugging Face), {kind} model",
             src.display()
         );
-    }
-    let instruct = opts.instruct;
-    eprintln!(
-        "converting {} (Meta) -> {} (Hugging Face), {} model",
-        src.display(),
-        args.dst_dir.display(),
-        if instruct { "instruct" } else { "base" }
-    );
-    let tok = src.join("tokenizer.model");
-    let max_len = hf_config::max_position_embeddings(&Params::read(&src.join("params.json"))?);
-    // The tokenizer files are CPU work and the weights mostly I/O: do them side by side.
-    let (weights, tokenizer) = std::thread::scope(|scope| {
-        let tok_job = tok.exists().then(|| {
-            let (tok, dir) = (tok.clone(), out.path().to_path_buf());
-            scope.spawn(move || write_hf_tokenizer_files(&tok, &dir, instruct, max_len))
-        });
-        let weights = convert::meta_to_hf(src, out.path(), opts, progress);
-        let tokenizer = tok_job.map(|j| {
-            j.join()
-                .unwrap_or_else(|_| Err(anyhow!("writing the tokenizer files panicked")))
-        });
-        (weights, tokenizer)
-    });
-    let mut s = weights?;
-    match tokenizer {
-        Some(result) => {
-            result?;
-            for f in HF_TOKENIZER_FILES {
-                let size = std::fs::metadata(out.path().join(f))?.len();
-                s.files.push((f.to_string(), size));
-            }
-        }
-        None => eprintln!(
-            "warning: {}: not found; the output has no tokenizer files",
-            tok.display()
-        ),
-    }
-    Ok(s)
-}
-
-/// HF -> Meta (MP 1): the weights, tokenizer.model rebuilt from tokenizer.json, the checklist.
-fn to_meta(
-    args: &ConvertArgs,
-    out: &AtomicDir,
-    opts: &Options,
-    progress: &ProgressReporter,
-) -> Result<Summary> {
-    let src = &args.src_dir;
-    if !src.join("config.json").exists() {
-        bail!(
-            "{}: no config.json; --to meta needs a Hugging Face model directory",
-            src.display()
-        );
-    }
-    eprintln!(
-        "converting {} (Hugging Face) -> {} (Meta, MP 1)",
-        src.display(),
-        args.dst_dir.display()
-    );
-    let mut s = convert::hf_to_meta(src, out.path(), opts, progress)?;
-    let tok = src.join("tokenizer.json");
-    if tok.exists() {
-        let model = tiktoken_model_from_tokenizer_json(&tok)?;
-        convert::write_small(out.path(), "tokenizer.model", &model, &mut s)?;
+        convert::to_hf(src, out.path(), opts, progress)
     } else {
         eprintln!(
-            "warning: {}: not found; the output has no tokenizer.model",
-            tok.display()
+            "converting {} (Hugging Face) -> {dst} (Meta, MP 1)",
+            src.display()
         );
+        convert::to_meta(src, out.path(), opts, progress)
     }
-    convert::write_checklist(out.path(), &s.md5)?;
-    Ok(s)
 }
 
 /// Meta names its chat models `Meta-Llama-3-8B-Instruct`, `Llama3.1-8B-Instruct`.

@@ -6,7 +6,6 @@
 //! then every other file, `--jobs` at a time, each verified against the checklist before it gets its
 //! final name. A 403 stops new transfers (the link is spent) and keeps every part for the next run.
 use super::reporters::{Options as Shown, ProgressReporter};
-use crate::checkpoint::catalog::{self, Model};
 use crate::checkpoint::hashing::md5_file;
 use crate::cli::DownloadArgs;
 use crate::error::{self, Fail};
@@ -15,6 +14,7 @@ use crate::net::config::NetConfig;
 use crate::net::download::{kept_parts_note, part_path, FileRequest, HashKind, Http, HttpError};
 use crate::net::signed_url::{self, redact, SignedUrl};
 use crate::progress::{Reporter, Task};
+use crate::store::catalog::{self, Model};
 use crate::util::work_queue;
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::BTreeMap;

@@ -1,10 +1,10 @@
 //! `llamactl list` (see CLI.md): the catalog and what of it is under `--dir`.
 //!
 //! States per model: `absent`, `partial` (some files or `.part` files), `present` (every file there,
-//! not known to be verified), `verified` (see `checkpoint::catalog` for the marker rule).
-use crate::checkpoint::catalog::{self, Source};
+//! not known to be verified), `verified` (see `store::catalog` for the marker rule).
 use crate::cli::ListArgs;
 use crate::human::human_bytes;
+use crate::store::catalog::{self, Source};
 use anyhow::Result;
 
 pub fn run(args: &ListArgs) -> Result<i32> {

@@ -1,5 +1,6 @@
-//! One module per subcommand. A command never imports another: shared logic lives a floor down
-//! (checkpoint, formats, net, runner).
+//! One module per subcommand: it resolves the flags, calls one operation and prints the result.
+//! A command never imports another: shared logic lives a floor down (ops, store, checkpoint,
+//! formats, net, runner).
 use crate::cli::{Cli, Command};
 use anyhow::Result;
 

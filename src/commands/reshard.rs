@@ -1,15 +1,15 @@
-//! `llamactl reshard` (see CLI.md): argument checks, the output directory, progress; the work is
-//! `checkpoint::reshard`.
+//! `llamactl reshard` (see CLI.md): argument checks, the output directory, progress; the work
+//! (shards, params.json, tokenizer.model, checklist.chk) is `ops::reshard`.
 use super::reporters::{FinishLines, Options as Shown, ProgressReporter};
-use crate::checkpoint::checklist::{self, Entry};
+use crate::checkpoint::checklist::Entry;
 use crate::checkpoint::fp8;
-use crate::checkpoint::reshard::{copy_listed, Plan};
 use crate::cli::ReshardArgs;
 use crate::human::human_bytes;
+use crate::ops::reshard::Plan;
 use crate::output::{check_dst_outside_src, AtomicDir};
 use crate::store::{lock, resolve, resolve::Want};
 use crate::util::ensure_free_disk;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use std::time::Instant;
 
 /// Default `--jobs` is the number of cores, at most this.
@@ -34,19 +34,7 @@ pub fn run(args: &ReshardArgs) -> Result<i32> {
     let started = Instant::now();
     let plan = Plan::new(&args.src_dir, args.mp)?;
     let src = plan.src();
-    let tokenizer = args.src_dir.join("tokenizer.model");
-    let tokenizer = tokenizer.exists().then_some(tokenizer);
-
-    let mut need: u64 = (0..plan.mp()).map(|r| plan.file_bytes_bound(r)).sum();
-    for p in [Some(args.src_dir.join("params.json")), tokenizer.clone()]
-        .into_iter()
-        .flatten()
-    {
-        need += std::fs::metadata(&p)
-            .with_context(|| format!("{}: cannot stat", p.display()))?
-            .len();
-    }
-    ensure_free_disk(&args.dst_dir, need)?;
+    ensure_free_disk(&args.dst_dir, plan.bytes_needed()?)?;
 
     let out = AtomicDir::new(&args.dst_dir, args.force)?;
     super::report_stale(&out);
@@ -73,21 +61,9 @@ pub fn run(args: &ReshardArgs) -> Result<i32> {
             .count(plan.mp(), "shards")
             .finish_lines(FinishLines::Always),
     );
-    let entries = plan.write_shards(out.path(), jobs, &progress);
+    let entries = plan.write(out.path(), jobs, &progress);
     progress.finish();
-    let mut entries = entries?;
-
-    entries.push(copy_listed(src, "params.json", out.path())?);
-    match &tokenizer {
-        Some(_) => entries.push(copy_listed(src, "tokenizer.model", out.path())?),
-        None => eprintln!(
-            "note: {} has no tokenizer.model; the output has none either",
-            args.src_dir.display()
-        ),
-    }
-    let text = checklist::render(&entries)?;
-    let chk = out.path().join("checklist.chk");
-    std::fs::write(&chk, text).with_context(|| format!("{}: cannot write", chk.display()))?;
+    let entries = entries?;
     let dst = out.commit()?;
     let written: u64 = entries
         .iter()

@@ -1,10 +1,9 @@
-//! `llamactl verify DIR [--json] [--deep] [--no-md5] [--jobs N]`: the checks live in
-//! `checkpoint::verify`; this renders them as a table, JSON, and GitHub Actions annotations.
+//! `llamactl verify DIR|FILE.gguf [--json] [--deep] [--no-md5] [--jobs N]`: the checks live in
+//! `ops::verify`; this renders them as a table, JSON, and GitHub Actions annotations.
 use super::reporters::{FinishLines, Options as Shown, ProgressReporter};
-use crate::checkpoint::verify::{self, Check, CheckState, Kind, Options, Problem, Report};
 use crate::cli::VerifyArgs;
-use crate::formats::gguf::{self, GgufFile};
-use crate::human::human_bytes;
+use crate::formats::gguf;
+use crate::ops::verify::{self, CheckState, Options, Report};
 use crate::store::{resolve, resolve::Want};
 use anyhow::{bail, Result};
 
@@ -34,11 +33,7 @@ pub fn run(args: &VerifyArgs) -> Result<i32> {
     };
     let mut progress =
         ProgressReporter::stderr(Shown::new("verify").finish_lines(FinishLines::Long));
-    let report = if args.dir.is_file() && gguf::is_gguf(&args.dir) {
-        gguf_report(&args.dir)?
-    } else {
-        verify::verify(&args.dir, &opts, &progress)?
-    };
+    let report = verify::verify(&args.dir, &opts, &progress)?;
     progress.finish();
     let github = std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true");
     if args.json {
@@ -58,50 +53,6 @@ pub fn run(args: &VerifyArgs) -> Result<i32> {
         }
     }
     Ok(if report.ok { 0 } else { 1 })
-}
-
-/// `verify FILE.gguf`: the header parses; every tensor has a valid type and size, an aligned
-/// offset, no overlap with another, and its bytes inside the file.
-fn gguf_report(path: &std::path::Path) -> Result<Report> {
-    let g = GgufFile::open(path)?;
-    let problems: Vec<Problem> = g
-        .problems()
-        .into_iter()
-        .map(|detail| Problem {
-            kind: Kind::CorruptShard,
-            detail,
-            file: None,
-            tensor: None,
-        })
-        .collect();
-    let ok = problems.is_empty();
-    let check = Check {
-        name: "gguf",
-        status: if ok {
-            CheckState::Ok
-        } else {
-            CheckState::Failed
-        },
-        detail: format!(
-            "GGUF v{}: {} metadata keys, {} tensors, data at byte {}, {}",
-            g.version,
-            g.kvs.len(),
-            g.tensors.len(),
-            g.data_offset,
-            human_bytes(g.file_len)
-        ),
-    };
-    Ok(Report {
-        ok,
-        format: "gguf",
-        dir: path.to_path_buf(),
-        checks: vec![check],
-        files: Vec::new(),
-        problems,
-        tensors: Vec::new(),
-        hashed_bytes: 0,
-        scanned_bytes: 0,
-    })
 }
 
 fn print_table(r: &Report) {

@@ -8,7 +8,7 @@
 use super::cpu::{quant::Quant, Bytes};
 use super::model::{Config, RopeLayout};
 use super::weights::{StoredTensor, WeightBytes, WeightSource};
-use crate::checkpoint::gguf_export::gguf_name;
+use crate::checkpoint::layout::meta_to_gguf;
 use crate::checkpoint::rope::DEFAULT_THETA;
 use crate::checkpoint::tensors::{Part, GGUF_ROPE_FACTORS};
 use crate::formats::gguf::{GgmlType, GgufFile, TensorInfo, Value};
@@ -233,11 +233,11 @@ fn check_file(f: &GgufFile) -> Result<()> {
 
 impl WeightSource for GgufModel {
     fn contains(&self, name: &str) -> bool {
-        gguf_name(name).is_some_and(|g| self.by_name.contains_key(&g))
+        meta_to_gguf(name).is_some_and(|g| self.by_name.contains_key(&g))
     }
 
     fn tensor(&self, name: &str) -> Result<StoredTensor> {
-        let g = gguf_name(name).ok_or_else(|| anyhow!("{name} has no GGUF name"))?;
+        let g = meta_to_gguf(name).ok_or_else(|| anyhow!("{name} has no GGUF name"))?;
         let t = self
             .info(&g)
             .ok_or_else(|| anyhow!("tensor {g} is missing"))?;

@@ -3,8 +3,9 @@
 //! listings say `verified` without hashing); HF cache repos: every LFS blob's sha256 against its
 //! name; GGUF files: the header and tensor layout (`verify FILE.gguf`'s check; a GGUF carries no
 //! checksum).
+use super::catalog;
 use super::scan::{Entry, Format, Place};
-use crate::checkpoint::{catalog, hashing};
+use crate::checkpoint::hashing;
 use anyhow::Result;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;

@@ -94,7 +94,7 @@ fn meta(dir: &Path) -> Result<Value> {
         "tokenizer": tokenizer_json(tok.as_ref()),
         "chat_template": "built in (Meta's Llama 3 dialog format)",
         "generation": {"temperature": META_TEMPERATURE, "top_p": META_TOP_P, "source": "Meta's defaults"},
-        "verified": crate::checkpoint::catalog::verified_state(dir),
+        "verified": super::catalog::verified_state(dir),
     }))
 }
 

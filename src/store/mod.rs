@@ -5,6 +5,7 @@
 //! ```text
 //! store/
 //!   mod.rs       where the roots are (Roots): $LLAMA_STACK_CONFIG_DIR/checkpoints, the HF cache
+//!   catalog.rs   the models llamactl knows (source, folder, shards) and the verified marker
 //!   usage.rs     bytes on disk, each inode once (hard links, blobs shared by revisions)
 //!   scan.rs      what is there: Meta dirs, HF dirs, HF cache repos and revisions, GGUF files
 //!   check.rs     `--verify`: md5s against checklist.chk, blob sha256s, GGUF layout
@@ -16,6 +17,7 @@
 //!
 //! Nothing here hashes unless asked (`scan::verify`): the listing reads directory entries,
 //! `stat`s and small headers only, so it answers at once on terabytes.
+pub(crate) mod catalog;
 pub mod check;
 pub mod describe;
 pub mod lock;
@@ -63,7 +65,7 @@ impl Roots {
     }
 
     /// Where `download` puts a catalog model when no `--dir` is given.
-    pub fn store_dir(&self, model: &crate::checkpoint::catalog::Model) -> PathBuf {
+    pub fn store_dir(&self, model: &catalog::Model) -> PathBuf {
         self.checkpoints.join(model.store_folder())
     }
 }

@@ -9,9 +9,9 @@
 //!
 //! A folder holding both layouts (a Hub repo: HF files on top, Meta files in `original/`) gives
 //! Meta-format commands its `original/` folder, as llama-stack's `model_checkpoint_dir` does.
+use super::catalog;
 use super::scan::has_meta_files;
 use super::Roots;
-use crate::checkpoint::catalog;
 use crate::net::hub::{validate_repo_id, RepoCache};
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};

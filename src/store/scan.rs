@@ -4,9 +4,9 @@
 //! Sizes count each inode once, per model and in the total ([`super::usage`]). An HF cache repo
 //! is sized as `huggingface_hub`'s `scan_cache_dir()` sizes it: the blobs its snapshots point at,
 //! each once; a revision, the blobs its own snapshot points at.
+use super::catalog;
 use super::usage::Usage;
 use super::Roots;
-use crate::checkpoint::catalog;
 use crate::formats::gguf::{self, GgufFile};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};

@@ -431,15 +431,23 @@ fn take_complete(pending: &mut Vec<u8>, flush: bool) -> String {
     out
 }
 
-#[derive(PartialEq, Eq)]
-enum Format {
+/// What a tokenizer file is, told by its content ([`sniff`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// tiktoken text (`<base64> <rank>` lines): Meta's Llama 3 `tokenizer.model`. Other text is
+    /// taken for a malformed one, so that the parser can say which line is wrong.
     Tiktoken,
+    /// A JSON object: a Hugging Face `tokenizer.json`.
     Json,
+    /// A SentencePiece protobuf (Llama 2 and older).
     SentencePiece,
+    /// None of these (binary, empty).
     Unknown,
 }
 
-fn sniff(data: &[u8]) -> Format {
+/// The one rule, for every caller, of what a tokenizer file is: [`Tokenizer::from_file`] and
+/// `verify` both decide by it.
+pub fn sniff(data: &[u8]) -> Format {
     // A JSON object's opening brace, written as its byte value so that brace-counting tools see
     // this function's true length.
     if data.trim_ascii_start().first() == Some(&0x7b) {

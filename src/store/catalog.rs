@@ -306,7 +306,7 @@ impl Model {
     pub fn files(&self) -> Vec<String> {
         let mut v = self.shard_files();
         if self.fp8 {
-            v.extend((0..self.shards).map(super::fp8::scales_name));
+            v.extend((0..self.shards).map(crate::checkpoint::fp8::scales_name));
         }
         v.extend(["params.json", "tokenizer.model", "checklist.chk"].map(String::from));
         v
@@ -335,7 +335,7 @@ impl Model {
 /// absolute / `..` name) makes the whole checklist untrusted: an error page saved under that name
 /// must never pass as a checklist.
 pub fn parse_checklist(text: &str) -> Result<BTreeMap<String, String>> {
-    let (entries, bad) = super::checklist::parse(text);
+    let (entries, bad) = crate::checkpoint::checklist::parse(text);
     if let Some(b) = bad.first() {
         anyhow::bail!("line {}: {}", b.line, b.reason);
     }

@@ -3,11 +3,11 @@
 use super::{check_tensors, tokenizer, CheckState, Kind, Report, Stored};
 use crate::checkpoint::hf as hf_dir;
 use crate::checkpoint::layout::{self, Split, Weight};
-use crate::checkpoint::stats::ScanItem;
 use crate::checkpoint::tensors::Part;
 use crate::checkpoint::Params;
 use crate::error::one_line;
 use crate::formats::safetensors::SafetensorsFile;
+use crate::ops::stats::ScanItem;
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;

@@ -18,7 +18,7 @@
 //! - `attn_output`: Q2_K -> Q3_K, Q3_K_M -> Q4_K, Q3_K_L -> Q5_K.
 //! - Finally a type whose block does not divide the row length falls back: Q2_K/Q3_K -> Q4_0,
 //!   Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0; if that still does not fit, F16.
-use super::tensors::{part_of, Naming, Part};
+use crate::checkpoint::tensors::{part_of, Naming, Part};
 use crate::formats::gguf::GgmlType;
 use crate::formats::DType;
 use anyhow::{bail, Result};

@@ -449,7 +449,9 @@ pub struct RowScales {
 /// each value widened to f32 and multiplied by its row's scale in f32, as llama-models computes
 /// `w.float() * scale[:, None]`. A row past the scales (the caller checked their count) gets NaN.
 fn scan_fp8(dtype: DType, bytes: &[u8], first: usize, scales: Option<&RowScales>) -> Option<Stats> {
-    let table: Vec<f32> = (0..=255u8).map(|b| super::fp8::to_f32(dtype, b)).collect();
+    let table: Vec<f32> = (0..=255u8)
+        .map(|b| crate::checkpoint::fp8::to_f32(dtype, b))
+        .collect();
     let vals: Vec<f32> = match scales {
         None => bytes.iter().map(|&b| table[b as usize]).collect(),
         Some(rs) => bytes

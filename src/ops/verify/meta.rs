@@ -3,12 +3,12 @@
 use super::{check_tensors, fp8, join, tokenizer, CheckState, Kind, Report, Stored};
 use crate::checkpoint::layout::{self, Role, Split, Weight};
 use crate::checkpoint::meta::shard_name;
-use crate::checkpoint::stats::ScanItem;
 use crate::checkpoint::tensors::{Naming, Part};
 use crate::checkpoint::Params;
 use crate::error::one_line;
 use crate::formats::pth::PthFile;
 use crate::formats::{DType, TensorInfo};
+use crate::ops::stats::ScanItem;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

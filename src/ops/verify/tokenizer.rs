@@ -2,95 +2,66 @@
 //! `tokenizer.json` against config.json and `tokenizer_config.json`'s chat template.
 use super::{CheckState, Kind, Report};
 use crate::checkpoint::Params;
+use crate::tokenizer::{self, Format, SpecialNames, Tokenizer};
 use serde_json::Value;
 use std::collections::HashSet;
 use std::path::Path;
 
-/// What a tokenizer.model file turned out to be.
-#[derive(Debug)]
-enum TokenizerFile {
-    /// tiktoken BPE ranks (Llama 3): base64 token, space, rank per line.
-    Tiktoken { ranks: usize },
-    /// A sentencepiece protobuf (Llama 2).
-    SentencePiece,
+/// Meta's tokenizer file.
+const MODEL: &str = "tokenizer.model";
+
+/// The ranks and special tokens of a tiktoken `tokenizer.model` (`Ok(Some)`), `Ok(None)` for a
+/// SentencePiece model (Llama 2, not checked), or why it is not a valid tiktoken file. What the
+/// file is and whether it parses are the tokenizer's own rules ([`tokenizer::sniff`], its tiktoken
+/// parser), so verify passes exactly the files `run` and `tokenize` load.
+fn tiktoken_sizes(bytes: &[u8]) -> std::result::Result<Option<(usize, usize)>, String> {
+    match tokenizer::sniff(bytes) {
+        Format::SentencePiece => Ok(None),
+        Format::Json => Err("it is JSON (a tokenizer.json?)".into()),
+        Format::Unknown => Err("neither tiktoken text nor a SentencePiece model".into()),
+        Format::Tiktoken => {
+            let names = SpecialNames::Llama31;
+            let tok =
+                Tokenizer::from_tiktoken_bytes(bytes, Path::new(MODEL), names).map_err(|e| {
+                    let e = e.to_string();
+                    let bare = e.strip_prefix(MODEL).and_then(|e| e.strip_prefix(": "));
+                    bare.unwrap_or(&e).to_string()
+                })?;
+            let ranks = tok.mergeable_tokens().map_or(0, <[_]>::len);
+            Ok(Some((ranks, tok.n_vocab() - ranks)))
+        }
+    }
 }
 
-fn parse_tokenizer(bytes: &[u8]) -> std::result::Result<TokenizerFile, String> {
-    use base64::Engine;
-    // A sentencepiece ModelProto starts with field 1 (pieces), length-delimited: tag byte 0x0a.
-    if bytes.first() == Some(&0x0a) {
-        return Ok(TokenizerFile::SentencePiece);
+/// Record the check `name` as skipped when `file` is not in `dir`; true when it is not.
+fn skipped_when_absent(dir: &Path, file: &str, name: &'static str, r: &mut Report) -> bool {
+    let absent = !dir.join(file).exists();
+    if absent {
+        let detail = format!("no {file} in the directory");
+        r.check(name, CheckState::Skipped, detail);
     }
-    let text = std::str::from_utf8(bytes)
-        .map_err(|_| "neither tiktoken text nor sentencepiece".to_string())?;
-    let mut ranks = 0usize;
-    let mut seen = std::collections::HashSet::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.is_empty() {
-            continue;
-        }
-        let bad = |why: &str| format!("line {}: {why}", i + 1);
-        let (tok, rank) = line
-            .split_once(' ')
-            .ok_or_else(|| bad("not \"<base64> <rank>\""))?;
-        let token = base64::engine::general_purpose::STANDARD
-            .decode(tok)
-            .map_err(|_| bad("token is not base64"))?;
-        let rank: usize = rank.parse().map_err(|_| bad("rank is not a number"))?;
-        if rank != ranks {
-            return Err(bad(&format!(
-                "rank {rank}, expected {ranks} (ranks must run 0, 1, 2, ...)"
-            )));
-        }
-        if !seen.insert(token) {
-            return Err(bad("token listed twice"));
-        }
-        ranks += 1;
-    }
-    if ranks == 0 {
-        return Err("no tokens".into());
-    }
-    Ok(TokenizerFile::Tiktoken { ranks })
+    absent
 }
-
-/// Llama 3 adds 256 reserved special tokens after the BPE ranks.
-const SPECIAL_TOKENS: usize = 256;
 
 pub(super) fn tokenizer_model(dir: &Path, params: Option<&Params>, r: &mut Report) {
     let mark = r.problems.len();
-    let path = dir.join("tokenizer.model");
-    if !path.exists() {
-        r.check(
-            "tokenizer",
-            CheckState::Skipped,
-            "no tokenizer.model in the directory".into(),
-        );
+    if skipped_when_absent(dir, MODEL, "tokenizer", r) {
         return;
     }
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) => {
-            r.problem(
-                Kind::Unreadable,
-                Some("tokenizer.model"),
-                None,
-                format!("tokenizer.model: cannot read: {e}"),
-            );
-            r.settle("tokenizer", mark, String::new());
-            return;
-        }
-    };
-    let detail = match parse_tokenizer(&bytes) {
-        Err(why) => {
-            r.problem(
-                Kind::InvalidTokenizer,
-                Some("tokenizer.model"),
-                None,
-                format!("tokenizer.model is not a valid tiktoken file: {why}"),
-            );
+    let sizes = std::fs::read(dir.join(MODEL))
+        .map_err(|e| (Kind::Unreadable, format!("{MODEL}: cannot read: {e}")))
+        .and_then(|bytes| {
+            tiktoken_sizes(&bytes).map_err(|why| {
+                let detail = format!("{MODEL} is not a valid tiktoken file: {why}");
+                (Kind::InvalidTokenizer, detail)
+            })
+        });
+    let detail = match sizes {
+        Err((kind, detail)) => {
+            r.problem(kind, Some(MODEL), None, detail);
             String::new()
         }
-        Ok(TokenizerFile::SentencePiece) => {
+        Ok(None) => {
             r.check(
                 "tokenizer",
                 CheckState::Skipped,
@@ -98,21 +69,17 @@ pub(super) fn tokenizer_model(dir: &Path, params: Option<&Params>, r: &mut Repor
             );
             return;
         }
-        Ok(TokenizerFile::Tiktoken { ranks }) => match params.map(|p| p.vocab()) {
-            Some(Some(vocab)) if ranks + SPECIAL_TOKENS != vocab => {
-                r.problem(
-                    Kind::VocabMismatch,
-                    Some("tokenizer.model"),
-                    None,
-                    format!(
-                        "tokenizer.model has {ranks} ranks + {SPECIAL_TOKENS} special tokens = {}, but params.json says vocab_size {vocab}",
-                        ranks + SPECIAL_TOKENS
-                    ),
+        Ok(Some((ranks, specials))) => match params.map(|p| p.vocab()) {
+            Some(Some(vocab)) if ranks + specials != vocab => {
+                let detail = format!(
+                    "{MODEL} has {ranks} ranks + {specials} special tokens = {}, but params.json says vocab_size {vocab}",
+                    ranks + specials
                 );
+                r.problem(Kind::VocabMismatch, Some(MODEL), None, detail);
                 String::new()
             }
             Some(Some(vocab)) => {
-                format!("{ranks} ranks + {SPECIAL_TOKENS} specials = vocab_size {vocab}")
+                format!("{ranks} ranks + {specials} specials = vocab_size {vocab}")
             }
             _ => format!("{ranks} ranks; vocab_size not known, size not compared"),
         },
@@ -129,12 +96,7 @@ pub(super) fn hf_tokenizer(dir: &Path, config: Option<&Value>, r: &mut Report) {
 
 fn tokenizer_json(dir: &Path, config: Option<&Value>, r: &mut Report) {
     const FILE: &str = "tokenizer.json";
-    if !dir.join(FILE).exists() {
-        r.check(
-            "tokenizer",
-            CheckState::Skipped,
-            format!("no {FILE} in the directory"),
-        );
+    if skipped_when_absent(dir, FILE, "tokenizer", r) {
         return;
     }
     let mark = r.problems.len();
@@ -181,12 +143,7 @@ fn tokenizer_json(dir: &Path, config: Option<&Value>, r: &mut Report) {
 /// compiles with the Jinja dialect chat templates use.
 fn tokenizer_config(dir: &Path, r: &mut Report) {
     const FILE: &str = "tokenizer_config.json";
-    if !dir.join(FILE).exists() {
-        r.check(
-            "chat template",
-            CheckState::Skipped,
-            format!("no {FILE} in the directory"),
-        );
+    if skipped_when_absent(dir, FILE, "chat template", r) {
         return;
     }
     let mark = r.problems.len();
@@ -244,24 +201,72 @@ fn chat_templates(doc: &Value) -> std::result::Result<Vec<(String, String)>, Str
 mod tests {
     use super::*;
 
+    fn testdata(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata")
+            .join(name)
+    }
+
+    /// The report, and the tokenizer check's state and detail, of a directory holding `bytes` as
+    /// tokenizer.model.
+    fn check(bytes: &[u8]) -> (Report, CheckState, String) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(MODEL), bytes).unwrap();
+        let mut r = Report::new("meta", dir.path());
+        tokenizer_model(dir.path(), None, &mut r);
+        let c = r.checks.pop().unwrap();
+        (r, c.status, c.detail)
+    }
+
     #[test]
     fn tokenizer_files() {
-        let ok = "IQ== 0\nIg== 1\nIw== 2\n";
-        assert!(matches!(
-            parse_tokenizer(ok.as_bytes()),
-            Ok(TokenizerFile::Tiktoken { ranks: 3 })
-        ));
+        let real = std::fs::read(testdata(MODEL)).unwrap();
+        assert_eq!(tiktoken_sizes(&real), Ok(Some((128_000, 256))));
         let gap = "IQ== 0\nIw== 2\n";
-        assert!(parse_tokenizer(gap.as_bytes())
+        assert!(tiktoken_sizes(gap.as_bytes())
             .unwrap_err()
-            .contains("line 2"));
-        assert!(parse_tokenizer(b"!!! 0\n").unwrap_err().contains("base64"));
-        assert!(parse_tokenizer(b"IQ== 0\nIQ== 1\n")
+            .contains("rank 1"));
+        let bad = "IQ== 0\nnot-base64! 1\n";
+        let why = tiktoken_sizes(bad.as_bytes()).unwrap_err();
+        assert!(
+            why.starts_with("line 2: ") && why.contains("base64"),
+            "{why}"
+        );
+        let twice = "IQ== 0\nIQ== 1\n";
+        assert!(tiktoken_sizes(twice.as_bytes())
             .unwrap_err()
             .contains("twice"));
-        assert!(matches!(
-            parse_tokenizer(b"\x0a\x05hello"),
-            Ok(TokenizerFile::SentencePiece)
-        ));
+        assert!(tiktoken_sizes(b"{\"model\": {}}")
+            .unwrap_err()
+            .contains("JSON"));
+        assert!(tiktoken_sizes(b"\xff\xfe\x00").is_err());
+    }
+
+    /// verify takes a tokenizer.model for what `tokenizer::sniff` says it is: a SentencePiece
+    /// model is skipped, a tiktoken file is counted, and a file that only starts like a protobuf
+    /// (the rule verify used to have) is malformed tiktoken text, as the tokenizer reads it.
+    #[test]
+    fn verify_and_sniff_agree() {
+        let sentencepiece = [
+            0x0a, 0x09, b'<', b'u', b'n', b'k', b'>', 0x15, 0, 0, 0, 0, 0x18, 2, 0, 0, 0, 0, 0,
+        ];
+        assert_eq!(tokenizer::sniff(&sentencepiece), Format::SentencePiece);
+        let (r, status, detail) = check(&sentencepiece);
+        assert_eq!(status, CheckState::Skipped, "{detail}");
+        assert!(detail.contains("sentencepiece"), "{detail}");
+        assert!(r.problems.is_empty());
+
+        let tiktoken = std::fs::read(testdata(MODEL)).unwrap();
+        assert_eq!(tokenizer::sniff(&tiktoken), Format::Tiktoken);
+        let (r, status, detail) = check(&tiktoken);
+        assert_eq!(status, CheckState::Ok, "{detail}");
+        assert!(detail.starts_with("128000 ranks"), "{detail}");
+        assert!(r.problems.is_empty());
+
+        let protobuf_start = b"\x0a\x05hello";
+        assert_eq!(tokenizer::sniff(protobuf_start), Format::Tiktoken);
+        let (r, status, detail) = check(protobuf_start);
+        assert_eq!(status, CheckState::Failed, "{detail}");
+        assert_eq!(r.problems[0].kind, Kind::InvalidTokenizer);
     }
 }

@@ -6,10 +6,10 @@
 //! and [`write_region`] copies the output slice straight from those files — contiguous ranges for
 //! dim-0 splits, strided row pieces for dim-1 splits — so memory stays at a few buffers per
 //! writing thread whatever the model size, and any valid a -> b works, not only multiples.
-use super::checklist::Entry;
-use super::layout::{self, Split, Weight};
-use super::meta::{shard_name, MetaDir};
-use super::stream::{self, write_region, Buffers, CastStats, FullTensor, Region};
+use crate::checkpoint::checklist::{self, Entry};
+use crate::checkpoint::layout::{self, Split, Weight};
+use crate::checkpoint::meta::{shard_name, MetaDir};
+use crate::checkpoint::stream::{self, write_region, Buffers, CastStats, FullTensor, Region};
 use crate::formats::copy::HashingFile;
 use crate::formats::pth::{PthWriter, TensorSpec};
 use crate::progress::{Reporter, Task};
@@ -152,6 +152,50 @@ impl Plan {
         let md5 = file.inner.finish()?;
         task.finish();
         Ok(Entry { md5, name })
+    }
+
+    /// The small files carried over beside the shards: params.json, and tokenizer.model when the
+    /// source has one.
+    fn small_files(&self) -> Vec<&'static str> {
+        let mut names = vec!["params.json"];
+        if self.src.dir.join("tokenizer.model").exists() {
+            names.push("tokenizer.model");
+        }
+        names
+    }
+
+    /// Bytes the output directory needs at most: every shard's bound and the small files.
+    pub fn bytes_needed(&self) -> Result<u64> {
+        let mut need: u64 = (0..self.mp).map(|r| self.file_bytes_bound(r)).sum();
+        for name in self.small_files() {
+            let p = self.src.dir.join(name);
+            need += std::fs::metadata(&p)
+                .with_context(|| format!("{}: cannot stat", p.display()))?
+                .len();
+        }
+        Ok(need)
+    }
+
+    /// The whole output directory `dir`: every shard ([`Plan::write_shards`]), params.json and
+    /// tokenizer.model copied and checked against the source's checklist ([`copy_listed`]), and a
+    /// checklist.chk over them all, whose entries are returned. A source without tokenizer.model
+    /// gets a note through `progress`.
+    pub fn write(&self, dir: &Path, jobs: usize, progress: &dyn Reporter) -> Result<Vec<Entry>> {
+        let mut entries = self.write_shards(dir, jobs, progress)?;
+        let small = self.small_files();
+        for name in &small {
+            entries.push(copy_listed(&self.src, name, dir)?);
+        }
+        if !small.contains(&"tokenizer.model") {
+            progress.message(&format!(
+                "note: {} has no tokenizer.model; the output has none either",
+                self.src.dir.display()
+            ));
+        }
+        let text = checklist::render(&entries)?;
+        let chk = dir.join("checklist.chk");
+        std::fs::write(&chk, text).with_context(|| format!("{}: cannot write", chk.display()))?;
+        Ok(entries)
     }
 
     /// Write every output shard into `dir`, `jobs` shards at a time, each thread with its own

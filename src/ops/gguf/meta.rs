@@ -3,24 +3,12 @@
 //! defaults (generation_config.json), hyper-parameters (config.json), file type, then the
 //! tokenizer (tokenizer.json vocabulary and merges; special ids, add-bos/eos/sep flags and chat
 //! template from tokenizer_config.json, the post-processor and config.json).
-use super::gguf_types::FileType;
-use super::rope::rope_from_config;
+use super::docs::HfDocs;
+use super::types::FileType;
+use crate::checkpoint::rope::rope_from_config;
 use crate::formats::gguf::Value;
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value as Json;
-
-/// The Hugging Face files the metadata comes from.
-#[derive(Debug, Clone)]
-pub struct HfDocs {
-    pub config: Json,
-    pub generation: Option<Json>,
-    pub tokenizer: Json,
-    pub tokenizer_config: Option<Json>,
-    /// The chat template(s) of the files beside tokenizer_config.json (`chat_template.jinja`, with
-    /// `additional_chat_templates/*.jinja` as a list of `{name, template}`, or `chat_template.json`),
-    /// used when tokenizer_config.json has no `chat_template`.
-    pub chat_template_files: Option<Json>,
-}
 
 /// `tokenizer.ggml.token_type` values.
 const NORMAL: i32 = 1;

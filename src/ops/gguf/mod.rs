@@ -1,20 +1,25 @@
 //! Llama 3 weights -> one GGUF file, equal to what llama.cpp's `convert_hf_to_gguf.py` writes for
 //! the Hugging Face directory of the same weights (the one `convert --to hf` makes).
 //!
-//! The metadata is derived from that directory's JSON files ([`HfDocs`]; for a Meta checkpoint the
-//! command builds them in memory exactly as `convert --to hf` would write them), so both sources
-//! go through one path. Tensors come out in the converter's order (per safetensors shard, names
+//! The metadata is derived from that directory's JSON files ([`docs::HfDocs`]; for a Meta
+//! checkpoint they are built in memory exactly as `convert --to hf` would write them), so both
+//! sources go through one path; the tokenizer must be Llama 3's (`docs`). Tensors come out in the converter's order (per safetensors shard, names
 //! sorted), q/k rows in Meta's order (an HF source is un-permuted), 1-D tensors as F32, every
 //! other weight in the file type. Each tensor streams through [`stream::write_region`]: memory
 //! stays at a few blocks whatever the model size.
+mod docs;
+mod meta;
+mod types;
+
+use self::docs::HfDocs;
+use self::types::{quantize_order, ModelFacts, QuantRules};
 use super::convert::{self as conv, DEFAULT_MAX_SHARD};
-use super::gguf_types::{quantize_order, ModelFacts, QuantRules};
-use super::hf::HfDir;
-use super::layout::{self, Permute, Role, Split};
-use super::rope::{rope_from_config, RopeScaling};
-use super::stream::{self, Buffers, CastStats, FullTensor, Region, RowPermute};
-use super::tensors::{self, part_of, rename, Naming, Part, GGUF_ROPE_FACTORS};
-use super::ModelDir;
+use crate::checkpoint::hf::HfDir;
+use crate::checkpoint::layout::{self, Permute, Role, Split};
+use crate::checkpoint::rope::{rope_from_config, RopeScaling};
+use crate::checkpoint::stream::{self, Buffers, CastStats, FullTensor, Region, RowPermute};
+use crate::checkpoint::tensors::{self, part_of, Naming, Part, GGUF_ROPE_FACTORS};
+use crate::checkpoint::{Layout, ModelDir};
 use crate::formats::copy;
 use crate::formats::gguf::{self, GgmlType, Header, TensorEntry, Value};
 use crate::formats::quant;
@@ -24,18 +29,20 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value as Json;
 use std::fs::File;
 use std::io::Write;
+use std::path::Path;
 
-pub use super::gguf_meta::HfDocs;
-pub use super::gguf_types::FileType;
+pub use types::FileType;
 
+/// What [`plan_dir`] needs besides the directory.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// None: the dtype of the source's first matrix.
     pub file_type: Option<FileType>,
-    /// `general.name`.
-    pub name: String,
-    /// `tokenizer.ggml.pre`, as the caller identified the pre-tokenizer.
-    pub pre_tokenizer: String,
+    /// A Meta source is an instruct model (its stop tokens and chat template go into the file).
+    pub instruct: bool,
+    /// The caller was told instruct or base: a Hugging Face source's own files decide, and a
+    /// note says so.
+    pub instruct_given: bool,
 }
 
 enum Payload {
@@ -53,6 +60,8 @@ struct Planned {
 pub struct Plan {
     pub header: Header,
     pub file_type: FileType,
+    /// The layout of the source directory; None for a GGUF source.
+    pub source: Option<Layout>,
     items: Vec<Planned>,
 }
 
@@ -67,11 +76,6 @@ impl Plan {
     pub fn tensor_bytes(&self) -> Result<u64> {
         self.items.iter().map(|i| i.entry.nbytes()).sum()
     }
-}
-
-/// GGUF name of a Meta weight name.
-pub fn gguf_name(meta: &str) -> Option<String> {
-    rename(Naming::Meta, Naming::Gguf, meta)
 }
 
 /// Source tensors in the order the converter meets them, as (Meta name, tensor, un-permute?).
@@ -166,16 +170,34 @@ fn tensor_type(shape: &[usize], name: &str, ft: FileType) -> GgmlType {
     t
 }
 
+/// A model directory -> the plan of its GGUF file: the Hugging Face files the metadata comes from
+/// (read, or built from a Meta checkpoint), the tokenizer checked to be Llama 3's, then [`plan`]
+/// with the directory's name as `general.name`. Notes for the user go through `progress`.
+pub fn plan_dir(src: &Path, opts: &Options, progress: &dyn Reporter) -> Result<Plan> {
+    let (docs, tok) = match crate::checkpoint::detect(src)? {
+        Layout::Meta => docs::from_meta(src, opts.instruct, progress)?,
+        Layout::Hf => docs::from_hf(src, opts.instruct_given, progress)?,
+    };
+    docs::check_llama3_pretokenizer(&tok)?;
+    let dir = ModelDir::open(src)?;
+    let name = src
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    plan(&dir, &docs, opts.file_type, &name)
+}
+
 /// Decide the whole file: metadata and tensor table. A llama-quantize file type is planned as
 /// the converter's file in the source's own dtype, then [`requantize`]d.
-pub fn plan(dir: &ModelDir, docs: &HfDocs, opts: &Options) -> Result<Plan> {
+fn plan(dir: &ModelDir, docs: &HfDocs, file_type: Option<FileType>, name: &str) -> Result<Plan> {
     let srcs = sources(dir)?;
     let first = srcs
         .iter()
         .find(|s| s.1.shape.len() >= 2)
         .ok_or_else(|| anyhow!("{}: no weight matrices", dir.dir().display()))?;
     let source_type = FileType::from_dtype(first.1.dtype);
-    let file_type = match (opts.file_type, source_type) {
+    let file_type = match (file_type, source_type) {
         (Some(f), _) => f,
         (None, Some(f)) => f,
         (None, None) => bail!(
@@ -205,7 +227,8 @@ pub fn plan(dir: &ModelDir, docs: &HfDocs, opts: &Options) -> Result<Plan> {
         if !t.dtype.is_float() {
             bail!("tensor {meta}: {} is not a floating-point type", t.dtype);
         }
-        let name = gguf_name(&meta).ok_or_else(|| anyhow!("tensor {meta}: no GGUF name"))?;
+        let name =
+            layout::meta_to_gguf(&meta).ok_or_else(|| anyhow!("tensor {meta}: no GGUF name"))?;
         let ggml_type = tensor_type(&t.shape, &name, direct);
         items.push(Planned {
             entry: TensorEntry {
@@ -220,13 +243,15 @@ pub fn plan(dir: &ModelDir, docs: &HfDocs, opts: &Options) -> Result<Plan> {
         .iter()
         .map(|i| i.entry.shape.iter().product::<u64>())
         .sum();
-    let kvs = super::gguf_meta::metadata(docs, direct, &opts.name, params, &opts.pre_tokenizer)?;
+    let pre = docs::LLAMA3_PRE_TOKENIZER;
+    let kvs = meta::metadata(docs, direct, name, params, pre)?;
     let plan = Plan {
         header: Header {
             kvs,
             tensors: items.iter().map(|i| i.entry.clone()).collect(),
         },
         file_type: direct,
+        source: Some(dir.layout()),
         items,
     };
     if !file_type.is_llama_quantize() {
@@ -326,6 +351,7 @@ pub fn plan_from_gguf(src: &gguf::GgufFile, ft: FileType) -> Result<Plan> {
             tensors: Vec::new(),
         },
         file_type: ft,
+        source: None,
         items,
     };
     requantize(plan, ft, n_layers, n_heads, n_kv)
@@ -539,7 +565,7 @@ mod tests {
 
     #[test]
     fn types_per_tensor() {
-        let wq = gguf_name(&Part::Wq.at(0)).unwrap();
+        let wq = layout::meta_to_gguf(&Part::Wq.at(0)).unwrap();
         assert_eq!(tensor_type(&[64], "x", FileType::Q8_0), GgmlType::F32);
         assert_eq!(tensor_type(&[8, 64], &wq, FileType::Q8_0), GgmlType::Q8_0);
         // Rows of 16 values are not whole Q8_0 blocks: F16, like the converter.

@@ -1,8 +1,8 @@
 //! `--deep`: every stored float value scanned for NaN/Inf, with per-tensor statistics.
 use super::{Kind, Report, Stored, TensorReport};
-use crate::checkpoint::stats::{self, Stats};
 use crate::error::one_line;
 use crate::human::human_bytes;
+use crate::ops::stats::{self, Stats};
 use crate::progress::Reporter;
 use anyhow::Result;
 

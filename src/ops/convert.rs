@@ -5,25 +5,36 @@
 //! [`stream::write_region`] with the q/k row permutation (groups of one head) and the optional
 //! cast. Nothing is ever held whole, so memory stays at a few 8 MB blocks whatever the model.
 //!
-//! The tokenizer files are not written here (they belong to the runner layer); the command adds them.
-use super::checklist;
-use super::hf::HfDir;
-use super::hf_config::{self, ModelKind};
-use super::layout::{self, Permute, Role, Split};
-use super::meta::{self, MetaDir};
-use super::stream::{self, Buffers, CastStats, FullTensor, Region, RowPermute};
-use super::tensors::{self, Part};
+//! [`to_hf`] and [`to_meta`] are the operations `convert --to hf|meta` runs: the weights, and
+//! beside them the tokenizer files (written from `tokenizer.model`, or `tokenizer.model` rebuilt
+//! from `tokenizer.json`) and, for Meta, `checklist.chk`.
+use crate::checkpoint::checklist;
+use crate::checkpoint::hf::HfDir;
+use crate::checkpoint::hf_config::{self, ModelKind};
+use crate::checkpoint::layout::{self, Permute, Role, Split};
+use crate::checkpoint::meta::{self, MetaDir};
+use crate::checkpoint::stream::{self, Buffers, CastStats, FullTensor, Region, RowPermute};
+use crate::checkpoint::tensors::{self, Part};
+use crate::checkpoint::Params;
 use crate::formats::copy::{self, HashingFile, CHUNK};
 use crate::formats::pth::{PthWriter, TensorSpec};
 use crate::formats::safetensors::{self as st, Index, IndexMetadata};
 use crate::formats::DType;
 use crate::progress::{Reporter, Task};
+use crate::tokenizer::hf_files::{tiktoken_model_from_tokenizer_json, write_hf_tokenizer_files};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
+
+/// The Hugging Face tokenizer files [`to_hf`] writes from `tokenizer.model`.
+const HF_TOKENIZER_FILES: [&str; 3] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
 
 /// transformers' default `max_shard_size` ("5GB", decimal).
 pub const DEFAULT_MAX_SHARD: u64 = 5_000_000_000;
@@ -261,7 +272,7 @@ pub fn open_meta_llama3(src: &Path) -> Result<MetaSource> {
     for w in &expected {
         full.insert(w.name.clone(), (m.full(&w.name)?, w.role));
     }
-    super::fp8::dequantize_on_read(src, p.n_layers, full.values_mut().map(|(t, _)| t))?;
+    crate::checkpoint::fp8::dequantize_on_read(src, p.n_layers, full.values_mut().map(|(t, _)| t))?;
     let (embed, _) = &full[Part::Embedding.meta_name()];
     let (output, _) = &full[Part::Output.meta_name()];
     let tied = same_bytes(output, embed)?;
@@ -273,13 +284,63 @@ pub fn open_meta_llama3(src: &Path) -> Result<MetaSource> {
     })
 }
 
+/// Meta -> HF into `out` (an empty directory): the weights and configs and, beside them, the
+/// tokenizer files written from `tokenizer.model` (CPU work, done while the weights stream). A
+/// source without `tokenizer.model` gives an output without tokenizer files, said as a warning
+/// through `progress`.
+pub fn to_hf(src: &Path, out: &Path, opts: &Options, progress: &dyn Reporter) -> Result<Summary> {
+    let tok = src.join("tokenizer.model");
+    let max_len = hf_config::max_position_embeddings(&Params::read(&src.join("params.json"))?);
+    let instruct = opts.instruct;
+    let (weights, tokenizer) = std::thread::scope(|scope| {
+        let tok_job = tok.exists().then(|| {
+            let (tok, dir) = (tok.clone(), out.to_path_buf());
+            scope.spawn(move || write_hf_tokenizer_files(&tok, &dir, instruct, max_len))
+        });
+        let weights = meta_to_hf(src, out, opts, progress);
+        let tokenizer = tok_job.map(|j| {
+            j.join()
+                .unwrap_or_else(|_| Err(anyhow!("writing the tokenizer files panicked")))
+        });
+        (weights, tokenizer)
+    });
+    let mut s = weights?;
+    match tokenizer {
+        Some(result) => {
+            result?;
+            for f in HF_TOKENIZER_FILES {
+                let size = std::fs::metadata(out.join(f))?.len();
+                s.files.push((f.to_string(), size));
+            }
+        }
+        None => progress.message(&format!(
+            "warning: {}: not found; the output has no tokenizer files",
+            tok.display()
+        )),
+    }
+    Ok(s)
+}
+
+/// HF -> Meta (MP 1) into `out` (an empty directory): the weights, `tokenizer.model` rebuilt
+/// from `tokenizer.json` (a warning through `progress` when there is none), `checklist.chk`.
+pub fn to_meta(src: &Path, out: &Path, opts: &Options, progress: &dyn Reporter) -> Result<Summary> {
+    let mut s = hf_to_meta(src, out, opts, progress)?;
+    let tok = src.join("tokenizer.json");
+    if tok.exists() {
+        let model = tiktoken_model_from_tokenizer_json(&tok)?;
+        write_small(out, "tokenizer.model", &model, &mut s)?;
+    } else {
+        progress.message(&format!(
+            "warning: {}: not found; the output has no tokenizer.model",
+            tok.display()
+        ));
+    }
+    write_checklist(out, &s.md5)?;
+    Ok(s)
+}
+
 /// Write the HF weights and configs of the Meta checkpoint `src` into `out` (an empty directory).
-pub fn meta_to_hf(
-    src: &Path,
-    out: &Path,
-    opts: &Options,
-    progress: &dyn Reporter,
-) -> Result<Summary> {
+fn meta_to_hf(src: &Path, out: &Path, opts: &Options, progress: &dyn Reporter) -> Result<Summary> {
     let MetaSource {
         dir: m,
         vocab,
@@ -470,7 +531,7 @@ fn write_shard(
 }
 
 /// Write a small file and record it.
-pub fn write_small(dir: &Path, name: &str, bytes: &[u8], summary: &mut Summary) -> Result<()> {
+fn write_small(dir: &Path, name: &str, bytes: &[u8], summary: &mut Summary) -> Result<()> {
     let path = dir.join(name);
     let mut w = HashingFile::create(&path)?;
     w.write_all(bytes)
@@ -483,12 +544,7 @@ pub fn write_small(dir: &Path, name: &str, bytes: &[u8], summary: &mut Summary) 
 
 /// Write a Meta checkpoint (MP 1: `consolidated.00.pth`, `params.json`) from the HF directory `src`
 /// into `out`. `checklist.chk` is left to the caller, who may add `tokenizer.model` first.
-pub fn hf_to_meta(
-    src: &Path,
-    out: &Path,
-    opts: &Options,
-    progress: &dyn Reporter,
-) -> Result<Summary> {
+fn hf_to_meta(src: &Path, out: &Path, opts: &Options, progress: &dyn Reporter) -> Result<Summary> {
     let h = HfDir::open(src)?;
     let p = h.params.clone();
     let vocab = p.vocab().ok_or_else(|| {
@@ -628,7 +684,7 @@ fn write_consolidated(
 }
 
 /// params.json spelled the way Meta's files are (Python's `json.dumps`: `{"dim": 4096, ...}`).
-pub fn params_json(p: &super::Params) -> Result<String> {
+pub fn params_json(p: &Params) -> Result<String> {
     let v = serde_json::to_value(p)?;
     let obj = v
         .as_object()
@@ -660,7 +716,7 @@ fn python_exp(f: f64) -> String {
 }
 
 /// `checklist.chk` over every file in `md5` (sorted by name, like Meta's).
-pub fn write_checklist(dir: &Path, md5: &BTreeMap<String, String>) -> Result<()> {
+fn write_checklist(dir: &Path, md5: &BTreeMap<String, String>) -> Result<()> {
     let entries: Vec<checklist::Entry> = md5
         .iter()
         .map(|(name, md5)| checklist::Entry {
@@ -692,7 +748,7 @@ mod tests {
 
     #[test]
     fn params_json_is_spelled_like_meta() {
-        let p: super::super::Params = serde_json::from_str(r#"{"dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256, "multiple_of": 1024, "ffn_dim_multiplier": 1.3, "norm_eps": 1e-05, "rope_theta": 500000.0}"#).unwrap();
+        let p: Params = serde_json::from_str(r#"{"dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256, "multiple_of": 1024, "ffn_dim_multiplier": 1.3, "norm_eps": 1e-05, "rope_theta": 500000.0}"#).unwrap();
         assert_eq!(
             params_json(&p).unwrap(),
             r#"{"dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256, "multiple_of": 1024, "ffn_dim_multiplier": 1.3, "norm_eps": 1e-05, "rope_theta": 500000.0}"#

@@ -1,7 +1,7 @@
 //! The verify report: problems by kind, files, the table of checks, per-tensor values.
 use serde::Serialize;
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Kinds of problems, as they appear in the JSON report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -151,6 +151,21 @@ pub struct Report {
 }
 
 impl Report {
+    /// An empty report (not ok until the checks say so) of `format` ("meta", "hf", "gguf").
+    pub(super) fn new(format: &'static str, dir: &Path) -> Self {
+        Report {
+            ok: false,
+            format,
+            dir: dir.to_path_buf(),
+            checks: Vec::new(),
+            files: Vec::new(),
+            problems: Vec::new(),
+            tensors: Vec::new(),
+            hashed_bytes: 0,
+            scanned_bytes: 0,
+        }
+    }
+
     pub(super) fn problem(
         &mut self,
         kind: Kind,

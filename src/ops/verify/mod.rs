@@ -4,20 +4,21 @@
 //!
 //! One file per part: `report` (the JSON report and its problem kinds), `checksums`
 //! (checklist.chk), `meta` and `hf` (structure of each layout), `fp8` (Meta's fp8 release),
-//! `tokenizer`, `deep` (values).
+//! `tokenizer`, `deep` (values), `gguf` (a GGUF file's layout).
 mod checksums;
 mod deep;
 mod fp8;
+mod gguf;
 mod hf;
 mod meta;
 mod report;
 mod tokenizer;
 
-pub use report::{Check, CheckState, FileState, FileStatus, Kind, Problem, Report, TensorReport};
+pub use report::{CheckState, FileState, FileStatus, Kind, Report, TensorReport};
 
-use super::layout::Weight;
 use super::stats::ScanItem;
-use super::Layout;
+use crate::checkpoint::layout::Weight;
+use crate::checkpoint::Layout;
 use crate::formats::{DType, TensorInfo};
 use crate::progress::Reporter;
 use anyhow::Result;
@@ -42,24 +43,19 @@ struct Stored {
     item: Option<ScanItem>,
 }
 
-/// Verify a Meta or HF model directory. Err only when `dir` is not usable as a model directory.
-/// The md5 and scan passes report to `progress` as tasks "md5" and "scan".
+/// Verify a Meta or HF model directory, or a GGUF file. Err only when `dir` is not usable as a
+/// model directory (or GGUF file). The md5 and scan passes report to `progress` as tasks "md5"
+/// and "scan".
 pub fn verify(dir: &Path, opts: &Options, progress: &dyn Reporter) -> Result<Report> {
-    let layout = super::detect(dir)?;
-    let mut r = Report {
-        ok: false,
-        format: match layout {
-            Layout::Meta => "meta",
-            Layout::Hf => "hf",
-        },
-        dir: dir.to_path_buf(),
-        checks: Vec::new(),
-        files: Vec::new(),
-        problems: Vec::new(),
-        tensors: Vec::new(),
-        hashed_bytes: 0,
-        scanned_bytes: 0,
+    if dir.is_file() && crate::formats::gguf::is_gguf(dir) {
+        return gguf::gguf_report(dir);
+    }
+    let layout = crate::checkpoint::detect(dir)?;
+    let format = match layout {
+        Layout::Meta => "meta",
+        Layout::Hf => "hf",
     };
+    let mut r = Report::new(format, dir);
     if opts.md5 {
         checksums::checksums(dir, layout, opts.jobs, progress, &mut r);
     } else {
