@@ -1,6 +1,6 @@
 //! `llamactl reshard` (see CLI.md): argument checks, the output directory, progress; the work
 //! (shards, params.json, tokenizer.model, checklist.chk) is `ops::reshard`.
-use super::reporters::{FinishLines, Options as Shown, ProgressReporter};
+use super::reporters::{FinishLines, ProgressReporter, Shown};
 use crate::checkpoint::checklist::Entry;
 use crate::checkpoint::fp8;
 use crate::cli::ReshardArgs;

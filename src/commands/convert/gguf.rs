@@ -3,7 +3,7 @@
 //! `DEST.gguf.part`, renames it when complete, and prints what it holds.
 use crate::checkpoint::Layout;
 use crate::cli::ConvertArgs;
-use crate::commands::reporters::{Options as Shown, ProgressReporter};
+use crate::commands::reporters::{ProgressReporter, Shown};
 use crate::formats::gguf;
 use crate::human::human_bytes;
 use crate::ops::gguf::{self as export, FileType, Options};
