@@ -6,7 +6,7 @@
 //! a weight is touched: the architecture, the file's structure (sizes, offsets), the hyper-parameter
 //! keys and the type of every tensor.
 use super::cpu::{quant::Quant, Bytes};
-use super::model::{Config, RopeLayout};
+use super::model::{Config, RopePairing};
 use super::weights::{StoredTensor, WeightBytes, WeightSource};
 use crate::checkpoint::layout::meta_to_gguf;
 use crate::checkpoint::rope::DEFAULT_THETA;
@@ -121,7 +121,7 @@ impl GgufModel {
             rope_theta: float("rope.freq_base").unwrap_or(DEFAULT_THETA),
             rope_scaling: None,
             rope_freq_factors: self.freq_factors(head_dim / 2)?,
-            rope_layout: RopeLayout::AdjacentPairs,
+            rope_pairing: RopePairing::AdjacentPairs,
         };
         cfg.validate()?;
         Ok(cfg)

@@ -167,7 +167,7 @@ pub fn rss_now() -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runner::model::RopeLayout;
+    use crate::runner::model::RopePairing;
 
     fn cfg_8b() -> Config {
         Config {
@@ -182,7 +182,7 @@ mod tests {
             rope_theta: 500000.0,
             rope_scaling: None,
             rope_freq_factors: None,
-            rope_layout: RopeLayout::AdjacentPairs,
+            rope_pairing: RopePairing::AdjacentPairs,
         }
     }
 

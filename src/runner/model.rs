@@ -1,8 +1,8 @@
 //! The Llama 3 transformer on candle: the same computation as Meta's `model.py`, one readable file.
 //!
-//! Weights are addressed by their Meta names whatever the directory layout; the only layout fact the
-//! model needs is how q/k rows are ordered, which decides the rotary flavour (adjacent pairs for Meta,
-//! halves for Hugging Face). Attention reads grouped K/V heads straight from the preallocated cache
+//! Weights are addressed by their Meta names whatever the kind of directory; the only fact of the
+//! kind the model needs is how q/k rows are ordered, which decides the rotary pairing
+//! ([`RopePairing`]: adjacent pairs for Meta, halves for Hugging Face). Attention reads grouped K/V heads straight from the preallocated cache
 //! without repeating them: the query heads of one group are folded into the row dimension instead.
 use super::cpu::{self, kernels::WeightType, quant::Quant, MatType};
 use super::kv_cache::KvCache;
@@ -10,14 +10,14 @@ use super::weights::{StoredTensor, WeightSource};
 pub use crate::checkpoint::rope::RopeScaling;
 use crate::checkpoint::stream::{cast, CastStats};
 use crate::checkpoint::tensors::{self, Naming, Part};
-use crate::checkpoint::{Layout, ModelDir};
+use crate::checkpoint::{DirKind, ModelDir};
 use crate::formats::DType as FDType;
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
 
 /// How the rows of wq/wk pair up the rotary components.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RopeLayout {
+pub enum RopePairing {
     /// Meta checkpoints: components (2i, 2i+1) rotate together.
     AdjacentPairs,
     /// Hugging Face checkpoints (q/k rows permuted by the converter): components (i, i + hd/2).
@@ -39,7 +39,7 @@ pub struct Config {
     /// Per-frequency divisors (a GGUF file's `rope_freqs.weight`, Llama 3.1 scaling precomputed);
     /// applied after `rope_scaling`, which such files leave out.
     pub rope_freq_factors: Option<Vec<f32>>,
-    pub rope_layout: RopeLayout,
+    pub rope_pairing: RopePairing,
 }
 
 impl Config {
@@ -119,9 +119,9 @@ impl Config {
             rope_theta: p.rope_theta(),
             rope_scaling: dir.rope_scaling(),
             rope_freq_factors: None,
-            rope_layout: match dir.layout() {
-                Layout::Meta => RopeLayout::AdjacentPairs,
-                Layout::Hf => RopeLayout::Halves,
+            rope_pairing: match dir.kind() {
+                DirKind::Meta => RopePairing::AdjacentPairs,
+                DirKind::Hf => RopePairing::Halves,
             },
         })
     }
@@ -698,9 +698,9 @@ impl Llama {
     /// Rotary embedding in f32 (Meta rotates in float and casts back).
     fn rotate(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         let x32 = x.to_dtype(DType::F32)?;
-        let y = match self.cfg.rope_layout {
-            RopeLayout::AdjacentPairs => candle_nn::rotary_emb::rope_i(&x32, cos, sin)?,
-            RopeLayout::Halves => candle_nn::rotary_emb::rope(&x32, cos, sin)?,
+        let y = match self.cfg.rope_pairing {
+            RopePairing::AdjacentPairs => candle_nn::rotary_emb::rope_i(&x32, cos, sin)?,
+            RopePairing::Halves => candle_nn::rotary_emb::rope(&x32, cos, sin)?,
         };
         Ok(y.to_dtype(self.dtype)?)
     }
@@ -776,7 +776,7 @@ mod tests {
         }
     }
 
-    fn tiny_cfg(layout: RopeLayout) -> Config {
+    fn tiny_cfg(pairing: RopePairing) -> Config {
         Config {
             dim: 16,
             n_layers: 2,
@@ -789,7 +789,7 @@ mod tests {
             rope_theta: 10000.0,
             rope_scaling: None,
             rope_freq_factors: None,
-            rope_layout: layout,
+            rope_pairing: pairing,
         }
     }
 
@@ -843,8 +843,8 @@ mod tests {
     /// the mask offset, the cache writes and the per-position rotary angles together.
     #[test]
     fn cached_decoding_matches_full_prefill() {
-        for layout in [RopeLayout::AdjacentPairs, RopeLayout::Halves] {
-            let cfg = tiny_cfg(layout);
+        for pairing in [RopePairing::AdjacentPairs, RopePairing::Halves] {
+            let cfg = tiny_cfg(pairing);
             let src = random_weights(&cfg, false);
             let m = Llama::load(cfg, &src, &Device::Cpu, Precision::Auto, 32).unwrap();
             let seq = [1u32, 5, 9, 2, 7, 3];
@@ -860,7 +860,11 @@ mod tests {
             }
             for (k, step) in steps.iter().enumerate() {
                 for (a, b) in step.iter().zip(&full[k + 1]) {
-                    assert!((a - b).abs() < 1e-4, "{layout:?} pos {}: {a} vs {b}", k + 1);
+                    assert!(
+                        (a - b).abs() < 1e-4,
+                        "{pairing:?} pos {}: {a} vs {b}",
+                        k + 1
+                    );
                 }
             }
         }
@@ -869,7 +873,7 @@ mod tests {
     /// f16 and bf16 weights (f32 activations) stay near the f32 logits.
     #[test]
     fn half_precision_tracks_f32() {
-        let cfg = tiny_cfg(RopeLayout::AdjacentPairs);
+        let cfg = tiny_cfg(RopePairing::AdjacentPairs);
         let src = random_weights(&cfg, false);
         let seq = [1u32, 5, 9, 2];
         let logits = |dt: DType| -> Vec<f32> {
@@ -893,7 +897,7 @@ mod tests {
 
     #[test]
     fn tied_embeddings_and_shape_errors() {
-        let cfg = tiny_cfg(RopeLayout::AdjacentPairs);
+        let cfg = tiny_cfg(RopePairing::AdjacentPairs);
         let src = random_weights(&cfg, true);
         let m = Llama::load(cfg.clone(), &src, &Device::Cpu, Precision::Auto, 8).unwrap();
         assert!(m.tied_embeddings());
@@ -920,7 +924,7 @@ mod tests {
     /// the band between.
     #[test]
     fn scaled_rope_frequencies() {
-        let mut cfg = tiny_cfg(RopeLayout::AdjacentPairs);
+        let mut cfg = tiny_cfg(RopePairing::AdjacentPairs);
         cfg.head_dim = 128;
         cfg.rope_theta = 500000.0;
         let plain = cfg.inv_freqs();

@@ -1,7 +1,7 @@
 //! `llamactl convert --to gguf SRC DEST.gguf`: resolves the flags, plans the file with `ops::gguf`
 //! (from a model directory, or re-quantizing an f32/f16/bf16 GGUF file), streams it into
 //! `DEST.gguf.part`, renames it when complete, and prints what it holds.
-use crate::checkpoint::Layout;
+use crate::checkpoint::DirKind;
 use crate::cli::ConvertArgs;
 use crate::commands::reporters::{ProgressReporter, Shown};
 use crate::formats::gguf;
@@ -67,8 +67,8 @@ fn write_plan(
     mut progress: ProgressReporter,
 ) -> Result<i32> {
     let kind = match plan.source {
-        Some(Layout::Meta) => "Meta",
-        Some(Layout::Hf) => "Hugging Face",
+        Some(DirKind::Meta) => "Meta",
+        Some(DirKind::Hf) => "Hugging Face",
         None => "GGUF",
     };
     let size = plan.file_size()?;

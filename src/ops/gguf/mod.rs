@@ -19,7 +19,7 @@ use crate::checkpoint::layout::{self, Permute, Role, Split};
 use crate::checkpoint::rope::{rope_from_config, RopeScaling};
 use crate::checkpoint::stream::{self, Buffers, CastStats, FullTensor, Region, RowPermute};
 use crate::checkpoint::tensors::{self, part_of, Naming, Part, GGUF_ROPE_FACTORS};
-use crate::checkpoint::{Layout, ModelDir};
+use crate::checkpoint::{DirKind, ModelDir};
 use crate::formats::copy;
 use crate::formats::gguf::{self, GgmlType, Header, TensorEntry, Value};
 use crate::formats::quant;
@@ -60,8 +60,8 @@ struct Planned {
 pub struct Plan {
     pub header: Header,
     pub file_type: FileType,
-    /// The layout of the source directory; None for a GGUF source.
-    pub source: Option<Layout>,
+    /// The kind of the source directory; None for a GGUF source.
+    pub source: Option<DirKind>,
     items: Vec<Planned>,
 }
 
@@ -175,8 +175,8 @@ fn tensor_type(shape: &[usize], name: &str, ft: FileType) -> GgmlType {
 /// with the directory's name as `general.name`. Notes for the user go through `progress`.
 pub fn plan_dir(src: &Path, opts: &Options, progress: &dyn Reporter) -> Result<Plan> {
     let (docs, tok) = match crate::checkpoint::detect(src)? {
-        Layout::Meta => docs::from_meta(src, opts.instruct, progress)?,
-        Layout::Hf => docs::from_hf(src, opts.instruct_given, progress)?,
+        DirKind::Meta => docs::from_meta(src, opts.instruct, progress)?,
+        DirKind::Hf => docs::from_hf(src, opts.instruct_given, progress)?,
     };
     docs::check_llama3_pretokenizer(&tok)?;
     let dir = ModelDir::open(src)?;
@@ -251,7 +251,7 @@ fn plan(dir: &ModelDir, docs: &HfDocs, file_type: Option<FileType>, name: &str) 
             tensors: items.iter().map(|i| i.entry.clone()).collect(),
         },
         file_type: direct,
-        source: Some(dir.layout()),
+        source: Some(dir.kind()),
         items,
     };
     if !file_type.is_llama_quantize() {

@@ -18,7 +18,7 @@ pub use report::{CheckState, FileState, FileStatus, Kind, Report, TensorReport};
 
 use super::stats::ScanItem;
 use crate::checkpoint::layout::Weight;
-use crate::checkpoint::Layout;
+use crate::checkpoint::DirKind;
 use crate::formats::{DType, TensorInfo};
 use crate::progress::Reporter;
 use anyhow::Result;
@@ -50,20 +50,20 @@ pub fn verify(dir: &Path, opts: &Options, progress: &dyn Reporter) -> Result<Rep
     if dir.is_file() && crate::formats::gguf::is_gguf(dir) {
         return gguf::gguf_report(dir);
     }
-    let layout = crate::checkpoint::detect(dir)?;
-    let format = match layout {
-        Layout::Meta => "meta",
-        Layout::Hf => "hf",
+    let kind = crate::checkpoint::detect(dir)?;
+    let format = match kind {
+        DirKind::Meta => "meta",
+        DirKind::Hf => "hf",
     };
     let mut r = Report::new(format, dir);
     if opts.md5 {
-        checksums::checksums(dir, layout, opts.jobs, progress, &mut r);
+        checksums::checksums(dir, kind, opts.jobs, progress, &mut r);
     } else {
         r.check("checksums", CheckState::Skipped, "--no-md5".into());
     }
-    let stored = match layout {
-        Layout::Meta => meta::structure(dir, &mut r),
-        Layout::Hf => hf::structure(dir, &mut r),
+    let stored = match kind {
+        DirKind::Meta => meta::structure(dir, &mut r),
+        DirKind::Hf => hf::structure(dir, &mut r),
     };
     if opts.deep {
         deep::deep(&stored, opts.jobs, progress, &mut r)?;
