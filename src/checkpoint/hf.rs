@@ -21,8 +21,6 @@ pub struct HfDir {
     pub files: Vec<SafetensorsFile>,
     /// HF tensor name -> index into `files`.
     pub map: HashMap<String, usize>,
-    /// The index json, when the model is sharded.
-    pub index: Option<Index>,
 }
 
 /// Published (multiple_of, ffn_dim_multiplier) for known (hidden_size, intermediate_size) pairs.
@@ -192,7 +190,6 @@ impl HfDir {
             rope_scaling,
             files,
             map,
-            index,
         })
     }
 
@@ -207,7 +204,7 @@ impl HfDir {
     }
 
     /// HF tensor names in file order.
-    pub fn names(&self) -> Vec<String> {
+    fn names(&self) -> Vec<String> {
         self.files
             .iter()
             .flat_map(|f| f.tensors().map(|t| t.name.clone()))

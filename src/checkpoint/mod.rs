@@ -126,13 +126,6 @@ impl ModelDir {
         }
     }
 
-    pub fn hf_config(&self) -> Option<&serde_json::Value> {
-        match self {
-            ModelDir::Meta(_) => None,
-            ModelDir::Hf(h) => Some(&h.config),
-        }
-    }
-
     /// Meta names of the tensors present (a tied HF model has no `output.weight`).
     pub fn tensor_names(&self) -> Result<Vec<String>> {
         match self {

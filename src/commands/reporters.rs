@@ -31,15 +31,15 @@ pub(crate) enum FinishLines {
 /// How a command wants its progress shown.
 pub(crate) struct Shown {
     /// Starts each status line, e.g. "progress", "verify", "pull".
-    pub head: &'static str,
+    head: &'static str,
     /// How many tasks the run will have and what they are ("files", "shards"): adds an "N of M"
     /// count to the status line and a total bar under the task bars.
-    pub count: Option<(usize, &'static str)>,
+    count: Option<(usize, &'static str)>,
     /// The run's bytes, when known before any task starts (else the sum of the tasks' sizes).
-    pub total: Option<u64>,
-    pub finish_lines: FinishLines,
+    total: Option<u64>,
+    finish_lines: FinishLines,
     /// Messages and notes start with `HEAD: ` too (for a command whose every line is tagged).
-    pub tag_messages: bool,
+    tag_messages: bool,
 }
 
 impl Shown {

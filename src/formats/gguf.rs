@@ -9,10 +9,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-pub const MAGIC: &[u8; 4] = b"GGUF";
-pub const VERSION: u32 = 3;
+const MAGIC: &[u8; 4] = b"GGUF";
+const VERSION: u32 = 3;
 /// Data alignment when `general.alignment` is absent.
-pub const DEFAULT_ALIGNMENT: u64 = 32;
+const DEFAULT_ALIGNMENT: u64 = 32;
 
 /// A GGML tensor type, by its number in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -83,11 +83,6 @@ impl GgmlType {
         self.entry().map(|e| e.2)
     }
 
-    /// Bytes of one block.
-    pub fn block_bytes(self) -> Option<u64> {
-        self.entry().map(|e| e.3)
-    }
-
     /// Whether values are stored in blocks with scales (everything but the plain float and
     /// integer types).
     pub fn is_quantized(self) -> bool {
@@ -102,7 +97,7 @@ impl GgmlType {
     }
 
     /// Bytes of a tensor with this shape (any dim order; the innermost is given separately).
-    pub fn tensor_bytes(self, innermost: u64, numel: u64) -> Option<u64> {
+    fn tensor_bytes(self, innermost: u64, numel: u64) -> Option<u64> {
         if innermost == 0 {
             return Some(0);
         }
@@ -402,7 +397,7 @@ pub struct GgufFile {
     pub version: u32,
     pub kvs: Vec<(String, Value)>,
     pub tensors: Vec<TensorInfo>,
-    pub alignment: u64,
+    alignment: u64,
     /// File offset of the data section.
     pub data_offset: u64,
     pub file_len: u64,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 /// Why a connection could not be made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cause {
+enum Cause {
     Dns,
     Refused,
     Tls,
@@ -35,10 +35,10 @@ impl std::fmt::Display for Cause {
 #[derive(Debug, Clone)]
 pub struct ConnectFailure {
     /// `host` or `host:port`; never carries a path or query.
-    pub host: String,
-    pub cause: Cause,
+    host: String,
+    cause: Cause,
     /// The lower layers' words, URL removed and secrets redacted.
-    pub detail: String,
+    detail: String,
     /// `host:port` with the scheme's default port, the key of [`mark_reached`].
     origin: String,
 }
@@ -127,9 +127,9 @@ fn origin_reached(origin: &str) -> bool {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("cannot reach {}: {} ({}); gave up after {} in {:.1}s", .failure.host, .failure.cause, .failure.detail, tries_phrase(*.tries), .elapsed.as_secs_f64())]
 pub struct Unreachable {
-    pub failure: ConnectFailure,
-    pub tries: u32,
-    pub elapsed: Duration,
+    failure: ConnectFailure,
+    tries: u32,
+    elapsed: Duration,
 }
 
 fn tries_phrase(n: u32) -> String {
@@ -155,11 +155,11 @@ impl Default for FirstContact {
 
 impl FirstContact {
     /// Tries in all before giving up.
-    pub const TRIES: u32 = 3;
+    const TRIES: u32 = 3;
     /// Giving up must happen within this long of the first try.
-    pub const BUDGET: Duration = Duration::from_secs(15);
+    const BUDGET: Duration = Duration::from_secs(15);
 
-    pub fn new() -> Self {
+    fn new() -> Self {
         Self::at_most(Self::TRIES)
     }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Query parameters whose values are credentials and must never be printed: CloudFront's, and
 /// S3 presigned URLs' (where Hub downloads are redirected).
-pub const SECRET_PARAMS: [&str; 6] = [
+const SECRET_PARAMS: [&str; 6] = [
     "Policy",
     "Signature",
     "Key-Pair-Id",
@@ -74,7 +74,7 @@ impl SignedUrl {
 }
 
 /// The value of a query parameter, if present (no percent-decoding: CloudFront values are URL-safe).
-pub fn query_param<'a>(url: &'a str, name: &str) -> Option<&'a str> {
+fn query_param<'a>(url: &'a str, name: &str) -> Option<&'a str> {
     let query = url.split_once('?')?.1;
     let query = query.split('#').next().unwrap_or(query);
     query.split('&').find_map(|pair| {
@@ -84,7 +84,7 @@ pub fn query_param<'a>(url: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// Decode a CloudFront policy parameter to its JSON text.
-pub fn decode_policy(policy: &str) -> Result<String> {
+fn decode_policy(policy: &str) -> Result<String> {
     let std_b64: String = policy
         .chars()
         .map(|c| match c {

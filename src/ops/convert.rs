@@ -65,7 +65,7 @@ pub struct Summary {
     /// Files written, with their sizes.
     pub files: Vec<(String, u64)>,
     /// md5 of every file written (for checklist.chk).
-    pub md5: BTreeMap<String, String>,
+    md5: BTreeMap<String, String>,
     pub tensors: usize,
     /// Tensor bytes written.
     pub bytes: u64,
@@ -141,7 +141,7 @@ pub fn plan_shards(sizes: &[u64], max: u64) -> Vec<Vec<usize>> {
 }
 
 /// File names transformers gives `n` safetensors shards.
-pub fn shard_file_names(n: usize) -> Vec<String> {
+fn shard_file_names(n: usize) -> Vec<String> {
     if n == 1 {
         return vec!["model.safetensors".into()];
     }
@@ -184,7 +184,7 @@ fn write_tensor(
 }
 
 /// Byte equality of two tensors, read block by block (the tied-embedding test).
-pub fn same_bytes(a: &FullTensor, b: &FullTensor) -> Result<bool> {
+fn same_bytes(a: &FullTensor, b: &FullTensor) -> Result<bool> {
     if a.dtype != b.dtype || a.shape != b.shape {
         return Ok(false);
     }
@@ -231,7 +231,7 @@ impl HfOut {
 /// repeats the embedding (then Hugging Face ties them and writes no `lm_head`).
 pub struct MetaSource {
     pub dir: MetaDir,
-    pub vocab: usize,
+    vocab: usize,
     /// Meta name -> the full tensor and its role.
     pub full: HashMap<String, (FullTensor, Role)>,
     pub tied: bool,
@@ -684,7 +684,7 @@ fn write_consolidated(
 }
 
 /// params.json spelled the way Meta's files are (Python's `json.dumps`: `{"dim": 4096, ...}`).
-pub fn params_json(p: &Params) -> Result<String> {
+fn params_json(p: &Params) -> Result<String> {
     let v = serde_json::to_value(p)?;
     let obj = v
         .as_object()

@@ -75,7 +75,7 @@ impl Plan {
     }
 
     /// The tensors of output rank `rank`, in the source's order.
-    pub fn specs(&self, rank: usize) -> Vec<TensorSpec> {
+    fn specs(&self, rank: usize) -> Vec<TensorSpec> {
         self.tensors
             .iter()
             .map(|t| TensorSpec {
@@ -116,13 +116,13 @@ impl Plan {
 
     /// An upper bound on the size of output shard `rank`: the tensor bytes plus the zip records,
     /// pickle and directory around them.
-    pub fn file_bytes_bound(&self, rank: usize) -> u64 {
+    fn file_bytes_bound(&self, rank: usize) -> u64 {
         self.data_bytes(rank) + 1024 * self.tensors.len() as u64 + (64 << 10)
     }
 
     /// Write output shard `rank` into `dir`, reporting the bytes written as a task named after
     /// the shard; a set `cancel` (another shard failed) stops it at the next write.
-    pub fn write_shard(
+    fn write_shard(
         &self,
         rank: usize,
         dir: &Path,
@@ -201,12 +201,7 @@ impl Plan {
     /// Write every output shard into `dir`, `jobs` shards at a time, each thread with its own
     /// buffers, each shard a task of `progress`. On the first failure the other shards stop and
     /// that failure is returned.
-    pub fn write_shards(
-        &self,
-        dir: &Path,
-        jobs: usize,
-        progress: &dyn Reporter,
-    ) -> Result<Vec<Entry>> {
+    fn write_shards(&self, dir: &Path, jobs: usize, progress: &dyn Reporter) -> Result<Vec<Entry>> {
         let cancel = AtomicBool::new(false);
         let first_err: Mutex<Option<anyhow::Error>> = Mutex::new(None);
         let written = work_queue(
@@ -306,7 +301,7 @@ fn check_against_params(src: &MetaDir) -> Result<()> {
 
 /// [`copy_hashed`] a small file of the source dir, and refuse it when it does not match what the
 /// source's checklist.chk lists for it (the output's checklist must not bless changed bytes).
-pub fn copy_listed(src: &MetaDir, name: &str, dir: &Path) -> Result<Entry> {
+fn copy_listed(src: &MetaDir, name: &str, dir: &Path) -> Result<Entry> {
     let from = src.dir.join(name);
     let entry = copy_hashed(&from, dir, name)?;
     if let Some(want) = src.listed_md5(name)? {
@@ -323,7 +318,7 @@ pub fn copy_listed(src: &MetaDir, name: &str, dir: &Path) -> Result<Entry> {
 }
 
 /// Copy `src` (following symlinks) to `dir/name`, hashing while copying.
-pub fn copy_hashed(src: &Path, dir: &Path, name: &str) -> Result<Entry> {
+fn copy_hashed(src: &Path, dir: &Path, name: &str) -> Result<Entry> {
     let mut from =
         std::fs::File::open(src).with_context(|| format!("{}: cannot open", src.display()))?;
     let to = dir.join(name);

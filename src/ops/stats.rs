@@ -29,7 +29,7 @@ pub struct Stats {
     pub max: f64,
     pub mean: f64,
     /// Sum of squared deviations from the mean.
-    pub m2: f64,
+    m2: f64,
 }
 
 impl Default for Stats {
@@ -61,7 +61,7 @@ impl Stats {
     }
 
     /// Combine with the statistics of another part of the same tensor (Chan et al.).
-    pub fn merge(&mut self, o: &Stats) {
+    fn merge(&mut self, o: &Stats) {
         self.nan += o.nan;
         self.inf += o.inf;
         self.min = self.min.min(o.min);

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Owner {
     pub pid: u32,
-    pub start: u64,
+    start: u64,
 }
 
 impl Owner {
@@ -24,7 +24,7 @@ impl Owner {
 
     /// Still running. Without `/proc` (not Linux) nothing can be told, so every owner counts as
     /// alive and nothing is ever removed.
-    pub fn alive(&self) -> bool {
+    fn alive(&self) -> bool {
         if !Path::new("/proc/self/stat").exists() {
             return true;
         }

@@ -24,7 +24,7 @@ impl Message {
 }
 
 /// Roles Llama 3 knows; `tool` is Llama 3.1's name for the `ipython` header.
-pub const ROLES: [&str; 5] = ["system", "user", "assistant", "ipython", "tool"];
+const ROLES: [&str; 5] = ["system", "user", "assistant", "ipython", "tool"];
 
 /// A dialog from JSON: `[{"role": ..., "content": ...}, ...]`. `what` names the source in errors.
 pub fn parse_dialog(json: &str, what: &str) -> Result<Vec<Message>> {
@@ -65,7 +65,7 @@ fn special(tok: &Tokenizer, name: &str) -> Result<u32> {
 }
 
 /// `<|start_header_id|>` role `<|end_header_id|>` "\n\n".
-pub fn encode_header(tok: &Tokenizer, role: &str) -> Result<Vec<u32>> {
+fn encode_header(tok: &Tokenizer, role: &str) -> Result<Vec<u32>> {
     let role = if role == "tool" { "ipython" } else { role };
     let mut ids = vec![special(tok, "<|start_header_id|>")?];
     ids.extend(tok.encode(role, false, false, AllowedSpecial::None)?);
@@ -75,7 +75,7 @@ pub fn encode_header(tok: &Tokenizer, role: &str) -> Result<Vec<u32>> {
 }
 
 /// One message: header, stripped content, `<|eot_id|>`.
-pub fn encode_message(tok: &Tokenizer, message: &Message) -> Result<Vec<u32>> {
+fn encode_message(tok: &Tokenizer, message: &Message) -> Result<Vec<u32>> {
     let mut ids = encode_header(tok, &message.role)?;
     ids.extend(tok.encode(
         py_strip(&message.content),

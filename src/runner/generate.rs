@@ -27,7 +27,7 @@ pub struct Generation {
     /// log p of each generated token (only with `logprobs`).
     pub logprobs: Vec<f32>,
     /// Whether a stop token ended the sequence (rather than a length limit).
-    pub stopped: bool,
+    stopped: bool,
 }
 
 #[derive(Debug, Clone, Default)]

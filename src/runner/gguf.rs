@@ -36,7 +36,7 @@ fn stored_type(t: GgmlType) -> Option<Stored> {
 }
 
 /// The GGML types `run` computes with.
-pub fn supported_types() -> String {
+fn supported_types() -> String {
     let mut names = vec!["F32", "F16", "BF16"];
     names.extend(Quant::ALL.iter().map(|q| q.name()));
     names.join(" ")

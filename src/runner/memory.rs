@@ -9,11 +9,11 @@ use anyhow::{bail, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryPlan {
     /// Weight bytes: `mapped` used from the files' page cache, `owned` held by the process.
-    pub weights: WeightBytes,
+    weights: WeightBytes,
     /// The KV cache, allocated for `max_batch × max_seq` up front.
-    pub kv_cache: u64,
+    kv_cache: u64,
     /// Buffers of the largest forward pass (a prefill chunk): projections, attention scores, logits.
-    pub activations: u64,
+    activations: u64,
 }
 
 impl MemoryPlan {
@@ -55,7 +55,7 @@ impl MemoryPlan {
     }
 
     /// Bytes the process itself must hold (everything but the mapped weights).
-    pub fn owned(&self) -> u64 {
+    fn owned(&self) -> u64 {
         self.weights
             .owned
             .saturating_add(self.kv_cache)

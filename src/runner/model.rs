@@ -70,7 +70,7 @@ impl Config {
     }
 
     /// Rotary inverse frequencies, in f32 arithmetic as Meta and transformers compute them.
-    pub fn inv_freqs(&self) -> Vec<f32> {
+    fn inv_freqs(&self) -> Vec<f32> {
         let hd = self.head_dim;
         let theta = self.rope_theta as f32;
         let freqs = (0..hd / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / hd as f32));
@@ -527,7 +527,7 @@ impl Llama {
     pub fn tied_embeddings(&self) -> bool {
         self.tied
     }
-    pub fn max_positions(&self) -> usize {
+    fn max_positions(&self) -> usize {
         self.cos.dims()[0]
     }
 

@@ -4,7 +4,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 /// Index of the largest logit; the first one on ties (torch.argmax). NaNs never win.
-pub fn argmax(logits: &[f32]) -> u32 {
+fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0usize;
     let mut best_v = f32::NEG_INFINITY;
     for (i, &v) in logits.iter().enumerate() {
@@ -39,7 +39,7 @@ impl Sampler {
         }
     }
 
-    pub fn is_greedy(&self) -> bool {
+    fn is_greedy(&self) -> bool {
         self.temperature <= 0.0
     }
 

@@ -70,7 +70,7 @@ pub fn map_weights(file: &std::fs::File, path: &std::path::Path) -> Result<Mmap>
 }
 
 /// Whether a tensor lies whole and contiguous in one file, so it can be used from the map.
-pub fn mappable(t: &FullTensor) -> bool {
+fn mappable(t: &FullTensor) -> bool {
     matches!(t.pieces.as_slice(), [p] if p.rows.len() == t.rows() && p.cols.len() == t.cols())
 }
 

@@ -296,7 +296,7 @@ impl Model {
     }
 
     /// Shard file names: `consolidated.00.pth` ….
-    pub fn shard_files(&self) -> Vec<String> {
+    fn shard_files(&self) -> Vec<String> {
         (0..self.shards)
             .map(|i| format!("consolidated.{i:02}.pth"))
             .collect()
@@ -349,8 +349,8 @@ pub fn parse_checklist(text: &str) -> Result<BTreeMap<String, String>> {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VerifiedFile {
     pub md5: String,
-    pub size: u64,
-    pub mtime_ns: u128,
+    size: u64,
+    mtime_ns: u128,
 }
 
 impl VerifiedFile {

@@ -55,7 +55,7 @@ impl Hf {
         Ok(enc.get_ids().to_vec())
     }
 
-    pub fn check_ids(&self, ids: &[u32]) -> Result<()> {
+    fn check_ids(&self, ids: &[u32]) -> Result<()> {
         let n = self.n_vocab();
         for &id in ids {
             if self.special.id_to_token(id).is_none() {
@@ -86,10 +86,6 @@ impl Hf {
 
     pub fn is_special(&self, id: u32) -> bool {
         self.added.contains_key(&id)
-    }
-
-    pub fn byte_level(&self) -> bool {
-        self.byte_level
     }
 
     /// The id of a token given as its text: added tokens by content, others through the

@@ -14,7 +14,7 @@ const MAX_RUN_CHARS: usize = 25_000;
 /// Inputs at least this long are encoded on several threads, one slice per task.
 const PARALLEL_BYTES: usize = 1 << 20;
 
-pub const NUM_SPECIAL: usize = 256;
+const NUM_SPECIAL: usize = 256;
 
 /// Names of the 256 special tokens, in id order after the ordinary tokens.
 pub fn special_names(names: SpecialNames) -> Vec<String> {
@@ -195,7 +195,7 @@ fn find2(hay: &[u8], a: u8, b: u8) -> Option<usize> {
 
 /// Meta's slicing of a long input: windows of 400,000 chars, each cut wherever a run of
 /// whitespace (Python `isspace`) or of non-whitespace would exceed 25,000 chars.
-pub fn meta_slices<'a>(text: &'a str, mut f: impl FnMut(&'a str)) {
+fn meta_slices<'a>(text: &'a str, mut f: impl FnMut(&'a str)) {
     let mut window_start = 0;
     while window_start < text.len() {
         let window_end = nth_char_boundary(text, window_start, WINDOW_CHARS);

@@ -31,7 +31,7 @@ fn signed_max(x: &[f32]) -> (f32, f32) {
 /// Symmetric codes in [-nmax, nmax) for `x` with weights x² (ggml's `make_qx_quants`, rmse type 1,
 /// no importance weights): the best of 19 candidate scales around nmax / max by weighted error.
 /// Writes `l + nmax` into `out` and returns the scale.
-pub fn make_qx_quants(nmax: i32, x: &[f32; 16], out: &mut [i8; 16]) -> f32 {
+fn make_qx_quants(nmax: i32, x: &[f32; 16], out: &mut [i8; 16]) -> f32 {
     let (max, amax) = signed_max(x);
     if amax < GROUP_MAX_EPS {
         out.fill(0);
@@ -157,7 +157,7 @@ fn fit_error<const N: usize>(
 /// Returns (scale, -min); codes go to `out`. Inlined so that each caller's constant parameters
 /// specialize the loops.
 #[inline(always)]
-pub fn make_qkx2_quants<const N: usize>(
+fn make_qkx2_quants<const N: usize>(
     p: &Qkx2,
     x: &[f32; N],
     weights: &[f32; N],
@@ -234,7 +234,7 @@ pub enum Weights {
 
 /// One sub-block's importance weights (the scalar rule, index order).
 #[inline(always)]
-pub fn weights<const N: usize>(kind: Weights, x: &[f32; N]) -> [f32; N] {
+fn weights<const N: usize>(kind: Weights, x: &[f32; N]) -> [f32; N] {
     let av_x = match kind {
         Weights::RmsAbs => {
             let mut sum_x2 = 0f32;

@@ -25,13 +25,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub struct RepoFile {
     pub path: String,
     pub size: Option<u64>,
-    pub blob_id: Option<String>,
-    pub lfs_sha256: Option<String>,
+    blob_id: Option<String>,
+    lfs_sha256: Option<String>,
 }
 
 impl RepoFile {
     /// The blob name the resolve endpoint will report, when the listing already tells it.
-    pub fn expected_etag(&self) -> Option<&str> {
+    fn expected_etag(&self) -> Option<&str> {
         self.lfs_sha256.as_deref().or(self.blob_id.as_deref())
     }
 }
@@ -66,15 +66,15 @@ struct ApiLfs {
 
 /// What `HEAD .../resolve/{commit}/{path}` says about one file.
 #[derive(Debug, Clone)]
-pub struct FileMeta {
-    pub etag: String,
-    pub size: Option<u64>,
+struct FileMeta {
+    etag: String,
+    size: Option<u64>,
     /// For LFS files (`X-Linked-Etag`), checked while streaming.
-    pub sha256: Option<String>,
+    sha256: Option<String>,
     /// Where the bytes are: the resolve URL itself or the CDN URL it redirects to.
-    pub url: String,
+    url: String,
     /// False once the URL left the Hub's origin: the token must not travel to a CDN.
-    pub send_auth: bool,
+    send_auth: bool,
 }
 
 /// What happened to one file.
@@ -152,11 +152,11 @@ impl HubClient {
         })
     }
 
-    pub fn model_page(&self, repo_id: &str) -> String {
+    fn model_page(&self, repo_id: &str) -> String {
         redact(&format!("{}/{repo_id}", self.endpoint))
     }
 
-    pub fn resolve_url(&self, repo_id: &str, revision: &str, path: &str) -> String {
+    fn resolve_url(&self, repo_id: &str, revision: &str, path: &str) -> String {
         format!(
             "{}/{repo_id}/resolve/{}/{}",
             self.endpoint,
@@ -322,7 +322,7 @@ impl HubClient {
 
     /// `HEAD` the resolve URL; redirects within the Hub are followed, one to another origin (the
     /// CDN) is not: its `Location` is where the bytes are, fetched without the token.
-    pub fn file_meta(
+    fn file_meta(
         &self,
         repo_id: &str,
         commit: &str,

@@ -45,7 +45,7 @@ impl RepoCache {
             .join(format!("{etag}.lock"))
     }
 
-    pub fn ref_path(&self, revision: &str) -> PathBuf {
+    fn ref_path(&self, revision: &str) -> PathBuf {
         self.root().join("refs").join(revision)
     }
 
@@ -74,7 +74,7 @@ impl RepoCache {
     }
 
     /// The commit a branch or tag pointed at when it was last fetched.
-    pub fn read_ref(&self, revision: &str) -> Result<Option<String>> {
+    fn read_ref(&self, revision: &str) -> Result<Option<String>> {
         let p = self.ref_path(revision);
         match std::fs::read_to_string(&p) {
             Ok(s) => {

@@ -30,7 +30,7 @@ use reqwest::Url;
 use std::fmt;
 use std::path::PathBuf;
 
-pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
 /// Where the Hub and its cache are, from the same environment variables `huggingface_hub` reads.
 #[derive(Debug, Clone)]
@@ -172,7 +172,7 @@ pub fn validate_repo_id(id: &str) -> Result<()> {
 }
 
 /// A full commit id, as `huggingface_hub` recognises one.
-pub fn is_commit_hash(rev: &str) -> bool {
+fn is_commit_hash(rev: &str) -> bool {
     rev.len() == 40
         && rev
             .bytes()
@@ -248,7 +248,7 @@ fn quote(s: &str, keep_slash: bool) -> String {
 
 /// A URL for messages: the query (where signed CDN URLs keep their credentials) is cut off and
 /// any userinfo redacted.
-pub fn redact_url(url: &str) -> String {
+fn redact_url(url: &str) -> String {
     let url = redact(url);
     match url.find(['?', '#']) {
         Some(i) => format!("{}?…", &url[..i]),

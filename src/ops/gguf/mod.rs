@@ -73,7 +73,7 @@ impl Plan {
     }
 
     /// Tensor bytes (without padding).
-    pub fn tensor_bytes(&self) -> Result<u64> {
+    fn tensor_bytes(&self) -> Result<u64> {
         self.items.iter().map(|i| i.entry.nbytes()).sum()
     }
 }
@@ -264,7 +264,7 @@ fn plan(dir: &ModelDir, docs: &HfDocs, file_type: Option<FileType>, name: &str) 
 /// What llama-quantize makes of a planned file: tensors in its order with its per-tensor types,
 /// the same metadata with `general.quantization_version` and then `general.file_type` moved to
 /// the end (it sets both, and setting a key re-appends it).
-pub fn requantize(
+fn requantize(
     mut plan: Plan,
     ft: FileType,
     n_layers: usize,
@@ -359,7 +359,7 @@ pub fn plan_from_gguf(src: &gguf::GgufFile, ft: FileType) -> Result<Plan> {
 
 /// Llama 3.1's `rope_freqs.weight` when config.json asks for `llama3` rope scaling (see
 /// [`RopeScaling::divisors`]).
-pub fn rope_factors(config: &Json, head_dim: usize) -> Result<Option<Vec<f32>>> {
+fn rope_factors(config: &Json, head_dim: usize) -> Result<Option<Vec<f32>>> {
     let (theta, _) = rope_from_config(config);
     Ok(RopeScaling::from_hf_config(config)?.map(|s| s.divisors(theta, head_dim)))
 }

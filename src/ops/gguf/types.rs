@@ -97,7 +97,7 @@ impl FileType {
     }
 
     /// Every name `--dtype` accepts for GGUF output.
-    pub fn names() -> impl Iterator<Item = &'static str> {
+    fn names() -> impl Iterator<Item = &'static str> {
         TABLE.iter().map(|e| e.1)
     }
 
@@ -147,7 +147,7 @@ impl FileType {
 }
 
 /// Layers that the _M mixes give more bits: the first and last eighth, and every third between.
-pub fn use_more_bits(i: usize, n: usize) -> bool {
+fn use_more_bits(i: usize, n: usize) -> bool {
     i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
 }
 
