@@ -69,7 +69,7 @@ fn get_usize(c: &Value, key: &str) -> Result<usize> {
 }
 
 /// Meta params for an HF `LlamaForCausalLM` config.
-pub fn params_from_config(c: &Value) -> Result<Params> {
+pub(crate) fn params_from_config(c: &Value) -> Result<Params> {
     if let Some(archs) = c.get("architectures").and_then(Value::as_array) {
         if !archs.iter().any(|a| a.as_str() == Some("LlamaForCausalLM")) {
             let names: Vec<String> = archs

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 mod gguf;
 
-pub fn run(args: &ConvertArgs) -> Result<i32> {
+pub(crate) fn run(args: &ConvertArgs) -> Result<i32> {
     let want = match args.to {
         ConvertTo::Hf => Want::Meta,
         ConvertTo::Meta => Want::Hf,

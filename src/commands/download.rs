@@ -117,7 +117,7 @@ struct ManifestDoc {
     sizes: BTreeMap<String, u64>,
 }
 
-pub fn run(args: &DownloadArgs) -> Result<i32> {
+pub(crate) fn run(args: &DownloadArgs) -> Result<i32> {
     if args.jobs == 0 || args.connections == 0 {
         bail!("--jobs and --connections must be at least 1");
     }

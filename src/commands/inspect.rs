@@ -55,7 +55,7 @@ struct Report {
     fp8_scales: Vec<String>,
 }
 
-pub fn run(args: &InspectArgs) -> Result<i32> {
+pub(crate) fn run(args: &InspectArgs) -> Result<i32> {
     if args.path.is_file() && gguf::is_gguf(&args.path) {
         return inspect_gguf(args);
     }

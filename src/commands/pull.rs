@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-pub fn run(args: &PullArgs) -> Result<i32> {
+pub(crate) fn run(args: &PullArgs) -> Result<i32> {
     if args.jobs == 0 {
         bail!("--jobs 0: need at least one");
     }

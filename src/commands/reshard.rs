@@ -15,7 +15,7 @@ use std::time::Instant;
 /// Default `--jobs` is the number of cores, at most this.
 const MAX_DEFAULT_JOBS: usize = 6;
 
-pub fn run(args: &ReshardArgs) -> Result<i32> {
+pub(crate) fn run(args: &ReshardArgs) -> Result<i32> {
     if args.mp == 0 {
         bail!("--mp must be at least 1");
     }

@@ -7,7 +7,7 @@ use crate::ops::verify::{self, CheckState, Options, Report};
 use crate::store::{resolve, resolve::Want};
 use anyhow::{bail, Result};
 
-pub fn run(args: &VerifyArgs) -> Result<i32> {
+pub(crate) fn run(args: &VerifyArgs) -> Result<i32> {
     let args = &VerifyArgs {
         dir: resolve::model_path(&args.dir, Want::Any)?,
         ..args.clone()

@@ -33,7 +33,7 @@ impl std::fmt::Display for Cause {
 
 /// A request that got no answer at all from `host`.
 #[derive(Debug, Clone)]
-pub struct ConnectFailure {
+pub(crate) struct ConnectFailure {
     /// `host` or `host:port`; never carries a path or query.
     host: String,
     cause: Cause,
@@ -45,7 +45,7 @@ pub struct ConnectFailure {
 
 /// The request failed before any answer: which host and why. `None` for failures after the
 /// response began (those are not first-contact failures).
-pub fn connect_failure(e: &reqwest::Error, detail: &str) -> Option<ConnectFailure> {
+pub(crate) fn connect_failure(e: &reqwest::Error, detail: &str) -> Option<ConnectFailure> {
     let url = e.url()?;
     let no_answer = e.is_connect() || (e.is_timeout() && !e.is_body() && !e.is_decode());
     if !no_answer {
@@ -111,7 +111,7 @@ fn host_key(url: &str) -> Option<String> {
 }
 
 /// Record that `url`'s host answered (any HTTP status): from now on its failures are patient.
-pub fn mark_reached(url: &str) {
+pub(crate) fn mark_reached(url: &str) {
     if let Some(k) = host_key(url) {
         let mut set = REACHED.lock().unwrap_or_else(|e| e.into_inner());
         set.get_or_insert_with(HashSet::new).insert(k);
@@ -141,7 +141,7 @@ fn tries_phrase(n: u32) -> String {
 
 /// The quick retry policy for a host that has not answered yet.
 #[derive(Debug)]
-pub struct FirstContact {
+pub(crate) struct FirstContact {
     tries: u32,
     limit: u32,
     started: Instant,
@@ -164,7 +164,7 @@ impl FirstContact {
     }
 
     /// At most `tries` tries (at least one; never more than [`Self::TRIES`]).
-    pub fn at_most(tries: u32) -> Self {
+    pub(crate) fn at_most(tries: u32) -> Self {
         Self {
             tries: 0,
             limit: tries.clamp(1, Self::TRIES),
@@ -175,7 +175,7 @@ impl FirstContact {
     /// Count one failed try. `Err` when it is time to give up, else how long to wait first;
     /// `None` when the host answered earlier in this run (the caller's patient policy applies).
     /// A try that could take `connect_timeout` is not started when it would end past the budget.
-    pub fn failed(
+    pub(crate) fn failed(
         &mut self,
         f: &ConnectFailure,
         connect_timeout: Duration,

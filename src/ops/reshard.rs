@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 /// A checked source and a target MP: everything needed to write the output shards.
-pub struct Plan {
+pub(crate) struct Plan {
     src: MetaDir,
     mp: usize,
     tensors: Vec<Planned>,
@@ -37,7 +37,7 @@ impl Plan {
     /// Open `src_dir` and check, before anything is written, that `mp` is valid for its params,
     /// that every shard has the same tensor names, dtypes and the shapes its MP implies, and that
     /// replicated tensors (and repeated kv heads) are byte-identical wherever they occur.
-    pub fn new(src_dir: &Path, mp: usize) -> Result<Self> {
+    pub(crate) fn new(src_dir: &Path, mp: usize) -> Result<Self> {
         let src = MetaDir::open_checked(src_dir)?;
         let vocab = src.vocab()?;
         let p = &src.params;
@@ -65,12 +65,12 @@ impl Plan {
         Ok(Self { src, mp, tensors })
     }
 
-    pub fn src(&self) -> &MetaDir {
+    pub(crate) fn src(&self) -> &MetaDir {
         &self.src
     }
 
     /// Output MP.
-    pub fn mp(&self) -> usize {
+    pub(crate) fn mp(&self) -> usize {
         self.mp
     }
 
@@ -110,7 +110,7 @@ impl Plan {
     }
 
     /// Tensor bytes in output shard `rank`.
-    pub fn data_bytes(&self, rank: usize) -> u64 {
+    pub(crate) fn data_bytes(&self, rank: usize) -> u64 {
         self.specs(rank).iter().map(|s| s.nbytes()).sum()
     }
 
@@ -165,7 +165,7 @@ impl Plan {
     }
 
     /// Bytes the output directory needs at most: every shard's bound and the small files.
-    pub fn bytes_needed(&self) -> Result<u64> {
+    pub(crate) fn bytes_needed(&self) -> Result<u64> {
         let mut need: u64 = (0..self.mp).map(|r| self.file_bytes_bound(r)).sum();
         for name in self.small_files() {
             let p = self.src.dir.join(name);
@@ -180,7 +180,12 @@ impl Plan {
     /// tokenizer.model copied and checked against the source's checklist ([`copy_listed`]), and a
     /// checklist.chk over them all, whose entries are returned. A source without tokenizer.model
     /// gets a note through `progress`.
-    pub fn write(&self, dir: &Path, jobs: usize, progress: &dyn Reporter) -> Result<Vec<Entry>> {
+    pub(crate) fn write(
+        &self,
+        dir: &Path,
+        jobs: usize,
+        progress: &dyn Reporter,
+    ) -> Result<Vec<Entry>> {
         let mut entries = self.write_shards(dir, jobs, progress)?;
         let small = self.small_files();
         for name in &small {

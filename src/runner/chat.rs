@@ -259,7 +259,7 @@ mod jinja {
     }
 
     /// `str.strip()` and friends, `dict.items()/keys()/values()/get()`.
-    pub fn python_methods(
+    pub(super) fn python_methods(
         _: &State,
         v: &Value,
         name: &str,
@@ -337,7 +337,7 @@ mod jinja {
     }
 
     /// Jinja's `trim`: Python's `str.strip()`.
-    pub fn trim(s: String, chars: Option<String>) -> String {
+    pub(super) fn trim(s: String, chars: Option<String>) -> String {
         match chars {
             Some(set) => s.trim_matches(|c| set.contains(c)).to_string(),
             None => crate::tokenizer::py_strip(&s).to_string(),
@@ -345,7 +345,7 @@ mod jinja {
     }
 
     /// transformers' `tojson`: `json.dumps(x, ensure_ascii=False, indent=indent)`.
-    pub fn tojson(v: Value, kwargs: Kwargs) -> Result<String, Error> {
+    pub(super) fn tojson(v: Value, kwargs: Kwargs) -> Result<String, Error> {
         let indent: Option<usize> = kwargs.get("indent")?;
         kwargs.assert_all_used()?;
         let json = serde_json::to_value(&v).map_err(|e| bad(format!("tojson: {e}")))?;
@@ -414,7 +414,7 @@ mod jinja {
     }
 
     /// `strftime_now(fmt)` in UTC (transformers uses local time), for the common directives.
-    pub fn strftime_now(fmt: &str) -> Result<String, Error> {
+    pub(super) fn strftime_now(fmt: &str) -> Result<String, Error> {
         let secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()) as i64;

@@ -7,7 +7,7 @@
 use super::cpu::{self, kernels::WeightType, quant::Quant, MatType};
 use super::kv_cache::KvCache;
 use super::weights::{StoredTensor, WeightSource};
-pub use crate::checkpoint::rope::RopeScaling;
+pub(crate) use crate::checkpoint::rope::RopeScaling;
 use crate::checkpoint::stream::{cast, CastStats};
 use crate::checkpoint::tensors::{self, Naming, Part};
 use crate::checkpoint::{DirKind, ModelDir};
@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Tensor, D};
 
 /// How the rows of wq/wk pair up the rotary components.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RopePairing {
+pub(crate) enum RopePairing {
     /// Meta checkpoints: components (2i, 2i+1) rotate together.
     AdjacentPairs,
     /// Hugging Face checkpoints (q/k rows permuted by the converter): components (i, i + hd/2).
@@ -25,7 +25,7 @@ pub enum RopePairing {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Config {
+pub(crate) struct Config {
     pub dim: usize,
     pub n_layers: usize,
     pub n_heads: usize,
@@ -43,7 +43,7 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if self.dim == 0 || self.n_heads == 0 || self.n_kv_heads == 0 || self.vocab_size == 0 {
             bail!("model config has a zero dimension: {self:?}");
         }
@@ -84,7 +84,7 @@ impl Config {
         }
     }
 
-    pub fn param_count(&self, tied: bool) -> usize {
+    pub(crate) fn param_count(&self, tied: bool) -> usize {
         let (d, hd) = (self.dim, self.head_dim);
         let attn = d * self.n_heads * hd * 2 + d * self.n_kv_heads * hd * 2;
         let ffn = 3 * d * self.hidden_dim;
@@ -97,7 +97,7 @@ impl Config {
 impl Config {
     /// The model config of a checkpoint directory: params.json for Meta dirs, config.json (either
     /// rope style) for HF dirs.
-    pub fn from_model_dir(dir: &ModelDir) -> Result<Config> {
+    pub(crate) fn from_model_dir(dir: &ModelDir) -> Result<Config> {
         let p = dir.params();
         let vocab_size = match p.vocab() {
             Some(v) => v,
@@ -159,7 +159,7 @@ enum Embedding {
 
 /// Positions per forward pass over a long input: the attention scores of one pass are
 /// batch x heads x PREFILL_CHUNK x context f32 values.
-pub const PREFILL_CHUNK: usize = 512;
+pub(crate) const PREFILL_CHUNK: usize = 512;
 
 struct Block {
     attention_norm: Tensor,
@@ -172,7 +172,7 @@ struct Block {
     w2: Linear,
 }
 
-pub struct Llama {
+pub(crate) struct Llama {
     cfg: Config,
     /// The dtype of activations and of the KV cache: f32 on the CPU.
     dtype: DType,
@@ -354,7 +354,7 @@ fn host_tensor(t: &StoredTensor, name: &str) -> Result<Tensor> {
 }
 
 /// The checkpoint element type that holds a run dtype (anything but bf16/f16 is held as f32).
-pub fn stored_dtype(d: DType) -> FDType {
+pub(crate) fn stored_dtype(d: DType) -> FDType {
     match d {
         DType::BF16 => FDType::BF16,
         DType::F16 => FDType::F16,
@@ -364,7 +364,7 @@ pub fn stored_dtype(d: DType) -> FDType {
 
 /// How a run holds its weights: see [`Llama::load`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Precision {
+pub(crate) enum Precision {
     /// CPU: matrices in their stored type; CUDA: bf16.
     Auto,
     /// Matrices (CPU) or everything (CUDA) in this type.
@@ -375,7 +375,7 @@ impl Llama {
     /// Load every weight from `src`, checking names and shapes. On the CPU the matrices stay in
     /// their stored type (or `precision`'s) and activations are f32; on a device everything is
     /// converted to the run dtype (bf16 for `Auto`). `max_positions` bounds the rotary tables.
-    pub fn load(
+    pub(crate) fn load(
         cfg: Config,
         src: &dyn WeightSource,
         device: &Device,
@@ -463,11 +463,11 @@ impl Llama {
         })
     }
 
-    pub fn config(&self) -> &Config {
+    pub(crate) fn config(&self) -> &Config {
         &self.cfg
     }
     /// The dtype of activations and of the KV cache.
-    pub fn dtype(&self) -> DType {
+    pub(crate) fn dtype(&self) -> DType {
         self.dtype
     }
     /// The matrices held for the CPU kernels, each once.
@@ -492,7 +492,7 @@ impl Llama {
     }
 
     /// Weight bytes used straight from checkpoint file maps (CPU).
-    pub fn mapped_bytes(&self) -> u64 {
+    pub(crate) fn mapped_bytes(&self) -> u64 {
         self.cpu_matrices()
             .iter()
             .filter(|m| m.bytes().is_mapped())
@@ -502,7 +502,7 @@ impl Llama {
 
     /// What the weight matrices are held as: "bf16", or the GGML types of a quantized file from the
     /// most parameters to the fewest ("q4_k+q6_k").
-    pub fn weight_label(&self) -> String {
+    pub(crate) fn weight_label(&self) -> String {
         let mut by_type: Vec<(MatType, usize)> = Vec::new();
         for m in self.cpu_matrices() {
             match by_type.iter_mut().find(|(t, _)| *t == m.ty) {
@@ -521,10 +521,10 @@ impl Llama {
         names.join("+")
     }
 
-    pub fn device(&self) -> &Device {
+    pub(crate) fn device(&self) -> &Device {
         &self.device
     }
-    pub fn tied_embeddings(&self) -> bool {
+    pub(crate) fn tied_embeddings(&self) -> bool {
         self.tied
     }
     fn max_positions(&self) -> usize {
@@ -532,7 +532,7 @@ impl Llama {
     }
 
     /// A cache sized for this model.
-    pub fn new_cache(&self, max_batch: usize, max_seq: usize) -> Result<KvCache> {
+    pub(crate) fn new_cache(&self, max_batch: usize, max_seq: usize) -> Result<KvCache> {
         KvCache::new(
             self.cfg.n_layers,
             max_batch,
@@ -549,7 +549,7 @@ impl Llama {
     /// position only (all that generation needs, and far cheaper for a 128k vocabulary).
     /// Long inputs run in chunks of [`PREFILL_CHUNK`] positions (the same result, since attention
     /// is causal), which bounds the attention scores held at once.
-    pub fn forward(
+    pub(crate) fn forward(
         &self,
         tokens: &Tensor,
         start_pos: usize,
@@ -745,7 +745,7 @@ fn causal_mask(t: usize, start_pos: usize, device: &Device) -> Result<Tensor> {
     Ok(Tensor::from_vec(mask, (t, total), device)?)
 }
 
-pub fn dtype_name(dtype: DType) -> &'static str {
+pub(crate) fn dtype_name(dtype: DType) -> &'static str {
     match dtype {
         DType::F32 => "f32",
         DType::F16 => "f16",

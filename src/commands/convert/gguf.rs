@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use std::path::Path;
 use std::time::Instant;
 
-pub fn run(args: &ConvertArgs, instruct: bool) -> Result<i32> {
+pub(super) fn run(args: &ConvertArgs, instruct: bool) -> Result<i32> {
     let src = &args.src_dir;
     let dst = &args.dst_dir;
     let opts = Options {
@@ -32,7 +32,7 @@ pub fn run(args: &ConvertArgs, instruct: bool) -> Result<i32> {
 }
 
 /// `convert --to gguf IN.gguf OUT.gguf --dtype TYPE`: re-quantize an f32/f16/bf16 GGUF file.
-pub fn run_from_gguf(args: &ConvertArgs) -> Result<i32> {
+pub(super) fn run_from_gguf(args: &ConvertArgs) -> Result<i32> {
     let (src, dst) = (&args.src_dir, &args.dst_dir);
     if !gguf::is_gguf(src) {
         bail!(

@@ -22,7 +22,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Clone)]
-pub struct RepoFile {
+pub(crate) struct RepoFile {
     pub path: String,
     pub size: Option<u64>,
     blob_id: Option<String>,
@@ -37,7 +37,7 @@ impl RepoFile {
 }
 
 #[derive(Debug, Clone)]
-pub struct RepoListing {
+pub(crate) struct RepoListing {
     pub commit: String,
     pub files: Vec<RepoFile>,
 }
@@ -79,7 +79,7 @@ struct FileMeta {
 
 /// What happened to one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fetched {
+pub(crate) enum Fetched {
     /// Already in place; no request made.
     Present,
     /// The blob was in the cache (another revision had it); only linked.
@@ -135,7 +135,7 @@ fn same_origin(a: &Url, b: &Url) -> bool {
 }
 
 /// A client for one Hub endpoint.
-pub struct HubClient {
+pub(crate) struct HubClient {
     /// Follows no redirect: [`HubClient::file_meta`] follows them by hand, and a redirect to
     /// another origin (the CDN) must drop the token.
     http: Http,
@@ -144,7 +144,7 @@ pub struct HubClient {
 }
 
 impl HubClient {
-    pub fn new(endpoint: &str, token: Option<&Token>, net: NetConfig) -> Result<Self> {
+    pub(crate) fn new(endpoint: &str, token: Option<&Token>, net: NetConfig) -> Result<Self> {
         Ok(Self {
             http: Http::without_redirects(net)?,
             endpoint: endpoint.trim_end_matches('/').to_string(),
@@ -236,7 +236,7 @@ impl HubClient {
     }
 
     /// The commit a revision points at and the files it holds.
-    pub fn listing(
+    pub(crate) fn listing(
         &self,
         repo_id: &str,
         revision: &str,
@@ -418,7 +418,7 @@ impl HubClient {
     }
 
     /// Put one file of `commit` into the cache: link it if its blob is there, else download the blob.
-    pub fn fetch_to_cache(
+    pub(crate) fn fetch_to_cache(
         &self,
         cache: &RepoCache,
         repo_id: &str,
@@ -469,7 +469,7 @@ impl HubClient {
 
     /// Put one file straight into `dir/{path}`, with the bookkeeping `huggingface_hub` keeps for
     /// local dirs (`.cache/huggingface/download/{path}.metadata`: commit, etag, timestamp).
-    pub fn fetch_to_dir(
+    pub(crate) fn fetch_to_dir(
         &self,
         dir: &Path,
         repo_id: &str,

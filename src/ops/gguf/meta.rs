@@ -17,7 +17,7 @@ const USER_DEFINED: i32 = 4;
 const UNUSED: i32 = 5;
 
 /// Every key/value of the file, in the converter's order.
-pub fn metadata(
+pub(super) fn metadata(
     docs: &HfDocs,
     ft: FileType,
     name: &str,

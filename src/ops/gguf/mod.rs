@@ -31,11 +31,11 @@ use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
-pub use types::FileType;
+pub(crate) use types::FileType;
 
 /// What [`plan_dir`] needs besides the directory.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// None: the dtype of the source's first matrix.
     pub file_type: Option<FileType>,
     /// A Meta source is an instruct model (its stop tokens and chat template go into the file).
@@ -57,7 +57,7 @@ struct Planned {
 }
 
 /// Everything the file will hold, decided before the first byte is written.
-pub struct Plan {
+pub(crate) struct Plan {
     pub header: Header,
     pub file_type: FileType,
     /// The kind of the source directory; None for a GGUF source.
@@ -67,7 +67,7 @@ pub struct Plan {
 
 impl Plan {
     /// Size of the whole file.
-    pub fn file_size(&self) -> Result<u64> {
+    pub(crate) fn file_size(&self) -> Result<u64> {
         let (_, data) = self.header.layout()?;
         Ok(self.header.encode()?.len() as u64 + data)
     }
@@ -173,7 +173,7 @@ fn tensor_type(shape: &[usize], name: &str, ft: FileType) -> GgmlType {
 /// A model directory -> the plan of its GGUF file: the Hugging Face files the metadata comes from
 /// (read, or built from a Meta checkpoint), the tokenizer checked to be Llama 3's, then [`plan`]
 /// with the directory's name as `general.name`. Notes for the user go through `progress`.
-pub fn plan_dir(src: &Path, opts: &Options, progress: &dyn Reporter) -> Result<Plan> {
+pub(crate) fn plan_dir(src: &Path, opts: &Options, progress: &dyn Reporter) -> Result<Plan> {
     let (docs, tok) = match crate::checkpoint::detect(src)? {
         DirKind::Meta => docs::from_meta(src, opts.instruct, progress)?,
         DirKind::Hf => docs::from_hf(src, opts.instruct_given, progress)?,
@@ -299,7 +299,7 @@ fn requantize(
 }
 
 /// Re-quantize an f32/f16/bf16 GGUF file of a Llama model as llama-quantize does.
-pub fn plan_from_gguf(src: &gguf::GgufFile, ft: FileType) -> Result<Plan> {
+pub(crate) fn plan_from_gguf(src: &gguf::GgufFile, ft: FileType) -> Result<Plan> {
     let arch = src.get("general.architecture").and_then(Value::as_str);
     if arch != Some("llama") {
         bail!("general.architecture is {arch:?}; only Llama models (\"llama\") are supported");
@@ -445,7 +445,11 @@ impl Write for QuantWriter<'_> {
 
 /// Write `plan` to `file` (positioned at 0): header, then each tensor padded to the alignment.
 /// Tensor bytes are reported to `progress` as one task, "weights". Returns values clamped by an f16 cast, per tensor.
-pub fn write(plan: &Plan, file: &File, progress: &dyn Reporter) -> Result<Vec<(String, u64)>> {
+pub(crate) fn write(
+    plan: &Plan,
+    file: &File,
+    progress: &dyn Reporter,
+) -> Result<Vec<(String, u64)>> {
     let header = plan.header.encode()?;
     let align = plan.header.alignment();
     let total = plan.tensor_bytes()?;

@@ -14,7 +14,7 @@ mod meta;
 mod report;
 mod tokenizer;
 
-pub use report::{CheckState, FileState, FileStatus, Kind, Report, TensorReport};
+pub(crate) use report::{CheckState, FileState, FileStatus, Kind, Report, TensorReport};
 
 use super::stats::ScanItem;
 use crate::checkpoint::layout::Weight;
@@ -27,7 +27,7 @@ use std::path::Path;
 
 /// What to check.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// Hash every checklist.chk entry.
     pub md5: bool,
     /// Scan every value for NaN/Inf and collect per-tensor statistics.
@@ -46,7 +46,7 @@ struct Stored {
 /// Verify a Meta or HF model directory, or a GGUF file. Err only when `dir` is not usable as a
 /// model directory (or GGUF file). The md5 and scan passes report to `progress` as tasks "md5"
 /// and "scan".
-pub fn verify(dir: &Path, opts: &Options, progress: &dyn Reporter) -> Result<Report> {
+pub(crate) fn verify(dir: &Path, opts: &Options, progress: &dyn Reporter) -> Result<Report> {
     if dir.is_file() && crate::formats::gguf::is_gguf(dir) {
         return gguf::gguf_report(dir);
     }
