@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 pub struct HfDir {
     pub dir: PathBuf,
-    pub config: Value,
+    config: Value,
     pub params: Params,
     /// config.json's Llama 3.1 rope scaling, with its own values (Meta's params.json only says
     /// whether there is one).
