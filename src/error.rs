@@ -19,8 +19,8 @@ pub const NETWORK: i32 = 4;
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct Fail {
-    pub code: i32,
-    pub message: String,
+    code: i32,
+    message: String,
 }
 
 impl Fail {

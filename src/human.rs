@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 /// Bytes as a short human string (binary units).
-pub fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut v = n as f64;
     let mut i = 0;
@@ -19,7 +19,7 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 /// A duration as "23h 59m", "4m 10s" or "12s".
-pub fn human_duration(d: Duration) -> String {
+pub(crate) fn human_duration(d: Duration) -> String {
     let s = d.as_secs();
     let (h, m, sec) = (s / 3600, (s % 3600) / 60, s % 60);
     if h > 0 {

@@ -24,6 +24,9 @@
 //! - [`commands`]: one module per subcommand, on `ops`, `store`, `runner` and `net`; a command
 //!   resolves its flags, calls one operation and prints. A command never imports another. Their one
 //!   progress display (bars or plain lines) is `commands::reporters`.
+// `pub` is the library's API (what main.rs, tests/, examples/ and fuzz/ use); an item only the
+// crate uses says pub(crate) or pub(super).
+#![warn(unreachable_pub)]
 pub mod checkpoint;
 pub mod cli;
 pub mod commands;

@@ -20,7 +20,7 @@ use std::sync::{Mutex, MutexGuard, Once};
 use std::time::Duration;
 
 /// How long the commands get to unwind by themselves before the watchdog ends the process.
-pub const GRACE: Duration = Duration::from_millis(600);
+const GRACE: Duration = Duration::from_millis(600);
 
 static RECEIVED: AtomicI32 = AtomicI32::new(0);
 /// A [`SoftStop`] is held: the next SIGINT sets [`SOFT_HIT`] and goes no further.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// Free bytes on the file system that holds `path` (or its nearest existing ancestor).
-pub fn free_disk_bytes(path: &Path) -> Result<u64> {
+pub(crate) fn free_disk_bytes(path: &Path) -> Result<u64> {
     let mut p = path.to_path_buf();
     while !p.exists() {
         if !p.pop() {
@@ -31,7 +31,7 @@ pub fn free_disk_bytes(path: &Path) -> Result<u64> {
 }
 
 /// Refuse to start writing `need` bytes under `path` when the file system has less free.
-pub fn ensure_free_disk(path: &Path, need: u64) -> Result<()> {
+pub(crate) fn ensure_free_disk(path: &Path, need: u64) -> Result<()> {
     let free = free_disk_bytes(path)?;
     if free < need {
         bail!(
@@ -45,7 +45,7 @@ pub fn ensure_free_disk(path: &Path, need: u64) -> Result<()> {
 }
 
 /// `path`'s folder, `.` for a bare file name.
-pub fn parent_or_dot(path: &Path) -> &Path {
+pub(crate) fn parent_or_dot(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -54,7 +54,7 @@ pub fn parent_or_dot(path: &Path) -> &Path {
 
 /// Fsync a directory so a rename inside it survives a crash. Best effort: some file systems refuse
 /// to open or sync a directory, and the data itself is already synced.
-pub fn sync_dir(dir: &Path) {
+pub(crate) fn sync_dir(dir: &Path) {
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
@@ -63,13 +63,13 @@ pub fn sync_dir(dir: &Path) {
 /// An exclusive `flock` on `file`, held until the file is closed; the kernel drops it when the
 /// process dies, so a killed run never leaves a stale lock. With `wait`, blocks until the holder
 /// lets go; without, `Ok(false)` says another process holds it.
-pub fn flock_exclusive(file: &std::fs::File, wait: bool) -> std::io::Result<bool> {
+pub(crate) fn flock_exclusive(file: &std::fs::File, wait: bool) -> std::io::Result<bool> {
     flock(file, libc::LOCK_EX, wait)
 }
 
 /// A shared `flock`, as [`flock_exclusive`]: any number of holders, but none while an exclusive
 /// one is held.
-pub fn flock_shared(file: &std::fs::File, wait: bool) -> std::io::Result<bool> {
+pub(crate) fn flock_shared(file: &std::fs::File, wait: bool) -> std::io::Result<bool> {
     flock(file, libc::LOCK_SH, wait)
 }
 
@@ -93,7 +93,7 @@ fn flock(file: &std::fs::File, mode: i32, wait: bool) -> std::io::Result<bool> {
 /// `path` made absolute with symlinks resolved, for a path that may not exist yet: each existing
 /// prefix is canonicalized, and `..` after a missing component is taken lexically (a missing
 /// directory holds no symlink to follow).
-pub fn resolve_path(path: &Path) -> Result<PathBuf> {
+pub(crate) fn resolve_path(path: &Path) -> Result<PathBuf> {
     let abs = if path.is_absolute() {
         path.to_path_buf()
     } else {
@@ -126,7 +126,7 @@ pub fn resolve_path(path: &Path) -> Result<PathBuf> {
 /// first, say). `init(worker)` makes one thread's own state (buffers, a client). Once `stop()`
 /// returns true no further index starts. Results come back by index; `None` where a job never
 /// started.
-pub fn work_queue<S, T: Send>(
+pub(crate) fn work_queue<S, T: Send>(
     n: usize,
     jobs: usize,
     init: impl Fn(usize) -> S + Sync,

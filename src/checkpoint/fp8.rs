@@ -14,10 +14,10 @@ use anyhow::{anyhow, bail, Result};
 use std::path::{Path, PathBuf};
 
 /// The dtype Meta's fp8 release stores its quantized weights in.
-pub const DTYPE: DType = DType::F8E4M3;
+pub(crate) const DTYPE: DType = DType::F8E4M3;
 
 /// `fp8_scales_{rank}.pt` (the rank is not zero-padded, unlike `consolidated.NN.pth`).
-pub fn scales_name(rank: usize) -> String {
+pub(crate) fn scales_name(rank: usize) -> String {
     format!("fp8_scales_{rank}.pt")
 }
 
@@ -29,18 +29,18 @@ fn ffn_parts(name: &str) -> Option<(usize, &'static str)> {
 }
 
 /// Whether Meta's fp8 release stores this weight as fp8: FFN w1/w2/w3 of layers 1..n-2.
-pub fn is_fp8_weight(name: &str, n_layers: usize) -> bool {
+pub(crate) fn is_fp8_weight(name: &str, n_layers: usize) -> bool {
     ffn_parts(name).is_some_and(|(l, _)| l >= 1 && l + 1 < n_layers)
 }
 
 /// The key of a weight's row scales in rank `rank`'s scales file.
-pub fn scale_key(name: &str, rank: usize) -> Option<String> {
+pub(crate) fn scale_key(name: &str, rank: usize) -> Option<String> {
     let (layer, w) = ffn_parts(name)?;
     Some(format!("{layer}_{w}_{rank}"))
 }
 
 /// `fp8_scales_*.pt` files in a directory, sorted by name.
-pub fn scale_files(dir: &Path) -> Vec<String> {
+pub(crate) fn scale_files(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok())
@@ -129,7 +129,7 @@ impl Fp8Content {
 
 /// Refuse an fp8 source before `command` creates anything: moving fp8 rows between ranks or into
 /// one HF file would need scales that do not exist.
-pub fn refuse(dir: &Path, command: &str) -> Result<()> {
+pub(crate) fn refuse(dir: &Path, command: &str) -> Result<()> {
     let c = Fp8Content::of(dir);
     if !c.is_fp8() {
         return Ok(());
@@ -145,7 +145,7 @@ pub fn refuse(dir: &Path, command: &str) -> Result<()> {
 /// that rank's row scales from `fp8_scales_{rank}.pt` (see `stream::Piece::fp8_scales`), so
 /// streaming it yields `w.float() * scale[row]`. `full` maps Meta names to tensors whose pieces
 /// are in rank order, one per rank.
-pub fn dequantize_on_read<'a>(
+pub(crate) fn dequantize_on_read<'a>(
     dir: &Path,
     n_layers: usize,
     full: impl Iterator<Item = &'a mut FullTensor>,
@@ -199,10 +199,10 @@ pub fn dequantize_on_read<'a>(
     Ok(())
 }
 
-pub use crate::formats::fp8_to_f32 as to_f32;
+pub(crate) use crate::formats::fp8_to_f32 as to_f32;
 
 /// The f32 row scales of one rank, by key, read whole (a few KiB per layer).
-pub fn read_scales(path: &Path) -> Result<Vec<(TensorInfo, Option<Vec<f32>>)>> {
+pub(crate) fn read_scales(path: &Path) -> Result<Vec<(TensorInfo, Option<Vec<f32>>)>> {
     let f = PthFile::open(path)?;
     let mut out = Vec::new();
     for t in f.tensors() {

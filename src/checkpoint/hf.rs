@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 pub struct HfDir {
     pub dir: PathBuf,
-    pub config: Value,
+    config: Value,
     pub params: Params,
     /// config.json's Llama 3.1 rope scaling, with its own values (Meta's params.json only says
     /// whether there is one).
@@ -21,8 +21,6 @@ pub struct HfDir {
     pub files: Vec<SafetensorsFile>,
     /// HF tensor name -> index into `files`.
     pub map: HashMap<String, usize>,
-    /// The index json, when the model is sharded.
-    pub index: Option<Index>,
 }
 
 /// Published (multiple_of, ffn_dim_multiplier) for known (hidden_size, intermediate_size) pairs.
@@ -71,7 +69,7 @@ fn get_usize(c: &Value, key: &str) -> Result<usize> {
 }
 
 /// Meta params for an HF `LlamaForCausalLM` config.
-pub fn params_from_config(c: &Value) -> Result<Params> {
+pub(crate) fn params_from_config(c: &Value) -> Result<Params> {
     if let Some(archs) = c.get("architectures").and_then(Value::as_array) {
         if !archs.iter().any(|a| a.as_str() == Some("LlamaForCausalLM")) {
             let names: Vec<String> = archs
@@ -192,7 +190,6 @@ impl HfDir {
             rope_scaling,
             files,
             map,
-            index,
         })
     }
 
@@ -207,7 +204,7 @@ impl HfDir {
     }
 
     /// HF tensor names in file order.
-    pub fn names(&self) -> Vec<String> {
+    fn names(&self) -> Vec<String> {
         self.files
             .iter()
             .flat_map(|f| f.tensors().map(|t| t.name.clone()))

@@ -294,7 +294,7 @@ impl MetaDir {
 
     /// Groups of ranks that must hold byte-identical copies of `name`: every rank for replicated
     /// tensors, the ranks sharing one kv head when there are more shards than kv heads.
-    pub fn replica_sets(&self, name: &str) -> Result<Vec<Vec<usize>>> {
+    fn replica_sets(&self, name: &str) -> Result<Vec<Vec<usize>>> {
         let w = self.weight(name)?;
         let mp = self.mp();
         if w.split == Split::Replicated {

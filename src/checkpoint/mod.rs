@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! checkpoint/
-//!   mod.rs        Layout, ModelDir (a Meta or HF directory), detect, require_dir
+//!   mod.rs        DirKind, ModelDir (a Meta or HF directory), detect, require_dir
 //!   params.rs     params.json                   hf_config.rs  config.json and its siblings
 //!   checklist.rs  checklist.chk                 hashing.rs    md5 of files, in parallel
 //!   tensors.rs    the one table of a Llama model's tensors (names, split, role, shape, order)
@@ -37,12 +37,13 @@ use crate::formats::DType;
 use anyhow::{anyhow, bail, Result};
 use std::path::Path;
 
-/// How q/k rows are ordered in a directory's files (which rotary convention they expect).
+/// Which kind of model directory: Meta's or Hugging Face's. The kind also fixes how the q/k rows
+/// are ordered in its files, i.e. the rotary convention they expect (the runner's `RopePairing`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Layout {
-    /// Meta: rotary on adjacent pairs.
+pub enum DirKind {
+    /// Meta: params.json, consolidated.NN.pth; rotary on adjacent pairs.
     Meta,
-    /// Hugging Face: rotary on halves.
+    /// Hugging Face: config.json, safetensors; q/k rows permuted for rotary on halves.
     Hf,
 }
 
@@ -73,12 +74,12 @@ pub fn require_dir(dir: &Path) -> Result<()> {
 }
 
 /// What kind of directory `dir` looks like, without opening any weights.
-pub fn detect(dir: &Path) -> Result<Layout> {
+pub fn detect(dir: &Path) -> Result<DirKind> {
     require_dir(dir)?;
     if dir.join("params.json").exists() {
-        Ok(Layout::Meta)
+        Ok(DirKind::Meta)
     } else if dir.join("config.json").exists() {
-        Ok(Layout::Hf)
+        Ok(DirKind::Hf)
     } else {
         bail!(
             "{}: neither a Meta checkpoint (params.json) nor a Hugging Face model (config.json)",
@@ -90,15 +91,15 @@ pub fn detect(dir: &Path) -> Result<Layout> {
 impl ModelDir {
     pub fn open(dir: &Path) -> Result<Self> {
         Ok(match detect(dir)? {
-            Layout::Meta => ModelDir::Meta(meta::MetaDir::open(dir)?),
-            Layout::Hf => ModelDir::Hf(hf::HfDir::open(dir)?),
+            DirKind::Meta => ModelDir::Meta(meta::MetaDir::open(dir)?),
+            DirKind::Hf => ModelDir::Hf(hf::HfDir::open(dir)?),
         })
     }
 
-    pub fn layout(&self) -> Layout {
+    pub fn kind(&self) -> DirKind {
         match self {
-            ModelDir::Meta(_) => Layout::Meta,
-            ModelDir::Hf(_) => Layout::Hf,
+            ModelDir::Meta(_) => DirKind::Meta,
+            ModelDir::Hf(_) => DirKind::Hf,
         }
     }
 
@@ -122,13 +123,6 @@ impl ModelDir {
         match self {
             ModelDir::Meta(m) => m.params.rope_scaling(),
             ModelDir::Hf(h) => h.rope_scaling,
-        }
-    }
-
-    pub fn hf_config(&self) -> Option<&serde_json::Value> {
-        match self {
-            ModelDir::Meta(_) => None,
-            ModelDir::Hf(h) => Some(&h.config),
         }
     }
 

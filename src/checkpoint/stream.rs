@@ -101,7 +101,7 @@ impl FullTensor {
 
 /// Give the verdicts of the read checks on every file the tensors were read from (see
 /// [`crate::formats::integrity`]), each file once, reading only what the work did not.
-pub fn finish_checks<'a>(tensors: impl IntoIterator<Item = &'a FullTensor>) -> Result<()> {
+pub(crate) fn finish_checks<'a>(tensors: impl IntoIterator<Item = &'a FullTensor>) -> Result<()> {
     use rayon::prelude::*;
     let mut seen = std::collections::HashSet::new();
     let sources: Vec<&Arc<Source>> = tensors
@@ -131,21 +131,21 @@ pub struct Region<'a> {
 
 /// What a cast had to change.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct CastStats {
+pub(crate) struct CastStats {
     /// Finite values beyond the target's range, clamped to its largest finite value.
     pub overflowed: u64,
 }
 
 /// Reusable buffers, one set per writing thread.
 #[derive(Default)]
-pub struct Buffers {
+pub(crate) struct Buffers {
     read: Vec<u8>,
     asm: Vec<u8>,
     out: Vec<u8>,
 }
 
 /// Stream `region` of `t` to `w`, cast to `to` when given.
-pub fn write_region(
+pub(crate) fn write_region(
     t: &FullTensor,
     region: &Region,
     to: Option<DType>,
@@ -293,7 +293,7 @@ fn fp8_e4m3(b: u8) -> f32 {
 }
 
 /// Convert a little-endian float buffer between BF16, F16 and F32.
-pub fn cast(
+pub(crate) fn cast(
     src: &[u8],
     from: DType,
     to: DType,

@@ -49,7 +49,7 @@ pub enum Part {
 
 /// One length of a weight's shape, in terms of the model's sizes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dim {
+enum Dim {
     /// `dim`, the residual width.
     Model,
     /// `n_heads * head_dim`.
@@ -75,7 +75,7 @@ pub struct Sizes {
 }
 
 impl Sizes {
-    pub fn len(&self, d: Dim) -> usize {
+    fn len(&self, d: Dim) -> usize {
         match d {
             Dim::Model => self.dim,
             Dim::QHeads => self.n_heads * self.head_dim,
@@ -98,13 +98,13 @@ pub struct Entry {
     pub part: Part,
     pub meta: &'static str,
     /// None: Hugging Face models do not store it.
-    pub hf: Option<&'static str>,
+    hf: Option<&'static str>,
     /// None: GGUF files do not store it under a name derived from the Meta one.
-    pub gguf: Option<&'static str>,
+    gguf: Option<&'static str>,
     /// The embedding's split depends on the checkpoint (see [`rule_for`]); this is Llama 3's.
-    pub split: Split,
-    pub role: Role,
-    pub shape: &'static [Dim],
+    split: Split,
+    role: Role,
+    shape: &'static [Dim],
     /// Position in transformers' `LlamaForCausalLM.state_dict()` order (module registration
     /// order: q, k, v, o, gate, up, down, the two norms), which is the order it shards in.
     pub hf_rank: u8,
@@ -149,7 +149,7 @@ pub const LAYER_WEIGHTS: [Entry; 9] = [
 
 /// The tensors outside the blocks, in Meta's state-dict order (the embedding before the blocks,
 /// the rest after them).
-pub const MODEL_WEIGHTS: [Entry; 4] = [
+const MODEL_WEIGHTS: [Entry; 4] = [
     Entry {
         part: Part::Embedding,
         meta: "tok_embeddings.weight",
@@ -237,7 +237,7 @@ impl Part {
     }
 
     /// One of the weights every transformer block has.
-    pub fn in_blocks(self) -> bool {
+    fn in_blocks(self) -> bool {
         LAYER_WEIGHTS.iter().any(|e| e.part == self)
     }
 
@@ -256,7 +256,7 @@ pub enum Naming {
 
 impl Naming {
     /// The layer prefix (before the layer number).
-    pub fn prefix(self) -> &'static str {
+    fn prefix(self) -> &'static str {
         match self {
             Naming::Meta => "layers.",
             Naming::Hf => "model.layers.",

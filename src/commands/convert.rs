@@ -1,6 +1,6 @@
 //! `llamactl convert --to hf|meta SRC_DIR DST_DIR` (see CLI.md): resolves the flags, runs
 //! `ops::convert` (weights, tokenizer files, checklist) into an atomic output, and prints the report.
-use super::reporters::{Options as Shown, ProgressReporter};
+use super::reporters::{ProgressReporter, Shown};
 use crate::checkpoint::fp8;
 use crate::checkpoint::tensors::Part;
 use crate::cli::{ConvertArgs, ConvertTo};
@@ -14,7 +14,7 @@ use std::time::Instant;
 
 mod gguf;
 
-pub fn run(args: &ConvertArgs) -> Result<i32> {
+pub(crate) fn run(args: &ConvertArgs) -> Result<i32> {
     let want = match args.to {
         ConvertTo::Hf => Want::Meta,
         ConvertTo::Meta => Want::Hf,

@@ -87,7 +87,7 @@ fn run_step(exe: &Path, n: usize, total: usize, step: &Step) -> Result<Outcome> 
     }
 }
 
-pub fn run(args: &DemoArgs) -> Result<i32> {
+pub(crate) fn run(args: &DemoArgs) -> Result<i32> {
     let fixture = find_fixture()?;
     let exe = std::env::current_exe().context("cannot locate the llamactl binary")?;
     let tmp = tempfile::Builder::new()

@@ -5,7 +5,7 @@
 //! (an expired link is refused); `LICENSE`, `USE_POLICY` and each model's `checklist.chk` come first;
 //! then every other file, `--jobs` at a time, each verified against the checklist before it gets its
 //! final name. A 403 stops new transfers (the link is spent) and keeps every part for the next run.
-use super::reporters::{Options as Shown, ProgressReporter};
+use super::reporters::{ProgressReporter, Shown};
 use crate::checkpoint::hashing::md5_file;
 use crate::cli::DownloadArgs;
 use crate::error::{self, Fail};
@@ -117,7 +117,7 @@ struct ManifestDoc {
     sizes: BTreeMap<String, u64>,
 }
 
-pub fn run(args: &DownloadArgs) -> Result<i32> {
+pub(crate) fn run(args: &DownloadArgs) -> Result<i32> {
     if args.jobs == 0 || args.connections == 0 {
         bail!("--jobs and --connections must be at least 1");
     }

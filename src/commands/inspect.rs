@@ -6,7 +6,7 @@
 //! rank NN.
 use crate::checkpoint::layout::Split;
 use crate::checkpoint::meta::MetaDir;
-use crate::checkpoint::{self, fp8, meta, Layout};
+use crate::checkpoint::{self, fp8, meta, DirKind};
 use crate::cli::InspectArgs;
 use crate::formats::gguf::{self, GgufFile};
 use crate::formats::pth::PthFile;
@@ -55,7 +55,7 @@ struct Report {
     fp8_scales: Vec<String>,
 }
 
-pub fn run(args: &InspectArgs) -> Result<i32> {
+pub(crate) fn run(args: &InspectArgs) -> Result<i32> {
     if args.path.is_file() && gguf::is_gguf(&args.path) {
         return inspect_gguf(args);
     }
@@ -216,8 +216,8 @@ fn inspect_gguf(args: &InspectArgs) -> Result<i32> {
 fn collect(path: &Path) -> Result<Report> {
     if path.is_dir() {
         return match checkpoint::detect(path)? {
-            Layout::Meta => collect_meta(path),
-            Layout::Hf => {
+            DirKind::Meta => collect_meta(path),
+            DirKind::Hf => {
                 let config: Value = read_json(&path.join("config.json"))?;
                 let index = path.join("model.safetensors.index.json");
                 let files: Vec<PathBuf> = if index.exists() {

@@ -7,7 +7,7 @@ use crate::human::human_bytes;
 use crate::store::catalog::{self, Source};
 use anyhow::Result;
 
-pub fn run(args: &ListArgs) -> Result<i32> {
+pub(crate) fn run(args: &ListArgs) -> Result<i32> {
     super::note_stale(&crate::output::stale_temps(&args.dir, None));
     let rows: Vec<_> = catalog::MODELS
         .iter()

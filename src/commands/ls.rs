@@ -7,7 +7,7 @@ use crate::store::{check, Roots};
 use anyhow::Result;
 use serde_json::json;
 
-pub fn run(args: &LsArgs) -> Result<i32> {
+pub(crate) fn run(args: &LsArgs) -> Result<i32> {
     let roots = Roots::from_env()?;
     let mut inv = scan::scan(&roots, &args.dir);
     if args.verify {

@@ -7,7 +7,7 @@ use crate::store::Roots;
 use anyhow::Result;
 use std::path::PathBuf;
 
-pub fn run(args: &PruneArgs) -> Result<i32> {
+pub(crate) fn run(args: &PruneArgs) -> Result<i32> {
     let roots = Roots::from_env()?;
     let opts = PruneOptions {
         partials: args.partials,

@@ -1,6 +1,6 @@
 //! `llamactl pull` (see CLI.md): a repo from the Hugging Face Hub into the cache `huggingface_hub`
 //! uses (or into `--local-dir`), files in parallel, LFS files sha256-checked while streaming.
-use super::reporters::{Options as Shown, ProgressReporter};
+use super::reporters::{ProgressReporter, Shown};
 use crate::cli::PullArgs;
 use crate::human::human_bytes;
 use crate::net::config::NetConfig;
@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-pub fn run(args: &PullArgs) -> Result<i32> {
+pub(crate) fn run(args: &PullArgs) -> Result<i32> {
     if args.jobs == 0 {
         bail!("--jobs 0: need at least one");
     }

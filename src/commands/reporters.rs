@@ -29,20 +29,20 @@ pub(crate) enum FinishLines {
 }
 
 /// How a command wants its progress shown.
-pub(crate) struct Options {
+pub(crate) struct Shown {
     /// Starts each status line, e.g. "progress", "verify", "pull".
-    pub head: &'static str,
+    head: &'static str,
     /// How many tasks the run will have and what they are ("files", "shards"): adds an "N of M"
     /// count to the status line and a total bar under the task bars.
-    pub count: Option<(usize, &'static str)>,
+    count: Option<(usize, &'static str)>,
     /// The run's bytes, when known before any task starts (else the sum of the tasks' sizes).
-    pub total: Option<u64>,
-    pub finish_lines: FinishLines,
+    total: Option<u64>,
+    finish_lines: FinishLines,
     /// Messages and notes start with `HEAD: ` too (for a command whose every line is tagged).
-    pub tag_messages: bool,
+    tag_messages: bool,
 }
 
-impl Options {
+impl Shown {
     pub(crate) fn new(head: &'static str) -> Self {
         Self {
             head,
@@ -91,7 +91,7 @@ struct Counters {
 }
 
 struct Shared {
-    opts: Options,
+    shown: Shown,
     interval: Duration,
     started: Instant,
     counters: Counters,
@@ -114,15 +114,15 @@ pub(crate) struct ProgressReporter {
 
 impl ProgressReporter {
     /// Bars when stderr is a terminal, plain lines otherwise.
-    pub(crate) fn stderr(opts: Options) -> Self {
+    pub(crate) fn stderr(shown: Shown) -> Self {
         let interval = std::env::var("LLAMACTL_PROGRESS_INTERVAL_MS")
             .ok()
             .and_then(|v| v.parse().ok())
             .map_or(DEFAULT_INTERVAL, Duration::from_millis);
         let bars = std::io::stderr().is_terminal().then(|| {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-            let total = opts.count.map(|_| {
-                let total = multi.add(ProgressBar::new(opts.total.unwrap_or(0)));
+            let total = shown.count.map(|_| {
+                let total = multi.add(ProgressBar::new(shown.total.unwrap_or(0)));
                 total.set_style(style(
                     "{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
                 ));
@@ -134,7 +134,7 @@ impl ProgressReporter {
         });
         let plain = bars.is_none();
         let shared = Arc::new(Shared {
-            opts,
+            shown,
             interval,
             started: Instant::now(),
             counters: Counters::default(),
@@ -251,8 +251,8 @@ impl PlainThread {
 impl Shared {
     /// A line for the user, above the bars when there are bars.
     fn line(&self, msg: &str) {
-        let msg = if self.opts.tag_messages {
-            format!("{}: {msg}", self.opts.head)
+        let msg = if self.shown.tag_messages {
+            format!("{}: {msg}", self.shown.head)
         } else {
             msg.to_string()
         };
@@ -266,7 +266,7 @@ impl Shared {
 
     /// The run's total bytes so far.
     fn total(&self) -> u64 {
-        self.opts
+        self.shown
             .total
             .unwrap_or_else(|| self.counters.total.load(Ordering::Relaxed))
     }
@@ -277,8 +277,8 @@ impl Shared {
         let total = self.total();
         let fetched = c.fetched.load(Ordering::Relaxed);
         let rate = fetched as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
-        let mut line = format!("{}: ", self.opts.head);
-        let expected = match self.opts.count {
+        let mut line = format!("{}: ", self.shown.head);
+        let expected = match self.shown.count {
             Some((n, unit)) => {
                 let finished = c.finished.load(Ordering::Relaxed);
                 line.push_str(&format!("{finished} of {n} {unit}, "));
@@ -291,7 +291,7 @@ impl Shared {
                 c.started.load(Ordering::Relaxed)
             }
         };
-        let total_final = self.opts.total.is_some() || c.sized.load(Ordering::Relaxed) >= expected;
+        let total_final = self.shown.total.is_some() || c.sized.load(Ordering::Relaxed) >= expected;
         // A writer may count its container's own bytes (zip records) beyond the payload sizes.
         let done = if total_final { done.min(total) } else { done };
         line.push_str(&human_bytes(done));
@@ -412,7 +412,7 @@ impl TaskReport {
             self.len.load(Ordering::Relaxed),
         );
         let took = self.started.elapsed();
-        let line = match sh.opts.finish_lines {
+        let line = match sh.shown.finish_lines {
             FinishLines::Never => false,
             FinishLines::Long => took >= sh.interval,
             FinishLines::Always => true,
@@ -460,9 +460,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
-    fn plain(opts: Options) -> Arc<Shared> {
+    fn plain(shown: Shown) -> Arc<Shared> {
         Arc::new(Shared {
-            opts,
+            shown,
             interval: DEFAULT_INTERVAL,
             started: Instant::now(),
             counters: Counters::default(),
@@ -481,7 +481,7 @@ mod tests {
 
     #[test]
     fn status_line_counts_tasks_and_says_when_the_total_is_not_final() {
-        let sh = plain(Options::new("progress").count(2, "files"));
+        let sh = plain(Shown::new("progress").count(2, "files"));
         let a = task(&sh, "a", Some(400));
         a.set_position(100);
         let line = sh.status_line();
@@ -501,7 +501,7 @@ mod tests {
 
     #[test]
     fn status_line_names_the_one_running_task() {
-        let sh = plain(Options::new("verify"));
+        let sh = plain(Shown::new("verify"));
         let t = task(&sh, "md5", Some(1000));
         t.advance(250);
         let line = sh.status_line();
@@ -517,7 +517,7 @@ mod tests {
 
     #[test]
     fn a_total_given_up_front_is_final_from_the_start() {
-        let sh = plain(Options::new("pull").count(3, "files").total(1000));
+        let sh = plain(Shown::new("pull").count(3, "files").total(1000));
         let t = task(&sh, "a", Some(100));
         t.set_position(100);
         t.finish();
@@ -530,7 +530,7 @@ mod tests {
 
     #[test]
     fn a_dropped_task_counts_as_finished() {
-        let sh = plain(Options::new("progress"));
+        let sh = plain(Shown::new("progress"));
         drop(task(&sh, "x", None));
         assert_eq!(sh.counters.finished.load(Ordering::Relaxed), 1);
         assert!(lock(&sh.running).is_empty());

@@ -1,6 +1,6 @@
 //! `llamactl reshard` (see CLI.md): argument checks, the output directory, progress; the work
 //! (shards, params.json, tokenizer.model, checklist.chk) is `ops::reshard`.
-use super::reporters::{FinishLines, Options as Shown, ProgressReporter};
+use super::reporters::{FinishLines, ProgressReporter, Shown};
 use crate::checkpoint::checklist::Entry;
 use crate::checkpoint::fp8;
 use crate::cli::ReshardArgs;
@@ -15,7 +15,7 @@ use std::time::Instant;
 /// Default `--jobs` is the number of cores, at most this.
 const MAX_DEFAULT_JOBS: usize = 6;
 
-pub fn run(args: &ReshardArgs) -> Result<i32> {
+pub(crate) fn run(args: &ReshardArgs) -> Result<i32> {
     if args.mp == 0 {
         bail!("--mp must be at least 1");
     }

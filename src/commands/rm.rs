@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
-pub fn run(args: &RmArgs) -> Result<i32> {
+pub(crate) fn run(args: &RmArgs) -> Result<i32> {
     let roots = Roots::from_env()?;
     let (entry, rev) = find(&roots, args)?;
     let lock = remove::lock_for_removal(&roots, &entry.path, &entry.name)?;

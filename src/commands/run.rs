@@ -11,7 +11,7 @@ use crate::runner::generate::{generate, GenParams, Generation, Stats, Step};
 use crate::runner::gguf::GgufModel;
 use crate::runner::kv_cache::KvCache;
 use crate::runner::memory::MemoryPlan;
-use crate::runner::model::{stored_dtype, Config, Llama, Precision, RopeLayout};
+use crate::runner::model::{stored_dtype, Config, Llama, Precision, RopePairing};
 use crate::runner::weights::{weight_bytes, DirWeights, WeightBytes};
 use crate::tokenizer::{AllowedSpecial, Tokenizer};
 use anyhow::{anyhow, bail, Context, Result};
@@ -209,10 +209,10 @@ fn load(dir: &Path, args: &RunArgs) -> Result<Session> {
     eprintln!(
         "loading {} ({} layout, {} layers, dim {}, {} heads / {} kv heads) on {}",
         dir.display(),
-        match (&ckpt, cfg.rope_layout) {
+        match (&ckpt, cfg.rope_pairing) {
             (Checkpoint::Gguf(_), _) => "GGUF",
-            (_, RopeLayout::AdjacentPairs) => "Meta",
-            (_, RopeLayout::Halves) => "HF",
+            (_, RopePairing::AdjacentPairs) => "Meta",
+            (_, RopePairing::Halves) => "HF",
         },
         cfg.n_layers,
         cfg.dim,

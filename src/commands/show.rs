@@ -6,7 +6,7 @@ use crate::store::{describe, resolve};
 use anyhow::Result;
 use serde_json::Value;
 
-pub fn run(args: &ShowArgs) -> Result<i32> {
+pub(crate) fn run(args: &ShowArgs) -> Result<i32> {
     let path = resolve::model_path(&args.model, resolve::Want::Any)?;
     let mut doc = describe::describe(&path)?;
     doc["model"] = Value::String(args.model.display().to_string());

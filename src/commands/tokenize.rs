@@ -10,7 +10,7 @@ use crate::tokenizer::{AllowedSpecial, Tokenizer};
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{Read, Write};
 
-pub fn run(args: &TokenizeArgs) -> Result<i32> {
+pub(crate) fn run(args: &TokenizeArgs) -> Result<i32> {
     if args.chat.is_some() && args.decode {
         bail!(
             "--chat and --decode cannot be combined (decode the ids a --chat run printed instead)"

@@ -1,13 +1,13 @@
 //! `llamactl verify DIR|FILE.gguf [--json] [--deep] [--no-md5] [--jobs N]`: the checks live in
 //! `ops::verify`; this renders them as a table, JSON, and GitHub Actions annotations.
-use super::reporters::{FinishLines, Options as Shown, ProgressReporter};
+use super::reporters::{FinishLines, ProgressReporter, Shown};
 use crate::cli::VerifyArgs;
 use crate::formats::gguf;
 use crate::ops::verify::{self, CheckState, Options, Report};
 use crate::store::{resolve, resolve::Want};
 use anyhow::{bail, Result};
 
-pub fn run(args: &VerifyArgs) -> Result<i32> {
+pub(crate) fn run(args: &VerifyArgs) -> Result<i32> {
     let args = &VerifyArgs {
         dir: resolve::model_path(&args.dir, Want::Any)?,
         ..args.clone()

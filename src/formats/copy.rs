@@ -55,7 +55,7 @@ impl Source {
     }
 
     /// Whether reads are being checked (kernel-side copies would bypass the check).
-    pub fn checks_reads(&self) -> bool {
+    fn checks_reads(&self) -> bool {
         self.lock_expect().is_some()
     }
 
@@ -231,7 +231,7 @@ impl Write for CrcWriter<'_> {
 /// Bytes per block handed from the caller to the md5 thread and on to the disk: large enough
 /// that a direct write keeps the device busy, small enough that a few per output file stay
 /// far inside the memory budget even with many shards written at once.
-pub const BLOCK: usize = 4 << 20;
+const BLOCK: usize = 4 << 20;
 
 /// Blocks per file: one being filled, one being hashed, one being written, and three queued so
 /// a stall on either side (a read waiting for the disk, a write waiting for the device) does not

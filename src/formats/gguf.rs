@@ -9,10 +9,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-pub const MAGIC: &[u8; 4] = b"GGUF";
-pub const VERSION: u32 = 3;
+const MAGIC: &[u8; 4] = b"GGUF";
+const VERSION: u32 = 3;
 /// Data alignment when `general.alignment` is absent.
-pub const DEFAULT_ALIGNMENT: u64 = 32;
+const DEFAULT_ALIGNMENT: u64 = 32;
 
 /// A GGML tensor type, by its number in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -83,11 +83,6 @@ impl GgmlType {
         self.entry().map(|e| e.2)
     }
 
-    /// Bytes of one block.
-    pub fn block_bytes(self) -> Option<u64> {
-        self.entry().map(|e| e.3)
-    }
-
     /// Whether values are stored in blocks with scales (everything but the plain float and
     /// integer types).
     pub fn is_quantized(self) -> bool {
@@ -102,7 +97,7 @@ impl GgmlType {
     }
 
     /// Bytes of a tensor with this shape (any dim order; the innermost is given separately).
-    pub fn tensor_bytes(self, innermost: u64, numel: u64) -> Option<u64> {
+    fn tensor_bytes(self, innermost: u64, numel: u64) -> Option<u64> {
         if innermost == 0 {
             return Some(0);
         }
@@ -113,19 +108,19 @@ impl GgmlType {
 
 /// Metadata value types, by their number in the file.
 mod vt {
-    pub const U8: u32 = 0;
-    pub const I8: u32 = 1;
-    pub const U16: u32 = 2;
-    pub const I16: u32 = 3;
-    pub const U32: u32 = 4;
-    pub const I32: u32 = 5;
-    pub const F32: u32 = 6;
-    pub const BOOL: u32 = 7;
-    pub const STRING: u32 = 8;
-    pub const ARRAY: u32 = 9;
-    pub const U64: u32 = 10;
-    pub const I64: u32 = 11;
-    pub const F64: u32 = 12;
+    pub(super) const U8: u32 = 0;
+    pub(super) const I8: u32 = 1;
+    pub(super) const U16: u32 = 2;
+    pub(super) const I16: u32 = 3;
+    pub(super) const U32: u32 = 4;
+    pub(super) const I32: u32 = 5;
+    pub(super) const F32: u32 = 6;
+    pub(super) const BOOL: u32 = 7;
+    pub(super) const STRING: u32 = 8;
+    pub(super) const ARRAY: u32 = 9;
+    pub(super) const U64: u32 = 10;
+    pub(super) const I64: u32 = 11;
+    pub(super) const F64: u32 = 12;
 }
 
 /// A metadata value.
@@ -402,7 +397,7 @@ pub struct GgufFile {
     pub version: u32,
     pub kvs: Vec<(String, Value)>,
     pub tensors: Vec<TensorInfo>,
-    pub alignment: u64,
+    alignment: u64,
     /// File offset of the data section.
     pub data_offset: u64,
     pub file_len: u64,

@@ -86,7 +86,7 @@ impl DType {
     /// The legacy typed-storage class torch.save names in `data.pkl` (`torch.BFloat16Storage`).
     /// Types newer than typed storages have none: torch writes them with `_rebuild_tensor_v3` over
     /// an `UntypedStorage` and names the dtype instead.
-    pub fn torch_storage(self) -> Option<&'static str> {
+    fn torch_storage(self) -> Option<&'static str> {
         Some(match self {
             DType::BF16 => "BFloat16Storage",
             DType::F16 => "HalfStorage",
@@ -102,7 +102,7 @@ impl DType {
         })
     }
 
-    pub fn from_torch_storage(class: &str) -> Option<DType> {
+    fn from_torch_storage(class: &str) -> Option<DType> {
         DType::ALL
             .iter()
             .copied()
@@ -110,7 +110,7 @@ impl DType {
     }
 
     /// The torch dtype object's name (`torch.float8_e4m3fn`), as `_rebuild_tensor_v3` pickles name it.
-    pub fn torch_dtype(self) -> &'static str {
+    fn torch_dtype(self) -> &'static str {
         match self {
             DType::BF16 => "bfloat16",
             DType::F16 => "float16",
@@ -131,7 +131,7 @@ impl DType {
     }
 
     /// torch dtype objects (`torch.bfloat16`) as they appear in pickles.
-    pub fn from_torch_dtype(name: &str) -> Option<DType> {
+    fn from_torch_dtype(name: &str) -> Option<DType> {
         Some(match name {
             "bfloat16" => DType::BF16,
             "float16" | "half" => DType::F16,
@@ -169,12 +169,12 @@ impl std::fmt::Display for DType {
 }
 
 /// Number of elements of a shape (1 for a scalar), or None on overflow.
-pub fn numel(shape: &[usize]) -> Option<usize> {
+fn numel(shape: &[usize]) -> Option<usize> {
     shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
 }
 
 /// Row-major (C-contiguous) strides for a shape, in elements.
-pub fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
+fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
     let mut strides = vec![0; shape.len()];
     let mut acc = 1usize;
     for (s, &d) in strides.iter_mut().zip(shape).rev() {
@@ -191,7 +191,7 @@ pub struct TensorInfo {
     pub dtype: DType,
     pub shape: Vec<usize>,
     /// Strides in elements.
-    pub stride: Vec<usize>,
+    stride: Vec<usize>,
     /// The storage record (`data/<key>` in a .pth; the tensor's own name in safetensors).
     pub storage_key: String,
     /// Offset into the storage, in elements.
@@ -199,7 +199,7 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
-    pub fn numel(&self) -> usize {
+    fn numel(&self) -> usize {
         numel(&self.shape).unwrap_or(usize::MAX)
     }
 

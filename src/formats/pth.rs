@@ -386,11 +386,6 @@ impl<W: Write> PthWriter<W> {
         Ok(me)
     }
 
-    /// The tensors still to be written, in order.
-    pub fn pending(&self) -> &[TensorSpec] {
-        &self.specs[self.next..]
-    }
-
     /// Write the next tensor's bytes. `fill` must write exactly the tensor's byte size.
     pub fn write_tensor(
         &mut self,

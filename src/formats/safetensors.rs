@@ -58,7 +58,6 @@ pub struct SafetensorsFile {
     mmap: memmap2::Mmap,
     tensors: Vec<(TensorInfo, u64)>,
     index: HashMap<String, usize>,
-    metadata: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for SafetensorsFile {
@@ -113,19 +112,12 @@ impl SafetensorsFile {
                 data_start + info.data_offsets.0 as u64,
             ));
         }
-        let metadata = meta
-            .metadata()
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
         Ok(Self {
             path: path.to_path_buf(),
             source: Arc::new(source),
             mmap,
             tensors,
             index,
-            metadata,
         })
     }
 
@@ -140,10 +132,6 @@ impl SafetensorsFile {
 
     pub fn get(&self, name: &str) -> Option<&TensorInfo> {
         self.index.get(name).map(|&i| &self.tensors[i].0)
-    }
-
-    pub fn metadata(&self) -> &BTreeMap<String, String> {
-        &self.metadata
     }
 
     pub fn source(&self) -> &Arc<Source> {
@@ -322,7 +310,6 @@ mod tests {
         std::fs::write(&p, &ours).unwrap();
         let f = SafetensorsFile::open(&p).unwrap();
         assert_eq!(f.bytes("z.weight").unwrap(), &a[..]);
-        assert_eq!(f.metadata()["format"], "pt");
     }
 
     #[test]

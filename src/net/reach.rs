@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 /// Why a connection could not be made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cause {
+enum Cause {
     Dns,
     Refused,
     Tls,
@@ -33,19 +33,19 @@ impl std::fmt::Display for Cause {
 
 /// A request that got no answer at all from `host`.
 #[derive(Debug, Clone)]
-pub struct ConnectFailure {
+pub(crate) struct ConnectFailure {
     /// `host` or `host:port`; never carries a path or query.
-    pub host: String,
-    pub cause: Cause,
+    host: String,
+    cause: Cause,
     /// The lower layers' words, URL removed and secrets redacted.
-    pub detail: String,
+    detail: String,
     /// `host:port` with the scheme's default port, the key of [`mark_reached`].
     origin: String,
 }
 
 /// The request failed before any answer: which host and why. `None` for failures after the
 /// response began (those are not first-contact failures).
-pub fn connect_failure(e: &reqwest::Error, detail: &str) -> Option<ConnectFailure> {
+pub(crate) fn connect_failure(e: &reqwest::Error, detail: &str) -> Option<ConnectFailure> {
     let url = e.url()?;
     let no_answer = e.is_connect() || (e.is_timeout() && !e.is_body() && !e.is_decode());
     if !no_answer {
@@ -111,7 +111,7 @@ fn host_key(url: &str) -> Option<String> {
 }
 
 /// Record that `url`'s host answered (any HTTP status): from now on its failures are patient.
-pub fn mark_reached(url: &str) {
+pub(crate) fn mark_reached(url: &str) {
     if let Some(k) = host_key(url) {
         let mut set = REACHED.lock().unwrap_or_else(|e| e.into_inner());
         set.get_or_insert_with(HashSet::new).insert(k);
@@ -127,9 +127,9 @@ fn origin_reached(origin: &str) -> bool {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("cannot reach {}: {} ({}); gave up after {} in {:.1}s", .failure.host, .failure.cause, .failure.detail, tries_phrase(*.tries), .elapsed.as_secs_f64())]
 pub struct Unreachable {
-    pub failure: ConnectFailure,
-    pub tries: u32,
-    pub elapsed: Duration,
+    failure: ConnectFailure,
+    tries: u32,
+    elapsed: Duration,
 }
 
 fn tries_phrase(n: u32) -> String {
@@ -141,7 +141,7 @@ fn tries_phrase(n: u32) -> String {
 
 /// The quick retry policy for a host that has not answered yet.
 #[derive(Debug)]
-pub struct FirstContact {
+pub(crate) struct FirstContact {
     tries: u32,
     limit: u32,
     started: Instant,
@@ -155,16 +155,16 @@ impl Default for FirstContact {
 
 impl FirstContact {
     /// Tries in all before giving up.
-    pub const TRIES: u32 = 3;
+    const TRIES: u32 = 3;
     /// Giving up must happen within this long of the first try.
-    pub const BUDGET: Duration = Duration::from_secs(15);
+    const BUDGET: Duration = Duration::from_secs(15);
 
-    pub fn new() -> Self {
+    fn new() -> Self {
         Self::at_most(Self::TRIES)
     }
 
     /// At most `tries` tries (at least one; never more than [`Self::TRIES`]).
-    pub fn at_most(tries: u32) -> Self {
+    pub(crate) fn at_most(tries: u32) -> Self {
         Self {
             tries: 0,
             limit: tries.clamp(1, Self::TRIES),
@@ -175,7 +175,7 @@ impl FirstContact {
     /// Count one failed try. `Err` when it is time to give up, else how long to wait first;
     /// `None` when the host answered earlier in this run (the caller's patient policy applies).
     /// A try that could take `connect_timeout` is not started when it would end past the budget.
-    pub fn failed(
+    pub(crate) fn failed(
         &mut self,
         f: &ConnectFailure,
         connect_timeout: Duration,

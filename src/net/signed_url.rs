@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Query parameters whose values are credentials and must never be printed: CloudFront's, and
 /// S3 presigned URLs' (where Hub downloads are redirected).
-pub const SECRET_PARAMS: [&str; 6] = [
+const SECRET_PARAMS: [&str; 6] = [
     "Policy",
     "Signature",
     "Key-Pair-Id",
@@ -22,7 +22,7 @@ pub const SECRET_PARAMS: [&str; 6] = [
 
 /// A signed link with a `*` placeholder for the object path.
 #[derive(Clone)]
-pub struct SignedUrl {
+pub(crate) struct SignedUrl {
     raw: String,
 }
 
@@ -35,7 +35,7 @@ impl std::fmt::Debug for SignedUrl {
 impl SignedUrl {
     /// Check the shape of a link as pasted from the email (surrounding whitespace and quotes are
     /// forgiven, since the prompt invites copy-paste).
-    pub fn parse(raw: &str) -> Result<Self> {
+    pub(crate) fn parse(raw: &str) -> Result<Self> {
         let raw = raw.trim().trim_matches(|c| c == '"' || c == '\'').trim();
         if raw.is_empty() {
             bail!("the download URL is empty");
@@ -58,23 +58,23 @@ impl SignedUrl {
     }
 
     /// The URL of one object: the first `*` replaced by `path` (as download.sh does).
-    pub fn for_path(&self, path: &str) -> String {
+    pub(crate) fn for_path(&self, path: &str) -> String {
         self.raw.replacen('*', path, 1)
     }
 
     /// The link as it may be shown: credentials replaced.
-    pub fn display(&self) -> String {
+    pub(crate) fn display(&self) -> String {
         redact(&self.raw)
     }
 
     /// Expiry from the CloudFront Policy; `Ok(None)` when the link carries no Policy.
-    pub fn expiry(&self) -> Result<Option<SystemTime>> {
+    pub(crate) fn expiry(&self) -> Result<Option<SystemTime>> {
         policy_expiry(&self.raw)
     }
 }
 
 /// The value of a query parameter, if present (no percent-decoding: CloudFront values are URL-safe).
-pub fn query_param<'a>(url: &'a str, name: &str) -> Option<&'a str> {
+fn query_param<'a>(url: &'a str, name: &str) -> Option<&'a str> {
     let query = url.split_once('?')?.1;
     let query = query.split('#').next().unwrap_or(query);
     query.split('&').find_map(|pair| {
@@ -84,7 +84,7 @@ pub fn query_param<'a>(url: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// Decode a CloudFront policy parameter to its JSON text.
-pub fn decode_policy(policy: &str) -> Result<String> {
+fn decode_policy(policy: &str) -> Result<String> {
     let std_b64: String = policy
         .chars()
         .map(|c| match c {
@@ -102,7 +102,7 @@ pub fn decode_policy(policy: &str) -> Result<String> {
 }
 
 /// Expiry of a signed URL from its Policy; `Ok(None)` when the URL has no Policy parameter.
-pub fn policy_expiry(url: &str) -> Result<Option<SystemTime>> {
+pub(crate) fn policy_expiry(url: &str) -> Result<Option<SystemTime>> {
     let Some(policy) = query_param(url, "Policy") else {
         return Ok(None);
     };
@@ -124,7 +124,7 @@ pub fn policy_expiry(url: &str) -> Result<Option<SystemTime>> {
 /// Replace the values of credential parameters (`Policy=`, `Signature=`, `Key-Pair-Id=`, any
 /// case) and the userinfo of any URL (`http://user:PASS@host/` becomes `http://REDACTED@host/`)
 /// wherever they occur in `text`, including inside error messages that embed a URL.
-pub fn redact(text: &str) -> String {
+pub(crate) fn redact(text: &str) -> String {
     redact_params(&redact_userinfo(text))
 }
 

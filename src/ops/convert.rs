@@ -37,10 +37,10 @@ const HF_TOKENIZER_FILES: [&str; 3] = [
 ];
 
 /// transformers' default `max_shard_size` ("5GB", decimal).
-pub const DEFAULT_MAX_SHARD: u64 = 5_000_000_000;
+pub(crate) const DEFAULT_MAX_SHARD: u64 = 5_000_000_000;
 
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// Cast every floating tensor to this type while streaming.
     pub dtype: Option<DType>,
     /// Meta -> HF: write instruct-model stop tokens.
@@ -61,11 +61,11 @@ impl Default for Options {
 
 /// What a conversion wrote.
 #[derive(Debug, Default)]
-pub struct Summary {
+pub(crate) struct Summary {
     /// Files written, with their sizes.
     pub files: Vec<(String, u64)>,
     /// md5 of every file written (for checklist.chk).
-    pub md5: BTreeMap<String, String>,
+    md5: BTreeMap<String, String>,
     pub tensors: usize,
     /// Tensor bytes written.
     pub bytes: u64,
@@ -77,13 +77,13 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn overflowed(&self) -> u64 {
+    pub(crate) fn overflowed(&self) -> u64 {
         self.overflow.iter().map(|(_, n)| n).sum()
     }
 }
 
 /// Parse a shard size the way transformers does ("5GB" = 5*10^9, "500MB", "10KB"), or plain bytes.
-pub fn parse_size(s: &str) -> Result<u64> {
+pub(crate) fn parse_size(s: &str) -> Result<u64> {
     let t = s.trim();
     if let Ok(n) = t.parse::<u64>() {
         return Ok(n);
@@ -118,7 +118,7 @@ pub fn parse_size(s: &str) -> Result<u64> {
 /// `split_torch_state_dict_into_shards` does for `save_pretrained`: walk in order, start a new
 /// shard when the next tensor would push the current one past `max`; a tensor larger than `max`
 /// gets a shard of its own, placed before the shard still being filled.
-pub fn plan_shards(sizes: &[u64], max: u64) -> Vec<Vec<usize>> {
+pub(crate) fn plan_shards(sizes: &[u64], max: u64) -> Vec<Vec<usize>> {
     let mut shards: Vec<Vec<usize>> = Vec::new();
     let mut current: Vec<usize> = Vec::new();
     let mut current_size = 0u64;
@@ -141,7 +141,7 @@ pub fn plan_shards(sizes: &[u64], max: u64) -> Vec<Vec<usize>> {
 }
 
 /// File names transformers gives `n` safetensors shards.
-pub fn shard_file_names(n: usize) -> Vec<String> {
+fn shard_file_names(n: usize) -> Vec<String> {
     if n == 1 {
         return vec!["model.safetensors".into()];
     }
@@ -184,7 +184,7 @@ fn write_tensor(
 }
 
 /// Byte equality of two tensors, read block by block (the tied-embedding test).
-pub fn same_bytes(a: &FullTensor, b: &FullTensor) -> Result<bool> {
+fn same_bytes(a: &FullTensor, b: &FullTensor) -> Result<bool> {
     if a.dtype != b.dtype || a.shape != b.shape {
         return Ok(false);
     }
@@ -229,16 +229,16 @@ impl HfOut {
 /// A Meta Llama 3 checkpoint opened for conversion: every logical tensor located (a missing,
 /// unknown or misshapen tensor fails before any byte is written), and whether `output.weight`
 /// repeats the embedding (then Hugging Face ties them and writes no `lm_head`).
-pub struct MetaSource {
+pub(crate) struct MetaSource {
     pub dir: MetaDir,
-    pub vocab: usize,
+    vocab: usize,
     /// Meta name -> the full tensor and its role.
     pub full: HashMap<String, (FullTensor, Role)>,
     pub tied: bool,
 }
 
 /// Open `src` as a Meta Llama 3 checkpoint (see [`MetaSource`]).
-pub fn open_meta_llama3(src: &Path) -> Result<MetaSource> {
+pub(crate) fn open_meta_llama3(src: &Path) -> Result<MetaSource> {
     let m = MetaDir::open_checked(src)?;
     let p = &m.params;
     let Some(vocab) = p.vocab() else {
@@ -288,7 +288,12 @@ pub fn open_meta_llama3(src: &Path) -> Result<MetaSource> {
 /// tokenizer files written from `tokenizer.model` (CPU work, done while the weights stream). A
 /// source without `tokenizer.model` gives an output without tokenizer files, said as a warning
 /// through `progress`.
-pub fn to_hf(src: &Path, out: &Path, opts: &Options, progress: &dyn Reporter) -> Result<Summary> {
+pub(crate) fn to_hf(
+    src: &Path,
+    out: &Path,
+    opts: &Options,
+    progress: &dyn Reporter,
+) -> Result<Summary> {
     let tok = src.join("tokenizer.model");
     let max_len = hf_config::max_position_embeddings(&Params::read(&src.join("params.json"))?);
     let instruct = opts.instruct;
@@ -323,7 +328,12 @@ pub fn to_hf(src: &Path, out: &Path, opts: &Options, progress: &dyn Reporter) ->
 
 /// HF -> Meta (MP 1) into `out` (an empty directory): the weights, `tokenizer.model` rebuilt
 /// from `tokenizer.json` (a warning through `progress` when there is none), `checklist.chk`.
-pub fn to_meta(src: &Path, out: &Path, opts: &Options, progress: &dyn Reporter) -> Result<Summary> {
+pub(crate) fn to_meta(
+    src: &Path,
+    out: &Path,
+    opts: &Options,
+    progress: &dyn Reporter,
+) -> Result<Summary> {
     let mut s = hf_to_meta(src, out, opts, progress)?;
     let tok = src.join("tokenizer.json");
     if tok.exists() {
@@ -684,7 +694,7 @@ fn write_consolidated(
 }
 
 /// params.json spelled the way Meta's files are (Python's `json.dumps`: `{"dim": 4096, ...}`).
-pub fn params_json(p: &Params) -> Result<String> {
+fn params_json(p: &Params) -> Result<String> {
     let v = serde_json::to_value(p)?;
     let obj = v
         .as_object()

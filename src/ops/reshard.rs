@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 /// A checked source and a target MP: everything needed to write the output shards.
-pub struct Plan {
+pub(crate) struct Plan {
     src: MetaDir,
     mp: usize,
     tensors: Vec<Planned>,
@@ -37,7 +37,7 @@ impl Plan {
     /// Open `src_dir` and check, before anything is written, that `mp` is valid for its params,
     /// that every shard has the same tensor names, dtypes and the shapes its MP implies, and that
     /// replicated tensors (and repeated kv heads) are byte-identical wherever they occur.
-    pub fn new(src_dir: &Path, mp: usize) -> Result<Self> {
+    pub(crate) fn new(src_dir: &Path, mp: usize) -> Result<Self> {
         let src = MetaDir::open_checked(src_dir)?;
         let vocab = src.vocab()?;
         let p = &src.params;
@@ -65,17 +65,17 @@ impl Plan {
         Ok(Self { src, mp, tensors })
     }
 
-    pub fn src(&self) -> &MetaDir {
+    pub(crate) fn src(&self) -> &MetaDir {
         &self.src
     }
 
     /// Output MP.
-    pub fn mp(&self) -> usize {
+    pub(crate) fn mp(&self) -> usize {
         self.mp
     }
 
     /// The tensors of output rank `rank`, in the source's order.
-    pub fn specs(&self, rank: usize) -> Vec<TensorSpec> {
+    fn specs(&self, rank: usize) -> Vec<TensorSpec> {
         self.tensors
             .iter()
             .map(|t| TensorSpec {
@@ -110,19 +110,19 @@ impl Plan {
     }
 
     /// Tensor bytes in output shard `rank`.
-    pub fn data_bytes(&self, rank: usize) -> u64 {
+    pub(crate) fn data_bytes(&self, rank: usize) -> u64 {
         self.specs(rank).iter().map(|s| s.nbytes()).sum()
     }
 
     /// An upper bound on the size of output shard `rank`: the tensor bytes plus the zip records,
     /// pickle and directory around them.
-    pub fn file_bytes_bound(&self, rank: usize) -> u64 {
+    fn file_bytes_bound(&self, rank: usize) -> u64 {
         self.data_bytes(rank) + 1024 * self.tensors.len() as u64 + (64 << 10)
     }
 
     /// Write output shard `rank` into `dir`, reporting the bytes written as a task named after
     /// the shard; a set `cancel` (another shard failed) stops it at the next write.
-    pub fn write_shard(
+    fn write_shard(
         &self,
         rank: usize,
         dir: &Path,
@@ -165,7 +165,7 @@ impl Plan {
     }
 
     /// Bytes the output directory needs at most: every shard's bound and the small files.
-    pub fn bytes_needed(&self) -> Result<u64> {
+    pub(crate) fn bytes_needed(&self) -> Result<u64> {
         let mut need: u64 = (0..self.mp).map(|r| self.file_bytes_bound(r)).sum();
         for name in self.small_files() {
             let p = self.src.dir.join(name);
@@ -180,7 +180,12 @@ impl Plan {
     /// tokenizer.model copied and checked against the source's checklist ([`copy_listed`]), and a
     /// checklist.chk over them all, whose entries are returned. A source without tokenizer.model
     /// gets a note through `progress`.
-    pub fn write(&self, dir: &Path, jobs: usize, progress: &dyn Reporter) -> Result<Vec<Entry>> {
+    pub(crate) fn write(
+        &self,
+        dir: &Path,
+        jobs: usize,
+        progress: &dyn Reporter,
+    ) -> Result<Vec<Entry>> {
         let mut entries = self.write_shards(dir, jobs, progress)?;
         let small = self.small_files();
         for name in &small {
@@ -201,12 +206,7 @@ impl Plan {
     /// Write every output shard into `dir`, `jobs` shards at a time, each thread with its own
     /// buffers, each shard a task of `progress`. On the first failure the other shards stop and
     /// that failure is returned.
-    pub fn write_shards(
-        &self,
-        dir: &Path,
-        jobs: usize,
-        progress: &dyn Reporter,
-    ) -> Result<Vec<Entry>> {
+    fn write_shards(&self, dir: &Path, jobs: usize, progress: &dyn Reporter) -> Result<Vec<Entry>> {
         let cancel = AtomicBool::new(false);
         let first_err: Mutex<Option<anyhow::Error>> = Mutex::new(None);
         let written = work_queue(
@@ -306,7 +306,7 @@ fn check_against_params(src: &MetaDir) -> Result<()> {
 
 /// [`copy_hashed`] a small file of the source dir, and refuse it when it does not match what the
 /// source's checklist.chk lists for it (the output's checklist must not bless changed bytes).
-pub fn copy_listed(src: &MetaDir, name: &str, dir: &Path) -> Result<Entry> {
+fn copy_listed(src: &MetaDir, name: &str, dir: &Path) -> Result<Entry> {
     let from = src.dir.join(name);
     let entry = copy_hashed(&from, dir, name)?;
     if let Some(want) = src.listed_md5(name)? {
@@ -323,7 +323,7 @@ pub fn copy_listed(src: &MetaDir, name: &str, dir: &Path) -> Result<Entry> {
 }
 
 /// Copy `src` (following symlinks) to `dir/name`, hashing while copying.
-pub fn copy_hashed(src: &Path, dir: &Path, name: &str) -> Result<Entry> {
+fn copy_hashed(src: &Path, dir: &Path, name: &str) -> Result<Entry> {
     let mut from =
         std::fs::File::open(src).with_context(|| format!("{}: cannot open", src.display()))?;
     let to = dir.join(name);

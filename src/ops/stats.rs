@@ -20,7 +20,7 @@ const LANES: usize = 16;
 
 /// Statistics of the finite values of a tensor, plus counts of the non-finite ones.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Stats {
+pub(crate) struct Stats {
     /// Finite values seen.
     pub count: u64,
     pub nan: u64,
@@ -29,7 +29,7 @@ pub struct Stats {
     pub max: f64,
     pub mean: f64,
     /// Sum of squared deviations from the mean.
-    pub m2: f64,
+    m2: f64,
 }
 
 impl Default for Stats {
@@ -48,7 +48,7 @@ impl Default for Stats {
 
 impl Stats {
     /// Population standard deviation of the finite values (numpy's default, ddof = 0).
-    pub fn std(&self) -> f64 {
+    pub(crate) fn std(&self) -> f64 {
         if self.count == 0 {
             f64::NAN
         } else {
@@ -56,12 +56,12 @@ impl Stats {
         }
     }
 
-    pub fn non_finite(&self) -> u64 {
+    pub(crate) fn non_finite(&self) -> u64 {
         self.nan + self.inf
     }
 
     /// Combine with the statistics of another part of the same tensor (Chan et al.).
-    pub fn merge(&mut self, o: &Stats) {
+    fn merge(&mut self, o: &Stats) {
         self.nan += o.nan;
         self.inf += o.inf;
         self.min = self.min.min(o.min);
@@ -202,7 +202,7 @@ mod sse2 {
 
     /// bf16 values: the widening to f32 is an interleave with zeros (a 16-bit shift left).
     #[target_feature(enable = "sse2")]
-    pub fn bf16(bytes: &[u8], k: f32) -> BlockSums {
+    pub(super) fn bf16(bytes: &[u8], k: f32) -> BlockSums {
         let kv = _mm_set1_ps(k);
         let zero = _mm_setzero_si128();
         let (mut a, mut b) = (Lanes::new(), Lanes::new());
@@ -226,7 +226,7 @@ mod sse2 {
 
     /// f32 values, little-endian bytes.
     #[target_feature(enable = "sse2")]
-    pub fn f32(bytes: &[u8], k: f32) -> BlockSums {
+    pub(super) fn f32(bytes: &[u8], k: f32) -> BlockSums {
         let kv = _mm_set1_ps(k);
         let (mut a, mut b) = (Lanes::new(), Lanes::new());
         let chunks = bytes.chunks_exact(32);
@@ -439,7 +439,7 @@ fn scan_bytes(dtype: DType, bytes: &[u8]) -> Option<Stats> {
 
 /// One scale per row of an fp8 matrix (Meta's fp8 release): value = stored * scale[row].
 #[derive(Debug, Clone)]
-pub struct RowScales {
+pub(crate) struct RowScales {
     /// Elements per row.
     pub row_len: usize,
     pub scales: Vec<f32>,
@@ -468,7 +468,7 @@ fn scan_fp8(dtype: DType, bytes: &[u8], first: usize, scales: Option<&RowScales>
 
 /// A stored tensor to scan: `nbytes` bytes at `offset` of `src`.
 #[derive(Debug, Clone)]
-pub struct ScanItem {
+pub(crate) struct ScanItem {
     pub src: Arc<Source>,
     pub offset: u64,
     pub nbytes: u64,
@@ -480,7 +480,7 @@ pub struct ScanItem {
 /// Scan every item in parallel on `jobs` threads (at most the cores and the pieces: the scan is
 /// compute-bound, and `--jobs 20000` must not start 20000 threads); one result per item, in
 /// order. `progress` gets the byte count of each piece scanned.
-pub fn scan_all(
+pub(crate) fn scan_all(
     items: &[ScanItem],
     jobs: usize,
     progress: &(dyn Fn(u64) + Sync),

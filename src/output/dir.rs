@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 /// Dropping it uncommitted, or a SIGINT/SIGTERM (see [`crate::signal`]), removes the temp dir. A
 /// killed process leaves one that never looks finished, and the next `AtomicDir` for the same
 /// destination removes it once its owner is gone.
-pub struct AtomicDir {
+pub(crate) struct AtomicDir {
     tmp: Option<(PathBuf, crate::signal::Registration)>,
     /// As the user spelled it, for messages and the result.
     dst: PathBuf,
@@ -25,7 +25,7 @@ impl AtomicDir {
     /// Prepare to write `dst`: an empty or missing directory, or with `force` a non-empty one that
     /// can be swapped atomically (see [`check_replaceable`]); anything else is refused here,
     /// before any work.
-    pub fn new(dst: &Path, force: bool) -> Result<Self> {
+    pub(crate) fn new(dst: &Path, force: bool) -> Result<Self> {
         let abs = resolve_path(dst)?;
         let found = check_replaceable(dst, &abs)?;
         if found == Found::NonEmpty && !force {
@@ -66,17 +66,17 @@ impl AtomicDir {
     }
 
     /// The temp dir to write into.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.tmp.as_ref().expect("AtomicDir used after commit").0
     }
 
     /// Temp dirs of earlier, killed runs to the same destination that [`AtomicDir::new`] removed.
-    pub fn removed_stale(&self) -> &[StaleTemp] {
+    pub(crate) fn removed_stale(&self) -> &[StaleTemp] {
         &self.stale_removed
     }
 
     /// Fsync every file, then move the temp dir to its final name.
-    pub fn commit(mut self) -> Result<PathBuf> {
+    pub(crate) fn commit(mut self) -> Result<PathBuf> {
         let (tmp, reg) = self.tmp.take().expect("AtomicDir committed twice");
         let synced = (|| -> std::io::Result<()> {
             for entry in std::fs::read_dir(&tmp)? {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 /// An output file that appears under its final name only when complete: written as `NAME.part`
 /// beside it, fsynced and renamed by [`AtomicFile::commit`]; dropped uncommitted, the part is
 /// removed. A killed process leaves only the `.part`.
-pub struct AtomicFile {
+pub(crate) struct AtomicFile {
     file: Option<(std::fs::File, crate::signal::Registration)>,
     part: PathBuf,
     dst: PathBuf,
@@ -15,7 +15,7 @@ pub struct AtomicFile {
 
 impl AtomicFile {
     /// Refuses an existing `dst` unless `force`, and a `dst` that is a directory.
-    pub fn create(dst: &Path, force: bool) -> Result<Self> {
+    pub(crate) fn create(dst: &Path, force: bool) -> Result<Self> {
         if dst.as_os_str().as_encoded_bytes().ends_with(b"/") {
             bail!(
                 "{}: names a directory; give the output file's name (e.g. {}model.gguf)",
@@ -51,16 +51,16 @@ impl AtomicFile {
         })
     }
 
-    pub fn file(&self) -> &std::fs::File {
+    pub(crate) fn file(&self) -> &std::fs::File {
         &self.file.as_ref().expect("AtomicFile used after commit").0
     }
 
-    pub fn part_path(&self) -> &Path {
+    pub(crate) fn part_path(&self) -> &Path {
         &self.part
     }
 
     /// Fsync, then rename the part to the final name (and fsync the folder).
-    pub fn commit(mut self) -> Result<PathBuf> {
+    pub(crate) fn commit(mut self) -> Result<PathBuf> {
         let (file, reg) = self.file.take().expect("AtomicFile committed twice");
         if let Err(e) = file.sync_all() {
             crate::signal::remove_temp(reg, &self.part);

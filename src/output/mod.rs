@@ -7,10 +7,10 @@ mod dir;
 mod file;
 mod stale;
 
-pub use dir::AtomicDir;
-pub use file::AtomicFile;
+pub(crate) use dir::AtomicDir;
+pub(crate) use file::AtomicFile;
 pub(crate) use stale::temp_name;
-pub use stale::{stale_temps, stale_temps_of, Owner, StaleTemp};
+pub(crate) use stale::{stale_temps, stale_temps_of, Owner, StaleTemp};
 
 use crate::util::{parent_or_dot, resolve_path, sync_dir};
 use anyhow::{bail, Context, Result};
@@ -20,7 +20,7 @@ use std::path::Path;
 /// Write `bytes` to `path` so that `path` is either untouched or complete: a hidden temp file
 /// beside it (unique, so concurrent writers never share one) is written, fsynced and renamed over
 /// `path`. A failure removes the temp file. Creates missing parent folders.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let parent = parent_or_dot(path);
     std::fs::create_dir_all(parent)
         .with_context(|| format!("{}: cannot create", parent.display()))?;
@@ -45,7 +45,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Refuse an output directory `dst` that is the source directory `src`, lies inside it (the output
 /// would be read back as input) or contains it (`--force` would delete the input).
-pub fn check_dst_outside_src(src: &Path, dst: &Path) -> Result<()> {
+pub(crate) fn check_dst_outside_src(src: &Path, dst: &Path) -> Result<()> {
     let s = std::fs::canonicalize(src)
         .with_context(|| format!("{}: cannot open source directory", src.display()))?;
     if !s.is_dir() {
@@ -67,7 +67,7 @@ pub fn check_dst_outside_src(src: &Path, dst: &Path) -> Result<()> {
 
 /// Refuse an output file `dst` that is the source file `src` or lies inside the source directory:
 /// the first replaces the input, the second changes the checkpoint (its verify then fails).
-pub fn check_file_dst_outside_src(src: &Path, dst: &Path) -> Result<()> {
+pub(crate) fn check_file_dst_outside_src(src: &Path, dst: &Path) -> Result<()> {
     let s = std::fs::canonicalize(src)
         .with_context(|| format!("{}: cannot open the source", src.display()))?;
     let d = resolve_path(dst)?;

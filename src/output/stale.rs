@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 /// after boot, field 22 of `/proc/PID/stat`). Together they never name two processes, so a
 /// reused pid is not mistaken for the owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Owner {
+pub(crate) struct Owner {
     pub pid: u32,
-    pub start: u64,
+    start: u64,
 }
 
 impl Owner {
-    pub fn current() -> Self {
+    pub(crate) fn current() -> Self {
         let pid = std::process::id();
         Self {
             pid,
@@ -24,7 +24,7 @@ impl Owner {
 
     /// Still running. Without `/proc` (not Linux) nothing can be told, so every owner counts as
     /// alive and nothing is ever removed.
-    pub fn alive(&self) -> bool {
+    fn alive(&self) -> bool {
         if !Path::new("/proc/self/stat").exists() {
             return true;
         }
@@ -66,7 +66,7 @@ fn parse_temp_name(file_name: &str) -> Option<(&str, Owner)> {
 
 /// A temporary output left by a run that was killed (its owner is gone).
 #[derive(Debug, Clone)]
-pub struct StaleTemp {
+pub(crate) struct StaleTemp {
     pub path: PathBuf,
     pub bytes: u64,
     pub owner: Owner,
@@ -85,7 +85,7 @@ impl std::fmt::Display for StaleTemp {
 }
 
 /// Temporary outputs in `dir` whose owner is gone; only those for destination `name` if given.
-pub fn stale_temps(dir: &Path, name: Option<&str>) -> Vec<StaleTemp> {
+pub(crate) fn stale_temps(dir: &Path, name: Option<&str>) -> Vec<StaleTemp> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -107,7 +107,7 @@ pub fn stale_temps(dir: &Path, name: Option<&str>) -> Vec<StaleTemp> {
 }
 
 /// The stale temporary outputs of destination `dst` (beside it, in its parent).
-pub fn stale_temps_of(dst: &Path) -> Vec<StaleTemp> {
+pub(crate) fn stale_temps_of(dst: &Path) -> Vec<StaleTemp> {
     let name = dst.file_name().map(|n| n.to_string_lossy().into_owned());
     stale_temps(parent_or_dot(dst), name.as_deref())
 }

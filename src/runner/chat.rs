@@ -24,7 +24,7 @@ impl Message {
 }
 
 /// Roles Llama 3 knows; `tool` is Llama 3.1's name for the `ipython` header.
-pub const ROLES: [&str; 5] = ["system", "user", "assistant", "ipython", "tool"];
+const ROLES: [&str; 5] = ["system", "user", "assistant", "ipython", "tool"];
 
 /// A dialog from JSON: `[{"role": ..., "content": ...}, ...]`. `what` names the source in errors.
 pub fn parse_dialog(json: &str, what: &str) -> Result<Vec<Message>> {
@@ -65,7 +65,7 @@ fn special(tok: &Tokenizer, name: &str) -> Result<u32> {
 }
 
 /// `<|start_header_id|>` role `<|end_header_id|>` "\n\n".
-pub fn encode_header(tok: &Tokenizer, role: &str) -> Result<Vec<u32>> {
+fn encode_header(tok: &Tokenizer, role: &str) -> Result<Vec<u32>> {
     let role = if role == "tool" { "ipython" } else { role };
     let mut ids = vec![special(tok, "<|start_header_id|>")?];
     ids.extend(tok.encode(role, false, false, AllowedSpecial::None)?);
@@ -75,7 +75,7 @@ pub fn encode_header(tok: &Tokenizer, role: &str) -> Result<Vec<u32>> {
 }
 
 /// One message: header, stripped content, `<|eot_id|>`.
-pub fn encode_message(tok: &Tokenizer, message: &Message) -> Result<Vec<u32>> {
+fn encode_message(tok: &Tokenizer, message: &Message) -> Result<Vec<u32>> {
     let mut ids = encode_header(tok, &message.role)?;
     ids.extend(tok.encode(
         py_strip(&message.content),
@@ -259,7 +259,7 @@ mod jinja {
     }
 
     /// `str.strip()` and friends, `dict.items()/keys()/values()/get()`.
-    pub fn python_methods(
+    pub(super) fn python_methods(
         _: &State,
         v: &Value,
         name: &str,
@@ -337,7 +337,7 @@ mod jinja {
     }
 
     /// Jinja's `trim`: Python's `str.strip()`.
-    pub fn trim(s: String, chars: Option<String>) -> String {
+    pub(super) fn trim(s: String, chars: Option<String>) -> String {
         match chars {
             Some(set) => s.trim_matches(|c| set.contains(c)).to_string(),
             None => crate::tokenizer::py_strip(&s).to_string(),
@@ -345,7 +345,7 @@ mod jinja {
     }
 
     /// transformers' `tojson`: `json.dumps(x, ensure_ascii=False, indent=indent)`.
-    pub fn tojson(v: Value, kwargs: Kwargs) -> Result<String, Error> {
+    pub(super) fn tojson(v: Value, kwargs: Kwargs) -> Result<String, Error> {
         let indent: Option<usize> = kwargs.get("indent")?;
         kwargs.assert_all_used()?;
         let json = serde_json::to_value(&v).map_err(|e| bad(format!("tojson: {e}")))?;
@@ -414,7 +414,7 @@ mod jinja {
     }
 
     /// `strftime_now(fmt)` in UTC (transformers uses local time), for the common directives.
-    pub fn strftime_now(fmt: &str) -> Result<String, Error> {
+    pub(super) fn strftime_now(fmt: &str) -> Result<String, Error> {
         let secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()) as i64;

@@ -4,7 +4,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceRequest {
+pub(crate) enum DeviceRequest {
     /// CUDA when built with the `cuda` feature and a GPU answers, else the CPU.
     Auto,
     Cpu,
@@ -12,7 +12,7 @@ pub enum DeviceRequest {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DtypeRequest {
+pub(crate) enum DtypeRequest {
     /// CUDA: bf16. CPU: each matrix in the type the checkpoint stores it in (f32 activations).
     Auto,
     F32,
@@ -21,7 +21,7 @@ pub enum DtypeRequest {
 }
 
 /// Pick the device. `note` receives a line when `auto` falls back to the CPU for a reason worth saying.
-pub fn select(req: DeviceRequest, note: &mut dyn FnMut(String)) -> Result<Device> {
+pub(crate) fn select(req: DeviceRequest, note: &mut dyn FnMut(String)) -> Result<Device> {
     match req {
         DeviceRequest::Cpu => Ok(Device::Cpu),
         DeviceRequest::Cuda => {
@@ -86,7 +86,7 @@ fn missing_cuda_libraries() -> Vec<&'static str> {
 }
 
 /// How the model holds its weights for a dtype request.
-pub fn precision(req: DtypeRequest) -> Precision {
+pub(crate) fn precision(req: DtypeRequest) -> Precision {
     match req {
         DtypeRequest::Auto => Precision::Auto,
         DtypeRequest::F32 => Precision::Fixed(DType::F32),
@@ -95,7 +95,7 @@ pub fn precision(req: DtypeRequest) -> Precision {
     }
 }
 
-pub fn device_name(device: &Device) -> String {
+pub(crate) fn device_name(device: &Device) -> String {
     match device {
         Device::Cpu => "cpu".to_string(),
         Device::Cuda(_) => "cuda:0".to_string(),
@@ -103,20 +103,20 @@ pub fn device_name(device: &Device) -> String {
     }
 }
 
-pub use super::model::dtype_name;
+pub(crate) use super::model::dtype_name;
 
 /// Peak memory of a run, sampled whenever `sample` is called (after each forward pass): on the CPU
 /// the process's anonymous resident memory (what the run itself holds) and, apart, its file-backed
 /// resident pages (mapped weights, which the kernel can drop and re-read); on CUDA, device memory in
 /// use.
-pub struct PeakMemory {
+pub(crate) struct PeakMemory {
     device: Device,
     peak: u64,
     peak_file: u64,
 }
 
 impl PeakMemory {
-    pub fn new(device: &Device) -> PeakMemory {
+    pub(crate) fn new(device: &Device) -> PeakMemory {
         let mut p = PeakMemory {
             device: device.clone(),
             peak: 0,
@@ -126,7 +126,7 @@ impl PeakMemory {
         p
     }
 
-    pub fn sample(&mut self) {
+    pub(crate) fn sample(&mut self) {
         if self.device.is_cuda() {
             self.peak = self.peak.max(cuda_used_bytes(&self.device));
         } else {
@@ -137,20 +137,20 @@ impl PeakMemory {
     }
 
     /// Peak anonymous resident memory (CPU) or device memory (CUDA).
-    pub fn peak(&mut self) -> u64 {
+    pub(crate) fn peak(&mut self) -> u64 {
         self.sample();
         self.peak
     }
 
     /// Peak file-backed resident memory (CPU; 0 on CUDA).
-    pub fn peak_file(&mut self) -> u64 {
+    pub(crate) fn peak_file(&mut self) -> u64 {
         self.sample();
         self.peak_file
     }
 }
 
 /// Memory a run can still take on `device`, and the memory it has: (available, total) bytes.
-pub fn available_bytes(device: &Device) -> (u64, u64) {
+pub(crate) fn available_bytes(device: &Device) -> (u64, u64) {
     if device.is_cuda() {
         cuda_mem_info(device)
     } else {
@@ -159,7 +159,7 @@ pub fn available_bytes(device: &Device) -> (u64, u64) {
 }
 
 /// Which matrix kernels run: the CPU's SIMD flavour, or the device's.
-pub fn kernels_name(device: &Device) -> &'static str {
+pub(crate) fn kernels_name(device: &Device) -> &'static str {
     if device.is_cuda() {
         "cublas"
     } else {

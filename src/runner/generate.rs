@@ -10,7 +10,7 @@ use candle_core::Tensor;
 use std::time::Instant;
 
 #[derive(Debug, Clone)]
-pub struct GenParams {
+pub(crate) struct GenParams {
     /// Tokens to generate per sequence at most; None = max_seq_len - 1 (Meta's default).
     pub max_gen_len: Option<usize>,
     pub temperature: f64,
@@ -21,17 +21,17 @@ pub struct GenParams {
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Generation {
+pub(crate) struct Generation {
     /// Generated ids, without the stop token.
     pub tokens: Vec<u32>,
     /// log p of each generated token (only with `logprobs`).
     pub logprobs: Vec<f32>,
     /// Whether a stop token ended the sequence (rather than a length limit).
-    pub stopped: bool,
+    stopped: bool,
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct Stats {
+pub(crate) struct Stats {
     /// Positions run in the first forward pass (batch × shortest prompt) and its time.
     pub prefill_tokens: usize,
     pub prefill_secs: f64,
@@ -46,10 +46,10 @@ pub struct Stats {
 }
 
 impl Stats {
-    pub fn prefill_tokens_per_s(&self) -> f64 {
+    pub(crate) fn prefill_tokens_per_s(&self) -> f64 {
         rate(self.prefill_tokens, self.prefill_secs)
     }
-    pub fn decode_tokens_per_s(&self) -> f64 {
+    pub(crate) fn decode_tokens_per_s(&self) -> f64 {
         rate(self.decode_tokens, self.decode_secs)
     }
 }
@@ -64,7 +64,7 @@ fn rate(n: usize, secs: f64) -> f64 {
 
 /// What [`generate`] tells its caller about sequence `i` as it happens, for streaming.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Step<'a> {
+pub(crate) enum Step<'a> {
     /// A generated (non-stop) token.
     Token(u32),
     /// The sequence is finished (a stop token, its length limit, the end of the run, or a stop
@@ -78,7 +78,7 @@ pub enum Step<'a> {
 ///
 /// `cached` positions of every prompt are already in `cache` (a chat's earlier turns, all prompts
 /// sharing them): prefill starts after them.
-pub fn generate(
+pub(crate) fn generate(
     model: &Llama,
     cache: &mut KvCache,
     prompts: &[Vec<u32>],

@@ -6,7 +6,7 @@
 //! a weight is touched: the architecture, the file's structure (sizes, offsets), the hyper-parameter
 //! keys and the type of every tensor.
 use super::cpu::{quant::Quant, Bytes};
-use super::model::{Config, RopeLayout};
+use super::model::{Config, RopePairing};
 use super::weights::{StoredTensor, WeightBytes, WeightSource};
 use crate::checkpoint::layout::meta_to_gguf;
 use crate::checkpoint::rope::DEFAULT_THETA;
@@ -36,13 +36,13 @@ fn stored_type(t: GgmlType) -> Option<Stored> {
 }
 
 /// The GGML types `run` computes with.
-pub fn supported_types() -> String {
+fn supported_types() -> String {
     let mut names = vec!["F32", "F16", "BF16"];
     names.extend(Quant::ALL.iter().map(|q| q.name()));
     names.join(" ")
 }
 
-pub struct GgufModel {
+pub(crate) struct GgufModel {
     pub file: GgufFile,
     map: Arc<Mmap>,
     by_name: HashMap<String, usize>,
@@ -50,7 +50,7 @@ pub struct GgufModel {
 
 impl GgufModel {
     /// Open and check a GGUF file; the metadata stays available as `file`.
-    pub fn open(path: &Path) -> Result<GgufModel> {
+    pub(crate) fn open(path: &Path) -> Result<GgufModel> {
         let file = GgufFile::open(path)?;
         let at = |e: anyhow::Error| e.context(format!("{}", path.display()));
         check_file(&file).map_err(at)?;
@@ -75,7 +75,7 @@ impl GgufModel {
     }
 
     /// The model config from the `llama.*` keys.
-    pub fn config(&self) -> Result<Config> {
+    pub(crate) fn config(&self) -> Result<Config> {
         let f = &self.file;
         let int = |k: &str| -> Result<usize> {
             f.get(&format!("llama.{k}"))
@@ -121,7 +121,7 @@ impl GgufModel {
             rope_theta: float("rope.freq_base").unwrap_or(DEFAULT_THETA),
             rope_scaling: None,
             rope_freq_factors: self.freq_factors(head_dim / 2)?,
-            rope_layout: RopeLayout::AdjacentPairs,
+            rope_pairing: RopePairing::AdjacentPairs,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -183,7 +183,7 @@ impl GgufModel {
 
     /// What the weights will occupy (see `weights::weight_bytes`): matrices used in their stored
     /// type on the CPU stay in the map, everything else is copied in the `target` type.
-    pub fn weight_bytes(&self, target: Option<DType>, map: bool) -> WeightBytes {
+    pub(crate) fn weight_bytes(&self, target: Option<DType>, map: bool) -> WeightBytes {
         let mut w = WeightBytes::default();
         for t in &self.file.tensors {
             let size = t.nbytes().unwrap_or(0);

@@ -3,7 +3,7 @@
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
-pub struct KvCache {
+pub(crate) struct KvCache {
     /// Per layer: keys and values, each [max_batch, n_kv_heads, max_seq, head_dim].
     layers: Vec<(Tensor, Tensor)>,
     max_batch: usize,
@@ -11,7 +11,7 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(
+    pub(crate) fn new(
         n_layers: usize,
         max_batch: usize,
         n_kv_heads: usize,
@@ -36,15 +36,15 @@ impl KvCache {
         })
     }
 
-    pub fn max_batch(&self) -> usize {
+    pub(crate) fn max_batch(&self) -> usize {
         self.max_batch
     }
-    pub fn max_seq(&self) -> usize {
+    pub(crate) fn max_seq(&self) -> usize {
         self.max_seq
     }
 
     /// Bytes held by the cache (all layers, keys and values).
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.layers
             .iter()
             .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
@@ -54,7 +54,7 @@ impl KvCache {
     /// Store `k`, `v` ([b, n_kv, t, hd]) at positions `start_pos..start_pos + t` of the first `b`
     /// batch rows of `layer`, and return views of everything cached so far, [b, n_kv, start_pos + t, hd].
     /// Older positions are whatever earlier calls wrote, so callers replay positions in order.
-    pub fn append(
+    pub(crate) fn append(
         &mut self,
         layer: usize,
         k: &Tensor,

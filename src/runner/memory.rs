@@ -7,20 +7,20 @@ use anyhow::{bail, Result};
 
 /// The estimate for one run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MemoryPlan {
+pub(crate) struct MemoryPlan {
     /// Weight bytes: `mapped` used from the files' page cache, `owned` held by the process.
-    pub weights: WeightBytes,
+    weights: WeightBytes,
     /// The KV cache, allocated for `max_batch × max_seq` up front.
-    pub kv_cache: u64,
+    kv_cache: u64,
     /// Buffers of the largest forward pass (a prefill chunk): projections, attention scores, logits.
-    pub activations: u64,
+    activations: u64,
 }
 
 impl MemoryPlan {
     /// `act_bytes`: bytes per activation / cache element (4 on the CPU). The sizes come from
     /// user numbers (`--max-seq-len` up to 2^64 - 1), so every product saturates: a run whose
     /// size does not fit in 64 bits needs "more than 16 EiB" and is refused like any run too big.
-    pub fn new(
+    pub(crate) fn new(
         cfg: &Config,
         weights: WeightBytes,
         max_seq: usize,
@@ -55,7 +55,7 @@ impl MemoryPlan {
     }
 
     /// Bytes the process itself must hold (everything but the mapped weights).
-    pub fn owned(&self) -> u64 {
+    fn owned(&self) -> u64 {
         self.weights
             .owned
             .saturating_add(self.kv_cache)
@@ -64,7 +64,7 @@ impl MemoryPlan {
 
     /// Fail when the process memory the run needs exceeds `available`; `Ok(Some(note))` when it fits
     /// but the mapped weights will not stay cached beside it (`total`: memory the machine has).
-    pub fn check(&self, available: u64, total: u64, where_: &str) -> Result<Option<String>> {
+    pub(crate) fn check(&self, available: u64, total: u64, where_: &str) -> Result<Option<String>> {
         let need = self.owned();
         if need > available {
             bail!(
@@ -125,7 +125,7 @@ fn size(bytes: u64) -> String {
 }
 
 /// Memory the process can still take: MemAvailable, capped by a cgroup (container) limit.
-pub fn available_host_bytes() -> (u64, u64) {
+pub(crate) fn available_host_bytes() -> (u64, u64) {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let field = |key: &str| -> Option<u64> {
         meminfo
@@ -151,7 +151,7 @@ pub fn available_host_bytes() -> (u64, u64) {
 }
 
 /// This process's resident memory now, from /proc: (anonymous, file-backed) bytes.
-pub fn rss_now() -> (u64, u64) {
+pub(crate) fn rss_now() -> (u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let field = |key: &str| -> u64 {
         status
@@ -167,7 +167,7 @@ pub fn rss_now() -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runner::model::RopeLayout;
+    use crate::runner::model::RopePairing;
 
     fn cfg_8b() -> Config {
         Config {
@@ -182,7 +182,7 @@ mod tests {
             rope_theta: 500000.0,
             rope_scaling: None,
             rope_freq_factors: None,
-            rope_layout: RopeLayout::AdjacentPairs,
+            rope_pairing: RopePairing::AdjacentPairs,
         }
     }
 

@@ -1,23 +1,23 @@
 //! The Llama 3 transformer on candle: the same computation as Meta's `model.py`, one readable file.
 //!
-//! Weights are addressed by their Meta names whatever the directory layout; the only layout fact the
-//! model needs is how q/k rows are ordered, which decides the rotary flavour (adjacent pairs for Meta,
-//! halves for Hugging Face). Attention reads grouped K/V heads straight from the preallocated cache
+//! Weights are addressed by their Meta names whatever the kind of directory; the only fact of the
+//! kind the model needs is how q/k rows are ordered, which decides the rotary pairing
+//! ([`RopePairing`]: adjacent pairs for Meta, halves for Hugging Face). Attention reads grouped K/V heads straight from the preallocated cache
 //! without repeating them: the query heads of one group are folded into the row dimension instead.
 use super::cpu::{self, kernels::WeightType, quant::Quant, MatType};
 use super::kv_cache::KvCache;
 use super::weights::{StoredTensor, WeightSource};
-pub use crate::checkpoint::rope::RopeScaling;
+pub(crate) use crate::checkpoint::rope::RopeScaling;
 use crate::checkpoint::stream::{cast, CastStats};
 use crate::checkpoint::tensors::{self, Naming, Part};
-use crate::checkpoint::{Layout, ModelDir};
+use crate::checkpoint::{DirKind, ModelDir};
 use crate::formats::DType as FDType;
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
 
 /// How the rows of wq/wk pair up the rotary components.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RopeLayout {
+pub(crate) enum RopePairing {
     /// Meta checkpoints: components (2i, 2i+1) rotate together.
     AdjacentPairs,
     /// Hugging Face checkpoints (q/k rows permuted by the converter): components (i, i + hd/2).
@@ -25,7 +25,7 @@ pub enum RopeLayout {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Config {
+pub(crate) struct Config {
     pub dim: usize,
     pub n_layers: usize,
     pub n_heads: usize,
@@ -39,11 +39,11 @@ pub struct Config {
     /// Per-frequency divisors (a GGUF file's `rope_freqs.weight`, Llama 3.1 scaling precomputed);
     /// applied after `rope_scaling`, which such files leave out.
     pub rope_freq_factors: Option<Vec<f32>>,
-    pub rope_layout: RopeLayout,
+    pub rope_pairing: RopePairing,
 }
 
 impl Config {
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if self.dim == 0 || self.n_heads == 0 || self.n_kv_heads == 0 || self.vocab_size == 0 {
             bail!("model config has a zero dimension: {self:?}");
         }
@@ -70,7 +70,7 @@ impl Config {
     }
 
     /// Rotary inverse frequencies, in f32 arithmetic as Meta and transformers compute them.
-    pub fn inv_freqs(&self) -> Vec<f32> {
+    fn inv_freqs(&self) -> Vec<f32> {
         let hd = self.head_dim;
         let theta = self.rope_theta as f32;
         let freqs = (0..hd / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / hd as f32));
@@ -84,7 +84,7 @@ impl Config {
         }
     }
 
-    pub fn param_count(&self, tied: bool) -> usize {
+    pub(crate) fn param_count(&self, tied: bool) -> usize {
         let (d, hd) = (self.dim, self.head_dim);
         let attn = d * self.n_heads * hd * 2 + d * self.n_kv_heads * hd * 2;
         let ffn = 3 * d * self.hidden_dim;
@@ -97,7 +97,7 @@ impl Config {
 impl Config {
     /// The model config of a checkpoint directory: params.json for Meta dirs, config.json (either
     /// rope style) for HF dirs.
-    pub fn from_model_dir(dir: &ModelDir) -> Result<Config> {
+    pub(crate) fn from_model_dir(dir: &ModelDir) -> Result<Config> {
         let p = dir.params();
         let vocab_size = match p.vocab() {
             Some(v) => v,
@@ -119,9 +119,9 @@ impl Config {
             rope_theta: p.rope_theta(),
             rope_scaling: dir.rope_scaling(),
             rope_freq_factors: None,
-            rope_layout: match dir.layout() {
-                Layout::Meta => RopeLayout::AdjacentPairs,
-                Layout::Hf => RopeLayout::Halves,
+            rope_pairing: match dir.kind() {
+                DirKind::Meta => RopePairing::AdjacentPairs,
+                DirKind::Hf => RopePairing::Halves,
             },
         })
     }
@@ -159,7 +159,7 @@ enum Embedding {
 
 /// Positions per forward pass over a long input: the attention scores of one pass are
 /// batch x heads x PREFILL_CHUNK x context f32 values.
-pub const PREFILL_CHUNK: usize = 512;
+pub(crate) const PREFILL_CHUNK: usize = 512;
 
 struct Block {
     attention_norm: Tensor,
@@ -172,7 +172,7 @@ struct Block {
     w2: Linear,
 }
 
-pub struct Llama {
+pub(crate) struct Llama {
     cfg: Config,
     /// The dtype of activations and of the KV cache: f32 on the CPU.
     dtype: DType,
@@ -354,7 +354,7 @@ fn host_tensor(t: &StoredTensor, name: &str) -> Result<Tensor> {
 }
 
 /// The checkpoint element type that holds a run dtype (anything but bf16/f16 is held as f32).
-pub fn stored_dtype(d: DType) -> FDType {
+pub(crate) fn stored_dtype(d: DType) -> FDType {
     match d {
         DType::BF16 => FDType::BF16,
         DType::F16 => FDType::F16,
@@ -364,7 +364,7 @@ pub fn stored_dtype(d: DType) -> FDType {
 
 /// How a run holds its weights: see [`Llama::load`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Precision {
+pub(crate) enum Precision {
     /// CPU: matrices in their stored type; CUDA: bf16.
     Auto,
     /// Matrices (CPU) or everything (CUDA) in this type.
@@ -375,7 +375,7 @@ impl Llama {
     /// Load every weight from `src`, checking names and shapes. On the CPU the matrices stay in
     /// their stored type (or `precision`'s) and activations are f32; on a device everything is
     /// converted to the run dtype (bf16 for `Auto`). `max_positions` bounds the rotary tables.
-    pub fn load(
+    pub(crate) fn load(
         cfg: Config,
         src: &dyn WeightSource,
         device: &Device,
@@ -463,11 +463,11 @@ impl Llama {
         })
     }
 
-    pub fn config(&self) -> &Config {
+    pub(crate) fn config(&self) -> &Config {
         &self.cfg
     }
     /// The dtype of activations and of the KV cache.
-    pub fn dtype(&self) -> DType {
+    pub(crate) fn dtype(&self) -> DType {
         self.dtype
     }
     /// The matrices held for the CPU kernels, each once.
@@ -492,7 +492,7 @@ impl Llama {
     }
 
     /// Weight bytes used straight from checkpoint file maps (CPU).
-    pub fn mapped_bytes(&self) -> u64 {
+    pub(crate) fn mapped_bytes(&self) -> u64 {
         self.cpu_matrices()
             .iter()
             .filter(|m| m.bytes().is_mapped())
@@ -502,7 +502,7 @@ impl Llama {
 
     /// What the weight matrices are held as: "bf16", or the GGML types of a quantized file from the
     /// most parameters to the fewest ("q4_k+q6_k").
-    pub fn weight_label(&self) -> String {
+    pub(crate) fn weight_label(&self) -> String {
         let mut by_type: Vec<(MatType, usize)> = Vec::new();
         for m in self.cpu_matrices() {
             match by_type.iter_mut().find(|(t, _)| *t == m.ty) {
@@ -521,18 +521,18 @@ impl Llama {
         names.join("+")
     }
 
-    pub fn device(&self) -> &Device {
+    pub(crate) fn device(&self) -> &Device {
         &self.device
     }
-    pub fn tied_embeddings(&self) -> bool {
+    pub(crate) fn tied_embeddings(&self) -> bool {
         self.tied
     }
-    pub fn max_positions(&self) -> usize {
+    fn max_positions(&self) -> usize {
         self.cos.dims()[0]
     }
 
     /// A cache sized for this model.
-    pub fn new_cache(&self, max_batch: usize, max_seq: usize) -> Result<KvCache> {
+    pub(crate) fn new_cache(&self, max_batch: usize, max_seq: usize) -> Result<KvCache> {
         KvCache::new(
             self.cfg.n_layers,
             max_batch,
@@ -549,7 +549,7 @@ impl Llama {
     /// position only (all that generation needs, and far cheaper for a 128k vocabulary).
     /// Long inputs run in chunks of [`PREFILL_CHUNK`] positions (the same result, since attention
     /// is causal), which bounds the attention scores held at once.
-    pub fn forward(
+    pub(crate) fn forward(
         &self,
         tokens: &Tensor,
         start_pos: usize,
@@ -698,9 +698,9 @@ impl Llama {
     /// Rotary embedding in f32 (Meta rotates in float and casts back).
     fn rotate(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         let x32 = x.to_dtype(DType::F32)?;
-        let y = match self.cfg.rope_layout {
-            RopeLayout::AdjacentPairs => candle_nn::rotary_emb::rope_i(&x32, cos, sin)?,
-            RopeLayout::Halves => candle_nn::rotary_emb::rope(&x32, cos, sin)?,
+        let y = match self.cfg.rope_pairing {
+            RopePairing::AdjacentPairs => candle_nn::rotary_emb::rope_i(&x32, cos, sin)?,
+            RopePairing::Halves => candle_nn::rotary_emb::rope(&x32, cos, sin)?,
         };
         Ok(y.to_dtype(self.dtype)?)
     }
@@ -745,7 +745,7 @@ fn causal_mask(t: usize, start_pos: usize, device: &Device) -> Result<Tensor> {
     Ok(Tensor::from_vec(mask, (t, total), device)?)
 }
 
-pub fn dtype_name(dtype: DType) -> &'static str {
+pub(crate) fn dtype_name(dtype: DType) -> &'static str {
     match dtype {
         DType::F32 => "f32",
         DType::F16 => "f16",
@@ -776,7 +776,7 @@ mod tests {
         }
     }
 
-    fn tiny_cfg(layout: RopeLayout) -> Config {
+    fn tiny_cfg(pairing: RopePairing) -> Config {
         Config {
             dim: 16,
             n_layers: 2,
@@ -789,7 +789,7 @@ mod tests {
             rope_theta: 10000.0,
             rope_scaling: None,
             rope_freq_factors: None,
-            rope_layout: layout,
+            rope_pairing: pairing,
         }
     }
 
@@ -843,8 +843,8 @@ mod tests {
     /// the mask offset, the cache writes and the per-position rotary angles together.
     #[test]
     fn cached_decoding_matches_full_prefill() {
-        for layout in [RopeLayout::AdjacentPairs, RopeLayout::Halves] {
-            let cfg = tiny_cfg(layout);
+        for pairing in [RopePairing::AdjacentPairs, RopePairing::Halves] {
+            let cfg = tiny_cfg(pairing);
             let src = random_weights(&cfg, false);
             let m = Llama::load(cfg, &src, &Device::Cpu, Precision::Auto, 32).unwrap();
             let seq = [1u32, 5, 9, 2, 7, 3];
@@ -860,7 +860,11 @@ mod tests {
             }
             for (k, step) in steps.iter().enumerate() {
                 for (a, b) in step.iter().zip(&full[k + 1]) {
-                    assert!((a - b).abs() < 1e-4, "{layout:?} pos {}: {a} vs {b}", k + 1);
+                    assert!(
+                        (a - b).abs() < 1e-4,
+                        "{pairing:?} pos {}: {a} vs {b}",
+                        k + 1
+                    );
                 }
             }
         }
@@ -869,7 +873,7 @@ mod tests {
     /// f16 and bf16 weights (f32 activations) stay near the f32 logits.
     #[test]
     fn half_precision_tracks_f32() {
-        let cfg = tiny_cfg(RopeLayout::AdjacentPairs);
+        let cfg = tiny_cfg(RopePairing::AdjacentPairs);
         let src = random_weights(&cfg, false);
         let seq = [1u32, 5, 9, 2];
         let logits = |dt: DType| -> Vec<f32> {
@@ -893,7 +897,7 @@ mod tests {
 
     #[test]
     fn tied_embeddings_and_shape_errors() {
-        let cfg = tiny_cfg(RopeLayout::AdjacentPairs);
+        let cfg = tiny_cfg(RopePairing::AdjacentPairs);
         let src = random_weights(&cfg, true);
         let m = Llama::load(cfg.clone(), &src, &Device::Cpu, Precision::Auto, 8).unwrap();
         assert!(m.tied_embeddings());
@@ -920,7 +924,7 @@ mod tests {
     /// the band between.
     #[test]
     fn scaled_rope_frequencies() {
-        let mut cfg = tiny_cfg(RopeLayout::AdjacentPairs);
+        let mut cfg = tiny_cfg(RopePairing::AdjacentPairs);
         cfg.head_dim = 128;
         cfg.rope_theta = 500000.0;
         let plain = cfg.inv_freqs();

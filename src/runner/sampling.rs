@@ -4,7 +4,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 /// Index of the largest logit; the first one on ties (torch.argmax). NaNs never win.
-pub fn argmax(logits: &[f32]) -> u32 {
+fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0usize;
     let mut best_v = f32::NEG_INFINITY;
     for (i, &v) in logits.iter().enumerate() {
@@ -17,21 +17,21 @@ pub fn argmax(logits: &[f32]) -> u32 {
 }
 
 /// log softmax(logits)[index], computed stably in f64.
-pub fn log_prob(logits: &[f32], index: u32) -> f32 {
+pub(crate) fn log_prob(logits: &[f32], index: u32) -> f32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let sum: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();
     let v = logits.get(index as usize).copied().unwrap_or(f32::NAN) as f64;
     (v - max - sum.ln()) as f32
 }
 
-pub struct Sampler {
+pub(crate) struct Sampler {
     temperature: f64,
     top_p: f64,
     rng: StdRng,
 }
 
 impl Sampler {
-    pub fn new(temperature: f64, top_p: f64, seed: u64) -> Sampler {
+    pub(crate) fn new(temperature: f64, top_p: f64, seed: u64) -> Sampler {
         Sampler {
             temperature,
             top_p,
@@ -39,11 +39,11 @@ impl Sampler {
         }
     }
 
-    pub fn is_greedy(&self) -> bool {
+    fn is_greedy(&self) -> bool {
         self.temperature <= 0.0
     }
 
-    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+    pub(crate) fn sample(&mut self, logits: &[f32]) -> u32 {
         if self.is_greedy() || logits.is_empty() {
             return argmax(logits);
         }

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 /// A tensor as stored: type, shape and bytes.
-pub struct StoredTensor {
+pub(crate) struct StoredTensor {
     /// The element type; `U8` when `quant` is set.
     pub dtype: DType,
     /// GGML blocks of this type (GGUF files), one row after another.
@@ -25,20 +25,20 @@ pub struct StoredTensor {
 }
 
 /// Full (unsharded) tensors by Meta name, in the type they are stored in.
-pub trait WeightSource {
+pub(crate) trait WeightSource {
     fn contains(&self, name: &str) -> bool;
     fn tensor(&self, name: &str) -> Result<StoredTensor>;
 }
 
 /// A Meta or HF checkpoint directory as a weight source.
-pub struct DirWeights<'a> {
+pub(crate) struct DirWeights<'a> {
     dir: &'a ModelDir,
     names: HashSet<String>,
     maps: Mutex<HashMap<PathBuf, Arc<Mmap>>>,
 }
 
 impl<'a> DirWeights<'a> {
-    pub fn new(dir: &'a ModelDir) -> Result<Self> {
+    pub(crate) fn new(dir: &'a ModelDir) -> Result<Self> {
         Ok(DirWeights {
             dir,
             names: dir.tensor_names()?.into_iter().collect(),
@@ -62,7 +62,7 @@ impl<'a> DirWeights<'a> {
 
 /// A read-only map of a weight file, populated up front as llama.cpp maps its files: the first
 /// forward pass would otherwise take a page fault per 4 KiB of weights.
-pub fn map_weights(file: &std::fs::File, path: &std::path::Path) -> Result<Mmap> {
+pub(crate) fn map_weights(file: &std::fs::File, path: &std::path::Path) -> Result<Mmap> {
     // SAFETY: the map is read-only; a checkpoint rewritten while we run is outside what any reader
     // of it can guard against (torch.load(mmap=True) makes the same assumption).
     unsafe { memmap2::MmapOptions::new().populate().map(file) }
@@ -70,7 +70,7 @@ pub fn map_weights(file: &std::fs::File, path: &std::path::Path) -> Result<Mmap>
 }
 
 /// Whether a tensor lies whole and contiguous in one file, so it can be used from the map.
-pub fn mappable(t: &FullTensor) -> bool {
+fn mappable(t: &FullTensor) -> bool {
     matches!(t.pieces.as_slice(), [p] if p.rows.len() == t.rows() && p.cols.len() == t.cols())
 }
 
@@ -108,14 +108,18 @@ impl WeightSource for DirWeights<'_> {
 /// What the weights of a directory will occupy: `mapped` bytes used from file maps, `owned` bytes
 /// copied into process memory (merged shards, casts) — known from the headers alone.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct WeightBytes {
+pub(crate) struct WeightBytes {
     pub mapped: u64,
     pub owned: u64,
 }
 
 /// The weight bytes of `dir` when every tensor is used in `target` type (None: as stored), on the
 /// CPU (`map` true: whole tensors straight from the file) or copied to a device.
-pub fn weight_bytes(dir: &ModelDir, target: Option<DType>, map: bool) -> Result<WeightBytes> {
+pub(crate) fn weight_bytes(
+    dir: &ModelDir,
+    target: Option<DType>,
+    map: bool,
+) -> Result<WeightBytes> {
     let mut w = WeightBytes::default();
     for name in dir.tensor_names()? {
         let t = dir.full(&name)?;

@@ -94,7 +94,7 @@ const fn fp8(m: Model) -> Model {
 
 /// Every known Llama 3.x text model. The first four are what download.sh offers for Llama 3; names
 /// and folders of the later ones are llama-models' (`sku_list.py`: descriptor and download folder).
-pub const MODELS: &[Model] = &[
+pub(crate) const MODELS: &[Model] = &[
     signed(
         "8B",
         "Llama-3-8B",
@@ -255,13 +255,13 @@ pub const MODELS: &[Model] = &[
 ];
 
 /// Look a model up by name, ignoring case.
-pub fn find(name: &str) -> Option<&'static Model> {
+pub(crate) fn find(name: &str) -> Option<&'static Model> {
     let name = name.trim();
     MODELS.iter().find(|m| m.name.eq_ignore_ascii_case(name))
 }
 
 /// Look a model up by name or descriptor (either spelling of its store folder), ignoring case.
-pub fn find_any(name: &str) -> Option<&'static Model> {
+pub(crate) fn find_any(name: &str) -> Option<&'static Model> {
     let name = name.trim();
     find(name).or_else(|| {
         MODELS.iter().find(|m| {
@@ -271,19 +271,19 @@ pub fn find_any(name: &str) -> Option<&'static Model> {
 }
 
 /// The model whose store folder is `folder` (exact, as Meta's CLI names it).
-pub fn by_store_folder(folder: &str) -> Option<&'static Model> {
+pub(crate) fn by_store_folder(folder: &str) -> Option<&'static Model> {
     MODELS.iter().find(|m| m.store_folder() == folder)
 }
 
 /// The models a Meta signed URL can fetch (download.sh's list, in its order).
-pub fn signed_url_models() -> impl Iterator<Item = &'static Model> {
+pub(crate) fn signed_url_models() -> impl Iterator<Item = &'static Model> {
     MODELS
         .iter()
         .filter(|m| matches!(m.source, Source::MetaSignedUrl { .. }))
 }
 
 /// Files at the top of a download directory.
-pub const TOP_LEVEL_FILES: [&str; 2] = ["LICENSE", "USE_POLICY"];
+pub(crate) const TOP_LEVEL_FILES: [&str; 2] = ["LICENSE", "USE_POLICY"];
 
 /// Name of the marker a verified download leaves in a model folder.
 const VERIFIED_MARKER: &str = ".llamactl-verified.json";
@@ -296,7 +296,7 @@ impl Model {
     }
 
     /// Shard file names: `consolidated.00.pth` ….
-    pub fn shard_files(&self) -> Vec<String> {
+    fn shard_files(&self) -> Vec<String> {
         (0..self.shards)
             .map(|i| format!("consolidated.{i:02}.pth"))
             .collect()
@@ -334,7 +334,7 @@ impl Model {
 /// `checklist.chk` as (file name → lower-case md5). Any unusable line (not md5sum syntax, or an
 /// absolute / `..` name) makes the whole checklist untrusted: an error page saved under that name
 /// must never pass as a checklist.
-pub fn parse_checklist(text: &str) -> Result<BTreeMap<String, String>> {
+pub(crate) fn parse_checklist(text: &str) -> Result<BTreeMap<String, String>> {
     let (entries, bad) = crate::checkpoint::checklist::parse(text);
     if let Some(b) = bad.first() {
         anyhow::bail!("line {}: {}", b.line, b.reason);
@@ -347,15 +347,15 @@ pub fn parse_checklist(text: &str) -> Result<BTreeMap<String, String>> {
 
 /// One file as recorded in the verified marker.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct VerifiedFile {
+pub(crate) struct VerifiedFile {
     pub md5: String,
-    pub size: u64,
-    pub mtime_ns: u128,
+    size: u64,
+    mtime_ns: u128,
 }
 
 impl VerifiedFile {
     /// Record `path` as having `md5` (checked by the caller).
-    pub fn of(path: &Path, md5: &str) -> std::io::Result<Self> {
+    pub(crate) fn of(path: &Path, md5: &str) -> std::io::Result<Self> {
         let meta = std::fs::metadata(path)?;
         Ok(Self {
             md5: md5.to_ascii_lowercase(),
@@ -365,7 +365,7 @@ impl VerifiedFile {
     }
 
     /// Whether `path` still looks like the file that was verified.
-    pub fn matches(&self, path: &Path) -> bool {
+    pub(crate) fn matches(&self, path: &Path) -> bool {
         std::fs::metadata(path)
             .map(|m| m.len() == self.size && mtime_ns(&m) == self.mtime_ns)
             .unwrap_or(false)
@@ -381,7 +381,7 @@ fn mtime_ns(meta: &std::fs::Metadata) -> u128 {
 }
 
 /// Read a model folder's verified marker (empty when absent or unreadable).
-pub fn read_marker(folder: &Path) -> BTreeMap<String, VerifiedFile> {
+pub(crate) fn read_marker(folder: &Path) -> BTreeMap<String, VerifiedFile> {
     std::fs::read_to_string(folder.join(VERIFIED_MARKER))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
@@ -389,14 +389,14 @@ pub fn read_marker(folder: &Path) -> BTreeMap<String, VerifiedFile> {
 }
 
 /// Write a model folder's verified marker atomically.
-pub fn write_marker(folder: &Path, files: &BTreeMap<String, VerifiedFile>) -> Result<()> {
+pub(crate) fn write_marker(folder: &Path, files: &BTreeMap<String, VerifiedFile>) -> Result<()> {
     let text = serde_json::to_string_pretty(files)?;
     crate::output::write_atomic(&folder.join(VERIFIED_MARKER), text.as_bytes())
 }
 
 /// What is on disk for one model.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct LocalStatus {
+pub(crate) struct LocalStatus {
     /// "absent", "partial", "present" or "verified".
     pub state: &'static str,
     pub files_present: usize,
@@ -406,12 +406,12 @@ pub struct LocalStatus {
 }
 
 /// Look at `dir/<local_folder>` and say what is there.
-pub fn local_status(model: &Model, dir: &Path) -> LocalStatus {
+pub(crate) fn local_status(model: &Model, dir: &Path) -> LocalStatus {
     folder_status(model, &dir.join(model.local_folder))
 }
 
 /// Say what of `model` is in `folder`.
-pub fn folder_status(model: &Model, folder: &Path) -> LocalStatus {
+pub(crate) fn folder_status(model: &Model, folder: &Path) -> LocalStatus {
     let files = model.files();
     let mut present = 0;
     let mut bytes = 0;
@@ -443,7 +443,7 @@ pub fn folder_status(model: &Model, folder: &Path) -> LocalStatus {
 
 /// `verified` (see [`is_verified`]), `changed` (a marker exists but a file or the checklist
 /// changed since) or `never` (no marker).
-pub fn verified_state(folder: &Path) -> &'static str {
+pub(crate) fn verified_state(folder: &Path) -> &'static str {
     if !folder.join(VERIFIED_MARKER).exists() {
         "never"
     } else if is_verified(folder) {
@@ -454,7 +454,7 @@ pub fn verified_state(folder: &Path) -> &'static str {
 }
 
 /// The marker covers every checklist entry with the checklist's md5 and unchanged files.
-pub fn is_verified(folder: &Path) -> bool {
+pub(crate) fn is_verified(folder: &Path) -> bool {
     let Ok(text) = std::fs::read_to_string(folder.join("checklist.chk")) else {
         return false;
     };

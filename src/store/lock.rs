@@ -29,7 +29,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// The lock file of `target`.
-pub fn lock_path(roots: &Roots, target: &Path) -> Result<PathBuf> {
+fn lock_path(roots: &Roots, target: &Path) -> Result<PathBuf> {
     let key = crate::util::resolve_path(target)?;
     let name: String = key
         .file_name()

@@ -60,7 +60,7 @@ impl Roots {
     }
 
     /// Where llamactl keeps its model locks (outside `checkpoints/`, which Meta's CLI lists).
-    pub fn lock_dir(&self) -> PathBuf {
+    fn lock_dir(&self) -> PathBuf {
         self.llama_home.join(".llamactl-locks")
     }
 

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 /// How one item goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Step {
+enum Step {
     /// One file (or symlink).
     Unlink,
     /// A folder: renamed out of sight atomically, then deleted.
@@ -33,7 +33,7 @@ pub struct Item {
     pub what: String,
     /// Bytes freed (files whose inode another kept path still uses count 0).
     pub bytes: u64,
-    pub step: Step,
+    step: Step,
     /// Where a `Tree` goes before it is deleted (a folder on the same file system).
     #[serde(skip)]
     trash_dir: PathBuf,
@@ -136,7 +136,7 @@ fn remove_tree_atomically(path: &Path, trash_dir: &Path) -> Result<()> {
 }
 
 /// The folder of the HF cache that `huggingface_hub` does not scan: trash goes there.
-pub fn hf_trash_dir(roots: &Roots) -> PathBuf {
+fn hf_trash_dir(roots: &Roots) -> PathBuf {
     roots.hf_cache.join(".locks")
 }
 

@@ -37,7 +37,7 @@ pub fn model_path(arg: &Path, want: Want) -> Result<PathBuf> {
 }
 
 /// The path and, unless `arg` was a path used as given, how it was found.
-pub fn resolve(arg: &Path, want: Want) -> Result<(PathBuf, Option<String>)> {
+fn resolve(arg: &Path, want: Want) -> Result<(PathBuf, Option<String>)> {
     if std::fs::symlink_metadata(arg).is_ok() {
         let picked = pick(arg, want);
         let how = (picked != arg).then(|| "the Meta files of that folder".to_string());

@@ -21,7 +21,7 @@ pub enum Format {
 }
 
 impl Format {
-    pub fn label(self) -> &'static str {
+    fn label(self) -> &'static str {
         match self {
             Format::Meta => "Meta",
             Format::Hf => "HF",
@@ -49,8 +49,8 @@ pub struct Revision {
     /// Branches and tags (`refs/...`) pointing at it; empty for a detached revision.
     pub refs: Vec<String>,
     /// `snapshots/{commit}`.
-    pub path: PathBuf,
-    pub formats: Vec<Format>,
+    path: PathBuf,
+    formats: Vec<Format>,
     pub files: usize,
     pub bytes: u64,
     pub modified: u64,
@@ -324,7 +324,7 @@ fn shard_count(dir: &Path) -> usize {
 }
 
 /// `torch_dtype` (or transformers 5's `dtype`) of config.json, in safetensors spelling.
-pub(crate) fn hf_dtype(dir: &Path) -> Option<String> {
+fn hf_dtype(dir: &Path) -> Option<String> {
     let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     let d = v["torch_dtype"].as_str().or(v["dtype"].as_str())?;
@@ -350,7 +350,7 @@ fn meta_dtype(dir: &Path) -> Option<String> {
 }
 
 /// llama.cpp's names for `general.file_type` (`LLAMA_FTYPE_MOSTLY_*`).
-pub(crate) fn gguf_file_type_name(code: u64) -> Option<&'static str> {
+fn gguf_file_type_name(code: u64) -> Option<&'static str> {
     Some(match code {
         0 => "F32",
         1 => "F16",
@@ -476,7 +476,7 @@ pub struct RepoScan {
     /// Every file under `blobs/` (complete blobs and `.incomplete` parts).
     pub blobs: BTreeSet<String>,
     /// Snapshot links whose blob is missing, and refs to missing commits.
-    pub problems: Vec<String>,
+    problems: Vec<String>,
 }
 
 impl RepoScan {

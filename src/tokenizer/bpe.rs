@@ -26,7 +26,7 @@ fn pack(b: &[u8]) -> u128 {
     u128::from_le_bytes(a)
 }
 
-pub struct Bpe {
+pub(super) struct Bpe {
     short: FxHashMap<u128, u32>,
     long: FxHashMap<Vec<u8>, u32>,
     /// Token bytes by rank.
@@ -38,7 +38,7 @@ impl Bpe {
     /// Parses tiktoken text: `base64(bytes) rank` per line; blank lines are skipped.
     /// The ranks must be exactly 0..n and every single byte must be a token, otherwise some
     /// inputs could not be encoded.
-    pub fn parse(data: &[u8], path: &Path) -> Result<Bpe> {
+    pub(super) fn parse(data: &[u8], path: &Path) -> Result<Bpe> {
         let text = std::str::from_utf8(data)
             .map_err(|e| anyhow::anyhow!("{}: not UTF-8 text ({e})", path.display()))?;
         let b64 = base64::engine::general_purpose::STANDARD;
@@ -125,16 +125,16 @@ impl Bpe {
         })
     }
 
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.tokens.len()
     }
 
-    pub fn token_bytes(&self, rank: u32) -> Option<&[u8]> {
+    pub(super) fn token_bytes(&self, rank: u32) -> Option<&[u8]> {
         self.tokens.get(rank as usize).map(|t| t.as_slice())
     }
 
     #[inline]
-    pub fn rank(&self, bytes: &[u8]) -> Option<u32> {
+    pub(super) fn rank(&self, bytes: &[u8]) -> Option<u32> {
         if bytes.len() <= SHORT {
             self.short.get(&pack(bytes)).copied()
         } else {
@@ -143,13 +143,13 @@ impl Bpe {
     }
 
     /// All tokens in rank order.
-    pub fn tokens(&self) -> &[Vec<u8>] {
+    pub(super) fn tokens(&self) -> &[Vec<u8>] {
         &self.tokens
     }
 
     /// Appends the ids of one pre-split piece.
     #[inline]
-    pub fn encode_piece(&self, piece: &[u8], out: &mut Vec<u32>) {
+    pub(super) fn encode_piece(&self, piece: &[u8], out: &mut Vec<u32>) {
         if piece.len() == 1 {
             out.push(self.byte_rank[piece[0] as usize]);
         } else if let Some(r) = self.rank(piece) {

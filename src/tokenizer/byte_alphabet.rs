@@ -5,7 +5,7 @@ use rustc_hash::FxHashMap;
 
 /// GPT-2's printable stand-in for a byte: printable Latin-1 bytes stand for themselves, the
 /// other 68 are mapped in order to U+0100 onwards.
-pub fn byte_to_unicode(b: u8) -> char {
+pub(super) fn byte_to_unicode(b: u8) -> char {
     let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
     if printable(b) {
         return b as char;
@@ -15,7 +15,7 @@ pub fn byte_to_unicode(b: u8) -> char {
 }
 
 /// The inverse of [`byte_to_unicode`].
-pub fn unicode_to_byte(c: char) -> Option<u8> {
+pub(super) fn unicode_to_byte(c: char) -> Option<u8> {
     static TABLE: std::sync::OnceLock<FxHashMap<char, u8>> = std::sync::OnceLock::new();
     TABLE
         .get_or_init(|| (0..=255u8).map(|b| (byte_to_unicode(b), b)).collect())
@@ -24,7 +24,7 @@ pub fn unicode_to_byte(c: char) -> Option<u8> {
 }
 
 /// A token's bytes in the byte alphabet.
-pub fn to_unicode(bytes: &[u8]) -> String {
+pub(super) fn to_unicode(bytes: &[u8]) -> String {
     bytes.iter().map(|&b| byte_to_unicode(b)).collect()
 }
 

@@ -77,7 +77,7 @@ const EOG_TEXTS: [&str; 11] = [
 ];
 
 /// A GGUF vocabulary, ready for the `tokenizers` crate.
-pub struct GgufVocab {
+pub(super) struct GgufVocab {
     /// The `tokenizer.json` document.
     pub json: Vec<u8>,
     pub bos: Option<u32>,
@@ -116,7 +116,7 @@ fn ints(f: &GgufFile, key: &str) -> Vec<i64> {
 }
 
 impl GgufVocab {
-    pub fn read(f: &GgufFile) -> Result<GgufVocab> {
+    pub(super) fn read(f: &GgufFile) -> Result<GgufVocab> {
         match f.get("tokenizer.ggml.model").and_then(Value::as_str) {
             Some("gpt2") => {}
             Some("llama") => bail!("tokenizer.ggml.model is llama (SentencePiece, Llama 2 and older); llamactl reads byte-level BPE (gpt2) vocabularies"),

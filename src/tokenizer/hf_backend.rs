@@ -6,7 +6,7 @@ use rustc_hash::FxHashMap;
 use std::path::Path;
 use tokenizers::DecoderWrapper;
 
-pub struct Hf {
+pub(super) struct Hf {
     /// Splits special-token text out of the input (allowed special).
     special: tokenizers::Tokenizer,
     /// Encodes special-token text as plain text.
@@ -17,7 +17,7 @@ pub struct Hf {
 }
 
 impl Hf {
-    pub fn parse(data: &[u8], path: &Path) -> Result<Hf> {
+    pub(super) fn parse(data: &[u8], path: &Path) -> Result<Hf> {
         let special = tokenizers::Tokenizer::from_bytes(data).map_err(|e| {
             anyhow!(
                 "{}: not a tokenizer.json the tokenizers library accepts ({e})",
@@ -40,11 +40,11 @@ impl Hf {
         })
     }
 
-    pub fn n_vocab(&self) -> usize {
+    pub(super) fn n_vocab(&self) -> usize {
         self.special.get_vocab_size(true)
     }
 
-    pub fn encode(&self, text: &str, allowed: AllowedSpecial) -> Result<Vec<u32>> {
+    pub(super) fn encode(&self, text: &str, allowed: AllowedSpecial) -> Result<Vec<u32>> {
         let tk = match allowed {
             AllowedSpecial::All => &self.special,
             AllowedSpecial::None => &self.plain,
@@ -55,7 +55,7 @@ impl Hf {
         Ok(enc.get_ids().to_vec())
     }
 
-    pub fn check_ids(&self, ids: &[u32]) -> Result<()> {
+    fn check_ids(&self, ids: &[u32]) -> Result<()> {
         let n = self.n_vocab();
         for &id in ids {
             if self.special.id_to_token(id).is_none() {
@@ -65,7 +65,7 @@ impl Hf {
         Ok(())
     }
 
-    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+    pub(super) fn decode(&self, ids: &[u32]) -> Result<String> {
         self.check_ids(ids)?;
         self.special
             .decode(ids, false)
@@ -73,7 +73,7 @@ impl Hf {
     }
 
     /// The token's bytes, where the tokenizer is byte-level (or the token is an added one).
-    pub fn token_bytes(&self, id: u32) -> Option<Vec<u8>> {
+    pub(super) fn token_bytes(&self, id: u32) -> Option<Vec<u8>> {
         if let Some(s) = self.added.get(&id) {
             return Some(s.as_bytes().to_vec());
         }
@@ -84,17 +84,13 @@ impl Hf {
         tok.chars().map(unicode_to_byte).collect()
     }
 
-    pub fn is_special(&self, id: u32) -> bool {
+    pub(super) fn is_special(&self, id: u32) -> bool {
         self.added.contains_key(&id)
-    }
-
-    pub fn byte_level(&self) -> bool {
-        self.byte_level
     }
 
     /// The id of a token given as its text: added tokens by content, others through the
     /// byte alphabet when byte-level.
-    pub fn token_id(&self, text: &str) -> Option<u32> {
+    pub(super) fn token_id(&self, text: &str) -> Option<u32> {
         if let Some(id) = self.special.token_to_id(text) {
             if self.added.contains_key(&id) || !self.byte_level {
                 return Some(id);

@@ -15,13 +15,13 @@ use std::io::Write;
 use std::path::Path;
 
 /// Meta's pre-split pattern, as written into tokenizer.json.
-pub const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// The Llama 3 chat template as transformers' converter writes it for instruct models.
 pub const LLAMA3_CHAT_TEMPLATE: &str = "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
 
 /// Merges rebuilt from tiktoken ranks (see the module comment), as (left, right) token bytes.
-pub fn merges_from_ranks(tokens: &[Vec<u8>]) -> Vec<(Vec<u8>, Vec<u8>)> {
+fn merges_from_ranks(tokens: &[Vec<u8>]) -> Vec<(Vec<u8>, Vec<u8>)> {
     let rank: FxHashMap<&[u8], usize> = tokens
         .iter()
         .enumerate()
@@ -50,7 +50,7 @@ pub fn merges_from_ranks(tokens: &[Vec<u8>]) -> Vec<(Vec<u8>, Vec<u8>)> {
 /// The special-token names Hugging Face's Llama repos use. For Llama 3 they are Meta's; for 3.1
 /// Hugging Face kept 128005 and 128011.. as reserved tokens (reserved 2, then 3-247) where
 /// llama-models later named `<|step_id|>` and `<|image|>`.
-pub fn hf_special_names(names: SpecialNames) -> Vec<String> {
+fn hf_special_names(names: SpecialNames) -> Vec<String> {
     let mut list = special_names(names);
     if names == SpecialNames::Llama31 {
         list[5] = "<|reserved_special_token_2|>".to_string();
@@ -186,7 +186,7 @@ fn eos_name(instruct: bool) -> &'static str {
     }
 }
 
-pub fn special_tokens_map_json(instruct: bool) -> Value {
+fn special_tokens_map_json(instruct: bool) -> Value {
     json!({"bos_token": "<|begin_of_text|>", "eos_token": eos_name(instruct)})
 }
 

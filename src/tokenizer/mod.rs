@@ -260,28 +260,6 @@ impl Tokenizer {
         }
     }
 
-    /// Raw bytes of the ids (tiktoken and byte-level HF tokenizers; otherwise the decoded text).
-    pub fn decode_bytes(&self, ids: &[u32]) -> Result<Vec<u8>> {
-        match &self.backend {
-            Backend::Tiktoken(t) => t.decode_bytes(ids),
-            Backend::Hf(h) => {
-                h.check_ids(ids)?;
-                if h.byte_level() {
-                    let mut out = Vec::new();
-                    for &id in ids {
-                        match h.token_bytes(id) {
-                            Some(b) => out.extend_from_slice(&b),
-                            None => return Ok(h.decode(ids)?.into_bytes()),
-                        }
-                    }
-                    Ok(out)
-                } else {
-                    Ok(h.decode(ids)?.into_bytes())
-                }
-            }
-        }
-    }
-
     /// Vocabulary size including special tokens (128256 for Llama 3).
     pub fn n_vocab(&self) -> usize {
         match &self.backend {

@@ -242,7 +242,7 @@ impl Text<'_> {
 }
 
 /// Calls `f` with each piece of `text`, in order; the pieces concatenate to `text`.
-pub fn for_each_piece<'a>(text: &'a str, mut f: impl FnMut(&'a str)) {
+pub(super) fn for_each_piece<'a>(text: &'a str, mut f: impl FnMut(&'a str)) {
     let t = Text {
         s: text,
         classes: classes(),

@@ -14,7 +14,7 @@ const MAX_RUN_CHARS: usize = 25_000;
 /// Inputs at least this long are encoded on several threads, one slice per task.
 const PARALLEL_BYTES: usize = 1 << 20;
 
-pub const NUM_SPECIAL: usize = 256;
+const NUM_SPECIAL: usize = 256;
 
 /// Names of the 256 special tokens, in id order after the ordinary tokens.
 pub fn special_names(names: SpecialNames) -> Vec<String> {
@@ -58,7 +58,7 @@ pub fn special_names(names: SpecialNames) -> Vec<String> {
     out
 }
 
-pub struct Tiktoken {
+pub(super) struct Tiktoken {
     pub bpe: Bpe,
     pub names: SpecialNames,
     special_bytes: Vec<Vec<u8>>,
@@ -66,7 +66,7 @@ pub struct Tiktoken {
 }
 
 impl Tiktoken {
-    pub fn parse(data: &[u8], path: &Path, names: SpecialNames) -> Result<Tiktoken> {
+    pub(super) fn parse(data: &[u8], path: &Path, names: SpecialNames) -> Result<Tiktoken> {
         let bpe = Bpe::parse(data, path)?;
         let base = bpe.len() as u32;
         let list = special_names(names);
@@ -83,15 +83,15 @@ impl Tiktoken {
         })
     }
 
-    pub fn n_vocab(&self) -> usize {
+    pub(super) fn n_vocab(&self) -> usize {
         self.bpe.len() + NUM_SPECIAL
     }
 
-    pub fn special_id(&self, name: &str) -> Option<u32> {
+    pub(super) fn special_id(&self, name: &str) -> Option<u32> {
         self.special_ids.get(name).copied()
     }
 
-    pub fn token_bytes(&self, id: u32) -> Option<&[u8]> {
+    pub(super) fn token_bytes(&self, id: u32) -> Option<&[u8]> {
         let base = self.bpe.len();
         match (id as usize).checked_sub(base) {
             Some(i) => self.special_bytes.get(i).map(|b| b.as_slice()),
@@ -99,13 +99,13 @@ impl Tiktoken {
         }
     }
 
-    pub fn is_special(&self, id: u32) -> bool {
+    pub(super) fn is_special(&self, id: u32) -> bool {
         (id as usize) >= self.bpe.len() && (id as usize) < self.n_vocab()
     }
 
     /// Meta's `Tokenizer.encode` without bos/eos: 400,000-char windows, runs longer than
     /// 25,000 cut, each slice encoded on its own.
-    pub fn encode(&self, text: &str, allowed: AllowedSpecial) -> Vec<u32> {
+    pub(super) fn encode(&self, text: &str, allowed: AllowedSpecial) -> Vec<u32> {
         if text.len() < PARALLEL_BYTES {
             let mut out = Vec::with_capacity(text.len() / 3 + 1);
             meta_slices(text, |s| self.encode_slice(s, allowed, &mut out));
@@ -166,7 +166,7 @@ impl Tiktoken {
     }
 
     /// Bytes of the ids; an id outside the vocabulary is an error.
-    pub fn decode_bytes(&self, ids: &[u32]) -> Result<Vec<u8>> {
+    pub(super) fn decode_bytes(&self, ids: &[u32]) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(ids.len() * 4);
         for &id in ids {
             match self.token_bytes(id) {
@@ -195,7 +195,7 @@ fn find2(hay: &[u8], a: u8, b: u8) -> Option<usize> {
 
 /// Meta's slicing of a long input: windows of 400,000 chars, each cut wherever a run of
 /// whitespace (Python `isspace`) or of non-whitespace would exceed 25,000 chars.
-pub fn meta_slices<'a>(text: &'a str, mut f: impl FnMut(&'a str)) {
+fn meta_slices<'a>(text: &'a str, mut f: impl FnMut(&'a str)) {
     let mut window_start = 0;
     while window_start < text.len() {
         let window_end = nth_char_boundary(text, window_start, WINDOW_CHARS);

@@ -1,9 +1,9 @@
 //! `llamactl convert --to gguf SRC DEST.gguf`: resolves the flags, plans the file with `ops::gguf`
 //! (from a model directory, or re-quantizing an f32/f16/bf16 GGUF file), streams it into
 //! `DEST.gguf.part`, renames it when complete, and prints what it holds.
-use crate::checkpoint::Layout;
+use crate::checkpoint::DirKind;
 use crate::cli::ConvertArgs;
-use crate::commands::reporters::{Options as Shown, ProgressReporter};
+use crate::commands::reporters::{ProgressReporter, Shown};
 use crate::formats::gguf;
 use crate::human::human_bytes;
 use crate::ops::gguf::{self as export, FileType, Options};
@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use std::path::Path;
 use std::time::Instant;
 
-pub fn run(args: &ConvertArgs, instruct: bool) -> Result<i32> {
+pub(super) fn run(args: &ConvertArgs, instruct: bool) -> Result<i32> {
     let src = &args.src_dir;
     let dst = &args.dst_dir;
     let opts = Options {
@@ -32,7 +32,7 @@ pub fn run(args: &ConvertArgs, instruct: bool) -> Result<i32> {
 }
 
 /// `convert --to gguf IN.gguf OUT.gguf --dtype TYPE`: re-quantize an f32/f16/bf16 GGUF file.
-pub fn run_from_gguf(args: &ConvertArgs) -> Result<i32> {
+pub(super) fn run_from_gguf(args: &ConvertArgs) -> Result<i32> {
     let (src, dst) = (&args.src_dir, &args.dst_dir);
     if !gguf::is_gguf(src) {
         bail!(
@@ -67,8 +67,8 @@ fn write_plan(
     mut progress: ProgressReporter,
 ) -> Result<i32> {
     let kind = match plan.source {
-        Some(Layout::Meta) => "Meta",
-        Some(Layout::Hf) => "Hugging Face",
+        Some(DirKind::Meta) => "Meta",
+        Some(DirKind::Hf) => "Hugging Face",
         None => "GGUF",
     };
     let size = plan.file_size()?;

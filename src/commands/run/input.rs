@@ -11,7 +11,7 @@ use rustyline::{Config, Editor};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
-pub const PROMPT: &str = "user> ";
+const PROMPT: &str = "user> ";
 const MORE: &str = "...> ";
 const BLOCK: &str = "\"\"\"";
 

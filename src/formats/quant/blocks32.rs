@@ -39,23 +39,23 @@ fn with_candle<T: CandleBlock>(x: &[f32], out: &mut [u8]) {
     out.copy_from_slice(bytes);
 }
 
-pub fn q4_0(x: &[f32], out: &mut [u8]) {
+pub(super) fn q4_0(x: &[f32], out: &mut [u8]) {
     with_candle::<BlockQ4_0>(x, out)
 }
 
-pub fn q4_1(x: &[f32], out: &mut [u8]) {
+pub(super) fn q4_1(x: &[f32], out: &mut [u8]) {
     with_candle::<BlockQ4_1>(x, out)
 }
 
-pub fn q5_0(x: &[f32], out: &mut [u8]) {
+pub(super) fn q5_0(x: &[f32], out: &mut [u8]) {
     with_candle::<BlockQ5_0>(x, out)
 }
 
-pub fn q5_1(x: &[f32], out: &mut [u8]) {
+pub(super) fn q5_1(x: &[f32], out: &mut [u8]) {
     with_candle::<BlockQ5_1>(x, out)
 }
 
-pub fn q8_0(x: &[f32], out: &mut [u8]) {
+pub(super) fn q8_0(x: &[f32], out: &mut [u8]) {
     assert_eq!(out.len(), x.len() / QK * 34, "output holds whole blocks");
     match isa() {
         // SAFETY: `isa` reports AVX-512F / AVX2 only where the CPU has them.

@@ -125,7 +125,7 @@ fn super_blocks<'a>(
     x.chunks_exact(QK_K).zip(out.chunks_exact_mut(size))
 }
 
-pub fn q4_k(x: &[f32], out: &mut [u8]) {
+pub(super) fn q4_k(x: &[f32], out: &mut [u8]) {
     let p = Qkx2 {
         nmax: 15,
         rmin: -1.0,
@@ -143,7 +143,7 @@ pub fn q4_k(x: &[f32], out: &mut [u8]) {
     });
 }
 
-pub fn q5_k(x: &[f32], out: &mut [u8]) {
+pub(super) fn q5_k(x: &[f32], out: &mut [u8]) {
     let p = Qkx2 {
         nmax: 31,
         rmin: -0.5,
@@ -173,7 +173,7 @@ pub fn q5_k(x: &[f32], out: &mut [u8]) {
     });
 }
 
-pub fn q6_k(x: &[f32], out: &mut [u8]) {
+pub(super) fn q6_k(x: &[f32], out: &mut [u8]) {
     let (mut scales, mut l) = ([0f32; PIECE / 16], [0i8; PIECE]);
     for (xp, op) in x.chunks(PIECE).zip(out.chunks_mut(PIECE / QK_K * 210)) {
         let subs = xp.len() / 16;
@@ -235,7 +235,7 @@ fn pack2(l: &[u8; QK_K], qs: &mut [u8]) {
     }
 }
 
-pub fn q3_k(x: &[f32], out: &mut [u8]) {
+pub(super) fn q3_k(x: &[f32], out: &mut [u8]) {
     for (xb, y) in super_blocks(x, out, 110) {
         let mut l = [0i8; QK_K];
         let mut scales = [0f32; 16];
@@ -290,7 +290,7 @@ pub fn q3_k(x: &[f32], out: &mut [u8]) {
     }
 }
 
-pub fn q2_k(x: &[f32], out: &mut [u8]) {
+pub(super) fn q2_k(x: &[f32], out: &mut [u8]) {
     let p = Qkx2 {
         nmax: 3,
         rmin: -0.5,

@@ -11,7 +11,7 @@ use std::arch::x86_64::*;
 
 /// One f32 per lane, with the operations the searches need. Methods are `inline(always)` so that
 /// they compile inside the caller's `#[target_feature]` function.
-pub trait Lanes: Copy {
+pub(super) trait Lanes: Copy {
     /// Lanes per vector.
     const N: usize;
     type Mask: Copy;
@@ -44,7 +44,7 @@ const MAGIC: f32 = 12582912.0;
 
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
-pub struct Avx512(__m512);
+pub(super) struct Avx512(__m512);
 
 // SAFETY (all methods): values of `Avx512` exist only inside functions compiled with AVX-512F
 // and reached after runtime detection (module docs).
@@ -129,7 +129,7 @@ impl Lanes for Avx512 {
 
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
-pub struct Avx2(__m256);
+pub(super) struct Avx2(__m256);
 
 // SAFETY (all methods): values of `Avx2` exist only inside functions compiled with AVX2 and
 // reached after runtime detection (module docs).

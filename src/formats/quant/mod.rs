@@ -25,7 +25,7 @@ use rayon::prelude::*;
 pub use blocks32::quantize_q8_0;
 
 /// Values per k-quant super-block.
-pub const QK_K: usize = 256;
+const QK_K: usize = 256;
 
 /// Every type [`quantize_rows`] writes.
 pub const TYPES: [GgmlType; 10] = [

@@ -14,7 +14,7 @@ use super::nearest_int;
 use crate::isa::{isa, Isa};
 
 /// ggml's threshold under which a group counts as all zeros.
-pub const GROUP_MAX_EPS: f32 = 1e-15;
+pub(super) const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// The value of largest magnitude (the first one on ties) and that magnitude.
 fn signed_max(x: &[f32]) -> (f32, f32) {
@@ -31,7 +31,7 @@ fn signed_max(x: &[f32]) -> (f32, f32) {
 /// Symmetric codes in [-nmax, nmax) for `x` with weights x² (ggml's `make_qx_quants`, rmse type 1,
 /// no importance weights): the best of 19 candidate scales around nmax / max by weighted error.
 /// Writes `l + nmax` into `out` and returns the scale.
-pub fn make_qx_quants(nmax: i32, x: &[f32; 16], out: &mut [i8; 16]) -> f32 {
+fn make_qx_quants(nmax: i32, x: &[f32; 16], out: &mut [i8; 16]) -> f32 {
     let (max, amax) = signed_max(x);
     if amax < GROUP_MAX_EPS {
         out.fill(0);
@@ -74,7 +74,7 @@ pub fn make_qx_quants(nmax: i32, x: &[f32; 16], out: &mut [i8; 16]) -> f32 {
 
 /// Q3_K's sub-block search (ggml's `make_q3_quants` with rmse): start from nmax / max, then move
 /// single codes while the weighted fit improves, up to five passes. Writes `l + nmax`.
-pub fn make_q3_quants(nmax: i32, x: &[f32], out: &mut [i8]) -> f32 {
+pub(super) fn make_q3_quants(nmax: i32, x: &[f32], out: &mut [i8]) -> f32 {
     let (max, amax) = signed_max(x);
     if amax < GROUP_MAX_EPS {
         out.fill(0);
@@ -124,7 +124,7 @@ pub fn make_q3_quants(nmax: i32, x: &[f32], out: &mut [i8]) -> f32 {
 }
 
 /// Search parameters of ggml's `make_qkx2_quants`.
-pub struct Qkx2 {
+pub(super) struct Qkx2 {
     pub nmax: i32,
     pub rmin: f32,
     pub rdelta: f32,
@@ -157,7 +157,7 @@ fn fit_error<const N: usize>(
 /// Returns (scale, -min); codes go to `out`. Inlined so that each caller's constant parameters
 /// specialize the loops.
 #[inline(always)]
-pub fn make_qkx2_quants<const N: usize>(
+fn make_qkx2_quants<const N: usize>(
     p: &Qkx2,
     x: &[f32; N],
     weights: &[f32; N],
@@ -225,7 +225,7 @@ pub fn make_qkx2_quants<const N: usize>(
 
 /// How `make_qkx2_quants` weighs the values of a sub-block.
 #[derive(Clone, Copy)]
-pub enum Weights {
+pub(super) enum Weights {
     /// Q4_K, Q5_K: rms of the sub-block + |x|.
     RmsAbs,
     /// Q2_K: |x|.
@@ -234,7 +234,7 @@ pub enum Weights {
 
 /// One sub-block's importance weights (the scalar rule, index order).
 #[inline(always)]
-pub fn weights<const N: usize>(kind: Weights, x: &[f32; N]) -> [f32; N] {
+fn weights<const N: usize>(kind: Weights, x: &[f32; N]) -> [f32; N] {
     let av_x = match kind {
         Weights::RmsAbs => {
             let mut sum_x2 = 0f32;
@@ -253,7 +253,7 @@ pub fn weights<const N: usize>(kind: Weights, x: &[f32; N]) -> [f32; N] {
 
 /// Searches every `N`-value sub-block of `x`: `scales[k]`, `mins[k]` (as `make_qkx2_quants`
 /// returns them: the minimum negated) and codes `codes[N * k..][..N]` of sub-block `k`.
-pub fn qkx2<const N: usize>(
+pub(super) fn qkx2<const N: usize>(
     p: &Qkx2,
     kind: Weights,
     x: &[f32],
@@ -279,7 +279,7 @@ pub fn qkx2<const N: usize>(
 
 /// Searches every 16-value sub-block of `x` with `make_qx_quants(nmax)`: `scales[k]` and codes
 /// (`l + nmax`) `codes[16 * k..][..16]`.
-pub fn qx(nmax: i32, x: &[f32], scales: &mut [f32], codes: &mut [i8]) {
+pub(super) fn qx(nmax: i32, x: &[f32], scales: &mut [f32], codes: &mut [i8]) {
     match isa() {
         // SAFETY: as in `qkx2`.
         #[cfg(target_arch = "x86_64")]

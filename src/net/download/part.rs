@@ -51,8 +51,8 @@ pub(crate) fn plan(total: u64, n: usize) -> Vec<Segment> {
 /// What we learned about the remote object from the response that started the part.
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub(crate) struct PartMeta {
-    pub etag: Option<String>,
-    pub last_modified: Option<String>,
+    etag: Option<String>,
+    last_modified: Option<String>,
     pub size: Option<u64>,
     /// Present when the part is being filled over several connections (it then has holes).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -22,22 +22,22 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Clone)]
-pub struct RepoFile {
+pub(crate) struct RepoFile {
     pub path: String,
     pub size: Option<u64>,
-    pub blob_id: Option<String>,
-    pub lfs_sha256: Option<String>,
+    blob_id: Option<String>,
+    lfs_sha256: Option<String>,
 }
 
 impl RepoFile {
     /// The blob name the resolve endpoint will report, when the listing already tells it.
-    pub fn expected_etag(&self) -> Option<&str> {
+    fn expected_etag(&self) -> Option<&str> {
         self.lfs_sha256.as_deref().or(self.blob_id.as_deref())
     }
 }
 
 #[derive(Debug, Clone)]
-pub struct RepoListing {
+pub(crate) struct RepoListing {
     pub commit: String,
     pub files: Vec<RepoFile>,
 }
@@ -66,20 +66,20 @@ struct ApiLfs {
 
 /// What `HEAD .../resolve/{commit}/{path}` says about one file.
 #[derive(Debug, Clone)]
-pub struct FileMeta {
-    pub etag: String,
-    pub size: Option<u64>,
+struct FileMeta {
+    etag: String,
+    size: Option<u64>,
     /// For LFS files (`X-Linked-Etag`), checked while streaming.
-    pub sha256: Option<String>,
+    sha256: Option<String>,
     /// Where the bytes are: the resolve URL itself or the CDN URL it redirects to.
-    pub url: String,
+    url: String,
     /// False once the URL left the Hub's origin: the token must not travel to a CDN.
-    pub send_auth: bool,
+    send_auth: bool,
 }
 
 /// What happened to one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fetched {
+pub(crate) enum Fetched {
     /// Already in place; no request made.
     Present,
     /// The blob was in the cache (another revision had it); only linked.
@@ -135,7 +135,7 @@ fn same_origin(a: &Url, b: &Url) -> bool {
 }
 
 /// A client for one Hub endpoint.
-pub struct HubClient {
+pub(crate) struct HubClient {
     /// Follows no redirect: [`HubClient::file_meta`] follows them by hand, and a redirect to
     /// another origin (the CDN) must drop the token.
     http: Http,
@@ -144,7 +144,7 @@ pub struct HubClient {
 }
 
 impl HubClient {
-    pub fn new(endpoint: &str, token: Option<&Token>, net: NetConfig) -> Result<Self> {
+    pub(crate) fn new(endpoint: &str, token: Option<&Token>, net: NetConfig) -> Result<Self> {
         Ok(Self {
             http: Http::without_redirects(net)?,
             endpoint: endpoint.trim_end_matches('/').to_string(),
@@ -152,11 +152,11 @@ impl HubClient {
         })
     }
 
-    pub fn model_page(&self, repo_id: &str) -> String {
+    fn model_page(&self, repo_id: &str) -> String {
         redact(&format!("{}/{repo_id}", self.endpoint))
     }
 
-    pub fn resolve_url(&self, repo_id: &str, revision: &str, path: &str) -> String {
+    fn resolve_url(&self, repo_id: &str, revision: &str, path: &str) -> String {
         format!(
             "{}/{repo_id}/resolve/{}/{}",
             self.endpoint,
@@ -236,7 +236,7 @@ impl HubClient {
     }
 
     /// The commit a revision points at and the files it holds.
-    pub fn listing(
+    pub(crate) fn listing(
         &self,
         repo_id: &str,
         revision: &str,
@@ -322,7 +322,7 @@ impl HubClient {
 
     /// `HEAD` the resolve URL; redirects within the Hub are followed, one to another origin (the
     /// CDN) is not: its `Location` is where the bytes are, fetched without the token.
-    pub fn file_meta(
+    fn file_meta(
         &self,
         repo_id: &str,
         commit: &str,
@@ -418,7 +418,7 @@ impl HubClient {
     }
 
     /// Put one file of `commit` into the cache: link it if its blob is there, else download the blob.
-    pub fn fetch_to_cache(
+    pub(crate) fn fetch_to_cache(
         &self,
         cache: &RepoCache,
         repo_id: &str,
@@ -469,7 +469,7 @@ impl HubClient {
 
     /// Put one file straight into `dir/{path}`, with the bookkeeping `huggingface_hub` keeps for
     /// local dirs (`.cache/huggingface/download/{path}.metadata`: commit, etag, timestamp).
-    pub fn fetch_to_dir(
+    pub(crate) fn fetch_to_dir(
         &self,
         dir: &Path,
         repo_id: &str,

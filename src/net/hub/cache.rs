@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 
 /// One repo's folder in the Hub cache.
 #[derive(Debug, Clone)]
-pub struct RepoCache {
+pub(crate) struct RepoCache {
     cache_dir: PathBuf,
     folder: String,
 }
 
 impl RepoCache {
-    pub fn new(cache_dir: &Path, repo_id: &str) -> Self {
+    pub(crate) fn new(cache_dir: &Path, repo_id: &str) -> Self {
         // huggingface_hub's cache folder name for a model repo: `models--org--name`.
         let folder = format!("models--{}", repo_id.replace('/', "--"));
         Self {
@@ -25,35 +25,35 @@ impl RepoCache {
     }
 
     /// `models--{org}--{name}`.
-    pub fn root(&self) -> PathBuf {
+    pub(crate) fn root(&self) -> PathBuf {
         self.cache_dir.join(&self.folder)
     }
 
-    pub fn blob_path(&self, etag: &str) -> PathBuf {
+    pub(crate) fn blob_path(&self, etag: &str) -> PathBuf {
         self.root().join("blobs").join(etag)
     }
 
-    pub fn incomplete_path(&self, etag: &str) -> PathBuf {
+    pub(crate) fn incomplete_path(&self, etag: &str) -> PathBuf {
         self.root().join("blobs").join(format!("{etag}.incomplete"))
     }
 
     /// The lock file `huggingface_hub` takes for the same blob, so the two never write it at once.
-    pub fn lock_path(&self, etag: &str) -> PathBuf {
+    pub(crate) fn lock_path(&self, etag: &str) -> PathBuf {
         self.cache_dir
             .join(".locks")
             .join(&self.folder)
             .join(format!("{etag}.lock"))
     }
 
-    pub fn ref_path(&self, revision: &str) -> PathBuf {
+    fn ref_path(&self, revision: &str) -> PathBuf {
         self.root().join("refs").join(revision)
     }
 
-    pub fn snapshot_dir(&self, commit: &str) -> PathBuf {
+    pub(crate) fn snapshot_dir(&self, commit: &str) -> PathBuf {
         self.root().join("snapshots").join(commit)
     }
 
-    pub fn pointer_path(&self, commit: &str, file: &str) -> PathBuf {
+    pub(crate) fn pointer_path(&self, commit: &str, file: &str) -> PathBuf {
         let mut p = self.snapshot_dir(commit);
         p.extend(file.split('/'));
         p
@@ -61,7 +61,7 @@ impl RepoCache {
 
     /// Mark the cache folder for backup tools (the Cache Directory Tagging Standard), as
     /// `huggingface_hub` does; best effort.
-    pub fn tag_cache_dir(&self) {
+    pub(crate) fn tag_cache_dir(&self) {
         let tag = self.cache_dir.join("CACHEDIR.TAG");
         if !tag.exists() && std::fs::create_dir_all(&self.cache_dir).is_ok() {
             let _ = std::fs::write(
@@ -74,7 +74,7 @@ impl RepoCache {
     }
 
     /// The commit a branch or tag pointed at when it was last fetched.
-    pub fn read_ref(&self, revision: &str) -> Result<Option<String>> {
+    fn read_ref(&self, revision: &str) -> Result<Option<String>> {
         let p = self.ref_path(revision);
         match std::fs::read_to_string(&p) {
             Ok(s) => {
@@ -91,7 +91,7 @@ impl RepoCache {
 
     /// Point `refs/{revision}` at `commit` (atomically; `huggingface_hub` reads it without trimming,
     /// so no newline).
-    pub fn write_ref(&self, revision: &str, commit: &str) -> Result<()> {
+    pub(crate) fn write_ref(&self, revision: &str, commit: &str) -> Result<()> {
         if revision == commit || self.read_ref(revision).ok().flatten().as_deref() == Some(commit) {
             return Ok(());
         }
@@ -100,7 +100,7 @@ impl RepoCache {
     }
 
     /// The commit a revision names, from the cache alone.
-    pub fn resolve_offline(&self, revision: &str) -> Result<String> {
+    pub(crate) fn resolve_offline(&self, revision: &str) -> Result<String> {
         if is_commit_hash(revision) {
             return Ok(revision.to_string());
         }
@@ -113,7 +113,7 @@ impl RepoCache {
     }
 
     /// `snapshots/{commit}/{file}` -> `../../blobs/{etag}` (relative, so the cache can move).
-    pub fn link(&self, commit: &str, file: &str, etag: &str) -> Result<PathBuf> {
+    pub(crate) fn link(&self, commit: &str, file: &str, etag: &str) -> Result<PathBuf> {
         let pointer = self.pointer_path(commit, file);
         let parent = pointer
             .parent()
@@ -139,7 +139,7 @@ impl RepoCache {
 
 /// Every file under `dir` as repo paths (`a/b.txt`), skipping the `.cache` bookkeeping folder that
 /// local-dir downloads keep. Dangling snapshot links are an error naming the file.
-pub fn list_local_files(dir: &Path) -> Result<Vec<String>> {
+pub(crate) fn list_local_files(dir: &Path) -> Result<Vec<String>> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
         let entries =
             std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))?;

@@ -20,8 +20,8 @@
 mod api;
 mod cache;
 
-pub use api::{Fetched, HubClient, RepoFile};
-pub use cache::{list_local_files, RepoCache};
+pub(crate) use api::{Fetched, HubClient, RepoFile};
+pub(crate) use cache::{list_local_files, RepoCache};
 
 use crate::net::signed_url::redact;
 use anyhow::{anyhow, bail, Context, Result};
@@ -30,11 +30,11 @@ use reqwest::Url;
 use std::fmt;
 use std::path::PathBuf;
 
-pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
 /// Where the Hub and its cache are, from the same environment variables `huggingface_hub` reads.
 #[derive(Debug, Clone)]
-pub struct HubEnv {
+pub(crate) struct HubEnv {
     pub endpoint: String,
     /// `HF_HUB_CACHE` (default `$HF_HOME/hub`).
     pub cache_dir: PathBuf,
@@ -45,7 +45,7 @@ pub struct HubEnv {
 }
 
 impl HubEnv {
-    pub fn from_env() -> Result<Self> {
+    pub(crate) fn from_env() -> Result<Self> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let home = || -> Result<PathBuf> {
             var("HOME").map(PathBuf::from).ok_or_else(|| {
@@ -106,7 +106,7 @@ fn expand_home(p: &str) -> Result<PathBuf> {
 
 /// A Hugging Face token. It has no `Display`, and `Debug` hides it, so it cannot end up in a message.
 #[derive(Clone)]
-pub struct Token(String);
+pub(crate) struct Token(String);
 
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -126,14 +126,17 @@ impl Token {
 
 /// Where the token came from, for a message that names the source but never the value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenSource {
+pub(crate) enum TokenSource {
     Flag,
     Env,
     File,
 }
 
 /// `--token`, then `HF_TOKEN` (or the legacy `HUGGING_FACE_HUB_TOKEN`), then the token file.
-pub fn resolve_token(flag: Option<&str>, env: &HubEnv) -> Result<Option<(Token, TokenSource)>> {
+pub(crate) fn resolve_token(
+    flag: Option<&str>,
+    env: &HubEnv,
+) -> Result<Option<(Token, TokenSource)>> {
     let clean = |s: &str| Some(s.trim().to_string()).filter(|t| !t.is_empty());
     if let Some(t) = flag.and_then(clean) {
         return Ok(Some((Token(t), TokenSource::Flag)));
@@ -153,7 +156,7 @@ pub fn resolve_token(flag: Option<&str>, env: &HubEnv) -> Result<Option<(Token, 
 
 /// `org/name` (or a bare `name`), as the Hub accepts them: letters, digits, `-`, `_`, `.`; no
 /// `--` or `..` inside; not starting or ending with `-` or `.`; at most 96 characters each.
-pub fn validate_repo_id(id: &str) -> Result<()> {
+pub(crate) fn validate_repo_id(id: &str) -> Result<()> {
     let ok_part = |p: &str| {
         !p.is_empty()
             && p.len() <= 96
@@ -172,7 +175,7 @@ pub fn validate_repo_id(id: &str) -> Result<()> {
 }
 
 /// A full commit id, as `huggingface_hub` recognises one.
-pub fn is_commit_hash(rev: &str) -> bool {
+fn is_commit_hash(rev: &str) -> bool {
     rev.len() == 40
         && rev
             .bytes()
@@ -192,7 +195,7 @@ fn is_safe_relative(path: &str) -> bool {
 }
 
 /// A revision is also a path under `refs/`, so it must stay inside it.
-pub fn validate_revision(rev: &str) -> Result<()> {
+pub(crate) fn validate_revision(rev: &str) -> Result<()> {
     if !is_safe_relative(rev) {
         bail!("{rev:?}: not a valid revision (a branch, tag or commit)");
     }
@@ -248,7 +251,7 @@ fn quote(s: &str, keep_slash: bool) -> String {
 
 /// A URL for messages: the query (where signed CDN URLs keep their credentials) is cut off and
 /// any userinfo redacted.
-pub fn redact_url(url: &str) -> String {
+fn redact_url(url: &str) -> String {
     let url = redact(url);
     match url.find(['?', '#']) {
         Some(i) => format!("{}?…", &url[..i]),

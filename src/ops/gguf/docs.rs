@@ -19,11 +19,11 @@ const PRE_CHECK_TEXT: &str = "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \nð
 const LLAMA_BPE_HASH: &str = "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5";
 
 /// `tokenizer.ggml.pre` of a tokenizer that passes [`check_llama3_pretokenizer`].
-pub const LLAMA3_PRE_TOKENIZER: &str = "llama-bpe";
+pub(super) const LLAMA3_PRE_TOKENIZER: &str = "llama-bpe";
 
 /// The Hugging Face files the metadata comes from.
 #[derive(Debug, Clone)]
-pub struct HfDocs {
+pub(super) struct HfDocs {
     pub config: Json,
     pub generation: Option<Json>,
     pub tokenizer: Json,
@@ -36,7 +36,7 @@ pub struct HfDocs {
 
 /// The HF files of a Meta checkpoint, as `convert --to hf` would write them, and its tokenizer.
 /// Which kind of model it is (`instruct`) is said through `progress`.
-pub fn from_meta(
+pub(super) fn from_meta(
     src: &Path,
     instruct: bool,
     progress: &dyn Reporter,
@@ -84,7 +84,7 @@ pub fn from_meta(
 /// The HF files of an HF directory, read as they are, and its tokenizer. `flag_given`: the caller
 /// was told instruct or base, which such a directory's own files decide (a note through
 /// `progress`).
-pub fn from_hf(
+pub(super) fn from_hf(
     src: &Path,
     flag_given: bool,
     progress: &dyn Reporter,
@@ -159,7 +159,7 @@ fn chat_template_files(src: &Path) -> Result<Option<Json>> {
 
 /// Refuse a tokenizer whose pre-tokenizer llama.cpp would not recognise as Llama 3's: encode the
 /// converter's probe text (with the beginning-of-text token) and compare the ids' hash.
-pub fn check_llama3_pretokenizer(tok: &Tokenizer) -> Result<()> {
+pub(super) fn check_llama3_pretokenizer(tok: &Tokenizer) -> Result<()> {
     let ids = tok
         .encode(PRE_CHECK_TEXT, true, false, AllowedSpecial::None)
         .with_context(|| format!("{}: not a Llama 3 tokenizer", tok.source().display()))?;

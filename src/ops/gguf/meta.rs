@@ -17,7 +17,7 @@ const USER_DEFINED: i32 = 4;
 const UNUSED: i32 = 5;
 
 /// Every key/value of the file, in the converter's order.
-pub fn metadata(
+pub(super) fn metadata(
     docs: &HfDocs,
     ft: FileType,
     name: &str,
@@ -103,7 +103,7 @@ fn sampling(gen: Option<&Json>) -> Vec<(String, Value)> {
 }
 
 /// The parameter count as the converter labels it ("8.0B", "1.2B", "4.2M").
-pub fn size_label(n: u64) -> String {
+fn size_label(n: u64) -> String {
     let x = n as f64;
     let (scaled, suffix) = if x > 1e12 {
         (x * 1e-12, "T")

@@ -19,7 +19,7 @@ use crate::checkpoint::layout::{self, Permute, Role, Split};
 use crate::checkpoint::rope::{rope_from_config, RopeScaling};
 use crate::checkpoint::stream::{self, Buffers, CastStats, FullTensor, Region, RowPermute};
 use crate::checkpoint::tensors::{self, part_of, Naming, Part, GGUF_ROPE_FACTORS};
-use crate::checkpoint::{Layout, ModelDir};
+use crate::checkpoint::{DirKind, ModelDir};
 use crate::formats::copy;
 use crate::formats::gguf::{self, GgmlType, Header, TensorEntry, Value};
 use crate::formats::quant;
@@ -31,11 +31,11 @@ use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
-pub use types::FileType;
+pub(crate) use types::FileType;
 
 /// What [`plan_dir`] needs besides the directory.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// None: the dtype of the source's first matrix.
     pub file_type: Option<FileType>,
     /// A Meta source is an instruct model (its stop tokens and chat template go into the file).
@@ -57,23 +57,23 @@ struct Planned {
 }
 
 /// Everything the file will hold, decided before the first byte is written.
-pub struct Plan {
+pub(crate) struct Plan {
     pub header: Header,
     pub file_type: FileType,
-    /// The layout of the source directory; None for a GGUF source.
-    pub source: Option<Layout>,
+    /// The kind of the source directory; None for a GGUF source.
+    pub source: Option<DirKind>,
     items: Vec<Planned>,
 }
 
 impl Plan {
     /// Size of the whole file.
-    pub fn file_size(&self) -> Result<u64> {
+    pub(crate) fn file_size(&self) -> Result<u64> {
         let (_, data) = self.header.layout()?;
         Ok(self.header.encode()?.len() as u64 + data)
     }
 
     /// Tensor bytes (without padding).
-    pub fn tensor_bytes(&self) -> Result<u64> {
+    fn tensor_bytes(&self) -> Result<u64> {
         self.items.iter().map(|i| i.entry.nbytes()).sum()
     }
 }
@@ -173,10 +173,10 @@ fn tensor_type(shape: &[usize], name: &str, ft: FileType) -> GgmlType {
 /// A model directory -> the plan of its GGUF file: the Hugging Face files the metadata comes from
 /// (read, or built from a Meta checkpoint), the tokenizer checked to be Llama 3's, then [`plan`]
 /// with the directory's name as `general.name`. Notes for the user go through `progress`.
-pub fn plan_dir(src: &Path, opts: &Options, progress: &dyn Reporter) -> Result<Plan> {
+pub(crate) fn plan_dir(src: &Path, opts: &Options, progress: &dyn Reporter) -> Result<Plan> {
     let (docs, tok) = match crate::checkpoint::detect(src)? {
-        Layout::Meta => docs::from_meta(src, opts.instruct, progress)?,
-        Layout::Hf => docs::from_hf(src, opts.instruct_given, progress)?,
+        DirKind::Meta => docs::from_meta(src, opts.instruct, progress)?,
+        DirKind::Hf => docs::from_hf(src, opts.instruct_given, progress)?,
     };
     docs::check_llama3_pretokenizer(&tok)?;
     let dir = ModelDir::open(src)?;
@@ -251,7 +251,7 @@ fn plan(dir: &ModelDir, docs: &HfDocs, file_type: Option<FileType>, name: &str) 
             tensors: items.iter().map(|i| i.entry.clone()).collect(),
         },
         file_type: direct,
-        source: Some(dir.layout()),
+        source: Some(dir.kind()),
         items,
     };
     if !file_type.is_llama_quantize() {
@@ -264,7 +264,7 @@ fn plan(dir: &ModelDir, docs: &HfDocs, file_type: Option<FileType>, name: &str) 
 /// What llama-quantize makes of a planned file: tensors in its order with its per-tensor types,
 /// the same metadata with `general.quantization_version` and then `general.file_type` moved to
 /// the end (it sets both, and setting a key re-appends it).
-pub fn requantize(
+fn requantize(
     mut plan: Plan,
     ft: FileType,
     n_layers: usize,
@@ -299,7 +299,7 @@ pub fn requantize(
 }
 
 /// Re-quantize an f32/f16/bf16 GGUF file of a Llama model as llama-quantize does.
-pub fn plan_from_gguf(src: &gguf::GgufFile, ft: FileType) -> Result<Plan> {
+pub(crate) fn plan_from_gguf(src: &gguf::GgufFile, ft: FileType) -> Result<Plan> {
     let arch = src.get("general.architecture").and_then(Value::as_str);
     if arch != Some("llama") {
         bail!("general.architecture is {arch:?}; only Llama models (\"llama\") are supported");
@@ -359,7 +359,7 @@ pub fn plan_from_gguf(src: &gguf::GgufFile, ft: FileType) -> Result<Plan> {
 
 /// Llama 3.1's `rope_freqs.weight` when config.json asks for `llama3` rope scaling (see
 /// [`RopeScaling::divisors`]).
-pub fn rope_factors(config: &Json, head_dim: usize) -> Result<Option<Vec<f32>>> {
+fn rope_factors(config: &Json, head_dim: usize) -> Result<Option<Vec<f32>>> {
     let (theta, _) = rope_from_config(config);
     Ok(RopeScaling::from_hf_config(config)?.map(|s| s.divisors(theta, head_dim)))
 }
@@ -445,7 +445,11 @@ impl Write for QuantWriter<'_> {
 
 /// Write `plan` to `file` (positioned at 0): header, then each tensor padded to the alignment.
 /// Tensor bytes are reported to `progress` as one task, "weights". Returns values clamped by an f16 cast, per tensor.
-pub fn write(plan: &Plan, file: &File, progress: &dyn Reporter) -> Result<Vec<(String, u64)>> {
+pub(crate) fn write(
+    plan: &Plan,
+    file: &File,
+    progress: &dyn Reporter,
+) -> Result<Vec<(String, u64)>> {
     let header = plan.header.encode()?;
     let align = plan.header.alignment();
     let total = plan.tensor_bytes()?;

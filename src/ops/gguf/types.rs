@@ -26,7 +26,7 @@ use anyhow::{bail, Result};
 /// `general.file_type`: what the weights (2-D tensors) are stored as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(non_camel_case_types)]
-pub enum FileType {
+pub(crate) enum FileType {
     F32,
     F16,
     BF16,
@@ -82,28 +82,28 @@ impl FileType {
     }
 
     /// llama.cpp's `LLAMA_FTYPE_*` number, written as `general.file_type`.
-    pub fn code(self) -> u32 {
+    pub(crate) fn code(self) -> u32 {
         self.entry().2
     }
 
     /// The name `--dtype` takes (llama-quantize's, lower case).
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         self.entry().1
     }
 
     /// The type of a weight matrix before any per-tensor rule.
-    pub fn weight_type(self) -> GgmlType {
+    pub(crate) fn weight_type(self) -> GgmlType {
         self.entry().3
     }
 
     /// Every name `--dtype` accepts for GGUF output.
-    pub fn names() -> impl Iterator<Item = &'static str> {
+    fn names() -> impl Iterator<Item = &'static str> {
         TABLE.iter().map(|e| e.1)
     }
 
     /// A file type by name, case-insensitive; llama-quantize's aliases q3_k, q4_k, q5_k (the _M
     /// mixes) too. Importance-matrix types are refused with the reason.
-    pub fn parse(name: &str) -> Result<FileType> {
+    pub(crate) fn parse(name: &str) -> Result<FileType> {
         let n = name.to_ascii_lowercase();
         let n = match n.as_str() {
             "q3_k" => "q3_k_m",
@@ -128,7 +128,7 @@ impl FileType {
     }
 
     /// The file type of a float dtype (what the converter writes when no --dtype is given).
-    pub fn from_dtype(d: DType) -> Option<FileType> {
+    pub(crate) fn from_dtype(d: DType) -> Option<FileType> {
         match d {
             DType::F32 => Some(FileType::F32),
             DType::F16 => Some(FileType::F16),
@@ -138,7 +138,7 @@ impl FileType {
     }
 
     /// Whether the file is what llama-quantize writes (as opposed to the converter directly).
-    pub fn is_llama_quantize(self) -> bool {
+    pub(crate) fn is_llama_quantize(self) -> bool {
         !matches!(
             self,
             FileType::F32 | FileType::F16 | FileType::BF16 | FileType::Q8_0
@@ -147,13 +147,13 @@ impl FileType {
 }
 
 /// Layers that the _M mixes give more bits: the first and last eighth, and every third between.
-pub fn use_more_bits(i: usize, n: usize) -> bool {
+fn use_more_bits(i: usize, n: usize) -> bool {
     i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
 }
 
 /// What the llama-quantize rules need to know about the model.
 #[derive(Debug, Clone, Copy)]
-pub struct ModelFacts {
+pub(super) struct ModelFacts {
     pub n_layers: usize,
     pub n_heads: usize,
     pub n_kv_heads: usize,
@@ -175,7 +175,7 @@ impl ModelFacts {
 }
 
 /// The per-tensor decisions of llama-quantize, fed tensors in its order (layer, then name).
-pub struct QuantRules {
+pub(super) struct QuantRules {
     ft: FileType,
     facts: ModelFacts,
     i_attn_v: usize,
@@ -183,7 +183,7 @@ pub struct QuantRules {
 }
 
 impl QuantRules {
-    pub fn new(ft: FileType, facts: ModelFacts) -> Self {
+    pub(super) fn new(ft: FileType, facts: ModelFacts) -> Self {
         QuantRules {
             ft,
             facts,
@@ -193,7 +193,7 @@ impl QuantRules {
     }
 
     /// The type of tensor `name` with `shape` (torch order) stored as `stored`.
-    pub fn tensor_type(&mut self, name: &str, shape: &[u64], stored: GgmlType) -> GgmlType {
+    pub(super) fn tensor_type(&mut self, name: &str, shape: &[u64], stored: GgmlType) -> GgmlType {
         if !may_quantize(name, shape) {
             return stored;
         }
@@ -290,7 +290,7 @@ fn fallback(t: GgmlType, ncols: u64) -> GgmlType {
 
 /// The order llama-quantize writes tensors in: by layer number (tensors outside `blk.N.` first),
 /// then by name.
-pub fn quantize_order(a: &str, b: &str) -> std::cmp::Ordering {
+pub(super) fn quantize_order(a: &str, b: &str) -> std::cmp::Ordering {
     let layer = |n: &str| Naming::Gguf.layer_of(n).map_or(-1, |l| l as i64);
     layer(a).cmp(&layer(b)).then_with(|| a.cmp(b))
 }

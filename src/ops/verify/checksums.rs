@@ -1,5 +1,5 @@
 //! checklist.chk: every listed file hashed (in parallel, pipelined), unlisted files reported.
-use super::{CheckState, FileState, FileStatus, Kind, Layout, Report};
+use super::{CheckState, DirKind, FileState, FileStatus, Kind, Report};
 use crate::checkpoint::{checklist, hashing};
 use crate::error::one_line;
 use crate::human::human_bytes;
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 pub(super) fn checksums(
     dir: &Path,
-    layout: Layout,
+    kind: DirKind,
     jobs: usize,
     progress: &dyn Reporter,
     r: &mut Report,
@@ -18,7 +18,7 @@ pub(super) fn checksums(
     let mark = r.problems.len();
     let chk = dir.join("checklist.chk");
     if !chk.exists() {
-        if layout == Layout::Meta {
+        if kind == DirKind::Meta {
             r.problem(
                 Kind::NoChecklist,
                 Some("checklist.chk"),

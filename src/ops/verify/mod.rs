@@ -14,11 +14,11 @@ mod meta;
 mod report;
 mod tokenizer;
 
-pub use report::{CheckState, FileState, FileStatus, Kind, Report, TensorReport};
+pub(crate) use report::{CheckState, FileState, FileStatus, Kind, Report, TensorReport};
 
 use super::stats::ScanItem;
 use crate::checkpoint::layout::Weight;
-use crate::checkpoint::Layout;
+use crate::checkpoint::DirKind;
 use crate::formats::{DType, TensorInfo};
 use crate::progress::Reporter;
 use anyhow::Result;
@@ -27,7 +27,7 @@ use std::path::Path;
 
 /// What to check.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// Hash every checklist.chk entry.
     pub md5: bool,
     /// Scan every value for NaN/Inf and collect per-tensor statistics.
@@ -46,24 +46,24 @@ struct Stored {
 /// Verify a Meta or HF model directory, or a GGUF file. Err only when `dir` is not usable as a
 /// model directory (or GGUF file). The md5 and scan passes report to `progress` as tasks "md5"
 /// and "scan".
-pub fn verify(dir: &Path, opts: &Options, progress: &dyn Reporter) -> Result<Report> {
+pub(crate) fn verify(dir: &Path, opts: &Options, progress: &dyn Reporter) -> Result<Report> {
     if dir.is_file() && crate::formats::gguf::is_gguf(dir) {
         return gguf::gguf_report(dir);
     }
-    let layout = crate::checkpoint::detect(dir)?;
-    let format = match layout {
-        Layout::Meta => "meta",
-        Layout::Hf => "hf",
+    let kind = crate::checkpoint::detect(dir)?;
+    let format = match kind {
+        DirKind::Meta => "meta",
+        DirKind::Hf => "hf",
     };
     let mut r = Report::new(format, dir);
     if opts.md5 {
-        checksums::checksums(dir, layout, opts.jobs, progress, &mut r);
+        checksums::checksums(dir, kind, opts.jobs, progress, &mut r);
     } else {
         r.check("checksums", CheckState::Skipped, "--no-md5".into());
     }
-    let stored = match layout {
-        Layout::Meta => meta::structure(dir, &mut r),
-        Layout::Hf => hf::structure(dir, &mut r),
+    let stored = match kind {
+        DirKind::Meta => meta::structure(dir, &mut r),
+        DirKind::Hf => hf::structure(dir, &mut r),
     };
     if opts.deep {
         deep::deep(&stored, opts.jobs, progress, &mut r)?;

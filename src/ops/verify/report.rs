@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 /// Kinds of problems, as they appear in the JSON report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Kind {
+pub(crate) enum Kind {
     /// checklist.chk is absent from a Meta directory.
     NoChecklist,
     /// A checklist line that is malformed or names an unsafe path (never followed).
@@ -66,7 +66,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub fn as_str(self) -> String {
+    pub(crate) fn as_str(self) -> String {
         serde_json::to_value(self)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
@@ -75,19 +75,19 @@ impl Kind {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Problem {
+pub(crate) struct Problem {
     pub kind: Kind,
     pub detail: String,
     /// The file inside the directory the problem is about, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tensor: Option<String>,
+    tensor: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum FileState {
+pub(crate) enum FileState {
     Ok,
     Mismatch,
     Missing,
@@ -95,7 +95,7 @@ pub enum FileState {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct FileStatus {
+pub(crate) struct FileStatus {
     pub name: String,
     pub status: FileState,
     /// The digest computed here (None when the file was not hashed).
@@ -106,7 +106,7 @@ pub struct FileStatus {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum CheckState {
+pub(crate) enum CheckState {
     Ok,
     Failed,
     Skipped,
@@ -114,7 +114,7 @@ pub enum CheckState {
 
 /// One line of the "what was checked" table.
 #[derive(Debug, Clone, Serialize)]
-pub struct Check {
+pub(crate) struct Check {
     pub name: &'static str,
     pub status: CheckState,
     pub detail: String,
@@ -123,7 +123,7 @@ pub struct Check {
 /// Per-tensor values (--deep). min/max/mean/std are over the finite values (None when there are
 /// none); std is the population standard deviation.
 #[derive(Debug, Clone, Serialize)]
-pub struct TensorReport {
+pub(crate) struct TensorReport {
     pub file: String,
     pub name: String,
     pub dtype: String,
@@ -137,7 +137,7 @@ pub struct TensorReport {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub ok: bool,
     pub format: &'static str,
     pub dir: PathBuf,
