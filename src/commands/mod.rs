@@ -15,9 +15,6 @@ pub(crate) mod pull;
 pub(crate) mod reporters;
 pub(crate) mod reshard;
 pub(crate) mod rm;
-// `run` and its parts are being changed elsewhere; their `pub` items become pub(crate) as this
-// lint says when that lands, and the allow goes.
-#[allow(unreachable_pub)]
 pub(crate) mod run;
 pub(crate) mod show;
 pub(crate) mod tokenize;

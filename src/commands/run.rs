@@ -51,7 +51,7 @@ struct Session {
     memory: PeakMemory,
 }
 
-pub fn run(args: &RunArgs) -> Result<i32> {
+pub(crate) fn run(args: &RunArgs) -> Result<i32> {
     let Some(given) = args.model.as_ref().or(args.ckpt_dir.as_ref()) else {
         bail!("which model? `llamactl run MODEL --prompt TEXT`: a catalog name, a Hub repo id, a Meta or HF checkpoint dir, or a .gguf file");
     };

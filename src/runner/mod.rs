@@ -1,8 +1,5 @@
 //! Chat format, the transformer (candle), KV cache, sampling, generation.
 pub mod chat;
-// cpu/ is being changed elsewhere; its `pub` items in private modules become pub(crate) as this
-// lint says when that lands, and the allow goes.
-#[allow(unreachable_pub)]
 pub mod cpu;
 pub(crate) mod device;
 pub(crate) mod generate;

@@ -16,7 +16,7 @@ const MORE: &str = "...> ";
 const BLOCK: &str = "\"\"\"";
 
 /// What the user did at the prompt.
-pub enum Input {
+pub(super) enum Input {
     Message(String),
     /// Ctrl-D or the end of piped input.
     End,
@@ -24,7 +24,7 @@ pub enum Input {
     Interrupted,
 }
 
-pub enum Source {
+pub(super) enum Source {
     Terminal {
         editor: Box<Editor<(), DefaultHistory>>,
         history: Option<PathBuf>,
@@ -38,7 +38,7 @@ pub enum Source {
 
 impl Source {
     /// The line editor when stdin and stdout are terminals, else plain lines of stdin.
-    pub fn open() -> Result<Source> {
+    pub(super) fn open() -> Result<Source> {
         let tty_in = std::io::stdin().is_terminal();
         if !(tty_in && std::io::stdout().is_terminal()) {
             return Ok(Source::Piped {
@@ -68,7 +68,7 @@ impl Source {
     }
 
     /// Someone types the input: prompts and notes are shown.
-    pub fn interactive(&self) -> bool {
+    pub(super) fn interactive(&self) -> bool {
         match self {
             Source::Terminal { .. } => true,
             Source::Piped { prompt, .. } => *prompt,
@@ -76,7 +76,7 @@ impl Source {
     }
 
     /// Where the history is kept, if anywhere.
-    pub fn history(&self) -> Option<&PathBuf> {
+    pub(super) fn history(&self) -> Option<&PathBuf> {
         match self {
             Source::Terminal { history, .. } => history.as_ref(),
             Source::Piped { .. } => None,
@@ -84,7 +84,7 @@ impl Source {
     }
 
     /// The next message, its continuation lines joined with newlines.
-    pub fn message(&mut self) -> Result<Input> {
+    pub(super) fn message(&mut self) -> Result<Input> {
         let first = match self.line(PROMPT)? {
             Some(Line::Text(l)) => l,
             Some(Line::Interrupted) => return Ok(Input::Interrupted),
@@ -194,7 +194,7 @@ fn history_path() -> Option<PathBuf> {
 }
 
 /// Write `text` to stderr at once (the prompts of piped mode).
-pub fn prompt_stderr(text: &str) {
+pub(super) fn prompt_stderr(text: &str) {
     eprint!("{text}");
     std::io::stderr().flush().ok();
 }

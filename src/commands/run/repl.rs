@@ -18,7 +18,7 @@ use std::io::Write;
 const REPL_HELP: &str = "commands: /system TEXT (set the system prompt and start over), /reset (forget the dialog), /help, /quit (or Ctrl-D)\n\
 end a line with \\ to go on on the next one, or put a message between lines of \"\"\"";
 
-pub fn chat_repl(s: &mut Session, args: &RunArgs) -> Result<i32> {
+pub(super) fn chat_repl(s: &mut Session, args: &RunArgs) -> Result<i32> {
     let mut input = Source::open()?;
     let format = chat_format(s)?;
     let mut chat = Chat {

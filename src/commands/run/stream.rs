@@ -8,9 +8,9 @@ use anyhow::Result;
 use std::io::Write;
 
 /// What comes before completion `i` (its prompt, or its dialog) and ends where the text starts.
-pub type Head<'a> = &'a dyn Fn(&mut dyn Write, usize) -> std::io::Result<()>;
+pub(super) type Head<'a> = &'a dyn Fn(&mut dyn Write, usize) -> std::io::Result<()>;
 
-pub struct OrderedStream<'a> {
+pub(super) struct OrderedStream<'a> {
     decoders: Vec<StreamDecoder<'a>>,
     /// Decoded text not yet printed, per completion.
     held: Vec<String>,
@@ -24,7 +24,7 @@ pub struct OrderedStream<'a> {
 }
 
 impl<'a> OrderedStream<'a> {
-    pub fn new(tok: &'a Tokenizer, n: usize, head: Head<'a>, logprobs: bool) -> Self {
+    pub(super) fn new(tok: &'a Tokenizer, n: usize, head: Head<'a>, logprobs: bool) -> Self {
         Self {
             decoders: (0..n).map(|_| tok.stream_decoder()).collect(),
             held: vec![String::new(); n],
@@ -37,7 +37,7 @@ impl<'a> OrderedStream<'a> {
     }
 
     /// Take one step of completion `i` and print what is ready.
-    pub fn step(&mut self, i: usize, step: Step) -> Result<()> {
+    pub(super) fn step(&mut self, i: usize, step: Step) -> Result<()> {
         match step {
             Step::Token(id) => {
                 let text = self.decoders[i].push(id)?;

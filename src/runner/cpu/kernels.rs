@@ -201,7 +201,7 @@ mod portable {
     const LANES: usize = 8;
 
     /// Eight lanes accumulate independently, so the loop vectorizes without reassociating floats.
-    pub fn dot<const R: usize>(wt: WeightType, w: &[u8], xs: &[&[f32]]) -> [f32; R] {
+    pub(super) fn dot<const R: usize>(wt: WeightType, w: &[u8], xs: &[&[f32]]) -> [f32; R] {
         let cols = w.len() / wt.size();
         let mut acc = [[0f32; LANES]; R];
         let mut lanes = [0f32; LANES];
@@ -255,7 +255,7 @@ mod portable {
     ///
     /// # Safety
     /// `w` holds `R * k` elements, `x` `T` rows of `k`, `out` `T` rows of `out_stride`.
-    pub unsafe fn tile<const T: usize, const R: usize>(
+    pub(super) unsafe fn tile<const T: usize, const R: usize>(
         wt: WeightType,
         w: *const u8,
         x: *const f32,
@@ -291,7 +291,7 @@ mod portable {
         }
     }
 
-    pub fn widen(wt: WeightType, w: &[u8], out: &mut [f32]) {
+    pub(super) fn widen(wt: WeightType, w: &[u8], out: &mut [f32]) {
         match wt {
             WeightType::F16 => {
                 use half::slice::HalfFloatSliceExt;
@@ -332,7 +332,7 @@ mod x86 {
 
     /// T activation rows x R weight rows, one 16-lane accumulator each; see `super::tile`.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn tile_avx512<const T: usize, const R: usize>(
+    pub(super) unsafe fn tile_avx512<const T: usize, const R: usize>(
         wt: WeightType,
         w: *const u8,
         x: *const f32,
@@ -365,7 +365,7 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn widen_avx512(wt: WeightType, w: *const u8, out: &mut [f32]) {
+    pub(super) unsafe fn widen_avx512(wt: WeightType, w: *const u8, out: &mut [f32]) {
         let n = out.len();
         let full = n / 16 * 16;
         let mut i = 0;
@@ -403,7 +403,7 @@ mod x86 {
     // `c` picks both a chain's accumulator and its columns.
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_avx2<const R: usize>(
+    pub(super) unsafe fn dot_avx2<const R: usize>(
         wt: WeightType,
         w: *const u8,
         xs: [*const f32; R],
@@ -442,7 +442,7 @@ mod x86 {
 
     /// T activation rows x R weight rows, one 8-lane accumulator each; see `super::tile`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn tile_avx2<const T: usize, const R: usize>(
+    pub(super) unsafe fn tile_avx2<const T: usize, const R: usize>(
         wt: WeightType,
         w: *const u8,
         x: *const f32,
@@ -474,7 +474,7 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn widen_avx2(wt: WeightType, w: *const u8, out: &mut [f32]) {
+    pub(super) unsafe fn widen_avx2(wt: WeightType, w: *const u8, out: &mut [f32]) {
         let n = out.len();
         let full = n / 8 * 8;
         let mut i = 0;

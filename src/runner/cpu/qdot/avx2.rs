@@ -25,7 +25,7 @@ unsafe fn madd_acc(acc: __m256i, p: __m256i, s: __m256i) -> __m256i {
 /// AVX2, FMA and F16C must be present; `g` addresses `r` whole weight rows and `tn` whole
 /// activation rows of `kind`; `out` holds `(r - 1) * os + tn` elements.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn tile(kind: Kind, tn: usize, r: usize, g: &Geom, out: &mut [f32], os: usize) {
+pub(super) unsafe fn tile(kind: Kind, tn: usize, r: usize, g: &Geom, out: &mut [f32], os: usize) {
     macro_rules! go {
         ($($t:literal, $r:literal);*) => {
             match (tn, r) {

@@ -16,7 +16,7 @@ use std::arch::x86_64::*;
 /// AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C must be present; `g` addresses `r` whole weight rows
 /// and `tn` whole activation rows of `kind`; `out` holds `(r - 1) * os + tn` elements.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn tile(kind: Kind, tn: usize, r: usize, g: &Geom, out: &mut [f32], os: usize) {
+pub(super) unsafe fn tile(kind: Kind, tn: usize, r: usize, g: &Geom, out: &mut [f32], os: usize) {
     macro_rules! go {
         ($($t:literal, $r:literal);*) => {
             match (tn, r) {

@@ -14,7 +14,7 @@ fn f16(b: &[u8]) -> f32 {
 }
 
 /// One weight row (`nb` blocks of `kind`) dotted with one activation row.
-pub fn dot(kind: Kind, w: &[u8], x: &[u8], nb: usize) -> f32 {
+pub(super) fn dot(kind: Kind, w: &[u8], x: &[u8], nb: usize) -> f32 {
     let mut acc = [0f32; LANES];
     for b in 0..nb {
         match kind {
