@@ -17,7 +17,7 @@
 //! - [`ops`] (on `checkpoint`, `formats`, `tokenizer`): the operations on a model: convert to
 //!   Hugging Face or Meta, reshard, GGUF export, verify (with its report), value statistics. Each
 //!   reports through `progress` and prints nothing.
-//! - [`runner`]: chat format, the transformer, generation (uses `tokenizer`).
+//! - [`runner`]: the transformer, generation (uses `tokenizer`, whose `chat` module formats dialogs).
 //! - [`store`]: the models on this machine (Meta's checkpoint folder, the HF cache, GGUF files) and
 //!   the catalog of models llamactl knows: listing, resolving a MODEL argument, locks, removal.
 //!   Uses `checkpoint`, `net::hub`, `tokenizer`.

@@ -1,6 +1,6 @@
 //! The tokenizer against golden ids from Meta's own code (scripts/make_tokenizer_golden.py), and
 //! `llamactl tokenize` end to end.
-use llamactl::runner::chat::{encode_dialog_prompt, render_chat_template, ChatFormat, Message};
+use llamactl::tokenizer::chat::{encode_dialog_prompt, render_chat_template, ChatFormat, Message};
 use llamactl::tokenizer::hf_files::{tiktoken_model_from_tokenizer_json, write_hf_tokenizer_files};
 use llamactl::tokenizer::{py_isspace, AllowedSpecial, SpecialNames, Tokenizer};
 use serde_json::Value;

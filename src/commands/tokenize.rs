@@ -5,7 +5,7 @@
 //! UTF-8: Meta's tokenizer encodes text, not bytes, and replacing bad bytes would silently change
 //! the ids, so invalid UTF-8 is refused with the offset of the first bad byte.
 use crate::cli::TokenizeArgs;
-use crate::runner::chat::{parse_dialog, ChatFormat};
+use crate::tokenizer::chat::{parse_dialog, ChatFormat};
 use crate::tokenizer::{AllowedSpecial, Tokenizer};
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{Read, Write};

@@ -1,5 +1,4 @@
-//! Chat format, the transformer (candle), KV cache, sampling, generation.
-pub mod chat;
+//! The transformer (candle), KV cache, sampling, generation.
 pub mod cpu;
 pub(crate) mod device;
 pub(crate) mod generate;

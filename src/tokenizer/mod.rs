@@ -12,6 +12,8 @@
 //! - [`hf_files`]: the Hugging Face tokenizer *files* that `convert` writes (and reads back into
 //!   a `tokenizer.model`); not used at run time.
 //! - `byte_alphabet`: GPT-2's byte <-> printable-char map, shared by the last two.
+//! - [`chat`]: dialogs to prompt tokens (Meta's Llama 3 format, Hugging Face Jinja templates), for
+//!   `run --chat` and `tokenize --chat`.
 //!
 //! ```no_run
 //! use llamactl::tokenizer::{AllowedSpecial, Tokenizer};
@@ -22,6 +24,7 @@
 //! ```
 mod bpe;
 mod byte_alphabet;
+pub mod chat;
 mod gguf_vocab;
 mod hf_backend;
 pub mod hf_files;

@@ -9,9 +9,9 @@
 use super::input::{prompt_stderr, Input, Source};
 use super::{chat_format, gen_params, Session};
 use crate::cli::RunArgs;
-use crate::runner::chat::{ChatFormat, Message};
 use crate::runner::generate::{generate, Step};
 use crate::signal::SoftStop;
+use crate::tokenizer::chat::{ChatFormat, Message};
 use anyhow::Result;
 use std::io::Write;
 

@@ -3,7 +3,7 @@
 //! Meta's layout: `<|begin_of_text|>`, then per message `<|start_header_id|>` role
 //! `<|end_header_id|>` "\n\n" content.strip() `<|eot_id|>`, then an open assistant header. The
 //! content is encoded with special-token text as plain text, so a user cannot inject headers.
-use crate::tokenizer::{py_strip, AllowedSpecial, Tokenizer, TokenizerKind};
+use super::{py_strip, AllowedSpecial, Tokenizer, TokenizerKind};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
