@@ -113,7 +113,14 @@ pub struct Geom {
 /// `res[j * t + i] = w_j · x_i` for the `rn` weight rows in `w` (blocks of `kind`) and the `t`
 /// activation rows in `x` (the blocks `kind` pairs with).
 pub fn dot_block(kind: Kind, w: &[u8], rn: usize, x: &[u8], t: usize, res: &mut [f32]) {
-    dot_block_on(path(), kind, w, rn, x, t, res)
+    // One activation row of a k-quant: the 256-bit kernel, whose unpacking needs no cross-lane
+    // permutes, streamed faster than the 512-bit one (AMD EPYC Zen 4, 1-thread decode of the
+    // Q4_K_M file 19.5 -> 21.1 tok/s); the results are the same bits on every path.
+    let path = match path() {
+        Path::Vnni if t == 1 && kind != Kind::Q8_0 => Path::Avx2,
+        p => p,
+    };
+    dot_block_on(path, kind, w, rn, x, t, res)
 }
 
 /// [`dot_block`] on a given path (tests compare the paths).
@@ -129,13 +136,6 @@ pub fn dot_block_on(
     if rn == 0 || t == 0 {
         return;
     }
-    // One activation row of a k-quant: the 256-bit kernel, whose unpacking needs no cross-lane
-    // permutes, streamed faster than the 512-bit one (AMD EPYC Zen 4, 1-thread decode of the
-    // Q4_K_M file 19.5 -> 21.3 tok/s); the results are the same bits on every path.
-    let path = match path {
-        Path::Vnni if t == 1 && kind != Kind::Q8_0 => Path::Avx2,
-        p => p,
-    };
     let (wb, xb) = kind.sizes();
     let (ws, xs) = (w.len() / rn, x.len() / t);
     let nb = ws / wb;
