@@ -288,34 +288,34 @@ fn preflight(
 }
 
 /// Size rayon's pool (our kernels and candle's CPU ops share it) once, before any work starts:
-/// `--threads`, else one thread per core. More threads than cores only take turns on them (and
-/// every kernel splits its work per thread), so a larger count is clamped to the cores with a
-/// note. The session itself runs on a pool thread, which gets the main thread's stack size.
+/// `--threads`, else rayon's default (RAYON_NUM_THREADS, else one thread per core). More threads
+/// than cores only take turns on them (and every kernel splits its work per thread), so a larger
+/// count is clamped to the cores with a note. The session itself runs on a pool thread, which gets
+/// the main thread's stack size.
 fn set_threads(threads: Option<usize>) -> Result<()> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let n = match threads {
-        Some(0) => bail!("--threads must be at least 1"),
-        Some(asked) if asked > cores => {
-            eprintln!("note: --threads {asked} is more than the {cores} cores this process may use; using {cores}");
-            cores
-        }
-        Some(asked) => asked,
-        None => std::env::var("RAYON_NUM_THREADS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or(cores),
-    };
+    let mut pool = rayon::ThreadPoolBuilder::new().stack_size(8 << 20);
+    if let Some(asked) = threads {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let n = match asked {
+            0 => bail!("--threads must be at least 1"),
+            a if a > cores => {
+                eprintln!("note: --threads {a} is more than the {cores} cores this process may use; using {cores}");
+                cores
+            }
+            a => a,
+        };
+        pool = pool.num_threads(n);
+    }
+    pool.build_global().map_err(|e| anyhow!("--threads: {e}"))?;
     // candle sizes its matrix products by this variable, read on every product; unset, it counts
     // the physical cores by parsing /proc/cpuinfo each time (1% of a decode), and ignores --threads.
-    // Set before the pool starts (the only other thread, signal's watchdog, never reads the
-    // environment).
-    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .stack_size(8 << 20)
-        .build_global()
-        .map_err(|e| anyhow!("--threads {n}: {e}"))
+    // Nothing runs on the pool yet, and the only other thread, signal's watchdog, never reads the
+    // environment.
+    std::env::set_var(
+        "RAYON_NUM_THREADS",
+        rayon::current_num_threads().to_string(),
+    );
+    Ok(())
 }
 
 fn gen_params(args: &RunArgs, s: &Session) -> GenParams {
