@@ -121,7 +121,7 @@ for q in $GGUF_TYPES; do
   [ -f "$W/1b-$q.gguf" ] || "$LLAMA_CPP/build/bin/llama-quantize" "$GGUF" "$W/1b-$q.gguf" "$q" > /dev/null 2>&1
 done
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+source scripts/bench/median.sh
 
 # The page cache: how a file came into it decides whether its maps can use 2 MiB entries (a file read
 # back by readahead sits in large folios; one just written in small pieces may not), which moved

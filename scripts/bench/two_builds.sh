@@ -48,7 +48,7 @@ for r in $(seq "$ROUNDS"); do
     R[$b,prefill]+=" $pf"; R[$b,decode]+=" $dc"
   done
 done
-median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+source "$(dirname "$0")/median.sh"
 echo "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; $ROUNDS rounds, medians"
 printf '%-9s %10s %10s %8s   %s\n' op old new new/old unit
 for op in $ops; do
