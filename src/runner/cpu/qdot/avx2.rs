@@ -27,7 +27,7 @@ unsafe fn madd_acc(acc: __m256i, p: __m256i, s: __m256i) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn tile(kind: Kind, tn: usize, r: usize, g: &Geom, out: &mut [f32], os: usize) {
     macro_rules! go {
-        ($($t:literal, $r:literal);*) => {
+        ($($t:literal, $r:literal);* ;; $($t4:literal, $r4:literal);*) => {
             match (tn, r) {
                 $(($t, $r) => {
                     let res = match kind {
@@ -37,11 +37,14 @@ pub(super) unsafe fn tile(kind: Kind, tn: usize, r: usize, g: &Geom, out: &mut [
                     };
                     super::store(&res, out, os);
                 })*
+                $(($t4, $r4) if kind == Kind::Q4K => {
+                    super::store(&q4k::<$t4, $r4>(g), out, os);
+                })*
                 _ => unreachable!("tile {tn} x {r}"),
             }
         };
     }
-    go!(1,1; 2,1; 1,4; 2,4)
+    go!(1,1; 2,1; 1,4; 2,4 ;; 3,1; 4,1; 3,4; 4,4)
 }
 
 #[inline(always)]
@@ -142,46 +145,51 @@ pub(super) unsafe fn q8k_rows<const T: usize>(g: &Geom, b: usize) -> ([*const u8
 }
 
 /// Q4_K x Q8_K: per block and weight row, each 32 bytes of nibbles become the quants of
-/// sub-blocks 2j (half 0) and 2j+1 (half 1), dotted with every activation row with their scales.
+/// sub-blocks 2j and 2j+1, dotted with every activation row with their scales into half 0; the
+/// mins go to half 1.
 #[inline(always)]
 unsafe fn q4k<const T: usize, const R: usize>(g: &Geom) -> [[f32; R]; T] {
     let mut acc = [[[_mm256_setzero_ps(); 2]; R]; T];
     let nib = _mm256_set1_epi8(0x0f);
     for b in 0..g.nb {
         let (xb, dx) = q8k_rows::<T>(g, b);
-        let mut sums = [_mm256_setzero_si256(); T];
-        for (s, x) in sums.iter_mut().zip(xb) {
-            *s = _mm256_madd_epi16(load(x.add(Q8K_SUMS)), _mm256_set1_epi16(1));
-        }
+        let bsums: [__m256i; T] = std::array::from_fn(|t| load(xb[t].add(Q8K_SUMS)));
         for r in 0..R {
             let wb = g.w.add(r * g.ws + b * Q4K_BYTES);
             prefetch::<R>(g, wb, Q4K_BYTES);
             let (sc, mn) = super::q4k_scales(&*wb.add(4).cast::<[u8; 12]>());
             let sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
-            let mn32 = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(mn as i64));
-            let mut isum = [[_mm256_setzero_si256(); 2]; T];
+            let mn2 = q4k_mins(mn);
+            let mut isum = [_mm256_setzero_si256(); T];
             for j in 0..4 {
                 let q = load(wb.add(16 + 32 * j));
                 let lo = _mm256_and_si256(q, nib);
                 let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), nib);
                 let slo = _mm256_shuffle_epi8(sc16, pick16(2 * j, 2 * j));
                 let shi = _mm256_shuffle_epi8(sc16, pick16(2 * j + 1, 2 * j + 1));
-                for (t, [s0, s1]) in isum.iter_mut().enumerate() {
+                for (t, s) in isum.iter_mut().enumerate() {
                     let x = xb[t].add(Q8K_QS + 64 * j);
-                    *s0 = madd_acc(*s0, _mm256_maddubs_epi16(lo, load(x)), slo);
-                    *s1 = madd_acc(*s1, _mm256_maddubs_epi16(hi, load(x.add(32))), shi);
+                    *s = madd_acc(*s, _mm256_maddubs_epi16(lo, load(x)), slo);
+                    *s = madd_acc(*s, _mm256_maddubs_epi16(hi, load(x.add(32))), shi);
                 }
             }
             let (d, dmin) = (f16(wb), f16(wb.add(2)));
             for t in 0..T {
                 let [a0, a1] = &mut acc[t][r];
-                *a0 = fold(*a0, isum[t][0], d * dx[t]);
-                *a1 = fold(*a1, isum[t][1], d * dx[t]);
-                *a0 = fold(*a0, _mm256_mullo_epi32(sums[t], mn32), -(dmin * dx[t]));
+                *a0 = fold(*a0, isum[t], d * dx[t]);
+                *a1 = fold(*a1, _mm256_madd_epi16(bsums[t], mn2), -(dmin * dx[t]));
             }
         }
     }
     finish(acc)
+}
+
+/// Q4_K's 8 mins (one per byte of `mn`) as 16-bit pairs `(m_l, m_l)`: one `vpmaddwd` with a Q8_K
+/// block's 16 sums of 16 gives `m_l * (s_2l + s_2l+1)` in lane `l`.
+#[inline(always)]
+pub(super) unsafe fn q4k_mins(mn: u64) -> __m256i {
+    let m = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(mn as i64));
+    _mm256_or_si256(m, _mm256_slli_epi32::<16>(m))
 }
 
 /// Q6_K's top two bits of chunk `c` (bits 2c, 2c+1 of each `qh` byte) moved to bits 4 and 5.

@@ -8,7 +8,7 @@
 //! applies the sub-block scales and accumulates.
 // A tile's loops index several arrays (row pointers, scales, accumulators) by one counter.
 #![allow(clippy::needless_range_loop)]
-use super::avx2::{f16, prefetch, q8k_rows, reduce8};
+use super::avx2::{f16, prefetch, q4k_mins, q8k_rows, reduce8};
 use super::{Geom, Kind, Q4K_BYTES, Q6K_BYTES, Q8K_QS, Q8K_SUMS, Q8_0_BYTES};
 use std::arch::x86_64::*;
 
@@ -43,6 +43,29 @@ unsafe fn load256(p: *const u8) -> __m256i {
 #[inline(always)]
 unsafe fn load512(p: *const u8) -> __m512i {
     _mm512_loadu_si512(p.cast())
+}
+
+/// `acc + a · b` over pairs of i16 lanes, as one `vpdpwssd`. Through the intrinsic, LLVM's generic
+/// x86-64 tuning (the one runtime-dispatched code gets) splits it into `vpmaddwd` + `vpaddd`: one
+/// more vector op per 64 multiply-adds in the k-quant kernels' innermost loop.
+#[inline]
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn dpwssd(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
+    let mut acc = acc;
+    std::arch::asm!(
+        "vpdpwssd {acc}, {a}, {b}",
+        acc = inout(zmm_reg) acc,
+        a = in(zmm_reg) a,
+        b = in(zmm_reg) b,
+        options(pure, nomem, nostack, preserves_flags)
+    );
+    acc
+}
+
+/// The `vpermps` index that spreads element 0 over half 0 and element 1 over half 1.
+#[inline(always)]
+unsafe fn halves() -> __m512i {
+    _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)
 }
 
 /// Two 256-bit halves as one vector.
@@ -84,8 +107,7 @@ unsafe fn q8_0_scales(p: *const u8, pair: bool) -> __m512 {
         _mm_cvtsi32_si128(bits(p) as i32),
         hi as i32,
     ));
-    let idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-    _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(both))
+    _mm512_permutexvar_ps(halves(), _mm512_castps128_ps512(both))
 }
 
 /// Q8_0 x Q8_0, two blocks per step (a last odd block goes to half 0 alone).
@@ -130,47 +152,51 @@ unsafe fn quarters(idx: [i16; 4]) -> __m512i {
     join(lo, hi)
 }
 
-/// Q4_K x Q8_K: each 32 bytes of nibbles become one vector of sub-blocks 2j (half 0) and 2j+1
-/// (half 1), dotted with 64 contiguous activations of every row.
+/// Q4_K x Q8_K: each 32 bytes of nibbles become one vector of sub-blocks 2j and 2j+1, dotted with
+/// 64 contiguous activations of every row; the two halves of the integer sums are added into half
+/// 0 of the output, the mins go to half 1.
 #[inline(always)]
 unsafe fn q4k<const T: usize, const R: usize>(g: &Geom) -> [[f32; R]; T] {
     let mut acc = [[_mm512_setzero_ps(); R]; T];
-    let nib = _mm256_set1_epi8(0x0f);
+    let (nib, halves) = (_mm512_set1_epi8(0x0f), halves());
+    // vpshufb controls: 16-bit lanes of half 0 take scale byte 2j, those of half 1 byte 2j + 1.
+    let pick: [__m512i; 4] = std::array::from_fn(|j| {
+        let (a, c) = (2 * j as i16, 2 * j as i16 + 1);
+        join(_mm256_set1_epi16(a | -0x8000), _mm256_set1_epi16(c | -0x8000))
+    });
     for b in 0..g.nb {
         let (xb, dx) = q8k_rows::<T>(g, b);
-        let mut sums = [_mm256_setzero_si256(); T];
-        for (s, x) in sums.iter_mut().zip(xb) {
-            *s = _mm256_madd_epi16(load256(x.add(Q8K_SUMS)), _mm256_set1_epi16(1));
-        }
+        let bsums: [__m256i; T] = std::array::from_fn(|t| load256(xb[t].add(Q8K_SUMS)));
+        let dxv: [__m512; T] = std::array::from_fn(|t| _mm512_set1_ps(dx[t]));
         for r in 0..R {
             let wb = g.w.add(r * g.ws + b * Q4K_BYTES);
             prefetch::<R>(g, wb, Q4K_BYTES);
             let (sc, mn) = super::q4k_scales(&*wb.add(4).cast::<[u8; 12]>());
-            let sc16 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
-            let mn32 = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(mn as i64));
+            let sc8 = _mm512_set1_epi64(sc as i64);
+            let mn2 = q4k_mins(mn);
+            // [d x 8, -dmin x 8]: times dx, the scales of the two halves.
+            let dd = _mm_cvtph_ps(_mm_cvtsi32_si128(wb.cast::<i32>().read_unaligned()));
+            let dd = _mm_xor_ps(dd, _mm_setr_ps(0.0, -0.0, 0.0, 0.0));
+            let dm = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(dd));
             let mut isum = [_mm512_setzero_si512(); T];
             for j in 0..4 {
-                let q = load256(wb.add(16 + 32 * j));
-                let lo = _mm256_and_si256(q, nib);
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), nib);
-                let q = join(lo, hi);
-                let (a, c) = (2 * j as i16, 2 * j as i16 + 1);
-                let s = _mm512_permutexvar_epi16(quarters([a, a, c, c]), sc16);
+                // The 32 bytes in both halves, half 1 shifted to their high nibbles.
+                let q = _mm512_broadcast_i64x4(load256(wb.add(16 + 32 * j)));
+                let q = _mm512_and_si512(_mm512_mask_srli_epi16(q, 0xffff_0000, q, 4), nib);
+                let s = _mm512_shuffle_epi8(sc8, pick[j]);
                 for (t, acc_i) in isum.iter_mut().enumerate() {
                     let x = load512(xb[t].add(Q8K_QS + 64 * j));
-                    *acc_i = _mm512_dpwssd_epi32(*acc_i, _mm512_maddubs_epi16(q, x), s);
+                    *acc_i = dpwssd(*acc_i, _mm512_maddubs_epi16(q, x), s);
                 }
             }
-            let (d, dmin) = (f16(wb), f16(wb.add(2)));
             for t in 0..T {
-                let a = _mm512_fmadd_ps(
-                    _mm512_cvtepi32_ps(isum[t]),
-                    _mm512_set1_ps(d * dx[t]),
-                    acc[t][r],
+                let main = _mm256_add_epi32(
+                    _mm512_castsi512_si256(isum[t]),
+                    _mm512_extracti64x4_epi64::<1>(isum[t]),
                 );
-                let m = _mm256_cvtepi32_ps(_mm256_mullo_epi32(sums[t], mn32));
-                let ms = _mm512_set1_ps(-(dmin * dx[t]));
-                acc[t][r] = _mm512_mask3_fmadd_ps(_mm512_castps256_ps512(m), ms, a, 0x00ff);
+                let mins = _mm256_madd_epi16(bsums[t], mn2);
+                let v = _mm512_cvtepi32_ps(join(main, mins));
+                acc[t][r] = _mm512_fmadd_ps(v, _mm512_mul_ps(dm, dxv[t]), acc[t][r]);
             }
         }
     }
@@ -210,9 +236,9 @@ unsafe fn q6k<const T: usize, const R: usize>(g: &Geom) -> [[f32; R]; T] {
                 let sb = _mm512_permutexvar_epi16(quarters([f + 4, f + 5, f + 6, f + 7]), scz);
                 for (t, acc_i) in isum.iter_mut().enumerate() {
                     let x = xb[t].add(Q8K_QS + 128 * n);
-                    *acc_i = _mm512_dpwssd_epi32(*acc_i, _mm512_maddubs_epi16(qa, load512(x)), sa);
+                    *acc_i = dpwssd(*acc_i, _mm512_maddubs_epi16(qa, load512(x)), sa);
                     let p = _mm512_maddubs_epi16(qb, load512(x.add(64)));
-                    *acc_i = _mm512_dpwssd_epi32(*acc_i, p, sb);
+                    *acc_i = dpwssd(*acc_i, p, sb);
                 }
             }
             let d = f16(wb.add(208));

@@ -11,15 +11,16 @@
 //! Exactness: every block dot is integer arithmetic, exact in any order. What is fixed is the
 //! float part, identical on every path (AVX-512 VNNI, AVX2, portable), so the three agree bit for
 //! bit. An output keeps 16 f32 lanes in two halves of 8 (one 512-bit register, or two 256-bit
-//! ones). Each group of 32 weight values goes to one half: Q8_0 block `b` to half `b % 2`, Q4_K
-//! sub-block `k` to half `k % 2`, Q6_K's 32-value chunk `c` of each 128 to half `c % 2`. Lane `l`
-//! of the half takes the integer sum over values `4l..4l+3` of the group (times its integer
-//! sub-block scale for the k-quants). Per block, in block order, each touched lane becomes
+//! ones). Each group of 32 weight values goes to one half: Q8_0 block `b` to half `b % 2`, Q6_K's
+//! 32-value chunk `c` of each 128 to half `c % 2`, every Q4_K sub-block to half 0. Lane `l` of the
+//! half takes the integer sum over values `4l..4l+3` of the group (times its integer sub-block
+//! scale for the k-quants). Per block, in block order, each touched lane becomes
 //! `fma(lane_sum as f32, d_w * d_x, lane)` (for the k-quants after summing the whole 256-value
-//! block in integers; Q6_K's `-32 x sums` offset is subtracted in lanes 0-7 of half 0 first, and
-//! Q4_K then adds `fma(m_l * sum_l as f32, -(dmin_w * d_x), lane l)` for its sub-block `l`, l < 8,
-//! to half 0). At the end `h_l = lane_l + lane_{l+8}`, summed as `((h0+h4) + (h2+h6)) + ((h1+h5) +
-//! (h3+h7))`. One output is always computed by one call, so nothing depends on the thread count.
+//! block in integers; Q6_K's `-32 x sums` offset is subtracted in lanes 0-7 of half 0 first; Q4_K
+//! also sets lane `l` of half 1 to `fma(m_l * sum_l as f32, -(dmin_w * d_x), lane)`, its sub-block
+//! `l`'s min by the activations' sum over that sub-block). At the end `h_l = lane_l + lane_{l+8}`,
+//! summed as `((h0+h4) + (h2+h6)) + ((h1+h5) + (h3+h7))`. One output is always computed by one
+//! call, so nothing depends on the thread count.
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -87,9 +88,10 @@ pub fn path() -> Path {
 impl Path {
     /// Most activation rows per tile: the integer accumulators of a tile must fit the register
     /// file (32 vector registers with AVX-512, 16 with AVX2).
-    fn max_t(self) -> usize {
+    fn max_t(self, kind: Kind) -> usize {
         match self {
             Path::Vnni => 4,
+            Path::Avx2 if kind == Kind::Q4K => 4,
             Path::Avx2 => 2,
             Path::Portable => 1,
         }
@@ -157,7 +159,7 @@ pub fn dot_block_on(
         };
         let mut t0 = 0;
         while t0 < t {
-            let tn = path.max_t().min(t - t0);
+            let tn = path.max_t(kind).min(t - t0);
             let g = Geom {
                 // SAFETY (of the `add`s): r0 < rn and t0 < t, inside the checked slices.
                 w: unsafe { w.as_ptr().add(r0 * ws) },

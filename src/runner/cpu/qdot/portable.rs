@@ -71,27 +71,24 @@ fn q8k_sum(x: &[u8], i: usize) -> i32 {
 }
 
 /// Q4_K: sub-block `k` (32 values) is the low nibbles of `qs[32 (k/2) ..][..32]` for even `k`, the
-/// high nibbles for odd `k`; value = d * sc_k * q - dmin * m_k.
+/// high nibbles for odd `k`; value = d * sc_k * q - dmin * m_k. Half 0 takes the scaled quant
+/// products of every sub-block, half 1 the mins (lane `l`: sub-block `l`'s, by its activation sums).
 fn q4k_block(w: &[u8], x: &[u8], acc: &mut [f32; LANES]) {
     let (sc, mn) = q4k_scales(w[4..16].try_into().expect("12 scale bytes"));
     let qs = &w[16..];
-    let mut lanes = [0i32; LANES];
+    let mut lanes = [0i32; HALF];
     for k in 0..8 {
         let sck = (sc >> (8 * k)) as u8 as i32;
         let q = |i: usize| (qs[32 * (k / 2) + i] >> (4 * (k % 2)) & 0x0f) as i32;
-        group(
-            &mut lanes[HALF * (k % 2)..],
-            q,
-            &x[Q8K_QS + 32 * k..],
-            |_| sck,
-        );
+        group(&mut lanes, q, &x[Q8K_QS + 32 * k..], |_| sck);
     }
     let dx = q8k_d(x);
-    fold(acc, &lanes, f16(w) * dx);
-    let mins: [i32; HALF] = std::array::from_fn(|k| {
+    let (main, mins) = acc.split_at_mut(HALF);
+    fold(main, &lanes, f16(w) * dx);
+    let m: [i32; HALF] = std::array::from_fn(|k| {
         ((mn >> (8 * k)) as u8 as i32) * (q8k_sum(x, 2 * k) + q8k_sum(x, 2 * k + 1))
     });
-    fold(acc, &mins, -(f16(&w[2..]) * dx));
+    fold(mins, &m, -(f16(&w[2..]) * dx));
 }
 
 /// Q6_K: in half `n` (128 values), chunk `c` (32 values) takes its low 4 bits from the low
