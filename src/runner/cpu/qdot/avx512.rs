@@ -162,7 +162,10 @@ unsafe fn q4k<const T: usize, const R: usize>(g: &Geom) -> [[f32; R]; T] {
     // vpshufb controls: 16-bit lanes of half 0 take scale byte 2j, those of half 1 byte 2j + 1.
     let pick: [__m512i; 4] = std::array::from_fn(|j| {
         let (a, c) = (2 * j as i16, 2 * j as i16 + 1);
-        join(_mm256_set1_epi16(a | -0x8000), _mm256_set1_epi16(c | -0x8000))
+        join(
+            _mm256_set1_epi16(a | -0x8000),
+            _mm256_set1_epi16(c | -0x8000),
+        )
     });
     for b in 0..g.nb {
         let (xb, dx) = q8k_rows::<T>(g, b);
