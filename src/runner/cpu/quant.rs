@@ -175,6 +175,8 @@ pub struct Acts {
     q8_0: Vec<BlockQ8_0>,
     q8_1: Vec<BlockQ8_1>,
     q8k: Vec<BlockQ8K>,
+    /// The Q8_K rows regrouped for the Q4_K panel kernel, where it serves them.
+    q8k_panel: Option<Vec<u8>>,
 }
 
 impl Acts {
@@ -186,8 +188,10 @@ impl Acts {
             q8_0: Vec::new(),
             q8_1: Vec::new(),
             q8k: Vec::new(),
+            q8k_panel: None,
         };
-        let kinds: Vec<ActKind> = types.into_iter().map(Quant::act).collect();
+        let types: Vec<Quant> = types.into_iter().collect();
+        let kinds: Vec<ActKind> = types.iter().map(|q| q.act()).collect();
         if kinds.contains(&ActKind::Q8_0) {
             a.q8_0 = quantize_rows(x, cols, ActKind::Q8_0);
         }
@@ -196,6 +200,9 @@ impl Acts {
         }
         if kinds.contains(&ActKind::Q8K) {
             a.q8k = quantize_rows(x, cols, ActKind::Q8K);
+            if types.contains(&Quant::Q4K) && a.rows > 0 {
+                a.q8k_panel = qdot::x_panel(a.bytes_for(Quant::Q4K), a.rows);
+            }
         }
         a
     }
@@ -335,7 +342,10 @@ const ACT_TILE: usize = 16;
 /// (`t` of them): our own kernels ([`super::qdot`]) where the type has one, else candle's.
 pub fn dot_block(q: Quant, w: &[u8], rn: usize, acts: &Acts, res: &mut [f32]) {
     match q.kernel() {
-        Some(kind) => qdot::dot_block(kind, w, rn, acts.bytes_for(q), acts.rows, res),
+        Some(kind) => {
+            let panel = acts.q8k_panel.as_deref().filter(|_| q == Quant::Q4K);
+            qdot::dot_block(kind, w, rn, acts.bytes_for(q), acts.rows, panel, res)
+        }
         None => candle_dot_block(q, w, rn, acts, res),
     }
 }
@@ -456,6 +466,17 @@ mod tests {
                 "{q:?} {p:?} differs from portable: {got:?} vs {port:?}"
             );
         }
+        // The dispatching entry (with the Q4_K panel kernel where the machine has it).
+        let mut got = vec![f32::NAN; rn * t];
+        dot_block(q, w, rn, &acts, &mut got);
+        let diff = got
+            .iter()
+            .zip(&port)
+            .position(|(a, b)| a.to_bits() != b.to_bits());
+        assert!(
+            diff.is_none(),
+            "{q:?} dot_block differs from portable at {diff:?}"
+        );
     }
 
     #[test]
@@ -478,6 +499,9 @@ mod tests {
                 (512, 9, 5),
                 (768, 4, 8),
                 (256, 5, 3),
+                // Panel tiles of 8 weight rows by groups of 16 activation rows, with tails of both.
+                (512, 19, 37),
+                (256, 16, 16),
             ];
             for &(cols, rn, t) in shapes.iter().chain(odd) {
                 let x = values(t * cols, 11 + t as u64);

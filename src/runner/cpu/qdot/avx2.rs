@@ -145,11 +145,11 @@ pub(super) unsafe fn q8k_rows<const T: usize>(g: &Geom, b: usize) -> ([*const u8
 }
 
 /// Q4_K x Q8_K: per block and weight row, each 32 bytes of nibbles become the quants of
-/// sub-blocks 2j and 2j+1, dotted with every activation row with their scales into half 0; the
-/// mins go to half 1.
+/// sub-blocks 2j and 2j+1, dotted with every activation row with their scales; the mins by the
+/// activations' sums; both summed to the block's two integers.
 #[inline(always)]
 unsafe fn q4k<const T: usize, const R: usize>(g: &Geom) -> [[f32; R]; T] {
-    let mut acc = [[[_mm256_setzero_ps(); 2]; R]; T];
+    let mut acc = [[_mm_setzero_ps(); R]; T];
     let nib = _mm256_set1_epi8(0x0f);
     for b in 0..g.nb {
         let (xb, dx) = q8k_rows::<T>(g, b);
@@ -160,28 +160,47 @@ unsafe fn q4k<const T: usize, const R: usize>(g: &Geom) -> [[f32; R]; T] {
             let (sc, mn) = super::q4k_scales(&*wb.add(4).cast::<[u8; 12]>());
             let sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
             let mn2 = q4k_mins(mn);
-            let mut isum = [_mm256_setzero_si256(); T];
+            // Even and odd sub-blocks in two sums (two shorter dependency chains).
+            let mut isum = [[_mm256_setzero_si256(); 2]; T];
             for j in 0..4 {
                 let q = load(wb.add(16 + 32 * j));
                 let lo = _mm256_and_si256(q, nib);
                 let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), nib);
                 let slo = _mm256_shuffle_epi8(sc16, pick16(2 * j, 2 * j));
                 let shi = _mm256_shuffle_epi8(sc16, pick16(2 * j + 1, 2 * j + 1));
-                for (t, s) in isum.iter_mut().enumerate() {
+                for (t, [s0, s1]) in isum.iter_mut().enumerate() {
                     let x = xb[t].add(Q8K_QS + 64 * j);
-                    *s = madd_acc(*s, _mm256_maddubs_epi16(lo, load(x)), slo);
-                    *s = madd_acc(*s, _mm256_maddubs_epi16(hi, load(x.add(32))), shi);
+                    *s0 = madd_acc(*s0, _mm256_maddubs_epi16(lo, load(x)), slo);
+                    *s1 = madd_acc(*s1, _mm256_maddubs_epi16(hi, load(x.add(32))), shi);
                 }
             }
-            let (d, dmin) = (f16(wb), f16(wb.add(2)));
             for t in 0..T {
-                let [a0, a1] = &mut acc[t][r];
-                *a0 = fold(*a0, isum[t], d * dx[t]);
-                *a1 = fold(*a1, _mm256_madd_epi16(bsums[t], mn2), -(dmin * dx[t]));
+                let main = _mm256_add_epi32(isum[t][0], isum[t][1]);
+                let im = hsum2(main, _mm256_madd_epi16(bsums[t], mn2));
+                acc[t][r] = q4k_fold(acc[t][r], im, wb, dx[t]);
             }
         }
     }
-    finish(acc)
+    acc.map(|row| row.map(|a| _mm_cvtss_f32(a)))
+}
+
+/// The sums of the 8 i32 lanes of `a` and of `b` (exact in any order), in lanes 0 and 1.
+#[inline(always)]
+pub(super) unsafe fn hsum2(a: __m256i, b: __m256i) -> __m128i {
+    let h = _mm256_hadd_epi32(a, b);
+    let h = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+    _mm_hadd_epi32(h, h)
+}
+
+/// [`super::q4k_fold`] in registers: `acc` in lane 0, the block's (I, M) in lanes 0 and 1 of
+/// `im`, its f16 (d, dmin) at `wb`. `fnmadd(M, dmin * dx, acc)` is `fma(M, -(dmin * dx), acc)`.
+#[inline(always)]
+pub(super) unsafe fn q4k_fold(acc: __m128, im: __m128i, wb: *const u8, dx: f32) -> __m128 {
+    let f = _mm_cvtepi32_ps(im);
+    let dd = _mm_cvtph_ps(_mm_cvtsi32_si128(wb.cast::<i32>().read_unaligned()));
+    let s = _mm_mul_ps(dd, _mm_set1_ps(dx));
+    let acc = _mm_fmadd_ss(f, s, acc);
+    _mm_fnmadd_ss(_mm_movehdup_ps(f), _mm_movehdup_ps(s), acc)
 }
 
 /// Q4_K's 8 mins (one per byte of `mn`) as 16-bit pairs `(m_l, m_l)`: one `vpmaddwd` with a Q8_K

@@ -8,7 +8,7 @@
 //! applies the sub-block scales and accumulates.
 // A tile's loops index several arrays (row pointers, scales, accumulators) by one counter.
 #![allow(clippy::needless_range_loop)]
-use super::avx2::{f16, prefetch, q4k_mins, q8k_rows, reduce8};
+use super::avx2::{f16, hsum2, prefetch, q4k_fold, q4k_mins, q8k_rows, reduce8};
 use super::{Geom, Kind, Q4K_BYTES, Q6K_BYTES, Q8K_QS, Q8K_SUMS, Q8_0_BYTES};
 use std::arch::x86_64::*;
 
@@ -50,7 +50,7 @@ unsafe fn load512(p: *const u8) -> __m512i {
 /// more vector op per 64 multiply-adds in the k-quant kernels' innermost loop.
 #[inline]
 #[target_feature(enable = "avx512f,avx512vnni")]
-unsafe fn dpwssd(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
+pub(super) unsafe fn dpwssd(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
     let mut acc = acc;
     std::arch::asm!(
         "vpdpwssd {acc}, {a}, {b}",
@@ -153,12 +153,11 @@ unsafe fn quarters(idx: [i16; 4]) -> __m512i {
 }
 
 /// Q4_K x Q8_K: each 32 bytes of nibbles become one vector of sub-blocks 2j and 2j+1, dotted with
-/// 64 contiguous activations of every row; the two halves of the integer sums are added into half
-/// 0 of the output, the mins go to half 1.
+/// 64 contiguous activations of every row; with the mins, summed to the block's two integers.
 #[inline(always)]
 unsafe fn q4k<const T: usize, const R: usize>(g: &Geom) -> [[f32; R]; T] {
-    let mut acc = [[_mm512_setzero_ps(); R]; T];
-    let (nib, halves) = (_mm512_set1_epi8(0x0f), halves());
+    let mut acc = [[_mm_setzero_ps(); R]; T];
+    let nib = _mm512_set1_epi8(0x0f);
     // vpshufb controls: 16-bit lanes of half 0 take scale byte 2j, those of half 1 byte 2j + 1.
     let pick: [__m512i; 4] = std::array::from_fn(|j| {
         let (a, c) = (2 * j as i16, 2 * j as i16 + 1);
@@ -170,17 +169,12 @@ unsafe fn q4k<const T: usize, const R: usize>(g: &Geom) -> [[f32; R]; T] {
     for b in 0..g.nb {
         let (xb, dx) = q8k_rows::<T>(g, b);
         let bsums: [__m256i; T] = std::array::from_fn(|t| load256(xb[t].add(Q8K_SUMS)));
-        let dxv: [__m512; T] = std::array::from_fn(|t| _mm512_set1_ps(dx[t]));
         for r in 0..R {
             let wb = g.w.add(r * g.ws + b * Q4K_BYTES);
             prefetch::<R>(g, wb, Q4K_BYTES);
             let (sc, mn) = super::q4k_scales(&*wb.add(4).cast::<[u8; 12]>());
             let sc8 = _mm512_set1_epi64(sc as i64);
             let mn2 = q4k_mins(mn);
-            // [d x 8, -dmin x 8]: times dx, the scales of the two halves.
-            let dd = _mm_cvtph_ps(_mm_cvtsi32_si128(wb.cast::<i32>().read_unaligned()));
-            let dd = _mm_xor_ps(dd, _mm_setr_ps(0.0, -0.0, 0.0, 0.0));
-            let dm = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(dd));
             let mut isum = [_mm512_setzero_si512(); T];
             for j in 0..4 {
                 // The 32 bytes in both halves, half 1 shifted to their high nibbles.
@@ -197,13 +191,12 @@ unsafe fn q4k<const T: usize, const R: usize>(g: &Geom) -> [[f32; R]; T] {
                     _mm512_castsi512_si256(isum[t]),
                     _mm512_extracti64x4_epi64::<1>(isum[t]),
                 );
-                let mins = _mm256_madd_epi16(bsums[t], mn2);
-                let v = _mm512_cvtepi32_ps(join(main, mins));
-                acc[t][r] = _mm512_fmadd_ps(v, _mm512_mul_ps(dm, dxv[t]), acc[t][r]);
+                let im = hsum2(main, _mm256_madd_epi16(bsums[t], mn2));
+                acc[t][r] = q4k_fold(acc[t][r], im, wb, dx[t]);
             }
         }
     }
-    finish(acc)
+    acc.map(|row| row.map(|a| _mm_cvtss_f32(a)))
 }
 
 /// Q6_K x Q8_K: per 128 values, the 64 bytes of low bits hold chunks 0|1 (low nibbles) and 2|3

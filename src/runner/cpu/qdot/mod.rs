@@ -10,21 +10,24 @@
 //!
 //! Exactness: every block dot is integer arithmetic, exact in any order. What is fixed is the
 //! float part, identical on every path (AVX-512 VNNI, AVX2, portable), so the three agree bit for
-//! bit. An output keeps 16 f32 lanes in two halves of 8 (one 512-bit register, or two 256-bit
-//! ones). Each group of 32 weight values goes to one half: Q8_0 block `b` to half `b % 2`, Q6_K's
-//! 32-value chunk `c` of each 128 to half `c % 2`, every Q4_K sub-block to half 0. Lane `l` of the
-//! half takes the integer sum over values `4l..4l+3` of the group (times its integer sub-block
-//! scale for the k-quants). Per block, in block order, each touched lane becomes
-//! `fma(lane_sum as f32, d_w * d_x, lane)` (for the k-quants after summing the whole 256-value
-//! block in integers; Q6_K's `-32 x sums` offset is subtracted in lanes 0-7 of half 0 first; Q4_K
-//! also sets lane `l` of half 1 to `fma(m_l * sum_l as f32, -(dmin_w * d_x), lane)`, its sub-block
-//! `l`'s min by the activations' sum over that sub-block). At the end `h_l = lane_l + lane_{l+8}`,
-//! summed as `((h0+h4) + (h2+h6)) + ((h1+h5) + (h3+h7))`. One output is always computed by one
-//! call, so nothing depends on the thread count.
+//! bit. Q4_K keeps one f32 per output: per block, in block order, `acc = fma(I as f32, d_w * d_x,
+//! acc)` then `acc = fma(M as f32, -(dmin_w * d_x), acc)` ([`q4k_fold`]), where `I = Σ_k sc_k Σ q·x`
+//! over the block's 8 sub-blocks and `M = Σ_k m_k (s_2k + s_2k+1)` (the mins by the activations'
+//! sums of 16) are exact integers. Q8_0 and Q6_K keep 16 f32 lanes in two halves of 8 (one 512-bit
+//! register, or two 256-bit ones). Each group of 32 weight values goes to one half: Q8_0 block `b`
+//! to half `b % 2`, Q6_K's 32-value chunk `c` of each 128 to half `c % 2`. Lane `l` of the half
+//! takes the integer sum over values `4l..4l+3` of the group (times its integer scale for Q6_K).
+//! Per block, in block order, each touched lane becomes `fma(lane_sum as f32, d_w * d_x, lane)`
+//! (for Q6_K after summing the whole 256-value block in integers, its `-32 x sums` offset
+//! subtracted in lanes 0-7 of half 0 first). At the end `h_l = lane_l + lane_{l+8}`, summed as
+//! `((h0+h4) + (h2+h6)) + ((h1+h5) + (h3+h7))`. One output is always computed by one call, so
+//! nothing depends on the thread count.
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod panel;
 mod portable;
 
 use super::kernels::{self, Isa};
@@ -112,9 +115,28 @@ pub struct Geom {
     nb: usize,
 }
 
+/// The activation rows `x` (`t` rows of Q8_K blocks) regrouped for the Q4_K panel kernel, where it
+/// serves them (see [`panel`]); None elsewhere.
+pub fn x_panel(x: &[u8], t: usize) -> Option<Vec<u8>> {
+    #[cfg(target_arch = "x86_64")]
+    if panel::serves(t) {
+        return Some(panel::build(x, t, x.len() / t / Q8K_BYTES));
+    }
+    let _ = (x, t);
+    None
+}
+
 /// `res[j * t + i] = w_j · x_i` for the `rn` weight rows in `w` (blocks of `kind`) and the `t`
-/// activation rows in `x` (the blocks `kind` pairs with).
-pub fn dot_block(kind: Kind, w: &[u8], rn: usize, x: &[u8], t: usize, res: &mut [f32]) {
+/// activation rows in `x` (the blocks `kind` pairs with); `panel` is [`x_panel`] of `x` if any.
+pub fn dot_block(
+    kind: Kind,
+    w: &[u8],
+    rn: usize,
+    x: &[u8],
+    t: usize,
+    panel: Option<&[u8]>,
+    res: &mut [f32],
+) {
     // One activation row of a k-quant: the 256-bit kernel, whose unpacking needs no cross-lane
     // permutes, streamed faster than the 512-bit one (AMD EPYC Zen 4, 1-thread decode of the
     // Q4_K_M file 19.5 -> 21.1 tok/s); the results are the same bits on every path.
@@ -122,7 +144,58 @@ pub fn dot_block(kind: Kind, w: &[u8], rn: usize, x: &[u8], t: usize, res: &mut 
         Path::Vnni if t == 1 && kind != Kind::Q8_0 => Path::Avx2,
         p => p,
     };
+    #[cfg(target_arch = "x86_64")]
+    if let (Kind::Q4K, Some(p), Path::Vnni) = (kind, panel, path) {
+        return dot_panel(w, rn, x, t, p, res);
+    }
+    let _ = panel;
     dot_block_on(path, kind, w, rn, x, t, res)
+}
+
+/// [`dot_block`] for Q4_K through the panel kernel: whole tiles of weight rows by whole groups of
+/// activation rows there, the rest through the per-row tiles (the same bits either way).
+#[cfg(target_arch = "x86_64")]
+fn dot_panel(w: &[u8], rn: usize, x: &[u8], t: usize, p: &[u8], res: &mut [f32]) {
+    let (ws, xs) = (w.len() / rn.max(1), x.len() / t.max(1));
+    let nb = ws / Q4K_BYTES;
+    assert!(
+        rn > 0
+            && w.len() == rn * ws
+            && ws == nb * Q4K_BYTES
+            && x.len() == t * xs
+            && xs == nb * Q8K_BYTES,
+        "qdot: operands are not whole rows of blocks"
+    );
+    assert_eq!(res.len(), rn * t, "qdot: result size");
+    // SAFETY: the VNNI path was detected; the operands were checked above and `p` was built from
+    // `x` by `x_panel`.
+    let done = unsafe { panel::dot(w, rn, nb, p, t, res) };
+    let t0 = p.len() / (nb * panel::XBLOCK) * panel::GROUP;
+    dot_block_on(
+        Path::Vnni,
+        Kind::Q4K,
+        &w[done * ws..],
+        rn - done,
+        x,
+        t,
+        &mut res[done * t..],
+    );
+    if t0 < t && done > 0 {
+        let tail_t = t - t0;
+        let mut tail = vec![0f32; done * tail_t];
+        dot_block_on(
+            Path::Vnni,
+            Kind::Q4K,
+            &w[..done * ws],
+            done,
+            &x[t0 * xs..],
+            tail_t,
+            &mut tail,
+        );
+        for j in 0..done {
+            res[j * t + t0..(j + 1) * t].copy_from_slice(&tail[j * tail_t..(j + 1) * tail_t]);
+        }
+    }
 }
 
 /// [`dot_block`] on a given path (tests compare the paths).
@@ -220,6 +293,13 @@ fn q4k_scales(b: &[u8; 12]) -> (u64, u64) {
     let sc = (a & LOW6) as u64 | ((sc_hi as u64) << 32);
     let mn = (m & LOW6) as u64 | ((mn_hi as u64) << 32);
     (sc, mn)
+}
+
+/// Q4_K's float step for one block (see the module doc): the same expression on every path.
+#[inline(always)]
+fn q4k_fold(acc: f32, i: i32, m: i32, d: f32, dmin: f32, dx: f32) -> f32 {
+    let acc = (i as f32).mul_add(d * dx, acc);
+    (m as f32).mul_add(-(dmin * dx), acc)
 }
 
 /// The fixed reduction of an output's 16 lanes (see the module doc).

@@ -2,7 +2,8 @@
 //! they are also the reference the SIMD paths are tested against. The per-lane loops are written
 //! over fixed arrays of 8 so LLVM vectorizes them (SSE2 on x86-64, NEON on aarch64).
 use super::{
-    q4k_scales, reduce, Kind, Q4K_BYTES, Q6K_BYTES, Q8K_BYTES, Q8K_QS, Q8K_SUMS, Q8_0_BYTES,
+    q4k_fold, q4k_scales, reduce, Kind, Q4K_BYTES, Q6K_BYTES, Q8K_BYTES, Q8K_QS, Q8K_SUMS,
+    Q8_0_BYTES,
 };
 
 /// Lanes of an output, in two halves of 8.
@@ -15,6 +16,16 @@ fn f16(b: &[u8]) -> f32 {
 
 /// One weight row (`nb` blocks of `kind`) dotted with one activation row.
 pub(super) fn dot(kind: Kind, w: &[u8], x: &[u8], nb: usize) -> f32 {
+    if kind == Kind::Q4K {
+        return (0..nb).fold(0.0, |acc, b| {
+            let (w, x) = (
+                &w[b * Q4K_BYTES..][..Q4K_BYTES],
+                &x[b * Q8K_BYTES..][..Q8K_BYTES],
+            );
+            let (i, m) = q4k_sums(w, x);
+            q4k_fold(acc, i, m, f16(w), f16(&w[2..]), q8k_d(x))
+        });
+    }
     let mut acc = [0f32; LANES];
     for b in 0..nb {
         match kind {
@@ -23,11 +34,7 @@ pub(super) fn dot(kind: Kind, w: &[u8], x: &[u8], nb: usize) -> f32 {
                 &x[b * Q8_0_BYTES..][..Q8_0_BYTES],
                 &mut acc[HALF * (b % 2)..][..HALF],
             ),
-            Kind::Q4K => q4k_block(
-                &w[b * Q4K_BYTES..][..Q4K_BYTES],
-                &x[b * Q8K_BYTES..][..Q8K_BYTES],
-                &mut acc,
-            ),
+            Kind::Q4K => unreachable!("Q4_K is summed above"),
             Kind::Q6K => q6k_block(
                 &w[b * Q6K_BYTES..][..Q6K_BYTES],
                 &x[b * Q8K_BYTES..][..Q8K_BYTES],
@@ -71,9 +78,9 @@ fn q8k_sum(x: &[u8], i: usize) -> i32 {
 }
 
 /// Q4_K: sub-block `k` (32 values) is the low nibbles of `qs[32 (k/2) ..][..32]` for even `k`, the
-/// high nibbles for odd `k`; value = d * sc_k * q - dmin * m_k. Half 0 takes the scaled quant
-/// products of every sub-block, half 1 the mins (lane `l`: sub-block `l`'s, by its activation sums).
-fn q4k_block(w: &[u8], x: &[u8], acc: &mut [f32; LANES]) {
+/// high nibbles for odd `k`; value = d * sc_k * q - dmin * m_k. Returns the block's integer sums
+/// (I, M) of the module doc.
+fn q4k_sums(w: &[u8], x: &[u8]) -> (i32, i32) {
     let (sc, mn) = q4k_scales(w[4..16].try_into().expect("12 scale bytes"));
     let qs = &w[16..];
     let mut lanes = [0i32; HALF];
@@ -82,13 +89,9 @@ fn q4k_block(w: &[u8], x: &[u8], acc: &mut [f32; LANES]) {
         let q = |i: usize| (qs[32 * (k / 2) + i] >> (4 * (k % 2)) & 0x0f) as i32;
         group(&mut lanes, q, &x[Q8K_QS + 32 * k..], |_| sck);
     }
-    let dx = q8k_d(x);
-    let (main, mins) = acc.split_at_mut(HALF);
-    fold(main, &lanes, f16(w) * dx);
-    let m: [i32; HALF] = std::array::from_fn(|k| {
-        ((mn >> (8 * k)) as u8 as i32) * (q8k_sum(x, 2 * k) + q8k_sum(x, 2 * k + 1))
-    });
-    fold(mins, &m, -(f16(&w[2..]) * dx));
+    let m = (0..8)
+        .map(|k| ((mn >> (8 * k)) as u8 as i32) * (q8k_sum(x, 2 * k) + q8k_sum(x, 2 * k + 1)));
+    (lanes.iter().sum(), m.sum())
 }
 
 /// Q6_K: in half `n` (128 values), chunk `c` (32 values) takes its low 4 bits from the low

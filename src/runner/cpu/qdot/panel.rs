@@ -1,0 +1,195 @@
+//! Q4_K prefill on AVX-512 VNNI with activation rows in the lanes: one `vpdpbusd` is 4 quants of
+//! one weight row (broadcast) times the same 4 positions of 16 activation rows, so every
+//! multiply-add instruction does useful work and nothing is unpacked per activation row.
+//!
+//! The activations are regrouped once per call ([`build`]): per 16 rows and block, 64 steps of
+//! 16 x 4 quants (+128, as unsigned bytes, since `vpdpbusd` wants its vector operand unsigned),
+//! then the rows' sums over each sub-block in 16-bit pairs, then their scales. The weight rows of
+//! a tile are unpacked once per call into plain bytes (one per quant, in value order) with their
+//! scales, and then serve every group of 16 activation rows.
+//!
+//! Exactness: per output and block the kernel forms the same two integers as the other paths (the
+//! +128 taken off as `128 Σ_k sc_k Σ q`, exact) and applies [`super::q4k_fold`] lane by lane, so
+//! results are bit-identical to the per-row kernels.
+// A tile's loops index several arrays (row pointers, scales, accumulators) by one counter.
+#![allow(clippy::needless_range_loop)]
+use super::{Q4K_BYTES, Q8K_BYTES, Q8K_QS, Q8K_SUMS};
+use std::arch::x86_64::*;
+
+/// Activation rows per group: the 16 i32 lanes of a 512-bit vector.
+pub(super) const GROUP: usize = 16;
+/// Bytes of one (group, block) of the regrouped activations: 64 steps of 16 rows x 4 quants, the
+/// sub-block sums (4 pairs x 16 rows x 2 i16), the rows' scales (16 f32).
+const XQ: usize = 64 * 64;
+const XS: usize = 4 * 64;
+pub(super) const XBLOCK: usize = XQ + XS + 64;
+/// Weight rows per tile: their accumulators (3 per row) and the activation vector fit the 32
+/// vector registers.
+const ROWS: usize = 8;
+
+/// One weight block unpacked: quants as bytes in value order, the sub-block scales, the mins in
+/// 16-bit pairs, `-128 Σ_k sc_k Σ q`, and the block's two scales.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct WBlock {
+    q: [u8; 256],
+    sc: [i32; 8],
+    mins: [i32; 4],
+    neg_c: i32,
+    d: f32,
+    dmin: f32,
+}
+
+/// Whether the panel kernel serves `t` activation rows (at least one whole group, on VNNI).
+pub(super) fn serves(t: usize) -> bool {
+    t >= GROUP && super::path() == super::Path::Vnni
+}
+
+/// The regrouped activations for the whole groups of 16 of the `t` Q8_K rows in `x` (`nb` blocks
+/// each); the rows after the last whole group are left to the per-row kernels.
+pub(super) fn build(x: &[u8], t: usize, nb: usize) -> Vec<u8> {
+    let groups = t / GROUP;
+    let mut out = vec![0u8; groups * nb * XBLOCK];
+    let row = nb * Q8K_BYTES;
+    for (gb, o) in out.chunks_exact_mut(XBLOCK).enumerate() {
+        let (g, b) = (gb / nb, gb % nb);
+        for a in 0..GROUP {
+            let blk = &x[(g * GROUP + a) * row + b * Q8K_BYTES..][..Q8K_BYTES];
+            for s in 0..64 {
+                for i in 0..4 {
+                    o[s * 64 + a * 4 + i] = blk[Q8K_QS + 4 * s + i] ^ 0x80;
+                }
+            }
+            let s16 =
+                |i: usize| i16::from_le_bytes([blk[Q8K_SUMS + 2 * i], blk[Q8K_SUMS + 2 * i + 1]]);
+            // Each sum of 32 is at most 32 x 127 in magnitude: it fits an i16.
+            for p in 0..4 {
+                let even = s16(4 * p) + s16(4 * p + 1);
+                let odd = s16(4 * p + 2) + s16(4 * p + 3);
+                let at = XQ + p * 64 + a * 4;
+                o[at..at + 2].copy_from_slice(&even.to_le_bytes());
+                o[at + 2..at + 4].copy_from_slice(&odd.to_le_bytes());
+            }
+            o[XQ + XS + a * 4..][..4].copy_from_slice(&blk[..4]);
+        }
+    }
+    out
+}
+
+/// `res[j * t + i]` for the `rn` Q4_K weight rows at `w` (`nb` blocks each) and the activation
+/// rows of the whole groups in `panel`; returns the rows it did (a multiple of the tile height).
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C must be present; `w` holds `rn` rows of `nb` blocks,
+/// `panel` was built by [`build`] for `nb` blocks, `res` holds `rn * t` values.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn dot(
+    w: &[u8],
+    rn: usize,
+    nb: usize,
+    panel: &[u8],
+    t: usize,
+    res: &mut [f32],
+) -> usize {
+    let groups = panel.len() / (nb * XBLOCK);
+    let done = rn - rn % ROWS;
+    let mut wb = vec![empty(); ROWS * nb];
+    for r0 in (0..done).step_by(ROWS) {
+        for r in 0..ROWS {
+            let row = &w[(r0 + r) * nb * Q4K_BYTES..][..nb * Q4K_BYTES];
+            for b in 0..nb {
+                wb[r * nb + b] = unpack(row[b * Q4K_BYTES..].as_ptr());
+            }
+        }
+        for g in 0..groups {
+            let acc = tile(&wb, nb, panel[g * nb * XBLOCK..].as_ptr());
+            for (r, a) in acc.iter().enumerate() {
+                _mm512_storeu_ps(res[(r0 + r) * t + g * GROUP..][..GROUP].as_mut_ptr(), *a);
+            }
+        }
+    }
+    done
+}
+
+fn empty() -> WBlock {
+    WBlock {
+        q: [0; 256],
+        sc: [0; 8],
+        mins: [0; 4],
+        neg_c: 0,
+        d: 0.0,
+        dmin: 0.0,
+    }
+}
+
+/// The Q4_K block at `p` unpacked.
+#[inline(always)]
+unsafe fn unpack(p: *const u8) -> WBlock {
+    let mut o = empty();
+    let (sc, mn) = super::q4k_scales(&*p.add(4).cast::<[u8; 12]>());
+    let nib = _mm512_set1_epi8(0x0f);
+    let mut c = 0i32;
+    for j in 0..4 {
+        // Sub-blocks 2j (low nibbles) and 2j + 1 (high nibbles) of 32 bytes, one after the other.
+        let v = _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(16 + 32 * j).cast()));
+        let v = _mm512_and_si512(_mm512_mask_srli_epi16(v, 0xffff_0000, v, 4), nib);
+        _mm512_storeu_si512(o.q[64 * j..].as_mut_ptr().cast(), v);
+        // Sums of each 8 quants; the first four make sub-block 2j, the others 2j + 1.
+        let s: [u64; 8] = std::mem::transmute(_mm512_sad_epu8(v, _mm512_setzero_si512()));
+        let (lo, hi) = (s[..4].iter().sum::<u64>(), s[4..].iter().sum::<u64>());
+        c += (sc >> (16 * j) & 0xff) as i32 * lo as i32
+            + (sc >> (16 * j + 8) & 0xff) as i32 * hi as i32;
+    }
+    for k in 0..8 {
+        o.sc[k] = (sc >> (8 * k) & 0xff) as i32;
+    }
+    for p in 0..4 {
+        o.mins[p] = (mn >> (16 * p) & 0xff) as i32 | ((mn >> (16 * p + 8) & 0xff) as i32) << 16;
+    }
+    o.neg_c = -128 * c;
+    o.d = super::avx2::f16(p);
+    o.dmin = super::avx2::f16(p.add(2));
+    o
+}
+
+/// One group of 16 activation rows against the `ROWS` unpacked weight rows in `wb` (row-major
+/// by block): the 16 results of each row, one per lane.
+#[inline(always)]
+unsafe fn tile(wb: &[WBlock], nb: usize, xp: *const u8) -> [__m512; ROWS] {
+    let mut acc = [_mm512_setzero_ps(); ROWS];
+    for b in 0..nb {
+        let x = xp.add(b * XBLOCK);
+        let w: [&WBlock; ROWS] = std::array::from_fn(|r| &wb[r * nb + b]);
+        let mut isum: [__m512i; ROWS] = std::array::from_fn(|r| _mm512_set1_epi32(w[r].neg_c));
+        for k in 0..8 {
+            let mut sub = [_mm512_setzero_si512(); ROWS];
+            for l in 0..8 {
+                let s = 8 * k + l;
+                let xv = _mm512_loadu_si512(x.add(64 * s).cast());
+                for r in 0..ROWS {
+                    let wq = w[r].q.as_ptr().add(4 * s).cast::<i32>().read_unaligned();
+                    sub[r] = _mm512_dpbusd_epi32(sub[r], xv, _mm512_set1_epi32(wq));
+                }
+            }
+            for r in 0..ROWS {
+                let scaled = _mm512_mullo_epi32(sub[r], _mm512_set1_epi32(w[r].sc[k]));
+                isum[r] = _mm512_add_epi32(isum[r], scaled);
+            }
+        }
+        let mut msum = [_mm512_setzero_si512(); ROWS];
+        for p in 0..4 {
+            let sv = _mm512_loadu_si512(x.add(XQ + 64 * p).cast());
+            for r in 0..ROWS {
+                msum[r] = super::avx512::dpwssd(msum[r], sv, _mm512_set1_epi32(w[r].mins[p]));
+            }
+        }
+        let dx = _mm512_loadu_ps(x.add(XQ + XS).cast());
+        for r in 0..ROWS {
+            let sd = _mm512_mul_ps(dx, _mm512_set1_ps(w[r].d));
+            let sm = _mm512_mul_ps(dx, _mm512_set1_ps(w[r].dmin));
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[r]), sd, acc[r]);
+            acc[r] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum[r]), sm, acc[r]);
+        }
+    }
+    acc
+}
