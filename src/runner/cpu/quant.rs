@@ -175,8 +175,9 @@ pub struct Acts {
     q8_0: Vec<BlockQ8_0>,
     q8_1: Vec<BlockQ8_1>,
     q8k: Vec<BlockQ8K>,
-    /// The Q8_K rows regrouped for the Q4_K panel kernel, where it serves them.
+    /// The rows regrouped for the panel kernels of Q4_K and Q8_0, where they serve them.
     q8k_panel: Option<Vec<u8>>,
+    q8_0_panel: Option<Vec<u8>>,
 }
 
 impl Acts {
@@ -189,11 +190,15 @@ impl Acts {
             q8_1: Vec::new(),
             q8k: Vec::new(),
             q8k_panel: None,
+            q8_0_panel: None,
         };
         let types: Vec<Quant> = types.into_iter().collect();
         let kinds: Vec<ActKind> = types.iter().map(|q| q.act()).collect();
         if kinds.contains(&ActKind::Q8_0) {
             a.q8_0 = quantize_rows(x, cols, ActKind::Q8_0);
+            if types.contains(&Quant::Q8_0) && a.rows > 0 {
+                a.q8_0_panel = qdot::x_panel(qdot::Kind::Q8_0, a.bytes_for(Quant::Q8_0), a.rows);
+            }
         }
         if kinds.contains(&ActKind::Q8_1) {
             a.q8_1 = quantize_rows(x, cols, ActKind::Q8_1);
@@ -201,7 +206,7 @@ impl Acts {
         if kinds.contains(&ActKind::Q8K) {
             a.q8k = quantize_rows(x, cols, ActKind::Q8K);
             if types.contains(&Quant::Q4K) && a.rows > 0 {
-                a.q8k_panel = qdot::x_panel(a.bytes_for(Quant::Q4K), a.rows);
+                a.q8k_panel = qdot::x_panel(qdot::Kind::Q4K, a.bytes_for(Quant::Q4K), a.rows);
             }
         }
         a
@@ -343,7 +348,11 @@ const ACT_TILE: usize = 16;
 pub fn dot_block(q: Quant, w: &[u8], rn: usize, acts: &Acts, res: &mut [f32]) {
     match q.kernel() {
         Some(kind) => {
-            let panel = acts.q8k_panel.as_deref().filter(|_| q == Quant::Q4K);
+            let panel = match q {
+                Quant::Q4K => acts.q8k_panel.as_deref(),
+                Quant::Q8_0 => acts.q8_0_panel.as_deref(),
+                _ => None,
+            };
             qdot::dot_block(kind, w, rn, acts.bytes_for(q), acts.rows, panel, res)
         }
         None => candle_dot_block(q, w, rn, acts, res),
@@ -499,9 +508,11 @@ mod tests {
                 (512, 9, 5),
                 (768, 4, 8),
                 (256, 5, 3),
-                // Panel tiles of 8 weight rows by groups of 16 activation rows, with tails of both.
+                // Panel tiles of weight rows by groups of 16 activation rows, with tails of both
+                // (5 rows after the last group: a padded group; 2: the per-row kernels).
                 (512, 19, 37),
                 (256, 16, 16),
+                (256, 9, 34),
             ];
             for &(cols, rn, t) in shapes.iter().chain(odd) {
                 let x = values(t * cols, 11 + t as u64);

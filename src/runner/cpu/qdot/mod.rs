@@ -115,14 +115,14 @@ pub struct Geom {
     nb: usize,
 }
 
-/// The activation rows `x` (`t` rows of Q8_K blocks) regrouped for the Q4_K panel kernel, where it
-/// serves them (see [`panel`]); None elsewhere.
-pub fn x_panel(x: &[u8], t: usize) -> Option<Vec<u8>> {
+/// The activation rows `x` (`t` rows of the blocks `kind` pairs with) regrouped for the panel
+/// kernels, where one serves them (see [`panel`]); None elsewhere.
+pub fn x_panel(kind: Kind, x: &[u8], t: usize) -> Option<Vec<u8>> {
     #[cfg(target_arch = "x86_64")]
-    if panel::serves(t) {
-        return Some(panel::build(x, t, x.len() / t / Q8K_BYTES));
+    if panel::serves(kind, t) {
+        return Some(panel::build(kind, x, t, x.len() / t / kind.sizes().1));
     }
-    let _ = (x, t);
+    let _ = (kind, x, t);
     None
 }
 
@@ -145,35 +145,32 @@ pub fn dot_block(
         p => p,
     };
     #[cfg(target_arch = "x86_64")]
-    if let (Kind::Q4K, Some(p), Path::Vnni) = (kind, panel, path) {
-        return dot_panel(w, rn, x, t, p, res);
+    if let (Kind::Q4K | Kind::Q8_0, Some(p), Path::Vnni) = (kind, panel, path) {
+        return dot_panel(kind, w, rn, x, t, p, res);
     }
     let _ = panel;
     dot_block_on(path, kind, w, rn, x, t, res)
 }
 
-/// [`dot_block`] for Q4_K through the panel kernel: whole tiles of weight rows by whole groups of
-/// activation rows there, the rest through the per-row tiles (the same bits either way).
+/// [`dot_block`] through a panel kernel: the weight rows it takes by the groups of activation
+/// rows there, the rest through the per-row tiles (the same bits either way).
 #[cfg(target_arch = "x86_64")]
-fn dot_panel(w: &[u8], rn: usize, x: &[u8], t: usize, p: &[u8], res: &mut [f32]) {
+fn dot_panel(kind: Kind, w: &[u8], rn: usize, x: &[u8], t: usize, p: &[u8], res: &mut [f32]) {
+    let (wb, xb) = kind.sizes();
     let (ws, xs) = (w.len() / rn.max(1), x.len() / t.max(1));
-    let nb = ws / Q4K_BYTES;
+    let nb = ws / wb;
     assert!(
-        rn > 0
-            && w.len() == rn * ws
-            && ws == nb * Q4K_BYTES
-            && x.len() == t * xs
-            && xs == nb * Q8K_BYTES,
+        rn > 0 && w.len() == rn * ws && ws == nb * wb && x.len() == t * xs && xs == nb * xb,
         "qdot: operands are not whole rows of blocks"
     );
     assert_eq!(res.len(), rn * t, "qdot: result size");
     // SAFETY: the VNNI path was detected; the operands were checked above and `p` was built from
     // `x` by `x_panel`.
-    let done = unsafe { panel::dot(w, rn, nb, p, t, res) };
-    let t0 = p.len() / (nb * panel::XBLOCK) * panel::GROUP;
+    let done = unsafe { panel::dot(kind, w, rn, nb, p, t, res) };
+    let t0 = panel::covered(t);
     dot_block_on(
         Path::Vnni,
-        Kind::Q4K,
+        kind,
         &w[done * ws..],
         rn - done,
         x,
@@ -183,12 +180,13 @@ fn dot_panel(w: &[u8], rn: usize, x: &[u8], t: usize, p: &[u8], res: &mut [f32])
     if t0 < t && done > 0 {
         let tail_t = t - t0;
         let mut tail = vec![0f32; done * tail_t];
+        let x = &x[t0 * xs..];
         dot_block_on(
             Path::Vnni,
-            Kind::Q4K,
+            kind,
             &w[..done * ws],
             done,
-            &x[t0 * xs..],
+            x,
             tail_t,
             &mut tail,
         );

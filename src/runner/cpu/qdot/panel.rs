@@ -1,19 +1,23 @@
-//! Q4_K prefill on AVX-512 VNNI with activation rows in the lanes: one `vpdpbusd` is 4 quants of
-//! one weight row (broadcast) times the same 4 positions of 16 activation rows, so every
-//! multiply-add instruction does useful work and nothing is unpacked per activation row.
+//! Q4_K and Q8_0 prefill on AVX-512 VNNI with activation rows in the lanes: one `vpdpbusd` is 4
+//! quants of one weight row (broadcast) times the same 4 positions of 16 activation rows, so
+//! every multiply-add instruction does useful work and nothing is unpacked per activation row.
 //!
-//! The activations are regrouped once per call ([`build`]): per 16 rows and block, 64 steps of
+//! The activations are regrouped once per call ([`build`]): per 16 rows and block, steps of
 //! 16 x 4 quants (+128, as unsigned bytes, since `vpdpbusd` wants its vector operand unsigned),
-//! then the rows' sums over each sub-block in 16-bit pairs, then their scales. The weight rows of
-//! a tile are unpacked once per call into plain bytes (one per quant, in value order) with their
-//! scales, and then serve every group of 16 activation rows.
+//! then (Q4_K) the rows' sums over each sub-block in 16-bit pairs, then their scales. Q4_K weight
+//! rows are unpacked once per call into plain bytes (one per quant, in value order) with their
+//! scales and then serve every group of 16 activation rows; Q8_0 quants are broadcast straight
+//! from the file's blocks.
 //!
-//! Exactness: per output and block the kernel forms the same two integers as the other paths (the
-//! +128 taken off as `128 Σ_k sc_k Σ q`, exact) and applies [`super::q4k_fold`] lane by lane, so
+//! Exactness: the kernels form the same integers as the other paths (the +128 taken off exactly:
+//! `128 Σ_k sc_k Σ q` for a Q4_K block, `128 Σ w` for each 4 Q8_0 quants) and apply the same
+//! float steps lane by lane: [`super::q4k_fold`] per Q4_K block; for Q8_0 the 16 lanes of the
+//! parent doc, each a register over the 16 activation rows, and the same final reduction. So the
 //! results are bit-identical to the per-row kernels.
 // A tile's loops index several arrays (row pointers, scales, accumulators) by one counter.
 #![allow(clippy::needless_range_loop)]
-use super::{Q4K_BYTES, Q8K_BYTES, Q8K_QS, Q8K_SUMS};
+use super::{Kind, Q4K_BYTES, Q8K_BYTES, Q8K_QS, Q8K_SUMS, Q8_0_BYTES};
+use rayon::prelude::*;
 use std::arch::x86_64::*;
 
 /// Activation rows per group: the 16 i32 lanes of a 512-bit vector.
@@ -23,6 +27,11 @@ pub(super) const GROUP: usize = 16;
 const XQ: usize = 64 * 64;
 const XS: usize = 4 * 64;
 pub(super) const XBLOCK: usize = XQ + XS + 64;
+/// The same for Q8_0: 8 steps of 16 rows x 4 quants, the rows' scales (16 f32).
+const X8BLOCK: usize = 8 * 64 + 64;
+/// Weight rows per Q8_0 tile: 4 lanes of each in registers, with their scales.
+const ROWS8: usize = 2;
+const LP: usize = 8;
 /// Weight rows per tile: their accumulators (3 per row) and the activation vector fit the 32
 /// vector registers.
 const ROWS: usize = 8;
@@ -40,50 +49,98 @@ struct WBlock {
     dmin: f32,
 }
 
-/// Whether the panel kernel serves `t` activation rows (at least one whole group, on VNNI).
-pub(super) fn serves(t: usize) -> bool {
-    t >= GROUP && super::path() == super::Path::Vnni
+/// Whether a panel kernel serves `t` activation rows of `kind` (at least one whole group, on VNNI).
+pub(super) fn serves(kind: Kind, t: usize) -> bool {
+    kind != Kind::Q6K && t >= GROUP && super::path() == super::Path::Vnni
 }
 
-/// The regrouped activations for the whole groups of 16 of the `t` Q8_K rows in `x` (`nb` blocks
-/// each); the rows after the last whole group are left to the per-row kernels.
-pub(super) fn build(x: &[u8], t: usize, nb: usize) -> Vec<u8> {
-    let groups = t / GROUP;
-    let mut out = vec![0u8; groups * nb * XBLOCK];
-    let row = nb * Q8K_BYTES;
-    for (gb, o) in out.chunks_exact_mut(XBLOCK).enumerate() {
-        let (g, b) = (gb / nb, gb % nb);
-        for a in 0..GROUP {
-            let blk = &x[(g * GROUP + a) * row + b * Q8K_BYTES..][..Q8K_BYTES];
-            for s in 0..64 {
-                for i in 0..4 {
-                    o[s * 64 + a * 4 + i] = blk[Q8K_QS + 4 * s + i] ^ 0x80;
-                }
-            }
-            let s16 =
-                |i: usize| i16::from_le_bytes([blk[Q8K_SUMS + 2 * i], blk[Q8K_SUMS + 2 * i + 1]]);
-            // Each sum of 32 is at most 32 x 127 in magnitude: it fits an i16.
-            for p in 0..4 {
-                let even = s16(4 * p) + s16(4 * p + 1);
-                let odd = s16(4 * p + 2) + s16(4 * p + 3);
-                let at = XQ + p * 64 + a * 4;
-                o[at..at + 2].copy_from_slice(&even.to_le_bytes());
-                o[at + 2..at + 4].copy_from_slice(&odd.to_le_bytes());
-            }
-            o[XQ + XS + a * 4..][..4].copy_from_slice(&blk[..4]);
-        }
+/// Activation rows left after the last whole group from which they join the panel as a group of
+/// their own, the missing rows zero (their lanes are computed and not stored): the lanes cost
+/// less than the per-row kernels from this many rows on.
+const PAD_FROM: usize = 4;
+
+/// How many of `t` activation rows the panel covers (the others go to the per-row kernels).
+pub(super) fn covered(t: usize) -> usize {
+    if t % GROUP >= PAD_FROM {
+        t
+    } else {
+        t - t % GROUP
     }
-    out
 }
 
-/// `res[j * t + i]` for the `rn` Q4_K weight rows at `w` (`nb` blocks each) and the activation
-/// rows of the whole groups in `panel`; returns the rows it did (a multiple of the tile height).
+/// Stores the first `n` (at most 16) lanes of `v` at `out`.
+#[inline(always)]
+unsafe fn store(out: &mut [f32], v: __m512) {
+    let n = out.len().min(GROUP);
+    _mm512_mask_storeu_ps(out.as_mut_ptr(), ((1u32 << n) - 1) as __mmask16, v);
+}
+
+/// The regrouped activations for the groups of 16 of the first [`covered`] of the `t` rows in
+/// `x` (`nb` blocks of the activation type of `kind` each); the others are left to the per-row
+/// kernels.
+pub(super) fn build(kind: Kind, x: &[u8], t: usize, nb: usize) -> Vec<u8> {
+    match kind {
+        Kind::Q8_0 => build_q8_0(x, t, nb),
+        _ => build_q4k(x, t, nb),
+    }
+}
+
+/// `res[j * t + i]` for the `rn` weight rows at `w` (`nb` blocks of `kind` each) and the
+/// activation rows of the groups in `panel`; returns how many rows (from the first) it did.
 ///
 /// # Safety
 /// AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C must be present; `w` holds `rn` rows of `nb` blocks,
-/// `panel` was built by [`build`] for `nb` blocks, `res` holds `rn * t` values.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+/// `panel` was built by [`build`] for `kind` and `nb` blocks, `res` holds `rn * t` values.
 pub(super) unsafe fn dot(
+    kind: Kind,
+    w: &[u8],
+    rn: usize,
+    nb: usize,
+    panel: &[u8],
+    t: usize,
+    res: &mut [f32],
+) -> usize {
+    match kind {
+        Kind::Q8_0 => dot_q8_0(w, rn, nb, panel, t, res),
+        _ => dot_q4k(w, rn, nb, panel, t, res),
+    }
+}
+
+fn build_q4k(x: &[u8], t: usize, nb: usize) -> Vec<u8> {
+    let groups = covered(t).div_ceil(GROUP);
+    let mut out = vec![0u8; groups * nb * XBLOCK];
+    let row = nb * Q8K_BYTES;
+    out.par_chunks_exact_mut(XBLOCK)
+        .enumerate()
+        .for_each(|(gb, o)| {
+            let (g, b) = (gb / nb, gb % nb);
+            for a in 0..GROUP.min(t - g * GROUP) {
+                let blk = &x[(g * GROUP + a) * row + b * Q8K_BYTES..][..Q8K_BYTES];
+                for s in 0..64 {
+                    for i in 0..4 {
+                        o[s * 64 + a * 4 + i] = blk[Q8K_QS + 4 * s + i] ^ 0x80;
+                    }
+                }
+                let s16 = |i: usize| {
+                    i16::from_le_bytes([blk[Q8K_SUMS + 2 * i], blk[Q8K_SUMS + 2 * i + 1]])
+                };
+                // Each sum of 32 is at most 32 x 127 in magnitude: it fits an i16.
+                for p in 0..4 {
+                    let even = s16(4 * p) + s16(4 * p + 1);
+                    let odd = s16(4 * p + 2) + s16(4 * p + 3);
+                    let at = XQ + p * 64 + a * 4;
+                    o[at..at + 2].copy_from_slice(&even.to_le_bytes());
+                    o[at + 2..at + 4].copy_from_slice(&odd.to_le_bytes());
+                }
+                o[XQ + XS + a * 4..][..4].copy_from_slice(&blk[..4]);
+            }
+        });
+    out
+}
+
+/// [`dot`] for Q4_K: whole tiles of `ROWS` weight rows.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn dot_q4k(
     w: &[u8],
     rn: usize,
     nb: usize,
@@ -104,7 +161,7 @@ pub(super) unsafe fn dot(
         for g in 0..groups {
             let acc = tile(&wb, nb, panel[g * nb * XBLOCK..].as_ptr());
             for (r, a) in acc.iter().enumerate() {
-                _mm512_storeu_ps(res[(r0 + r) * t + g * GROUP..][..GROUP].as_mut_ptr(), *a);
+                store(&mut res[(r0 + r) * t + g * GROUP..(r0 + r + 1) * t], *a);
             }
         }
     }
@@ -192,4 +249,101 @@ unsafe fn tile(wb: &[WBlock], nb: usize, xp: *const u8) -> [__m512; ROWS] {
         }
     }
     acc
+}
+
+/// Q8_0 activations regrouped: per (group, block) the 8 steps of 4 quants of each of the 16 rows
+/// (+128), then the rows' scales as f32.
+fn build_q8_0(x: &[u8], t: usize, nb: usize) -> Vec<u8> {
+    let groups = covered(t).div_ceil(GROUP);
+    let mut out = vec![0u8; groups * nb * X8BLOCK];
+    let row = nb * Q8_0_BYTES;
+    out.par_chunks_exact_mut(X8BLOCK)
+        .enumerate()
+        .for_each(|(gb, o)| {
+            let (g, b) = (gb / nb, gb % nb);
+            for a in 0..GROUP.min(t - g * GROUP) {
+                let blk = &x[(g * GROUP + a) * row + b * Q8_0_BYTES..][..Q8_0_BYTES];
+                for s in 0..8 {
+                    for i in 0..4 {
+                        o[s * 64 + a * 4 + i] = blk[2 + 4 * s + i] ^ 0x80;
+                    }
+                }
+                let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+                o[8 * 64 + a * 4..][..4].copy_from_slice(&d.to_le_bytes());
+            }
+        });
+    out
+}
+
+/// [`dot`] for Q8_0, by tiles of `ROWS8` weight rows. An output's 16 lanes (half `b % 2`, lane
+/// `l` for quants `4l..4l+3` of block `b`) are each a register over a group's 16 activation rows;
+/// a pass takes one half and 4 of its lanes for every row of the tile, so each activation vector
+/// loaded serves all of them (one pass's activations stay in L1).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn dot_q8_0(
+    w: &[u8],
+    rn: usize,
+    nb: usize,
+    panel: &[u8],
+    t: usize,
+    res: &mut [f32],
+) -> usize {
+    let groups = panel.len() / (nb * X8BLOCK);
+    let done = rn - rn % ROWS8;
+    // Per row and block: -128 x the sum of each 4 quants, and the scale.
+    let mut neg = vec![0i32; ROWS8 * nb * 8];
+    let mut dw = vec![0f32; ROWS8 * nb];
+    for r0 in (0..done).step_by(ROWS8) {
+        let rows: [*const u8; ROWS8] =
+            std::array::from_fn(|r| w.as_ptr().add((r0 + r) * nb * Q8_0_BYTES));
+        for (r, row) in rows.iter().enumerate() {
+            for b in 0..nb {
+                let blk = row.add(b * Q8_0_BYTES);
+                let q = _mm256_loadu_si256(blk.add(2).cast());
+                let s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(-128), q);
+                let s = _mm256_sub_epi32(_mm256_setzero_si256(), s);
+                _mm256_storeu_si256(neg[8 * (r * nb + b)..].as_mut_ptr().cast(), s);
+                dw[r * nb + b] = super::avx2::f16(blk);
+            }
+        }
+        for g in 0..groups {
+            let xg = panel.as_ptr().add(g * nb * X8BLOCK);
+            // lanes[r][h][l]
+            let mut lanes = [[[_mm512_setzero_ps(); 8]; 2]; ROWS8];
+            for h in 0..2 {
+                for l0 in (0..8).step_by(LP) {
+                    let mut acc = [[_mm512_setzero_ps(); LP]; ROWS8];
+                    for b in (h..nb).step_by(2) {
+                        let x = xg.add(b * X8BLOCK);
+                        let dx = _mm512_loadu_ps(x.add(8 * 64).cast());
+                        let s: [__m512; ROWS8] = std::array::from_fn(|r| {
+                            _mm512_mul_ps(dx, _mm512_set1_ps(dw[r * nb + b]))
+                        });
+                        for l in 0..LP {
+                            let xv = _mm512_loadu_si512(x.add(64 * (l0 + l)).cast());
+                            for r in 0..ROWS8 {
+                                let wq = rows[r].add(b * Q8_0_BYTES + 2 + 4 * (l0 + l));
+                                let wq = _mm512_set1_epi32(wq.cast::<i32>().read_unaligned());
+                                let i = _mm512_dpbusd_epi32(_mm512_setzero_si512(), xv, wq);
+                                let c = _mm512_set1_epi32(neg[8 * (r * nb + b) + l0 + l]);
+                                let i = _mm512_add_epi32(i, c);
+                                acc[r][l] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), s[r], acc[r][l]);
+                            }
+                        }
+                    }
+                    for r in 0..ROWS8 {
+                        lanes[r][h][l0..l0 + LP].copy_from_slice(&acc[r]);
+                    }
+                }
+            }
+            for (r, [a0, a1]) in lanes.iter().enumerate() {
+                let hl: [__m512; 8] = std::array::from_fn(|l| _mm512_add_ps(a0[l], a1[l]));
+                let even = _mm512_add_ps(_mm512_add_ps(hl[0], hl[4]), _mm512_add_ps(hl[2], hl[6]));
+                let odd = _mm512_add_ps(_mm512_add_ps(hl[1], hl[5]), _mm512_add_ps(hl[3], hl[7]));
+                let out = &mut res[(r0 + r) * t + g * GROUP..(r0 + r + 1) * t];
+                store(out, _mm512_add_ps(even, odd));
+            }
+        }
+    }
+    done
 }
