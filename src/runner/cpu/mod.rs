@@ -9,7 +9,8 @@
 //!   widened once in registers and used for every activation row of the tile (no packing copies);
 //! - block-quantized weights ([`quant`]): activations are quantized once per call and every output
 //!   is an integer dot product of blocks, for decode and prefill alike (as ggml does); [`qdot`] holds
-//!   our own tile kernels for Q8_0, Q4_K and Q6_K, candle's `vec_dot` serves the other types.
+//!   our own kernels for Q8_0, Q4_K and Q6_K (tiles, and panels for prefill), candle's `vec_dot`
+//!   serves the other types.
 //!
 //! Work is split across rayon's threads by blocks of output rows; every output element is summed by
 //! one thread in a fixed order, so results do not depend on the thread count.

@@ -4,7 +4,7 @@
 //! output element is one integer dot product of a weight row with an activation row, scaled per
 //! block. So results track llama.cpp's rather than those of the dequantized f32 model.
 //!
-//! Q8_0, Q4_K and Q6_K weights go through our own tile kernels ([`super::qdot`]); the other types
+//! Q8_0, Q4_K and Q6_K weights go through our own kernels ([`super::qdot`]); the other types
 //! through candle's `k_quants` (ports of ggml's block layouts, quantizers and dot products, AVX2+FMA
 //! picked at run time on x86-64, NEON on aarch64, a portable fallback). Weight rows are read in
 //! place from the file's memory map: a block is plain bytes (`u8`/`i8` arrays and f16 scales,

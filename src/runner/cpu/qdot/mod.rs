@@ -3,10 +3,11 @@
 //! activations; a Q4_K_M file is Q4_K plus Q6_K). The other types go through candle's `vec_dot`
 //! (see the `quant` module beside this one).
 //!
-//! One kernel shape serves decode and prefill: a tile of up to `T` activation rows by `R` weight
-//! rows. Each weight block is read from the memory map and unpacked into registers once, then
-//! dotted with every activation row of the tile (in prefill the activations stay in L1/L2 while
-//! the weights stream past; in decode the tile is 1 x 1, one sequential stream of weight rows).
+//! Two kernel shapes. Per-row tiles (`avx512`, `avx2`, `portable`) serve decode and short prompts:
+//! up to `T` activation rows by `R` weight rows, each weight block read from the memory map and
+//! unpacked into registers once, then dotted with every activation row of the tile (in decode the
+//! tile is 1 x 1, one sequential stream of weight rows). Panels ([`panel`], AVX-512 VNNI, Q4_K and
+//! Q8_0) serve prefill: activation rows in the vector lanes, one `vpdpbusd` per 64 multiply-adds.
 //!
 //! Exactness: every block dot is integer arithmetic, exact in any order. What is fixed is the
 //! float part, identical on every path (AVX-512 VNNI, AVX2, portable), so the three agree bit for
