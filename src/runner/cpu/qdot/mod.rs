@@ -168,7 +168,7 @@ fn dot_panel(kind: Kind, w: &[u8], rn: usize, x: &[u8], t: usize, p: &[u8], res:
     // SAFETY: the VNNI path was detected; the operands were checked above and `p` was built from
     // `x` by `x_panel`.
     let done = unsafe { panel::dot(kind, w, rn, nb, p, t, res) };
-    let t0 = panel::covered(t);
+    let t0 = panel::covered(kind, t);
     dot_block_on(
         Path::Vnni,
         kind,

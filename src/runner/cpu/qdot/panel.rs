@@ -54,21 +54,28 @@ pub(super) fn serves(kind: Kind, t: usize) -> bool {
     kind != Kind::Q6K && t >= GROUP && super::path() == super::Path::Vnni
 }
 
-/// Activation rows left after the last whole group from which they join the panel as a group of
-/// their own, the missing rows zero (their lanes are computed and not stored): the lanes cost
-/// less than the per-row kernels from this many rows on.
-const PAD_FROM: usize = 4;
+/// The fewest activation rows after the last whole group that join the panel as a group of their
+/// own, the missing rows zero (their lanes are computed and not stored): where the panel at that
+/// fraction of its rate beats the per-row tiles (8192 x 2048 weights, GMAC/s: Q4_K 144 against 54,
+/// Q8_0 78 against 54).
+fn pad_from(kind: Kind) -> usize {
+    match kind {
+        Kind::Q8_0 => 11,
+        _ => 6,
+    }
+}
 
-/// How many of `t` activation rows the panel covers (the others go to the per-row kernels).
-pub(super) fn covered(t: usize) -> usize {
-    if t % GROUP >= PAD_FROM {
+/// How many of `t` activation rows the panel for `kind` covers (the others go to the per-row
+/// kernels).
+pub(super) fn covered(kind: Kind, t: usize) -> usize {
+    if t % GROUP >= pad_from(kind) {
         t
     } else {
         t - t % GROUP
     }
 }
 
-/// Stores the first `n` (at most 16) lanes of `v` at `out`.
+/// Stores as many lanes of `v` as `out` holds (at most 16).
 #[inline(always)]
 unsafe fn store(out: &mut [f32], v: __m512) {
     let n = out.len().min(GROUP);
@@ -107,7 +114,7 @@ pub(super) unsafe fn dot(
 }
 
 fn build_q4k(x: &[u8], t: usize, nb: usize) -> Vec<u8> {
-    let groups = covered(t).div_ceil(GROUP);
+    let groups = covered(Kind::Q4K, t).div_ceil(GROUP);
     let mut out = vec![0u8; groups * nb * XBLOCK];
     let row = nb * Q8K_BYTES;
     out.par_chunks_exact_mut(XBLOCK)
@@ -254,7 +261,7 @@ unsafe fn tile(wb: &[WBlock], nb: usize, xp: *const u8) -> [__m512; ROWS] {
 /// Q8_0 activations regrouped: per (group, block) the 8 steps of 4 quants of each of the 16 rows
 /// (+128), then the rows' scales as f32.
 fn build_q8_0(x: &[u8], t: usize, nb: usize) -> Vec<u8> {
-    let groups = covered(t).div_ceil(GROUP);
+    let groups = covered(Kind::Q8_0, t).div_ceil(GROUP);
     let mut out = vec![0u8; groups * nb * X8BLOCK];
     let row = nb * Q8_0_BYTES;
     out.par_chunks_exact_mut(X8BLOCK)
