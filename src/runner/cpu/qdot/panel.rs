@@ -29,9 +29,8 @@ const XS: usize = 4 * 64;
 pub(super) const XBLOCK: usize = XQ + XS + 64;
 /// The same for Q8_0: 8 steps of 16 rows x 4 quants, the rows' scales (16 f32).
 const X8BLOCK: usize = 8 * 64 + 64;
-/// Weight rows per Q8_0 tile: 4 lanes of each in registers, with their scales.
+/// Weight rows per Q8_0 tile: the 8 lanes of a half of each in registers (16 accumulators).
 const ROWS8: usize = 2;
-const LP: usize = 8;
 /// Weight rows per tile: their accumulators (3 per row) and the activation vector fit the 32
 /// vector registers.
 const ROWS: usize = 8;
@@ -284,8 +283,8 @@ fn build_q8_0(x: &[u8], t: usize, nb: usize) -> Vec<u8> {
 
 /// [`dot`] for Q8_0, by tiles of `ROWS8` weight rows. An output's 16 lanes (half `b % 2`, lane
 /// `l` for quants `4l..4l+3` of block `b`) are each a register over a group's 16 activation rows;
-/// a pass takes one half and 4 of its lanes for every row of the tile, so each activation vector
-/// loaded serves all of them (one pass's activations stay in L1).
+/// a pass takes one half (every other block) for both rows of the tile, so each activation vector
+/// loaded serves both and a pass's activations stay in L1.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn dot_q8_0(
     w: &[u8],
@@ -318,29 +317,26 @@ unsafe fn dot_q8_0(
             // lanes[r][h][l]
             let mut lanes = [[[_mm512_setzero_ps(); 8]; 2]; ROWS8];
             for h in 0..2 {
-                for l0 in (0..8).step_by(LP) {
-                    let mut acc = [[_mm512_setzero_ps(); LP]; ROWS8];
-                    for b in (h..nb).step_by(2) {
-                        let x = xg.add(b * X8BLOCK);
-                        let dx = _mm512_loadu_ps(x.add(8 * 64).cast());
-                        let s: [__m512; ROWS8] = std::array::from_fn(|r| {
-                            _mm512_mul_ps(dx, _mm512_set1_ps(dw[r * nb + b]))
-                        });
-                        for l in 0..LP {
-                            let xv = _mm512_loadu_si512(x.add(64 * (l0 + l)).cast());
-                            for r in 0..ROWS8 {
-                                let wq = rows[r].add(b * Q8_0_BYTES + 2 + 4 * (l0 + l));
-                                let wq = _mm512_set1_epi32(wq.cast::<i32>().read_unaligned());
-                                let i = _mm512_dpbusd_epi32(_mm512_setzero_si512(), xv, wq);
-                                let c = _mm512_set1_epi32(neg[8 * (r * nb + b) + l0 + l]);
-                                let i = _mm512_add_epi32(i, c);
-                                acc[r][l] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), s[r], acc[r][l]);
-                            }
+                let mut acc = [[_mm512_setzero_ps(); 8]; ROWS8];
+                for b in (h..nb).step_by(2) {
+                    let x = xg.add(b * X8BLOCK);
+                    let dx = _mm512_loadu_ps(x.add(8 * 64).cast());
+                    let s: [__m512; ROWS8] =
+                        std::array::from_fn(|r| _mm512_mul_ps(dx, _mm512_set1_ps(dw[r * nb + b])));
+                    for l in 0..8 {
+                        let xv = _mm512_loadu_si512(x.add(64 * l).cast());
+                        for r in 0..ROWS8 {
+                            let wq = rows[r].add(b * Q8_0_BYTES + 2 + 4 * l);
+                            let wq = _mm512_set1_epi32(wq.cast::<i32>().read_unaligned());
+                            let i = _mm512_dpbusd_epi32(_mm512_setzero_si512(), xv, wq);
+                            let c = _mm512_set1_epi32(neg[8 * (r * nb + b) + l]);
+                            let i = _mm512_add_epi32(i, c);
+                            acc[r][l] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), s[r], acc[r][l]);
                         }
                     }
-                    for r in 0..ROWS8 {
-                        lanes[r][h][l0..l0 + LP].copy_from_slice(&acc[r]);
-                    }
+                }
+                for r in 0..ROWS8 {
+                    lanes[r][h] = acc[r];
                 }
             }
             for (r, [a0, a1]) in lanes.iter().enumerate() {
