@@ -509,10 +509,12 @@ mod tests {
                 (768, 4, 8),
                 (256, 5, 3),
                 // Panel tiles of weight rows by groups of 16 activation rows, with tails of both
-                // (5 rows after the last group: the per-row kernels; 12: a padded group).
+                // (5 rows after the last group: the per-row kernels; 12: a padded group), and
+                // fewer rows than a group (7: padded for Q4_K only).
                 (512, 19, 37),
                 (256, 16, 16),
                 (256, 9, 28),
+                (256, 9, 7),
             ];
             for &(cols, rn, t) in shapes.iter().chain(odd) {
                 let x = values(t * cols, 11 + t as u64);

@@ -48,9 +48,9 @@ struct WBlock {
     dmin: f32,
 }
 
-/// Whether a panel kernel serves `t` activation rows of `kind` (at least one whole group, on VNNI).
+/// Whether a panel kernel serves `t` activation rows of `kind` (on VNNI, where it covers any).
 pub(super) fn serves(kind: Kind, t: usize) -> bool {
-    kind != Kind::Q6K && t >= GROUP && super::path() == super::Path::Vnni
+    kind != Kind::Q6K && covered(kind, t) > 0 && super::path() == super::Path::Vnni
 }
 
 /// The fewest activation rows after the last whole group that join the panel as a group of their
