@@ -85,10 +85,51 @@ unsafe fn store(out: &mut [f32], v: __m512) {
 /// `x` (`nb` blocks of the activation type of `kind` each); the others are left to the per-row
 /// kernels.
 pub(super) fn build(kind: Kind, x: &[u8], t: usize, nb: usize) -> Vec<u8> {
-    match kind {
-        Kind::Q8_0 => build_q8_0(x, t, nb),
-        _ => build_q4k(x, t, nb),
+    // Bytes of an activation block, where its quants start, its steps of 4 quants, and the bytes
+    // of one regrouped (group, block).
+    let (bytes, qs, steps, size) = match kind {
+        Kind::Q8_0 => (Q8_0_BYTES, 2, 8, X8BLOCK),
+        _ => (Q8K_BYTES, Q8K_QS, 64, XBLOCK),
+    };
+    let groups = covered(kind, t).div_ceil(GROUP);
+    let mut out = vec![0u8; groups * nb * size];
+    out.par_chunks_exact_mut(size)
+        .enumerate()
+        .for_each(|(gb, o)| {
+            let (g, b) = (gb / nb, gb % nb);
+            for a in 0..GROUP.min(t - g * GROUP) {
+                let blk = &x[(g * GROUP + a) * nb * bytes + b * bytes..][..bytes];
+                for s in 0..steps {
+                    for i in 0..4 {
+                        o[s * 64 + a * 4 + i] = blk[qs + 4 * s + i] ^ 0x80;
+                    }
+                }
+                let rest = &mut o[steps * 64..];
+                match kind {
+                    Kind::Q8_0 => {
+                        let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+                        rest[a * 4..][..4].copy_from_slice(&d.to_le_bytes());
+                    }
+                    _ => q8k_rest(blk, rest, a),
+                }
+            }
+        });
+    out
+}
+
+/// A Q8_K block's part after the quants, for lane `a` of `rest`: its sums over each sub-block in
+/// 16-bit pairs, then its scale.
+fn q8k_rest(blk: &[u8], rest: &mut [u8], a: usize) {
+    let s16 = |i: usize| i16::from_le_bytes([blk[Q8K_SUMS + 2 * i], blk[Q8K_SUMS + 2 * i + 1]]);
+    // Each sum of 32 is at most 32 x 127 in magnitude: it fits an i16.
+    for p in 0..4 {
+        let even = s16(4 * p) + s16(4 * p + 1);
+        let odd = s16(4 * p + 2) + s16(4 * p + 3);
+        let at = p * 64 + a * 4;
+        rest[at..at + 2].copy_from_slice(&even.to_le_bytes());
+        rest[at + 2..at + 4].copy_from_slice(&odd.to_le_bytes());
     }
+    rest[XS + a * 4..][..4].copy_from_slice(&blk[..4]);
 }
 
 /// `res[j * t + i]` for the `rn` weight rows at `w` (`nb` blocks of `kind` each) and the
@@ -110,38 +151,6 @@ pub(super) unsafe fn dot(
         Kind::Q8_0 => dot_q8_0(w, rn, nb, panel, t, res),
         _ => dot_q4k(w, rn, nb, panel, t, res),
     }
-}
-
-fn build_q4k(x: &[u8], t: usize, nb: usize) -> Vec<u8> {
-    let groups = covered(Kind::Q4K, t).div_ceil(GROUP);
-    let mut out = vec![0u8; groups * nb * XBLOCK];
-    let row = nb * Q8K_BYTES;
-    out.par_chunks_exact_mut(XBLOCK)
-        .enumerate()
-        .for_each(|(gb, o)| {
-            let (g, b) = (gb / nb, gb % nb);
-            for a in 0..GROUP.min(t - g * GROUP) {
-                let blk = &x[(g * GROUP + a) * row + b * Q8K_BYTES..][..Q8K_BYTES];
-                for s in 0..64 {
-                    for i in 0..4 {
-                        o[s * 64 + a * 4 + i] = blk[Q8K_QS + 4 * s + i] ^ 0x80;
-                    }
-                }
-                let s16 = |i: usize| {
-                    i16::from_le_bytes([blk[Q8K_SUMS + 2 * i], blk[Q8K_SUMS + 2 * i + 1]])
-                };
-                // Each sum of 32 is at most 32 x 127 in magnitude: it fits an i16.
-                for p in 0..4 {
-                    let even = s16(4 * p) + s16(4 * p + 1);
-                    let odd = s16(4 * p + 2) + s16(4 * p + 3);
-                    let at = XQ + p * 64 + a * 4;
-                    o[at..at + 2].copy_from_slice(&even.to_le_bytes());
-                    o[at + 2..at + 4].copy_from_slice(&odd.to_le_bytes());
-                }
-                o[XQ + XS + a * 4..][..4].copy_from_slice(&blk[..4]);
-            }
-        });
-    out
 }
 
 /// [`dot`] for Q4_K: whole tiles of `ROWS` weight rows.
@@ -255,30 +264,6 @@ unsafe fn tile(wb: &[WBlock], nb: usize, xp: *const u8) -> [__m512; ROWS] {
         }
     }
     acc
-}
-
-/// Q8_0 activations regrouped: per (group, block) the 8 steps of 4 quants of each of the 16 rows
-/// (+128), then the rows' scales as f32.
-fn build_q8_0(x: &[u8], t: usize, nb: usize) -> Vec<u8> {
-    let groups = covered(Kind::Q8_0, t).div_ceil(GROUP);
-    let mut out = vec![0u8; groups * nb * X8BLOCK];
-    let row = nb * Q8_0_BYTES;
-    out.par_chunks_exact_mut(X8BLOCK)
-        .enumerate()
-        .for_each(|(gb, o)| {
-            let (g, b) = (gb / nb, gb % nb);
-            for a in 0..GROUP.min(t - g * GROUP) {
-                let blk = &x[(g * GROUP + a) * row + b * Q8_0_BYTES..][..Q8_0_BYTES];
-                for s in 0..8 {
-                    for i in 0..4 {
-                        o[s * 64 + a * 4 + i] = blk[2 + 4 * s + i] ^ 0x80;
-                    }
-                }
-                let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-                o[8 * 64 + a * 4..][..4].copy_from_slice(&d.to_le_bytes());
-            }
-        });
-    out
 }
 
 /// [`dot`] for Q8_0, by tiles of `ROWS8` weight rows. An output's 16 lanes (half `b % 2`, lane
