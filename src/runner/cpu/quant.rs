@@ -196,7 +196,7 @@ impl Acts {
         let kinds: Vec<ActKind> = types.iter().map(|q| q.act()).collect();
         if kinds.contains(&ActKind::Q8_0) {
             a.q8_0 = quantize_rows(x, cols, ActKind::Q8_0);
-            if types.contains(&Quant::Q8_0) && a.rows > 0 {
+            if types.contains(&Quant::Q8_0) {
                 a.q8_0_panel = qdot::x_panel(qdot::Kind::Q8_0, a.bytes_for(Quant::Q8_0), a.rows);
             }
         }
@@ -205,7 +205,7 @@ impl Acts {
         }
         if kinds.contains(&ActKind::Q8K) {
             a.q8k = quantize_rows(x, cols, ActKind::Q8K);
-            if types.contains(&Quant::Q4K) && a.rows > 0 {
+            if types.contains(&Quant::Q4K) {
                 a.q8k_panel = qdot::x_panel(qdot::Kind::Q4K, a.bytes_for(Quant::Q4K), a.rows);
             }
         }

@@ -157,14 +157,8 @@ pub fn dot_block(
 /// rows there, the rest through the per-row tiles (the same bits either way).
 #[cfg(target_arch = "x86_64")]
 fn dot_panel(kind: Kind, w: &[u8], rn: usize, x: &[u8], t: usize, p: &[u8], res: &mut [f32]) {
-    let (wb, xb) = kind.sizes();
-    let (ws, xs) = (w.len() / rn.max(1), x.len() / t.max(1));
-    let nb = ws / wb;
-    assert!(
-        rn > 0 && w.len() == rn * ws && ws == nb * wb && x.len() == t * xs && xs == nb * xb,
-        "qdot: operands are not whole rows of blocks"
-    );
-    assert_eq!(res.len(), rn * t, "qdot: result size");
+    assert!(rn > 0 && t > 0, "qdot: no rows");
+    let (ws, xs, nb) = rows(kind, w, rn, x, t, res);
     // SAFETY: the VNNI path was detected; the operands were checked above and `p` was built from
     // `x` by `x_panel`.
     let done = unsafe { panel::dot(kind, w, rn, nb, p, t, res) };
@@ -197,6 +191,20 @@ fn dot_panel(kind: Kind, w: &[u8], rn: usize, x: &[u8], t: usize, p: &[u8], res:
     }
 }
 
+/// The row strides of weights and activations and the blocks per row, checked: `w` holds `rn`
+/// whole rows of `kind`'s blocks, `x` `t` rows of its activation blocks, `res` `rn * t` values.
+fn rows(kind: Kind, w: &[u8], rn: usize, x: &[u8], t: usize, res: &[f32]) -> (usize, usize, usize) {
+    let (wb, xb) = kind.sizes();
+    let (ws, xs) = (w.len() / rn, x.len() / t);
+    let nb = ws / wb;
+    assert!(
+        w.len() == rn * ws && ws == nb * wb && x.len() == t * xs && xs == nb * xb,
+        "qdot: operands are not whole rows of blocks"
+    );
+    assert_eq!(res.len(), rn * t, "qdot: result size");
+    (ws, xs, nb)
+}
+
 /// [`dot_block`] on a given path (tests compare the paths).
 pub fn dot_block_on(
     path: Path,
@@ -210,14 +218,7 @@ pub fn dot_block_on(
     if rn == 0 || t == 0 {
         return;
     }
-    let (wb, xb) = kind.sizes();
-    let (ws, xs) = (w.len() / rn, x.len() / t);
-    let nb = ws / wb;
-    assert!(
-        w.len() == rn * ws && ws == nb * wb && x.len() == t * xs && xs == nb * xb,
-        "qdot: operands are not whole rows of blocks"
-    );
-    assert_eq!(res.len(), rn * t, "qdot: result size");
+    let (ws, xs, nb) = rows(kind, w, rn, x, t, res);
     let mut r0 = 0;
     while r0 < rn {
         // Decode (one activation row) streams one weight row at a time: a single sequential stream
