@@ -62,12 +62,6 @@ pub(super) unsafe fn dpwssd(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
     acc
 }
 
-/// The `vpermps` index that spreads element 0 over half 0 and element 1 over half 1.
-#[inline(always)]
-unsafe fn halves() -> __m512i {
-    _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1)
-}
-
 /// Two 256-bit halves as one vector.
 #[inline(always)]
 unsafe fn join(lo: __m256i, hi: __m256i) -> __m512i {
@@ -107,7 +101,8 @@ unsafe fn q8_0_scales(p: *const u8, pair: bool) -> __m512 {
         _mm_cvtsi32_si128(bits(p) as i32),
         hi as i32,
     ));
-    _mm512_permutexvar_ps(halves(), _mm512_castps128_ps512(both))
+    let idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(both))
 }
 
 /// Q8_0 x Q8_0, two blocks per step (a last odd block goes to half 0 alone).
