@@ -515,6 +515,8 @@ mod tests {
                 (256, 16, 16),
                 (256, 9, 28),
                 (256, 9, 7),
+                // Decode: the row loop, with an odd block count.
+                (2304, 17, 1),
             ];
             for &(cols, rn, t) in shapes.iter().chain(odd) {
                 let x = values(t * cols, 11 + t as u64);

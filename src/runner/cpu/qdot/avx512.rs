@@ -35,6 +35,15 @@ pub(super) unsafe fn tile(kind: Kind, tn: usize, r: usize, g: &Geom, out: &mut [
     go!(1,1; 2,1; 3,1; 4,1; 1,4; 2,4; 3,4; 4,4)
 }
 
+/// Decode: `out.len()` weight rows against one activation row, one after the other.
+///
+/// # Safety
+/// As for [`tile`], with `out.len()` weight rows at `g` and one activation row.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn rows(kind: Kind, g: &Geom, out: &mut [f32]) {
+    super::each_row!(kind, g, out, q8_0, q4k, q6k)
+}
+
 #[inline(always)]
 unsafe fn load256(p: *const u8) -> __m256i {
     _mm256_loadu_si256(p.cast())

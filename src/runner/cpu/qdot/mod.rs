@@ -23,6 +23,32 @@
 //! subtracted in lanes 0-7 of half 0 first). At the end `h_l = lane_l + lane_{l+8}`, summed as
 //! `((h0+h4) + (h2+h6)) + ((h1+h5) + (h3+h7))`. One output is always computed by one call, so
 //! nothing depends on the thread count.
+/// The body of a path's `rows` (decode): each weight row in turn through the path's 1 x 1 kernels
+/// (`$q8`, `$q4k`, `$q6k`), one call for the matrix: a call per row cost more than the loop.
+#[cfg(target_arch = "x86_64")]
+macro_rules! each_row {
+    ($kind:expr, $g:expr, $out:expr, $q8:ident, $q4k:ident, $q6k:ident) => {{
+        macro_rules! go {
+            ($k:ident) => {
+                for (j, o) in $out.iter_mut().enumerate() {
+                    let g = Geom {
+                        w: $g.w.add(j * $g.ws),
+                        ..*$g
+                    };
+                    *o = $k::<1, 1>(&g)[0][0];
+                }
+            };
+        }
+        match $kind {
+            Kind::Q8_0 => go!($q8),
+            Kind::Q4K => go!($q4k),
+            Kind::Q6K => go!($q6k),
+        }
+    }};
+}
+#[cfg(target_arch = "x86_64")]
+use each_row;
+
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -219,12 +245,32 @@ pub fn dot_block_on(
         return;
     }
     let (ws, xs, nb) = rows(kind, w, rn, x, t, res);
+    // Decode: the rows of the matrix stream through one call of the path's row loop.
+    #[cfg(target_arch = "x86_64")]
+    if t == 1 && path != Path::Portable {
+        let g = Geom {
+            w: w.as_ptr(),
+            ws,
+            x: x.as_ptr(),
+            xs,
+            nb,
+        };
+        // SAFETY: the path was detected at run time; `g` addresses the checked rows.
+        unsafe {
+            match path {
+                Path::Vnni => avx512::rows(kind, &g, res),
+                _ => avx2::rows(kind, &g, res),
+            }
+        }
+        return;
+    }
     let mut r0 = 0;
     while r0 < rn {
-        // Decode (one activation row) streams one weight row at a time: a single sequential stream
-        // kept the memory system busier than four interleaved ones (1-thread decode of the 1B-shaped
-        // files: Q8_0 8.3 -> 11.5 tok/s, Q4_K_M 12.5 -> 17.7). Prefill reuses each unpacked block
-        // for the activation rows of the tile, so there `TILE_R` rows share the work.
+        // One activation row (decode; portable here) streams one weight row at a time: a single
+        // sequential stream kept the memory system busier than four interleaved ones (1-thread
+        // decode of the 1B-shaped files: Q8_0 8.3 -> 11.5 tok/s, Q4_K_M 12.5 -> 17.7). Prefill
+        // reuses each unpacked block for the activation rows of the tile, so there `TILE_R` rows
+        // share the work.
         let r = if rn - r0 >= TILE_R && t > 1 {
             TILE_R
         } else {
