@@ -41,7 +41,11 @@ pub(super) unsafe fn tile(kind: Kind, tn: usize, r: usize, g: &Geom, out: &mut [
 /// As for [`tile`], with `out.len()` weight rows at `g` and one activation row.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub(super) unsafe fn rows(kind: Kind, g: &Geom, out: &mut [f32]) {
-    super::each_row!(kind, g, out, q8_0, q4k, q6k)
+    super::each_row!(kind, g, out, row =>
+        Kind::Q8_0: q8_0::<1, 1>(row)[0][0],
+        Kind::Q4K: q4k::<1, 1>(row)[0][0],
+        Kind::Q6K: q6k::<1, 1>(row)[0][0],
+    )
 }
 
 #[inline(always)]

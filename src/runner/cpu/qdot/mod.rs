@@ -23,28 +23,24 @@
 //! subtracted in lanes 0-7 of half 0 first). At the end `h_l = lane_l + lane_{l+8}`, summed as
 //! `((h0+h4) + (h2+h6)) + ((h1+h5) + (h3+h7))`. One output is always computed by one call, so
 //! nothing depends on the thread count.
-/// The body of a path's `rows` (decode): each weight row in turn through the path's 1 x 1 kernels
-/// (`$q8`, `$q4k`, `$q6k`), one call for the matrix: a call per row cost more than the loop.
+/// The body of a path's `rows` (decode): each weight row in turn, as `$row` (a `&Geom`), through
+/// the path's single-row kernel for `$kind` (one expression in `$row` per kind), one call for the
+/// matrix: a call per row cost more than the loop.
 #[cfg(target_arch = "x86_64")]
 macro_rules! each_row {
-    ($kind:expr, $g:expr, $out:expr, $q8:ident, $q4k:ident, $q6k:ident) => {{
-        macro_rules! go {
-            ($k:ident) => {
+    ($kind:expr, $g:expr, $out:expr, $row:ident => $($k:path: $e:expr),+ $(,)?) => {
+        match $kind {
+            $($k => {
                 for (j, o) in $out.iter_mut().enumerate() {
-                    let g = Geom {
+                    let $row = &Geom {
                         w: $g.w.add(j * $g.ws),
                         ..*$g
                     };
-                    *o = $k::<1, 1>(&g)[0][0];
+                    *o = $e;
                 }
-            };
+            })+
         }
-        match $kind {
-            Kind::Q8_0 => go!($q8),
-            Kind::Q4K => go!($q4k),
-            Kind::Q6K => go!($q6k),
-        }
-    }};
+    };
 }
 #[cfg(target_arch = "x86_64")]
 use each_row;
