@@ -161,66 +161,56 @@ pub(super) unsafe fn q8k_rows<const T: usize>(g: &Geom, b: usize) -> ([*const u8
     (xb, dx)
 }
 
-/// Q4_K x Q8_K: per block and weight row, each 32 bytes of nibbles become the quants of
-/// sub-blocks 2j and 2j+1, dotted with every activation row with their scales; the mins by the
-/// activations' sums; both summed to the block's two integers.
+/// Q4_K x Q8_K: per block and weight row the block's integer vectors ([`q4k_block`]) for every
+/// activation row, summed to its two integers and folded.
 #[inline(always)]
 unsafe fn q4k<const T: usize, const R: usize>(g: &Geom) -> [[f32; R]; T] {
     let mut acc = [[_mm_setzero_ps(); R]; T];
-    let nib = _mm256_set1_epi8(0x0f);
     for b in 0..g.nb {
         let (xb, dx) = q8k_rows::<T>(g, b);
-        let bsums: [__m256i; T] = std::array::from_fn(|t| load(xb[t].add(Q8K_SUMS)));
         for r in 0..R {
             let wb = g.w.add(r * g.ws + b * Q4K_BYTES);
             prefetch::<R>(g, wb, Q4K_BYTES);
-            let (sc, mn) = super::q4k_scales(&*wb.add(4).cast::<[u8; 12]>());
-            let sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
-            let mn2 = q4k_mins(mn);
-            // Even and odd sub-blocks in two sums (two shorter dependency chains).
-            let mut isum = [[_mm256_setzero_si256(); 2]; T];
-            for j in 0..4 {
-                let q = load(wb.add(16 + 32 * j));
-                let lo = _mm256_and_si256(q, nib);
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), nib);
-                let slo = _mm256_shuffle_epi8(sc16, pick16(2 * j, 2 * j));
-                let shi = _mm256_shuffle_epi8(sc16, pick16(2 * j + 1, 2 * j + 1));
-                for (t, [s0, s1]) in isum.iter_mut().enumerate() {
-                    let x = xb[t].add(Q8K_QS + 64 * j);
-                    *s0 = madd_acc(*s0, _mm256_maddubs_epi16(lo, load(x)), slo);
-                    *s1 = madd_acc(*s1, _mm256_maddubs_epi16(hi, load(x.add(32))), shi);
-                }
-            }
+            let v = q4k_block::<T>(wb, &xb);
             for t in 0..T {
-                let main = _mm256_add_epi32(isum[t][0], isum[t][1]);
-                let im = hsum2(main, _mm256_madd_epi16(bsums[t], mn2));
-                acc[t][r] = q4k_fold(acc[t][r], im, wb, dx[t]);
+                let [main, mins] = v[t];
+                acc[t][r] = q4k_fold(acc[t][r], hsum2(main, mins), wb, dx[t]);
             }
         }
     }
     acc.map(|row| row.map(|a| _mm_cvtss_f32(a)))
 }
 
-/// Block `b` of a Q4_K decode row: the vectors whose lane sums are its `I` and `M`.
+/// One Q4_K weight block at `wb` against the Q8_K blocks at `xb`: each 32 bytes of nibbles become
+/// the quants of sub-blocks 2j and 2j+1, dotted with every activation row with their scales, and
+/// the mins by the activations' sums of 16. Per activation row two vectors whose lane sums are the
+/// block's `I` and `M` (see the parent doc).
 #[inline(always)]
-unsafe fn q4k_one(g: &Geom, b: usize, nib: __m256i) -> (__m256i, __m256i) {
-    let xb = g.x.add(b * Q8K_BYTES);
-    let wb = g.w.add(b * Q4K_BYTES);
+unsafe fn q4k_block<const T: usize>(wb: *const u8, xb: &[*const u8; T]) -> [[__m256i; 2]; T] {
+    let nib = _mm256_set1_epi8(0x0f);
     let (sc, mn) = super::q4k_scales(&*wb.add(4).cast::<[u8; 12]>());
     let sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
-    let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+    let mn2 = q4k_mins(mn);
+    // Even and odd sub-blocks in two sums (two shorter dependency chains).
+    let mut isum = [[_mm256_setzero_si256(); 2]; T];
     for j in 0..4 {
         let q = load(wb.add(16 + 32 * j));
         let lo = _mm256_and_si256(q, nib);
         let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), nib);
         let slo = _mm256_shuffle_epi8(sc16, pick16(2 * j, 2 * j));
         let shi = _mm256_shuffle_epi8(sc16, pick16(2 * j + 1, 2 * j + 1));
-        let x = xb.add(Q8K_QS + 64 * j);
-        s0 = madd_acc(s0, _mm256_maddubs_epi16(lo, load(x)), slo);
-        s1 = madd_acc(s1, _mm256_maddubs_epi16(hi, load(x.add(32))), shi);
+        for (t, [s0, s1]) in isum.iter_mut().enumerate() {
+            let x = xb[t].add(Q8K_QS + 64 * j);
+            *s0 = madd_acc(*s0, _mm256_maddubs_epi16(lo, load(x)), slo);
+            *s1 = madd_acc(*s1, _mm256_maddubs_epi16(hi, load(x.add(32))), shi);
+        }
     }
-    let mins = _mm256_madd_epi16(load(xb.add(Q8K_SUMS)), q4k_mins(mn));
-    (_mm256_add_epi32(s0, s1), mins)
+    let mut out = [[_mm256_setzero_si256(); 2]; T];
+    for t in 0..T {
+        let mins = _mm256_madd_epi16(load(xb[t].add(Q8K_SUMS)), mn2);
+        out[t] = [_mm256_add_epi32(isum[t][0], isum[t][1]), mins];
+    }
+    out
 }
 
 /// Q4_K decode (one weight row, one activation row): blocks in pairs, whose four integers come out
@@ -230,11 +220,13 @@ unsafe fn q4k_one(g: &Geom, b: usize, nib: __m256i) -> (__m256i, __m256i) {
 #[inline(always)]
 unsafe fn q4k_row(g: &Geom) -> f32 {
     let mut acc = _mm_setzero_ps();
-    let nib = _mm256_set1_epi8(0x0f);
     let mut b = 0;
     while b + 2 <= g.nb {
-        let (m0, n0) = q4k_one(g, b, nib);
-        let (m1, n1) = q4k_one(g, b + 1, nib);
+        let [[m0, n0]] = q4k_block::<1>(g.w.add(b * Q4K_BYTES), &[g.x.add(b * Q8K_BYTES)]);
+        let [[m1, n1]] = q4k_block::<1>(
+            g.w.add((b + 1) * Q4K_BYTES),
+            &[g.x.add((b + 1) * Q8K_BYTES)],
+        );
         // [I0, M0, I1, M1], exact.
         let h = _mm256_hadd_epi32(_mm256_hadd_epi32(m0, n0), _mm256_hadd_epi32(m1, n1));
         let im = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
@@ -260,7 +252,7 @@ unsafe fn q4k_row(g: &Geom) -> f32 {
         b += 2;
     }
     if b < g.nb {
-        let (m0, n0) = q4k_one(g, b, nib);
+        let [[m0, n0]] = q4k_block::<1>(g.w.add(b * Q4K_BYTES), &[g.x.add(b * Q8K_BYTES)]);
         acc = q4k_fold(
             acc,
             hsum2(m0, n0),
