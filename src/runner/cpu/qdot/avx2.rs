@@ -47,17 +47,26 @@ pub(super) unsafe fn tile(kind: Kind, tn: usize, r: usize, g: &Geom, out: &mut [
     go!(1,1; 2,1; 1,4; 2,4 ;; 3,1; 4,1; 3,4; 4,4)
 }
 
-/// Decode: `out.len()` weight rows against one activation row, one after the other.
+/// Decode: `out.len()` weight rows against one activation row, one after the other in one call
+/// (a call per row cost more than the loop).
 ///
 /// # Safety
 /// As for [`tile`], with `out.len()` weight rows at `g` and one activation row.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn rows(kind: Kind, g: &Geom, out: &mut [f32]) {
-    super::each_row!(kind, g, out, row =>
-        Kind::Q8_0: q8_0::<1, 1>(row)[0][0],
-        Kind::Q4K: q4k_row(row),
-        Kind::Q6K: q6k::<1, 1>(row)[0][0],
-    )
+    macro_rules! each {
+        ($row:ident => $e:expr) => {
+            for (j, o) in out.iter_mut().enumerate() {
+                let $row = &g.row(j);
+                *o = $e;
+            }
+        };
+    }
+    match kind {
+        Kind::Q8_0 => each!(row => q8_0::<1, 1>(row)[0][0]),
+        Kind::Q4K => each!(row => q4k_row(row)),
+        Kind::Q6K => each!(row => q6k::<1, 1>(row)[0][0]),
+    }
 }
 
 #[inline(always)]
@@ -219,31 +228,25 @@ unsafe fn q4k_block<const T: usize>(wb: *const u8, xb: &[*const u8; T]) -> [[__m
 /// thread, +1.5% at two, against a fold per block).
 #[inline(always)]
 unsafe fn q4k_row(g: &Geom) -> f32 {
+    // Block `b`'s weights and activations, and the activations' scale.
+    let w = |b: usize| g.w.wrapping_add(b * Q4K_BYTES);
+    let x = |b: usize| g.x.wrapping_add(b * Q8K_BYTES);
+    let dx = |b: usize| x(b).cast::<f32>().read_unaligned();
     let mut acc = _mm_setzero_ps();
     let mut b = 0;
     while b + 2 <= g.nb {
-        let [[m0, n0]] = q4k_block::<1>(g.w.add(b * Q4K_BYTES), &[g.x.add(b * Q8K_BYTES)]);
-        let [[m1, n1]] = q4k_block::<1>(
-            g.w.add((b + 1) * Q4K_BYTES),
-            &[g.x.add((b + 1) * Q8K_BYTES)],
-        );
+        let [[m0, n0]] = q4k_block::<1>(w(b), &[x(b)]);
+        let [[m1, n1]] = q4k_block::<1>(w(b + 1), &[x(b + 1)]);
         // [I0, M0, I1, M1], exact.
         let h = _mm256_hadd_epi32(_mm256_hadd_epi32(m0, n0), _mm256_hadd_epi32(m1, n1));
-        let im = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
-        let f = _mm_cvtepi32_ps(im);
-        let ddv = _mm_cvtph_ps(_mm_insert_epi32::<1>(
-            _mm_cvtsi32_si128(g.w.add(b * Q4K_BYTES).cast::<i32>().read_unaligned()),
-            g.w.add((b + 1) * Q4K_BYTES).cast::<i32>().read_unaligned(),
+        let f = _mm_cvtepi32_ps(_mm_add_epi32(
+            _mm256_castsi256_si128(h),
+            _mm256_extracti128_si256::<1>(h),
         ));
-        let s = _mm_mul_ps(
-            ddv,
-            _mm_setr_ps(
-                g.x.add(b * Q8K_BYTES).cast::<f32>().read_unaligned(),
-                g.x.add(b * Q8K_BYTES).cast::<f32>().read_unaligned(),
-                g.x.add((b + 1) * Q8K_BYTES).cast::<f32>().read_unaligned(),
-                g.x.add((b + 1) * Q8K_BYTES).cast::<f32>().read_unaligned(),
-            ),
-        );
+        // [d0, dmin0, d1, dmin1] x [dx0, dx0, dx1, dx1].
+        let dd = |b: usize| w(b).cast::<i32>().read_unaligned();
+        let ds = _mm_cvtph_ps(_mm_insert_epi32::<1>(_mm_cvtsi32_si128(dd(b)), dd(b + 1)));
+        let s = _mm_mul_ps(ds, _mm_setr_ps(dx(b), dx(b), dx(b + 1), dx(b + 1)));
         acc = _mm_fmadd_ss(f, s, acc);
         acc = _mm_fnmadd_ss(_mm_movehdup_ps(f), _mm_movehdup_ps(s), acc);
         let (f, s) = (_mm_movehl_ps(f, f), _mm_movehl_ps(s, s));
@@ -252,13 +255,8 @@ unsafe fn q4k_row(g: &Geom) -> f32 {
         b += 2;
     }
     if b < g.nb {
-        let [[m0, n0]] = q4k_block::<1>(g.w.add(b * Q4K_BYTES), &[g.x.add(b * Q8K_BYTES)]);
-        acc = q4k_fold(
-            acc,
-            hsum2(m0, n0),
-            g.w.add(b * Q4K_BYTES),
-            g.x.add(b * Q8K_BYTES).cast::<f32>().read_unaligned(),
-        );
+        let [[m, n]] = q4k_block::<1>(w(b), &[x(b)]);
+        acc = q4k_fold(acc, hsum2(m, n), w(b), dx(b));
     }
     _mm_cvtss_f32(acc)
 }

@@ -35,17 +35,16 @@ pub(super) unsafe fn tile(kind: Kind, tn: usize, r: usize, g: &Geom, out: &mut [
     go!(1,1; 2,1; 3,1; 4,1; 1,4; 2,4; 3,4; 4,4)
 }
 
-/// Decode: `out.len()` weight rows against one activation row, one after the other.
+/// Q8_0 decode: `out.len()` weight rows against one activation row, one after the other in one
+/// call.
 ///
 /// # Safety
-/// As for [`tile`], with `out.len()` weight rows at `g` and one activation row.
+/// As for [`tile`], with `out.len()` Q8_0 weight rows at `g` and one activation row.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub(super) unsafe fn rows(kind: Kind, g: &Geom, out: &mut [f32]) {
-    super::each_row!(kind, g, out, row =>
-        Kind::Q8_0: q8_0::<1, 1>(row)[0][0],
-        Kind::Q4K: q4k::<1, 1>(row)[0][0],
-        Kind::Q6K: q6k::<1, 1>(row)[0][0],
-    )
+pub(super) unsafe fn q8_0_rows(g: &Geom, out: &mut [f32]) {
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = q8_0::<1, 1>(&g.row(j))[0][0];
+    }
 }
 
 #[inline(always)]

@@ -23,28 +23,6 @@
 //! subtracted in lanes 0-7 of half 0 first). At the end `h_l = lane_l + lane_{l+8}`, summed as
 //! `((h0+h4) + (h2+h6)) + ((h1+h5) + (h3+h7))`. One output is always computed by one call, so
 //! nothing depends on the thread count.
-/// The body of a path's `rows` (decode): each weight row in turn, as `$row` (a `&Geom`), through
-/// the path's single-row kernel for `$kind` (one expression in `$row` per kind), one call for the
-/// matrix: a call per row cost more than the loop.
-#[cfg(target_arch = "x86_64")]
-macro_rules! each_row {
-    ($kind:expr, $g:expr, $out:expr, $row:ident => $($k:path: $e:expr),+ $(,)?) => {
-        match $kind {
-            $($k => {
-                for (j, o) in $out.iter_mut().enumerate() {
-                    let $row = &Geom {
-                        w: $g.w.add(j * $g.ws),
-                        ..*$g
-                    };
-                    *o = $e;
-                }
-            })+
-        }
-    };
-}
-#[cfg(target_arch = "x86_64")]
-use each_row;
-
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -138,6 +116,20 @@ pub struct Geom {
     nb: usize,
 }
 
+impl Geom {
+    /// The operands from weight row `j` on.
+    ///
+    /// # Safety
+    /// Row `j` lies inside the weights `self` addresses.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn row(&self, j: usize) -> Geom {
+        Geom {
+            w: self.w.add(j * self.ws),
+            ..*self
+        }
+    }
+}
+
 /// The activation rows `x` (`t` rows of the blocks `kind` pairs with) regrouped for the panel
 /// kernels, where one serves them (see [`panel`]); None elsewhere.
 pub fn x_panel(kind: Kind, x: &[u8], t: usize) -> Option<Vec<u8>> {
@@ -160,13 +152,7 @@ pub fn dot_block(
     panel: Option<&[u8]>,
     res: &mut [f32],
 ) {
-    // One activation row of a k-quant: the 256-bit kernel, whose unpacking needs no cross-lane
-    // permutes, streamed faster than the 512-bit one (AMD EPYC Zen 4, 1-thread decode of the
-    // Q4_K_M file 19.5 -> 21.1 tok/s); the results are the same bits on every path.
-    let path = match path() {
-        Path::Vnni if t == 1 && kind != Kind::Q8_0 => Path::Avx2,
-        p => p,
-    };
+    let path = path();
     #[cfg(target_arch = "x86_64")]
     if let (Kind::Q4K | Kind::Q8_0, Some(p), Path::Vnni) = (kind, panel, path) {
         return dot_panel(kind, w, rn, x, t, p, res);
@@ -253,8 +239,12 @@ pub fn dot_block_on(
         };
         // SAFETY: the path was detected at run time; `g` addresses the checked rows.
         unsafe {
-            match path {
-                Path::Vnni => avx512::rows(kind, &g, res),
+            match (path, kind) {
+                (Path::Vnni, Kind::Q8_0) => avx512::q8_0_rows(&g, res),
+                // The k-quants take the 256-bit kernels on VNNI machines too: their unpacking needs
+                // no cross-lane permutes and streamed faster than the 512-bit one (AMD EPYC Zen 4,
+                // 1-thread decode of the Q4_K_M file 19.5 -> 21.1, and 16.3 -> 19.3 tok/s with the
+                // row loop); the results are the same bits on every path.
                 _ => avx2::rows(kind, &g, res),
             }
         }
