@@ -9,12 +9,18 @@ and reports: how many prompts give the same tokens in 1 and 2, the largest |logp
 the tokens where they agree (target <= 5e-2), and how many prompts give llama.cpp's text, with the
 first divergence where they do not.
 
+The same two measures are taken for llama.cpp's own quantized path: `llama_logprobs.cpp` (built here
+against the llama.cpp tree) feeds 2's tokens to llama.cpp on the same file and reports, per step, the
+token's log-probability and llama.cpp's greedy choice. That separates what the file's quantization
+(and ggml's activation quantization, which both follow) costs from what our code adds.
+
   LLAMA_CPP=/path/to/llama.cpp python scripts/gguf_fidelity.py MODEL.gguf [N_TOKENS]
 """
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,6 +66,27 @@ def theirs(model, prompt, n):
     sys.exit(f"llama-completion gave no whole output for {prompt!r}")
 
 
+def llama_cpp_forced(model, f32_results):
+    """llama.cpp's quantized path on 2's tokens: (prompts where its greedy keeps them all, the
+    largest |logprob difference| to 2 before its first different choice)."""
+    exe = Path(tempfile.mkdtemp()) / "llama_logprobs"
+    lib = LLAMA_CPP / "build/bin"
+    subprocess.run(["c++", "-O2", "-o", str(exe), str(ROOT / "scripts/llama_logprobs.cpp"),
+                    f"-I{LLAMA_CPP / 'include'}", f"-I{LLAMA_CPP / 'ggml/include'}", f"-L{lib}",
+                    "-lllama", "-lggml", "-lggml-base", f"-Wl,-rpath,{lib}"], check=True)
+    same, worst = 0, 0.0
+    for r in f32_results:
+        out = subprocess.run([str(exe), str(model), r["prompt"], ",".join(map(str, r["tokens"]))],
+                             capture_output=True, text=True, check=True).stdout.split()
+        steps = [(float(out[i + 1]), int(out[i + 2])) for i in range(0, len(out), 3)]
+        k = 0
+        while k < len(steps) and steps[k][1] == r["tokens"][k]:
+            worst = max(worst, abs(steps[k][0] - r["logprobs"][k]))
+            k += 1
+        same += k == len(r["tokens"])
+    return same, worst
+
+
 def main():
     model = Path(sys.argv[1])
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 24
@@ -76,6 +103,9 @@ def main():
             print(f"quantized vs f32 diverge at token {k}: {a['prompt']!r}")
     print(f"{model.name}: quantized == f32 greedy tokens on {same}/{len(q)} prompts; "
           f"max |dlogprob| where they agree {worst:.4f} (target <= 0.05)")
+    same, worst = llama_cpp_forced(model, f)
+    print(f"{model.name}: llama.cpp's quantized path keeps the f32 greedy tokens on {same}/{len(f)} "
+          f"prompts; max |dlogprob| where it does {worst:.4f}")
     agree = 0
     for r in q:
         ref = theirs(model, r["prompt"], n)
