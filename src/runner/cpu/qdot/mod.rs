@@ -241,11 +241,12 @@ pub fn dot_block_on(
         unsafe {
             match (path, kind) {
                 (Path::Vnni, Kind::Q8_0) => avx512::q8_0_rows(&g, res),
-                // The k-quants take the 256-bit kernels on VNNI machines too: their unpacking needs
-                // no cross-lane permutes and streamed faster than the 512-bit one (AMD EPYC Zen 4,
-                // 1-thread decode of the Q4_K_M file 19.5 -> 21.1, and 16.3 -> 19.3 tok/s with the
-                // row loop); the results are the same bits on every path.
-                _ => avx2::rows(kind, &g, res),
+                // The k-quants take the 256-bit kernels on VNNI machines too (with `vpdpwssd`): their
+                // unpacking needs no cross-lane permutes and streamed faster than the 512-bit one
+                // (AMD EPYC Zen 4, 1-thread decode of the Q4_K_M file 19.5 -> 21.1, and 16.3 -> 19.3
+                // tok/s with the row loop); the results are the same bits on every path.
+                (Path::Vnni, _) => avx2::rows::<true>(kind, &g, res),
+                _ => avx2::rows::<false>(kind, &g, res),
             }
         }
         return;
