@@ -13,7 +13,7 @@ use crate::checkpoint::tensors::{self, Naming, Part};
 use crate::checkpoint::{DirKind, ModelDir};
 use crate::formats::DType as FDType;
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{CpuStorage, DType, Device, Layout, Storage, Tensor, D};
 
 /// How the rows of wq/wk pair up the rotary components.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -672,12 +672,16 @@ impl Llama {
         let v = heads(nh + nkv, nkv)?;
         // Views of [b, nkv, start_pos + t, hd] inside the preallocated cache.
         let (keys, values) = cache.append(layer, &k, &v, start_pos)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        if let Some(out) = cpu_attention(&q, &keys, &values, start_pos, scale as f32)? {
+            return block.wo.forward(&out);
+        }
         let total = start_pos + t;
         let rep = nh / nkv;
         // Query heads g*rep .. g*rep+rep share kv head g; stacking them as rows lets one batched
         // matmul per kv head serve the whole group.
         let q = q.reshape((b, nkv, rep * t, hd))?;
-        let scores = (q.matmul(&keys.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+        let scores = (q.matmul(&keys.t()?)? * scale)?;
         let scores = scores.to_dtype(DType::F32)?;
         let scores = match mask {
             Some(m) => scores
@@ -704,6 +708,58 @@ impl Llama {
         };
         Ok(y.to_dtype(self.dtype)?)
     }
+}
+
+/// Attention on the CPU through [`cpu::attention`] (f32 tensors on the CPU; `None` otherwise): `q`
+/// [b, n_heads, t, head_dim], `keys` and `values` views of the cache [b, n_kv_heads, start + t,
+/// head_dim]; the result as the output projection takes it, [b, t, n_heads * head_dim].
+fn cpu_attention(
+    q: &Tensor,
+    keys: &Tensor,
+    values: &Tensor,
+    start: usize,
+    scale: f32,
+) -> Result<Option<Tensor>> {
+    if !q.device().is_cpu() || [q, keys, values].iter().any(|x| x.dtype() != DType::F32) {
+        return Ok(None);
+    }
+    let q = q.contiguous()?;
+    let (b, n_heads, t, head_dim) = q.dims4()?;
+    let shape = cpu::attention::Shape {
+        b,
+        t,
+        start,
+        n_heads,
+        n_kv_heads: keys.dim(1)?,
+        head_dim,
+    };
+    let (qs, ql) = q.storage_and_layout();
+    let (ks, kl) = keys.storage_and_layout();
+    let (vs, vl) = values.storage_and_layout();
+    fn f32s<'a>(s: &'a Storage, l: &Layout) -> Result<&'a [f32]> {
+        match s {
+            Storage::Cpu(CpuStorage::F32(d)) => Ok(&d[l.start_offset()..]),
+            _ => bail!("attention: expected f32 CPU tensors"),
+        }
+    }
+    fn kv<'a>(s: &'a Storage, l: &Layout, head_dim: usize) -> Result<cpu::attention::Kv<'a>> {
+        match l.stride() {
+            &[batch_stride, head_stride, row, 1] if row == head_dim => Ok(cpu::attention::Kv {
+                data: f32s(s, l)?,
+                batch_stride,
+                head_stride,
+            }),
+            _ => bail!("attention: the cache's rows are not contiguous"),
+        }
+    }
+    let (keys, values) = (kv(&ks, kl, head_dim)?, kv(&vs, vl, head_dim)?);
+    let out = cpu::attention::attend(f32s(&qs, ql)?, &keys, &values, shape, scale);
+    let out = Tensor::from_vec(out, (b, n_heads, t, head_dim), q.device())?;
+    Ok(Some(out.transpose(1, 2)?.reshape((
+        b,
+        t,
+        n_heads * head_dim,
+    ))?))
 }
 
 /// cos and sin of every rotary angle, [max_positions, head_dim / 2], in f32 like Meta's tables.

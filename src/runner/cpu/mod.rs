@@ -1,7 +1,8 @@
 //! CPU inference on weights kept in their stored type (bf16, f16, f32 or a GGML block type), read
 //! straight from the checkpoint's memory map where the file layout allows it.
 //!
-//! candle computes everything else (norms, rotary, attention, softmax) in f32; the linear layers,
+//! candle computes everything else (norms, rotary) in f32, [`attention`] the causal attention over
+//! the KV cache (fused, per query row); the linear layers,
 //! which are nearly all of the work, go through [`Linear`], a candle custom op over our own kernels:
 //! - decode (a few activation rows): each weight row is read once and dotted with every row, so a
 //!   token costs one pass over the weight bytes — memory bandwidth is the limit;
@@ -14,6 +15,7 @@
 //!
 //! Work is split across rayon's threads by blocks of output rows; every output element is summed by
 //! one thread in a fixed order, so results do not depend on the thread count.
+pub mod attention;
 pub mod kernels;
 pub mod qdot;
 pub mod quant;
