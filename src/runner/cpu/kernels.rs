@@ -105,8 +105,34 @@ fn shape_on(isa: Isa) -> (usize, usize) {
 /// Weight rows of every prefill task: a multiple of each ISA's tile rows.
 pub const TILE_ROWS_LCM: usize = 12;
 
+/// Activations `x` (rows of `k`) in the order [`tile`] reads them for weights of type `wt`: a copy
+/// where the kernel wants one, else `x` itself. The AVX2 bf16 tile splits each 16 values into its
+/// 8 even-indexed ones followed by its 8 odd-indexed ones (the columns after the last whole 16 stay
+/// as they are): it loads 16 bf16 weights as 8 u32, and one shift gives the even weights as f32, one
+/// mask the odd ones, against two instructions per 8 weights to widen them in order (1-thread
+/// prefill of the 1B-shaped bf16 checkpoint +10% with one instruction less per 8 weights).
+pub fn tile_layout(wt: WeightType, x: &[f32], k: usize) -> std::borrow::Cow<'_, [f32]> {
+    layout_on(isa(), wt, x, k)
+}
+
+fn layout_on(isa: Isa, wt: WeightType, x: &[f32], k: usize) -> std::borrow::Cow<'_, [f32]> {
+    if !(isa == Isa::Avx2 && wt == WeightType::Bf16) {
+        return std::borrow::Cow::Borrowed(x);
+    }
+    let mut out = x.to_vec();
+    for (o, x) in out.chunks_exact_mut(k).zip(x.chunks_exact(k)) {
+        for (o, x) in o.chunks_exact_mut(16).zip(x.chunks_exact(16)) {
+            for l in 0..8 {
+                o[l] = x[2 * l];
+                o[8 + l] = x[2 * l + 1];
+            }
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// A prefill tile without packing: `out[tt * out_stride + r] = Σ_i w_r[i] * x_tt[i]` for `tn` activation
-/// rows (`x`, row stride `k`) and `rn` weight rows (`w`, `k` elements each, row after row), `tn` and `rn`
+/// rows (`x`, row stride `k`, in the order of [`tile_layout`]) and `rn` weight rows (`w`, `k` elements each, row after row), `tn` and `rn`
 /// at most [`tile_shape`]. Each weight vector is widened once, in registers, and used for every
 /// activation row. Each output is one accumulator over `k` in a fixed order, whatever the tile's size.
 ///
@@ -155,6 +181,9 @@ unsafe fn tile_on(
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => go!(x86::tile_avx512; 1,1;1,2;1,3;1,4;1,5;1,6;2,1;2,2;2,3;2,4;2,5;2,6;
             3,1;3,2;3,3;3,4;3,5;3,6;4,1;4,2;4,3;4,4;4,5;4,6),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if wt == WeightType::Bf16 => go!(x86::tile_avx2_bf16; 1,1;1,2;1,3;2,1;2,2;2,3;
+            3,1;3,2;3,3;4,1;4,2;4,3),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => go!(x86::tile_avx2; 1,1;1,2;1,3;2,1;2,2;2,3;3,1;3,2;3,3;4,1;4,2;4,3),
         _ => go!(portable::tile; 1,1;1,2;1,3;2,1;2,2;2,3;3,1;3,2;3,3;4,1;4,2;4,3),
@@ -473,6 +502,71 @@ mod x86 {
         }
     }
 
+    /// [`tile_avx2`] for bf16 weights, over activations in [`super::tile_layout`]'s order: lane `l`
+    /// adds `w[16c + 2l] * x[16c + 2l]`, then `w[16c + 2l + 1] * x[16c + 2l + 1]`, chunk after chunk.
+    /// The odd weights are loaded a second time (from L1) rather than kept: 12 accumulators, 3
+    /// weight vectors and an activation vector fill the 16 registers.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn tile_avx2_bf16<const T: usize, const R: usize>(
+        wt: WeightType,
+        w: *const u8,
+        x: *const f32,
+        k: usize,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); R]; T];
+        let full = k / 16 * 16;
+        let high = _mm256_set1_epi32(0xffff_0000_u32 as i32);
+        let mut wv = [_mm256_setzero_ps(); R];
+        let mut i = 0;
+        // (Loops, not closures: a closure is compiled without this function's target features.)
+        while i < full {
+            for half in 0..2 {
+                for (r, wv) in wv.iter_mut().enumerate() {
+                    let p = w.add((r * k + i) * 2);
+                    *wv = _mm256_castsi256_ps(if half == 0 {
+                        _mm256_slli_epi32::<16>(_mm256_loadu_si256(p as *const __m256i))
+                    } else {
+                        and_mem(high, p)
+                    });
+                }
+                for (t, a) in acc.iter_mut().enumerate() {
+                    let xv = _mm256_loadu_ps(x.add(t * k + i + 8 * half));
+                    for r in 0..R {
+                        a[r] = _mm256_fmadd_ps(wv[r], xv, a[r]);
+                    }
+                }
+            }
+            i += 16;
+        }
+        let wall = std::slice::from_raw_parts(w, R * k * 2);
+        for (t, a) in acc.iter().enumerate() {
+            for (r, v) in a.iter().enumerate() {
+                let x = std::slice::from_raw_parts(x.add(t * k), k);
+                *out.add(t * out_stride + r) = tail(wt, &wall[r * k * 2..], x, full, hsum256(*v));
+            }
+        }
+    }
+
+    /// `m & *p` (32 bytes at `p`, unaligned) as one `vpand` with a memory operand. Written as
+    /// assembly so LLVM cannot merge it with the load of the same bytes for the even weights, which
+    /// kept that vector alive across the even half and spilled the accumulators to the stack (the
+    /// tile ran at 29 instead of 43 tok/s).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn and_mem(m: __m256i, p: *const u8) -> __m256i {
+        let out: __m256i;
+        std::arch::asm!(
+            "vpand {o}, {m}, ymmword ptr [{p}]",
+            o = lateout(ymm_reg) out,
+            m = in(ymm_reg) m,
+            p = in(reg) p,
+            options(pure, readonly, nostack, preserves_flags)
+        );
+        out
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn widen_avx2(wt: WeightType, w: *const u8, out: &mut [f32]) {
         let n = out.len();
@@ -528,11 +622,12 @@ mod tests {
                 for k in [16, 40, 64, 67] {
                     let w = encode(wt, &values(mr * k, 3));
                     let x = values(mt * k, 9);
+                    let xl = layout_on(isa, wt, &x, k);
                     let row = |r: usize| &w[r * k * wt.size()..(r + 1) * k * wt.size()];
                     let mut single = vec![0f32; mt * mr];
                     for t in 0..mt {
                         for r in 0..mr {
-                            let xt = &x[t * k..(t + 1) * k];
+                            let xt = &xl[t * k..(t + 1) * k];
                             let o = &mut single[t * mr + r];
                             unsafe { tile_on(isa, wt, row(r), 1, xt, 1, o, mr) };
                         }
@@ -540,7 +635,7 @@ mod tests {
                     for (tn, rn) in [(mt, mr), (mt - 1, mr), (mt, mr - 1), (1, mr)] {
                         let mut out = vec![0f32; tn * 7];
                         let wb = &w[..rn * k * wt.size()];
-                        unsafe { tile_on(isa, wt, wb, rn, &x[..tn * k], tn, out.as_mut_ptr(), 7) };
+                        unsafe { tile_on(isa, wt, wb, rn, &xl[..tn * k], tn, out.as_mut_ptr(), 7) };
                         for t in 0..tn {
                             for r in 0..rn {
                                 let want: f64 = (0..k)

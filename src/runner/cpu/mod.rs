@@ -253,6 +253,22 @@ impl Linear {
             }
             col0 += m.rows;
         }
+        // The tile kernels' order of the activations, per float type among the parts.
+        let mut layouts: Vec<(WeightType, std::borrow::Cow<[f32]>)> = Vec::new();
+        for m in self.parts.iter().filter(|_| !matvec) {
+            if let MatType::Float(wt) = m.ty {
+                if !layouts.iter().any(|(w, _)| *w == wt) {
+                    layouts.push((wt, kernels::tile_layout(wt, x, self.cols)));
+                }
+            }
+        }
+        let layout = |wt| {
+            &layouts
+                .iter()
+                .find(|(w, _)| *w == wt)
+                .expect("made above")
+                .1
+        };
         let dst = SendPtr(out.as_mut_ptr());
         let total = self.rows;
         tasks.into_par_iter().for_each(|(p, col0, rows)| {
@@ -262,7 +278,7 @@ impl Linear {
             match m.ty {
                 MatType::Quant(q) => quant_block(m, q, rows, &acts, t, &out),
                 MatType::Float(_) if matvec => matvec_block(m, rows, x, &out),
-                MatType::Float(_) => tile_block(m, rows, x, &out),
+                MatType::Float(wt) => tile_block(m, rows, layout(wt), &out),
             }
         });
     }
