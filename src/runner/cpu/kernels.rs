@@ -106,25 +106,30 @@ fn shape_on(isa: Isa) -> (usize, usize) {
 pub const TILE_ROWS_LCM: usize = 12;
 
 /// Activations `x` (rows of `k`) in the order [`tile`] reads them for weights of type `wt`: a copy
-/// where the kernel wants one, else `x` itself. The AVX2 bf16 tile splits each 16 values into its
-/// 8 even-indexed ones followed by its 8 odd-indexed ones (the columns after the last whole 16 stay
-/// as they are): it loads 16 bf16 weights as 8 u32, and one shift gives the even weights as f32, one
-/// mask the odd ones, against two instructions per 8 weights to widen them in order (1-thread
-/// prefill of the 1B-shaped bf16 checkpoint +10% with one instruction less per 8 weights).
+/// where the kernel wants one, else `x` itself. The AVX2 bf16 tile splits each two vectors' worth
+/// of columns (16) into the even-indexed ones followed by the odd-indexed ones
+/// (the columns after the last whole step stay as they are): it loads the bf16 weights as u32
+/// pairs, and one shift gives the even weights as f32, one mask the odd ones, against two
+/// instructions per vector to widen them in order (AVX2: 1-thread 64-token prefill of the
+/// 1B-shaped bf16 checkpoint 39.3 -> 41.2 tok/s).
 pub fn tile_layout(wt: WeightType, x: &[f32], k: usize) -> std::borrow::Cow<'_, [f32]> {
     layout_on(isa(), wt, x, k)
 }
 
 fn layout_on(isa: Isa, wt: WeightType, x: &[f32], k: usize) -> std::borrow::Cow<'_, [f32]> {
-    if !(isa == Isa::Avx2 && wt == WeightType::Bf16) {
-        return std::borrow::Cow::Borrowed(x);
-    }
+    // Columns per step of the ISA's bf16 tile: two vectors' worth. (The same on AVX-512's 4 x 6
+    // tile was slower, 44.8 -> 37.7 tok/s: LLVM widened both halves up front and spilled.)
+    let step = match (isa, wt) {
+        (Isa::Avx2, WeightType::Bf16) => 16,
+        _ => return std::borrow::Cow::Borrowed(x),
+    };
+    let half = step / 2;
     let mut out = x.to_vec();
     for (o, x) in out.chunks_exact_mut(k).zip(x.chunks_exact(k)) {
-        for (o, x) in o.chunks_exact_mut(16).zip(x.chunks_exact(16)) {
-            for l in 0..8 {
+        for (o, x) in o.chunks_exact_mut(step).zip(x.chunks_exact(step)) {
+            for l in 0..half {
                 o[l] = x[2 * l];
-                o[8 + l] = x[2 * l + 1];
+                o[half + l] = x[2 * l + 1];
             }
         }
     }
@@ -181,9 +186,6 @@ unsafe fn tile_on(
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => go!(x86::tile_avx512; 1,1;1,2;1,3;1,4;1,5;1,6;2,1;2,2;2,3;2,4;2,5;2,6;
             3,1;3,2;3,3;3,4;3,5;3,6;4,1;4,2;4,3;4,4;4,5;4,6),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if wt == WeightType::Bf16 => go!(x86::tile_avx2_bf16; 1,1;1,2;1,3;2,1;2,2;2,3;
-            3,1;3,2;3,3;4,1;4,2;4,3),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => go!(x86::tile_avx2; 1,1;1,2;1,3;2,1;2,2;2,3;3,1;3,2;3,3;4,1;4,2;4,3),
         _ => go!(portable::tile; 1,1;1,2;1,3;2,1;2,2;2,3;3,1;3,2;3,3;4,1;4,2;4,3),
@@ -469,7 +471,10 @@ mod x86 {
         })
     }
 
-    /// T activation rows x R weight rows, one 8-lane accumulator each; see `super::tile`.
+    /// T activation rows x R weight rows, one 8-lane accumulator each; see `super::tile`. bf16
+    /// weights take [`super::tile_layout`]'s order: per 16 columns lane `l` adds column `2l`, then
+    /// `2l + 1`. The odd weights are loaded a second time (from L1) rather than kept: 12
+    /// accumulators, 3 weight vectors and an activation vector fill the 16 registers.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn tile_avx2<const T: usize, const R: usize>(
         wt: WeightType,
@@ -481,55 +486,24 @@ mod x86 {
     ) {
         let es = wt.size();
         let mut acc = [[_mm256_setzero_ps(); R]; T];
-        let full = k / 8 * 8;
-        let mut i = 0;
-        while i < full {
-            let wv: [__m256; R] = std::array::from_fn(|r| load8(wt, w.add((r * k + i) * es)));
-            for (t, a) in acc.iter_mut().enumerate() {
-                let xv = _mm256_loadu_ps(x.add(t * k + i));
-                for r in 0..R {
-                    a[r] = _mm256_fmadd_ps(wv[r], xv, a[r]);
-                }
-            }
-            i += 8;
-        }
-        let wall = std::slice::from_raw_parts(w, R * k * es);
-        for (t, a) in acc.iter().enumerate() {
-            for (r, v) in a.iter().enumerate() {
-                let x = std::slice::from_raw_parts(x.add(t * k), k);
-                *out.add(t * out_stride + r) = tail(wt, &wall[r * k * es..], x, full, hsum256(*v));
-            }
-        }
-    }
-
-    /// [`tile_avx2`] for bf16 weights, over activations in [`super::tile_layout`]'s order: lane `l`
-    /// adds `w[16c + 2l] * x[16c + 2l]`, then `w[16c + 2l + 1] * x[16c + 2l + 1]`, chunk after chunk.
-    /// The odd weights are loaded a second time (from L1) rather than kept: 12 accumulators, 3
-    /// weight vectors and an activation vector fill the 16 registers.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn tile_avx2_bf16<const T: usize, const R: usize>(
-        wt: WeightType,
-        w: *const u8,
-        x: *const f32,
-        k: usize,
-        out: *mut f32,
-        out_stride: usize,
-    ) {
-        let mut acc = [[_mm256_setzero_ps(); R]; T];
-        let full = k / 16 * 16;
-        let high = _mm256_set1_epi32(0xffff_0000_u32 as i32);
         let mut wv = [_mm256_setzero_ps(); R];
+        let high = _mm256_set1_epi32(0xffff_0000_u32 as i32);
+        // Columns per step: 16 bf16 (two halves of 8), else 8.
+        let step = if wt == WeightType::Bf16 { 16 } else { 8 };
+        let full = k / step * step;
         let mut i = 0;
         // (Loops, not closures: a closure is compiled without this function's target features.)
         while i < full {
-            for half in 0..2 {
+            for half in 0..step / 8 {
                 for (r, wv) in wv.iter_mut().enumerate() {
-                    let p = w.add((r * k + i) * 2);
-                    *wv = _mm256_castsi256_ps(if half == 0 {
-                        _mm256_slli_epi32::<16>(_mm256_loadu_si256(p as *const __m256i))
-                    } else {
-                        and_mem(high, p)
-                    });
+                    let p = w.add((r * k + i) * es);
+                    *wv = match (wt, half) {
+                        (WeightType::Bf16, 0) => _mm256_castsi256_ps(_mm256_slli_epi32::<16>(
+                            _mm256_loadu_si256(p as *const __m256i),
+                        )),
+                        (WeightType::Bf16, _) => _mm256_castsi256_ps(and_mem(high, p)),
+                        _ => load8(wt, p),
+                    };
                 }
                 for (t, a) in acc.iter_mut().enumerate() {
                     let xv = _mm256_loadu_ps(x.add(t * k + i + 8 * half));
@@ -538,13 +512,13 @@ mod x86 {
                     }
                 }
             }
-            i += 16;
+            i += step;
         }
-        let wall = std::slice::from_raw_parts(w, R * k * 2);
+        let wall = std::slice::from_raw_parts(w, R * k * es);
         for (t, a) in acc.iter().enumerate() {
             for (r, v) in a.iter().enumerate() {
                 let x = std::slice::from_raw_parts(x.add(t * k), k);
-                *out.add(t * out_stride + r) = tail(wt, &wall[r * k * 2..], x, full, hsum256(*v));
+                *out.add(t * out_stride + r) = tail(wt, &wall[r * k * es..], x, full, hsum256(*v));
             }
         }
     }
