@@ -20,7 +20,9 @@
 # /proc every 20 ms, for the Meta MP 1 dir and the HF dir.
 #
 # Quantized rows: the bf16 GGUF quantized by llama.cpp's `llama-quantize` to each of $GGUF_TYPES (default
-# Q8_0 and Q4_K_M); `llamactl run` and `llama-bench` on the same file. For decode, the GB/s of weights read
+# Q8_0 and Q4_K_M); `llamactl run` and `llama-bench` on the same file, llama-bench also with `--repack 0`
+# where it has that flag (its weights then stay in the map, as ours do, instead of an interleaved copy in
+# process memory; peak RssAnon is reported for every run). For decode, the GB/s of weights read
 # per second (every matrix once per token; the embedding table only one row) against the machine's read
 # bandwidth, measured by a small multi-threaded C reader of a 1 GiB array (cc -O3 -march=native -fopenmp).
 #
@@ -104,19 +106,26 @@ ours() { # DIR THREADS [ISA] [PROMPT_TOKENS] -> "prefill decode anon_kB file_kB"
   echo "$pf $dc $(cat "$W/mem")"
 }
 
-theirs() { # THREADS [FILE] [BUILD] [PROMPT_TOKENS] -> "prefill decode"
+theirs() { # THREADS [FILE] [BUILD] [PROMPT_TOKENS] [llama-bench flag] -> "prefill decode anon_kB file_kB"
   local build=${3:-$LLAMA_CPP/build}
-  "$build/bin/llama-bench" -m "${2:-$GGUF}" -t "$1" -p "${4:-64}" -n 32 -r 1 -o json > "$W/lb.json" 2>/dev/null
-  "$PY" - "$W/lb.json" <<'PY'
+  # shellcheck disable=SC2086 # $5: one optional flag and its value
+  sampled "$build/bin/llama-bench" -m "${2:-$GGUF}" -t "$1" -p "${4:-64}" -n 32 -r 1 -o json ${5:-}
+  "$PY" - "$W/out.json" <<'PY'
 import json, sys
 rows = json.load(open(sys.argv[1]))
 pp = [r["avg_ts"] for r in rows if r["n_prompt"] > 0 and r["n_gen"] == 0][0]
 tg = [r["avg_ts"] for r in rows if r["n_gen"] > 0 and r["n_prompt"] == 0][0]
-print(f"{pp:.2f} {tg:.2f}")
+print(f"{pp:.2f} {tg:.2f}", end=" ")
 PY
+  cat "$W/mem"
 }
 
 GGUF_TYPES=${GGUF_TYPES-"Q8_0 Q4_K_M"}
+# llama.cpp's CPU backend copies some quantized types (Q4_K among them) into interleaved rows in process
+# memory at load ("repack"); where its llama-bench can turn that off, the quantized rows also run it with
+# the weights read in place from the map, as llamactl reads them.
+INPLACE=""
+if "$LLAMA_CPP/build/bin/llama-bench" --help 2>&1 | grep -q -- '--repack'; then INPLACE="--repack 0"; fi
 for q in $GGUF_TYPES; do
   [ -f "$W/1b-$q.gguf" ] || "$LLAMA_CPP/build/bin/llama-quantize" "$GGUF" "$W/1b-$q.gguf" "$q" > /dev/null 2>&1
 done
@@ -141,7 +150,7 @@ for r in $(seq "$ROUNDS"); do
         echo "meta-$isa-$p $t $pf $dc $anon $file" >> "$W/results"
         lb=$(llama_build "$isa")
         if [ -n "$lb" ]; then
-          read -r lpf ldc <<<"$(theirs "$t" "$GGUF" "$lb" "$p")"
+          read -r lpf ldc _ <<<"$(theirs "$t" "$GGUF" "$lb" "$p")"
           echo "llamacpp-$isa-$p $t $lpf $ldc" >> "$W/results"
         fi
       done
@@ -151,8 +160,12 @@ for r in $(seq "$ROUNDS"); do
     for q in $GGUF_TYPES; do
       read -r pf dc anon file <<<"$(ours "$W/1b-$q.gguf" "$t" "$BEST" "$P0")"
       echo "ours-$q $t $pf $dc $anon $file" >> "$W/results"
-      read -r lpf ldc <<<"$(theirs "$t" "$W/1b-$q.gguf" "" "$P0")"
-      echo "theirs-$q $t $lpf $ldc" >> "$W/results"
+      read -r lpf ldc anon file <<<"$(theirs "$t" "$W/1b-$q.gguf" "" "$P0")"
+      echo "theirs-$q $t $lpf $ldc $anon $file" >> "$W/results"
+      if [ -n "$INPLACE" ]; then
+        read -r lpf ldc anon file <<<"$(theirs "$t" "$W/1b-$q.gguf" "" "$P0" "$INPLACE")"
+        echo "inplace-$q $t $lpf $ldc $anon $file" >> "$W/results"
+      fi
     done
   done
 done
@@ -243,24 +256,28 @@ ends = [t["offset"] for t in ts[1:]] + [d["total_bytes"]]
 embd = [e - t["offset"] for t, e in zip(ts, ends) if t["name"] == "token_embd.weight"][0]
 print(d["total_bytes"] - embd)')
     size=$(du -bL "$f" | cut -f1)
-    for who in ours theirs; do
-      pf=$(awk -v w=$who-$q -v t=$t '$1==w && $2==t {print $3}' "$W/results" | median)
-      dc=$(awk -v w=$who-$q -v t=$t '$1==w && $2==t {print $4}' "$W/results" | median)
+    for who in ours theirs inplace; do
+      grep -q "^$who-$q $t " "$W/results" || continue
+      pf=$(col "$who-$q" "$t" 3)
+      dc=$(col "$who-$q" "$t" 4)
+      an=$(col "$who-$q" "$t" 5)
       gbs=$(echo "$per_token * $dc / 1000000000" | bc -l)
-      if [ $who = ours ]; then
-        an=$(awk -v w=$who-$q -v t=$t '$1==w && $2==t {print $5}' "$W/results" | median)
-        printf '%-8s %-24s %10.1f %10.1f %10.1f %12.0f\n' "$t" "llamactl $q" "$pf" "$dc" "$gbs" "$(echo "$an / 1024" | bc -l)"
-      else
-        printf '%-8s %-24s %10.1f %10.1f %10.1f\n' "$t" "llama.cpp $q" "$pf" "$dc" "$gbs"
-      fi
+      case $who in
+        ours) name="llamactl $q" ;;
+        theirs) name="llama.cpp $q" ;;
+        *) name="llama.cpp $q, in place" ;;
+      esac
+      printf '%-8s %-24s %10.1f %10.1f %10.1f %12.0f\n' "$t" "$name" "$pf" "$dc" "$gbs" "$(mib "$an")"
     done
-    op=$(awk -v w=ours-$q -v t=$t '$1==w && $2==t {print $3}' "$W/results" | median)
-    od=$(awk -v w=ours-$q -v t=$t '$1==w && $2==t {print $4}' "$W/results" | median)
-    tp=$(awk -v w=theirs-$q -v t=$t '$1==w && $2==t {print $3}' "$W/results" | median)
-    td=$(awk -v w=theirs-$q -v t=$t '$1==w && $2==t {print $4}' "$W/results" | median)
-    an=$(awk -v w=ours-$q -v t=$t '$1==w && $2==t {print $5}' "$W/results" | median)
-    printf '%-8s %s ratios (llamactl / llama.cpp): prefill %.2fx, decode %.2fx (targets >= 1.0); RssAnon %.1f%% of the file (target <= 25%%); read bandwidth %s GB/s\n' \
-      "$t" "$q" "$(echo "$op / $tp" | bc -l)" "$(echo "$od / $td" | bc -l)" "$(echo "$an * 1024 * 100 / $size" | bc -l)" "$bw"
+    ratios() { # WHO -> "prefill x, decode x" of llamactl against WHO
+      printf 'prefill %.2fx, decode %.2fx' "$(echo "$(col "ours-$q" "$t" 3) / $(col "$1-$q" "$t" 3)" | bc -l)" \
+        "$(echo "$(col "ours-$q" "$t" 4) / $(col "$1-$q" "$t" 4)" | bc -l)"
+    }
+    printf '%-8s %s ratios (llamactl / llama.cpp): %s (targets >= 1.0); RssAnon %.1f%% of the file (target <= 25%%); read bandwidth %s GB/s\n' \
+      "$t" "$q" "$(ratios theirs)" "$(echo "$(col "ours-$q" "$t" 5) * 1024 * 100 / $size" | bc -l)" "$bw"
+    if grep -q "^inplace-$q $t " "$W/results"; then
+      printf '%-8s %s against llama.cpp with its weights in place (%s): %s\n' "$t" "$q" "$INPLACE" "$(ratios inplace)"
+    fi
   done
 done
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
