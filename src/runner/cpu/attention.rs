@@ -99,7 +99,11 @@ impl Job<'_> {
             scores.extend(d.map(|d| d * self.scale));
             j += 4;
         }
-        scores.extend((j..n).map(|j| L::dot4(q, [key(j); 4])[0] * self.scale));
+        // (A loop, not a closure: a closure is compiled without the caller's target features,
+        // and the AVX2 lanes inside it became calls.)
+        for j in j..n {
+            scores.push(L::dot4(q, [key(j); 4])[0] * self.scale);
+        }
         let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
         let mut sum = 0f32;
         for x in scores.iter_mut() {
