@@ -612,10 +612,7 @@ impl Llama {
             h = (h + a)?;
             let x = rms_norm(&h, &block.ffn_norm, self.cfg.norm_eps)?;
             let gu = block.w13.forward(&x)?;
-            let hidden = self.cfg.hidden_dim;
-            let gate = gu.narrow(D::Minus1, 0, hidden)?;
-            let up = gu.narrow(D::Minus1, hidden, hidden)?;
-            let f = block.w2.forward(&(candle_nn::ops::silu(&gate)? * up)?)?;
+            let f = block.w2.forward(&swiglu(&gu, self.cfg.hidden_dim)?)?;
             h = (h + f)?;
         }
         let h = if all_positions {
@@ -708,6 +705,25 @@ impl Llama {
         };
         Ok(y.to_dtype(self.dtype)?)
     }
+}
+
+/// `silu(gate) * up` of the stacked feed-forward projections `gu` [.., 2 * hidden]: on the CPU
+/// through [`cpu::swiglu`] (the same values, on every thread), elsewhere with candle's ops.
+fn swiglu(gu: &Tensor, hidden: usize) -> Result<Tensor> {
+    if gu.device().is_cpu() && gu.dtype() == DType::F32 {
+        let gu = gu.contiguous()?;
+        let (s, l) = gu.storage_and_layout();
+        if let Storage::Cpu(CpuStorage::F32(d)) = &*s {
+            let n = l.shape().elem_count();
+            let out = cpu::swiglu(&d[l.start_offset()..l.start_offset() + n], hidden);
+            let mut dims = gu.dims().to_vec();
+            *dims.last_mut().expect("a feed-forward output has dims") = hidden;
+            return Ok(Tensor::from_vec(out, dims, gu.device())?);
+        }
+    }
+    let gate = gu.narrow(D::Minus1, 0, hidden)?;
+    let up = gu.narrow(D::Minus1, hidden, hidden)?;
+    Ok((candle_nn::ops::silu(&gate)? * up)?)
 }
 
 /// Attention on the CPU through [`cpu::attention`] (f32 tensors on the CPU; `None` otherwise): `q`
