@@ -713,13 +713,10 @@ fn swiglu(gu: &Tensor, hidden: usize) -> Result<Tensor> {
     if gu.device().is_cpu() && gu.dtype() == DType::F32 {
         let gu = gu.contiguous()?;
         let (s, l) = gu.storage_and_layout();
-        if let Storage::Cpu(CpuStorage::F32(d)) = &*s {
-            let n = l.shape().elem_count();
-            let out = cpu::swiglu(&d[l.start_offset()..l.start_offset() + n], hidden);
-            let mut dims = gu.dims().to_vec();
-            *dims.last_mut().expect("a feed-forward output has dims") = hidden;
-            return Ok(Tensor::from_vec(out, dims, gu.device())?);
-        }
+        let out = cpu::swiglu(&cpu_f32s(&s, l)?[..l.shape().elem_count()], hidden);
+        let mut dims = gu.dims().to_vec();
+        *dims.last_mut().expect("a feed-forward output has dims") = hidden;
+        return Ok(Tensor::from_vec(out, dims, gu.device())?);
     }
     let gate = gu.narrow(D::Minus1, 0, hidden)?;
     let up = gu.narrow(D::Minus1, hidden, hidden)?;
@@ -752,16 +749,10 @@ fn cpu_attention(
     let (qs, ql) = q.storage_and_layout();
     let (ks, kl) = keys.storage_and_layout();
     let (vs, vl) = values.storage_and_layout();
-    fn f32s<'a>(s: &'a Storage, l: &Layout) -> Result<&'a [f32]> {
-        match s {
-            Storage::Cpu(CpuStorage::F32(d)) => Ok(&d[l.start_offset()..]),
-            _ => bail!("attention: expected f32 CPU tensors"),
-        }
-    }
     fn kv<'a>(s: &'a Storage, l: &Layout, head_dim: usize) -> Result<cpu::attention::Kv<'a>> {
         match l.stride() {
             &[batch_stride, head_stride, row, 1] if row == head_dim => Ok(cpu::attention::Kv {
-                data: f32s(s, l)?,
+                data: cpu_f32s(s, l)?,
                 batch_stride,
                 head_stride,
             }),
@@ -769,13 +760,22 @@ fn cpu_attention(
         }
     }
     let (keys, values) = (kv(&ks, kl, head_dim)?, kv(&vs, vl, head_dim)?);
-    let out = cpu::attention::attend(f32s(&qs, ql)?, &keys, &values, shape, scale);
+    let out = cpu::attention::attend(cpu_f32s(&qs, ql)?, &keys, &values, shape, scale);
     let out = Tensor::from_vec(out, (b, n_heads, t, head_dim), q.device())?;
     Ok(Some(out.transpose(1, 2)?.reshape((
         b,
         t,
         n_heads * head_dim,
     ))?))
+}
+
+/// The f32 elements of a CPU tensor's storage from its layout's start on (the callers checked
+/// device and dtype).
+fn cpu_f32s<'a>(s: &'a Storage, l: &Layout) -> Result<&'a [f32]> {
+    match s {
+        Storage::Cpu(CpuStorage::F32(d)) => Ok(&d[l.start_offset()..]),
+        _ => bail!("expected an f32 tensor on the CPU"),
+    }
 }
 
 /// cos and sin of every rotary angle, [max_positions, head_dim / 2], in f32 like Meta's tables.

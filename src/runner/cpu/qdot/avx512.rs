@@ -57,22 +57,7 @@ unsafe fn load512(p: *const u8) -> __m512i {
     _mm512_loadu_si512(p.cast())
 }
 
-/// `acc + a · b` over pairs of i16 lanes, as one `vpdpwssd`. Through the intrinsic, LLVM's generic
-/// x86-64 tuning (the one runtime-dispatched code gets) splits it into `vpmaddwd` + `vpaddd`: one
-/// more vector op per 64 multiply-adds in the k-quant kernels' innermost loop.
-#[inline]
-#[target_feature(enable = "avx512f,avx512vnni")]
-pub(super) unsafe fn dpwssd(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
-    let mut acc = acc;
-    std::arch::asm!(
-        "vpdpwssd {acc}, {a}, {b}",
-        acc = inout(zmm_reg) acc,
-        a = in(zmm_reg) a,
-        b = in(zmm_reg) b,
-        options(pure, nomem, nostack, preserves_flags)
-    );
-    acc
-}
+dpwssd!(dpwssd, __m512i, zmm_reg, "avx512f,avx512vnni");
 
 /// Two 256-bit halves as one vector.
 #[inline(always)]

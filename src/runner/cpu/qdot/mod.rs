@@ -23,6 +23,30 @@
 //! subtracted in lanes 0-7 of half 0 first). At the end `h_l = lane_l + lane_{l+8}`, summed as
 //! `((h0+h4) + (h2+h6)) + ((h1+h5) + (h3+h7))`. One output is always computed by one call, so
 //! nothing depends on the thread count.
+/// `fn $name(acc, a, b) -> acc + a · b` over pairs of i16 lanes, as one `vpdpwssd` on `$v`
+/// (registers `$reg`; the function enables `$features`, the caller checks AVX-512 VNNI, and VL for
+/// 256 bits). Written as assembly: through the intrinsic, LLVM's generic x86-64 tuning (the one
+/// runtime-dispatched code gets) splits it into `vpmaddwd` + `vpaddd`, one more vector op per
+/// multiply-add step in the k-quant kernels' innermost loops.
+#[cfg(target_arch = "x86_64")]
+macro_rules! dpwssd {
+    ($name:ident, $v:ty, $reg:ident, $features:literal) => {
+        #[inline]
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn $name(acc: $v, a: $v, b: $v) -> $v {
+            let mut acc = acc;
+            std::arch::asm!(
+                "vpdpwssd {acc}, {a}, {b}",
+                acc = inout($reg) acc,
+                a = in($reg) a,
+                b = in($reg) b,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+            acc
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
