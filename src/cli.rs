@@ -21,11 +21,12 @@ const VERSION: &str = if cfg!(feature = "cuda") {
     name = "llamactl",
     version = VERSION,
     about = "Download, verify, inspect, reshard, convert, tokenize and run Llama 3 weights, and manage the models on disk.",
-    after_help = "Models live in Meta's checkpoint folder ($LLAMA_STACK_CONFIG_DIR/checkpoints, default ~/.llama/checkpoints,\n\
-shared with Meta's `llama` CLI) and the Hugging Face cache ($HF_HUB_CACHE or $HF_HOME/hub). Commands that take\n\
-a model accept a catalog name or descriptor (8B-instruct, Llama3.1-8B-Instruct), a Hub repo id\n\
-(meta-llama/Llama-3.2-1B[@REV], from the cache) or a path.\n\n\
-Exit codes: 0 ok, 1 a check failed, 2 bad usage or input, 3 refused by the remote side, 4 network failure.\nBuilt with Meta Llama 3."
+    after_help = "Models live in Meta's checkpoint folder ($LLAMA_STACK_CONFIG_DIR/checkpoints, default \
+~/.llama/checkpoints, shared with Meta's `llama` CLI) and the Hugging Face cache ($HF_HUB_CACHE or \
+$HF_HOME/hub). Commands that take a model accept a catalog name or descriptor (8B-instruct, \
+Llama3.1-8B-Instruct), a Hub repo id (meta-llama/Llama-3.2-1B[@REV], from the cache) or a path.\n\n\
+Exit codes: 0 ok, 1 a check failed, 2 bad usage or input, 3 refused by the remote side, 4 network failure.\n\n\
+Built with Meta Llama 3."
 )]
 pub struct Cli {
     #[command(subcommand)]

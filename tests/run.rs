@@ -439,14 +439,21 @@ fn hf_layout_of_the_tiny_model_gives_the_same_tokens() {
     }
 }
 
-/// `demo` runs the pipeline on a copy of the tiny checkpoint; every step either works or is a
-/// command this build does not have yet, and the run step is always there.
+/// `demo` runs the pipeline on a copy of the tiny checkpoint: every step works (none skipped), down
+/// to `run --check` on the quantized GGUF it wrote.
 #[test]
 fn demo_runs_the_pipeline() {
     let out = llamactl(&["demo"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
-    assert!(stdout.contains(" 0 failed"), "{stdout}");
+    assert!(
+        stdout.contains("demo: 11 steps ok, 0 skipped, 0 failed"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("run --check on the quantized GGUF"),
+        "{stdout}"
+    );
     assert!(stdout.contains("check passed"), "{stdout}");
     assert!(!stdout.contains("kept the files"), "{stdout}");
 }

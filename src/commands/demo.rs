@@ -47,19 +47,52 @@ enum Outcome {
     Failed,
 }
 
+/// One step: what it shows, its command line (`{mp1}`, `{mp2}`, `{hf}` and `{gguf}` stand for the
+/// work dir's models), and which of those an earlier step must have produced (else it is skipped).
 struct Step<'a> {
     what: &'a str,
-    args: Vec<String>,
-    /// Inputs an earlier step produces; without them the step is skipped.
-    needs: Vec<&'a Path>,
+    args: &'a [&'a str],
+    needs: &'a [&'a str],
 }
 
-fn run_step(exe: &Path, n: usize, total: usize, step: &Step) -> Result<Outcome> {
-    println!("[{n}/{total}] {}", step.what);
-    println!("    $ llamactl {}", step.args.join(" "));
+const fn step<'a>(what: &'a str, args: &'a [&'a str], needs: &'a [&'a str]) -> Step<'a> {
+    Step { what, args, needs }
+}
+
+/// Meta checkpoint -> resharded -> HF and quantized GGUF, each verified or checked by running it.
+const STEPS: &[Step] = &[
+    step("inspect: what the checkpoint holds (params, tensors, dtypes, shards)", &["inspect", "{mp1}"], &[]),
+    step("verify: checklist.chk md5s, params, every tensor's shape and dtype", &["verify", "{mp1}"], &[]),
+    step(
+        "reshard: model-parallel 1 -> 2 shards, streamed, with a new checklist",
+        &["reshard", "--mp", "2", "{mp1}", "{mp2}"],
+        &[],
+    ),
+    step("verify the resharded copy", &["verify", "{mp2}"], &["{mp2}"]),
+    step(
+        "convert: the 2-shard Meta checkpoint to a Hugging Face safetensors dir",
+        &["convert", "--to", "hf", "{mp2}", "{hf}"],
+        &["{mp2}"],
+    ),
+    step(
+        "convert: the Meta checkpoint to one Q4_K_M GGUF file for llama.cpp and Ollama, by llama-quantize's \
+         rules (this tiny model's rows are too short for k-quants: its tensors take the fallback types)",
+        &["convert", "--to", "gguf", "--dtype", "q4_k_m", "{mp1}", "{gguf}"],
+        &[],
+    ),
+    step("show: the GGUF file in detail", &["show", "{gguf}"], &["{gguf}"]),
+    step("run --check on the original: greedy twice, identical and finite", &["run", "{mp1}", "--check"], &[]),
+    step("run --check on the resharded checkpoint", &["run", "{mp2}", "--check"], &["{mp2}"]),
+    step("run --check on the converted HF dir", &["run", "{hf}", "--check"], &["{hf}"]),
+    step("run --check on the quantized GGUF", &["run", "{gguf}", "--check"], &["{gguf}"]),
+];
+
+fn run_step(exe: &Path, n: usize, total: usize, what: &str, args: &[String]) -> Result<Outcome> {
+    println!("[{n}/{total}] {what}");
+    println!("    $ llamactl {}", args.join(" "));
     let started = Instant::now();
     let out = Command::new(exe)
-        .args(&step.args)
+        .args(args)
         .output()
         .with_context(|| format!("{}: cannot run", exe.display()))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -94,81 +127,43 @@ pub(crate) fn run(args: &DemoArgs) -> Result<i32> {
         .prefix("llamactl-demo.")
         .tempdir()
         .context("cannot create a temp dir")?;
-    let work = tmp.path().to_path_buf();
-    let mp1 = work.join("tiny-mp1");
-    let mp2 = work.join("tiny-mp2");
-    let hf = work.join("tiny-hf");
-    copy_fixture(&fixture, &mp1)?;
+    let work = tmp.path();
+    let models: Vec<(&str, PathBuf)> = [
+        ("{mp1}", "tiny-mp1"),
+        ("{mp2}", "tiny-mp2"),
+        ("{hf}", "tiny-hf"),
+        ("{gguf}", "tiny-q4_k_m.gguf"),
+    ]
+    .into_iter()
+    .map(|(key, name)| (key, work.join(name)))
+    .collect();
+    let path = |key: &str| models.iter().find(|(k, _)| *k == key).map(|(_, p)| p);
+    let mp1 = &models[0].1;
+    copy_fixture(&fixture, mp1)?;
     println!(
         "llamactl demo: a tiny Llama 3 checkpoint (random weights, the real tokenizer) from {}, copied to {}\n",
         fixture.display(),
         mp1.display()
     );
-    let s = |p: &Path| p.display().to_string();
-    let steps = [
-        Step {
-            what: "inspect: what the checkpoint holds (params, tensors, dtypes, shards)",
-            args: vec!["inspect".into(), s(&mp1)],
-            needs: vec![],
-        },
-        Step {
-            what: "verify: checklist.chk md5s, params, every tensor's shape and dtype",
-            args: vec!["verify".into(), s(&mp1)],
-            needs: vec![],
-        },
-        Step {
-            what: "reshard: model-parallel 1 -> 2 shards, streamed, with a new checklist",
-            args: vec![
-                "reshard".into(),
-                "--mp".into(),
-                "2".into(),
-                s(&mp1),
-                s(&mp2),
-            ],
-            needs: vec![],
-        },
-        Step {
-            what: "verify the resharded copy",
-            args: vec!["verify".into(), s(&mp2)],
-            needs: vec![&mp2],
-        },
-        Step {
-            what: "convert: the 2-shard Meta checkpoint to a Hugging Face safetensors dir",
-            args: vec![
-                "convert".into(),
-                "--to".into(),
-                "hf".into(),
-                s(&mp2),
-                s(&hf),
-            ],
-            needs: vec![&mp2],
-        },
-        Step {
-            what: "run --check on the original: greedy twice, identical and finite",
-            args: vec!["run".into(), s(&mp1), "--check".into()],
-            needs: vec![],
-        },
-        Step {
-            what: "run --check on the resharded checkpoint",
-            args: vec!["run".into(), s(&mp2), "--check".into()],
-            needs: vec![&mp2],
-        },
-        Step {
-            what: "run --check on the converted HF dir",
-            args: vec!["run".into(), s(&hf), "--check".into()],
-            needs: vec![&hf],
-        },
-    ];
     let (mut done, mut skipped, mut failed) = (0, 0, 0);
-    for (i, step) in steps.iter().enumerate() {
+    for (i, step) in STEPS.iter().enumerate() {
         // A step whose input was never produced is skipped, not failed.
-        if step.needs.iter().any(|p| !p.exists()) {
-            println!("[{}/{}] {}", i + 1, steps.len(), step.what);
+        if step
+            .needs
+            .iter()
+            .any(|k| path(k).is_some_and(|p| !p.exists()))
+        {
+            println!("[{}/{}] {}", i + 1, STEPS.len(), step.what);
             println!("    skipped: its input was not produced by an earlier step\n");
             skipped += 1;
             continue;
         }
-        match run_step(&exe, i + 1, steps.len(), step)? {
+        let argv: Vec<String> = step
+            .args
+            .iter()
+            .map(|a| path(a).map_or_else(|| a.to_string(), |p| p.display().to_string()))
+            .collect();
+        match run_step(&exe, i + 1, STEPS.len(), step.what, &argv)? {
             Outcome::Done => done += 1,
             Outcome::Failed => failed += 1,
         }
