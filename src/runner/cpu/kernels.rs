@@ -102,6 +102,25 @@ fn shape_on(isa: Isa) -> (usize, usize) {
     }
 }
 
+/// Weight rows of a tile with one activation row (decode of rows too long for [`dot_row`]): more
+/// than a prefill tile's, since with one activation row the accumulators are all the registers
+/// need, and each activation vector read is shared by more weight rows. One thread, a bf16
+/// [16384, 8192] matrix out of DRAM (`examples/kernel_bench.rs`): AVX2 1 x 3 17-20 GB/s -> 1 x 8
+/// 21-25, AVX-512 1 x 6 22-25 -> 1 x 12 23-26 (1 x 12 on AVX2 and 1 x 16 on AVX-512 were no
+/// better); 1B-shaped decode with AVX2, one thread, 10.57 -> 11.0 tok/s (AVX-512 unchanged). The
+/// bits do not change: each output is one accumulator whatever the tile.
+pub fn decode_tile_rows() -> usize {
+    decode_rows_on(isa())
+}
+
+fn decode_rows_on(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx512 => 12,
+        Isa::Avx2 => 8,
+        Isa::Portable => 3,
+    }
+}
+
 /// Weight rows of every prefill task: a multiple of each ISA's tile rows.
 pub const TILE_ROWS_LCM: usize = 12;
 
@@ -169,6 +188,7 @@ unsafe fn tile_on(
 ) {
     let k = x.len() / tn;
     let (mt, mr) = shape_on(isa);
+    let mr = if tn == 1 { decode_rows_on(isa) } else { mr };
     assert!(
         w.len() == rn * k * wt.size() && tn <= mt && rn <= mr,
         "tile: bad operands"
@@ -185,9 +205,10 @@ unsafe fn tile_on(
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => go!(x86::tile_avx512; 1,1;1,2;1,3;1,4;1,5;1,6;2,1;2,2;2,3;2,4;2,5;2,6;
-            3,1;3,2;3,3;3,4;3,5;3,6;4,1;4,2;4,3;4,4;4,5;4,6),
+            3,1;3,2;3,3;3,4;3,5;3,6;4,1;4,2;4,3;4,4;4,5;4,6;1,7;1,8;1,9;1,10;1,11;1,12),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => go!(x86::tile_avx2; 1,1;1,2;1,3;2,1;2,2;2,3;3,1;3,2;3,3;4,1;4,2;4,3),
+        Isa::Avx2 => go!(x86::tile_avx2; 1,1;1,2;1,3;2,1;2,2;2,3;3,1;3,2;3,3;4,1;4,2;4,3;
+            1,4;1,5;1,6;1,7;1,8),
         _ => go!(portable::tile; 1,1;1,2;1,3;2,1;2,2;2,3;3,1;3,2;3,3;4,1;4,2;4,3),
     }
 }
@@ -586,39 +607,52 @@ mod tests {
         }
     }
 
-    /// Every tile size of every runnable ISA against an f64 reference; and each output bit for bit
-    /// the same whatever tile it is computed in (so the split of rows into tiles cannot change it).
+    /// Every tile size of every runnable ISA (the decode tiles of one activation row too) against an
+    /// f64 reference; and each output bit for bit the same whatever tile it is computed in (so the
+    /// split of rows into tiles cannot change it).
     #[test]
     fn tiles_match_the_reference() {
+        const STRIDE: usize = 16;
         for isa in runnable() {
             let (mt, mr) = shape_on(isa);
+            let dr = decode_rows_on(isa);
+            let rows = mr.max(dr);
             for wt in [WeightType::F32, WeightType::F16, WeightType::Bf16] {
                 for k in [16, 40, 64, 67] {
-                    let w = encode(wt, &values(mr * k, 3));
+                    let w = encode(wt, &values(rows * k, 3));
                     let x = values(mt * k, 9);
                     let xl = layout_on(isa, wt, &x, k);
                     let row = |r: usize| &w[r * k * wt.size()..(r + 1) * k * wt.size()];
-                    let mut single = vec![0f32; mt * mr];
+                    let mut single = vec![0f32; mt * rows];
                     for t in 0..mt {
-                        for r in 0..mr {
+                        for r in 0..rows {
                             let xt = &xl[t * k..(t + 1) * k];
-                            let o = &mut single[t * mr + r];
-                            unsafe { tile_on(isa, wt, row(r), 1, xt, 1, o, mr) };
+                            let o = &mut single[t * rows + r];
+                            unsafe { tile_on(isa, wt, row(r), 1, xt, 1, o, rows) };
                         }
                     }
-                    for (tn, rn) in [(mt, mr), (mt - 1, mr), (mt, mr - 1), (1, mr)] {
-                        let mut out = vec![0f32; tn * 7];
+                    let shapes = [
+                        (mt, mr),
+                        (mt - 1, mr),
+                        (mt, mr - 1),
+                        (1, mr),
+                        (1, dr),
+                        (1, dr - 1),
+                    ];
+                    for (tn, rn) in shapes {
+                        let mut out = vec![0f32; tn * STRIDE];
                         let wb = &w[..rn * k * wt.size()];
-                        unsafe { tile_on(isa, wt, wb, rn, &xl[..tn * k], tn, out.as_mut_ptr(), 7) };
+                        let xs = &xl[..tn * k];
+                        unsafe { tile_on(isa, wt, wb, rn, xs, tn, out.as_mut_ptr(), STRIDE) };
                         for t in 0..tn {
                             for r in 0..rn {
                                 let want: f64 = (0..k)
                                     .map(|i| elem(wt, &w, r * k + i) as f64 * x[t * k + i] as f64)
                                     .sum();
-                                let got = out[t * 7 + r];
+                                let got = out[t * STRIDE + r];
                                 let at = format!("{isa:?} {wt:?} k {k} tile {tn}x{rn} t {t} r {r}");
                                 assert!((got as f64 - want).abs() < 1e-4, "{at}");
-                                assert_eq!(got.to_bits(), single[t * mr + r].to_bits(), "{at}");
+                                assert_eq!(got.to_bits(), single[t * rows + r].to_bits(), "{at}");
                             }
                         }
                     }

@@ -413,6 +413,11 @@ fn tile_chunk(
 ) {
     let k = m.cols;
     let (tile_t, tile_r) = kernels::tile_shape();
+    let tile_r = if ts.len() == 1 {
+        kernels::decode_tile_rows()
+    } else {
+        tile_r
+    };
     for r0 in rows.clone().step_by(tile_r) {
         let rn = tile_r.min(rows.end - r0);
         let w = m.row_bytes(r0..r0 + rn);
