@@ -7,7 +7,10 @@
 # `examples/bench_checkpoint.rs` as a Meta MP 1 dir, converted by `llamactl convert --to hf`, and by
 # llama.cpp's own `convert_hf_to_gguf.py` to a bf16 GGUF. Workloads as `llama-bench -p 64 -n 32`: a
 # 64-token and a 512-token prompt (prefill tok/s; `-p 64 -n 32` and `-p 512 -n 32`) and 32 generated
-# tokens (decode tok/s); llamactl ignores stop tokens so it always decodes 32.
+# tokens (decode tok/s); llamactl ignores stop tokens so it always decodes 32. llama-bench's `-n 32`
+# decodes from an empty context, llamactl after its prompt (every token also reads the prompt's keys and
+# values), so llama-bench's decode also runs at the prompt's depth (`-p 0 -n 32 -d N`) and the table gives
+# both ratios.
 #
 # Kernel paths: the bf16 runs repeat for every instruction set this CPU can run (`LLAMACTL_CPU_ISA`:
 # avx512, avx2, portable), each against llama.cpp built for that same instruction set: the native build
@@ -120,6 +123,12 @@ PY
   cat "$W/mem"
 }
 
+theirs_at_depth() { # THREADS BUILD DEPTH -> decode tok/s of 32 tokens after DEPTH tokens of context
+  "$2/bin/llama-bench" -m "$GGUF" -t "$1" -p 0 -n 32 -d "$3" -r 1 -o json > "$W/out.json" 2> "$W/err.log" ||
+    { cat "$W/err.log" >&2; return 1; }
+  "$PY" -c 'import json, sys; print("%.2f" % json.load(open(sys.argv[1]))[0]["avg_ts"])' "$W/out.json"
+}
+
 GGUF_TYPES=${GGUF_TYPES-"Q8_0 Q4_K_M"}
 # llama.cpp's CPU backend copies some quantized types (Q4_K among them) into interleaved rows in process
 # memory at load ("repack"); where its llama-bench can turn that off, the quantized rows also run it with
@@ -151,7 +160,7 @@ for r in $(seq "$ROUNDS"); do
         lb=$(llama_build "$isa")
         if [ -n "$lb" ]; then
           read -r lpf ldc _ <<<"$(theirs "$t" "$GGUF" "$lb" "$p")"
-          echo "llamacpp-$isa-$p $t $lpf $ldc" >> "$W/results"
+          echo "llamacpp-$isa-$p $t $lpf $ldc $(theirs_at_depth "$t" "$lb" "$p")" >> "$W/results"
         fi
       done
     done
@@ -207,7 +216,9 @@ per_token=$((weights - 2 * dim * vocab))
 echo
 echo "1B-shaped bf16 checkpoint ($((weights / 1048576)) MiB, $((per_token / 1048576)) MiB read per token), $ROUNDS interleaved rounds, medians; $(nproc) cores"
 echo "each kernel path against llama.cpp built for the same instruction set; decode GB/s = bytes per token x tok/s"
-printf '%-7s %-9s %6s %12s %12s %12s %12s %9s %9s %13s\n' threads kernels prompt "prefill/s" "decode/s" \
+echo "llama.cpp dc: its decode from an empty context (llama-bench -n 32) / at the prompt's depth (-d N);"
+echo "decode x against each; llamactl decodes after the prompt"
+printf '%-7s %-9s %6s %10s %9s %10s %13s %9s %14s %13s\n' threads kernels prompt "prefill/s" "decode/s" \
   "llama.cpp pf" "llama.cpp dc" "prefill x" "decode x" "decode GB/s"
 for t in $THREADS; do
   for isa in $ISAS; do
@@ -218,10 +229,12 @@ for t in $THREADS; do
       if grep -q "^llamacpp-$isa-$p " "$W/results"; then
         lp=$(col "llamacpp-$isa-$p" "$t" 3)
         ld=$(col "llamacpp-$isa-$p" "$t" 4)
-        printf '%-7s %-9s %6s %12.1f %12.2f %12.1f %12.2f %8.2fx %8.2fx %6.1f of %4.1f\n' "$t" "$isa" "$p" "$pf" "$dc" \
-          "$lp" "$ld" "$(echo "$pf / $lp" | bc -l)" "$(echo "$dc / $ld" | bc -l)" "$gbs" "${BW[$t]}"
+        ldd=$(col "llamacpp-$isa-$p" "$t" 5)
+        printf '%-7s %-9s %6s %10.1f %9.2f %12.1f %6.2f / %5.2f %8.2fx %6.2fx / %5.2fx %6.1f of %4.1f\n' "$t" "$isa" \
+          "$p" "$pf" "$dc" "$lp" "$ld" "$ldd" "$(echo "$pf / $lp" | bc -l)" "$(echo "$dc / $ld" | bc -l)" \
+          "$(echo "$dc / $ldd" | bc -l)" "$gbs" "${BW[$t]}"
       else
-        printf '%-7s %-9s %6s %12.1f %12.2f %12s %12s %9s %9s %6.1f of %4.1f\n' "$t" "$isa" "$p" "$pf" "$dc" - - - - \
+        printf '%-7s %-9s %6s %10.1f %9.2f %12s %13s %9s %14s %6.1f of %4.1f\n' "$t" "$isa" "$p" "$pf" "$dc" - - - - \
           "$gbs" "${BW[$t]}"
       fi
     done
