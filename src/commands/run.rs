@@ -58,6 +58,7 @@ pub(crate) fn run(args: &RunArgs) -> Result<i32> {
     check_args(args)?;
     let dir = &crate::store::resolve::model_path(given, crate::store::resolve::Want::Any)?;
     set_threads(args.threads)?;
+    crate::runner::cpu::keep_freed_buffers();
     // The session runs on one of the pool's own threads, so each parallel kernel starts inside the
     // pool instead of handing its work across and sleeping until it is done: with one thread that
     // handover was two context switches per matrix. Measured on 1-thread decode of the 1B-shaped
