@@ -110,15 +110,11 @@ impl Job<'_> {
             *x = (*x - max).exp();
             sum += *x;
         }
-        for (j, &p) in scores.iter().enumerate() {
-            let p = p / sum;
-            for (o, &v) in o
-                .iter_mut()
-                .zip(self.values.row(self.b, self.g, j, self.hd))
-            {
-                *o += p * v;
-            }
+        for p in scores.iter_mut() {
+            *p /= sum;
         }
+        let value = |j| self.values.row(self.b, self.g, j, self.hd);
+        L::weighted_sum(scores, value, o);
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -131,8 +127,11 @@ impl Job<'_> {
 /// `Σ a_i k_i` for four `k`s (each as long as `a`), each in 8 lanes (lane `l` takes `i ≡ l mod 8`,
 /// in order, a product rounded and then added), folded `((l0+l4)+(l2+l6))+((l1+l5)+(l3+l7))`; a
 /// tail past the last 8 is added to that at the end. Four keys at a time: four independent chains.
+/// And the weighted sum of value rows: `o_e += p_j * v_j[e]` for each `j` in order, a product
+/// rounded and then added.
 trait Lanes {
     fn dot4(a: &[f32], k: [&[f32]; 4]) -> [f32; 4];
+    fn weighted_sum<'v>(p: &[f32], v: impl Fn(usize) -> &'v [f32], o: &mut [f32]);
 }
 
 /// Plain Rust over lane arrays.
@@ -152,6 +151,15 @@ impl Lanes for Portable {
             let h: [f32; 4] = std::array::from_fn(|l| lanes[l] + lanes[l + 4]);
             ((h[0] + h[2]) + (h[1] + h[3])) + tail(a, k[r], full)
         })
+    }
+
+    #[inline(always)]
+    fn weighted_sum<'v>(p: &[f32], v: impl Fn(usize) -> &'v [f32], o: &mut [f32]) {
+        for (j, &p) in p.iter().enumerate() {
+            for (o, &v) in o.iter_mut().zip(v(j)) {
+                *o += p * v;
+            }
+        }
     }
 }
 
@@ -174,20 +182,73 @@ impl Lanes for Avx2 {
         // SAFETY: loads stay within the first `full` elements of `a` and of each `k`; AVX2 is
         // present wherever this is inlined (see above).
         unsafe {
-            let mut acc = [_mm256_setzero_ps(); 4];
+            // Named accumulators: as an array LLVM kept them on the stack, a store and a reload
+            // in every chain's step.
+            let (mut a0, mut a1, mut a2, mut a3) = (
+                _mm256_setzero_ps(),
+                _mm256_setzero_ps(),
+                _mm256_setzero_ps(),
+                _mm256_setzero_ps(),
+            );
             for c in (0..full).step_by(8) {
                 let x = _mm256_loadu_ps(a.as_ptr().add(c));
-                for (acc, k) in acc.iter_mut().zip(&k) {
-                    let p = _mm256_mul_ps(x, _mm256_loadu_ps(k.as_ptr().add(c)));
-                    *acc = _mm256_add_ps(*acc, p);
+                macro_rules! prod {
+                    ($k:expr) => {
+                        _mm256_mul_ps(x, _mm256_loadu_ps($k.as_ptr().add(c)))
+                    };
+                }
+                a0 = _mm256_add_ps(a0, prod!(k[0]));
+                a1 = _mm256_add_ps(a1, prod!(k[1]));
+                a2 = _mm256_add_ps(a2, prod!(k[2]));
+                a3 = _mm256_add_ps(a3, prod!(k[3]));
+            }
+            // (A macro, not a closure: a closure is compiled without the caller's target
+            // features, and these intrinsics became calls.)
+            macro_rules! hsum {
+                ($v:expr, $r:expr) => {{
+                    let h = _mm_add_ps(_mm256_castps256_ps128($v), _mm256_extractf128_ps::<1>($v));
+                    let s = _mm_add_ps(h, _mm_movehl_ps(h, h));
+                    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s))) + tail(a, k[$r], full)
+                }};
+            }
+            [hsum!(a0, 0), hsum!(a1, 1), hsum!(a2, 2), hsum!(a3, 3)]
+        }
+    }
+
+    /// Blocks of 64 outputs (8 vectors) stay in registers over every `j` (written through the
+    /// slice, each `j` was a load and a store per vector, a store-to-load chain: 40% of a decode's
+    /// attention at 500 positions).
+    #[inline(always)]
+    fn weighted_sum<'v>(p: &[f32], v: impl Fn(usize) -> &'v [f32], o: &mut [f32]) {
+        use std::arch::x86_64::*;
+        const W: usize = 8;
+        let full = o.len() / (8 * W) * (8 * W);
+        for c in (0..full).step_by(8 * W) {
+            // SAFETY: `c + 8 * W <= o.len()`, and every value row is `o.len()` long (checked
+            // below before any load); AVX2 is present wherever this is inlined.
+            unsafe {
+                let mut acc = [_mm256_setzero_ps(); W];
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm256_loadu_ps(o.as_ptr().add(c + 8 * i));
+                }
+                for (j, &pj) in p.iter().enumerate() {
+                    let row = v(j);
+                    assert!(row.len() >= c + 8 * W);
+                    let pv = _mm256_set1_ps(pj);
+                    for (i, acc) in acc.iter_mut().enumerate() {
+                        let x = _mm256_loadu_ps(row.as_ptr().add(c + 8 * i));
+                        *acc = _mm256_add_ps(*acc, _mm256_mul_ps(pv, x));
+                    }
+                }
+                for (i, acc) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(o.as_mut_ptr().add(c + 8 * i), *acc);
                 }
             }
-            std::array::from_fn(|r| {
-                let v = acc[r];
-                let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-                let s = _mm_add_ps(h, _mm_movehl_ps(h, h));
-                _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s))) + tail(a, k[r], full)
-            })
+        }
+        for (j, &pj) in p.iter().enumerate() {
+            for (o, &x) in o[full..].iter_mut().zip(&v(j)[full..]) {
+                *o += pj * x;
+            }
         }
     }
 }
@@ -305,6 +366,17 @@ mod tests {
             let ks = [&k[0][..n], &k[1][..n], &k[2][..n], &k[3][..n]];
             let (p, x) = (Portable::dot4(&a, ks), Avx2::dot4(&a, ks));
             assert_eq!(p.map(f32::to_bits), x.map(f32::to_bits), "head_dim {n}");
+        }
+        // The weighted sum of values, for head sizes with and without a whole block of 64.
+        for n in [20, 64, 72, 128] {
+            let probs = v(37, 0.0007);
+            let rows: Vec<Vec<f32>> = (0..37).map(|j| v(n + j, 0.3)).collect();
+            let row = |j: usize| &rows[j][..n];
+            let (mut p, mut x) = (v(n, 0.01), v(n, 0.01));
+            Portable::weighted_sum(&probs, row, &mut p);
+            Avx2::weighted_sum(&probs, row, &mut x);
+            let bits = |o: &[f32]| o.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&p), bits(&x), "head_dim {n}");
         }
     }
 }
