@@ -155,10 +155,12 @@ fn layout_on(isa: Isa, wt: WeightType, x: &[f32], k: usize) -> std::borrow::Cow<
     std::borrow::Cow::Owned(out)
 }
 
-/// A prefill tile without packing: `out[tt * out_stride + r] = Σ_i w_r[i] * x_tt[i]` for `tn` activation
-/// rows (`x`, row stride `k`, in the order of [`tile_layout`]) and `rn` weight rows (`w`, `k` elements each, row after row), `tn` and `rn`
-/// at most [`tile_shape`]. Each weight vector is widened once, in registers, and used for every
-/// activation row. Each output is one accumulator over `k` in a fixed order, whatever the tile's size.
+/// A prefill tile without packing: `out[tt * out_stride + r] = Σ_i w_r[i] * x_tt[i]` for `tn`
+/// activation rows (`x`, row stride `k`, in the order of [`tile_layout`]) and `rn` weight rows (`w`,
+/// `k` elements each, row after row), `tn` and `rn` at most [`tile_shape`] (`rn` up to
+/// [`decode_tile_rows`] when `tn` is 1). Each weight vector is widened once, in registers, and used
+/// for every activation row. Each output is one accumulator over `k` in a fixed order, whatever the
+/// tile's size.
 ///
 /// # Safety
 /// `w` holds `rn * k` elements, `x` `tn` rows of `k`, `out` `tn` rows of `out_stride` with `rn` columns.
