@@ -86,7 +86,7 @@ pub struct DownloadArgs {
     #[arg(long)]
     pub models: Option<String>,
     /// Target directory, in download.sh's layout (`--dir .` is what download.sh does). Default:
-    /// Meta's store, $LLAMA_STACK_CONFIG_DIR/checkpoints/<descriptor> (~/.llama/checkpoints).
+    /// Meta's store, $LLAMA_STACK_CONFIG_DIR/checkpoints/DESCRIPTOR (~/.llama/checkpoints).
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// Files fetched in parallel.

@@ -4,7 +4,7 @@
 //! async-signal-safe). Long loops (copies, hashing writers, transfers) poll [`check`] and unwind
 //! with [`Interrupted`]; dropping their temporary outputs removes them, and `main` calls
 //! [`finish`]. A watchdog thread, woken through the pipe, calls [`finish`] itself if the process
-//! is still running after [`GRACE`] (a read blocked on a dead connection, a command that never
+//! is still running after `GRACE` (a read blocked on a dead connection, a command that never
 //! polls), so every command stops in about a second.
 //!
 //! An interactive loop (the chat REPL) can take the first SIGINT as "stop what you are doing"

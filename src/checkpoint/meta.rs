@@ -209,7 +209,7 @@ impl MetaDir {
     }
 
     /// The tensor whole, as pieces of the shards. With more shards than kv heads, each kv head is
-    /// taken from the first rank that holds it (use [`MetaDir::replica_sets`] to check the copies).
+    /// taken from the first rank that holds it (use `MetaDir::replica_sets` to check the copies).
     pub fn full(&self, name: &str) -> Result<FullTensor> {
         let w = self.weight(name)?;
         let mp = self.mp();

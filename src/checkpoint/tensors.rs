@@ -1,7 +1,7 @@
 //! The one table of the tensors a Llama model has: each one's Meta, Hugging Face and GGUF name,
 //! how Meta's model-parallel layers split it, its role in attention and its shape. Every name map,
 //! the expected weight lists, the GGUF names and the model's loader are derived from
-//! [`LAYER_WEIGHTS`] and [`MODEL_WEIGHTS`], so a name is spelled once.
+//! [`LAYER_WEIGHTS`] and `MODEL_WEIGHTS`, so a name is spelled once.
 
 /// How a weight is divided between model-parallel ranks (fairscale Column/Row/VocabParallel).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +63,7 @@ enum Dim {
     HalfHead,
 }
 
-/// The model sizes a [`Dim`] resolves against.
+/// The model sizes a `Dim` resolves against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sizes {
     pub dim: usize,

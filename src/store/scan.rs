@@ -1,7 +1,7 @@
 //! What is on disk: every model in the store, the Hugging Face cache and the folders a user
 //! names, with its format, dtype or quant type, MP, bytes on disk, verified state and last change.
 //!
-//! Sizes count each inode once, per model and in the total ([`super::usage`]). An HF cache repo
+//! Sizes count each inode once, per model and in the total (`store::usage`). An HF cache repo
 //! is sized as `huggingface_hub`'s `scan_cache_dir()` sizes it: the blobs its snapshots point at,
 //! each once; a revision, the blobs its own snapshot points at.
 use super::catalog;

@@ -192,7 +192,7 @@ fn special_tokens_map_json(instruct: bool) -> Value {
 
 /// Writes `tokenizer.json`, `tokenizer_config.json` and `special_tokens_map.json` for the
 /// tiktoken model at `tokenizer_model` into `dst_dir` (which must exist; e.g. the temp dir of an
-/// `crate::output::AtomicDir`). Each file appears whole or not at all ([`write_atomic`]).
+/// `crate::output::AtomicDir`). Each file appears whole or not at all (`write_atomic`).
 pub fn write_hf_tokenizer_files(
     tokenizer_model: &Path,
     dst_dir: &Path,

@@ -4,7 +4,7 @@
 //! It writes a part (`DEST.part` unless the caller names another), hashes the bytes as they stream
 //! in (after hashing any prefix kept from an earlier run), resumes with `Range` + `If-Range`,
 //! retries 5xx / resets / stalls / truncated bodies with exponential backoff and jitter from the
-//! current offset ([`crate::net::retry`]), verifies the digest, and only then renames the part to
+//! current offset (`net::retry`), verifies the digest, and only then renames the part to
 //! `DEST`. The validator of the first response (ETag or Last-Modified, and the size) is kept in
 //! `PART.meta` so a later run, even with a fresh signed link, can ask for the rest with `If-Range`
 //! and gets the whole file instead if the object changed.
@@ -14,7 +14,7 @@
 //! its record), `hash` and `response`; none of them uses this file.
 //!
 //! Every URL that appears in an error or log line goes through
-//! [`redact`](crate::net::signed_url::redact) first; reqwest errors are stripped of their URL.
+//! `net::signed_url::redact` first; reqwest errors are stripped of their URL.
 mod client;
 mod error;
 mod hash;

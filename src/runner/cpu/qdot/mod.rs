@@ -6,13 +6,13 @@
 //! Two kernel shapes. Per-row tiles (`avx512`, `avx2`, `portable`) serve decode and short prompts:
 //! up to `T` activation rows by `R` weight rows, each weight block read from the memory map and
 //! unpacked into registers once, then dotted with every activation row of the tile (in decode the
-//! tile is 1 x 1, one sequential stream of weight rows). Panels ([`panel`], AVX-512 VNNI, Q4_K and
+//! tile is 1 x 1, one sequential stream of weight rows). Panels (`panel`, AVX-512 VNNI, Q4_K and
 //! Q8_0) serve prefill: activation rows in the vector lanes, one `vpdpbusd` per 64 multiply-adds.
 //!
 //! Exactness: every block dot is integer arithmetic, exact in any order. What is fixed is the
 //! float part, identical on every path (AVX-512 VNNI, AVX2, portable), so the three agree bit for
 //! bit. Q4_K keeps one f32 per output: per block, in block order, `acc = fma(I as f32, d_w * d_x,
-//! acc)` then `acc = fma(M as f32, -(dmin_w * d_x), acc)` ([`q4k_fold`]), where `I = Σ_k sc_k Σ q·x`
+//! acc)` then `acc = fma(M as f32, -(dmin_w * d_x), acc)` (`q4k_fold`), where `I = Σ_k sc_k Σ q·x`
 //! over the block's 8 sub-blocks and `M = Σ_k m_k (s_2k + s_2k+1)` (the mins by the activations'
 //! sums of 16) are exact integers. Q8_0 and Q6_K keep 16 f32 lanes in two halves of 8 (one 512-bit
 //! register, or two 256-bit ones). Each group of 32 weight values goes to one half: Q8_0 block `b`
@@ -155,7 +155,7 @@ impl Geom {
 }
 
 /// The activation rows `x` (`t` rows of the blocks `kind` pairs with) regrouped for the panel
-/// kernels, where one serves them (see [`panel`]); None elsewhere.
+/// kernels, where one serves them (see `panel`); None elsewhere.
 pub fn x_panel(kind: Kind, x: &[u8], t: usize) -> Option<Vec<u8>> {
     #[cfg(target_arch = "x86_64")]
     if panel::serves(kind, t) {
