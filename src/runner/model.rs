@@ -601,7 +601,8 @@ impl Llama {
         let mut h = self.embed(tokens)?.reshape((b, t, self.cfg.dim))?;
         let cos = self.cos.narrow(0, start_pos, t)?;
         let sin = self.sin.narrow(0, start_pos, t)?;
-        let mask = if t > 1 {
+        // Only the device's attention takes a mask; the CPU's skips the positions a row may not see.
+        let mask = if t > 1 && !self.device.is_cpu() {
             Some(causal_mask(t, start_pos, &self.device)?)
         } else {
             None
@@ -670,10 +671,27 @@ impl Llama {
         // Views of [b, nkv, start_pos + t, hd] inside the preallocated cache.
         let (keys, values) = cache.append(layer, &k, &v, start_pos)?;
         let scale = 1.0 / (hd as f64).sqrt();
-        if let Some(out) = cpu_attention(&q, &keys, &values, start_pos, scale as f32)? {
-            return block.wo.forward(&out);
-        }
-        let total = start_pos + t;
+        let out = if self.device.is_cpu() {
+            cpu_attention(&q, &keys, &values, start_pos, scale as f32)?
+        } else {
+            self.device_attention(&q, &keys, &values, scale, mask)?
+        };
+        block.wo.forward(&out)
+    }
+
+    /// Attention as candle tensor ops (on a GPU): `q` [b, n_heads, t, head_dim], `keys` and
+    /// `values` views of the cache [b, n_kv_heads, start + t, head_dim], `mask` the causal mask
+    /// (None for one new position); the result [b, t, n_heads * head_dim].
+    fn device_attention(
+        &self,
+        q: &Tensor,
+        keys: &Tensor,
+        values: &Tensor,
+        scale: f64,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (b, nh, t, hd) = q.dims4()?;
+        let (nkv, total) = (keys.dim(1)?, keys.dim(2)?);
         let rep = nh / nkv;
         // Query heads g*rep .. g*rep+rep share kv head g; stacking them as rows lets one batched
         // matmul per kv head serve the whole group.
@@ -688,12 +706,11 @@ impl Llama {
             None => scores,
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(self.dtype)?;
-        let out = probs.matmul(&values)?; // [b, nkv, rep*t, hd]
-        let out = out
+        let out = probs.matmul(values)?; // [b, nkv, rep*t, hd]
+        Ok(out
             .reshape((b, nh, t, hd))?
             .transpose(1, 2)?
-            .reshape((b, t, nh * hd))?;
-        block.wo.forward(&out)
+            .reshape((b, t, nh * hd))?)
     }
 
     /// Rotary embedding in f32 (Meta rotates in float and casts back).
@@ -723,19 +740,17 @@ fn swiglu(gu: &Tensor, hidden: usize) -> Result<Tensor> {
     Ok((candle_nn::ops::silu(&gate)? * up)?)
 }
 
-/// Attention on the CPU through [`cpu::attention`] (f32 tensors on the CPU; `None` otherwise): `q`
+/// Attention on the CPU through [`cpu::attention`], which applies causality itself (no mask): `q`
 /// [b, n_heads, t, head_dim], `keys` and `values` views of the cache [b, n_kv_heads, start + t,
-/// head_dim]; the result as the output projection takes it, [b, t, n_heads * head_dim].
+/// head_dim], all f32 (the CPU's activation type); the result as the output projection takes it,
+/// [b, t, n_heads * head_dim].
 fn cpu_attention(
     q: &Tensor,
     keys: &Tensor,
     values: &Tensor,
     start: usize,
     scale: f32,
-) -> Result<Option<Tensor>> {
-    if !q.device().is_cpu() || [q, keys, values].iter().any(|x| x.dtype() != DType::F32) {
-        return Ok(None);
-    }
+) -> Result<Tensor> {
     let q = q.contiguous()?;
     let (b, n_heads, t, head_dim) = q.dims4()?;
     let shape = cpu::attention::Shape {
@@ -762,11 +777,7 @@ fn cpu_attention(
     let (keys, values) = (kv(&ks, kl, head_dim)?, kv(&vs, vl, head_dim)?);
     let out = cpu::attention::attend(cpu_f32s(&qs, ql)?, &keys, &values, shape, scale);
     let out = Tensor::from_vec(out, (b, n_heads, t, head_dim), q.device())?;
-    Ok(Some(out.transpose(1, 2)?.reshape((
-        b,
-        t,
-        n_heads * head_dim,
-    ))?))
+    Ok(out.transpose(1, 2)?.reshape((b, t, n_heads * head_dim))?)
 }
 
 /// The f32 elements of a CPU tensor's storage from its layout's start on (the callers checked

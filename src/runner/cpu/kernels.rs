@@ -102,22 +102,22 @@ fn shape_on(isa: Isa) -> (usize, usize) {
     }
 }
 
-/// Weight rows of a tile with one activation row (decode of rows too long for [`dot_row`]): more
-/// than a prefill tile's, since with one activation row the accumulators are all the registers
-/// need, and each activation vector read is shared by more weight rows. One thread, a bf16
-/// [16384, 8192] matrix out of DRAM (`examples/kernel_bench.rs`): AVX2 1 x 3 17-20 GB/s -> 1 x 8
-/// 21-25, AVX-512 1 x 6 22-25 -> 1 x 12 23-26 (1 x 12 on AVX2 and 1 x 16 on AVX-512 were no
-/// better); 1B-shaped decode with AVX2, one thread, 10.57 -> 11.0 tok/s (AVX-512 unchanged). The
-/// bits do not change: each output is one accumulator whatever the tile.
-pub fn decode_tile_rows() -> usize {
-    decode_rows_on(isa())
+/// Weight rows of a tile of `tn` activation rows: [`tile_shape`]'s, except with one activation row
+/// (decode of rows too long for [`dot_row`]), where the accumulators are all the registers need and
+/// more weight rows share each activation vector read. One thread, a bf16 [16384, 8192] matrix out
+/// of DRAM (`examples/kernel_bench.rs`): AVX2 1 x 3 17-20 GB/s -> 1 x 8 21-25, AVX-512 1 x 6 22-25
+/// -> 1 x 12 23-26 (1 x 12 on AVX2 and 1 x 16 on AVX-512 were no better); 1B-shaped decode with
+/// AVX2, one thread, 10.57 -> 11.0 tok/s (AVX-512 unchanged). The bits do not change: each output
+/// is one accumulator whatever the tile.
+pub fn tile_rows(tn: usize) -> usize {
+    rows_on(isa(), tn)
 }
 
-fn decode_rows_on(isa: Isa) -> usize {
-    match isa {
-        Isa::Avx512 => 12,
-        Isa::Avx2 => 8,
-        Isa::Portable => 3,
+fn rows_on(isa: Isa, tn: usize) -> usize {
+    match (isa, tn) {
+        (Isa::Avx512, 1) => 12,
+        (Isa::Avx2, 1) => 8,
+        _ => shape_on(isa).1,
     }
 }
 
@@ -157,9 +157,9 @@ fn layout_on(isa: Isa, wt: WeightType, x: &[f32], k: usize) -> std::borrow::Cow<
 
 /// A prefill tile without packing: `out[tt * out_stride + r] = Σ_i w_r[i] * x_tt[i]` for `tn`
 /// activation rows (`x`, row stride `k`, in the order of [`tile_layout`]) and `rn` weight rows (`w`,
-/// `k` elements each, row after row), `tn` and `rn` at most [`tile_shape`] (`rn` up to
-/// [`decode_tile_rows`] when `tn` is 1). Each weight vector is widened once, in registers, and used
-/// for every activation row. Each output is one accumulator over `k` in a fixed order, whatever the
+/// `k` elements each, row after row), `tn` at most [`tile_shape`]'s first and `rn` at most
+/// [`tile_rows`] of `tn`. Each weight vector is widened once, in registers, and used for every
+/// activation row. Each output is one accumulator over `k` in a fixed order, whatever the
 /// tile's size.
 ///
 /// # Safety
@@ -189,8 +189,7 @@ unsafe fn tile_on(
     out_stride: usize,
 ) {
     let k = x.len() / tn;
-    let (mt, mr) = shape_on(isa);
-    let mr = if tn == 1 { decode_rows_on(isa) } else { mr };
+    let (mt, mr) = (shape_on(isa).0, rows_on(isa, tn));
     assert!(
         w.len() == rn * k * wt.size() && tn <= mt && rn <= mr,
         "tile: bad operands"
@@ -617,7 +616,7 @@ mod tests {
         const STRIDE: usize = 16;
         for isa in runnable() {
             let (mt, mr) = shape_on(isa);
-            let dr = decode_rows_on(isa);
+            let dr = rows_on(isa, 1);
             let rows = mr.max(dr);
             for wt in [WeightType::F32, WeightType::F16, WeightType::Bf16] {
                 for k in [16, 40, 64, 67] {

@@ -430,12 +430,7 @@ fn tile_chunk(
     out: &OutView,
 ) {
     let k = m.cols;
-    let (tile_t, tile_r) = kernels::tile_shape();
-    let tile_r = if ts.len() == 1 {
-        kernels::decode_tile_rows()
-    } else {
-        tile_r
-    };
+    let (tile_t, tile_r) = (kernels::tile_shape().0, kernels::tile_rows(ts.len()));
     for r0 in rows.clone().step_by(tile_r) {
         let rn = tile_r.min(rows.end - r0);
         let w = m.row_bytes(r0..r0 + rn);
