@@ -124,8 +124,7 @@ PY
 }
 
 theirs_at_depth() { # THREADS BUILD DEPTH -> decode tok/s of 32 tokens after DEPTH tokens of context
-  "$2/bin/llama-bench" -m "$GGUF" -t "$1" -p 0 -n 32 -d "$3" -r 1 -o json > "$W/out.json" 2> "$W/err.log" ||
-    { cat "$W/err.log" >&2; return 1; }
+  sampled "$2/bin/llama-bench" -m "$GGUF" -t "$1" -p 0 -n 32 -d "$3" -r 1 -o json
   "$PY" -c 'import json, sys; print("%.2f" % json.load(open(sys.argv[1]))[0]["avg_ts"])' "$W/out.json"
 }
 
