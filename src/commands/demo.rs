@@ -128,18 +128,19 @@ pub(crate) fn run(args: &DemoArgs) -> Result<i32> {
         .tempdir()
         .context("cannot create a temp dir")?;
     let work = tmp.path();
-    let models: Vec<(&str, PathBuf)> = [
-        ("{mp1}", "tiny-mp1"),
-        ("{mp2}", "tiny-mp2"),
-        ("{hf}", "tiny-hf"),
-        ("{gguf}", "tiny-q4_k_m.gguf"),
-    ]
-    .into_iter()
-    .map(|(key, name)| (key, work.join(name)))
-    .collect();
-    let path = |key: &str| models.iter().find(|(k, _)| *k == key).map(|(_, p)| p);
-    let mp1 = &models[0].1;
-    copy_fixture(&fixture, mp1)?;
+    // The models the steps' `{placeholders}` stand for, in the work dir.
+    let path = |arg: &str| {
+        let name = match arg {
+            "{mp1}" => "tiny-mp1",
+            "{mp2}" => "tiny-mp2",
+            "{hf}" => "tiny-hf",
+            "{gguf}" => "tiny-q4_k_m.gguf",
+            _ => return None,
+        };
+        Some(work.join(name))
+    };
+    let mp1 = path("{mp1}").expect("{mp1} is a placeholder");
+    copy_fixture(&fixture, &mp1)?;
     println!(
         "llamactl demo: a tiny Llama 3 checkpoint (random weights, the real tokenizer) from {}, copied to {}\n",
         fixture.display(),
